@@ -1,0 +1,456 @@
+//! `DurableClient`: starts instances and manages them (status, events, terminate, suspend,
+//! resume, rewind, restart, purge, list). Every operation validates its input first and
+//! changes nothing when it fails.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::error::Error;
+use crate::history::{EventKind, HistoryEvent, OrchestrationMessage};
+use crate::instance::{InstanceFilter, InstanceState, NewInstance, Page, RuntimeStatus};
+use crate::registry::{Orchestrator, Registry};
+use crate::store::{random_id, Store};
+
+/// The longest accepted instance id, in bytes.
+pub const MAX_INSTANCE_ID_LEN: usize = 256;
+
+/// Checks an instance id: 1 to 256 bytes, no control characters, none of `/ \ # ?`.
+pub fn validate_instance_id(id: &str) -> Result<(), Error> {
+    if id.is_empty() {
+        return Err(Error::InvalidArgument("instance id must not be empty".into()));
+    }
+    if id.len() > MAX_INSTANCE_ID_LEN {
+        return Err(Error::InvalidArgument(format!(
+            "instance id is {} bytes, longer than {MAX_INSTANCE_ID_LEN}",
+            id.len()
+        )));
+    }
+    if let Some(c) = id.chars().find(|c| c.is_control() || matches!(c, '/' | '\\' | '#' | '?')) {
+        return Err(Error::InvalidArgument(format!(
+            "instance id contains the character {c:?}, which is not allowed (no control characters, '/', '\\\\', '#' or '?')"
+        )));
+    }
+    Ok(())
+}
+
+/// Options for starting an instance.
+#[derive(Clone, Debug, Default)]
+pub struct StartOptions {
+    /// The instance id (default: a random 128-bit id).
+    pub instance_id: Option<String>,
+    /// Do not run before this time.
+    pub start_at: Option<DateTime<Utc>>,
+    /// The orchestrator version (default: the newest registered, or the one the typed
+    /// handle names).
+    pub version: Option<String>,
+}
+
+impl StartOptions {
+    /// Start with this instance id.
+    pub fn with_instance_id(id: impl Into<String>) -> Self {
+        Self {
+            instance_id: Some(id.into()),
+            ..Self::default()
+        }
+    }
+}
+
+/// What to include in a status query.
+#[derive(Clone, Copy, Debug)]
+pub struct StatusOptions {
+    /// Include the input (default true).
+    pub show_input: bool,
+    /// Include the history of the current execution (default false).
+    pub show_history: bool,
+}
+
+impl Default for StatusOptions {
+    fn default() -> Self {
+        Self {
+            show_input: true,
+            show_history: false,
+        }
+    }
+}
+
+/// An instance's status, as returned by [`DurableClient::get_status`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct OrchestrationStatus {
+    /// The stored state (input cleared unless asked for).
+    pub state: InstanceState,
+    /// The history, when asked for.
+    pub history: Option<Vec<HistoryEvent>>,
+}
+
+impl OrchestrationStatus {
+    /// The runtime status.
+    pub fn status(&self) -> RuntimeStatus {
+        self.state.status
+    }
+
+    /// Decodes the output as `T`.
+    pub fn output<T: DeserializeOwned>(&self) -> Result<Option<T>, serde_json::Error> {
+        self.state
+            .output
+            .as_deref()
+            .map(serde_json::from_str)
+            .transpose()
+    }
+
+    /// Decodes the custom status as `T`.
+    pub fn custom_status<T: DeserializeOwned>(&self) -> Result<Option<T>, serde_json::Error> {
+        self.state
+            .custom_status
+            .as_deref()
+            .map(serde_json::from_str)
+            .transpose()
+    }
+}
+
+/// Starts and manages orchestration instances. Cheap to clone.
+#[derive(Clone)]
+pub struct DurableClient {
+    store: Arc<dyn Store>,
+    registry: Option<Arc<Registry>>,
+}
+
+impl std::fmt::Debug for DurableClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DurableClient").finish_non_exhaustive()
+    }
+}
+
+impl DurableClient {
+    /// A client over `store` that does not check orchestrator names (another process may
+    /// host them).
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Self {
+            store,
+            registry: None,
+        }
+    }
+
+    /// A client that refuses to start orchestrators missing from `registry`.
+    pub fn with_registry(store: Arc<dyn Store>, registry: Arc<Registry>) -> Self {
+        Self {
+            store,
+            registry: Some(registry),
+        }
+    }
+
+    /// The store this client uses.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The registry this client checks names against, if any.
+    pub fn registry(&self) -> Option<&Arc<Registry>> {
+        self.registry.as_ref()
+    }
+
+    /// Starts an orchestration with typed input; returns the new instance id.
+    pub async fn start<O: Orchestrator>(&self, _orchestrator: O, input: O::Input) -> Result<String, Error> {
+        self.start_with::<O>(_orchestrator, input, StartOptions::default()).await
+    }
+
+    /// Starts an orchestration with options (instance id, start time).
+    pub async fn start_with<O: Orchestrator>(
+        &self,
+        _orchestrator: O,
+        input: O::Input,
+        mut options: StartOptions,
+    ) -> Result<String, Error> {
+        let json = serde_json::to_string(&input)
+            .map_err(|e| Error::InvalidArgument(format!("cannot serialize the input: {e}")))?;
+        if options.version.is_none() {
+            options.version = O::VERSION.map(str::to_string);
+        }
+        self.start_by_name(O::NAME, Some(json), options).await
+    }
+
+    /// Starts an orchestration by name with JSON input.
+    pub async fn start_by_name(
+        &self,
+        name: &str,
+        input_json: Option<String>,
+        options: StartOptions,
+    ) -> Result<String, Error> {
+        let mut version = options.version.clone();
+        if let Some(reg) = &self.registry {
+            let entry = reg
+                .orchestrator(name, version.as_deref())
+                .ok_or_else(|| Error::UnknownName {
+                    kind: "orchestrator",
+                    name: match &version {
+                        Some(v) => format!("{name}' version '{v}"),
+                        None => name.to_string(),
+                    },
+                })?;
+            version = entry.version.clone();
+        }
+        if let Some(json) = &input_json {
+            serde_json::from_str::<serde::de::IgnoredAny>(json)
+                .map_err(|e| Error::InvalidArgument(format!("input is not valid JSON: {e}")))?;
+        }
+        let instance_id = match options.instance_id {
+            Some(id) => {
+                validate_instance_id(&id)?;
+                id
+            }
+            None => random_id(),
+        };
+        let now = Utc::now();
+        self.store
+            .create_instance(NewInstance {
+                instance_id: instance_id.clone(),
+                execution_id: random_id(),
+                name: name.to_string(),
+                version,
+                input: input_json,
+                parent: None,
+                created_at: now,
+                start_at: options.start_at,
+            })
+            .await?;
+        tracing::debug!(instance_id = %instance_id, name, "instance started");
+        Ok(instance_id)
+    }
+
+    /// The status of an instance, or None when it does not exist.
+    pub async fn get_status(
+        &self,
+        instance_id: &str,
+        options: StatusOptions,
+    ) -> Result<Option<OrchestrationStatus>, Error> {
+        let Some(mut state) = self.store.get_instance(instance_id).await? else {
+            return Ok(None);
+        };
+        if !options.show_input {
+            state.input = None;
+        }
+        let history = if options.show_history {
+            Some(self.store.read_history(instance_id).await?)
+        } else {
+            None
+        };
+        Ok(Some(OrchestrationStatus { state, history }))
+    }
+
+    /// The stored state of an instance (with input), or None.
+    pub async fn get_state(&self, instance_id: &str) -> Result<Option<InstanceState>, Error> {
+        Ok(self.store.get_instance(instance_id).await?)
+    }
+
+    async fn existing(&self, instance_id: &str) -> Result<InstanceState, Error> {
+        self.store
+            .get_instance(instance_id)
+            .await?
+            .ok_or_else(|| Error::InstanceNotFound(instance_id.to_string()))
+    }
+
+    /// Waits until the instance reaches a terminal status (Completed, Failed, Terminated)
+    /// and returns its state; [`Error::Timeout`] when `timeout` passes first. Wakes on the
+    /// store's change signal, not by polling in a loop.
+    pub async fn wait_for_completion(&self, instance_id: &str, timeout: Duration) -> Result<InstanceState, Error> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let waiter = self.store.signals().instance_waiter(instance_id);
+            let notified = waiter.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let state = self.existing(instance_id).await?;
+            if state.status.is_terminal() {
+                return Ok(state);
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Err(Error::Timeout(format!(
+                    "instance '{instance_id}' did not finish within {timeout:?}; it is {}",
+                    state.status
+                )));
+            }
+            // The periodic re-check covers changes committed by other processes.
+            let nap = (deadline - now).min(Duration::from_secs(1));
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep(nap) => {}
+            }
+        }
+    }
+
+    /// Waits for completion and decodes the output; a failed or terminated instance is an
+    /// error carrying its failure message.
+    pub async fn wait_for_output<T: DeserializeOwned>(&self, instance_id: &str, timeout: Duration) -> Result<T, Error> {
+        let state = self.wait_for_completion(instance_id, timeout).await?;
+        match state.status {
+            RuntimeStatus::Completed => crate::registry::decode(state.output.as_deref())
+                .map_err(|e| Error::InvalidArgument(format!("cannot decode the output: {e}"))),
+            status => Err(Error::InvalidStatus {
+                instance_id: instance_id.to_string(),
+                status,
+                operation: "read the output of",
+            }),
+        }
+    }
+
+    async fn send_control(
+        &self,
+        instance_id: &str,
+        operation: &'static str,
+        allowed: impl Fn(RuntimeStatus) -> bool,
+        kind: EventKind,
+    ) -> Result<(), Error> {
+        let state = self.existing(instance_id).await?;
+        if !allowed(state.status) {
+            return Err(Error::InvalidStatus {
+                instance_id: instance_id.to_string(),
+                status: state.status,
+                operation,
+            });
+        }
+        self.store
+            .send_message(OrchestrationMessage::new(
+                instance_id,
+                HistoryEvent::new(Utc::now(), kind),
+            ))
+            .await?;
+        Ok(())
+    }
+
+    /// Raises an external event on a running instance. Events that arrive before the
+    /// orchestrator waits are buffered.
+    pub async fn raise_event(&self, instance_id: &str, name: &str, data: &impl Serialize) -> Result<(), Error> {
+        let input = serde_json::to_string(data)
+            .map_err(|e| Error::InvalidArgument(format!("cannot serialize the event data: {e}")))?;
+        self.raise_event_json(instance_id, name, Some(input)).await
+    }
+
+    /// Raises an external event with a JSON payload.
+    pub async fn raise_event_json(&self, instance_id: &str, name: &str, input: Option<String>) -> Result<(), Error> {
+        if name.is_empty() {
+            return Err(Error::InvalidArgument("event name must not be empty".into()));
+        }
+        self.send_control(
+            instance_id,
+            "raise an event on",
+            |s| !s.is_terminal(),
+            EventKind::EventRaised {
+                name: name.to_string(),
+                input,
+            },
+        )
+        .await
+    }
+
+    /// Terminates a running, pending or suspended instance.
+    pub async fn terminate(&self, instance_id: &str, reason: Option<&str>) -> Result<(), Error> {
+        self.send_control(
+            instance_id,
+            "terminate",
+            |s| !s.is_terminal(),
+            EventKind::ExecutionTerminated {
+                reason: reason.map(str::to_string),
+            },
+        )
+        .await
+    }
+
+    /// Suspends a running instance: new events are kept until it is resumed.
+    pub async fn suspend(&self, instance_id: &str, reason: Option<&str>) -> Result<(), Error> {
+        self.send_control(
+            instance_id,
+            "suspend",
+            |s| !s.is_terminal(),
+            EventKind::ExecutionSuspended {
+                reason: reason.map(str::to_string),
+            },
+        )
+        .await
+    }
+
+    /// Resumes a suspended instance.
+    pub async fn resume(&self, instance_id: &str, reason: Option<&str>) -> Result<(), Error> {
+        self.send_control(
+            instance_id,
+            "resume",
+            |s| !s.is_terminal(),
+            EventKind::ExecutionResumed {
+                reason: reason.map(str::to_string),
+            },
+        )
+        .await
+    }
+
+    /// Rewinds a failed instance: its failed activities and sub-orchestrations run again
+    /// and the orchestration continues from there.
+    pub async fn rewind(&self, instance_id: &str, reason: Option<&str>) -> Result<(), Error> {
+        self.send_control(
+            instance_id,
+            "rewind",
+            |s| s == RuntimeStatus::Failed,
+            EventKind::ExecutionRewound {
+                reason: reason.map(str::to_string),
+            },
+        )
+        .await
+    }
+
+    /// Starts the instance's orchestrator again with its original input, under a new id
+    /// (`new_instance_id = true`) or the same one (the instance must have finished).
+    /// Returns the id of the restarted instance.
+    pub async fn restart(&self, instance_id: &str, new_instance_id: bool) -> Result<String, Error> {
+        let state = self.existing(instance_id).await?;
+        let id = if new_instance_id {
+            None
+        } else {
+            Some(instance_id.to_string())
+        };
+        self.start_by_name(
+            &state.name,
+            state.input.clone(),
+            StartOptions {
+                instance_id: id,
+                start_at: None,
+                version: state.version.clone(),
+            },
+        )
+        .await
+    }
+
+    /// Deletes a finished instance and its history. Returns false when it does not exist.
+    pub async fn purge(&self, instance_id: &str) -> Result<bool, Error> {
+        let Some(state) = self.store.get_instance(instance_id).await? else {
+            return Ok(false);
+        };
+        if !state.status.is_terminal() {
+            return Err(Error::InvalidStatus {
+                instance_id: instance_id.to_string(),
+                status: state.status,
+                operation: "purge",
+            });
+        }
+        Ok(self.store.purge_instance(instance_id).await?)
+    }
+
+    /// Deletes every finished instance matching the filter; returns how many.
+    pub async fn purge_instances(&self, filter: &InstanceFilter) -> Result<u64, Error> {
+        Ok(self.store.purge_instances(filter).await?)
+    }
+
+    /// Lists instances matching the filter, a page at a time.
+    pub async fn list_instances(
+        &self,
+        filter: &InstanceFilter,
+        page_size: usize,
+        continuation_token: Option<&str>,
+    ) -> Result<Page<InstanceState>, Error> {
+        Ok(self
+            .store
+            .list_instances(filter, page_size, continuation_token)
+            .await?)
+    }
+}

@@ -1,0 +1,941 @@
+//! `OrchestrationContext`: the replay-safe API an orchestrator uses for every durable call
+//! (activities, sub-orchestrations, timers, external events, time, ids, status). Each call
+//! gets a sequence number and is matched against the recorded history on replay.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::error::{TaskError, TaskKind};
+use crate::history::{EventKind, FailureDetails, HistoryEvent, ParentInstance};
+use crate::registry::{Activity, BoxFuture, Orchestrator};
+use crate::retry::RetryPolicy;
+
+/// A durable call the orchestrator made, as recorded (or to be recorded) in history.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Action {
+    Activity {
+        name: String,
+        input: Option<String>,
+        attempt: u32,
+    },
+    Timer {
+        fire_at: DateTime<Utc>,
+    },
+    SubOrchestration {
+        name: String,
+        version: Option<String>,
+        instance_id: String,
+        input: Option<String>,
+    },
+    SendEvent {
+        instance_id: String,
+        name: String,
+        input: Option<String>,
+    },
+}
+
+impl Action {
+    /// The action a scheduling history event records, if it is one.
+    pub(crate) fn from_event(kind: &EventKind) -> Option<Action> {
+        Some(match kind {
+            EventKind::TaskScheduled { name, input } => Action::Activity {
+                name: name.clone(),
+                input: input.clone(),
+                attempt: 1,
+            },
+            EventKind::TimerCreated { fire_at } => Action::Timer { fire_at: *fire_at },
+            EventKind::SubOrchestrationInstanceCreated {
+                name,
+                version,
+                instance_id,
+                input,
+            } => Action::SubOrchestration {
+                name: name.clone(),
+                version: version.clone(),
+                instance_id: instance_id.clone(),
+                input: input.clone(),
+            },
+            EventKind::EventSent {
+                instance_id,
+                name,
+                input,
+            } => Action::SendEvent {
+                instance_id: instance_id.clone(),
+                name: name.clone(),
+                input: input.clone(),
+            },
+            _ => return None,
+        })
+    }
+
+    /// The history event that records this action.
+    pub(crate) fn to_event(&self, seq: u64, now: DateTime<Utc>) -> HistoryEvent {
+        let kind = match self.clone() {
+            Action::Activity { name, input, .. } => EventKind::TaskScheduled { name, input },
+            Action::Timer { fire_at } => EventKind::TimerCreated { fire_at },
+            Action::SubOrchestration {
+                name,
+                version,
+                instance_id,
+                input,
+            } => EventKind::SubOrchestrationInstanceCreated {
+                name,
+                version,
+                instance_id,
+                input,
+            },
+            Action::SendEvent {
+                instance_id,
+                name,
+                input,
+            } => EventKind::EventSent {
+                instance_id,
+                name,
+                input,
+            },
+        };
+        HistoryEvent::scheduled(seq, now, kind)
+    }
+
+    /// True when `other` is the same call (kind and target; inputs may differ).
+    fn same_call(&self, other: &Action) -> bool {
+        match (self, other) {
+            (Action::Activity { name: a, .. }, Action::Activity { name: b, .. }) => a == b,
+            (Action::Timer { .. }, Action::Timer { .. }) => true,
+            (
+                Action::SubOrchestration {
+                    name: a,
+                    instance_id: ia,
+                    ..
+                },
+                Action::SubOrchestration {
+                    name: b,
+                    instance_id: ib,
+                    ..
+                },
+            ) => a == b && ia == ib,
+            (
+                Action::SendEvent {
+                    instance_id: ia,
+                    name: a,
+                    ..
+                },
+                Action::SendEvent {
+                    instance_id: ib,
+                    name: b,
+                    ..
+                },
+            ) => a == b && ia == ib,
+            _ => false,
+        }
+    }
+
+    /// How the history names this action.
+    pub(crate) fn recorded_name(&self) -> String {
+        match self {
+            Action::Activity { name, .. } => format!("TaskScheduled '{name}'"),
+            Action::Timer { .. } => "TimerCreated".to_string(),
+            Action::SubOrchestration {
+                name, instance_id, ..
+            } => format!("SubOrchestrationInstanceCreated '{name}' (instance '{instance_id}')"),
+            Action::SendEvent {
+                instance_id, name, ..
+            } => format!("EventSent '{name}' to '{instance_id}'"),
+        }
+    }
+
+    /// How the code's call is described.
+    pub(crate) fn attempted_name(&self) -> String {
+        match self {
+            Action::Activity { name, .. } => format!("call_activity '{name}'"),
+            Action::Timer { .. } => "create_timer".to_string(),
+            Action::SubOrchestration {
+                name, instance_id, ..
+            } => format!("call_sub_orchestrator '{name}' (instance '{instance_id}')"),
+            Action::SendEvent {
+                instance_id, name, ..
+            } => format!("send_event '{name}' to '{instance_id}'"),
+        }
+    }
+
+    /// The completion event kinds that may complete this action.
+    pub(crate) fn accepts(&self, kind: &EventKind) -> bool {
+        matches!(
+            (self, kind),
+            (Action::Activity { .. }, EventKind::TaskCompleted { .. })
+                | (Action::Activity { .. }, EventKind::TaskFailed { .. })
+                | (Action::Timer { .. }, EventKind::TimerFired { .. })
+                | (
+                    Action::SubOrchestration { .. },
+                    EventKind::SubOrchestrationInstanceCompleted { .. }
+                )
+                | (
+                    Action::SubOrchestration { .. },
+                    EventKind::SubOrchestrationInstanceFailed { .. }
+                )
+        )
+    }
+}
+
+/// The result of a durable call as delivered by a completion event.
+#[derive(Clone, Debug)]
+pub(crate) enum Completion {
+    Ok(Option<String>),
+    Failed(FailureDetails),
+}
+
+/// Continue-as-new request.
+#[derive(Clone, Debug)]
+pub(crate) struct ContinueAsNewRequest {
+    pub input: Option<String>,
+    pub preserve_unprocessed_events: bool,
+}
+
+/// The mutable replay state of one execution, shared by the context and its futures.
+#[derive(Debug)]
+pub(crate) struct ExecutionState {
+    pub current_time: DateTime<Utc>,
+    pub is_replaying: bool,
+    pub next_seq: u64,
+    /// Every known action by sequence number: recorded ones, then new ones.
+    pub actions: Vec<Action>,
+    pub completions: HashMap<u64, Completion>,
+    pub completed: HashSet<u64>,
+    pub wakers: HashMap<u64, Waker>,
+    pub event_buffers: HashMap<String, VecDeque<Option<String>>>,
+    pub event_waiters: HashMap<String, VecDeque<u64>>,
+    pub event_results: HashMap<u64, Option<String>>,
+    pub event_wakers: HashMap<u64, Waker>,
+    pub next_waiter: u64,
+    pub custom_status: Option<String>,
+    pub continue_as_new: Option<ContinueAsNewRequest>,
+    pub nondeterminism: Option<String>,
+    pub guid_counter: u64,
+}
+
+impl ExecutionState {
+    fn new(now: DateTime<Utc>) -> Self {
+        Self {
+            current_time: now,
+            is_replaying: true,
+            next_seq: 0,
+            actions: Vec::new(),
+            completions: HashMap::new(),
+            completed: HashSet::new(),
+            wakers: HashMap::new(),
+            event_buffers: HashMap::new(),
+            event_waiters: HashMap::new(),
+            event_results: HashMap::new(),
+            event_wakers: HashMap::new(),
+            next_waiter: 0,
+            custom_status: None,
+            continue_as_new: None,
+            nondeterminism: None,
+            guid_counter: 0,
+        }
+    }
+
+    /// Delivers an external event to the oldest waiter for its name, or buffers it.
+    pub(crate) fn deliver_event(&mut self, name: &str, input: Option<String>) {
+        let key = name.to_string();
+        if let Some(waiters) = self.event_waiters.get_mut(&key) {
+            if let Some(w) = waiters.pop_front() {
+                self.event_results.insert(w, input);
+                if let Some(waker) = self.event_wakers.remove(&w) {
+                    waker.wake();
+                }
+                return;
+            }
+        }
+        self.event_buffers.entry(key).or_default().push_back(input);
+    }
+
+    /// Delivers a completion for `seq`.
+    pub(crate) fn complete(&mut self, seq: u64, c: Completion) {
+        self.completed.insert(seq);
+        self.completions.insert(seq, c);
+        if let Some(w) = self.wakers.remove(&seq) {
+            w.wake();
+        }
+    }
+
+    /// Records a durable call, checking it against the history. Returns its sequence
+    /// number, or None when the call diverges from the history (nondeterminism).
+    fn schedule(&mut self, orchestration: &str, action: Action) -> Option<u64> {
+        if self.nondeterminism.is_some() {
+            return None;
+        }
+        let seq = self.next_seq;
+        if let Some(recorded) = self.actions.get(seq as usize) {
+            if !recorded.same_call(&action) {
+                self.nondeterminism = Some(format!(
+                    "non-deterministic orchestration '{orchestration}': at sequence number {seq} the history recorded {} but the code now attempted {}; was the orchestrator changed while this instance was running? Deploy changed code under a new orchestrator version instead",
+                    recorded.recorded_name(),
+                    action.attempted_name()
+                ));
+                return None;
+            }
+        } else {
+            self.actions.push(action);
+        }
+        self.next_seq += 1;
+        Some(seq)
+    }
+}
+
+pub(crate) struct ContextInner {
+    pub instance_id: String,
+    pub execution_id: String,
+    pub name: String,
+    pub version: Option<String>,
+    pub parent: Option<ParentInstance>,
+    pub state: Mutex<ExecutionState>,
+}
+
+/// The orchestration context: every durable operation of an orchestrator goes through it.
+///
+/// Cheap to clone; clones share the same execution. All methods are replay-safe: on
+/// replay they return the recorded results instead of doing the work again.
+#[derive(Clone)]
+pub struct OrchestrationContext {
+    pub(crate) inner: Arc<ContextInner>,
+}
+
+impl std::fmt::Debug for OrchestrationContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OrchestrationContext")
+            .field("instance_id", &self.inner.instance_id)
+            .field("name", &self.inner.name)
+            .finish()
+    }
+}
+
+/// When a durable timer fires: after a duration, or at a point in time.
+#[derive(Clone, Copy, Debug)]
+pub enum TimerTarget {
+    /// After this long, measured from `current_utc_datetime`.
+    After(Duration),
+    /// At this time.
+    At(DateTime<Utc>),
+}
+
+impl From<Duration> for TimerTarget {
+    fn from(d: Duration) -> Self {
+        TimerTarget::After(d)
+    }
+}
+
+impl From<DateTime<Utc>> for TimerTarget {
+    fn from(t: DateTime<Utc>) -> Self {
+        TimerTarget::At(t)
+    }
+}
+
+impl OrchestrationContext {
+    pub(crate) fn new(
+        instance_id: String,
+        execution_id: String,
+        name: String,
+        version: Option<String>,
+        parent: Option<ParentInstance>,
+        now: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(ContextInner {
+                instance_id,
+                execution_id,
+                name,
+                version,
+                parent,
+                state: Mutex::new(ExecutionState::new(now)),
+            }),
+        }
+    }
+
+    pub(crate) fn state(&self) -> MutexGuard<'_, ExecutionState> {
+        self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The instance id.
+    pub fn instance_id(&self) -> &str {
+        &self.inner.instance_id
+    }
+
+    /// The current execution's id (new after continue-as-new).
+    pub fn execution_id(&self) -> &str {
+        &self.inner.execution_id
+    }
+
+    /// The orchestrator's durable name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The version this instance was started with.
+    pub fn version(&self) -> Option<&str> {
+        self.inner.version.as_deref()
+    }
+
+    /// The parent instance id, for a sub-orchestration.
+    pub fn parent_instance_id(&self) -> Option<&str> {
+        self.inner.parent.as_ref().map(|p| p.instance_id.as_str())
+    }
+
+    /// The replay-safe current time: the time the current episode started, the same on
+    /// every replay.
+    pub fn current_utc_datetime(&self) -> DateTime<Utc> {
+        self.state().current_time
+    }
+
+    /// True while the orchestrator is re-running recorded history. Guard side effects
+    /// such as logging with it (see [`replay_safe!`](crate::replay_safe)).
+    pub fn is_replaying(&self) -> bool {
+        self.state().is_replaying
+    }
+
+    /// A deterministic UUID (name-based, v5): the same on every replay, unique per call.
+    pub fn new_guid(&self) -> uuid::Uuid {
+        let mut st = self.state();
+        let counter = st.guid_counter;
+        st.guid_counter += 1;
+        let name = format!(
+            "{}_{}_{}",
+            self.inner.instance_id,
+            st.current_time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            counter
+        );
+        uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, name.as_bytes())
+    }
+
+    fn schedule(&self, action: Action) -> Option<u64> {
+        self.state().schedule(&self.inner.name, action)
+    }
+
+    fn task<T>(
+        &self,
+        action: Action,
+        kind: TaskKind,
+        name: &str,
+        decode: fn(Completion, TaskKind, &str) -> T,
+    ) -> DurableFuture<T> {
+        match self.schedule(action) {
+            Some(seq) => DurableFuture::pending(self.clone(), seq, kind, name, decode),
+            None => DurableFuture::never(self.clone()),
+        }
+    }
+
+    /// Calls an activity with typed input and output.
+    ///
+    /// ```ignore
+    /// let greeting: String = ctx.call_activity(say_hello, "Tokyo".to_string()).await?;
+    /// ```
+    pub fn call_activity<A: Activity>(
+        &self,
+        _activity: A,
+        input: A::Input,
+    ) -> DurableFuture<Result<A::Output, TaskError>> {
+        self.call_activity_attempt(A::NAME, &input, 1)
+    }
+
+    /// Calls an activity by durable name (for dynamic cases).
+    pub fn call_activity_by_name<O: DeserializeOwned>(
+        &self,
+        name: &str,
+        input: &impl Serialize,
+    ) -> DurableFuture<Result<O, TaskError>> {
+        self.call_activity_attempt(name, input, 1)
+    }
+
+    pub(crate) fn call_activity_attempt<O: DeserializeOwned>(
+        &self,
+        name: &str,
+        input: &(impl Serialize + ?Sized),
+        attempt: u32,
+    ) -> DurableFuture<Result<O, TaskError>> {
+        let input = match serialize(TaskKind::Activity, name, input) {
+            Ok(i) => i,
+            Err(e) => return DurableFuture::ready(self.clone(), Err(e)),
+        };
+        self.task(
+            Action::Activity {
+                name: name.to_string(),
+                input,
+                attempt,
+            },
+            TaskKind::Activity,
+            name,
+            decode_task::<O>,
+        )
+    }
+
+    /// Calls an activity, retrying failures according to `policy`. Waits between attempts
+    /// are durable timers.
+    pub fn call_activity_with_retry<A: Activity>(
+        &self,
+        _activity: A,
+        policy: &RetryPolicy,
+        input: A::Input,
+    ) -> BoxFuture<'static, Result<A::Output, TaskError>> {
+        self.call_activity_by_name_with_retry(A::NAME, policy, &input)
+    }
+
+    /// Calls an activity by name, with retries.
+    pub fn call_activity_by_name_with_retry<O: DeserializeOwned + Send + 'static>(
+        &self,
+        name: &str,
+        policy: &RetryPolicy,
+        input: &impl Serialize,
+    ) -> BoxFuture<'static, Result<O, TaskError>> {
+        let ctx = self.clone();
+        let name = name.to_string();
+        let policy = policy.clone();
+        let input = serde_json::to_value(input);
+        Box::pin(async move {
+            let input = input.map_err(|e| serialize_error(TaskKind::Activity, &name, e))?;
+            crate::retry::run_with_retry(&ctx, &policy, |attempt| {
+                ctx.call_activity_attempt::<O>(&name, &input, attempt)
+            })
+            .await
+        })
+    }
+
+    /// Starts a sub-orchestration and waits for its output. Its instance id is derived
+    /// from this instance's id and the call's sequence number.
+    pub fn call_sub_orchestrator<O: Orchestrator>(
+        &self,
+        _orchestrator: O,
+        input: O::Input,
+    ) -> DurableFuture<Result<O::Output, TaskError>> {
+        self.sub_orchestration(O::NAME, O::VERSION, None, &input)
+    }
+
+    /// Starts a sub-orchestration with a chosen instance id.
+    pub fn call_sub_orchestrator_with_id<O: Orchestrator>(
+        &self,
+        _orchestrator: O,
+        instance_id: &str,
+        input: O::Input,
+    ) -> DurableFuture<Result<O::Output, TaskError>> {
+        self.sub_orchestration(O::NAME, O::VERSION, Some(instance_id), &input)
+    }
+
+    /// Starts a sub-orchestration by name (optionally with an instance id).
+    pub fn call_sub_orchestrator_by_name<T: DeserializeOwned>(
+        &self,
+        name: &str,
+        instance_id: Option<&str>,
+        input: &impl Serialize,
+    ) -> DurableFuture<Result<T, TaskError>> {
+        self.sub_orchestration(name, None, instance_id, input)
+    }
+
+    /// Starts a sub-orchestration, retrying failures according to `policy`. Each attempt
+    /// is a new child instance.
+    pub fn call_sub_orchestrator_with_retry<O: Orchestrator>(
+        &self,
+        _orchestrator: O,
+        policy: &RetryPolicy,
+        input: O::Input,
+    ) -> BoxFuture<'static, Result<O::Output, TaskError>> {
+        let ctx = self.clone();
+        let policy = policy.clone();
+        let input = serde_json::to_value(&input);
+        Box::pin(async move {
+            let input = input.map_err(|e| serialize_error(TaskKind::SubOrchestration, O::NAME, e))?;
+            crate::retry::run_with_retry(&ctx, &policy, |_| {
+                ctx.sub_orchestration::<O::Output>(O::NAME, O::VERSION, None, &input)
+            })
+            .await
+        })
+    }
+
+    fn sub_orchestration<T: DeserializeOwned>(
+        &self,
+        name: &str,
+        version: Option<&str>,
+        instance_id: Option<&str>,
+        input: &(impl Serialize + ?Sized),
+    ) -> DurableFuture<Result<T, TaskError>> {
+        let input = match serialize(TaskKind::SubOrchestration, name, input) {
+            Ok(i) => i,
+            Err(e) => return DurableFuture::ready(self.clone(), Err(e)),
+        };
+        let child_id = match instance_id {
+            Some(id) => id.to_string(),
+            None => {
+                let seq = self.state().next_seq;
+                format!("{}:{seq:04X}", self.inner.instance_id)
+            }
+        };
+        self.task(
+            Action::SubOrchestration {
+                name: name.to_string(),
+                version: version.map(str::to_string),
+                instance_id: child_id,
+                input,
+            },
+            TaskKind::SubOrchestration,
+            name,
+            decode_task::<T>,
+        )
+    }
+
+    /// A durable timer: completes after a duration or at a time. Drop it to cancel it
+    /// (e.g. when it lost a race); a dropped timer never delays completion.
+    pub fn create_timer(&self, when: impl Into<TimerTarget>) -> DurableFuture<()> {
+        let fire_at = match when.into() {
+            TimerTarget::At(t) => t,
+            TimerTarget::After(d) => {
+                self.current_utc_datetime()
+                    + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+            }
+        };
+        self.task(Action::Timer { fire_at }, TaskKind::Activity, "timer", |_, _, _| ())
+    }
+
+    /// Waits for an external event raised on this instance. Events that arrived before
+    /// the wait are buffered and delivered first-in first-out per name.
+    pub fn wait_for_external_event<T: DeserializeOwned>(&self, name: &str) -> EventFuture<T> {
+        let mut st = self.state();
+        let id = st.next_waiter;
+        st.next_waiter += 1;
+        let buffered = st.event_buffers.get_mut(name).and_then(|b| b.pop_front());
+        match buffered {
+            Some(input) => {
+                st.event_results.insert(id, input);
+            }
+            None => st.event_waiters.entry(name.to_string()).or_default().push_back(id),
+        }
+        drop(st);
+        EventFuture {
+            ctx: self.clone(),
+            id,
+            name: name.to_string(),
+            done: false,
+            _out: PhantomData,
+        }
+    }
+
+    /// Waits for an external event for at most `timeout` (a durable timer). On timeout it
+    /// fails with a [`TaskError`] whose [`is_timeout`](TaskError::is_timeout) is true, and
+    /// later events of that name stay buffered for the next wait.
+    pub fn wait_for_external_event_with_timeout<T: DeserializeOwned + Send + 'static>(
+        &self,
+        name: &str,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<T, TaskError>> {
+        let event = self.wait_for_external_event::<T>(name);
+        let timer = self.create_timer(timeout);
+        let name = name.to_string();
+        Box::pin(async move {
+            match crate::join::race(event, timer).await {
+                crate::join::Either::Left(v) => v,
+                crate::join::Either::Right(()) => Err(TaskError {
+                    kind: TaskKind::ExternalEvent,
+                    name: name.clone(),
+                    failure: FailureDetails::new(
+                        "Timeout",
+                        format!("event '{name}' not received within {timeout:?}"),
+                    ),
+                }),
+            }
+        })
+    }
+
+    /// Sends an event to another instance (fire and forget; recorded as `EventSent`).
+    pub fn send_event(&self, instance_id: &str, name: &str, data: &impl Serialize) {
+        let input = serde_json::to_string(data).ok();
+        self.schedule(Action::SendEvent {
+            instance_id: instance_id.to_string(),
+            name: name.to_string(),
+            input,
+        });
+    }
+
+    /// Sets the custom status shown by status queries (any serializable value).
+    pub fn set_custom_status(&self, status: &impl Serialize) {
+        let json = serde_json::to_string(status).ok();
+        self.state().custom_status = json;
+    }
+
+    /// Ends this execution and starts a new one of the same orchestrator with `input`,
+    /// resetting the history. Unconsumed buffered events are carried over. Await it and
+    /// return its value: `return ctx.continue_as_new(next).await;`
+    pub fn continue_as_new<T>(&self, input: impl Serialize) -> ContinueAsNew<T> {
+        self.continue_as_new_with(input, true)
+    }
+
+    /// Like [`continue_as_new`](Self::continue_as_new), choosing whether buffered events
+    /// that no wait consumed are carried into the new execution.
+    pub fn continue_as_new_with<T>(
+        &self,
+        input: impl Serialize,
+        preserve_unprocessed_events: bool,
+    ) -> ContinueAsNew<T> {
+        let input = serde_json::to_string(&input).ok();
+        self.state().continue_as_new = Some(ContinueAsNewRequest {
+            input,
+            preserve_unprocessed_events,
+        });
+        ContinueAsNew { _out: PhantomData }
+    }
+
+    /// Waits for all futures; outputs in input order.
+    pub fn when_all<F: Future>(&self, futures: impl IntoIterator<Item = F>) -> crate::join::WhenAll<F> {
+        crate::join::when_all(futures)
+    }
+
+    /// Waits for the first future to finish; returns its index and output. Ties are
+    /// broken by history order, so replay picks the same winner. The others are dropped.
+    pub fn when_any<F: Future + Unpin>(
+        &self,
+        futures: impl IntoIterator<Item = F>,
+    ) -> crate::join::WhenAny<F> {
+        crate::join::when_any(futures)
+    }
+}
+
+/// Logs only when the orchestrator is not replaying, so each line appears once.
+///
+/// ```ignore
+/// replay_safe!(ctx, tracing::info!(city, "greeting"));
+/// ```
+#[macro_export]
+macro_rules! replay_safe {
+    ($ctx:expr, $($log:tt)+) => {
+        if !$ctx.is_replaying() {
+            $($log)+
+        }
+    };
+}
+
+fn serialize_error(kind: TaskKind, name: &str, e: serde_json::Error) -> TaskError {
+    TaskError {
+        kind,
+        name: name.to_string(),
+        failure: FailureDetails::new("SerializationError", format!("cannot serialize input: {e}")),
+    }
+}
+
+fn serialize(
+    kind: TaskKind,
+    name: &str,
+    input: &(impl Serialize + ?Sized),
+) -> Result<Option<String>, TaskError> {
+    serde_json::to_string(input)
+        .map(Some)
+        .map_err(|e| serialize_error(kind, name, e))
+}
+
+fn decode_task<O: DeserializeOwned>(c: Completion, kind: TaskKind, name: &str) -> Result<O, TaskError> {
+    match c {
+        Completion::Ok(json) => crate::registry::decode(json.as_deref()).map_err(|e| TaskError {
+            kind,
+            name: name.to_string(),
+            failure: FailureDetails::new(
+                "DeserializationError",
+                format!("cannot decode the result as the expected type: {e}"),
+            ),
+        }),
+        Completion::Failed(failure) => Err(TaskError {
+            kind,
+            name: name.to_string(),
+            failure,
+        }),
+    }
+}
+
+enum FutureState<T> {
+    Pending { seq: u64 },
+    Ready(Option<T>),
+    Never,
+}
+
+/// The future of one durable call (activity, sub-orchestration, timer). The call is
+/// recorded when the future is created, so several can run in parallel (fan-out).
+pub struct DurableFuture<T> {
+    ctx: OrchestrationContext,
+    state: FutureState<T>,
+    kind: TaskKind,
+    name: String,
+    decode: fn(Completion, TaskKind, &str) -> T,
+}
+
+impl<T> std::fmt::Debug for DurableFuture<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DurableFuture").field("name", &self.name).finish()
+    }
+}
+
+impl<T> DurableFuture<T> {
+    fn pending(
+        ctx: OrchestrationContext,
+        seq: u64,
+        kind: TaskKind,
+        name: &str,
+        decode: fn(Completion, TaskKind, &str) -> T,
+    ) -> Self {
+        Self {
+            ctx,
+            state: FutureState::Pending { seq },
+            kind,
+            name: name.to_string(),
+            decode,
+        }
+    }
+
+    fn ready(ctx: OrchestrationContext, value: T) -> Self {
+        Self {
+            ctx,
+            state: FutureState::Ready(Some(value)),
+            kind: TaskKind::Activity,
+            name: String::new(),
+            decode: |_, _, _| unreachable!("a ready future is never decoded"),
+        }
+    }
+
+    fn never(ctx: OrchestrationContext) -> Self {
+        Self {
+            ctx,
+            state: FutureState::Never,
+            kind: TaskKind::Activity,
+            name: String::new(),
+            decode: |_, _, _| unreachable!("a diverged call never completes"),
+        }
+    }
+
+    /// The sequence number of this call, when it was recorded.
+    pub fn sequence_number(&self) -> Option<u64> {
+        match self.state {
+            FutureState::Pending { seq } => Some(seq),
+            _ => None,
+        }
+    }
+}
+
+impl<T> Unpin for DurableFuture<T> {}
+
+impl<T> Future for DurableFuture<T> {
+    type Output = T;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+        let this = &mut *self;
+        match &mut this.state {
+            FutureState::Ready(v) => Poll::Ready(v.take().expect("DurableFuture polled after completion")),
+            FutureState::Never => Poll::Pending,
+            FutureState::Pending { seq } => {
+                let seq = *seq;
+                let mut st = this.ctx.state();
+                match st.completions.remove(&seq) {
+                    Some(c) => {
+                        drop(st);
+                        this.state = FutureState::Ready(None);
+                        Poll::Ready((this.decode)(c, this.kind, &this.name))
+                    }
+                    None => {
+                        st.wakers.insert(seq, cx.waker().clone());
+                        Poll::Pending
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl<T> Drop for DurableFuture<T> {
+    fn drop(&mut self) {
+        if let FutureState::Pending { seq } = self.state {
+            let mut st = self.ctx.state();
+            st.wakers.remove(&seq);
+        }
+    }
+}
+
+/// The future of an external event wait. Dropping it before it completes withdraws the
+/// wait; an event it had already received goes back to the front of the buffer.
+pub struct EventFuture<T> {
+    ctx: OrchestrationContext,
+    id: u64,
+    name: String,
+    done: bool,
+    _out: PhantomData<fn() -> T>,
+}
+
+impl<T> std::fmt::Debug for EventFuture<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventFuture").field("name", &self.name).finish()
+    }
+}
+
+impl<T> Unpin for EventFuture<T> {}
+
+impl<T: DeserializeOwned> Future for EventFuture<T> {
+    type Output = Result<T, TaskError>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        if this.done {
+            return Poll::Pending;
+        }
+        let mut st = this.ctx.state();
+        match st.event_results.remove(&this.id) {
+            Some(input) => {
+                drop(st);
+                this.done = true;
+                Poll::Ready(decode_task(
+                    Completion::Ok(input),
+                    TaskKind::ExternalEvent,
+                    &this.name,
+                ))
+            }
+            None => {
+                st.event_wakers.insert(this.id, cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl<T> Drop for EventFuture<T> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let mut st = self.ctx.state();
+        st.event_wakers.remove(&self.id);
+        if let Some(input) = st.event_results.remove(&self.id) {
+            st.event_buffers
+                .entry(self.name.clone())
+                .or_default()
+                .push_front(input);
+        } else if let Some(waiters) = st.event_waiters.get_mut(&self.name) {
+            waiters.retain(|w| *w != self.id);
+        }
+    }
+}
+
+/// The future returned by [`OrchestrationContext::continue_as_new`]: it never completes;
+/// the engine ends the execution and starts the next one.
+pub struct ContinueAsNew<T> {
+    _out: PhantomData<fn() -> T>,
+}
+
+impl<T> std::fmt::Debug for ContinueAsNew<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ContinueAsNew")
+    }
+}
+
+impl<T> Future for ContinueAsNew<T> {
+    type Output = T;
+    fn poll(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<T> {
+        Poll::Pending
+    }
+}

@@ -1,0 +1,308 @@
+//! History events: the append-only log of one orchestration execution, and the
+//! messages that deliver new events to an instance. Payloads are JSON text.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::instance::RuntimeStatus;
+
+/// Why a task, sub-orchestration or orchestration failed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailureDetails {
+    /// A short classification, e.g. `ActivityError`, `Panic`, `NonDeterminism`, `Timeout`.
+    pub error_type: String,
+    /// The human-readable message.
+    pub message: String,
+    /// Optional longer details (never shown on the public status endpoint).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<String>,
+    /// When true, retry policies do not retry this failure.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub non_retriable: bool,
+}
+
+impl FailureDetails {
+    /// A failure with a type and a message.
+    pub fn new(error_type: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            error_type: error_type.into(),
+            message: message.into(),
+            details: None,
+            non_retriable: false,
+        }
+    }
+}
+
+impl std::fmt::Display for FailureDetails {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.error_type, self.message)
+    }
+}
+
+/// The parent of a sub-orchestration instance.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParentInstance {
+    /// The parent's instance id.
+    pub instance_id: String,
+    /// The parent's execution id when it scheduled this child.
+    pub execution_id: String,
+    /// The sequence number of the `SubOrchestrationInstanceCreated` event in the parent.
+    pub task_scheduled_id: u64,
+    /// The parent's orchestrator name.
+    pub name: String,
+}
+
+/// One event of an execution's history.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HistoryEvent {
+    /// For scheduling events, the sequence number of the durable call; otherwise -1.
+    pub event_id: i64,
+    /// When the event was recorded.
+    pub timestamp: DateTime<Utc>,
+    /// What happened.
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+impl HistoryEvent {
+    /// An event that is not a scheduling event.
+    pub fn new(timestamp: DateTime<Utc>, kind: EventKind) -> Self {
+        Self {
+            event_id: -1,
+            timestamp,
+            kind,
+        }
+    }
+
+    /// A scheduling event carrying the sequence number `seq`.
+    pub fn scheduled(seq: u64, timestamp: DateTime<Utc>, kind: EventKind) -> Self {
+        Self {
+            event_id: seq as i64,
+            timestamp,
+            kind,
+        }
+    }
+}
+
+/// The kinds of history events, with their fields (Durable Task Framework names).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "eventType")]
+pub enum EventKind {
+    /// Marks the start of an episode; its timestamp is `current_utc_datetime`.
+    OrchestratorStarted,
+    /// Marks the end of an episode.
+    OrchestratorCompleted,
+    /// The execution started with this input.
+    ExecutionStarted {
+        /// Orchestrator name.
+        name: String,
+        /// Orchestrator version.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        version: Option<String>,
+        /// JSON input.
+        input: Option<String>,
+        /// The parent, for a sub-orchestration.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        parent: Option<ParentInstance>,
+    },
+    /// The execution ended.
+    ExecutionCompleted {
+        /// Completed, Failed or Terminated.
+        status: RuntimeStatus,
+        /// JSON output on success.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        result: Option<String>,
+        /// The failure, when failed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        failure: Option<FailureDetails>,
+    },
+    /// A terminate request was applied.
+    ExecutionTerminated {
+        /// Why.
+        reason: Option<String>,
+    },
+    /// A suspend request was applied.
+    ExecutionSuspended {
+        /// Why.
+        reason: Option<String>,
+    },
+    /// A resume request was applied.
+    ExecutionResumed {
+        /// Why.
+        reason: Option<String>,
+    },
+    /// A failed execution was rewound: its failed work is run again.
+    ExecutionRewound {
+        /// Why.
+        reason: Option<String>,
+    },
+    /// The execution continued as a new one with this input.
+    ContinueAsNew {
+        /// JSON input of the next execution.
+        input: Option<String>,
+    },
+    /// An activity was scheduled.
+    TaskScheduled {
+        /// Activity name.
+        name: String,
+        /// JSON input.
+        input: Option<String>,
+    },
+    /// An activity completed.
+    TaskCompleted {
+        /// Sequence number of the matching `TaskScheduled`.
+        task_scheduled_id: u64,
+        /// JSON result.
+        result: Option<String>,
+    },
+    /// An activity failed.
+    TaskFailed {
+        /// Sequence number of the matching `TaskScheduled`.
+        task_scheduled_id: u64,
+        /// Why.
+        failure: FailureDetails,
+    },
+    /// A sub-orchestration was started.
+    SubOrchestrationInstanceCreated {
+        /// Orchestrator name.
+        name: String,
+        /// Version requested.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        version: Option<String>,
+        /// The child instance id.
+        instance_id: String,
+        /// JSON input.
+        input: Option<String>,
+    },
+    /// A sub-orchestration completed.
+    SubOrchestrationInstanceCompleted {
+        /// Sequence number of the matching `SubOrchestrationInstanceCreated`.
+        task_scheduled_id: u64,
+        /// JSON result.
+        result: Option<String>,
+    },
+    /// A sub-orchestration failed.
+    SubOrchestrationInstanceFailed {
+        /// Sequence number of the matching `SubOrchestrationInstanceCreated`.
+        task_scheduled_id: u64,
+        /// Why.
+        failure: FailureDetails,
+    },
+    /// A durable timer was created.
+    TimerCreated {
+        /// When it fires.
+        fire_at: DateTime<Utc>,
+    },
+    /// A durable timer fired.
+    TimerFired {
+        /// Sequence number of the matching `TimerCreated`.
+        timer_id: u64,
+        /// When it was due.
+        fire_at: DateTime<Utc>,
+    },
+    /// An external event arrived.
+    EventRaised {
+        /// Event name.
+        name: String,
+        /// JSON payload.
+        input: Option<String>,
+    },
+    /// This orchestration sent an event to another instance.
+    EventSent {
+        /// Target instance.
+        instance_id: String,
+        /// Event name.
+        name: String,
+        /// JSON payload.
+        input: Option<String>,
+    },
+}
+
+impl EventKind {
+    /// The event type name, as in the Durable Task Framework.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            EventKind::OrchestratorStarted => "OrchestratorStarted",
+            EventKind::OrchestratorCompleted => "OrchestratorCompleted",
+            EventKind::ExecutionStarted { .. } => "ExecutionStarted",
+            EventKind::ExecutionCompleted { .. } => "ExecutionCompleted",
+            EventKind::ExecutionTerminated { .. } => "ExecutionTerminated",
+            EventKind::ExecutionSuspended { .. } => "ExecutionSuspended",
+            EventKind::ExecutionResumed { .. } => "ExecutionResumed",
+            EventKind::ExecutionRewound { .. } => "ExecutionRewound",
+            EventKind::ContinueAsNew { .. } => "ContinueAsNew",
+            EventKind::TaskScheduled { .. } => "TaskScheduled",
+            EventKind::TaskCompleted { .. } => "TaskCompleted",
+            EventKind::TaskFailed { .. } => "TaskFailed",
+            EventKind::SubOrchestrationInstanceCreated { .. } => "SubOrchestrationInstanceCreated",
+            EventKind::SubOrchestrationInstanceCompleted { .. } => {
+                "SubOrchestrationInstanceCompleted"
+            }
+            EventKind::SubOrchestrationInstanceFailed { .. } => "SubOrchestrationInstanceFailed",
+            EventKind::TimerCreated { .. } => "TimerCreated",
+            EventKind::TimerFired { .. } => "TimerFired",
+            EventKind::EventRaised { .. } => "EventRaised",
+            EventKind::EventSent { .. } => "EventSent",
+        }
+    }
+
+    /// For completion events, the sequence number of the call they complete.
+    pub fn completes(&self) -> Option<u64> {
+        match self {
+            EventKind::TaskCompleted {
+                task_scheduled_id, ..
+            }
+            | EventKind::TaskFailed {
+                task_scheduled_id, ..
+            }
+            | EventKind::SubOrchestrationInstanceCompleted {
+                task_scheduled_id, ..
+            }
+            | EventKind::SubOrchestrationInstanceFailed {
+                task_scheduled_id, ..
+            } => Some(*task_scheduled_id),
+            EventKind::TimerFired { timer_id, .. } => Some(*timer_id),
+            _ => None,
+        }
+    }
+}
+
+/// A message addressed to an orchestration instance: one new event for its next episode.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OrchestrationMessage {
+    /// The target instance.
+    pub instance_id: String,
+    /// When set, the message is only for this execution; it is dropped if the instance
+    /// has moved on (continue-as-new, restart).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execution_id: Option<String>,
+    /// The event to apply.
+    pub event: HistoryEvent,
+    /// Not delivered before this time (durable timers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub visible_at: Option<DateTime<Utc>>,
+}
+
+impl OrchestrationMessage {
+    /// A message delivered as soon as possible.
+    pub fn new(instance_id: impl Into<String>, event: HistoryEvent) -> Self {
+        Self {
+            instance_id: instance_id.into(),
+            execution_id: None,
+            event,
+            visible_at: None,
+        }
+    }
+
+    /// Restricts the message to one execution.
+    pub fn for_execution(mut self, execution_id: impl Into<String>) -> Self {
+        self.execution_id = Some(execution_id.into());
+        self
+    }
+
+    /// Delays the message until `at`.
+    pub fn visible_at(mut self, at: DateTime<Utc>) -> Self {
+        self.visible_at = Some(at);
+        self
+    }
+}

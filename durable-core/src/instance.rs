@@ -1,0 +1,202 @@
+//! Instances: runtime status, the stored state of an instance, and query filters.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::history::{FailureDetails, HistoryEvent, ParentInstance};
+
+/// The runtime status of an orchestration instance (Durable Functions names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum RuntimeStatus {
+    /// Created, first episode not yet run.
+    Pending,
+    /// Running (possibly waiting for timers, events or tasks).
+    Running,
+    /// Finished with an output.
+    Completed,
+    /// Transient: the execution is being replaced by a new one.
+    ContinuedAsNew,
+    /// Finished with a failure.
+    Failed,
+    /// Kept for Durable Functions API compatibility; not produced by this engine.
+    Canceled,
+    /// Stopped by a terminate request.
+    Terminated,
+    /// Paused by a suspend request; resumes on a resume request.
+    Suspended,
+}
+
+impl RuntimeStatus {
+    /// All statuses, in Durable Functions' enum order.
+    pub const ALL: [RuntimeStatus; 8] = [
+        RuntimeStatus::Running,
+        RuntimeStatus::Completed,
+        RuntimeStatus::ContinuedAsNew,
+        RuntimeStatus::Failed,
+        RuntimeStatus::Canceled,
+        RuntimeStatus::Terminated,
+        RuntimeStatus::Pending,
+        RuntimeStatus::Suspended,
+    ];
+
+    /// True for Completed, Failed, Terminated and Canceled: the instance will not run again
+    /// unless it is rewound, restarted or replaced.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            RuntimeStatus::Completed
+                | RuntimeStatus::Failed
+                | RuntimeStatus::Terminated
+                | RuntimeStatus::Canceled
+        )
+    }
+
+    /// The Durable Functions name, e.g. `"Running"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuntimeStatus::Pending => "Pending",
+            RuntimeStatus::Running => "Running",
+            RuntimeStatus::Completed => "Completed",
+            RuntimeStatus::ContinuedAsNew => "ContinuedAsNew",
+            RuntimeStatus::Failed => "Failed",
+            RuntimeStatus::Canceled => "Canceled",
+            RuntimeStatus::Terminated => "Terminated",
+            RuntimeStatus::Suspended => "Suspended",
+        }
+    }
+
+    /// Parses a Durable Functions status name, case-insensitively.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|st| st.as_str().eq_ignore_ascii_case(s.trim()))
+    }
+}
+
+impl std::fmt::Display for RuntimeStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The stored state of an orchestration instance, as returned by status queries.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InstanceState {
+    /// The instance id.
+    pub instance_id: String,
+    /// The current execution id (changes on continue-as-new and restart).
+    pub execution_id: String,
+    /// Orchestrator name.
+    pub name: String,
+    /// Orchestrator version, when one was given.
+    pub version: Option<String>,
+    /// Runtime status.
+    pub status: RuntimeStatus,
+    /// JSON input of the current execution.
+    pub input: Option<String>,
+    /// JSON output when Completed.
+    pub output: Option<String>,
+    /// The failure when Failed (or the reason when Terminated).
+    pub failure: Option<FailureDetails>,
+    /// JSON custom status set by the orchestrator.
+    pub custom_status: Option<String>,
+    /// When the instance was created.
+    pub created_at: DateTime<Utc>,
+    /// When its state last changed.
+    pub last_updated_at: DateTime<Utc>,
+    /// The parent, for a sub-orchestration.
+    pub parent: Option<ParentInstance>,
+}
+
+/// A new instance to create.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NewInstance {
+    /// Instance id.
+    pub instance_id: String,
+    /// Execution id of the first execution.
+    pub execution_id: String,
+    /// Orchestrator name.
+    pub name: String,
+    /// Orchestrator version.
+    pub version: Option<String>,
+    /// JSON input.
+    pub input: Option<String>,
+    /// The parent, for a sub-orchestration.
+    pub parent: Option<ParentInstance>,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Do not run before this time (scheduled start).
+    pub start_at: Option<DateTime<Utc>>,
+}
+
+impl NewInstance {
+    /// The `ExecutionStarted` message that runs the first episode.
+    pub fn start_message(&self) -> crate::history::OrchestrationMessage {
+        let event = HistoryEvent::new(
+            self.created_at,
+            crate::history::EventKind::ExecutionStarted {
+                name: self.name.clone(),
+                version: self.version.clone(),
+                input: self.input.clone(),
+                parent: self.parent.clone(),
+            },
+        );
+        let mut msg = crate::history::OrchestrationMessage::new(self.instance_id.clone(), event)
+            .for_execution(self.execution_id.clone());
+        msg.visible_at = self.start_at;
+        msg
+    }
+
+    /// The state an instance has right after it is created.
+    pub fn initial_state(&self) -> InstanceState {
+        InstanceState {
+            instance_id: self.instance_id.clone(),
+            execution_id: self.execution_id.clone(),
+            name: self.name.clone(),
+            version: self.version.clone(),
+            status: RuntimeStatus::Pending,
+            input: self.input.clone(),
+            output: None,
+            failure: None,
+            custom_status: None,
+            created_at: self.created_at,
+            last_updated_at: self.created_at,
+            parent: self.parent.clone(),
+        }
+    }
+}
+
+/// Filters for listing and bulk-purging instances. Empty fields match everything.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct InstanceFilter {
+    /// Only these statuses (empty: any).
+    pub statuses: Vec<RuntimeStatus>,
+    /// Created at or after.
+    pub created_from: Option<DateTime<Utc>>,
+    /// Created at or before.
+    pub created_to: Option<DateTime<Utc>>,
+    /// Instance id starts with.
+    pub instance_id_prefix: Option<String>,
+}
+
+impl InstanceFilter {
+    /// True when `state` passes the filter.
+    pub fn matches(&self, state: &InstanceState) -> bool {
+        (self.statuses.is_empty() || self.statuses.contains(&state.status))
+            && self.created_from.is_none_or(|t| state.created_at >= t)
+            && self.created_to.is_none_or(|t| state.created_at <= t)
+            && self
+                .instance_id_prefix
+                .as_deref()
+                .is_none_or(|p| state.instance_id.starts_with(p))
+    }
+}
+
+/// One page of a listing, with the token for the next page (None when done).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Page<T> {
+    /// The items.
+    pub items: Vec<T>,
+    /// Pass this back to get the next page; None when there are no more.
+    pub continuation_token: Option<String>,
+}

@@ -1,0 +1,75 @@
+//! # durable-core
+//!
+//! Durable functions for Rust: orchestrations written as plain `async fn`s that survive
+//! crashes and restarts, activities that do the side-effecting work, and a client to start
+//! and manage instances. The semantics are those of Azure Durable Functions and the
+//! Durable Task Framework: event-sourced histories and deterministic replay.
+//!
+//! ```ignore
+//! use durable_core::{activity, orchestrator, ActivityError, OrchestrationContext, OrchestrationError};
+//!
+//! #[activity]
+//! async fn say_hello(city: String) -> Result<String, ActivityError> {
+//!     Ok(format!("Hello {city}!"))
+//! }
+//!
+//! #[orchestrator]
+//! async fn hello_cities(ctx: OrchestrationContext, cities: Vec<String>) -> Result<Vec<String>, OrchestrationError> {
+//!     let mut out = Vec::new();
+//!     for city in cities {
+//!         out.push(ctx.call_activity(say_hello, city).await?);
+//!     }
+//!     Ok(out)
+//! }
+//! ```
+//!
+//! Modules, one per concept: [`history`] (events), [`instance`] (status and state),
+//! [`context`] (the orchestration API), [`activity`], [`registry`], [`worker`] (the
+//! runtime), [`client`], [`store`] (the persistence seam and its providers).
+
+#![warn(missing_docs)]
+
+pub mod activity;
+pub mod client;
+pub mod context;
+pub mod error;
+pub mod history;
+pub mod instance;
+pub mod join;
+pub mod registry;
+mod replay;
+pub mod retry;
+pub mod store;
+pub mod worker;
+
+pub use activity::ActivityContext;
+pub use client::{DurableClient, OrchestrationStatus, StartOptions, StatusOptions};
+pub use context::{DurableFuture, EventFuture, OrchestrationContext, TimerTarget};
+pub use durable_macros::{activity, orchestrator};
+pub use error::{ActivityError, Error, OrchestrationError, TaskError, TaskKind};
+pub use history::{EventKind, FailureDetails, HistoryEvent};
+pub use instance::{InstanceFilter, InstanceState, Page, RuntimeStatus};
+pub use join::{race, when_all, when_any, Either};
+pub use registry::{Activity, Orchestrator, Registry};
+pub use retry::RetryPolicy;
+pub use store::memory::MemoryStore;
+pub use store::Store;
+pub use worker::{Runtime, RuntimeOptions};
+
+/// Items used by code the attribute macros generate. Not a public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::activity::ActivityContext;
+    pub use crate::context::OrchestrationContext;
+    pub use crate::history::FailureDetails;
+    pub use crate::registry::{
+        decode_input, Activity, ActivityRegistration, BoxFuture, Orchestrator,
+        OrchestratorRegistration, Outcome, Plain, TaskOutcome,
+    };
+    pub use inventory;
+    pub use serde;
+    pub use serde_json;
+
+    /// Prints a macro expansion when `DURABLE_MACROS_DEBUG` is set (used by tests).
+    pub const DEBUG_ENV: &str = "DURABLE_MACROS_DEBUG";
+}

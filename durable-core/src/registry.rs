@@ -1,0 +1,395 @@
+//! The registry: which orchestrators and activities exist, by durable name. Filled at link
+//! time by the attribute macros (through `inventory`) and, for tests and dynamic cases, by
+//! closures registered on a [`RegistryBuilder`].
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::activity::ActivityContext;
+use crate::context::OrchestrationContext;
+use crate::error::Error;
+use crate::history::FailureDetails;
+
+/// A boxed, sendable future.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What running an orchestrator or activity yields: JSON output or a failure.
+pub type Outcome = Result<Option<String>, FailureDetails>;
+
+/// The type-erased entry point of an orchestrator.
+pub type OrchestratorFn =
+    Arc<dyn Fn(OrchestrationContext, Option<String>) -> BoxFuture<'static, Outcome> + Send + Sync>;
+
+/// The type-erased entry point of an activity.
+pub type ActivityFn =
+    Arc<dyn Fn(ActivityContext, Option<String>) -> BoxFuture<'static, Outcome> + Send + Sync>;
+
+/// A typed handle to an activity, implemented by `#[activity]` for the unit struct that
+/// shares the function's name. Lets `ctx.call_activity(say_hello, input)` check types.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not an activity",
+    label = "expected a function annotated with #[activity]",
+    note = "annotate the async fn with `#[durable_core::activity]`, or call it by name with `call_activity_by_name`"
+)]
+pub trait Activity: Copy + Send + Sync + 'static {
+    /// The input type (a tuple when the function takes several inputs, `()` for none).
+    type Input: Serialize + DeserializeOwned + Send + 'static;
+    /// The success type.
+    type Output: Serialize + DeserializeOwned + Send + 'static;
+    /// The durable name.
+    const NAME: &'static str;
+}
+
+/// A typed handle to an orchestrator, implemented by `#[orchestrator]` for the unit struct
+/// that shares the function's name. Lets `client.start(hello, input)` and
+/// `ctx.call_sub_orchestrator(child, input)` check types.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not an orchestrator",
+    label = "expected a function annotated with #[orchestrator]",
+    note = "annotate the async fn with `#[durable_core::orchestrator]`, or start it by name with `start_by_name`"
+)]
+pub trait Orchestrator: Copy + Send + Sync + 'static {
+    /// The input type (`()` when the function takes none).
+    type Input: Serialize + DeserializeOwned + Send + 'static;
+    /// The success type.
+    type Output: Serialize + DeserializeOwned + Send + 'static;
+    /// The durable name.
+    const NAME: &'static str;
+    /// The version, if one was given.
+    const VERSION: Option<&'static str>;
+}
+
+/// How a durable function's return value becomes a recorded outcome. Implemented for
+/// `Result<T, E>` (T serializable, E: Display) and for [`Plain`] values.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be returned from a durable function",
+    note = "return `Result<T, E>` where T: Serialize + DeserializeOwned and E: Display, or a plain serializable value"
+)]
+pub trait TaskOutcome {
+    /// The success type.
+    type Ok: Serialize + DeserializeOwned + Send + 'static;
+    /// Encodes the value as JSON or a failure.
+    fn into_outcome(self) -> Outcome;
+}
+
+impl<T, E> TaskOutcome for Result<T, E>
+where
+    T: Serialize + DeserializeOwned + Send + 'static,
+    E: fmt::Display + 'static,
+{
+    type Ok = T;
+    fn into_outcome(self) -> Outcome {
+        match self {
+            Ok(v) => encode(&v),
+            Err(e) => Err(failure_of(e)),
+        }
+    }
+}
+
+/// Wraps a non-`Result` return value.
+#[derive(Debug)]
+pub struct Plain<T>(pub T);
+
+impl<T: Serialize + DeserializeOwned + Send + 'static> TaskOutcome for Plain<T> {
+    type Ok = T;
+    fn into_outcome(self) -> Outcome {
+        encode(&self.0)
+    }
+}
+
+/// Turns any displayable error into failure details, keeping the details of the
+/// framework's own error types.
+pub fn failure_of<E: fmt::Display + 'static>(e: E) -> FailureDetails {
+    let any: &dyn std::any::Any = &e;
+    if let Some(a) = any.downcast_ref::<crate::error::ActivityError>() {
+        return a.details().clone();
+    }
+    if let Some(o) = any.downcast_ref::<crate::error::OrchestrationError>() {
+        return o.details().clone();
+    }
+    if let Some(d) = any.downcast_ref::<FailureDetails>() {
+        return d.clone();
+    }
+    let full = std::any::type_name::<E>();
+    let base = full.split('<').next().unwrap_or(full);
+    let short = base.rsplit("::").next().unwrap_or(base);
+    FailureDetails::new(short, e.to_string())
+}
+
+/// Serializes a value as a JSON payload.
+pub fn encode<T: Serialize + ?Sized>(value: &T) -> Outcome {
+    serde_json::to_string(value)
+        .map(Some)
+        .map_err(|e| FailureDetails::new("SerializationError", format!("cannot serialize output: {e}")))
+}
+
+/// Deserializes a JSON payload (absent = `null`).
+pub fn decode<T: DeserializeOwned>(payload: Option<&str>) -> Result<T, serde_json::Error> {
+    serde_json::from_str(payload.unwrap_or("null"))
+}
+
+/// Deserializes a function's input, with a failure naming the function.
+pub fn decode_input<T: DeserializeOwned>(what: &str, payload: Option<&str>) -> Result<T, FailureDetails> {
+    decode(payload).map_err(|e| {
+        FailureDetails::new(
+            "InvalidInput",
+            format!("input of {what} does not match its parameter types: {e}"),
+        )
+    })
+}
+
+/// Link-time registration of an orchestrator, emitted by `#[orchestrator]`.
+pub struct OrchestratorRegistration {
+    /// Durable name.
+    pub name: &'static str,
+    /// Version.
+    pub version: Option<&'static str>,
+    /// Entry point.
+    pub invoke: fn(OrchestrationContext, Option<String>) -> BoxFuture<'static, Outcome>,
+    /// `module::path` and `file:line` of the definition, for duplicate-name errors.
+    pub location: &'static str,
+}
+
+/// Link-time registration of an activity, emitted by `#[activity]`.
+pub struct ActivityRegistration {
+    /// Durable name.
+    pub name: &'static str,
+    /// Entry point.
+    pub invoke: fn(ActivityContext, Option<String>) -> BoxFuture<'static, Outcome>,
+    /// `module::path` and `file:line` of the definition, for duplicate-name errors.
+    pub location: &'static str,
+}
+
+inventory::collect!(OrchestratorRegistration);
+inventory::collect!(ActivityRegistration);
+
+/// A registered orchestrator.
+#[derive(Clone)]
+pub struct OrchestratorEntry {
+    /// Durable name.
+    pub name: String,
+    /// Version.
+    pub version: Option<String>,
+    /// Entry point.
+    pub invoke: OrchestratorFn,
+    /// Where it was defined.
+    pub location: String,
+}
+
+/// A registered activity.
+#[derive(Clone)]
+pub struct ActivityEntry {
+    /// Durable name.
+    pub name: String,
+    /// Entry point.
+    pub invoke: ActivityFn,
+    /// Where it was defined.
+    pub location: String,
+}
+
+/// Orchestrators and activities by durable name.
+#[derive(Clone, Default)]
+pub struct Registry {
+    orchestrators: HashMap<String, Vec<OrchestratorEntry>>,
+    activities: HashMap<String, ActivityEntry>,
+}
+
+impl fmt::Debug for Registry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut o: Vec<_> = self.orchestrators.keys().collect();
+        let mut a: Vec<_> = self.activities.keys().collect();
+        o.sort();
+        a.sort();
+        f.debug_struct("Registry")
+            .field("orchestrators", &o)
+            .field("activities", &a)
+            .finish()
+    }
+}
+
+impl Registry {
+    /// Everything registered by the attribute macros in this binary.
+    pub fn from_inventory() -> Result<Self, Error> {
+        RegistryBuilder::default().with_inventory().build()
+    }
+
+    /// An empty builder.
+    pub fn builder() -> RegistryBuilder {
+        RegistryBuilder::default()
+    }
+
+    /// The orchestrator for `name`: the given version, or the newest when `version` is None.
+    pub fn orchestrator(&self, name: &str, version: Option<&str>) -> Option<&OrchestratorEntry> {
+        let entries = self.orchestrators.get(name)?;
+        match version {
+            Some(v) => entries.iter().find(|e| e.version.as_deref() == Some(v)),
+            None => entries.last(),
+        }
+    }
+
+    /// The activity for `name`.
+    pub fn activity(&self, name: &str) -> Option<&ActivityEntry> {
+        self.activities.get(name)
+    }
+
+    /// Names of all orchestrators, sorted.
+    pub fn orchestrator_names(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = self.orchestrators.keys().map(String::as_str).collect();
+        v.sort();
+        v
+    }
+
+    /// Names of all activities, sorted.
+    pub fn activity_names(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = self.activities.keys().map(String::as_str).collect();
+        v.sort();
+        v
+    }
+}
+
+/// Builds a [`Registry`]; duplicate durable names are reported by [`build`](Self::build).
+#[derive(Default)]
+pub struct RegistryBuilder {
+    orchestrators: Vec<OrchestratorEntry>,
+    activities: Vec<ActivityEntry>,
+}
+
+impl RegistryBuilder {
+    /// Adds everything registered by the attribute macros.
+    pub fn with_inventory(mut self) -> Self {
+        for r in inventory::iter::<OrchestratorRegistration> {
+            let invoke = r.invoke;
+            self.orchestrators.push(OrchestratorEntry {
+                name: r.name.to_string(),
+                version: r.version.map(str::to_string),
+                invoke: Arc::new(invoke),
+                location: r.location.to_string(),
+            });
+        }
+        for r in inventory::iter::<ActivityRegistration> {
+            let invoke = r.invoke;
+            self.activities.push(ActivityEntry {
+                name: r.name.to_string(),
+                invoke: Arc::new(invoke),
+                location: r.location.to_string(),
+            });
+        }
+        self
+    }
+
+    /// Registers an orchestrator written as a closure or function with typed input.
+    pub fn orchestrator<I, R, F, Fut>(mut self, name: &str, f: F) -> Self
+    where
+        I: DeserializeOwned + Send + 'static,
+        R: TaskOutcome,
+        F: Fn(OrchestrationContext, I) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = R> + Send + 'static,
+    {
+        let f = Arc::new(f);
+        let label = format!("orchestrator '{name}'");
+        self.orchestrators.push(OrchestratorEntry {
+            name: name.to_string(),
+            version: None,
+            invoke: Arc::new(move |ctx, input| {
+                let f = f.clone();
+                let label = label.clone();
+                Box::pin(async move {
+                    let input: I = decode_input(&label, input.as_deref())?;
+                    f(ctx, input).await.into_outcome()
+                })
+            }),
+            location: format!("{name} (registered at run time)"),
+        });
+        self
+    }
+
+    /// Registers an activity written as a closure or function with typed input.
+    pub fn activity<I, R, F, Fut>(mut self, name: &str, f: F) -> Self
+    where
+        I: DeserializeOwned + Send + 'static,
+        R: TaskOutcome,
+        F: Fn(ActivityContext, I) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = R> + Send + 'static,
+    {
+        let f = Arc::new(f);
+        let label = format!("activity '{name}'");
+        self.activities.push(ActivityEntry {
+            name: name.to_string(),
+            invoke: Arc::new(move |ctx, input| {
+                let f = f.clone();
+                let label = label.clone();
+                Box::pin(async move {
+                    let input: I = decode_input(&label, input.as_deref())?;
+                    f(ctx, input).await.into_outcome()
+                })
+            }),
+            location: format!("{name} (registered at run time)"),
+        });
+        self
+    }
+
+    /// Checks for duplicate names and builds the registry.
+    pub fn build(self) -> Result<Registry, Error> {
+        let mut reg = Registry::default();
+        let mut dups = Vec::new();
+        for o in self.orchestrators {
+            let list = reg.orchestrators.entry(o.name.clone()).or_default();
+            if let Some(prev) = list.iter().find(|e| e.version == o.version) {
+                dups.push(format!(
+                    "orchestrator '{}'{} is defined twice: at {} and at {}",
+                    o.name,
+                    o.version.as_deref().map(|v| format!(" version '{v}'")).unwrap_or_default(),
+                    prev.location,
+                    o.location
+                ));
+                continue;
+            }
+            list.push(o);
+        }
+        for list in reg.orchestrators.values_mut() {
+            list.sort_by(|a, b| compare_versions(a.version.as_deref(), b.version.as_deref()));
+        }
+        for a in self.activities {
+            if let Some(prev) = reg.activities.get(&a.name) {
+                dups.push(format!(
+                    "activity '{}' is defined twice: at {} and at {}",
+                    a.name, prev.location, a.location
+                ));
+                continue;
+            }
+            reg.activities.insert(a.name.clone(), a);
+        }
+        if dups.is_empty() {
+            Ok(reg)
+        } else {
+            dups.sort();
+            Err(Error::DuplicateName(format!(
+                "duplicate durable names: {}",
+                dups.join("; ")
+            )))
+        }
+    }
+}
+
+/// Orders versions: none first, then dotted numeric parts numerically, other text lexically.
+fn compare_versions(a: Option<&str>, b: Option<&str>) -> std::cmp::Ordering {
+    match (a, b) {
+        (None, None) => std::cmp::Ordering::Equal,
+        (None, Some(_)) => std::cmp::Ordering::Less,
+        (Some(_), None) => std::cmp::Ordering::Greater,
+        (Some(a), Some(b)) => {
+            let key = |s: &str| -> Vec<(u64, String)> {
+                s.split(['.', '-'])
+                    .map(|p| (p.parse::<u64>().unwrap_or(u64::MAX), p.to_string()))
+                    .collect()
+            };
+            key(a).cmp(&key(b))
+        }
+    }
+}

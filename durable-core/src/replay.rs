@@ -1,0 +1,780 @@
+//! The replay engine. In: an instance's recorded history (or a cached live execution) and
+//! the new messages of a work item. Out: the episode's commit (new history, scheduled work,
+//! messages, new status) and the live execution to keep in the cache.
+//!
+//! History is applied one event at a time and the orchestrator is polled after each event
+//! that woke it, so every replay makes the same decisions (including `when_any` winners).
+
+use std::collections::HashSet;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+
+use chrono::{DateTime, Utc};
+
+use crate::context::{Action, Completion, OrchestrationContext};
+use crate::history::{EventKind, FailureDetails, HistoryEvent, OrchestrationMessage, ParentInstance};
+use crate::instance::{InstanceState, NewInstance, RuntimeStatus};
+use crate::registry::{BoxFuture, Outcome, Registry};
+use crate::store::{random_id, ActivityWorkItem, HistoryUpdate, OrchestrationCommit, OrchestrationWorkItem};
+
+#[derive(Default)]
+struct WakeFlag(AtomicBool);
+
+impl Wake for WakeFlag {
+    fn wake(self: Arc<Self>) {
+        self.0.store(true, Ordering::Release);
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+/// A live orchestrator execution: its context, its suspended future and what replay
+/// learned so far. Kept in the instance cache between episodes.
+pub(crate) struct Execution {
+    pub ctx: OrchestrationContext,
+    future: Option<BoxFuture<'static, Outcome>>,
+    pub result: Option<Outcome>,
+    flag: Arc<WakeFlag>,
+    waker: Waker,
+    /// Events in the stored history this execution has applied.
+    pub history_len: u64,
+    pub suspended: bool,
+    deferred: Vec<HistoryEvent>,
+    pub terminated: Option<Option<String>>,
+    pub started: bool,
+    /// Actions known to be in the stored history.
+    pub committed_actions: usize,
+}
+
+impl Execution {
+    fn new(ctx: OrchestrationContext) -> Self {
+        let flag = Arc::new(WakeFlag::default());
+        let waker = Waker::from(flag.clone());
+        Self {
+            ctx,
+            future: None,
+            result: None,
+            flag,
+            waker,
+            history_len: 0,
+            suspended: false,
+            deferred: Vec::new(),
+            terminated: None,
+            started: false,
+            committed_actions: 0,
+        }
+    }
+
+    /// True when the orchestrator can make no more progress in this execution.
+    pub fn is_finished(&self) -> bool {
+        self.result.is_some() || self.terminated.is_some() || self.failure().is_some()
+    }
+
+    fn failure(&self) -> Option<FailureDetails> {
+        let st = self.ctx.state();
+        st.nondeterminism
+            .as_ref()
+            .map(|m| FailureDetails::new("NonDeterminism", m.clone()))
+    }
+
+    fn poll(&mut self) {
+        loop {
+            if !self.flag.0.swap(false, Ordering::AcqRel) {
+                return;
+            }
+            let Some(fut) = self.future.as_mut() else {
+                return;
+            };
+            let mut cx = Context::from_waker(&self.waker);
+            match catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(&mut cx))) {
+                Ok(Poll::Ready(out)) => {
+                    self.result = Some(out);
+                    self.future = None;
+                    return;
+                }
+                Ok(Poll::Pending) => {}
+                Err(panic) => {
+                    let msg = panic_message(&panic);
+                    self.result = Some(Err(FailureDetails::new(
+                        "Panic",
+                        format!("orchestrator '{}' panicked: {msg}", self.ctx.name()),
+                    )));
+                    self.future = None;
+                    return;
+                }
+            }
+            let st = self.ctx.state();
+            if st.nondeterminism.is_some() || st.continue_as_new.is_some() {
+                return;
+            }
+        }
+    }
+
+    /// Applies one event (from history or new) to the execution.
+    fn apply(&mut self, registry: &Registry, event: &HistoryEvent) {
+        if self.is_finished() {
+            return;
+        }
+        match &event.kind {
+            EventKind::OrchestratorStarted => {
+                self.ctx.state().current_time = event.timestamp;
+            }
+            EventKind::ExecutionStarted { name, version, input, .. } => {
+                if self.started {
+                    return;
+                }
+                self.started = true;
+                match registry.orchestrator(name, version.as_deref()) {
+                    Some(entry) => {
+                        self.future = Some((entry.invoke)(self.ctx.clone(), input.clone()));
+                        self.flag.0.store(true, Ordering::Release);
+                        self.poll();
+                    }
+                    None => {
+                        let what = match version {
+                            Some(v) => format!("orchestrator '{name}' version '{v}'"),
+                            None => format!("orchestrator '{name}'"),
+                        };
+                        self.result = Some(Err(FailureDetails::new(
+                            "UnknownOrchestrator",
+                            format!("{what} is not registered in this worker"),
+                        )));
+                    }
+                }
+            }
+            EventKind::ExecutionTerminated { reason } => {
+                self.terminated = Some(reason.clone());
+            }
+            EventKind::ExecutionSuspended { .. } => self.suspended = true,
+            EventKind::ExecutionResumed { .. } => {
+                self.suspended = false;
+                for e in std::mem::take(&mut self.deferred) {
+                    self.apply(registry, &e);
+                }
+            }
+            EventKind::EventRaised { name, input } => {
+                if self.suspended {
+                    self.deferred.push(event.clone());
+                    return;
+                }
+                self.ctx.state().deliver_event(name, input.clone());
+                self.poll();
+            }
+            kind => {
+                let Some(seq) = kind.completes() else {
+                    return;
+                };
+                if self.suspended {
+                    self.deferred.push(event.clone());
+                    return;
+                }
+                let completion = match kind {
+                    EventKind::TaskFailed { failure, .. }
+                    | EventKind::SubOrchestrationInstanceFailed { failure, .. } => {
+                        Completion::Failed(failure.clone())
+                    }
+                    EventKind::TaskCompleted { result, .. }
+                    | EventKind::SubOrchestrationInstanceCompleted { result, .. } => {
+                        Completion::Ok(result.clone())
+                    }
+                    _ => Completion::Ok(None),
+                };
+                {
+                    let mut st = self.ctx.state();
+                    if seq >= st.next_seq {
+                        if st.nondeterminism.is_none() {
+                            let recorded = st
+                                .actions
+                                .get(seq as usize)
+                                .map(|a| a.recorded_name())
+                                .unwrap_or_else(|| "a call".to_string());
+                            st.nondeterminism = Some(format!(
+                                "non-deterministic orchestration '{}': the history recorded {} completing sequence number {seq} ({recorded}), but the code did not make that call; was the orchestrator changed while this instance was running?",
+                                self.ctx.name(),
+                                kind.type_name()
+                            ));
+                        }
+                        return;
+                    }
+                    st.complete(seq, completion);
+                }
+                self.poll();
+            }
+        }
+    }
+
+    /// Replays a recorded history into a fresh execution.
+    pub fn replay(
+        registry: &Registry,
+        state: &InstanceState,
+        history: &[HistoryEvent],
+    ) -> Execution {
+        let ctx = OrchestrationContext::new(
+            state.instance_id.clone(),
+            state.execution_id.clone(),
+            state.name.clone(),
+            state.version.clone(),
+            state.parent.clone(),
+            history.first().map(|e| e.timestamp).unwrap_or(state.created_at),
+        );
+        {
+            let mut st = ctx.state();
+            for e in history {
+                if let Some(a) = Action::from_event(&e.kind) {
+                    if e.event_id >= 0 && e.event_id as usize == st.actions.len() {
+                        st.actions.push(a);
+                    }
+                }
+            }
+        }
+        let mut exec = Execution::new(ctx);
+        exec.committed_actions = exec.ctx.state().actions.len();
+        for e in history {
+            exec.apply(registry, e);
+        }
+        exec.history_len = history.len() as u64;
+        exec
+    }
+
+    /// Checks that replay re-made every recorded call; a shortfall is nondeterminism.
+    fn check_replayed_all(&self) {
+        let mut st = self.ctx.state();
+        if st.nondeterminism.is_some() || self.result.is_none() {
+            return;
+        }
+        let made = st.next_seq as usize;
+        if made < self.committed_actions {
+            let missing = st.actions[made].recorded_name();
+            st.nondeterminism = Some(format!(
+                "non-deterministic orchestration '{}': the history recorded {missing} at sequence number {made}, but the code finished without making that call; was the orchestrator changed while this instance was running?",
+                self.ctx.name()
+            ));
+        }
+    }
+}
+
+pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_string()
+    }
+}
+
+/// What an episode produced.
+pub(crate) struct EpisodeResult {
+    pub commit: OrchestrationCommit,
+    /// The live execution, when it is still running and may be cached.
+    pub execution: Option<Execution>,
+    /// Whether the instance reached a terminal status.
+    pub finished: bool,
+}
+
+/// Where the history to replay comes from.
+pub(crate) enum Source {
+    /// A cached execution already in sync with the stored history.
+    Cached(Execution),
+    /// The stored history, to replay from scratch.
+    History(Vec<HistoryEvent>),
+}
+
+fn commit_base(item: &OrchestrationWorkItem) -> OrchestrationCommit {
+    OrchestrationCommit {
+        instance_id: item.instance_id.clone(),
+        lock_token: item.lock_token.clone(),
+        consumed: item.messages.iter().map(|(id, _)| *id).collect(),
+        history: HistoryUpdate::Append(Vec::new()),
+        state: None,
+        activities: Vec::new(),
+        messages: Vec::new(),
+        new_instances: Vec::new(),
+    }
+}
+
+/// The message telling a parent its child finished.
+fn parent_message(parent: &ParentInstance, now: DateTime<Utc>, outcome: &Result<Option<String>, FailureDetails>) -> OrchestrationMessage {
+    let kind = match outcome {
+        Ok(result) => EventKind::SubOrchestrationInstanceCompleted {
+            task_scheduled_id: parent.task_scheduled_id,
+            result: result.clone(),
+        },
+        Err(failure) => EventKind::SubOrchestrationInstanceFailed {
+            task_scheduled_id: parent.task_scheduled_id,
+            failure: failure.clone(),
+        },
+    };
+    OrchestrationMessage::new(parent.instance_id.clone(), HistoryEvent::new(now, kind))
+        .for_execution(parent.execution_id.clone())
+}
+
+/// The outcome a finished instance reports to its parent.
+fn terminal_outcome(state: &InstanceState) -> Result<Option<String>, FailureDetails> {
+    match state.status {
+        RuntimeStatus::Completed => Ok(state.output.clone()),
+        RuntimeStatus::Terminated => Err(FailureDetails::new(
+            "Terminated",
+            format!(
+                "sub-orchestration '{}' was terminated{}",
+                state.instance_id,
+                state
+                    .output
+                    .as_deref()
+                    .map(|r| format!(": {r}"))
+                    .unwrap_or_default()
+            ),
+        )),
+        _ => Err(state.failure.clone().unwrap_or_else(|| {
+            FailureDetails::new("Failed", format!("sub-orchestration '{}' failed", state.instance_id))
+        })),
+    }
+}
+
+/// Runs one episode for a work item.
+pub(crate) fn run_episode(
+    registry: &Registry,
+    item: &OrchestrationWorkItem,
+    source: Option<Source>,
+    now: DateTime<Utc>,
+) -> EpisodeResult {
+    let mut commit = commit_base(item);
+    let Some(state) = item.state.clone() else {
+        // Messages for an instance that does not exist (purged): drop them.
+        return EpisodeResult {
+            commit,
+            execution: None,
+            finished: true,
+        };
+    };
+
+    if state.status.is_terminal() {
+        return terminal_episode(registry, item, state, source, now, commit);
+    }
+
+    let (mut exec, replaced) = match source {
+        Some(Source::Cached(exec)) => (exec, None),
+        Some(Source::History(history)) => (Execution::replay(registry, &state, &history), None),
+        None => (Execution::replay(registry, &state, &[]), None::<Vec<HistoryEvent>>),
+    };
+    let new_events = apply_messages(registry, &mut exec, item, &state, now);
+    finish_episode(registry, exec, state, new_events, replaced, now, &mut commit)
+}
+
+/// Applies the work item's messages to a running execution; returns the events to append.
+fn apply_messages(
+    registry: &Registry,
+    exec: &mut Execution,
+    item: &OrchestrationWorkItem,
+    state: &InstanceState,
+    now: DateTime<Utc>,
+) -> Vec<HistoryEvent> {
+    let mut new_events = vec![HistoryEvent::new(now, EventKind::OrchestratorStarted)];
+    {
+        let mut st = exec.ctx.state();
+        st.is_replaying = false;
+        st.current_time = now;
+    }
+    let mut seen_completions: HashSet<u64> = HashSet::new();
+    for (_, msg) in &item.messages {
+        if msg
+            .execution_id
+            .as_deref()
+            .is_some_and(|e| e != state.execution_id)
+        {
+            continue;
+        }
+        let ev = &msg.event;
+        let accept = match &ev.kind {
+            EventKind::ExecutionStarted { .. } => !exec.started,
+            EventKind::ExecutionSuspended { .. } => !exec.suspended,
+            EventKind::ExecutionResumed { .. } => exec.suspended,
+            EventKind::ExecutionTerminated { .. } | EventKind::EventRaised { .. } => true,
+            kind => match kind.completes() {
+                Some(seq) => {
+                    let st = exec.ctx.state();
+                    let known = st
+                        .actions
+                        .get(seq as usize)
+                        .is_some_and(|a| (seq as usize) < exec.committed_actions && a.accepts(kind));
+                    known && !st.completed.contains(&seq) && seen_completions.insert(seq)
+                }
+                None => false,
+            },
+        };
+        if !accept {
+            continue;
+        }
+        let mut ev = ev.clone();
+        ev.timestamp = now;
+        if let EventKind::ExecutionTerminated { .. } = ev.kind {
+            new_events.push(ev.clone());
+            exec.apply(registry, &ev);
+            break;
+        }
+        new_events.push(ev.clone());
+        exec.apply(registry, &ev);
+    }
+    new_events
+}
+
+/// Turns the execution's state after the new events into the commit.
+fn finish_episode(
+    _registry: &Registry,
+    mut exec: Execution,
+    mut state: InstanceState,
+    mut new_events: Vec<HistoryEvent>,
+    replaced: Option<Vec<HistoryEvent>>,
+    now: DateTime<Utc>,
+    commit: &mut OrchestrationCommit,
+) -> EpisodeResult {
+    exec.check_replayed_all();
+    let failure = exec.failure();
+    let (custom_status, continue_as_new, actions) = {
+        let st = exec.ctx.state();
+        (
+            st.custom_status.clone(),
+            st.continue_as_new.clone(),
+            st.actions[exec.committed_actions..].to_vec(),
+        )
+    };
+    state.custom_status = custom_status;
+    state.last_updated_at = now;
+
+    let mut finished = true;
+    let mut record_actions = true;
+    let mut schedule_timers = false;
+    let mut parent_outcome = None;
+    if let Some(reason) = exec.terminated.clone() {
+        record_actions = false;
+        state.status = RuntimeStatus::Terminated;
+        state.output = reason.as_ref().map(|r| serde_json::Value::String(r.clone()).to_string());
+        state.failure = None;
+        new_events.push(HistoryEvent::new(
+            now,
+            EventKind::ExecutionCompleted {
+                status: RuntimeStatus::Terminated,
+                result: state.output.clone(),
+                failure: None,
+            },
+        ));
+        parent_outcome = Some(terminal_outcome(&state));
+    } else if let Some(f) = failure {
+        record_actions = false;
+        state.status = RuntimeStatus::Failed;
+        state.failure = Some(f.clone());
+        new_events.push(HistoryEvent::new(
+            now,
+            EventKind::ExecutionCompleted {
+                status: RuntimeStatus::Failed,
+                result: None,
+                failure: Some(f.clone()),
+            },
+        ));
+        parent_outcome = Some(Err(f));
+    } else if let Some(result) = exec.result.clone() {
+        match result {
+            Ok(output) => {
+                state.status = RuntimeStatus::Completed;
+                state.output = output.clone();
+                state.failure = None;
+                new_events.push(HistoryEvent::new(
+                    now,
+                    EventKind::ExecutionCompleted {
+                        status: RuntimeStatus::Completed,
+                        result: output.clone(),
+                        failure: None,
+                    },
+                ));
+                parent_outcome = Some(Ok(output));
+            }
+            Err(f) => {
+                state.status = RuntimeStatus::Failed;
+                state.failure = Some(f.clone());
+                new_events.push(HistoryEvent::new(
+                    now,
+                    EventKind::ExecutionCompleted {
+                        status: RuntimeStatus::Failed,
+                        result: None,
+                        failure: Some(f.clone()),
+                    },
+                ));
+                parent_outcome = Some(Err(f));
+            }
+        }
+    } else if let Some(can) = continue_as_new {
+        // End this execution and queue the start of the next one.
+        let next_execution = random_id();
+        let mut carried = Vec::new();
+        if can.preserve_unprocessed_events {
+            let st = exec.ctx.state();
+            let mut names: Vec<&String> = st.event_buffers.keys().collect();
+            names.sort();
+            for name in names {
+                for input in &st.event_buffers[name] {
+                    carried.push((name.clone(), input.clone()));
+                }
+            }
+        }
+        for (seq, a) in actions.iter().enumerate() {
+            let seq = (exec.committed_actions + seq) as u64;
+            side_effects(&state, a, seq, now, commit, false);
+        }
+        let start = NewInstance {
+            instance_id: state.instance_id.clone(),
+            execution_id: next_execution.clone(),
+            name: state.name.clone(),
+            version: state.version.clone(),
+            input: can.input.clone(),
+            parent: state.parent.clone(),
+            created_at: now,
+            start_at: None,
+        };
+        commit.messages.push(start.start_message());
+        for (name, input) in carried {
+            commit.messages.push(OrchestrationMessage::new(
+                state.instance_id.clone(),
+                HistoryEvent::new(now, EventKind::EventRaised { name, input }),
+            ));
+        }
+        state.status = RuntimeStatus::Running;
+        state.execution_id = next_execution;
+        state.input = can.input;
+        state.output = None;
+        state.failure = None;
+        commit.history = HistoryUpdate::Replace(Vec::new());
+        commit.state = Some(state);
+        return EpisodeResult {
+            commit: std::mem::replace(commit, commit_base_empty()),
+            execution: None,
+            finished: false,
+        };
+    } else {
+        finished = false;
+        schedule_timers = true;
+        state.status = if !exec.started {
+            RuntimeStatus::Pending
+        } else if exec.suspended {
+            RuntimeStatus::Suspended
+        } else {
+            RuntimeStatus::Running
+        };
+    }
+
+    if record_actions {
+        for (i, a) in actions.iter().enumerate() {
+            let seq = (exec.committed_actions + i) as u64;
+            new_events.push(a.to_event(seq, now));
+            side_effects(&state, a, seq, now, commit, schedule_timers);
+        }
+    }
+    new_events.push(HistoryEvent::new(now, EventKind::OrchestratorCompleted));
+    if let (Some(parent), Some(outcome)) = (&state.parent, &parent_outcome) {
+        commit.messages.push(parent_message(parent, now, outcome));
+    }
+
+    let appended = new_events.len() as u64;
+    commit.history = match replaced {
+        Some(mut kept) => {
+            kept.extend(new_events);
+            exec.history_len = kept.len() as u64;
+            HistoryUpdate::Replace(kept)
+        }
+        None => {
+            exec.history_len += appended;
+            HistoryUpdate::Append(new_events)
+        }
+    };
+    commit.state = Some(state);
+    exec.committed_actions += if record_actions { actions.len() } else { 0 };
+    let commit = std::mem::replace(commit, commit_base_empty());
+    EpisodeResult {
+        commit,
+        execution: if finished { None } else { Some(exec) },
+        finished,
+    }
+}
+
+fn commit_base_empty() -> OrchestrationCommit {
+    OrchestrationCommit {
+        instance_id: String::new(),
+        lock_token: String::new(),
+        consumed: Vec::new(),
+        history: HistoryUpdate::Append(Vec::new()),
+        state: None,
+        activities: Vec::new(),
+        messages: Vec::new(),
+        new_instances: Vec::new(),
+    }
+}
+
+/// The work, messages and instances a new action causes.
+fn side_effects(
+    state: &InstanceState,
+    action: &Action,
+    seq: u64,
+    now: DateTime<Utc>,
+    commit: &mut OrchestrationCommit,
+    schedule_timers: bool,
+) {
+    match action {
+        Action::Activity { name, input, attempt } => commit.activities.push(ActivityWorkItem {
+            id: 0,
+            instance_id: state.instance_id.clone(),
+            execution_id: state.execution_id.clone(),
+            task_scheduled_id: seq,
+            name: name.clone(),
+            input: input.clone(),
+            attempt: *attempt,
+            lock_token: String::new(),
+            dequeue_count: 0,
+        }),
+        Action::Timer { fire_at } => {
+            if schedule_timers {
+                commit.messages.push(
+                    OrchestrationMessage::new(
+                        state.instance_id.clone(),
+                        HistoryEvent::new(now, EventKind::TimerFired {
+                            timer_id: seq,
+                            fire_at: *fire_at,
+                        }),
+                    )
+                    .for_execution(state.execution_id.clone())
+                    .visible_at(*fire_at),
+                );
+            }
+        }
+        Action::SubOrchestration {
+            name,
+            version,
+            instance_id,
+            input,
+        } => commit.new_instances.push(NewInstance {
+            instance_id: instance_id.clone(),
+            execution_id: random_id(),
+            name: name.clone(),
+            version: version.clone(),
+            input: input.clone(),
+            parent: Some(ParentInstance {
+                instance_id: state.instance_id.clone(),
+                execution_id: state.execution_id.clone(),
+                task_scheduled_id: seq,
+                name: state.name.clone(),
+            }),
+            created_at: now,
+            start_at: None,
+        }),
+        Action::SendEvent {
+            instance_id,
+            name,
+            input,
+        } => commit.messages.push(OrchestrationMessage::new(
+            instance_id.clone(),
+            HistoryEvent::new(now, EventKind::EventRaised {
+                name: name.clone(),
+                input: input.clone(),
+            }),
+        )),
+    }
+}
+
+/// An episode for a finished instance: only a rewind (of a failed instance) does anything;
+/// a completed child asked to rewind reports its result to its parent again.
+fn terminal_episode(
+    registry: &Registry,
+    item: &OrchestrationWorkItem,
+    state: InstanceState,
+    source: Option<Source>,
+    now: DateTime<Utc>,
+    mut commit: OrchestrationCommit,
+) -> EpisodeResult {
+    let rewind = item.messages.iter().find_map(|(_, m)| match &m.event.kind {
+        EventKind::ExecutionRewound { reason } => Some(reason.clone()),
+        _ => None,
+    });
+    let Some(reason) = rewind else {
+        return EpisodeResult {
+            commit,
+            execution: None,
+            finished: true,
+        };
+    };
+    if state.status != RuntimeStatus::Failed {
+        if let Some(parent) = &state.parent {
+            commit
+                .messages
+                .push(parent_message(parent, now, &terminal_outcome(&state)));
+        }
+        return EpisodeResult {
+            commit,
+            execution: None,
+            finished: true,
+        };
+    }
+    let history = match source {
+        Some(Source::History(h)) => h,
+        _ => Vec::new(),
+    };
+    // Cut the history at the first failed call (or at the end of the execution), so the
+    // failed work runs again; events raised after the cut are delivered again.
+    let cut = history
+        .iter()
+        .position(|e| {
+            matches!(
+                e.kind,
+                EventKind::TaskFailed { .. }
+                    | EventKind::SubOrchestrationInstanceFailed { .. }
+                    | EventKind::ExecutionCompleted { .. }
+            )
+        })
+        .unwrap_or(history.len());
+    let kept: Vec<HistoryEvent> = history[..cut].to_vec();
+    for e in &history[cut..] {
+        if let EventKind::EventRaised { .. } = e.kind {
+            commit.messages.push(OrchestrationMessage::new(
+                state.instance_id.clone(),
+                e.clone(),
+            ));
+        }
+    }
+    let mut running = state.clone();
+    running.status = RuntimeStatus::Running;
+    running.failure = None;
+    running.output = None;
+    let mut exec = Execution::replay(registry, &running, &kept);
+    // Re-issue every recorded call that has no completion in the kept history.
+    {
+        let st = exec.ctx.state();
+        for (seq, a) in st.actions[..exec.committed_actions].iter().enumerate() {
+            if st.completed.contains(&(seq as u64)) {
+                continue;
+            }
+            match a {
+                Action::SubOrchestration { instance_id, .. } => {
+                    commit.messages.push(OrchestrationMessage::new(
+                        instance_id.clone(),
+                        HistoryEvent::new(now, EventKind::ExecutionRewound {
+                            reason: reason.clone(),
+                        }),
+                    ));
+                }
+                Action::SendEvent { .. } => {}
+                other => side_effects(&running, other, seq as u64, now, &mut commit, true),
+            }
+        }
+    }
+    {
+        let mut st = exec.ctx.state();
+        st.is_replaying = false;
+        st.current_time = now;
+    }
+    let new_events = vec![
+        HistoryEvent::new(now, EventKind::OrchestratorStarted),
+        HistoryEvent::new(now, EventKind::ExecutionRewound { reason }),
+    ];
+    exec.history_len = 0;
+    finish_episode(registry, exec, running, new_events, Some(kept), now, &mut commit)
+}

@@ -1,0 +1,356 @@
+//! The `Store` trait: the one seam between the engine and persistence. In go instances,
+//! messages, activity work items and episode commits; out come work items under leases,
+//! histories and query results. Every provider passes [`conformance`](crate::store::conformance).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use tokio::sync::Notify;
+
+use crate::history::{EventKind, FailureDetails, HistoryEvent, OrchestrationMessage};
+use crate::instance::{InstanceFilter, InstanceState, NewInstance, Page, RuntimeStatus};
+
+pub mod memory;
+
+#[cfg(any(test, feature = "testing"))]
+pub mod conformance;
+
+/// The default limit on one payload (input, output, event data, custom status): 16 MiB.
+pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 16 * 1024 * 1024;
+
+/// Errors a store reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    /// The lease behind this lock token expired and was taken over by another worker;
+    /// the commit was refused and nothing changed.
+    LockLost,
+    /// An instance with this id exists and has not finished.
+    InstanceExists {
+        /// The id.
+        instance_id: String,
+        /// Its current status.
+        status: RuntimeStatus,
+    },
+    /// No instance with this id.
+    NotFound(String),
+    /// A payload is over the store's configured limit.
+    PayloadTooLarge {
+        /// What the payload is (e.g. "input of instance abc").
+        what: String,
+        /// Its size in bytes.
+        size: usize,
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// The request was malformed (e.g. a continuation token this store did not issue).
+    Invalid(String),
+    /// The backend failed (I/O, corruption, connection).
+    Backend(String),
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::LockLost => f.write_str(
+                "the work item's lease expired and another worker took it over; the commit was refused",
+            ),
+            StoreError::InstanceExists {
+                instance_id,
+                status,
+            } => write!(
+                f,
+                "an instance with id '{instance_id}' already exists and is {status}"
+            ),
+            StoreError::NotFound(id) => write!(f, "no instance with id '{id}'"),
+            StoreError::PayloadTooLarge { what, size, limit } => write!(
+                f,
+                "{what} is {size} bytes, over the limit of {limit} bytes"
+            ),
+            StoreError::Invalid(msg) => f.write_str(msg),
+            StoreError::Backend(msg) => write!(f, "store error: {msg}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+/// A shorthand for store results.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Fails with [`StoreError::PayloadTooLarge`] when `payload` is over `limit` bytes.
+pub fn check_payload(what: impl FnOnce() -> String, payload: Option<&str>, limit: usize) -> StoreResult<()> {
+    match payload {
+        Some(p) if p.len() > limit => Err(StoreError::PayloadTooLarge {
+            what: what(),
+            size: p.len(),
+            limit,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// A batch of messages for one instance, held under a lease.
+#[derive(Clone, Debug)]
+pub struct OrchestrationWorkItem {
+    /// The instance.
+    pub instance_id: String,
+    /// Proves the lease; commits and abandons must present it.
+    pub lock_token: String,
+    /// The messages, in arrival order, with their store ids.
+    pub messages: Vec<(u64, OrchestrationMessage)>,
+    /// The instance's stored state, or None when the instance does not exist.
+    pub state: Option<InstanceState>,
+    /// Number of events in the current execution's history.
+    pub history_len: u64,
+}
+
+/// How an episode changes the history.
+#[derive(Clone, Debug, PartialEq)]
+pub enum HistoryUpdate {
+    /// Append these events.
+    Append(Vec<HistoryEvent>),
+    /// Replace the whole history of the instance (continue-as-new, rewind).
+    Replace(Vec<HistoryEvent>),
+}
+
+/// Everything one episode changes, committed atomically or not at all.
+#[derive(Clone, Debug)]
+pub struct OrchestrationCommit {
+    /// The instance.
+    pub instance_id: String,
+    /// The lease's token; a stale token makes the commit fail with [`StoreError::LockLost`].
+    pub lock_token: String,
+    /// Ids of the messages this episode consumed.
+    pub consumed: Vec<u64>,
+    /// New history.
+    pub history: HistoryUpdate,
+    /// The instance's new state; None leaves the instance row as it is (or absent).
+    pub state: Option<InstanceState>,
+    /// Activities to schedule.
+    pub activities: Vec<ActivityWorkItem>,
+    /// Messages to this or other instances (timers carry `visible_at`). Messages to
+    /// instances that do not exist are dropped.
+    pub messages: Vec<OrchestrationMessage>,
+    /// Sub-orchestrations to create. A child whose id belongs to a running instance is not
+    /// created; its parent receives a `SubOrchestrationInstanceFailed` message instead.
+    pub new_instances: Vec<NewInstance>,
+}
+
+/// An activity execution request, held under a lease once fetched.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ActivityWorkItem {
+    /// Store-assigned id (0 before it is stored).
+    pub id: u64,
+    /// The orchestration instance waiting for the result.
+    pub instance_id: String,
+    /// Its execution.
+    pub execution_id: String,
+    /// The sequence number of the `TaskScheduled` event.
+    pub task_scheduled_id: u64,
+    /// Activity name.
+    pub name: String,
+    /// JSON input.
+    pub input: Option<String>,
+    /// Attempt number under a retry policy (1 for the first).
+    pub attempt: u32,
+    /// Lease token (empty before it is fetched).
+    pub lock_token: String,
+    /// How many times this item has been handed to a worker, this time included.
+    pub dequeue_count: u32,
+}
+
+/// Wake-up signals a store fires when it commits, so idle workers and waiting clients
+/// react at once instead of polling.
+#[derive(Debug, Default)]
+pub struct WorkSignals {
+    /// Fired when orchestration messages become available.
+    pub orchestrations: Notify,
+    /// Fired when activity work items become available.
+    pub activities: Notify,
+    instance_waiters: Mutex<HashMap<String, Arc<Notify>>>,
+}
+
+impl WorkSignals {
+    /// A notifier fired when the stored state of `instance_id` changes.
+    pub fn instance_waiter(&self, instance_id: &str) -> Arc<Notify> {
+        let mut map = self.instance_waiters.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(instance_id.to_string()).or_default().clone()
+    }
+
+    /// Tells waiters of `instance_id` that its state changed.
+    pub fn instance_changed(&self, instance_id: &str) {
+        let notify = {
+            let mut map = self.instance_waiters.lock().unwrap_or_else(|e| e.into_inner());
+            map.remove(instance_id)
+        };
+        if let Some(n) = notify {
+            n.notify_waiters();
+        }
+    }
+}
+
+/// Persistence for instances, histories, queues and leases.
+///
+/// Every method is atomic. Commits that present a lock token whose lease was taken over
+/// fail with [`StoreError::LockLost`] and change nothing (fencing).
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Creates an instance and its `ExecutionStarted` message. An existing instance with the
+    /// same id is replaced when it has finished, and refused with
+    /// [`StoreError::InstanceExists`] otherwise.
+    async fn create_instance(&self, instance: NewInstance) -> StoreResult<()>;
+
+    /// Enqueues a message for an existing instance; [`StoreError::NotFound`] otherwise.
+    async fn send_message(&self, message: OrchestrationMessage) -> StoreResult<()>;
+
+    /// Leases the next instance with visible messages, with all its visible messages.
+    async fn fetch_orchestration_work_item(
+        &self,
+        lease: Duration,
+    ) -> StoreResult<Option<OrchestrationWorkItem>>;
+
+    /// Applies one episode's outcome and releases the lease.
+    async fn commit_orchestration(&self, commit: OrchestrationCommit) -> StoreResult<()>;
+
+    /// Releases a lease without consuming anything; the messages become visible again
+    /// after `delay`.
+    async fn abandon_orchestration_work_item(
+        &self,
+        instance_id: &str,
+        lock_token: &str,
+        delay: Duration,
+    ) -> StoreResult<()>;
+
+    /// Leases up to `max` activity work items.
+    async fn fetch_activity_work_items(
+        &self,
+        lease: Duration,
+        max: usize,
+    ) -> StoreResult<Vec<ActivityWorkItem>>;
+
+    /// Deletes the activity work item and enqueues its result message, atomically.
+    async fn complete_activity(
+        &self,
+        item: &ActivityWorkItem,
+        result: OrchestrationMessage,
+    ) -> StoreResult<()>;
+
+    /// Extends an activity's lease.
+    async fn renew_activity_lease(&self, item: &ActivityWorkItem, lease: Duration) -> StoreResult<()>;
+
+    /// Releases an activity's lease; it becomes visible again after `delay`.
+    async fn abandon_activity(&self, item: &ActivityWorkItem, delay: Duration) -> StoreResult<()>;
+
+    /// The earliest time a delayed message or expired lease makes work visible, if any.
+    async fn next_wakeup(&self) -> StoreResult<Option<DateTime<Utc>>>;
+
+    /// The stored state of an instance.
+    async fn get_instance(&self, instance_id: &str) -> StoreResult<Option<InstanceState>>;
+
+    /// The history of the instance's current execution.
+    async fn read_history(&self, instance_id: &str) -> StoreResult<Vec<HistoryEvent>>;
+
+    /// Lists instances matching `filter`, ordered by creation time then id.
+    async fn list_instances(
+        &self,
+        filter: &InstanceFilter,
+        page_size: usize,
+        continuation_token: Option<&str>,
+    ) -> StoreResult<Page<InstanceState>>;
+
+    /// Deletes an instance with its history and pending work. Returns false when absent.
+    async fn purge_instance(&self, instance_id: &str) -> StoreResult<bool>;
+
+    /// Deletes every finished instance matching `filter`; returns how many.
+    async fn purge_instances(&self, filter: &InstanceFilter) -> StoreResult<u64>;
+
+    /// The wake-up signals of this store.
+    fn signals(&self) -> &WorkSignals;
+
+    /// The largest payload this store accepts, in bytes.
+    fn max_payload_bytes(&self) -> usize {
+        DEFAULT_MAX_PAYLOAD_BYTES
+    }
+}
+
+/// The `SubOrchestrationInstanceFailed` message a parent receives when its child could not be
+/// created because an instance with the child's id is still running.
+pub fn child_conflict_message(child: &NewInstance, existing: RuntimeStatus) -> Option<OrchestrationMessage> {
+    let parent = child.parent.as_ref()?;
+    let event = HistoryEvent::new(
+        Utc::now(),
+        EventKind::SubOrchestrationInstanceFailed {
+            task_scheduled_id: parent.task_scheduled_id,
+            failure: FailureDetails::new(
+                "InstanceExists",
+                format!(
+                    "cannot start sub-orchestration: an instance with id '{}' already exists and is {existing}",
+                    child.instance_id
+                ),
+            ),
+        },
+    );
+    Some(
+        OrchestrationMessage::new(parent.instance_id.clone(), event)
+            .for_execution(parent.execution_id.clone()),
+    )
+}
+
+/// Checks every payload of a commit against `limit`.
+pub fn check_commit_payloads(commit: &OrchestrationCommit, limit: usize) -> StoreResult<()> {
+    let id = &commit.instance_id;
+    if let Some(state) = &commit.state {
+        check_payload(|| format!("output of instance '{id}'"), state.output.as_deref(), limit)?;
+        check_payload(
+            || format!("custom status of instance '{id}'"),
+            state.custom_status.as_deref(),
+            limit,
+        )?;
+    }
+    for a in &commit.activities {
+        check_payload(
+            || format!("input of activity '{}' in instance '{id}'", a.name),
+            a.input.as_deref(),
+            limit,
+        )?;
+    }
+    for m in &commit.messages {
+        check_payload(
+            || format!("message to instance '{}'", m.instance_id),
+            message_payload(&m.event),
+            limit,
+        )?;
+    }
+    for c in &commit.new_instances {
+        check_payload(
+            || format!("input of sub-orchestration '{}'", c.instance_id),
+            c.input.as_deref(),
+            limit,
+        )?;
+    }
+    Ok(())
+}
+
+/// The JSON payload an event carries, if any.
+pub fn message_payload(event: &HistoryEvent) -> Option<&str> {
+    match &event.kind {
+        EventKind::ExecutionStarted { input, .. }
+        | EventKind::TaskScheduled { input, .. }
+        | EventKind::EventRaised { input, .. }
+        | EventKind::EventSent { input, .. }
+        | EventKind::ContinueAsNew { input }
+        | EventKind::SubOrchestrationInstanceCreated { input, .. } => input.as_deref(),
+        EventKind::TaskCompleted { result, .. }
+        | EventKind::SubOrchestrationInstanceCompleted { result, .. }
+        | EventKind::ExecutionCompleted { result, .. } => result.as_deref(),
+        _ => None,
+    }
+}
+
+/// A random 128-bit token as 32 hex characters (instance ids, lock tokens).
+pub fn random_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}

@@ -1,0 +1,573 @@
+//! The worker runtime: an orchestration dispatcher and an activity dispatcher pulling work
+//! items from the store under leases, with concurrency limits, an instance cache, lease
+//! renewal for long activities, wake-ups instead of polling, and graceful shutdown.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+use crate::activity::ActivityContext;
+use crate::client::DurableClient;
+use crate::error::Error;
+use crate::history::{EventKind, FailureDetails, HistoryEvent, OrchestrationMessage};
+use crate::instance::RuntimeStatus;
+use crate::registry::Registry;
+use crate::replay::{run_episode, Execution, Source};
+use crate::store::{
+    ActivityWorkItem, HistoryUpdate, OrchestrationCommit, OrchestrationWorkItem, Store, StoreError,
+};
+
+/// Tuning knobs of the worker runtime.
+#[derive(Clone, Debug)]
+pub struct RuntimeOptions {
+    /// Episodes run at once.
+    pub orchestration_concurrency: usize,
+    /// Activities run at once.
+    pub activity_concurrency: usize,
+    /// Lease on an orchestration work item; a crashed worker's items come back after it.
+    pub orchestration_lease: Duration,
+    /// Lease on an activity; renewed every third of it while the activity runs.
+    pub activity_lease: Duration,
+    /// Live executions kept between episodes (0 disables the cache: every episode replays
+    /// the full history).
+    pub cache_capacity: usize,
+    /// Longest sleep when idle (a safety net for work committed by other processes).
+    pub idle_poll: Duration,
+    /// How long shutdown waits for running activities before releasing them.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for RuntimeOptions {
+    fn default() -> Self {
+        Self {
+            orchestration_concurrency: 64,
+            activity_concurrency: 128,
+            orchestration_lease: Duration::from_secs(30),
+            activity_lease: Duration::from_secs(60),
+            cache_capacity: 10_000,
+            idle_poll: Duration::from_secs(1),
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Builds and starts a [`Runtime`].
+pub struct RuntimeBuilder {
+    store: Arc<dyn Store>,
+    registry: Option<Registry>,
+    options: RuntimeOptions,
+}
+
+impl RuntimeBuilder {
+    /// Uses this registry instead of everything registered by the macros.
+    pub fn registry(mut self, registry: Registry) -> Self {
+        self.registry = Some(registry);
+        self
+    }
+
+    /// Sets the options.
+    pub fn options(mut self, options: RuntimeOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Sets the instance cache capacity (0 disables it).
+    pub fn cache_capacity(mut self, n: usize) -> Self {
+        self.options.cache_capacity = n;
+        self
+    }
+
+    /// Starts the dispatchers on the current tokio runtime.
+    pub fn start(self) -> Result<Runtime, Error> {
+        let registry = Arc::new(match self.registry {
+            Some(r) => r,
+            None => Registry::from_inventory()?,
+        });
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            store: self.store,
+            registry,
+            options: self.options,
+            cache: Mutex::new(Cache::default()),
+            running_activities: Mutex::new(HashMap::new()),
+        });
+        let mut tasks = JoinSet::new();
+        tasks.spawn(orchestration_loop(shared.clone(), shutdown_rx.clone()));
+        tasks.spawn(activity_loop(shared.clone(), shutdown_rx));
+        Ok(Runtime {
+            shared,
+            shutdown: shutdown_tx,
+            tasks,
+        })
+    }
+}
+
+/// A running worker: dispatches orchestration episodes and activities until shut down.
+pub struct Runtime {
+    shared: Arc<Shared>,
+    shutdown: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("options", &self.shared.options)
+            .finish()
+    }
+}
+
+impl Runtime {
+    /// A builder over `store`, using every orchestrator and activity the macros registered.
+    pub fn builder(store: Arc<dyn Store>) -> RuntimeBuilder {
+        RuntimeBuilder {
+            store,
+            registry: None,
+            options: RuntimeOptions::default(),
+        }
+    }
+
+    /// A client bound to this runtime's store and registry.
+    pub fn client(&self) -> DurableClient {
+        DurableClient::with_registry(self.shared.store.clone(), self.shared.registry.clone())
+    }
+
+    /// The registry in use.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.shared.registry
+    }
+
+    /// The store in use.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.shared.store
+    }
+
+    /// Stops fetching work, lets running episodes finish, waits up to the shutdown grace
+    /// period for running activities, then releases the leases of those still running.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+struct Shared {
+    store: Arc<dyn Store>,
+    registry: Arc<Registry>,
+    options: RuntimeOptions,
+    cache: Mutex<Cache>,
+    running_activities: Mutex<HashMap<u64, ActivityWorkItem>>,
+}
+
+/// Live executions by instance id, least recently used evicted first.
+#[derive(Default)]
+struct Cache {
+    tick: u64,
+    entries: HashMap<String, (u64, Execution)>,
+    order: BTreeMap<u64, String>,
+}
+
+impl Cache {
+    fn take(&mut self, id: &str) -> Option<Execution> {
+        let (tick, exec) = self.entries.remove(id)?;
+        self.order.remove(&tick);
+        Some(exec)
+    }
+
+    fn put(&mut self, id: String, exec: Execution, capacity: usize) {
+        if capacity == 0 {
+            return;
+        }
+        self.take(&id);
+        while self.entries.len() >= capacity {
+            let Some((_, victim)) = self.order.pop_first() else {
+                break;
+            };
+            self.entries.remove(&victim);
+        }
+        self.tick += 1;
+        self.order.insert(self.tick, id.clone());
+        self.entries.insert(id, (self.tick, exec));
+    }
+}
+
+/// Sleeps until new work is signalled, the next delayed item is due, the idle poll
+/// interval passes, or shutdown begins.
+async fn wait_for_work(
+    shared: &Shared,
+    notified: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>,
+    shutdown: &mut watch::Receiver<bool>,
+) {
+    let mut wait = shared.options.idle_poll;
+    if let Ok(Some(at)) = shared.store.next_wakeup().await {
+        let until = (at - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+        wait = wait.min(until);
+    }
+    if wait.is_zero() {
+        return;
+    }
+    tokio::select! {
+        _ = notified => {}
+        _ = tokio::time::sleep(wait) => {}
+        _ = shutdown.changed() => {}
+    }
+}
+
+async fn orchestration_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    let limit = Arc::new(Semaphore::new(shared.options.orchestration_concurrency.max(1)));
+    let mut running = JoinSet::new();
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        while running.try_join_next().is_some() {}
+        let permit = tokio::select! {
+            p = limit.clone().acquire_owned() => p.expect("semaphore is never closed"),
+            _ = shutdown.changed() => continue,
+        };
+        let notified = shared.store.signals().orchestrations.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        match shared
+            .store
+            .fetch_orchestration_work_item(shared.options.orchestration_lease)
+            .await
+        {
+            Ok(Some(item)) => {
+                let shared = shared.clone();
+                running.spawn(async move {
+                    process_orchestration(&shared, item).await;
+                    drop(permit);
+                });
+            }
+            Ok(None) => {
+                drop(permit);
+                wait_for_work(&shared, notified, &mut shutdown).await;
+            }
+            Err(e) => {
+                drop(permit);
+                tracing::warn!(error = %e, "fetching orchestration work failed");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    while running.join_next().await.is_some() {}
+}
+
+async fn process_orchestration(shared: &Shared, item: OrchestrationWorkItem) {
+    let name = item.state.as_ref().map(|s| s.name.clone()).unwrap_or_default();
+    let span = tracing::info_span!("episode", instance_id = %item.instance_id, name = %name);
+    async {
+        let source = match episode_source(shared, &item).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading history failed");
+                let _ = shared
+                    .store
+                    .abandon_orchestration_work_item(&item.instance_id, &item.lock_token, Duration::from_secs(1))
+                    .await;
+                return;
+            }
+        };
+        let registry = shared.registry.clone();
+        let result = run_episode(&registry, &item, source, Utc::now());
+        let finished = result.finished;
+        let status = result.commit.state.as_ref().map(|s| s.status);
+        match shared.store.commit_orchestration(result.commit).await {
+            Ok(()) => {
+                if let Some(exec) = result.execution {
+                    let mut cache = shared.cache.lock().unwrap_or_else(|e| e.into_inner());
+                    cache.put(item.instance_id.clone(), exec, shared.options.cache_capacity);
+                }
+                if finished {
+                    if let Some(status) = status.filter(|s| s.is_terminal()) {
+                        tracing::debug!(%status, "instance finished");
+                    }
+                }
+            }
+            Err(StoreError::PayloadTooLarge { what, size, limit }) => {
+                let failure = FailureDetails::new(
+                    "PayloadTooLarge",
+                    format!("{what} is {size} bytes, over the limit of {limit} bytes"),
+                );
+                tracing::warn!(%failure, "failing instance");
+                fail_instance(shared, &item, failure).await;
+            }
+            Err(StoreError::LockLost) => {
+                tracing::debug!("lease lost; another worker owns this instance now");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "commit failed; retrying later");
+                let _ = shared
+                    .store
+                    .abandon_orchestration_work_item(&item.instance_id, &item.lock_token, Duration::from_secs(1))
+                    .await;
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Picks the cached execution when it is in sync with the store; otherwise loads history.
+async fn episode_source(shared: &Shared, item: &OrchestrationWorkItem) -> Result<Option<Source>, StoreError> {
+    let Some(state) = &item.state else {
+        return Ok(None);
+    };
+    let cached = shared
+        .cache
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take(&item.instance_id);
+    if let Some(exec) = cached {
+        if exec.history_len == item.history_len && exec.ctx.execution_id() == state.execution_id {
+            return Ok(Some(Source::Cached(exec)));
+        }
+    }
+    let needs_history = if state.status.is_terminal() {
+        item.messages
+            .iter()
+            .any(|(_, m)| matches!(m.event.kind, EventKind::ExecutionRewound { .. }))
+    } else {
+        item.history_len > 0
+    };
+    if !needs_history {
+        return Ok(None);
+    }
+    Ok(Some(Source::History(shared.store.read_history(&item.instance_id).await?)))
+}
+
+/// Commits a failure for an instance whose episode could not be stored.
+async fn fail_instance(shared: &Shared, item: &OrchestrationWorkItem, failure: FailureDetails) {
+    let Some(mut state) = item.state.clone() else {
+        return;
+    };
+    let now = Utc::now();
+    state.status = RuntimeStatus::Failed;
+    state.failure = Some(failure.clone());
+    state.output = None;
+    state.custom_status = None;
+    state.last_updated_at = now;
+    let mut messages = Vec::new();
+    if let Some(parent) = &state.parent {
+        messages.push(
+            OrchestrationMessage::new(
+                parent.instance_id.clone(),
+                HistoryEvent::new(now, EventKind::SubOrchestrationInstanceFailed {
+                    task_scheduled_id: parent.task_scheduled_id,
+                    failure: failure.clone(),
+                }),
+            )
+            .for_execution(parent.execution_id.clone()),
+        );
+    }
+    let commit = OrchestrationCommit {
+        instance_id: item.instance_id.clone(),
+        lock_token: item.lock_token.clone(),
+        consumed: item.messages.iter().map(|(id, _)| *id).collect(),
+        history: HistoryUpdate::Append(vec![
+            HistoryEvent::new(now, EventKind::OrchestratorStarted),
+            HistoryEvent::new(now, EventKind::ExecutionCompleted {
+                status: RuntimeStatus::Failed,
+                result: None,
+                failure: Some(failure),
+            }),
+            HistoryEvent::new(now, EventKind::OrchestratorCompleted),
+        ]),
+        state: Some(state),
+        activities: Vec::new(),
+        messages,
+        new_instances: Vec::new(),
+    };
+    if let Err(e) = shared.store.commit_orchestration(commit).await {
+        tracing::warn!(error = %e, "could not record the failure; retrying later");
+        let _ = shared
+            .store
+            .abandon_orchestration_work_item(&item.instance_id, &item.lock_token, Duration::from_secs(5))
+            .await;
+    }
+}
+
+async fn activity_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    let limit = Arc::new(Semaphore::new(shared.options.activity_concurrency.max(1)));
+    let mut running = JoinSet::new();
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        while running.try_join_next().is_some() {}
+        let first = tokio::select! {
+            p = limit.clone().acquire_owned() => p.expect("semaphore is never closed"),
+            _ = shutdown.changed() => continue,
+        };
+        let mut permits = vec![first];
+        while let Ok(p) = limit.clone().try_acquire_owned() {
+            permits.push(p);
+            if permits.len() >= 64 {
+                break;
+            }
+        }
+        let notified = shared.store.signals().activities.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        match shared
+            .store
+            .fetch_activity_work_items(shared.options.activity_lease, permits.len())
+            .await
+        {
+            Ok(items) if !items.is_empty() => {
+                for item in items {
+                    let permit = permits.pop().expect("one permit per fetched item");
+                    let shared2 = shared.clone();
+                    shared
+                        .running_activities
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(item.id, item.clone());
+                    running.spawn(async move {
+                        run_activity(&shared2, item).await;
+                        drop(permit);
+                    });
+                }
+            }
+            Ok(_) => {
+                drop(permits);
+                wait_for_work(&shared, notified, &mut shutdown).await;
+            }
+            Err(e) => {
+                drop(permits);
+                tracing::warn!(error = %e, "fetching activity work failed");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    // Graceful shutdown: let running activities finish within the grace period, then
+    // release the leases of those still running so another worker picks them up.
+    let grace = shared.options.shutdown_grace;
+    let drained = tokio::time::timeout(grace, async { while running.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        running.abort_all();
+        while running.join_next().await.is_some() {}
+        let left: Vec<ActivityWorkItem> = shared
+            .running_activities
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .map(|(_, v)| v)
+            .collect();
+        for item in left {
+            let _ = shared.store.abandon_activity(&item, Duration::ZERO).await;
+        }
+    }
+}
+
+async fn run_activity(shared: &Shared, item: ActivityWorkItem) {
+    let span = tracing::info_span!(
+        "activity",
+        instance_id = %item.instance_id,
+        name = %item.name,
+        attempt = item.attempt,
+        dequeue_count = item.dequeue_count
+    );
+    async {
+        let outcome = match shared.registry.activity(&item.name) {
+            None => Err(FailureDetails::new(
+                "UnknownActivity",
+                format!("activity '{}' is not registered in this worker", item.name),
+            )),
+            Some(entry) => {
+                let ctx = ActivityContext {
+                    instance_id: item.instance_id.clone(),
+                    execution_id: item.execution_id.clone(),
+                    name: item.name.clone(),
+                    task_scheduled_id: item.task_scheduled_id,
+                    attempt: item.attempt,
+                    dequeue_count: item.dequeue_count,
+                };
+                let fut = (entry.invoke)(ctx, item.input.clone());
+                let handle = tokio::spawn(fut);
+                let renew_every = shared.options.activity_lease / 3;
+                tokio::pin!(handle);
+                loop {
+                    tokio::select! {
+                        r = &mut handle => break match r {
+                            Ok(outcome) => outcome,
+                            Err(e) if e.is_panic() => {
+                                let msg = crate::replay::panic_message(&e.into_panic());
+                                Err(FailureDetails::new("Panic", format!("activity '{}' panicked: {msg}", item.name)))
+                            }
+                            Err(_) => Err(FailureDetails::new("Canceled", format!("activity '{}' was cancelled", item.name))),
+                        },
+                        _ = tokio::time::sleep(renew_every) => {
+                            if let Err(e) = shared.store.renew_activity_lease(&item, shared.options.activity_lease).await {
+                                tracing::warn!(error = %e, "could not renew the activity lease");
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        complete_activity(shared, &item, outcome).await;
+        shared
+            .running_activities
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&item.id);
+    }
+    .instrument(span)
+    .await
+}
+
+fn completion_message(item: &ActivityWorkItem, outcome: Result<Option<String>, FailureDetails>) -> OrchestrationMessage {
+    let now = Utc::now();
+    let kind = match outcome {
+        Ok(result) => EventKind::TaskCompleted {
+            task_scheduled_id: item.task_scheduled_id,
+            result,
+        },
+        Err(failure) => EventKind::TaskFailed {
+            task_scheduled_id: item.task_scheduled_id,
+            failure,
+        },
+    };
+    OrchestrationMessage::new(item.instance_id.clone(), HistoryEvent::new(now, kind))
+        .for_execution(item.execution_id.clone())
+}
+
+async fn complete_activity(
+    shared: &Shared,
+    item: &ActivityWorkItem,
+    outcome: Result<Option<String>, FailureDetails>,
+) {
+    match shared
+        .store
+        .complete_activity(item, completion_message(item, outcome))
+        .await
+    {
+        Ok(()) => {}
+        Err(StoreError::PayloadTooLarge { what, size, limit }) => {
+            let failure = FailureDetails::new(
+                "PayloadTooLarge",
+                format!("{what} is {size} bytes, over the limit of {limit} bytes"),
+            );
+            if let Err(e) = shared
+                .store
+                .complete_activity(item, completion_message(item, Err(failure)))
+                .await
+            {
+                tracing::warn!(error = %e, "could not record the activity failure");
+            }
+        }
+        Err(StoreError::LockLost) => {
+            tracing::debug!("activity lease lost; its result was discarded (another worker ran it)");
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not record the activity result; it will run again");
+            let _ = shared.store.abandon_activity(item, Duration::from_secs(1)).await;
+        }
+    }
+}
