@@ -91,7 +91,8 @@ impl Inner {
         }
     }
 
-    /// Inserts a message; returns true when it is visible now.
+    /// Inserts a message; returns true when it was stored (visible now or delayed), so the
+    /// caller signals dispatchers to fetch it or to recompute their wake-up time.
     fn push_message(&mut self, msg: OrchestrationMessage, now: DateTime<Utc>) -> bool {
         let id = self.id();
         let instance_id = msg.instance_id.clone();
@@ -103,7 +104,7 @@ impl Inner {
         match visible_at {
             Some(t) if t > now => {
                 self.delayed.insert((t, id, instance_id));
-                false
+                true
             }
             _ => {
                 self.mark_ready(&instance_id);
@@ -349,6 +350,8 @@ impl Store for MemoryStore {
             rec.lock = Some((random_id(), until));
             let id = inner.id();
             inner.delayed.insert((until, id, instance_id.to_string()));
+            drop(inner);
+            self.signals.orchestrations.notify_one();
         }
         Ok(())
     }
@@ -436,6 +439,8 @@ impl Store for MemoryStore {
                     let until = after(delay);
                     rec.busy_until = Some(until);
                     inner.activity_delayed.insert((until, item.id));
+                    drop(inner);
+                    self.signals.activities.notify_one();
                 }
                 Ok(())
             }
@@ -486,7 +491,10 @@ impl Store for MemoryStore {
             .filter(|s| {
                 after_key
                     .as_ref()
-                    .is_none_or(|(t, id)| (s.created_at, s.instance_id.as_str()) > (*t, id.as_str()))
+                    .is_none_or(|(t, id)| {
+                        (s.created_at.timestamp_micros(), s.instance_id.as_str())
+                            > (t.timestamp_micros(), id.as_str())
+                    })
             })
             .collect();
         all.sort_by(|a, b| {

@@ -166,9 +166,10 @@ pub struct ActivityWorkItem {
 /// react at once instead of polling.
 #[derive(Debug, Default)]
 pub struct WorkSignals {
-    /// Fired when orchestration messages become available.
+    /// Fired when orchestration messages become available, and also when a delayed
+    /// message (timer) is stored, so idle dispatchers recompute their wake-up time.
     pub orchestrations: Notify,
-    /// Fired when activity work items become available.
+    /// Fired when activity work items become available or a delayed retry is stored.
     pub activities: Notify,
     instance_waiters: Mutex<HashMap<String, Arc<Notify>>>,
 }

@@ -1,0 +1,919 @@
+//! End-to-end behaviour of the engine on the in-memory store: one test per pattern, each
+//! run with the instance cache on and off.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use durable_core::history::EventKind;
+use durable_core::{
+    race, ActivityError, DurableClient, Either, MemoryStore, OrchestrationContext, OrchestrationError,
+    Registry, RetryPolicy, Runtime, RuntimeStatus, StartOptions, StatusOptions, Store,
+};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+struct Harness {
+    runtime: Runtime,
+    client: DurableClient,
+    store: Arc<MemoryStore>,
+}
+
+fn start(registry: Registry, cache: usize) -> Harness {
+    start_on(Arc::new(MemoryStore::new()), registry, cache)
+}
+
+fn start_on(store: Arc<MemoryStore>, registry: Registry, cache: usize) -> Harness {
+    let runtime = Runtime::builder(store.clone())
+        .registry(registry)
+        .cache_capacity(cache)
+        .start()
+        .expect("runtime starts");
+    let client = runtime.client();
+    Harness {
+        runtime,
+        client,
+        store,
+    }
+}
+
+fn hello_registry() -> durable_core::registry::RegistryBuilder {
+    Registry::builder()
+        .activity("say_hello", |_ctx, city: String| async move {
+            Ok::<_, ActivityError>(format!("Hello {city}!"))
+        })
+        .orchestrator(
+            "hello_cities",
+            |ctx: OrchestrationContext, cities: Vec<String>| async move {
+                let mut out = Vec::new();
+                for city in cities {
+                    out.push(
+                        ctx.call_activity_by_name::<String>("say_hello", &city)
+                            .await?,
+                    );
+                }
+                Ok::<_, OrchestrationError>(out)
+            },
+        )
+}
+
+async fn history_kinds(store: &MemoryStore, id: &str) -> Vec<String> {
+    store
+        .read_history(id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.kind.type_name().to_string())
+        .collect()
+}
+
+async fn for_both_cache_modes<F, Fut>(f: F)
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    f(1000).await;
+    f(0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaining_completes_with_outputs_in_order() {
+    for_both_cache_modes(|cache| async move {
+        let h = start(hello_registry().build().unwrap(), cache);
+        let id = h
+            .client
+            .start_by_name(
+                "hello_cities",
+                Some(r#"["Tokyo","Seattle","London"]"#.into()),
+                StartOptions::default(),
+            )
+            .await
+            .unwrap();
+        let out: Vec<String> = h.client.wait_for_output(&id, WAIT).await.unwrap();
+        assert_eq!(out, vec!["Hello Tokyo!", "Hello Seattle!", "Hello London!"]);
+        let kinds = history_kinds(&h.store, &id).await;
+        assert_eq!(kinds.iter().filter(|k| *k == "TaskScheduled").count(), 3);
+        assert_eq!(kinds.iter().filter(|k| *k == "TaskCompleted").count(), 3);
+        assert_eq!(kinds.last().map(String::as_str), Some("OrchestratorCompleted"));
+        assert!(kinds.contains(&"ExecutionCompleted".to_string()));
+        h.runtime.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fan_out_fan_in_of_1000_activities() {
+    for_both_cache_modes(|cache| async move {
+        let reg = Registry::builder()
+            .activity("double", |_ctx, n: u64| async move { Ok::<_, ActivityError>(n * 2) })
+            .orchestrator("fan", |ctx: OrchestrationContext, n: u64| async move {
+                let calls: Vec<_> = (0..n)
+                    .map(|i| ctx.call_activity_by_name::<u64>("double", &i))
+                    .collect();
+                let results = ctx.when_all(calls).await;
+                let mut sum = 0;
+                for r in results {
+                    sum += r?;
+                }
+                Ok::<_, OrchestrationError>(sum)
+            })
+            .build()
+            .unwrap();
+        let h = start(reg, cache);
+        let id = h
+            .client
+            .start_by_name("fan", Some("1000".into()), StartOptions::default())
+            .await
+            .unwrap();
+        let sum: u64 = h.client.wait_for_output(&id, WAIT).await.unwrap();
+        assert_eq!(sum, (0..1000u64).map(|i| i * 2).sum::<u64>());
+        let kinds = history_kinds(&h.store, &id).await;
+        assert_eq!(kinds.iter().filter(|k| *k == "TaskScheduled").count(), 1000);
+        assert_eq!(kinds.iter().filter(|k| *k == "TaskCompleted").count(), 1000);
+        h.runtime.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_timer_fires_after_its_delay() {
+    for_both_cache_modes(|cache| async move {
+        let reg = Registry::builder()
+            .orchestrator("sleepy", |ctx: OrchestrationContext, ms: u64| async move {
+                let before = ctx.current_utc_datetime();
+                ctx.create_timer(Duration::from_millis(ms)).await;
+                let after = ctx.current_utc_datetime();
+                Ok::<_, OrchestrationError>((after - before).num_milliseconds())
+            })
+            .build()
+            .unwrap();
+        let h = start(reg, cache);
+        let t0 = std::time::Instant::now();
+        let id = h
+            .client
+            .start_by_name("sleepy", Some("300".into()), StartOptions::default())
+            .await
+            .unwrap();
+        let elapsed_ms: i64 = h.client.wait_for_output(&id, WAIT).await.unwrap();
+        assert!(elapsed_ms >= 300, "replay-safe clock advanced {elapsed_ms} ms");
+        assert!(t0.elapsed() >= Duration::from_millis(300));
+        let kinds = history_kinds(&h.store, &id).await;
+        assert!(kinds.contains(&"TimerCreated".to_string()));
+        assert!(kinds.contains(&"TimerFired".to_string()));
+        h.runtime.shutdown().await;
+    })
+    .await;
+}
+
+fn event_registry() -> Registry {
+    Registry::builder()
+        .orchestrator("wait_event", |ctx: OrchestrationContext, _: ()| async move {
+            let v: String = ctx.wait_for_external_event("go").await?;
+            Ok::<_, OrchestrationError>(v)
+        })
+        .orchestrator("wait_two", |ctx: OrchestrationContext, _: ()| async move {
+            // Wait for a timer first, so events arrive before anyone waits for them.
+            ctx.create_timer(Duration::from_millis(300)).await;
+            let a: i32 = ctx.wait_for_external_event("n").await?;
+            let b: i32 = ctx.wait_for_external_event("n").await?;
+            Ok::<_, OrchestrationError>(vec![a, b])
+        })
+        .orchestrator("wait_timeout", |ctx: OrchestrationContext, ms: u64| async move {
+            match ctx
+                .wait_for_external_event_with_timeout::<String>("approval", Duration::from_millis(ms))
+                .await
+            {
+                Ok(v) => Ok::<_, OrchestrationError>(format!("got {v}")),
+                Err(e) if e.is_timeout() => Ok("timed out".to_string()),
+                Err(e) => Err(e.into()),
+            }
+        })
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn external_event_after_the_wait() {
+    for_both_cache_modes(|cache| async move {
+        let h = start(event_registry(), cache);
+        let id = h
+            .client
+            .start_by_name("wait_event", None, StartOptions::default())
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let st = h.client.get_state(&id).await.unwrap().unwrap();
+        assert_eq!(st.status, RuntimeStatus::Running);
+        h.client.raise_event(&id, "go", &"yes").await.unwrap();
+        let out: String = h.client.wait_for_output(&id, WAIT).await.unwrap();
+        assert_eq!(out, "yes");
+        h.runtime.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn external_events_before_the_wait_are_buffered_fifo() {
+    for_both_cache_modes(|cache| async move {
+        let h = start(event_registry(), cache);
+        let id = h
+            .client
+            .start_by_name("wait_two", None, StartOptions::default())
+            .await
+            .unwrap();
+        h.client.raise_event(&id, "n", &1).await.unwrap();
+        h.client.raise_event(&id, "n", &2).await.unwrap();
+        let out: Vec<i32> = h.client.wait_for_output(&id, WAIT).await.unwrap();
+        assert_eq!(out, vec![1, 2]);
+        h.runtime.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn external_event_with_timeout_both_ways() {
+    for_both_cache_modes(|cache| async move {
+        let h = start(event_registry(), cache);
+        // Times out.
+        let late = h
+            .client
+            .start_by_name("wait_timeout", Some("200".into()), StartOptions::default())
+            .await
+            .unwrap();
+        let out: String = h.client.wait_for_output(&late, WAIT).await.unwrap();
+        assert_eq!(out, "timed out");
+        // Arrives in time.
+        let early = h
+            .client
+            .start_by_name("wait_timeout", Some("10000".into()), StartOptions::default())
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        h.client.raise_event(&early, "approval", &"ok").await.unwrap();
+        let out: String = h.client.wait_for_output(&early, WAIT).await.unwrap();
+        assert_eq!(out, "got ok");
+        h.runtime.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sub_orchestration_success_and_failure_propagate() {
+    for_both_cache_modes(|cache| async move {
+        let reg = Registry::builder()
+            .orchestrator("child", |_ctx: OrchestrationContext, n: i64| async move {
+                if n < 0 {
+                    Err(OrchestrationError::new(format!("negative input {n}")))
+                } else {
+                    Ok(n * 10)
+                }
+            })
+            .orchestrator("parent", |ctx: OrchestrationContext, n: i64| async move {
+                let v: i64 = ctx.call_sub_orchestrator_by_name("child", None, &n).await?;
+                Ok::<_, OrchestrationError>(v + 1)
+            })
+            .build()
+            .unwrap();
+        let h = start(reg, cache);
+        let ok = h
+            .client
+            .start_by_name("parent", Some("4".into()), StartOptions::default())
+            .await
+            .unwrap();
+        let v: i64 = h.client.wait_for_output(&ok, WAIT).await.unwrap();
+        assert_eq!(v, 41);
+        let child = h.client.get_state(&format!("{ok}:0000")).await.unwrap().unwrap();
+        assert_eq!(child.status, RuntimeStatus::Completed);
+        assert_eq!(child.parent.unwrap().instance_id, ok);
+
+        let bad = h
+            .client
+            .start_by_name("parent", Some("-1".into()), StartOptions::default())
+            .await
+            .unwrap();
+        let st = h.client.wait_for_completion(&bad, WAIT).await.unwrap();
+        assert_eq!(st.status, RuntimeStatus::Failed);
+        let msg = st.failure.unwrap().message;
+        assert!(msg.contains("sub-orchestration 'child' failed"), "{msg}");
+        assert!(msg.contains("negative input -1"), "{msg}");
+        h.runtime.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_counts_and_backoff_spacing() {
+    for_both_cache_modes(|cache| async move {
+        let calls = Arc::new(AtomicU32::new(0));
+        let c2 = calls.clone();
+        let reg = Registry::builder()
+            .activity("flaky", move |ctx: durable_core::ActivityContext, fail_times: u32| {
+                let calls = c2.clone();
+                async move {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    if ctx.attempt() <= fail_times {
+                        Err(ActivityError::new(format!("attempt {} failed", ctx.attempt())))
+                    } else {
+                        Ok(ctx.attempt())
+                    }
+                }
+            })
+            .orchestrator("retrying", |ctx: OrchestrationContext, fail_times: u32| async move {
+                let policy = RetryPolicy::new(4, Duration::from_millis(50)).with_backoff_coefficient(2.0);
+                let attempt: u32 = ctx
+                    .call_activity_by_name_with_retry("flaky", &policy, &fail_times)
+                    .await?;
+                Ok::<_, OrchestrationError>(attempt)
+            })
+            .build()
+            .unwrap();
+        let h = start(reg, cache);
+        let id = h
+            .client
+            .start_by_name("retrying", Some("2".into()), StartOptions::default())
+            .await
+            .unwrap();
+        let attempt: u32 = h.client.wait_for_output(&id, WAIT).await.unwrap();
+        assert_eq!(attempt, 3);
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+        let history = h.store.read_history(&id).await.unwrap();
+        let spacing: Vec<i64> = history
+            .iter()
+            .filter_map(|e| match e.kind {
+                EventKind::TimerCreated { fire_at } => Some((fire_at - e.timestamp).num_milliseconds()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(spacing, vec![50, 100]);
+
+        // Exhausted: 4 attempts, then the failure propagates.
+        calls.store(0, Ordering::SeqCst);
+        let id = h
+            .client
+            .start_by_name("retrying", Some("10".into()), StartOptions::default())
+            .await
+            .unwrap();
+        let st = h.client.wait_for_completion(&id, WAIT).await.unwrap();
+        assert_eq!(st.status, RuntimeStatus::Failed);
+        assert!(st.failure.unwrap().message.contains("attempt 4 failed"));
+        assert_eq!(calls.load(Ordering::SeqCst), 4);
+        h.runtime.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_retriable_failures_and_handle_predicate_stop_retries() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let c2 = calls.clone();
+    let reg = Registry::builder()
+        .activity("fatal", move |_ctx: durable_core::ActivityContext, kind: String| {
+            let calls = c2.clone();
+            async move {
+                calls.fetch_add(1, Ordering::SeqCst);
+                if kind == "fatal" {
+                    Err::<(), _>(ActivityError::non_retriable("bad request"))
+                } else {
+                    Err(ActivityError::new("not found"))
+                }
+            }
+        })
+        .orchestrator("r", |ctx: OrchestrationContext, kind: String| async move {
+            let policy = RetryPolicy::new(5, Duration::from_millis(10))
+                .with_handle(|e| !e.failure.message.contains("not found"));
+            ctx.call_activity_by_name_with_retry::<()>("fatal", &policy, &kind)
+                .await?;
+            Ok::<_, OrchestrationError>(())
+        })
+        .build()
+        .unwrap();
+    let h = start(reg, 100);
+    for kind in ["fatal", "missing"] {
+        calls.store(0, Ordering::SeqCst);
+        let id = h
+            .client
+            .start_by_name("r", Some(format!("\"{kind}\"")), StartOptions::default())
+            .await
+            .unwrap();
+        let st = h.client.wait_for_completion(&id, WAIT).await.unwrap();
+        assert_eq!(st.status, RuntimeStatus::Failed);
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "{kind} must not be retried");
+    }
+    h.runtime.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn continue_as_new_100_generations_resets_history() {
+    for_both_cache_modes(|cache| async move {
+        let reg = Registry::builder()
+            .activity("inc", |_ctx, n: u32| async move { Ok::<_, ActivityError>(n + 1) })
+            .orchestrator("counter", |ctx: OrchestrationContext, n: u32| async move {
+                let next: u32 = ctx.call_activity_by_name("inc", &n).await?;
+                if next < 100 {
+                    return ctx.continue_as_new(next).await;
+                }
+                Ok::<_, OrchestrationError>(next)
+            })
+            .build()
+            .unwrap();
+        let h = start(reg, cache);
+        let id = h
+            .client
+            .start_by_name("counter", Some("0".into()), StartOptions::default())
+            .await
+            .unwrap();
+        let first_exec = h.client.get_state(&id).await.unwrap().unwrap().execution_id;
+        let out: u32 = h.client.wait_for_output(&id, WAIT).await.unwrap();
+        assert_eq!(out, 100);
+        let st = h.client.get_state(&id).await.unwrap().unwrap();
+        assert_ne!(st.execution_id, first_exec);
+        assert_eq!(st.input.as_deref(), Some("99"));
+        // Only the last generation's history remains.
+        let kinds = history_kinds(&h.store, &id).await;
+        assert_eq!(kinds.iter().filter(|k| *k == "ExecutionStarted").count(), 1);
+        assert_eq!(kinds.iter().filter(|k| *k == "TaskScheduled").count(), 1);
+        h.runtime.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn continue_as_new_carries_unprocessed_events() {
+    let reg = Registry::builder()
+        .orchestrator("gen", |ctx: OrchestrationContext, round: u32| async move {
+            let v: u32 = ctx.wait_for_external_event("tick").await?;
+            if round == 0 {
+                // Wait so the second event is buffered before continuing.
+                ctx.create_timer(Duration::from_millis(200)).await;
+                return ctx.continue_as_new(1u32).await;
+            }
+            Ok::<_, OrchestrationError>(v)
+        })
+        .build()
+        .unwrap();
+    let h = start(reg, 100);
+    let id = h
+        .client
+        .start_by_name("gen", Some("0".into()), StartOptions::default())
+        .await
+        .unwrap();
+    h.client.raise_event(&id, "tick", &10).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    h.client.raise_event(&id, "tick", &20).await.unwrap();
+    let out: u32 = h.client.wait_for_output(&id, WAIT).await.unwrap();
+    assert_eq!(out, 20);
+    h.runtime.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_status_is_visible_while_running() {
+    for_both_cache_modes(|cache| async move {
+        let reg = Registry::builder()
+            .orchestrator("staged", |ctx: OrchestrationContext, _: ()| async move {
+                ctx.set_custom_status(&serde_json::json!({"stage": "review"}));
+                let _: () = ctx.wait_for_external_event("next").await?;
+                ctx.set_custom_status(&"done");
+                Ok::<_, OrchestrationError>(())
+            })
+            .build()
+            .unwrap();
+        let h = start(reg, cache);
+        let id = h
+            .client
+            .start_by_name("staged", None, StartOptions::default())
+            .await
+            .unwrap();
+        let mut status = None;
+        for _ in 0..100 {
+            let s = h.client.get_status(&id, StatusOptions::default()).await.unwrap().unwrap();
+            if s.state.custom_status.is_some() {
+                status = Some(s);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let s = status.expect("custom status appears");
+        assert_eq!(
+            s.custom_status::<serde_json::Value>().unwrap(),
+            Some(serde_json::json!({"stage": "review"}))
+        );
+        h.client.raise_event(&id, "next", &()).await.unwrap();
+        let st = h.client.wait_for_completion(&id, WAIT).await.unwrap();
+        assert_eq!(st.custom_status.as_deref(), Some("\"done\""));
+        h.runtime.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminate_while_waiting() {
+    for_both_cache_modes(|cache| async move {
+        let h = start(event_registry(), cache);
+        let id = h
+            .client
+            .start_by_name("wait_event", None, StartOptions::default())
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        h.client.terminate(&id, Some("no longer needed")).await.unwrap();
+        let st = h.client.wait_for_completion(&id, WAIT).await.unwrap();
+        assert_eq!(st.status, RuntimeStatus::Terminated);
+        assert_eq!(st.output.as_deref(), Some("\"no longer needed\""));
+        // Further operations on a finished instance are refused and change nothing.
+        let err = h.client.raise_event(&id, "go", &"late").await.unwrap_err();
+        assert!(matches!(err, durable_core::Error::InvalidStatus { .. }), "{err}");
+        let err = h.client.terminate(&id, None).await.unwrap_err();
+        assert!(matches!(err, durable_core::Error::InvalidStatus { .. }), "{err}");
+        h.runtime.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suspend_defers_events_until_resume() {
+    for_both_cache_modes(|cache| async move {
+        let h = start(event_registry(), cache);
+        let id = h
+            .client
+            .start_by_name("wait_event", None, StartOptions::default())
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        h.client.suspend(&id, Some("maintenance")).await.unwrap();
+        h.client.raise_event(&id, "go", &"while suspended").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let st = h.client.get_state(&id).await.unwrap().unwrap();
+        assert_eq!(st.status, RuntimeStatus::Suspended);
+        h.client.resume(&id, None).await.unwrap();
+        let out: String = h.client.wait_for_output(&id, WAIT).await.unwrap();
+        assert_eq!(out, "while suspended");
+        h.runtime.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nondeterminism_is_detected_after_a_code_change() {
+    let store = Arc::new(MemoryStore::new());
+    let v1 = Registry::builder()
+        .activity("a", |_ctx, _: ()| async move { Ok::<_, ActivityError>(1) })
+        .activity("b", |_ctx, _: ()| async move { Ok::<_, ActivityError>(2) })
+        .orchestrator("changing", |ctx: OrchestrationContext, _: ()| async move {
+            let x: i32 = ctx.call_activity_by_name("a", &()).await?;
+            let _: () = ctx.wait_for_external_event("continue").await?;
+            Ok::<_, OrchestrationError>(x)
+        })
+        .build()
+        .unwrap();
+    let h = start_on(store.clone(), v1, 100);
+    let id = h
+        .client
+        .start_by_name("changing", None, StartOptions::default())
+        .await
+        .unwrap();
+    // Wait until the activity result is recorded.
+    for _ in 0..200 {
+        if history_kinds(&store, &id).await.contains(&"TaskCompleted".to_string()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    h.runtime.shutdown().await;
+
+    let v2 = Registry::builder()
+        .activity("a", |_ctx, _: ()| async move { Ok::<_, ActivityError>(1) })
+        .activity("b", |_ctx, _: ()| async move { Ok::<_, ActivityError>(2) })
+        .orchestrator("changing", |ctx: OrchestrationContext, _: ()| async move {
+            let x: i32 = ctx.call_activity_by_name("b", &()).await?;
+            let _: () = ctx.wait_for_external_event("continue").await?;
+            Ok::<_, OrchestrationError>(x)
+        })
+        .build()
+        .unwrap();
+    let h = start_on(store.clone(), v2, 100);
+    h.client.raise_event(&id, "continue", &()).await.unwrap();
+    let st = h.client.wait_for_completion(&id, WAIT).await.unwrap();
+    assert_eq!(st.status, RuntimeStatus::Failed);
+    let f = st.failure.unwrap();
+    assert_eq!(f.error_type, "NonDeterminism");
+    assert!(f.message.contains("sequence number 0"), "{}", f.message);
+    assert!(f.message.contains("TaskScheduled 'a'"), "{}", f.message);
+    assert!(f.message.contains("call_activity 'b'"), "{}", f.message);
+    h.runtime.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn panics_fail_the_task_or_instance_not_the_worker() {
+    for_both_cache_modes(|cache| async move {
+        let reg = Registry::builder()
+            .activity("boom", |_ctx, _: ()| async move {
+                if true {
+                    panic!("activity exploded");
+                }
+                Ok::<(), ActivityError>(())
+            })
+            .orchestrator("calls_boom", |ctx: OrchestrationContext, _: ()| async move {
+                match ctx.call_activity_by_name::<()>("boom", &()).await {
+                    Err(e) => Ok::<_, OrchestrationError>(e.failure.message),
+                    Ok(()) => Ok("no failure".into()),
+                }
+            })
+            .orchestrator("panics", |_ctx: OrchestrationContext, _: ()| async move {
+                if true {
+                    panic!("orchestrator exploded");
+                }
+                Ok::<(), OrchestrationError>(())
+            })
+            .build()
+            .unwrap();
+        let h = start(reg, cache);
+        let id = h
+            .client
+            .start_by_name("calls_boom", None, StartOptions::default())
+            .await
+            .unwrap();
+        let msg: String = h.client.wait_for_output(&id, WAIT).await.unwrap();
+        assert!(msg.contains("activity exploded"), "{msg}");
+        let id = h
+            .client
+            .start_by_name("panics", None, StartOptions::default())
+            .await
+            .unwrap();
+        let st = h.client.wait_for_completion(&id, WAIT).await.unwrap();
+        assert_eq!(st.status, RuntimeStatus::Failed);
+        let f = st.failure.unwrap();
+        assert_eq!(f.error_type, "Panic");
+        assert!(f.message.contains("orchestrator exploded"));
+        // The worker is still alive.
+        let id = h
+            .client
+            .start_by_name("calls_boom", None, StartOptions::default())
+            .await
+            .unwrap();
+        let _: String = h.client.wait_for_output(&id, WAIT).await.unwrap();
+        h.runtime.shutdown().await;
+    })
+    .await;
+}
+
+fn racing_registry() -> Registry {
+    Registry::builder()
+        .activity("slow", |_ctx, ms: u64| async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Ok::<_, ActivityError>(ms)
+        })
+        .orchestrator("racer", |ctx: OrchestrationContext, _: ()| async move {
+            let calls = vec![
+                ctx.call_activity_by_name::<u64>("slow", &300u64),
+                ctx.call_activity_by_name::<u64>("slow", &10u64),
+                ctx.call_activity_by_name::<u64>("slow", &150u64),
+            ];
+            let (winner, value) = ctx.when_any(calls).await;
+            let value = value?;
+            // More episodes after the race, so it is replayed several times.
+            let timer = ctx.create_timer(Duration::from_millis(20));
+            let event = ctx.wait_for_external_event::<String>("never");
+            let second = match race(event, timer).await {
+                Either::Left(_) => "event",
+                Either::Right(()) => "timer",
+            };
+            for i in 0..3u64 {
+                let _: u64 = ctx.call_activity_by_name("slow", &i).await?;
+            }
+            Ok::<_, OrchestrationError>(format!("{winner}:{value}:{second}"))
+        })
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_any_picks_the_same_winner_on_replay() {
+    for_both_cache_modes(|cache| async move {
+        let h = start(racing_registry(), cache);
+        let id = h
+            .client
+            .start_by_name("racer", None, StartOptions::default())
+            .await
+            .unwrap();
+        let out: String = h.client.wait_for_output(&id, WAIT).await.unwrap();
+        assert_eq!(out, "1:10:timer");
+        h.runtime.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_on_and_off_give_identical_histories() {
+    let reg = || {
+        Registry::builder()
+            .activity("echo", |_ctx, s: String| async move { Ok::<_, ActivityError>(s) })
+            .orchestrator("mixed", |ctx: OrchestrationContext, _: ()| async move {
+                let a: String = ctx.call_activity_by_name("echo", &"one").await?;
+                ctx.create_timer(Duration::from_millis(20)).await;
+                let calls: Vec<_> = (0..5).map(|i| ctx.call_activity_by_name::<String>("echo", &format!("f{i}"))).collect();
+                let fan: Vec<String> = ctx.when_all(calls).await.into_iter().collect::<Result<_, _>>()?;
+                let e: String = ctx.wait_for_external_event("e").await?;
+                Ok::<_, OrchestrationError>(format!("{a}|{}|{e}|{}", fan.join(","), ctx.new_guid()))
+            })
+            .build()
+            .unwrap()
+    };
+    let mut shapes = Vec::new();
+    for cache in [1000, 0] {
+        let h = start(reg(), cache);
+        let id = h
+            .client
+            .start_with_id("mixed", "same-id")
+            .await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        h.client.raise_event(&id, "e", &"E").await.unwrap();
+        let out: String = h.client.wait_for_output(&id, WAIT).await.unwrap();
+        let history = h.store.read_history(&id).await.unwrap();
+        let shape: Vec<String> = history
+            .iter()
+            .map(|e| match &e.kind {
+                EventKind::TaskScheduled { name, input } => format!("{}#{} {name} {input:?}", e.kind.type_name(), e.event_id),
+                EventKind::TaskCompleted { task_scheduled_id, result } => format!("TaskCompleted {task_scheduled_id} {result:?}"),
+                k => format!("{}#{}", k.type_name(), e.event_id),
+            })
+            .collect();
+        let scheduled: Vec<&String> = shape.iter().filter(|s| s.starts_with("TaskScheduled")).collect();
+        assert_eq!(scheduled.len(), 6);
+        shapes.push((out.split('|').take(3).collect::<Vec<_>>().join("|"), scheduled.into_iter().cloned().collect::<Vec<_>>()));
+        h.runtime.shutdown().await;
+    }
+    assert_eq!(shapes[0], shapes[1]);
+}
+
+trait StartWithId {
+    async fn start_with_id(&self, name: &str, id: &str) -> String;
+}
+
+impl StartWithId for DurableClient {
+    async fn start_with_id(&self, name: &str, id: &str) -> String {
+        self.start_by_name(name, None, StartOptions::with_instance_id(id))
+            .await
+            .unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starting_a_running_id_is_refused_and_bad_ids_rejected() {
+    let h = start(event_registry(), 100);
+    let id = h.client.start_with_id("wait_event", "job-1").await;
+    let err = h
+        .client
+        .start_by_name("wait_event", None, StartOptions::with_instance_id("job-1"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, durable_core::Error::InstanceExists { .. }), "{err}");
+    assert!(err.to_string().contains("job-1"));
+    for bad in ["", "a/b", "x?y", &"z".repeat(300)] {
+        let err = h
+            .client
+            .start_by_name("wait_event", None, StartOptions::with_instance_id(bad))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, durable_core::Error::InvalidArgument(_)), "{bad}: {err}");
+    }
+    let err = h
+        .client
+        .start_by_name("no_such_orchestrator", None, StartOptions::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, durable_core::Error::UnknownName { .. }), "{err}");
+    let err = h
+        .client
+        .start_by_name("wait_event", Some("{not json".into()), StartOptions::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, durable_core::Error::InvalidArgument(_)), "{err}");
+    // Nothing but the first instance exists.
+    let page = h
+        .client
+        .list_instances(&Default::default(), 100, None)
+        .await
+        .unwrap();
+    assert_eq!(page.items.len(), 1);
+    assert_eq!(page.items[0].instance_id, id);
+    h.runtime.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rewind_reruns_failed_work_and_restart_purge_list() {
+    let failing = Arc::new(AtomicU32::new(1));
+    let f2 = failing.clone();
+    let reg = Registry::builder()
+        .activity("first", |_ctx, _: ()| async move { Ok::<_, ActivityError>(1) })
+        .activity("fragile", move |_ctx, _: ()| {
+            let failing = f2.clone();
+            async move {
+                if failing.load(Ordering::SeqCst) == 1 {
+                    Err(ActivityError::new("downstream unavailable"))
+                } else {
+                    Ok(2)
+                }
+            }
+        })
+        .orchestrator("two_steps", |ctx: OrchestrationContext, _: ()| async move {
+            let a: i32 = ctx.call_activity_by_name("first", &()).await?;
+            let b: i32 = ctx.call_activity_by_name("fragile", &()).await?;
+            Ok::<_, OrchestrationError>(a + b)
+        })
+        .build()
+        .unwrap();
+    let h = start(reg, 100);
+    let id = h.client.start_with_id("two_steps", "rw").await;
+    let st = h.client.wait_for_completion(&id, WAIT).await.unwrap();
+    assert_eq!(st.status, RuntimeStatus::Failed);
+    // Rewind is only for failed instances.
+    failing.store(0, Ordering::SeqCst);
+    h.client.rewind(&id, Some("fixed downstream")).await.unwrap();
+    let mut out = None;
+    for _ in 0..500 {
+        let s = h.client.get_state(&id).await.unwrap().unwrap();
+        if s.status == RuntimeStatus::Completed {
+            out = s.output;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(out.as_deref(), Some("3"));
+    let kinds = history_kinds(&h.store, &id).await;
+    assert!(kinds.contains(&"ExecutionRewound".to_string()));
+    assert!(!kinds.contains(&"TaskFailed".to_string()));
+    let err = h.client.rewind(&id, None).await.unwrap_err();
+    assert!(matches!(err, durable_core::Error::InvalidStatus { .. }));
+
+    // Restart under a new id and under the same id.
+    let new_id = h.client.restart(&id, true).await.unwrap();
+    assert_ne!(new_id, id);
+    let v: i32 = h.client.wait_for_output(&new_id, WAIT).await.unwrap();
+    assert_eq!(v, 3);
+    let same = h.client.restart(&id, false).await.unwrap();
+    assert_eq!(same, id);
+    let v: i32 = h.client.wait_for_output(&id, WAIT).await.unwrap();
+    assert_eq!(v, 3);
+
+    // List with a prefix filter and paging.
+    let filter = durable_core::InstanceFilter {
+        instance_id_prefix: Some("rw".into()),
+        ..Default::default()
+    };
+    let page = h.client.list_instances(&filter, 10, None).await.unwrap();
+    assert_eq!(page.items.len(), 1);
+    let all = h.client.list_instances(&Default::default(), 1, None).await.unwrap();
+    assert_eq!(all.items.len(), 1);
+    let next = h
+        .client
+        .list_instances(&Default::default(), 1, all.continuation_token.as_deref())
+        .await
+        .unwrap();
+    assert_eq!(next.items.len(), 1);
+    assert_ne!(next.items[0].instance_id, all.items[0].instance_id);
+    assert!(next.continuation_token.is_none());
+
+    // Purge one, then by filter.
+    assert!(h.client.purge(&id).await.unwrap());
+    assert!(!h.client.purge(&id).await.unwrap());
+    assert!(h.client.get_state(&id).await.unwrap().is_none());
+    let n = h
+        .client
+        .purge_instances(&durable_core::InstanceFilter {
+            statuses: vec![RuntimeStatus::Completed],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    h.runtime.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deterministic_guid_and_replay_safe_time() {
+    let reg = Registry::builder()
+        .orchestrator("ids", |ctx: OrchestrationContext, _: ()| async move {
+            let g1 = ctx.new_guid();
+            let t1 = ctx.current_utc_datetime();
+            ctx.create_timer(Duration::from_millis(10)).await;
+            let g2 = ctx.new_guid();
+            ctx.set_custom_status(&(g1.to_string(), t1));
+            let _: () = ctx.wait_for_external_event("go").await?;
+            // After more replays, the first values are recomputed identically.
+            Ok::<_, OrchestrationError>((g1.to_string(), g2.to_string(), t1))
+        })
+        .build()
+        .unwrap();
+    let h = start(reg, 0);
+    let id = h.client.start_with_id("ids", "guid").await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let early = h.client.get_state(&id).await.unwrap().unwrap();
+    let early = early.custom_status.unwrap();
+    h.client.raise_event(&id, "go", &()).await.unwrap();
+    let (g1, g2, t1): (String, String, chrono::DateTime<chrono::Utc>) =
+        h.client.wait_for_output(&id, WAIT).await.unwrap();
+    assert_ne!(g1, g2);
+    let early: (String, chrono::DateTime<chrono::Utc>) = serde_json::from_str(&early).unwrap();
+    assert_eq!(early, (g1, t1));
+    h.runtime.shutdown().await;
+}
