@@ -28,8 +28,11 @@ pub struct RetryPolicy {
     pub max_retry_interval: Duration,
     /// Stop retrying once this long has passed since the first attempt.
     pub retry_timeout: Option<Duration>,
-    handle: Option<Arc<dyn Fn(&TaskError) -> bool + Send + Sync>>,
+    handle: Option<RetryPredicate>,
 }
+
+/// Decides whether a failure is retried.
+type RetryPredicate = Arc<dyn Fn(&TaskError) -> bool + Send + Sync>;
 
 impl fmt::Debug for RetryPolicy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
