@@ -713,7 +713,7 @@ impl OrchestrationContext {
 macro_rules! replay_safe {
     ($ctx:expr, $($log:tt)+) => {
         if !$ctx.is_replaying() {
-            $($log)+
+            $($log)+;
         }
     };
 }

@@ -917,3 +917,90 @@ async fn deterministic_guid_and_replay_safe_time() {
     assert_eq!(early, (g1, t1));
     h.runtime.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_event_reaches_another_instance() {
+    let reg = Registry::builder()
+        .orchestrator("receiver", |ctx: OrchestrationContext, _: ()| async move {
+            let v: String = ctx.wait_for_external_event("ping").await?;
+            Ok::<_, OrchestrationError>(v)
+        })
+        .orchestrator("sender", |ctx: OrchestrationContext, target: String| async move {
+            ctx.send_event(&target, "ping", &"from sender");
+            Ok::<_, OrchestrationError>(())
+        })
+        .build()
+        .unwrap();
+    let h = start(reg, 100);
+    let rx = h.client.start_with_id("receiver", "rx").await;
+    let tx = h
+        .client
+        .start_by_name("sender", Some("\"rx\"".into()), StartOptions::default())
+        .await
+        .unwrap();
+    h.client.wait_for_completion(&tx, WAIT).await.unwrap();
+    let out: String = h.client.wait_for_output(&rx, WAIT).await.unwrap();
+    assert_eq!(out, "from sender");
+    assert!(history_kinds(&h.store, &tx).await.contains(&"EventSent".to_string()));
+    h.runtime.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_safe_logging_runs_once_per_step() {
+    for_both_cache_modes(|cache| async move {
+        let lines = Arc::new(AtomicU32::new(0));
+        let l2 = lines.clone();
+        let reg = Registry::builder()
+            .activity("noop", |_ctx, _: ()| async move { Ok::<_, ActivityError>(()) })
+            .orchestrator("chatty", move |ctx: OrchestrationContext, _: ()| {
+                let lines = l2.clone();
+                async move {
+                    for _ in 0..5 {
+                        durable_core::replay_safe!(ctx, lines.fetch_add(1, Ordering::SeqCst));
+                        let _: () = ctx.call_activity_by_name("noop", &()).await?;
+                    }
+                    Ok::<_, OrchestrationError>(())
+                }
+            })
+            .build()
+            .unwrap();
+        let h = start(reg, cache);
+        let id = h
+            .client
+            .start_by_name("chatty", None, StartOptions::default())
+            .await
+            .unwrap();
+        h.client.wait_for_completion(&id, WAIT).await.unwrap();
+        assert_eq!(lines.load(Ordering::SeqCst), 5, "cache {cache}");
+        h.runtime.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_start_waits_and_early_events_are_kept() {
+    let h = start(event_registry(), 100);
+    let at = chrono::Utc::now() + chrono::Duration::milliseconds(300);
+    let id = h
+        .client
+        .start_by_name(
+            "wait_event",
+            None,
+            StartOptions {
+                start_at: Some(at),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    h.client.raise_event(&id, "go", &"early").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        h.client.get_state(&id).await.unwrap().unwrap().status,
+        RuntimeStatus::Pending
+    );
+    let out: String = h.client.wait_for_output(&id, WAIT).await.unwrap();
+    assert_eq!(out, "early");
+    assert!(chrono::Utc::now() >= at);
+    h.runtime.shutdown().await;
+}
