@@ -154,17 +154,15 @@ impl Inner {
                 }
             }
         }
-        let lock = self
-            .instances
-            .remove(&instance.instance_id)
-            .and_then(|r| r.lock);
+        // A worker still holding the old instance's lease loses it: its commit is refused.
+        self.instances.remove(&instance.instance_id);
         self.instances.insert(
             instance.instance_id.clone(),
             Record {
                 state: Some(instance.initial_state()),
                 history: Vec::new(),
                 messages: BTreeMap::new(),
-                lock,
+                lock: None,
             },
         );
         self.push_message(instance.start_message(), now);
