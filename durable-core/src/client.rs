@@ -9,11 +9,12 @@ use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::entity::{new_entity_instance, EntityId, EntityMetadata, EntityRecord};
 use crate::error::Error;
-use crate::history::{EventKind, HistoryEvent, OrchestrationMessage};
+use crate::history::{EntityRequest, EventKind, HistoryEvent, OrchestrationMessage};
 use crate::instance::{InstanceFilter, InstanceState, NewInstance, Page, RuntimeStatus};
 use crate::registry::{Orchestrator, Registry};
-use crate::store::{random_id, Store};
+use crate::store::{random_id, Store, StoreError};
 
 /// The longest accepted instance id, in bytes.
 pub const MAX_INSTANCE_ID_LEN: usize = 256;
@@ -28,6 +29,11 @@ pub fn validate_instance_id(id: &str) -> Result<(), Error> {
             "instance id is {} bytes, longer than {MAX_INSTANCE_ID_LEN}",
             id.len()
         )));
+    }
+    if id.starts_with('@') {
+        return Err(Error::InvalidArgument(
+            "instance id must not start with '@' (reserved for entities)".into(),
+        ));
     }
     if let Some(c) = id.chars().find(|c| c.is_control() || matches!(c, '/' | '\\' | '#' | '?')) {
         return Err(Error::InvalidArgument(format!(
@@ -441,6 +447,169 @@ impl DurableClient {
         Ok(self.store.purge_instances(filter).await?)
     }
 
+    /// Signals an entity operation (one-way, delivered exactly once, in order per sender).
+    /// The entity is created by its first operation.
+    pub async fn signal_entity(&self, id: &EntityId, operation: &str, input: &impl Serialize) -> Result<(), Error> {
+        let input = serde_json::to_string(input)
+            .map_err(|e| Error::InvalidArgument(format!("cannot serialize the operation input: {e}")))?;
+        self.signal_entity_json(id, operation, Some(input), None).await
+    }
+
+    /// Signals an entity operation for delivery at `at`.
+    pub async fn signal_entity_at(
+        &self,
+        id: &EntityId,
+        operation: &str,
+        input: &impl Serialize,
+        at: DateTime<Utc>,
+    ) -> Result<(), Error> {
+        let input = serde_json::to_string(input)
+            .map_err(|e| Error::InvalidArgument(format!("cannot serialize the operation input: {e}")))?;
+        self.signal_entity_json(id, operation, Some(input), Some(at)).await
+    }
+
+    /// Signals an entity operation with a JSON input.
+    pub async fn signal_entity_json(
+        &self,
+        id: &EntityId,
+        operation: &str,
+        input: Option<String>,
+        at: Option<DateTime<Utc>>,
+    ) -> Result<(), Error> {
+        id.validate()?;
+        if let Some(reg) = &self.registry {
+            if reg.entity(&id.name).is_none() {
+                return Err(Error::UnknownName {
+                    kind: "entity",
+                    name: id.name.clone(),
+                });
+            }
+        }
+        if let Some(json) = &input {
+            serde_json::from_str::<serde::de::IgnoredAny>(json)
+                .map_err(|e| Error::InvalidArgument(format!("input is not valid JSON: {e}")))?;
+        }
+        let now = Utc::now();
+        match self.store.create_instance(new_entity_instance(id, now)).await {
+            Ok(()) | Err(StoreError::InstanceExists { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let mut msg = OrchestrationMessage::new(
+            id.instance_id(),
+            HistoryEvent::new(now, EventKind::EntityRequest {
+                request: EntityRequest::Operation {
+                    operation: operation.to_string(),
+                    input,
+                    reply_to: None,
+                    lock_owner: None,
+                },
+            }),
+        );
+        msg.visible_at = at;
+        self.store.send_message(msg).await?;
+        Ok(())
+    }
+
+    /// An entity's metadata and state (a possibly stale snapshot), or None when it does
+    /// not exist (never created, or deleted).
+    pub async fn get_entity(&self, id: &EntityId) -> Result<Option<EntityMetadata>, Error> {
+        id.validate()?;
+        let Some(state) = self.store.get_instance(&id.instance_id()).await? else {
+            return Ok(None);
+        };
+        Ok(entity_metadata(&state, true))
+    }
+
+    /// Reads an entity's state as `T` (a possibly stale snapshot).
+    pub async fn read_entity_state<T: DeserializeOwned>(&self, id: &EntityId) -> Result<Option<T>, Error> {
+        let Some(meta) = self.get_entity(id).await? else {
+            return Ok(None);
+        };
+        meta.state
+            .as_deref()
+            .map(serde_json::from_str)
+            .transpose()
+            .map_err(|e| Error::InvalidArgument(format!("cannot decode the entity state: {e}")))
+    }
+
+    /// Lists existing entities (of one name, or all), a page at a time.
+    pub async fn list_entities(
+        &self,
+        name: Option<&str>,
+        fetch_state: bool,
+        page_size: usize,
+        continuation_token: Option<&str>,
+    ) -> Result<Page<EntityMetadata>, Error> {
+        let prefix = match name {
+            Some(n) => format!("@{}@", n.to_lowercase()),
+            None => "@".to_string(),
+        };
+        let filter = InstanceFilter {
+            instance_id_prefix: Some(prefix),
+            ..InstanceFilter::default()
+        };
+        let page = self.store.list_instances(&filter, page_size, continuation_token).await?;
+        Ok(Page {
+            items: page
+                .items
+                .iter()
+                .filter_map(|s| entity_metadata(s, fetch_state))
+                .collect(),
+            continuation_token: page.continuation_token,
+        })
+    }
+
+    /// Storage cleanup: removes entities that have no state, no lock and no waiting
+    /// requests, and releases locks held by orchestrations that no longer run. Returns
+    /// (entities removed, locks released).
+    pub async fn clean_entity_storage(&self, remove_empty: bool, release_orphaned_locks: bool) -> Result<(u64, u64), Error> {
+        let filter = InstanceFilter {
+            instance_id_prefix: Some("@".into()),
+            ..InstanceFilter::default()
+        };
+        let (mut removed, mut released) = (0, 0);
+        let mut token: Option<String> = None;
+        loop {
+            let page = self.store.list_instances(&filter, 500, token.as_deref()).await?;
+            for st in &page.items {
+                let record = EntityRecord::from_state(st);
+                if release_orphaned_locks {
+                    if let Some(owner) = &record.lock_owner {
+                        let alive = self
+                            .store
+                            .get_instance(owner)
+                            .await?
+                            .is_some_and(|o| !o.status.is_terminal());
+                        if !alive {
+                            self.store
+                                .send_message(OrchestrationMessage::new(
+                                    st.instance_id.clone(),
+                                    HistoryEvent::new(Utc::now(), EventKind::EntityRequest {
+                                        request: EntityRequest::Unlock { owner: owner.clone() },
+                                    }),
+                                ))
+                                .await?;
+                            released += 1;
+                        }
+                    }
+                }
+                if remove_empty
+                    && record.state.is_none()
+                    && record.lock_owner.is_none()
+                    && record.queue.is_empty()
+                    && self.store.purge_instance(&st.instance_id).await?
+                {
+                    removed += 1;
+                }
+            }
+            match page.continuation_token {
+                Some(t) => token = Some(t),
+                None => break,
+            }
+        }
+        Ok((removed, released))
+    }
+
     /// Lists instances matching the filter, a page at a time.
     pub async fn list_instances(
         &self,
@@ -453,4 +622,17 @@ impl DurableClient {
             .list_instances(filter, page_size, continuation_token)
             .await?)
     }
+}
+
+/// An entity instance's metadata; None when the entity has no state.
+fn entity_metadata(state: &InstanceState, fetch_state: bool) -> Option<EntityMetadata> {
+    let record = EntityRecord::from_state(state);
+    record.state.as_ref()?;
+    Some(EntityMetadata {
+        id: EntityId::from_instance_id(&state.instance_id)?,
+        last_operation_time: state.last_updated_at,
+        state: if fetch_state { record.state } else { None },
+        locked_by: record.lock_owner,
+        backlog: record.queue.len(),
+    })
 }

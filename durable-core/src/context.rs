@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::entity::EntityId;
 use crate::error::{TaskError, TaskKind};
 use crate::history::{EventKind, FailureDetails, HistoryEvent, ParentInstance};
 use crate::registry::{Activity, BoxFuture, Orchestrator};
@@ -40,6 +41,25 @@ pub(crate) enum Action {
         instance_id: String,
         name: String,
         input: Option<String>,
+    },
+    CallEntity {
+        entity_id: String,
+        operation: String,
+        input: Option<String>,
+        /// Sent from inside a critical section (not recorded in history).
+        in_critical_section: bool,
+    },
+    SignalEntity {
+        entity_id: String,
+        operation: String,
+        input: Option<String>,
+        at: Option<DateTime<Utc>>,
+    },
+    LockEntities {
+        entity_ids: Vec<String>,
+    },
+    UnlockEntity {
+        entity_id: String,
     },
 }
 
@@ -73,6 +93,33 @@ impl Action {
                 name: name.clone(),
                 input: input.clone(),
             },
+            EventKind::EntityOperationCalled {
+                entity_id,
+                operation,
+                input,
+            } => Action::CallEntity {
+                entity_id: entity_id.clone(),
+                operation: operation.clone(),
+                input: input.clone(),
+                in_critical_section: false,
+            },
+            EventKind::EntityOperationSignaled {
+                entity_id,
+                operation,
+                input,
+                scheduled_time,
+            } => Action::SignalEntity {
+                entity_id: entity_id.clone(),
+                operation: operation.clone(),
+                input: input.clone(),
+                at: *scheduled_time,
+            },
+            EventKind::EntityLockRequested { entity_ids } => Action::LockEntities {
+                entity_ids: entity_ids.clone(),
+            },
+            EventKind::EntityUnlockSent { entity_id } => Action::UnlockEntity {
+                entity_id: entity_id.clone(),
+            },
             _ => return None,
         })
     }
@@ -102,6 +149,29 @@ impl Action {
                 name,
                 input,
             },
+            Action::CallEntity {
+                entity_id,
+                operation,
+                input,
+                ..
+            } => EventKind::EntityOperationCalled {
+                entity_id,
+                operation,
+                input,
+            },
+            Action::SignalEntity {
+                entity_id,
+                operation,
+                input,
+                at,
+            } => EventKind::EntityOperationSignaled {
+                entity_id,
+                operation,
+                input,
+                scheduled_time: at,
+            },
+            Action::LockEntities { entity_ids } => EventKind::EntityLockRequested { entity_ids },
+            Action::UnlockEntity { entity_id } => EventKind::EntityUnlockSent { entity_id },
         };
         HistoryEvent::scheduled(seq, now, kind)
     }
@@ -135,6 +205,32 @@ impl Action {
                     ..
                 },
             ) => a == b && ia == ib,
+            (
+                Action::CallEntity {
+                    entity_id: ia,
+                    operation: a,
+                    ..
+                },
+                Action::CallEntity {
+                    entity_id: ib,
+                    operation: b,
+                    ..
+                },
+            )
+            | (
+                Action::SignalEntity {
+                    entity_id: ia,
+                    operation: a,
+                    ..
+                },
+                Action::SignalEntity {
+                    entity_id: ib,
+                    operation: b,
+                    ..
+                },
+            ) => a == b && ia == ib,
+            (Action::LockEntities { entity_ids: a }, Action::LockEntities { entity_ids: b }) => a == b,
+            (Action::UnlockEntity { entity_id: a }, Action::UnlockEntity { entity_id: b }) => a == b,
             _ => false,
         }
     }
@@ -150,6 +246,14 @@ impl Action {
             Action::SendEvent {
                 instance_id, name, ..
             } => format!("EventSent '{name}' to '{instance_id}'"),
+            Action::CallEntity {
+                entity_id, operation, ..
+            } => format!("EntityOperationCalled '{operation}' on '{entity_id}'"),
+            Action::SignalEntity {
+                entity_id, operation, ..
+            } => format!("EntityOperationSignaled '{operation}' on '{entity_id}'"),
+            Action::LockEntities { entity_ids } => format!("EntityLockRequested {entity_ids:?}"),
+            Action::UnlockEntity { entity_id } => format!("EntityUnlockSent '{entity_id}'"),
         }
     }
 
@@ -164,6 +268,14 @@ impl Action {
             Action::SendEvent {
                 instance_id, name, ..
             } => format!("send_event '{name}' to '{instance_id}'"),
+            Action::CallEntity {
+                entity_id, operation, ..
+            } => format!("call_entity '{operation}' on '{entity_id}'"),
+            Action::SignalEntity {
+                entity_id, operation, ..
+            } => format!("signal_entity '{operation}' on '{entity_id}'"),
+            Action::LockEntities { entity_ids } => format!("lock {entity_ids:?}"),
+            Action::UnlockEntity { entity_id } => format!("unlock '{entity_id}'"),
         }
     }
 
@@ -182,6 +294,9 @@ impl Action {
                     Action::SubOrchestration { .. },
                     EventKind::SubOrchestrationInstanceFailed { .. }
                 )
+                | (Action::CallEntity { .. }, EventKind::EntityOperationCompleted { .. })
+                | (Action::CallEntity { .. }, EventKind::EntityOperationFailed { .. })
+                | (Action::LockEntities { .. }, EventKind::EntityLockGranted { .. })
         )
     }
 }
@@ -220,6 +335,12 @@ pub(crate) struct ExecutionState {
     pub continue_as_new: Option<ContinueAsNewRequest>,
     pub nondeterminism: Option<String>,
     pub guid_counter: u64,
+    /// Entities locked by the current critical section (once granted).
+    pub critical_section: Option<Vec<String>>,
+    /// Entities of every lock request made, granted or not, still to release at the end.
+    pub lock_requests: Vec<String>,
+    /// Entities with a call in flight inside the critical section.
+    pub entity_calls_in_flight: HashSet<String>,
 }
 
 impl ExecutionState {
@@ -241,6 +362,9 @@ impl ExecutionState {
             continue_as_new: None,
             nondeterminism: None,
             guid_counter: 0,
+            critical_section: None,
+            lock_requests: Vec::new(),
+            entity_calls_in_flight: HashSet::new(),
         }
     }
 
@@ -261,6 +385,9 @@ impl ExecutionState {
 
     /// Delivers a completion for `seq`.
     pub(crate) fn complete(&mut self, seq: u64, c: Completion) {
+        if let Some(Action::CallEntity { entity_id, .. }) = self.actions.get(seq as usize) {
+            self.entity_calls_in_flight.remove(entity_id);
+        }
         self.completed.insert(seq);
         self.completions.insert(seq, c);
         if let Some(w) = self.wakers.remove(&seq) {
@@ -565,6 +692,16 @@ impl OrchestrationContext {
         instance_id: Option<&str>,
         input: &(impl Serialize + ?Sized),
     ) -> DurableFuture<Result<T, TaskError>> {
+        if self.state().critical_section.is_some() {
+            return DurableFuture::ready(
+                self.clone(),
+                Err(locking_violation(
+                    TaskKind::SubOrchestration,
+                    name,
+                    "sub-orchestrations cannot be called inside a critical section",
+                )),
+            );
+        }
         let input = match serialize(TaskKind::SubOrchestration, name, input) {
             Ok(i) => i,
             Err(e) => return DurableFuture::ready(self.clone(), Err(e)),
@@ -689,6 +826,175 @@ impl OrchestrationContext {
         ContinueAsNew { _out: PhantomData }
     }
 
+    /// Calls an entity operation and waits for its result. Inside a critical section,
+    /// only locked entities may be called, one call per entity at a time.
+    pub fn call_entity<T: DeserializeOwned>(
+        &self,
+        id: &EntityId,
+        operation: &str,
+        input: &impl Serialize,
+    ) -> DurableFuture<Result<T, TaskError>> {
+        let label = format!("{id}.{operation}");
+        if let Err(e) = id.validate() {
+            return DurableFuture::ready(self.clone(), Err(invalid(TaskKind::Entity, &label, e)));
+        }
+        let entity_id = id.instance_id();
+        let in_cs = {
+            let mut st = self.state();
+            match &st.critical_section {
+                Some(locked) if !locked.contains(&entity_id) => {
+                    drop(st);
+                    return DurableFuture::ready(
+                        self.clone(),
+                        Err(locking_violation(
+                            TaskKind::Entity,
+                            &label,
+                            &format!("entity '{id}' is not locked by this critical section; only locked entities may be called inside it"),
+                        )),
+                    );
+                }
+                Some(_) => {
+                    if !st.entity_calls_in_flight.insert(entity_id.clone()) {
+                        drop(st);
+                        return DurableFuture::ready(
+                            self.clone(),
+                            Err(locking_violation(
+                                TaskKind::Entity,
+                                &label,
+                                &format!("a call to entity '{id}' is already in flight; calls to one entity inside a critical section must not overlap"),
+                            )),
+                        );
+                    }
+                    true
+                }
+                None => false,
+            }
+        };
+        let input = match serialize(TaskKind::Entity, &label, input) {
+            Ok(i) => i,
+            Err(e) => return DurableFuture::ready(self.clone(), Err(e)),
+        };
+        self.task(
+            Action::CallEntity {
+                entity_id,
+                operation: operation.to_string(),
+                input,
+                in_critical_section: in_cs,
+            },
+            TaskKind::Entity,
+            &label,
+            decode_task::<T>,
+        )
+    }
+
+    /// Signals an entity operation (one-way). Inside a critical section, entities it has
+    /// locked cannot be signalled (call them instead).
+    pub fn signal_entity(&self, id: &EntityId, operation: &str, input: &impl Serialize) -> Result<(), TaskError> {
+        self.signal_entity_inner(id, operation, input, None)
+    }
+
+    /// Signals an entity operation for delivery at `at`.
+    pub fn signal_entity_at(
+        &self,
+        id: &EntityId,
+        operation: &str,
+        input: &impl Serialize,
+        at: DateTime<Utc>,
+    ) -> Result<(), TaskError> {
+        self.signal_entity_inner(id, operation, input, Some(at))
+    }
+
+    fn signal_entity_inner(
+        &self,
+        id: &EntityId,
+        operation: &str,
+        input: &impl Serialize,
+        at: Option<DateTime<Utc>>,
+    ) -> Result<(), TaskError> {
+        let label = format!("{id}.{operation}");
+        id.validate().map_err(|e| invalid(TaskKind::Entity, &label, e))?;
+        let entity_id = id.instance_id();
+        if self
+            .state()
+            .critical_section
+            .as_ref()
+            .is_some_and(|locked| locked.contains(&entity_id))
+        {
+            return Err(locking_violation(
+                TaskKind::Entity,
+                &label,
+                &format!("entity '{id}' is locked by this critical section; call it instead of signalling it"),
+            ));
+        }
+        let input = serialize(TaskKind::Entity, &label, input)?;
+        self.schedule(Action::SignalEntity {
+            entity_id,
+            operation: operation.to_string(),
+            input,
+            at,
+        });
+        Ok(())
+    }
+
+    /// Enters a critical section: acquires the locks of `entities` (in one global order,
+    /// so critical sections never deadlock) and returns a guard that releases them when
+    /// dropped. Locks are also released when the orchestration ends. Critical sections do
+    /// not nest.
+    pub fn lock(&self, entities: &[EntityId]) -> LockFuture {
+        let mut ids: Vec<String> = entities.iter().map(EntityId::instance_id).collect();
+        ids.sort();
+        ids.dedup();
+        let label = ids.join(",");
+        let error = if ids.is_empty() {
+            Some("a critical section needs at least one entity".to_string())
+        } else if let Some(e) = entities.iter().find_map(|e| e.validate().err()) {
+            Some(e.to_string())
+        } else {
+            let st = self.state();
+            (st.critical_section.is_some() || !st.lock_requests.is_empty())
+                .then(|| "critical sections cannot be nested".to_string())
+        };
+        if let Some(msg) = error {
+            return LockFuture {
+                ctx: self.clone(),
+                inner: DurableFuture::ready(self.clone(), Err(locking_violation(TaskKind::Entity, &label, &msg))),
+                ids,
+            };
+        }
+        self.state().lock_requests.extend(ids.iter().cloned());
+        let inner = self.task(
+            Action::LockEntities { entity_ids: ids.clone() },
+            TaskKind::Entity,
+            &label,
+            decode_task::<()>,
+        );
+        LockFuture {
+            ctx: self.clone(),
+            inner,
+            ids,
+        }
+    }
+
+    /// The entities locked by the current critical section, if any.
+    pub fn critical_section(&self) -> Option<Vec<EntityId>> {
+        self.state()
+            .critical_section
+            .as_ref()
+            .map(|ids| ids.iter().filter_map(|i| EntityId::from_instance_id(i)).collect())
+    }
+
+    fn release_locks(&self, ids: &[String]) {
+        {
+            let mut st = self.state();
+            st.critical_section = None;
+            st.lock_requests.retain(|i| !ids.contains(i));
+            st.entity_calls_in_flight.clear();
+        }
+        for id in ids {
+            self.schedule(Action::UnlockEntity { entity_id: id.clone() });
+        }
+    }
+
     /// Waits for all futures; outputs in input order.
     pub fn when_all<F: Future>(&self, futures: impl IntoIterator<Item = F>) -> crate::join::WhenAll<F> {
         crate::join::when_all(futures)
@@ -716,6 +1022,93 @@ macro_rules! replay_safe {
             $($log)+;
         }
     };
+}
+
+fn locking_violation(kind: TaskKind, name: &str, message: &str) -> TaskError {
+    TaskError {
+        kind,
+        name: name.to_string(),
+        failure: FailureDetails {
+            error_type: "LockingRulesViolation".into(),
+            message: message.to_string(),
+            details: None,
+            non_retriable: true,
+        },
+    }
+}
+
+fn invalid(kind: TaskKind, name: &str, e: crate::error::Error) -> TaskError {
+    TaskError {
+        kind,
+        name: name.to_string(),
+        failure: FailureDetails::new("InvalidArgument", e.to_string()),
+    }
+}
+
+/// The future of [`OrchestrationContext::lock`]: resolves to the critical section once
+/// every lock is held.
+pub struct LockFuture {
+    ctx: OrchestrationContext,
+    inner: DurableFuture<Result<(), TaskError>>,
+    ids: Vec<String>,
+}
+
+impl std::fmt::Debug for LockFuture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LockFuture").field("entities", &self.ids).finish()
+    }
+}
+
+impl Future for LockFuture {
+    type Output = Result<CriticalSection, TaskError>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Ready(Ok(())) => {
+                this.ctx.state().critical_section = Some(this.ids.clone());
+                Poll::Ready(Ok(CriticalSection {
+                    ctx: this.ctx.clone(),
+                    ids: std::mem::take(&mut this.ids),
+                    released: false,
+                }))
+            }
+        }
+    }
+}
+
+/// Holds entity locks; dropping it (or calling [`release`](Self::release)) releases them.
+pub struct CriticalSection {
+    ctx: OrchestrationContext,
+    ids: Vec<String>,
+    released: bool,
+}
+
+impl std::fmt::Debug for CriticalSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CriticalSection").field("entities", &self.ids).finish()
+    }
+}
+
+impl CriticalSection {
+    /// Releases the locks now.
+    pub fn release(mut self) {
+        self.release_now();
+    }
+
+    fn release_now(&mut self) {
+        if !self.released {
+            self.released = true;
+            self.ctx.release_locks(&self.ids);
+        }
+    }
+}
+
+impl Drop for CriticalSection {
+    fn drop(&mut self) {
+        self.release_now();
+    }
 }
 
 fn serialize_error(kind: TaskKind, name: &str, e: serde_json::Error) -> TaskError {

@@ -216,6 +216,106 @@ pub enum EventKind {
         /// JSON payload.
         input: Option<String>,
     },
+    /// This orchestration called an entity operation and waits for its result.
+    EntityOperationCalled {
+        /// The entity's instance id (`@name@key`).
+        entity_id: String,
+        /// Operation name.
+        operation: String,
+        /// JSON input.
+        input: Option<String>,
+    },
+    /// This orchestration signalled an entity operation (no result).
+    EntityOperationSignaled {
+        /// The entity's instance id (`@name@key`).
+        entity_id: String,
+        /// Operation name.
+        operation: String,
+        /// JSON input.
+        input: Option<String>,
+        /// Deliver no earlier than this.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        scheduled_time: Option<DateTime<Utc>>,
+    },
+    /// This orchestration asked for the locks of these entities (a critical section).
+    EntityLockRequested {
+        /// Entity instance ids, in lock order.
+        entity_ids: Vec<String>,
+    },
+    /// This orchestration released its lock on an entity.
+    EntityUnlockSent {
+        /// The entity's instance id.
+        entity_id: String,
+    },
+    /// An entity operation called by this orchestration completed.
+    EntityOperationCompleted {
+        /// Sequence number of the matching `EntityOperationCalled`.
+        task_scheduled_id: u64,
+        /// JSON result.
+        result: Option<String>,
+    },
+    /// An entity operation called by this orchestration failed.
+    EntityOperationFailed {
+        /// Sequence number of the matching `EntityOperationCalled`.
+        task_scheduled_id: u64,
+        /// Why.
+        failure: FailureDetails,
+    },
+    /// All locks of a critical section were granted.
+    EntityLockGranted {
+        /// Sequence number of the matching `EntityLockRequested`.
+        task_scheduled_id: u64,
+    },
+    /// A message to an entity: an operation, a lock request or a lock release.
+    EntityRequest {
+        /// The request.
+        request: EntityRequest,
+    },
+}
+
+/// Where an entity sends the answer to a call or a lock request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplyTo {
+    /// The orchestration instance.
+    pub instance_id: String,
+    /// Its execution.
+    pub execution_id: String,
+    /// The sequence number of the call in that execution.
+    pub task_scheduled_id: u64,
+}
+
+/// A message to an entity.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum EntityRequest {
+    /// Run an operation.
+    Operation {
+        /// Operation name.
+        operation: String,
+        /// JSON input.
+        input: Option<String>,
+        /// Set for calls (two-way); None for signals.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reply_to: Option<ReplyTo>,
+        /// The sending orchestration, when it sends from inside a critical section.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lock_owner: Option<String>,
+    },
+    /// Acquire this entity's lock for `owner`, then pass the request on to the next entity
+    /// of `entity_ids` (or grant the critical section when this is the last one).
+    Lock {
+        /// Who asks.
+        owner: ReplyTo,
+        /// Every entity of the critical section, in lock order.
+        entity_ids: Vec<String>,
+        /// This entity's index in `entity_ids`.
+        position: usize,
+    },
+    /// Release the lock held by `owner`.
+    Unlock {
+        /// The orchestration instance that held the lock.
+        owner: String,
+    },
 }
 
 impl EventKind {
@@ -243,6 +343,14 @@ impl EventKind {
             EventKind::TimerFired { .. } => "TimerFired",
             EventKind::EventRaised { .. } => "EventRaised",
             EventKind::EventSent { .. } => "EventSent",
+            EventKind::EntityOperationCalled { .. } => "EntityOperationCalled",
+            EventKind::EntityOperationSignaled { .. } => "EntityOperationSignaled",
+            EventKind::EntityLockRequested { .. } => "EntityLockRequested",
+            EventKind::EntityUnlockSent { .. } => "EntityUnlockSent",
+            EventKind::EntityOperationCompleted { .. } => "EntityOperationCompleted",
+            EventKind::EntityOperationFailed { .. } => "EntityOperationFailed",
+            EventKind::EntityLockGranted { .. } => "EntityLockGranted",
+            EventKind::EntityRequest { .. } => "EntityRequest",
         }
     }
 
@@ -261,6 +369,13 @@ impl EventKind {
             | EventKind::SubOrchestrationInstanceFailed {
                 task_scheduled_id, ..
             } => Some(*task_scheduled_id),
+            EventKind::EntityOperationCompleted {
+                task_scheduled_id, ..
+            }
+            | EventKind::EntityOperationFailed {
+                task_scheduled_id, ..
+            }
+            | EventKind::EntityLockGranted { task_scheduled_id } => Some(*task_scheduled_id),
             EventKind::TimerFired { timer_id, .. } => Some(*timer_id),
             _ => None,
         }

@@ -32,6 +32,7 @@
 pub mod activity;
 pub mod client;
 pub mod context;
+pub mod entity;
 pub mod error;
 pub mod history;
 pub mod instance;
@@ -44,8 +45,9 @@ pub mod worker;
 
 pub use activity::ActivityContext;
 pub use client::{DurableClient, OrchestrationStatus, StartOptions, StatusOptions};
-pub use context::{DurableFuture, EventFuture, OrchestrationContext, TimerTarget};
+pub use context::{CriticalSection, DurableFuture, EventFuture, LockFuture, OrchestrationContext, TimerTarget};
 pub use durable_macros::{activity, orchestrator};
+pub use entity::{EntityContext, EntityId, EntityMetadata, Operation};
 pub use error::{ActivityError, Error, OrchestrationError, TaskError, TaskKind};
 pub use history::{EventKind, FailureDetails, HistoryEvent};
 pub use instance::{InstanceFilter, InstanceState, Page, RuntimeStatus};
@@ -61,6 +63,8 @@ pub use worker::{Runtime, RuntimeOptions};
 pub mod __private {
     pub use crate::activity::ActivityContext;
     pub use crate::context::OrchestrationContext;
+    pub use crate::entity::{Entity, EntityContext, Operation};
+    pub use crate::registry::EntityRegistration;
     pub use crate::history::FailureDetails;
     pub use crate::registry::{
         decode_input, Activity, ActivityRegistration, BoxFuture, Orchestrator,

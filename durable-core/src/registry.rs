@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use crate::activity::ActivityContext;
 use crate::context::OrchestrationContext;
+use crate::entity::{EntityContext, EntityFn, Operation};
 use crate::error::Error;
 use crate::history::FailureDetails;
 
@@ -166,8 +167,30 @@ pub struct ActivityRegistration {
     pub location: &'static str,
 }
 
+/// Link-time registration of an entity, emitted by `#[entity]`.
+pub struct EntityRegistration {
+    /// Durable name (lower-case).
+    pub name: &'static str,
+    /// Runs one operation.
+    pub invoke: fn(EntityContext, Operation) -> BoxFuture<'static, (EntityContext, Outcome)>,
+    /// `module::path` and `file:line` of the definition, for duplicate-name errors.
+    pub location: &'static str,
+}
+
 inventory::collect!(OrchestratorRegistration);
 inventory::collect!(ActivityRegistration);
+inventory::collect!(EntityRegistration);
+
+/// A registered entity.
+#[derive(Clone)]
+pub struct EntityEntry {
+    /// Durable name (lower-case).
+    pub name: String,
+    /// Runs one operation.
+    pub invoke: EntityFn,
+    /// Where it was defined.
+    pub location: String,
+}
 
 /// A registered orchestrator.
 #[derive(Clone)]
@@ -198,17 +221,21 @@ pub struct ActivityEntry {
 pub struct Registry {
     orchestrators: HashMap<String, Vec<OrchestratorEntry>>,
     activities: HashMap<String, ActivityEntry>,
+    entities: HashMap<String, EntityEntry>,
 }
 
 impl fmt::Debug for Registry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut o: Vec<_> = self.orchestrators.keys().collect();
         let mut a: Vec<_> = self.activities.keys().collect();
+        let mut e: Vec<_> = self.entities.keys().collect();
         o.sort();
         a.sort();
+        e.sort();
         f.debug_struct("Registry")
             .field("orchestrators", &o)
             .field("activities", &a)
+            .field("entities", &e)
             .finish()
     }
 }
@@ -238,6 +265,18 @@ impl Registry {
         self.activities.get(name)
     }
 
+    /// The entity for `name` (case-insensitive).
+    pub fn entity(&self, name: &str) -> Option<&EntityEntry> {
+        self.entities.get(&name.to_lowercase())
+    }
+
+    /// Names of all entities, sorted.
+    pub fn entity_names(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = self.entities.keys().map(String::as_str).collect();
+        v.sort();
+        v
+    }
+
     /// Names of all orchestrators, sorted.
     pub fn orchestrator_names(&self) -> Vec<&str> {
         let mut v: Vec<&str> = self.orchestrators.keys().map(String::as_str).collect();
@@ -258,6 +297,7 @@ impl Registry {
 pub struct RegistryBuilder {
     orchestrators: Vec<OrchestratorEntry>,
     activities: Vec<ActivityEntry>,
+    entities: Vec<EntityEntry>,
 }
 
 impl RegistryBuilder {
@@ -268,6 +308,14 @@ impl RegistryBuilder {
             self.orchestrators.push(OrchestratorEntry {
                 name: r.name.to_string(),
                 version: r.version.map(str::to_string),
+                invoke: Arc::new(invoke),
+                location: r.location.to_string(),
+            });
+        }
+        for r in inventory::iter::<EntityRegistration> {
+            let invoke = r.invoke;
+            self.entities.push(EntityEntry {
+                name: r.name.to_lowercase(),
                 invoke: Arc::new(invoke),
                 location: r.location.to_string(),
             });
@@ -334,6 +382,31 @@ impl RegistryBuilder {
         self
     }
 
+    /// Registers a function-style entity: `f(ctx, operation)` runs one operation, reading
+    /// and writing the state through `ctx`; its return value answers calls.
+    pub fn entity<S, R, F, Fut>(mut self, name: &str, f: F) -> Self
+    where
+        S: Serialize + DeserializeOwned + 'static,
+        R: TaskOutcome,
+        F: Fn(EntityContext<S>, Operation) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = R> + Send + 'static,
+    {
+        let f = Arc::new(f);
+        self.entities.push(EntityEntry {
+            name: name.to_lowercase(),
+            invoke: Arc::new(move |ctx: EntityContext, op| {
+                let f = f.clone();
+                Box::pin(async move {
+                    let typed: EntityContext<S> = ctx.clone().retype();
+                    let outcome = f(typed, op).await.into_outcome();
+                    (ctx, outcome)
+                })
+            }),
+            location: format!("{name} (registered at run time)"),
+        });
+        self
+    }
+
     /// Checks for duplicate names and builds the registry.
     pub fn build(self) -> Result<Registry, Error> {
         let mut reg = Registry::default();
@@ -364,6 +437,16 @@ impl RegistryBuilder {
                 continue;
             }
             reg.activities.insert(a.name.clone(), a);
+        }
+        for e in self.entities {
+            if let Some(prev) = reg.entities.get(&e.name) {
+                dups.push(format!(
+                    "entity '{}' is defined twice: at {} and at {}",
+                    e.name, prev.location, e.location
+                ));
+                continue;
+            }
+            reg.entities.insert(e.name.clone(), e);
         }
         if dups.is_empty() {
             Ok(reg)

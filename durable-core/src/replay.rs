@@ -14,7 +14,10 @@ use std::task::{Context, Poll, Wake, Waker};
 use chrono::{DateTime, Utc};
 
 use crate::context::{Action, Completion, OrchestrationContext};
-use crate::history::{EventKind, FailureDetails, HistoryEvent, OrchestrationMessage, ParentInstance};
+use crate::entity::push_entity_message;
+use crate::history::{
+    EntityRequest, EventKind, FailureDetails, HistoryEvent, OrchestrationMessage, ParentInstance, ReplyTo,
+};
 use crate::instance::{InstanceState, NewInstance, RuntimeStatus};
 use crate::registry::{BoxFuture, Outcome, Registry};
 use crate::store::{random_id, ActivityWorkItem, HistoryUpdate, OrchestrationCommit, OrchestrationWorkItem};
@@ -173,11 +176,13 @@ impl Execution {
                 }
                 let completion = match kind {
                     EventKind::TaskFailed { failure, .. }
-                    | EventKind::SubOrchestrationInstanceFailed { failure, .. } => {
+                    | EventKind::SubOrchestrationInstanceFailed { failure, .. }
+                    | EventKind::EntityOperationFailed { failure, .. } => {
                         Completion::Failed(failure.clone())
                     }
                     EventKind::TaskCompleted { result, .. }
-                    | EventKind::SubOrchestrationInstanceCompleted { result, .. } => {
+                    | EventKind::SubOrchestrationInstanceCompleted { result, .. }
+                    | EventKind::EntityOperationCompleted { result, .. } => {
                         Completion::Ok(result.clone())
                     }
                     _ => Completion::Ok(None),
@@ -271,8 +276,6 @@ pub(crate) struct EpisodeResult {
     pub commit: OrchestrationCommit,
     /// The live execution, when it is still running and may be cached.
     pub execution: Option<Execution>,
-    /// Whether the instance reached a terminal status.
-    pub finished: bool,
 }
 
 /// Where the history to replay comes from.
@@ -347,7 +350,6 @@ pub(crate) fn run_episode(
         return EpisodeResult {
             commit,
             execution: None,
-            finished: true,
         };
     };
 
@@ -540,6 +542,7 @@ fn finish_episode(
                 HistoryEvent::new(now, EventKind::EventRaised { name, input }),
             ));
         }
+        release_held_locks(&exec, &state, now, commit);
         state.status = RuntimeStatus::Running;
         state.execution_id = next_execution;
         state.input = can.input;
@@ -550,7 +553,6 @@ fn finish_episode(
         return EpisodeResult {
             commit: std::mem::replace(commit, commit_base_empty()),
             execution: None,
-            finished: false,
         };
     } else {
         finished = false;
@@ -572,6 +574,18 @@ fn finish_episode(
         }
     }
     new_events.push(HistoryEvent::new(now, EventKind::OrchestratorCompleted));
+    if finished {
+        release_held_locks(&exec, &state, now, commit);
+        if !record_actions {
+            // Unlocks the code made on its way out (a dropped critical section) were not
+            // recorded; send them anyway so no entity stays locked.
+            for a in &actions {
+                if let Action::UnlockEntity { entity_id } = a {
+                    push_unlock(commit, &state, entity_id, now);
+                }
+            }
+        }
+    }
     if let (Some(parent), Some(outcome)) = (&state.parent, &parent_outcome) {
         commit.messages.push(parent_message(parent, now, outcome));
     }
@@ -594,7 +608,17 @@ fn finish_episode(
     EpisodeResult {
         commit,
         execution: if finished { None } else { Some(exec) },
-        finished,
+    }
+}
+
+/// Releases every entity lock the execution requested and still holds (or may yet be
+/// granted), because the execution ended.
+fn release_held_locks(exec: &Execution, state: &InstanceState, now: DateTime<Utc>, commit: &mut OrchestrationCommit) {
+    let mut ids = exec.ctx.state().lock_requests.clone();
+    ids.sort();
+    ids.dedup();
+    for id in ids {
+        push_unlock(commit, state, &id, now);
     }
 }
 
@@ -678,7 +702,72 @@ fn side_effects(
                 input: input.clone(),
             }),
         )),
+        Action::CallEntity {
+            entity_id,
+            operation,
+            input,
+            in_critical_section,
+        } => push_entity_message(
+            commit,
+            entity_id,
+            EntityRequest::Operation {
+                operation: operation.clone(),
+                input: input.clone(),
+                reply_to: Some(reply_to(state, seq)),
+                lock_owner: in_critical_section.then(|| state.instance_id.clone()),
+            },
+            None,
+            now,
+        ),
+        Action::SignalEntity {
+            entity_id,
+            operation,
+            input,
+            at,
+        } => push_entity_message(
+            commit,
+            entity_id,
+            EntityRequest::Operation {
+                operation: operation.clone(),
+                input: input.clone(),
+                reply_to: None,
+                lock_owner: None,
+            },
+            *at,
+            now,
+        ),
+        Action::LockEntities { entity_ids } => push_entity_message(
+            commit,
+            &entity_ids[0],
+            EntityRequest::Lock {
+                owner: reply_to(state, seq),
+                entity_ids: entity_ids.clone(),
+                position: 0,
+            },
+            None,
+            now,
+        ),
+        Action::UnlockEntity { entity_id } => push_unlock(commit, state, entity_id, now),
     }
+}
+
+fn reply_to(state: &InstanceState, seq: u64) -> ReplyTo {
+    ReplyTo {
+        instance_id: state.instance_id.clone(),
+        execution_id: state.execution_id.clone(),
+        task_scheduled_id: seq,
+    }
+}
+
+fn push_unlock(commit: &mut OrchestrationCommit, state: &InstanceState, entity_id: &str, now: DateTime<Utc>) {
+    commit.messages.push(OrchestrationMessage::new(
+        entity_id.to_string(),
+        HistoryEvent::new(now, EventKind::EntityRequest {
+            request: EntityRequest::Unlock {
+                owner: state.instance_id.clone(),
+            },
+        }),
+    ));
 }
 
 /// An episode for a finished instance: only a rewind (of a failed instance) does anything;
@@ -699,7 +788,6 @@ fn terminal_episode(
         return EpisodeResult {
             commit,
             execution: None,
-            finished: true,
         };
     };
     if state.status != RuntimeStatus::Failed {
@@ -711,7 +799,6 @@ fn terminal_episode(
         return EpisodeResult {
             commit,
             execution: None,
-            finished: true,
         };
     }
     let history = match source {

@@ -262,6 +262,11 @@ async fn process_orchestration(shared: &Shared, item: OrchestrationWorkItem) {
     let name = item.state.as_ref().map(|s| s.name.clone()).unwrap_or_default();
     let span = tracing::info_span!("episode", instance_id = %item.instance_id, name = %name);
     async {
+        if crate::entity::is_entity_instance(&item.instance_id) {
+            let commit = crate::entity::run_entity_episode(&shared.registry, &item, Utc::now()).await;
+            commit_episode(shared, &item, commit, None).await;
+            return;
+        }
         let source = match episode_source(shared, &item).await {
             Ok(s) => s,
             Err(e) => {
@@ -275,18 +280,29 @@ async fn process_orchestration(shared: &Shared, item: OrchestrationWorkItem) {
         };
         let registry = shared.registry.clone();
         let result = run_episode(&registry, &item, source, Utc::now());
-        let finished = result.finished;
-        let status = result.commit.state.as_ref().map(|s| s.status);
-        match shared.store.commit_orchestration(result.commit).await {
+        commit_episode(shared, &item, result.commit, result.execution).await;
+    }
+    .instrument(span)
+    .await
+}
+
+/// Commits an episode; keeps the live execution in the cache when the commit succeeded.
+async fn commit_episode(
+    shared: &Shared,
+    item: &OrchestrationWorkItem,
+    commit: OrchestrationCommit,
+    execution: Option<Execution>,
+) {
+    let status = commit.state.as_ref().map(|s| s.status);
+    {
+        match shared.store.commit_orchestration(commit).await {
             Ok(()) => {
-                if let Some(exec) = result.execution {
+                if let Some(exec) = execution {
                     let mut cache = shared.cache.lock().unwrap_or_else(|e| e.into_inner());
                     cache.put(item.instance_id.clone(), exec, shared.options.cache_capacity);
                 }
-                if finished {
-                    if let Some(status) = status.filter(|s| s.is_terminal()) {
-                        tracing::debug!(%status, "instance finished");
-                    }
+                if let Some(status) = status.filter(|s| s.is_terminal()) {
+                    tracing::debug!(%status, "instance finished");
                 }
             }
             Err(StoreError::PayloadTooLarge { what, size, limit }) => {
@@ -309,8 +325,6 @@ async fn process_orchestration(shared: &Shared, item: OrchestrationWorkItem) {
             }
         }
     }
-    .instrument(span)
-    .await
 }
 
 /// Picks the cached execution when it is in sync with the store; otherwise loads history.
