@@ -344,7 +344,13 @@ pub fn message_payload(event: &HistoryEvent) -> Option<&str> {
         | EventKind::EventSent { input, .. }
         | EventKind::ContinueAsNew { input }
         | EventKind::SubOrchestrationInstanceCreated { input, .. } => input.as_deref(),
-        EventKind::TaskCompleted { result, .. }
+        EventKind::EntityOperationCalled { input, .. }
+        | EventKind::EntityOperationSignaled { input, .. } => input.as_deref(),
+        EventKind::EntityRequest {
+            request: crate::history::EntityRequest::Operation { input, .. },
+        } => input.as_deref(),
+        EventKind::EntityOperationCompleted { result, .. }
+        | EventKind::TaskCompleted { result, .. }
         | EventKind::SubOrchestrationInstanceCompleted { result, .. }
         | EventKind::ExecutionCompleted { result, .. } => result.as_deref(),
         _ => None,
