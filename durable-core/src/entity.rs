@@ -561,3 +561,40 @@ async fn run_operation(
         );
     }
 }
+
+/// The fallback when an entity batch cannot be stored (a state over the payload limit):
+/// its operations are dropped, calls are answered with `failure`, and lock requests and
+/// releases are still applied.
+pub(crate) async fn refuse_operations(
+    registry: &Registry,
+    item: &OrchestrationWorkItem,
+    failure: FailureDetails,
+    now: DateTime<Utc>,
+) -> OrchestrationCommit {
+    let mut replies = Vec::new();
+    let mut kept = item.clone();
+    kept.messages.retain(|(_, m)| match &m.event.kind {
+        EventKind::EntityRequest {
+            request: EntityRequest::Operation { reply_to, .. },
+        } => {
+            if let Some(r) = reply_to {
+                replies.push(
+                    OrchestrationMessage::new(
+                        r.instance_id.clone(),
+                        HistoryEvent::new(now, EventKind::EntityOperationFailed {
+                            task_scheduled_id: r.task_scheduled_id,
+                            failure: failure.clone(),
+                        }),
+                    )
+                    .for_execution(r.execution_id.clone()),
+                );
+            }
+            false
+        }
+        _ => true,
+    });
+    let mut commit = run_entity_episode(registry, &kept, now).await;
+    commit.consumed = item.messages.iter().map(|(id, _)| *id).collect();
+    commit.messages.extend(replies);
+    commit
+}

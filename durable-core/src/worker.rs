@@ -310,8 +310,16 @@ async fn commit_episode(
                     "PayloadTooLarge",
                     format!("{what} is {size} bytes, over the limit of {limit} bytes"),
                 );
-                tracing::warn!(%failure, "failing instance");
-                fail_instance(shared, &item, failure).await;
+                if crate::entity::is_entity_instance(&item.instance_id) {
+                    tracing::warn!(%failure, "entity batch refused; failing its operations");
+                    let commit = crate::entity::refuse_operations(&shared.registry, item, failure, Utc::now()).await;
+                    if let Err(e) = shared.store.commit_orchestration(commit).await {
+                        tracing::warn!(error = %e, "could not record the refused operations");
+                    }
+                } else {
+                    tracing::warn!(%failure, "failing instance");
+                    fail_instance(shared, item, failure).await;
+                }
             }
             Err(StoreError::LockLost) => {
                 tracing::debug!("lease lost; another worker owns this instance now");

@@ -353,3 +353,40 @@ async fn locks_are_released_when_the_orchestration_fails() {
     assert!(client.get_entity(&held).await.unwrap().unwrap().locked_by.is_none());
     rt.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_state_fails_the_call_and_keeps_the_old_state() {
+    let reg = Registry::builder()
+        .entity("blob", |ctx: EntityContext<String>, op: Operation| async move {
+            let n: usize = op.input()?;
+            ctx.set_state(&"x".repeat(n));
+            Ok::<_, durable_core::FailureDetails>(n)
+        })
+        .orchestrator("grow", |ctx: OrchestrationContext, n: usize| async move {
+            let id = EntityId::new("blob", "b");
+            match ctx.call_entity::<usize>(&id, "set", &n).await {
+                Ok(v) => Ok::<_, OrchestrationError>(format!("ok {v}")),
+                Err(e) => Ok(format!("{}: {}", e.failure.error_type, e.failure.message)),
+            }
+        })
+        .build()
+        .unwrap();
+    let store = Arc::new(MemoryStore::with_max_payload(4096));
+    let rt = Runtime::builder(store).registry(reg).start().unwrap();
+    let client = rt.client();
+    let small = client
+        .start_by_name("grow", Some("10".into()), StartOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(client.wait_for_output::<String>(&small, WAIT).await.unwrap(), "ok 10");
+    let big = client
+        .start_by_name("grow", Some("10000".into()), StartOptions::default())
+        .await
+        .unwrap();
+    let out: String = client.wait_for_output(&big, WAIT).await.unwrap();
+    assert!(out.starts_with("PayloadTooLarge"), "{out}");
+    assert!(out.contains("4096"), "{out}");
+    let state: String = client.read_entity_state(&EntityId::new("blob", "b")).await.unwrap().unwrap();
+    assert_eq!(state.len(), 10);
+    rt.shutdown().await;
+}
