@@ -887,6 +887,12 @@ impl OrchestrationContext {
         )
     }
 
+    /// Typed calls to the entity of type `E` with this key:
+    /// `ctx.entity::<Counter>("game1").add(5).await?`.
+    pub fn entity<E: crate::entity::Entity>(&self, key: impl Into<String>) -> E::Calls {
+        E::Calls::from((self.clone(), EntityId::new(E::NAME, key)))
+    }
+
     /// Signals an entity operation (one-way). Inside a critical section, entities it has
     /// locked cannot be signalled (call them instead).
     pub fn signal_entity(&self, id: &EntityId, operation: &str, input: &impl Serialize) -> Result<(), TaskError> {

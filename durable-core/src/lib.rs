@@ -47,7 +47,7 @@ pub use activity::ActivityContext;
 pub use client::{DurableClient, OrchestrationStatus, StartOptions, StatusOptions};
 pub use context::{CriticalSection, DurableFuture, EventFuture, LockFuture, OrchestrationContext, TimerTarget};
 pub use durable_macros::{activity, orchestrator};
-pub use entity::{EntityContext, EntityId, EntityMetadata, Operation};
+pub use entity::{Entity, EntityContext, EntityHandle, EntityId, EntityMetadata, Operation};
 pub use error::{ActivityError, Error, OrchestrationError, TaskError, TaskKind};
 pub use history::{EventKind, FailureDetails, HistoryEvent};
 pub use instance::{InstanceFilter, InstanceState, Page, RuntimeStatus};
@@ -63,7 +63,11 @@ pub use worker::{Runtime, RuntimeOptions};
 pub mod __private {
     pub use crate::activity::ActivityContext;
     pub use crate::context::OrchestrationContext;
-    pub use crate::entity::{Entity, EntityContext, Operation};
+    pub use crate::entity::{Entity, EntityContext, EntityId, Operation};
+    pub use crate::client::DurableClient;
+    pub use crate::context::DurableFuture;
+    pub use crate::error::{Error, TaskError};
+    pub use crate::registry::{encode, failure_of};
     pub use crate::registry::EntityRegistration;
     pub use crate::history::FailureDetails;
     pub use crate::registry::{
