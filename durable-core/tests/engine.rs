@@ -1004,3 +1004,56 @@ async fn scheduled_start_waits_and_early_events_are_kept() {
     assert!(chrono::Utc::now() >= at);
     h.runtime.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_http_polls_202_locations_on_durable_timers() {
+    use durable_core::{DurableHttpRequest, DurableHttpResponse};
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s2 = seen.clone();
+    let reg = Registry::builder()
+        // Stands in for the real HTTP activity: a job that answers 202 twice, then 200.
+        .activity(durable_core::http::HTTP_ACTIVITY, move |_ctx, req: DurableHttpRequest| {
+            let seen = s2.clone();
+            async move {
+                let mut seen = seen.lock().unwrap();
+                seen.push((req.method.clone(), req.url.clone(), req.headers.contains_key("x-functions-key")));
+                let polls = seen.len();
+                let mut headers = std::collections::BTreeMap::new();
+                let status = if polls < 3 {
+                    headers.insert("location".to_string(), "/jobs/1".to_string());
+                    headers.insert("retry-after".to_string(), "0".to_string());
+                    202
+                } else {
+                    200
+                };
+                Ok::<_, ActivityError>(DurableHttpResponse { status, headers, body: format!("poll {polls}") })
+            }
+        })
+        .orchestrator("http_job", |ctx: OrchestrationContext, _: ()| async move {
+            let resp = ctx
+                .call_http(DurableHttpRequest::post_json("http://svc:8080/jobs", &1).header("x-functions-key", "k"))
+                .await?;
+            let raw = ctx
+                .call_http(DurableHttpRequest::get("http://svc:8080/jobs").asynchronous_pattern(false))
+                .await?;
+            let bad = ctx.call_http(DurableHttpRequest::get("ftp://nope")).await;
+            Ok::<_, OrchestrationError>((resp.status, resp.body, raw.status, bad.is_err()))
+        })
+        .build()
+        .unwrap();
+    let h = start(reg, 0);
+    let id = h
+        .client
+        .start_by_name("http_job", None, StartOptions::default())
+        .await
+        .unwrap();
+    let out: (u16, String, u16, bool) = h.client.wait_for_output(&id, WAIT).await.unwrap();
+    assert_eq!(out, (200, "poll 3".to_string(), 200, true));
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen[0], ("POST".to_string(), "http://svc:8080/jobs".to_string(), true));
+    assert_eq!(seen[1], ("GET".to_string(), "http://svc:8080/jobs/1".to_string(), false));
+    assert_eq!(seen[2].1, "http://svc:8080/jobs/1");
+    let kinds = history_kinds(&h.store, &id).await;
+    assert_eq!(kinds.iter().filter(|k| *k == "TimerCreated").count(), 2);
+    h.runtime.shutdown().await;
+}
