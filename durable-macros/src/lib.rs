@@ -1,8 +1,173 @@
-//! Attribute macros for durable (first placeholder; replaced below).
+//! Attribute macros for durable: `#[activity]` and `#[orchestrator]`.
+//!
+//! Use them through `durable_core`, which re-exports them; generated code names runtime
+//! items only through `::durable_core::__private`, so an application depends on
+//! `durable-core` alone.
+//!
+//! Each attribute runs one pipeline: parse (options and function) -> validate (every
+//! check, all errors reported together, each spanned at the offending token) -> expand.
+//! When validation fails, the function is emitted unchanged next to the errors, so the
+//! rest of the crate keeps compiling and no follow-on errors appear. Set
+//! `DURABLE_MACROS_DEBUG=1` while building to print every expansion to stderr.
+
+mod expand;
+mod parse;
+mod validate;
+
 use proc_macro::TokenStream;
-/// `#[activity]`
+use quote::ToTokens;
+
+/// Which attribute is being expanded; its `Display` is the attribute as users write it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Activity,
+    Orchestrator,
+}
+
+impl Kind {
+    fn accepted_options(self) -> &'static [&'static str] {
+        match self {
+            Kind::Activity => &["name"],
+            Kind::Orchestrator => &["name", "version"],
+        }
+    }
+
+    fn context_type(self) -> &'static str {
+        match self {
+            Kind::Activity => "ActivityContext",
+            Kind::Orchestrator => "OrchestrationContext",
+        }
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Kind::Activity => "#[activity]",
+            Kind::Orchestrator => "#[orchestrator]",
+        })
+    }
+}
+
+fn run(kind: Kind, attr: TokenStream, item: TokenStream) -> TokenStream {
+    let item: proc_macro2::TokenStream = item.into();
+    let mut errors = Vec::new();
+    let args = parse::parse_args(kind, attr.into(), &mut errors);
+    let out = match parse::parse_fn(kind, item.clone()) {
+        Err(e) => {
+            errors.push(e);
+            item
+        }
+        Ok(func) => {
+            let original = func.to_token_stream();
+            match validate::validate(kind, args, func, &mut errors) {
+                Some(f) if errors.is_empty() => expand::expand(kind, f),
+                _ => original,
+            }
+        }
+    };
+    let mut out = out;
+    if let Some(combined) = errors.into_iter().reduce(|mut a, b| {
+        a.combine(b);
+        a
+    }) {
+        out.extend(combined.to_compile_error());
+    }
+    if std::env::var_os("DURABLE_MACROS_DEBUG").is_some_and(|v| v != "0") {
+        eprintln!("// {kind} expansion:\n{out}\n");
+    }
+    out.into()
+}
+
+/// Turns an `async fn` into an activity: the unit of side-effecting work an orchestration
+/// calls. Activities run at least once (after a crash they may run again); make their
+/// side effects idempotent with [`ActivityContext::idempotency_key`].
+///
+/// # Accepted shape
+///
+/// `async fn name([ctx: ActivityContext,] inputs...) -> R`
+///
+/// - an optional first parameter of type `ActivityContext` (recognized by its name);
+/// - zero or more inputs of owned, serializable types; several inputs travel as one
+///   tuple `(A, B, ...)`, none as `()`;
+/// - `R` is `Result<T, E>` (`T: Serialize + DeserializeOwned`, `E: Display`) or a plain
+///   serializable value.
+///
+/// Options: `name = "..."`, the durable name (default: the function's name). Keep it
+/// stable: it is recorded in histories.
+///
+/// # What it generates
+///
+/// A unit struct with the function's name that is both callable like the function
+/// (`say_hello("Tokyo".into()).await` in a unit test) and a typed handle for
+/// `ctx.call_activity(say_hello, input)`, which checks the input and output types at
+/// compile time; an implementation of `Activity`; and a link-time registration, so
+/// `Runtime`/`Host` find it with no list to maintain.
+///
+/// ```ignore
+/// use durable_core::{activity, ActivityError};
+///
+/// #[activity]
+/// async fn say_hello(city: String) -> Result<String, ActivityError> {
+///     Ok(format!("Hello {city}!"))
+/// }
+/// ```
+///
+/// The most common mistake, a function that is not `async`:
+///
+/// ```text
+/// #[durable_core::activity]
+/// fn say_hello(city: String) -> String { city }
+/// ```
+///
+/// [`ActivityContext::idempotency_key`]: https://docs.rs/durable-core
 #[proc_macro_attribute]
-pub fn activity(_a: TokenStream, item: TokenStream) -> TokenStream { item }
-/// `#[orchestrator]`
+pub fn activity(attr: TokenStream, item: TokenStream) -> TokenStream {
+    run(Kind::Activity, attr, item)
+}
+
+/// Turns an `async fn` into an orchestrator: a workflow replayed from its history, so it
+/// survives crashes and restarts and can wait for timers and events for as long as needed.
+///
+/// # Accepted shape
+///
+/// `async fn name(ctx: OrchestrationContext[, input: I]) -> Result<O, E>`
+///
+/// The context comes first; at most one input follows (use a struct or tuple for more).
+/// The body must be deterministic: take time, ids, sleeps and I/O from the context
+/// (`ctx.current_utc_datetime()`, `ctx.new_guid()`, `ctx.create_timer(..)`, activities).
+///
+/// Options: `name = "..."` (durable name, default the function's name) and
+/// `version = "..."` (recorded with each instance; several versions of one name may be
+/// registered side by side, and an instance always replays on the version it started with).
+///
+/// # What it generates
+///
+/// A unit struct with the function's name, callable like the function and usable as a
+/// typed handle: `client.start(hello_cities, input)` and
+/// `ctx.call_sub_orchestrator(hello_cities, input)` check types at compile time; an
+/// implementation of `Orchestrator`; and a link-time registration.
+///
+/// ```ignore
+/// use durable_core::{orchestrator, OrchestrationContext, OrchestrationError};
+///
+/// #[orchestrator]
+/// async fn hello_cities(ctx: OrchestrationContext, cities: Vec<String>) -> Result<Vec<String>, OrchestrationError> {
+///     let mut out = Vec::new();
+///     for city in cities {
+///         out.push(ctx.call_activity(say_hello, city).await?);
+///     }
+///     Ok(out)
+/// }
+/// ```
+///
+/// The most common mistake, a missing context:
+///
+/// ```text
+/// #[durable_core::orchestrator]
+/// async fn hello(cities: Vec<String>) -> Result<(), String> { Ok(()) }
+/// ```
 #[proc_macro_attribute]
-pub fn orchestrator(_a: TokenStream, item: TokenStream) -> TokenStream { item }
+pub fn orchestrator(attr: TokenStream, item: TokenStream) -> TokenStream {
+    run(Kind::Orchestrator, attr, item)
+}

@@ -1,0 +1,186 @@
+//! Code generation: the unit struct that names the durable function (callable like the
+//! function, and a typed handle), its trait impl, its type-erased entry point and its
+//! link-time registration.
+
+mod activity;
+mod orchestrator;
+
+use proc_macro2::TokenStream;
+use quote::{format_ident, quote, quote_spanned};
+use syn::spanned::Spanned;
+use syn::Type;
+
+use crate::validate::Function;
+use crate::Kind;
+
+/// Expands a validated function of `kind`.
+pub fn expand(kind: Kind, f: Function) -> TokenStream {
+    match kind {
+        Kind::Activity => activity::expand(f),
+        Kind::Orchestrator => orchestrator::expand(f),
+    }
+}
+
+/// The pieces every kind shares.
+pub(crate) struct Common {
+    pub outer: TokenStream,
+    pub inner_fn: TokenStream,
+    pub inner_ident: syn::Ident,
+    pub input_ty: TokenStream,
+    pub output_ty: TokenStream,
+    pub decode_and_call: TokenStream,
+    pub asserts: TokenStream,
+    pub deref: TokenStream,
+}
+
+pub(crate) fn common(f: &Function, ctx_ty: TokenStream, label: &str) -> Common {
+    let item = &f.item;
+    let vis = &item.vis;
+    let ident = &item.sig.ident;
+    let inner_ident = format_ident!("__durable_{}", ident);
+    let (outer_attrs, inner_attrs): (Vec<_>, Vec<_>) = item
+        .attrs
+        .iter()
+        .partition(|a| a.path().is_ident("doc") || a.path().is_ident("cfg"));
+    let cfgs: Vec<_> = item.attrs.iter().filter(|a| a.path().is_ident("cfg")).collect();
+
+    let mut inner_sig = item.sig.clone();
+    inner_sig.ident = inner_ident.clone();
+    let block = &item.block;
+    let inner_fn = quote! {
+        #(#inner_attrs)*
+        #[allow(clippy::unused_async)]
+        #inner_sig #block
+    };
+
+    let input_types: Vec<&Type> = f.inputs.iter().map(|(_, t)| t).collect();
+    let input_names: Vec<&syn::Ident> = f.inputs.iter().map(|(i, _)| i).collect();
+    let input_ty = match input_types.len() {
+        0 => quote!(()),
+        1 => {
+            let t = input_types[0];
+            quote!(#t)
+        }
+        _ => quote!((#(#input_types),*)),
+    };
+    let ret = &f.ret;
+    let output_ty = if f.ret_is_result {
+        quote_spanned!(ret.span()=> <#ret as ::durable_core::__private::TaskOutcome>::Ok)
+    } else {
+        quote!(#ret)
+    };
+    let call_args: Vec<TokenStream> = f
+        .ctx
+        .iter()
+        .map(|_| quote!(__durable_ctx))
+        .chain(input_names.iter().map(|n| quote!(#n)))
+        .collect();
+    let binding = match input_names.len() {
+        0 => quote! {
+            let () = ::durable_core::__private::decode_input::<()>(#label, __durable_input.as_deref())?;
+        },
+        1 => {
+            let n = input_names[0];
+            let t = input_types[0];
+            quote! { let #n: #t = ::durable_core::__private::decode_input(#label, __durable_input.as_deref())?; }
+        }
+        _ => quote! {
+            let (#(#input_names),*): (#(#input_types),*) =
+                ::durable_core::__private::decode_input(#label, __durable_input.as_deref())?;
+        },
+    };
+    let outcome = if f.ret_is_result {
+        quote!(::durable_core::__private::TaskOutcome::into_outcome(#inner_ident(#(#call_args),*).await))
+    } else {
+        quote!(::durable_core::__private::TaskOutcome::into_outcome(::durable_core::__private::Plain(#inner_ident(#(#call_args),*).await)))
+    };
+    let ctx_binding = if f.ctx.is_some() {
+        quote!(let __durable_ctx = __durable_context;)
+    } else {
+        quote!(let _ = __durable_context;)
+    };
+    let decode_and_call = quote! {
+        #ctx_binding
+        #binding
+        #outcome
+    };
+
+    let assert_serde = |t: &Type| {
+        quote_spanned! {t.span()=>
+            {
+                fn __durable_assert_payload<T: ::durable_core::__private::serde::Serialize + ::durable_core::__private::serde::de::DeserializeOwned>() {}
+                __durable_assert_payload::<#t>();
+            }
+        }
+    };
+    let input_asserts: Vec<TokenStream> = input_types.iter().map(|t| assert_serde(t)).collect();
+    let out_assert = quote_spanned! {ret.span()=>
+        {
+            fn __durable_assert_outcome<T: ::durable_core::__private::TaskOutcome>() {}
+            __durable_assert_outcome::<#ret>();
+        }
+    };
+    let out_assert = if f.ret_is_result {
+        out_assert
+    } else {
+        assert_serde(ret)
+    };
+    let asserts = quote! {
+        const _: fn() = || {
+            #(#input_asserts)*
+            #out_assert
+        };
+    };
+
+    let ctx_param = f.ctx.as_ref().map(|_| quote!(#ctx_ty,));
+    let ctx_arg = f.ctx.as_ref().map(|_| quote!(__durable_c,));
+    let fn_ptr = quote!(fn(#ctx_param #(#input_types),*) -> ::durable_core::__private::BoxFuture<'static, #ret>);
+    let deref = quote! {
+        #[automatically_derived]
+        impl ::core::ops::Deref for #ident {
+            type Target = #fn_ptr;
+            fn deref(&self) -> &Self::Target {
+                const __DURABLE_F: #fn_ptr =
+                    |#ctx_arg #(#input_names),*| ::std::boxed::Box::pin(#inner_ident(#ctx_arg #(#input_names),*));
+                &__DURABLE_F
+            }
+        }
+    };
+
+    let outer = quote! {
+        #(#outer_attrs)*
+        #[allow(non_camel_case_types)]
+        #[derive(Clone, Copy, Debug)]
+        #vis struct #ident;
+    };
+    let _ = cfgs;
+    Common {
+        outer,
+        inner_fn,
+        inner_ident,
+        input_ty,
+        output_ty,
+        decode_and_call,
+        asserts,
+        deref,
+    }
+}
+
+/// The `#[cfg]` attributes of the item, repeated on the generated const block.
+pub(crate) fn cfgs(f: &Function) -> Vec<&syn::Attribute> {
+    f.item.attrs.iter().filter(|a| a.path().is_ident("cfg")).collect()
+}
+
+/// Wraps generated items in `const _: () = { ... };`.
+pub(crate) fn wrap(f: &Function, outer: TokenStream, body: TokenStream) -> TokenStream {
+    let cfgs = cfgs(f);
+    quote! {
+        #outer
+        #(#cfgs)*
+        #[doc(hidden)]
+        #[allow(non_upper_case_globals, non_snake_case, unused_qualifications, clippy::all)]
+        const _: () = {
+            #body
+        };
+    }
+}

@@ -1,0 +1,1 @@
+//! Shared support for the cross-crate tests (the tests live in `tests/tests/`).

@@ -1,0 +1,5 @@
+#[durable_core::activity(nme = "x", name = "")]
+fn greet<T>(name: &str) -> String {
+    name.to_string()
+}
+fn main() {}
