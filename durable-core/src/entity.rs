@@ -145,10 +145,13 @@ impl Operation {
     }
 }
 
+/// A signal an operation sends when it succeeds: target, operation, input, delivery time.
+pub(crate) type PendingSignal = (EntityId, String, Option<String>, Option<DateTime<Utc>>);
+
 #[derive(Debug, Default)]
 pub(crate) struct Effects {
     pub state: Option<String>,
-    pub signals: Vec<(EntityId, String, Option<String>, Option<DateTime<Utc>>)>,
+    pub signals: Vec<PendingSignal>,
     pub starts: Vec<(String, String, Option<String>)>,
 }
 
