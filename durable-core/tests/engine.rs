@@ -1057,3 +1057,57 @@ async fn call_http_polls_202_locations_on_durable_timers() {
     assert_eq!(kinds.iter().filter(|k| *k == "TimerCreated").count(), 2);
     h.runtime.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_patterns_run_on_sqlite_and_survive_a_restart() {
+    use durable_core::store::sqlite::SqliteStore;
+    let dir = std::env::temp_dir().join(format!("durable-engine-sqlite-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("e.db");
+    let reg = || {
+        let base = hello_registry();
+        base.orchestrator("fan", |ctx: OrchestrationContext, n: u64| async move {
+            let calls: Vec<_> = (0..n).map(|i| ctx.call_activity_by_name::<String>("say_hello", &i.to_string())).collect();
+            Ok::<_, OrchestrationError>(ctx.when_all(calls).await.into_iter().filter(|r| r.is_ok()).count())
+        })
+        .orchestrator("wait_event", |ctx: OrchestrationContext, _: ()| async move {
+            ctx.create_timer(Duration::from_millis(50)).await;
+            let v: String = ctx.wait_for_external_event("go").await?;
+            Ok::<_, OrchestrationError>(v)
+        })
+        .build()
+        .unwrap()
+    };
+    let store = Arc::new(SqliteStore::open(&path).unwrap());
+    let rt = Runtime::builder(store).registry(reg()).start().unwrap();
+    let client = rt.client();
+    let chain = client
+        .start_by_name("hello_cities", Some(r#"["A","B"]"#.into()), StartOptions::default())
+        .await
+        .unwrap();
+    let fan = client
+        .start_by_name("fan", Some("200".into()), StartOptions::default())
+        .await
+        .unwrap();
+    let waiting = client
+        .start_by_name("wait_event", None, StartOptions::with_instance_id("waiting"))
+        .await
+        .unwrap();
+    let out: Vec<String> = client.wait_for_output(&chain, WAIT).await.unwrap();
+    assert_eq!(out, ["Hello A!", "Hello B!"]);
+    let n: usize = client.wait_for_output(&fan, WAIT).await.unwrap();
+    assert_eq!(n, 200);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    rt.shutdown().await;
+
+    // A new process on the same file picks up where the last one stopped.
+    let store = Arc::new(SqliteStore::open(&path).unwrap());
+    let rt = Runtime::builder(store).registry(reg()).start().unwrap();
+    let client = rt.client();
+    client.raise_event(&waiting, "go", &"after restart").await.unwrap();
+    let v: String = client.wait_for_output(&waiting, WAIT).await.unwrap();
+    assert_eq!(v, "after restart");
+    rt.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -14,6 +14,8 @@ use crate::history::{EventKind, FailureDetails, HistoryEvent, OrchestrationMessa
 use crate::instance::{InstanceFilter, InstanceState, NewInstance, Page, RuntimeStatus};
 
 pub mod memory;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
 
 #[cfg(any(test, feature = "testing"))]
 pub mod conformance;

@@ -1,0 +1,1096 @@
+//! `SqliteStore`: the crash-safe embedded default. Everything lives in one SQLite file.
+//!
+//! # Durability
+//! The file runs in WAL mode with `synchronous=FULL` (an explicit opt-in lowers it to
+//! `NORMAL`); both are read back after opening and opening fails if they are not in
+//! effect. A call returns only after its transaction has committed, so anything a caller
+//! was told succeeded survives a process crash, and with `FULL` also a power loss.
+//!
+//! # Concurrency and group commit
+//! One writer thread owns the only write connection. Every change (including fetches,
+//! which take leases) is a request on its channel; the thread takes all requests waiting
+//! (up to 256), applies them in one transaction with a savepoint each (a failing request
+//! rolls back alone), commits once — one fsync for the whole batch — and only then answers
+//! each caller. There is no lock contention and no `database is locked` retry loop.
+//! Reads use a separate read-only connection on the blocking thread pool.
+//!
+//! # Schema (version 1; `PRAGMA user_version`)
+//! Times are Unix microseconds (UTC). JSON columns hold serde_json text.
+//! ```sql
+//! instances(id TEXT PRIMARY KEY, execution_id, name, version, status TEXT,  -- 'Running', ...
+//!           input, output, failure JSON, custom_status, created_at, last_updated_at,
+//!           parent JSON, lock_token, locked_until, history_len)
+//! history(instance_id, seq, event JSON)           -- the current execution's events, in order
+//! messages(id INTEGER PRIMARY KEY, instance_id, visible_at, message JSON)   -- inbox; timers have a future visible_at
+//! activities(id INTEGER PRIMARY KEY, instance_id, item JSON, lock_token,
+//!            visible_at, dequeue_count)           -- visible_at is also the lease expiry
+//! ```
+//! Inspect with e.g. `sqlite3 durable.db "select id, name, status from instances"`.
+//! Entity instances have ids starting with `@`; their record (state, lock, queue) is the
+//! `output` column.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use tokio::sync::oneshot;
+
+use super::memory::{make_token, parse_token};
+use super::*;
+use crate::history::{FailureDetails, ParentInstance};
+
+/// The newest schema version this build understands.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// How many requests at most share one transaction.
+const GROUP_LIMIT: usize = 256;
+
+/// SQLite's `synchronous` setting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Synchronous {
+    /// fsync on every commit: survives power loss (the default).
+    Full,
+    /// fsync at checkpoints: survives process crashes; a power loss may lose the last
+    /// commits.
+    Normal,
+}
+
+/// Builder for [`SqliteStore`].
+#[derive(Clone, Debug)]
+pub struct SqliteStoreBuilder {
+    path: PathBuf,
+    synchronous: Synchronous,
+    max_payload: usize,
+}
+
+impl SqliteStoreBuilder {
+    /// Sets the durability level.
+    pub fn synchronous(mut self, s: Synchronous) -> Self {
+        self.synchronous = s;
+        self
+    }
+
+    /// Sets the largest accepted payload in bytes (default 16 MiB).
+    pub fn max_payload_bytes(mut self, n: usize) -> Self {
+        self.max_payload = n;
+        self
+    }
+
+    /// Opens (or creates) the file, applies migrations and starts the writer.
+    pub fn open(self) -> StoreResult<SqliteStore> {
+        SqliteStore::open_with(self)
+    }
+}
+
+/// A [`Store`] in one SQLite file.
+pub struct SqliteStore {
+    path: PathBuf,
+    writer: Mutex<mpsc::Sender<Request>>,
+    reader: Arc<Mutex<Connection>>,
+    shared: Arc<Shared>,
+    max_payload: usize,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").field("path", &self.path).finish()
+    }
+}
+
+#[derive(Default)]
+struct Shared {
+    signals: WorkSignals,
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn micros(t: DateTime<Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+fn from_micros(m: i64) -> DateTime<Utc> {
+    DateTime::<Utc>::from_timestamp_micros(m).unwrap_or_default()
+}
+
+fn after(d: Duration) -> i64 {
+    micros(Utc::now()) + d.as_micros().min(i64::MAX as u128 / 2) as i64
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> StoreResult<String> {
+    serde_json::to_string(v).map_err(backend)
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(s: &str) -> StoreResult<T> {
+    serde_json::from_str(s).map_err(backend)
+}
+
+impl SqliteStore {
+    /// Opens `path` with the defaults (WAL, synchronous=FULL, 16 MiB payloads).
+    pub fn open(path: impl AsRef<Path>) -> StoreResult<Self> {
+        Self::builder(path).open()
+    }
+
+    /// Opens the file named by `DURABLE_DB`, or `./durable.db`.
+    pub fn open_default() -> StoreResult<Self> {
+        Self::open(Self::default_path())
+    }
+
+    /// The file `open_default` uses: `DURABLE_DB`, or `./durable.db`.
+    pub fn default_path() -> PathBuf {
+        std::env::var_os("DURABLE_DB")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("durable.db"))
+    }
+
+    /// A builder for `path`.
+    pub fn builder(path: impl AsRef<Path>) -> SqliteStoreBuilder {
+        SqliteStoreBuilder {
+            path: path.as_ref().to_path_buf(),
+            synchronous: Synchronous::Full,
+            max_payload: DEFAULT_MAX_PAYLOAD_BYTES,
+        }
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn open_with(b: SqliteStoreBuilder) -> StoreResult<Self> {
+        let what = b.path.display().to_string();
+        let mut conn = Connection::open(&b.path).map_err(|e| backend(format!("cannot open {what}: {e}")))?;
+        configure(&conn, b.synchronous, &what)?;
+        migrate(&mut conn, &what)?;
+        let reader = Connection::open_with_flags(
+            &b.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
+        )
+        .map_err(|e| backend(format!("cannot open {what} for reading: {e}")))?;
+        reader
+            .busy_timeout(Duration::from_secs(5))
+            .map_err(backend)?;
+        let shared = Arc::new(Shared::default());
+        let (tx, rx) = mpsc::channel::<Request>();
+        let s2 = shared.clone();
+        std::thread::Builder::new()
+            .name("durable-sqlite-writer".into())
+            .spawn(move || writer_loop(conn, rx, s2))
+            .map_err(backend)?;
+        Ok(Self {
+            path: b.path,
+            writer: Mutex::new(tx),
+            reader: Arc::new(Mutex::new(reader)),
+            shared,
+            max_payload: b.max_payload,
+        })
+    }
+
+    async fn write(&self, op: Op) -> StoreResult<Reply> {
+        let (tx, rx) = oneshot::channel();
+        self.writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(Request { op, reply: tx })
+            .map_err(|_| backend("the SQLite writer has stopped"))?;
+        rx.await.map_err(|_| backend("the SQLite writer has stopped"))?
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    ) -> StoreResult<T> {
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = reader.lock().unwrap_or_else(|e| e.into_inner());
+            f(&conn)
+        })
+        .await
+        .map_err(backend)?
+    }
+}
+
+fn configure(conn: &Connection, sync: Synchronous, what: &str) -> StoreResult<()> {
+    conn.busy_timeout(Duration::from_secs(5)).map_err(backend)?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+        .map_err(backend)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(backend(format!("{what}: journal_mode is '{mode}', WAL could not be enabled")));
+    }
+    let (value, name) = match sync {
+        Synchronous::Full => (2, "FULL"),
+        Synchronous::Normal => (1, "NORMAL"),
+    };
+    conn.execute_batch(&format!("PRAGMA synchronous={name}"))
+        .map_err(backend)?;
+    let got: i64 = conn
+        .query_row("PRAGMA synchronous", [], |r| r.get(0))
+        .map_err(backend)?;
+    if got != value {
+        return Err(backend(format!(
+            "{what}: synchronous is {got}, expected {value} ({name})"
+        )));
+    }
+    Ok(())
+}
+
+fn migrate(conn: &mut Connection, what: &str) -> StoreResult<()> {
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(backend)?;
+    if version > SCHEMA_VERSION {
+        return Err(backend(format!(
+            "{what} has schema version {version}; this build understands up to {SCHEMA_VERSION}. Upgrade durable to open it (the file was left unchanged)"
+        )));
+    }
+    if version == SCHEMA_VERSION {
+        return Ok(());
+    }
+    let tx = conn.transaction().map_err(backend)?;
+    if version < 1 {
+        tx.execute_batch(
+            "CREATE TABLE instances(
+                id TEXT PRIMARY KEY,
+                execution_id TEXT NOT NULL,
+                name TEXT NOT NULL,
+                version TEXT,
+                status TEXT NOT NULL,
+                input TEXT,
+                output TEXT,
+                failure TEXT,
+                custom_status TEXT,
+                created_at INTEGER NOT NULL,
+                last_updated_at INTEGER NOT NULL,
+                parent TEXT,
+                lock_token TEXT,
+                locked_until INTEGER,
+                history_len INTEGER NOT NULL DEFAULT 0
+            );
+            CREATE INDEX instances_created ON instances(created_at, id);
+            CREATE INDEX instances_status ON instances(status);
+            CREATE INDEX instances_locked ON instances(locked_until) WHERE locked_until IS NOT NULL;
+            CREATE TABLE history(
+                instance_id TEXT NOT NULL,
+                seq INTEGER NOT NULL,
+                event TEXT NOT NULL,
+                PRIMARY KEY(instance_id, seq)
+            ) WITHOUT ROWID;
+            CREATE TABLE messages(
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                instance_id TEXT NOT NULL,
+                visible_at INTEGER NOT NULL,
+                message TEXT NOT NULL
+            );
+            CREATE INDEX messages_instance ON messages(instance_id, id);
+            CREATE INDEX messages_visible ON messages(visible_at, id);
+            CREATE TABLE activities(
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                instance_id TEXT NOT NULL,
+                item TEXT NOT NULL,
+                lock_token TEXT,
+                visible_at INTEGER NOT NULL,
+                dequeue_count INTEGER NOT NULL DEFAULT 0
+            );
+            CREATE INDEX activities_visible ON activities(visible_at, id);
+            CREATE INDEX activities_instance ON activities(instance_id);",
+        )
+        .map_err(backend)?;
+    }
+    tx.execute_batch(&format!("PRAGMA user_version={SCHEMA_VERSION}"))
+        .map_err(backend)?;
+    tx.commit().map_err(backend)
+}
+
+enum Op {
+    Create(NewInstance),
+    Send(OrchestrationMessage),
+    FetchOrchestration(Duration),
+    Commit(Box<OrchestrationCommit>),
+    AbandonOrchestration(String, String, Duration),
+    FetchActivities(Duration, usize),
+    CompleteActivity(ActivityWorkItem, OrchestrationMessage),
+    RenewActivity(ActivityWorkItem, Duration),
+    AbandonActivity(ActivityWorkItem, Duration),
+    Purge(String),
+    PurgeMany(InstanceFilter),
+}
+
+enum Reply {
+    Unit,
+    Item(Option<OrchestrationWorkItem>),
+    Activities(Vec<ActivityWorkItem>),
+    Bool(bool),
+    Count(u64),
+}
+
+struct Request {
+    op: Op,
+    reply: oneshot::Sender<StoreResult<Reply>>,
+}
+
+/// What a committed request should wake.
+#[derive(Default)]
+struct Wake {
+    orchestrations: bool,
+    activities: bool,
+    instances: Vec<String>,
+}
+
+fn writer_loop(conn: Connection, rx: mpsc::Receiver<Request>, shared: Arc<Shared>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < GROUP_LIMIT {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        let mut results = Vec::with_capacity(batch.len());
+        let mut wake = Wake::default();
+        let began = conn.execute_batch("BEGIN IMMEDIATE");
+        if let Err(e) = began {
+            for r in batch {
+                let _ = r.reply.send(Err(backend(&e)));
+            }
+            continue;
+        }
+        for req in &batch {
+            let _ = conn.execute_batch("SAVEPOINT op");
+            let mut w = Wake::default();
+            let res = apply(&conn, &req.op, &mut w);
+            if res.is_ok() {
+                let _ = conn.execute_batch("RELEASE op");
+                wake.orchestrations |= w.orchestrations;
+                wake.activities |= w.activities;
+                wake.instances.extend(w.instances);
+            } else {
+                let _ = conn.execute_batch("ROLLBACK TO op; RELEASE op");
+            }
+            results.push(res);
+        }
+        if let Err(e) = conn.execute_batch("COMMIT") {
+            let _ = conn.execute_batch("ROLLBACK");
+            for r in batch {
+                let _ = r.reply.send(Err(backend(format!("commit failed: {e}"))));
+            }
+            continue;
+        }
+        // Durable now: answer the callers, then wake whoever waits for this work.
+        for (req, res) in batch.into_iter().zip(results) {
+            let _ = req.reply.send(res);
+        }
+        if wake.orchestrations {
+            shared.signals.orchestrations.notify_one();
+        }
+        if wake.activities {
+            shared.signals.activities.notify_one();
+        }
+        for id in wake.instances {
+            shared.signals.instance_changed(&id);
+        }
+    }
+}
+
+fn sql(e: rusqlite::Error) -> StoreError {
+    backend(e)
+}
+
+fn apply(conn: &Connection, op: &Op, w: &mut Wake) -> StoreResult<Reply> {
+    let now = micros(Utc::now());
+    match op {
+        Op::Create(n) => {
+            create(conn, n, w)?;
+            Ok(Reply::Unit)
+        }
+        Op::Send(m) => {
+            if !exists(conn, &m.instance_id)? {
+                return Err(StoreError::NotFound(m.instance_id.clone()));
+            }
+            insert_message(conn, m, w)?;
+            Ok(Reply::Unit)
+        }
+        Op::FetchOrchestration(lease) => fetch_orchestration(conn, now, *lease).map(Reply::Item),
+        Op::Commit(c) => {
+            commit(conn, c, w)?;
+            Ok(Reply::Unit)
+        }
+        Op::AbandonOrchestration(id, token, delay) => {
+            let until: Option<i64> = if delay.is_zero() { None } else { Some(after(*delay)) };
+            let new_token: Option<String> = until.map(|_| random_id());
+            let n = conn
+                .prepare_cached(
+                    "UPDATE instances SET lock_token = ?1, locked_until = ?2 WHERE id = ?3 AND lock_token = ?4",
+                )
+                .and_then(|mut s| s.execute(params![new_token, until, id, token]))
+                .map_err(sql)?;
+            if n == 0 {
+                return Err(StoreError::LockLost);
+            }
+            w.orchestrations = true;
+            Ok(Reply::Unit)
+        }
+        Op::FetchActivities(lease, max) => fetch_activities(conn, now, *lease, *max).map(Reply::Activities),
+        Op::CompleteActivity(item, msg) => {
+            let n = conn
+                .prepare_cached("DELETE FROM activities WHERE id = ?1 AND lock_token = ?2")
+                .and_then(|mut s| s.execute(params![item.id as i64, item.lock_token]))
+                .map_err(sql)?;
+            if n == 0 {
+                return Err(StoreError::LockLost);
+            }
+            if exists(conn, &msg.instance_id)? {
+                insert_message(conn, msg, w)?;
+            }
+            Ok(Reply::Unit)
+        }
+        Op::RenewActivity(item, lease) => {
+            let n = conn
+                .prepare_cached("UPDATE activities SET visible_at = ?1 WHERE id = ?2 AND lock_token = ?3")
+                .and_then(|mut s| s.execute(params![after(*lease), item.id as i64, item.lock_token]))
+                .map_err(sql)?;
+            if n == 0 {
+                return Err(StoreError::LockLost);
+            }
+            Ok(Reply::Unit)
+        }
+        Op::AbandonActivity(item, delay) => {
+            let n = conn
+                .prepare_cached(
+                    "UPDATE activities SET visible_at = ?1, lock_token = NULL WHERE id = ?2 AND lock_token = ?3",
+                )
+                .and_then(|mut s| s.execute(params![after(*delay), item.id as i64, item.lock_token]))
+                .map_err(sql)?;
+            if n == 0 {
+                return Err(StoreError::LockLost);
+            }
+            w.activities = true;
+            Ok(Reply::Unit)
+        }
+        Op::Purge(id) => Ok(Reply::Bool(purge(conn, id)?)),
+        Op::PurgeMany(filter) => {
+            let ids: Vec<String> = list(conn, filter, usize::MAX / 2, None)?
+                .0
+                .into_iter()
+                .filter(|s| s.status.is_terminal())
+                .map(|s| s.instance_id)
+                .collect();
+            for id in &ids {
+                purge(conn, id)?;
+            }
+            Ok(Reply::Count(ids.len() as u64))
+        }
+    }
+}
+
+fn exists(conn: &Connection, id: &str) -> StoreResult<bool> {
+    conn.prepare_cached("SELECT 1 FROM instances WHERE id = ?1")
+        .and_then(|mut s| s.exists(params![id]))
+        .map_err(sql)
+}
+
+fn status_of(conn: &Connection, id: &str) -> StoreResult<Option<RuntimeStatus>> {
+    let s: Option<String> = conn
+        .prepare_cached("SELECT status FROM instances WHERE id = ?1")
+        .and_then(|mut s| s.query_row(params![id], |r| r.get(0)).optional())
+        .map_err(sql)?;
+    Ok(s.and_then(|s| RuntimeStatus::parse(&s)))
+}
+
+fn purge(conn: &Connection, id: &str) -> StoreResult<bool> {
+    let n = conn
+        .execute("DELETE FROM instances WHERE id = ?1", params![id])
+        .map_err(sql)?;
+    conn.execute("DELETE FROM history WHERE instance_id = ?1", params![id])
+        .map_err(sql)?;
+    conn.execute("DELETE FROM messages WHERE instance_id = ?1", params![id])
+        .map_err(sql)?;
+    conn.execute("DELETE FROM activities WHERE instance_id = ?1", params![id])
+        .map_err(sql)?;
+    Ok(n > 0)
+}
+
+fn create(conn: &Connection, n: &NewInstance, w: &mut Wake) -> StoreResult<()> {
+    if let Some(status) = status_of(conn, &n.instance_id)? {
+        if !status.is_terminal() {
+            return Err(StoreError::InstanceExists {
+                instance_id: n.instance_id.clone(),
+                status,
+            });
+        }
+        conn.execute("DELETE FROM history WHERE instance_id = ?1", params![n.instance_id])
+            .map_err(sql)?;
+        conn.execute("DELETE FROM messages WHERE instance_id = ?1", params![n.instance_id])
+            .map_err(sql)?;
+        conn.execute("DELETE FROM instances WHERE id = ?1", params![n.instance_id])
+            .map_err(sql)?;
+    }
+    write_state(conn, &n.initial_state(), 0, true)?;
+    insert_message(conn, &n.start_message(), w)?;
+    w.instances.push(n.instance_id.clone());
+    Ok(())
+}
+
+/// Inserts or updates an instance row; a new row has no lease.
+fn write_state(conn: &Connection, s: &InstanceState, history_len: i64, insert: bool) -> StoreResult<()> {
+    let failure = s.failure.as_ref().map(to_json).transpose()?;
+    let parent = s.parent.as_ref().map(to_json).transpose()?;
+    let sql_text = if insert {
+        "INSERT INTO instances(id, execution_id, name, version, status, input, output, failure, custom_status,
+            created_at, last_updated_at, parent, lock_token, locked_until, history_len)
+         VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, NULL, NULL, ?13)"
+    } else {
+        "UPDATE instances SET execution_id = ?2, name = ?3, version = ?4, status = ?5, input = ?6, output = ?7,
+            failure = ?8, custom_status = ?9, created_at = ?10, last_updated_at = ?11, parent = ?12,
+            lock_token = NULL, locked_until = NULL, history_len = ?13
+         WHERE id = ?1"
+    };
+    conn.prepare_cached(sql_text)
+        .and_then(|mut st| {
+            st.execute(params![
+                s.instance_id,
+                s.execution_id,
+                s.name,
+                s.version,
+                s.status.as_str(),
+                s.input,
+                s.output,
+                failure,
+                s.custom_status,
+                micros(s.created_at),
+                micros(s.last_updated_at),
+                parent,
+                history_len,
+            ])
+        })
+        .map_err(sql)?;
+    Ok(())
+}
+
+fn insert_message(conn: &Connection, m: &OrchestrationMessage, w: &mut Wake) -> StoreResult<()> {
+    let visible = m.visible_at.map(micros).unwrap_or(0);
+    conn.prepare_cached("INSERT INTO messages(instance_id, visible_at, message) VALUES(?1, ?2, ?3)")
+        .and_then(|mut s| s.execute(params![m.instance_id, visible, to_json(m).unwrap_or_default()]))
+        .map_err(sql)?;
+    w.orchestrations = true;
+    Ok(())
+}
+
+fn read_state(row: &rusqlite::Row<'_>) -> rusqlite::Result<(InstanceState, i64)> {
+    let status: String = row.get(4)?;
+    let failure: Option<String> = row.get(7)?;
+    let parent: Option<String> = row.get(11)?;
+    Ok((
+        InstanceState {
+            instance_id: row.get(0)?,
+            execution_id: row.get(1)?,
+            name: row.get(2)?,
+            version: row.get(3)?,
+            status: RuntimeStatus::parse(&status).unwrap_or(RuntimeStatus::Running),
+            input: row.get(5)?,
+            output: row.get(6)?,
+            failure: failure.and_then(|f| serde_json::from_str::<FailureDetails>(&f).ok()),
+            custom_status: row.get(8)?,
+            created_at: from_micros(row.get(9)?),
+            last_updated_at: from_micros(row.get(10)?),
+            parent: parent.and_then(|p| serde_json::from_str::<ParentInstance>(&p).ok()),
+        },
+        row.get(12)?,
+    ))
+}
+
+const STATE_COLUMNS: &str = "id, execution_id, name, version, status, input, output, failure, custom_status, created_at, last_updated_at, parent, history_len";
+
+fn get_state(conn: &Connection, id: &str) -> StoreResult<Option<(InstanceState, i64)>> {
+    conn.prepare_cached(&format!("SELECT {STATE_COLUMNS} FROM instances WHERE id = ?1"))
+        .and_then(|mut s| s.query_row(params![id], read_state).optional())
+        .map_err(sql)
+}
+
+fn fetch_orchestration(conn: &Connection, now: i64, lease: Duration) -> StoreResult<Option<OrchestrationWorkItem>> {
+    let id: Option<String> = conn
+        .prepare_cached(
+            "SELECT m.instance_id FROM messages m JOIN instances i ON i.id = m.instance_id
+             WHERE m.visible_at <= ?1 AND (i.locked_until IS NULL OR i.locked_until <= ?1)
+             ORDER BY m.id LIMIT 1",
+        )
+        .and_then(|mut s| s.query_row(params![now], |r| r.get(0)).optional())
+        .map_err(sql)?;
+    let Some(id) = id else {
+        return Ok(None);
+    };
+    let token = random_id();
+    conn.prepare_cached("UPDATE instances SET lock_token = ?1, locked_until = ?2 WHERE id = ?3")
+        .and_then(|mut s| s.execute(params![token, now + lease.as_micros() as i64, id]))
+        .map_err(sql)?;
+    let mut stmt = conn
+        .prepare_cached("SELECT id, message FROM messages WHERE instance_id = ?1 AND visible_at <= ?2 ORDER BY id")
+        .map_err(sql)?;
+    let rows = stmt
+        .query_map(params![id, now], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
+        .map_err(sql)?;
+    let mut messages = Vec::new();
+    for row in rows {
+        let (mid, json) = row.map_err(sql)?;
+        messages.push((mid as u64, from_json::<OrchestrationMessage>(&json)?));
+    }
+    let (state, history_len) = match get_state(conn, &id)? {
+        Some((s, n)) => (Some(s), n),
+        None => (None, 0),
+    };
+    Ok(Some(OrchestrationWorkItem {
+        instance_id: id,
+        lock_token: token,
+        messages,
+        state,
+        history_len: history_len as u64,
+    }))
+}
+
+fn commit(conn: &Connection, c: &OrchestrationCommit, w: &mut Wake) -> StoreResult<()> {
+    let token: Option<Option<String>> = conn
+        .prepare_cached("SELECT lock_token FROM instances WHERE id = ?1")
+        .and_then(|mut s| s.query_row(params![c.instance_id], |r| r.get(0)).optional())
+        .map_err(sql)?;
+    if token.flatten().as_deref() != Some(c.lock_token.as_str()) {
+        return Err(StoreError::LockLost);
+    }
+    {
+        let mut del = conn
+            .prepare_cached("DELETE FROM messages WHERE id = ?1 AND instance_id = ?2")
+            .map_err(sql)?;
+        for id in &c.consumed {
+            del.execute(params![*id as i64, c.instance_id]).map_err(sql)?;
+        }
+    }
+    let mut history_len: i64 = conn
+        .prepare_cached("SELECT history_len FROM instances WHERE id = ?1")
+        .and_then(|mut s| s.query_row(params![c.instance_id], |r| r.get(0)))
+        .map_err(sql)?;
+    let events = match &c.history {
+        HistoryUpdate::Append(e) => e,
+        HistoryUpdate::Replace(e) => {
+            conn.execute("DELETE FROM history WHERE instance_id = ?1", params![c.instance_id])
+                .map_err(sql)?;
+            history_len = 0;
+            e
+        }
+    };
+    {
+        let mut ins = conn
+            .prepare_cached("INSERT INTO history(instance_id, seq, event) VALUES(?1, ?2, ?3)")
+            .map_err(sql)?;
+        for e in events {
+            ins.execute(params![c.instance_id, history_len, to_json(e)?])
+                .map_err(sql)?;
+            history_len += 1;
+        }
+    }
+    match &c.state {
+        Some(state) => {
+            write_state(conn, state, history_len, false)?;
+            w.instances.push(c.instance_id.clone());
+        }
+        None => {
+            conn.prepare_cached(
+                "UPDATE instances SET lock_token = NULL, locked_until = NULL, history_len = ?1 WHERE id = ?2",
+            )
+            .and_then(|mut s| s.execute(params![history_len, c.instance_id]))
+            .map_err(sql)?;
+        }
+    }
+    let has_more = conn
+        .prepare_cached("SELECT 1 FROM messages WHERE instance_id = ?1 LIMIT 1")
+        .and_then(|mut s| s.exists(params![c.instance_id]))
+        .map_err(sql)?;
+    w.orchestrations |= has_more;
+    {
+        let mut ins = conn
+            .prepare_cached("INSERT INTO activities(instance_id, item, lock_token, visible_at, dequeue_count) VALUES(?1, ?2, NULL, 0, 0)")
+            .map_err(sql)?;
+        for a in &c.activities {
+            ins.execute(params![a.instance_id, to_json(&ActivityRow::from(a))?])
+                .map_err(sql)?;
+            w.activities = true;
+        }
+    }
+    for child in &c.new_instances {
+        match status_of(conn, &child.instance_id)? {
+            Some(status) if !status.is_terminal() => {
+                if let Some(msg) = child_conflict_message(child, status) {
+                    if exists(conn, &msg.instance_id)? {
+                        insert_message(conn, &msg, w)?;
+                    }
+                }
+            }
+            _ => create(conn, child, w)?,
+        }
+    }
+    for m in &c.messages {
+        if exists(conn, &m.instance_id)? {
+            insert_message(conn, m, w)?;
+        }
+    }
+    Ok(())
+}
+
+/// The stored form of an activity work item (lease fields live in their own columns).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ActivityRow {
+    execution_id: String,
+    task_scheduled_id: u64,
+    name: String,
+    input: Option<String>,
+    attempt: u32,
+}
+
+impl From<&ActivityWorkItem> for ActivityRow {
+    fn from(a: &ActivityWorkItem) -> Self {
+        Self {
+            execution_id: a.execution_id.clone(),
+            task_scheduled_id: a.task_scheduled_id,
+            name: a.name.clone(),
+            input: a.input.clone(),
+            attempt: a.attempt,
+        }
+    }
+}
+
+fn fetch_activities(conn: &Connection, now: i64, lease: Duration, max: usize) -> StoreResult<Vec<ActivityWorkItem>> {
+    let rows: Vec<(i64, String, String, i64)> = {
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT id, instance_id, item, dequeue_count FROM activities WHERE visible_at <= ?1 ORDER BY visible_at, id LIMIT ?2",
+            )
+            .map_err(sql)?;
+        let it = stmt
+            .query_map(params![now, max as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .map_err(sql)?;
+        it.collect::<Result<_, _>>().map_err(sql)?
+    };
+    let until = now + lease.as_micros() as i64;
+    let mut out = Vec::with_capacity(rows.len());
+    let mut upd = conn
+        .prepare_cached("UPDATE activities SET lock_token = ?1, visible_at = ?2, dequeue_count = ?3 WHERE id = ?4")
+        .map_err(sql)?;
+    for (id, instance_id, item, dequeue) in rows {
+        let row: ActivityRow = from_json(&item)?;
+        let token = random_id();
+        let dequeue_count = dequeue as u32 + 1;
+        upd.execute(params![token, until, dequeue_count, id]).map_err(sql)?;
+        out.push(ActivityWorkItem {
+            id: id as u64,
+            instance_id,
+            execution_id: row.execution_id,
+            task_scheduled_id: row.task_scheduled_id,
+            name: row.name,
+            input: row.input,
+            attempt: row.attempt,
+            lock_token: token,
+            dequeue_count,
+        });
+    }
+    Ok(out)
+}
+
+fn list(
+    conn: &Connection,
+    filter: &InstanceFilter,
+    page_size: usize,
+    token: Option<(DateTime<Utc>, String)>,
+) -> StoreResult<(Vec<InstanceState>, bool)> {
+    let mut clauses = Vec::new();
+    let mut args: Vec<rusqlite::types::Value> = Vec::new();
+    if !filter.statuses.is_empty() {
+        let marks: Vec<String> = filter
+            .statuses
+            .iter()
+            .map(|s| {
+                args.push(s.as_str().to_string().into());
+                format!("?{}", args.len())
+            })
+            .collect();
+        clauses.push(format!("status IN ({})", marks.join(",")));
+    }
+    if let Some(t) = filter.created_from {
+        args.push(micros(t).into());
+        clauses.push(format!("created_at >= ?{}", args.len()));
+    }
+    if let Some(t) = filter.created_to {
+        args.push(micros(t).into());
+        clauses.push(format!("created_at <= ?{}", args.len()));
+    }
+    if let Some(p) = &filter.instance_id_prefix {
+        args.push(p.clone().into());
+        let n = args.len();
+        clauses.push(format!("substr(id, 1, length(?{n})) = ?{n}"));
+    }
+    if let Some((t, id)) = token {
+        args.push(micros(t).into());
+        let a = args.len();
+        args.push(id.into());
+        let b = args.len();
+        clauses.push(format!("(created_at > ?{a} OR (created_at = ?{a} AND id > ?{b}))"));
+    }
+    let limit = page_size.max(1).saturating_add(1).min(i64::MAX as usize);
+    let where_sql = if clauses.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", clauses.join(" AND "))
+    };
+    let text = format!("SELECT {STATE_COLUMNS} FROM instances {where_sql} ORDER BY created_at, id LIMIT {limit}");
+    let mut stmt = conn.prepare(&text).map_err(sql)?;
+    let rows = stmt
+        .query_map(rusqlite::params_from_iter(args), read_state)
+        .map_err(sql)?;
+    let mut items: Vec<InstanceState> = Vec::new();
+    for r in rows {
+        items.push(r.map_err(sql)?.0);
+    }
+    let more = items.len() > page_size.max(1);
+    items.truncate(page_size.max(1));
+    Ok((items, more))
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn create_instance(&self, instance: NewInstance) -> StoreResult<()> {
+        check_payload(
+            || format!("input of instance '{}'", instance.instance_id),
+            instance.input.as_deref(),
+            self.max_payload,
+        )?;
+        self.write(Op::Create(instance)).await.map(|_| ())
+    }
+
+    async fn send_message(&self, message: OrchestrationMessage) -> StoreResult<()> {
+        check_payload(
+            || format!("message to instance '{}'", message.instance_id),
+            message_payload(&message.event),
+            self.max_payload,
+        )?;
+        self.write(Op::Send(message)).await.map(|_| ())
+    }
+
+    async fn fetch_orchestration_work_item(&self, lease: Duration) -> StoreResult<Option<OrchestrationWorkItem>> {
+        match self.write(Op::FetchOrchestration(lease)).await? {
+            Reply::Item(i) => Ok(i),
+            _ => Err(backend("unexpected reply")),
+        }
+    }
+
+    async fn commit_orchestration(&self, commit: OrchestrationCommit) -> StoreResult<()> {
+        check_commit_payloads(&commit, self.max_payload)?;
+        self.write(Op::Commit(Box::new(commit))).await.map(|_| ())
+    }
+
+    async fn abandon_orchestration_work_item(&self, instance_id: &str, lock_token: &str, delay: Duration) -> StoreResult<()> {
+        self.write(Op::AbandonOrchestration(instance_id.to_string(), lock_token.to_string(), delay))
+            .await
+            .map(|_| ())
+    }
+
+    async fn fetch_activity_work_items(&self, lease: Duration, max: usize) -> StoreResult<Vec<ActivityWorkItem>> {
+        match self.write(Op::FetchActivities(lease, max)).await? {
+            Reply::Activities(a) => Ok(a),
+            _ => Err(backend("unexpected reply")),
+        }
+    }
+
+    async fn complete_activity(&self, item: &ActivityWorkItem, result: OrchestrationMessage) -> StoreResult<()> {
+        check_payload(
+            || format!("result of activity '{}'", item.name),
+            message_payload(&result.event),
+            self.max_payload,
+        )?;
+        self.write(Op::CompleteActivity(item.clone(), result)).await.map(|_| ())
+    }
+
+    async fn renew_activity_lease(&self, item: &ActivityWorkItem, lease: Duration) -> StoreResult<()> {
+        self.write(Op::RenewActivity(item.clone(), lease)).await.map(|_| ())
+    }
+
+    async fn abandon_activity(&self, item: &ActivityWorkItem, delay: Duration) -> StoreResult<()> {
+        self.write(Op::AbandonActivity(item.clone(), delay)).await.map(|_| ())
+    }
+
+    async fn next_wakeup(&self) -> StoreResult<Option<DateTime<Utc>>> {
+        self.read(|conn| {
+            let now = micros(Utc::now());
+            let t: Option<i64> = conn
+                .query_row(
+                    "SELECT MIN(t) FROM (
+                        SELECT MIN(visible_at) AS t FROM messages WHERE visible_at > ?1
+                        UNION ALL SELECT MIN(locked_until) FROM instances WHERE locked_until > ?1
+                        UNION ALL SELECT MIN(visible_at) FROM activities WHERE visible_at > ?1)",
+                    params![now],
+                    |r| r.get(0),
+                )
+                .map_err(sql)?;
+            Ok(t.map(from_micros))
+        })
+        .await
+    }
+
+    async fn get_instance(&self, instance_id: &str) -> StoreResult<Option<InstanceState>> {
+        let id = instance_id.to_string();
+        self.read(move |conn| Ok(get_state(conn, &id)?.map(|(s, _)| s))).await
+    }
+
+    async fn read_history(&self, instance_id: &str) -> StoreResult<Vec<HistoryEvent>> {
+        let id = instance_id.to_string();
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached("SELECT event FROM history WHERE instance_id = ?1 ORDER BY seq")
+                .map_err(sql)?;
+            let rows = stmt
+                .query_map(params![id], |r| r.get::<_, String>(0))
+                .map_err(sql)?;
+            let mut out = Vec::new();
+            for r in rows {
+                out.push(from_json(&r.map_err(sql)?)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn list_instances(
+        &self,
+        filter: &InstanceFilter,
+        page_size: usize,
+        continuation_token: Option<&str>,
+    ) -> StoreResult<Page<InstanceState>> {
+        let token = continuation_token.map(parse_token).transpose()?;
+        let filter = filter.clone();
+        self.read(move |conn| {
+            let (items, more) = list(conn, &filter, page_size, token)?;
+            let continuation_token = if more {
+                items.last().map(|s| make_token(s.created_at, &s.instance_id))
+            } else {
+                None
+            };
+            Ok(Page {
+                items,
+                continuation_token,
+            })
+        })
+        .await
+    }
+
+    async fn purge_instance(&self, instance_id: &str) -> StoreResult<bool> {
+        match self.write(Op::Purge(instance_id.to_string())).await? {
+            Reply::Bool(b) => Ok(b),
+            _ => Err(backend("unexpected reply")),
+        }
+    }
+
+    async fn purge_instances(&self, filter: &InstanceFilter) -> StoreResult<u64> {
+        match self.write(Op::PurgeMany(filter.clone())).await? {
+            Reply::Count(n) => Ok(n),
+            _ => Err(backend("unexpected reply")),
+        }
+    }
+
+    fn signals(&self) -> &WorkSignals {
+        &self.shared.signals
+    }
+
+    fn max_payload_bytes(&self) -> usize {
+        self.max_payload
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("durable-sqlite-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join("t.db")
+    }
+
+    #[test]
+    fn pragmas_are_in_effect_and_newer_schemas_refused() {
+        let path = temp("pragmas");
+        let store = SqliteStore::open(&path).unwrap();
+        drop(store);
+        let conn = Connection::open(&path).unwrap();
+        let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+        assert_eq!(mode, "wal");
+        conn.execute_batch("PRAGMA user_version = 99").unwrap();
+        drop(conn);
+        let err = SqliteStore::open(&path).unwrap_err().to_string();
+        assert!(err.contains("schema version 99"), "{err}");
+        assert!(err.contains("up to 1"), "{err}");
+        let conn = Connection::open(&path).unwrap();
+        let v: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(v, 99, "a newer file is left unaltered");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn state_survives_reopening() {
+        let path = temp("reopen");
+        {
+            let store = SqliteStore::open(&path).unwrap();
+            store
+                .create_instance(NewInstance {
+                    instance_id: "keep".into(),
+                    execution_id: "e".into(),
+                    name: "orch".into(),
+                    version: Some("2".into()),
+                    input: Some("[1,2]".into()),
+                    parent: None,
+                    created_at: Utc::now(),
+                    start_at: None,
+                })
+                .await
+                .unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        let st = store.get_instance("keep").await.unwrap().unwrap();
+        assert_eq!(st.input.as_deref(), Some("[1,2]"));
+        assert_eq!(st.version.as_deref(), Some("2"));
+        let item = store
+            .fetch_orchestration_work_item(Duration::from_secs(1))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(item.messages.len(), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writes_share_commits() {
+        let path = temp("group");
+        let store = Arc::new(SqliteStore::builder(&path).synchronous(Synchronous::Normal).open().unwrap());
+        let mut tasks = Vec::new();
+        for i in 0..200 {
+            let s = store.clone();
+            tasks.push(tokio::spawn(async move {
+                s.create_instance(NewInstance {
+                    instance_id: format!("i{i}"),
+                    execution_id: "e".into(),
+                    name: "orch".into(),
+                    version: None,
+                    input: None,
+                    parent: None,
+                    created_at: Utc::now(),
+                    start_at: None,
+                })
+                .await
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        let page = store.list_instances(&InstanceFilter::default(), 1000, None).await.unwrap();
+        assert_eq!(page.items.len(), 200);
+    }
+}
