@@ -22,7 +22,9 @@ pub const MAX_INSTANCE_ID_LEN: usize = 256;
 /// Checks an instance id: 1 to 256 bytes, no control characters, none of `/ \ # ?`.
 pub fn validate_instance_id(id: &str) -> Result<(), Error> {
     if id.is_empty() {
-        return Err(Error::InvalidArgument("instance id must not be empty".into()));
+        return Err(Error::InvalidArgument(
+            "instance id must not be empty".into(),
+        ));
     }
     if id.len() > MAX_INSTANCE_ID_LEN {
         return Err(Error::InvalidArgument(format!(
@@ -35,7 +37,10 @@ pub fn validate_instance_id(id: &str) -> Result<(), Error> {
             "instance id must not start with '@' (reserved for entities)".into(),
         ));
     }
-    if let Some(c) = id.chars().find(|c| c.is_control() || matches!(c, '/' | '\\' | '#' | '?')) {
+    if let Some(c) = id
+        .chars()
+        .find(|c| c.is_control() || matches!(c, '/' | '\\' | '#' | '?'))
+    {
         return Err(Error::InvalidArgument(format!(
             "instance id contains the character {c:?}, which is not allowed (no control characters, '/', '\\\\', '#' or '?')"
         )));
@@ -159,8 +164,13 @@ impl DurableClient {
     }
 
     /// Starts an orchestration with typed input; returns the new instance id.
-    pub async fn start<O: Orchestrator>(&self, _orchestrator: O, input: O::Input) -> Result<String, Error> {
-        self.start_with::<O>(_orchestrator, input, StartOptions::default()).await
+    pub async fn start<O: Orchestrator>(
+        &self,
+        _orchestrator: O,
+        input: O::Input,
+    ) -> Result<String, Error> {
+        self.start_with::<O>(_orchestrator, input, StartOptions::default())
+            .await
     }
 
     /// Starts an orchestration with options (instance id, start time).
@@ -187,15 +197,15 @@ impl DurableClient {
     ) -> Result<String, Error> {
         let mut version = options.version.clone();
         if let Some(reg) = &self.registry {
-            let entry = reg
-                .orchestrator(name, version.as_deref())
-                .ok_or_else(|| Error::UnknownName {
-                    kind: "orchestrator",
-                    name: match &version {
-                        Some(v) => format!("{name}' version '{v}"),
-                        None => name.to_string(),
-                    },
-                })?;
+            let entry =
+                reg.orchestrator(name, version.as_deref())
+                    .ok_or_else(|| Error::UnknownName {
+                        kind: "orchestrator",
+                        name: match &version {
+                            Some(v) => format!("{name}' version '{v}"),
+                            None => name.to_string(),
+                        },
+                    })?;
             version = entry.version.clone();
         }
         if let Some(json) = &input_json {
@@ -261,7 +271,11 @@ impl DurableClient {
     /// Waits until the instance reaches a terminal status (Completed, Failed, Terminated)
     /// and returns its state; [`Error::Timeout`] when `timeout` passes first. Wakes on the
     /// store's change signal, not by polling in a loop.
-    pub async fn wait_for_completion(&self, instance_id: &str, timeout: Duration) -> Result<InstanceState, Error> {
+    pub async fn wait_for_completion(
+        &self,
+        instance_id: &str,
+        timeout: Duration,
+    ) -> Result<InstanceState, Error> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let waiter = self.store.signals().instance_waiter(instance_id);
@@ -290,7 +304,11 @@ impl DurableClient {
 
     /// Waits for completion and decodes the output; a failed or terminated instance is an
     /// error carrying its failure message.
-    pub async fn wait_for_output<T: DeserializeOwned>(&self, instance_id: &str, timeout: Duration) -> Result<T, Error> {
+    pub async fn wait_for_output<T: DeserializeOwned>(
+        &self,
+        instance_id: &str,
+        timeout: Duration,
+    ) -> Result<T, Error> {
         let state = self.wait_for_completion(instance_id, timeout).await?;
         match state.status {
             RuntimeStatus::Completed => crate::registry::decode(state.output.as_deref())
@@ -329,16 +347,28 @@ impl DurableClient {
 
     /// Raises an external event on a running instance. Events that arrive before the
     /// orchestrator waits are buffered.
-    pub async fn raise_event(&self, instance_id: &str, name: &str, data: &impl Serialize) -> Result<(), Error> {
+    pub async fn raise_event(
+        &self,
+        instance_id: &str,
+        name: &str,
+        data: &impl Serialize,
+    ) -> Result<(), Error> {
         let input = serde_json::to_string(data)
             .map_err(|e| Error::InvalidArgument(format!("cannot serialize the event data: {e}")))?;
         self.raise_event_json(instance_id, name, Some(input)).await
     }
 
     /// Raises an external event with a JSON payload.
-    pub async fn raise_event_json(&self, instance_id: &str, name: &str, input: Option<String>) -> Result<(), Error> {
+    pub async fn raise_event_json(
+        &self,
+        instance_id: &str,
+        name: &str,
+        input: Option<String>,
+    ) -> Result<(), Error> {
         if name.is_empty() {
-            return Err(Error::InvalidArgument("event name must not be empty".into()));
+            return Err(Error::InvalidArgument(
+                "event name must not be empty".into(),
+            ));
         }
         self.send_control(
             instance_id,
@@ -448,16 +478,26 @@ impl DurableClient {
     }
 
     /// A typed handle to the entity of type `E` with this key.
-    pub fn entity<E: crate::entity::Entity>(&self, key: impl Into<String>) -> crate::entity::EntityHandle<E> {
+    pub fn entity<E: crate::entity::Entity>(
+        &self,
+        key: impl Into<String>,
+    ) -> crate::entity::EntityHandle<E> {
         crate::entity::EntityHandle::new(self.clone(), key.into())
     }
 
     /// Signals an entity operation (one-way, delivered exactly once, in order per sender).
     /// The entity is created by its first operation.
-    pub async fn signal_entity(&self, id: &EntityId, operation: &str, input: &impl Serialize) -> Result<(), Error> {
-        let input = serde_json::to_string(input)
-            .map_err(|e| Error::InvalidArgument(format!("cannot serialize the operation input: {e}")))?;
-        self.signal_entity_json(id, operation, Some(input), None).await
+    pub async fn signal_entity(
+        &self,
+        id: &EntityId,
+        operation: &str,
+        input: &impl Serialize,
+    ) -> Result<(), Error> {
+        let input = serde_json::to_string(input).map_err(|e| {
+            Error::InvalidArgument(format!("cannot serialize the operation input: {e}"))
+        })?;
+        self.signal_entity_json(id, operation, Some(input), None)
+            .await
     }
 
     /// Signals an entity operation for delivery at `at`.
@@ -468,9 +508,11 @@ impl DurableClient {
         input: &impl Serialize,
         at: DateTime<Utc>,
     ) -> Result<(), Error> {
-        let input = serde_json::to_string(input)
-            .map_err(|e| Error::InvalidArgument(format!("cannot serialize the operation input: {e}")))?;
-        self.signal_entity_json(id, operation, Some(input), Some(at)).await
+        let input = serde_json::to_string(input).map_err(|e| {
+            Error::InvalidArgument(format!("cannot serialize the operation input: {e}"))
+        })?;
+        self.signal_entity_json(id, operation, Some(input), Some(at))
+            .await
     }
 
     /// Signals an entity operation with a JSON input.
@@ -495,20 +537,27 @@ impl DurableClient {
                 .map_err(|e| Error::InvalidArgument(format!("input is not valid JSON: {e}")))?;
         }
         let now = Utc::now();
-        match self.store.create_instance(new_entity_instance(id, now)).await {
+        match self
+            .store
+            .create_instance(new_entity_instance(id, now))
+            .await
+        {
             Ok(()) | Err(StoreError::InstanceExists { .. }) => {}
             Err(e) => return Err(e.into()),
         }
         let mut msg = OrchestrationMessage::new(
             id.instance_id(),
-            HistoryEvent::new(now, EventKind::EntityRequest {
-                request: EntityRequest::Operation {
-                    operation: operation.to_string(),
-                    input,
-                    reply_to: None,
-                    lock_owner: None,
+            HistoryEvent::new(
+                now,
+                EventKind::EntityRequest {
+                    request: EntityRequest::Operation {
+                        operation: operation.to_string(),
+                        input,
+                        reply_to: None,
+                        lock_owner: None,
+                    },
                 },
-            }),
+            ),
         );
         msg.visible_at = at;
         self.store.send_message(msg).await?;
@@ -526,7 +575,10 @@ impl DurableClient {
     }
 
     /// Reads an entity's state as `T` (a possibly stale snapshot).
-    pub async fn read_entity_state<T: DeserializeOwned>(&self, id: &EntityId) -> Result<Option<T>, Error> {
+    pub async fn read_entity_state<T: DeserializeOwned>(
+        &self,
+        id: &EntityId,
+    ) -> Result<Option<T>, Error> {
         let Some(meta) = self.get_entity(id).await? else {
             return Ok(None);
         };
@@ -553,7 +605,10 @@ impl DurableClient {
             instance_id_prefix: Some(prefix),
             ..InstanceFilter::default()
         };
-        let page = self.store.list_instances(&filter, page_size, continuation_token).await?;
+        let page = self
+            .store
+            .list_instances(&filter, page_size, continuation_token)
+            .await?;
         Ok(Page {
             items: page
                 .items
@@ -567,7 +622,11 @@ impl DurableClient {
     /// Storage cleanup: removes entities that have no state, no lock and no waiting
     /// requests, and releases locks held by orchestrations that no longer run. Returns
     /// (entities removed, locks released).
-    pub async fn clean_entity_storage(&self, remove_empty: bool, release_orphaned_locks: bool) -> Result<(u64, u64), Error> {
+    pub async fn clean_entity_storage(
+        &self,
+        remove_empty: bool,
+        release_orphaned_locks: bool,
+    ) -> Result<(u64, u64), Error> {
         let filter = InstanceFilter {
             instance_id_prefix: Some("@".into()),
             ..InstanceFilter::default()
@@ -575,7 +634,10 @@ impl DurableClient {
         let (mut removed, mut released) = (0, 0);
         let mut token: Option<String> = None;
         loop {
-            let page = self.store.list_instances(&filter, 500, token.as_deref()).await?;
+            let page = self
+                .store
+                .list_instances(&filter, 500, token.as_deref())
+                .await?;
             for st in &page.items {
                 let record = EntityRecord::from_state(st);
                 if release_orphaned_locks {
@@ -589,9 +651,14 @@ impl DurableClient {
                             self.store
                                 .send_message(OrchestrationMessage::new(
                                     st.instance_id.clone(),
-                                    HistoryEvent::new(Utc::now(), EventKind::EntityRequest {
-                                        request: EntityRequest::Unlock { owner: owner.clone() },
-                                    }),
+                                    HistoryEvent::new(
+                                        Utc::now(),
+                                        EventKind::EntityRequest {
+                                            request: EntityRequest::Unlock {
+                                                owner: owner.clone(),
+                                            },
+                                        },
+                                    ),
                                 ))
                                 .await?;
                             released += 1;

@@ -229,8 +229,12 @@ impl Action {
                     ..
                 },
             ) => a == b && ia == ib,
-            (Action::LockEntities { entity_ids: a }, Action::LockEntities { entity_ids: b }) => a == b,
-            (Action::UnlockEntity { entity_id: a }, Action::UnlockEntity { entity_id: b }) => a == b,
+            (Action::LockEntities { entity_ids: a }, Action::LockEntities { entity_ids: b }) => {
+                a == b
+            }
+            (Action::UnlockEntity { entity_id: a }, Action::UnlockEntity { entity_id: b }) => {
+                a == b
+            }
             _ => false,
         }
     }
@@ -247,10 +251,14 @@ impl Action {
                 instance_id, name, ..
             } => format!("EventSent '{name}' to '{instance_id}'"),
             Action::CallEntity {
-                entity_id, operation, ..
+                entity_id,
+                operation,
+                ..
             } => format!("EntityOperationCalled '{operation}' on '{entity_id}'"),
             Action::SignalEntity {
-                entity_id, operation, ..
+                entity_id,
+                operation,
+                ..
             } => format!("EntityOperationSignaled '{operation}' on '{entity_id}'"),
             Action::LockEntities { entity_ids } => format!("EntityLockRequested {entity_ids:?}"),
             Action::UnlockEntity { entity_id } => format!("EntityUnlockSent '{entity_id}'"),
@@ -269,10 +277,14 @@ impl Action {
                 instance_id, name, ..
             } => format!("send_event '{name}' to '{instance_id}'"),
             Action::CallEntity {
-                entity_id, operation, ..
+                entity_id,
+                operation,
+                ..
             } => format!("call_entity '{operation}' on '{entity_id}'"),
             Action::SignalEntity {
-                entity_id, operation, ..
+                entity_id,
+                operation,
+                ..
             } => format!("signal_entity '{operation}' on '{entity_id}'"),
             Action::LockEntities { entity_ids } => format!("lock {entity_ids:?}"),
             Action::UnlockEntity { entity_id } => format!("unlock '{entity_id}'"),
@@ -294,9 +306,18 @@ impl Action {
                     Action::SubOrchestration { .. },
                     EventKind::SubOrchestrationInstanceFailed { .. }
                 )
-                | (Action::CallEntity { .. }, EventKind::EntityOperationCompleted { .. })
-                | (Action::CallEntity { .. }, EventKind::EntityOperationFailed { .. })
-                | (Action::LockEntities { .. }, EventKind::EntityLockGranted { .. })
+                | (
+                    Action::CallEntity { .. },
+                    EventKind::EntityOperationCompleted { .. }
+                )
+                | (
+                    Action::CallEntity { .. },
+                    EventKind::EntityOperationFailed { .. }
+                )
+                | (
+                    Action::LockEntities { .. },
+                    EventKind::EntityLockGranted { .. }
+                )
         )
     }
 }
@@ -537,7 +558,8 @@ impl OrchestrationContext {
         let name = format!(
             "{}_{}_{}",
             self.inner.instance_id,
-            st.current_time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            st.current_time
+                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
             counter
         );
         uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, name.as_bytes())
@@ -677,7 +699,8 @@ impl OrchestrationContext {
         let policy = policy.clone();
         let input = serde_json::to_value(&input);
         Box::pin(async move {
-            let input = input.map_err(|e| serialize_error(TaskKind::SubOrchestration, O::NAME, e))?;
+            let input =
+                input.map_err(|e| serialize_error(TaskKind::SubOrchestration, O::NAME, e))?;
             crate::retry::run_with_retry(&ctx, &policy, |_| {
                 ctx.sub_orchestration::<O::Output>(O::NAME, O::VERSION, None, &input)
             })
@@ -736,7 +759,12 @@ impl OrchestrationContext {
                     + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
             }
         };
-        self.task(Action::Timer { fire_at }, TaskKind::Activity, "timer", |_, _, _| ())
+        self.task(
+            Action::Timer { fire_at },
+            TaskKind::Activity,
+            "timer",
+            |_, _, _| (),
+        )
     }
 
     /// Waits for an external event raised on this instance. Events that arrived before
@@ -750,7 +778,11 @@ impl OrchestrationContext {
             Some(input) => {
                 st.event_results.insert(id, input);
             }
-            None => st.event_waiters.entry(name.to_string()).or_default().push_back(id),
+            None => st
+                .event_waiters
+                .entry(name.to_string())
+                .or_default()
+                .push_back(id),
         }
         drop(st);
         EventFuture {
@@ -895,7 +927,12 @@ impl OrchestrationContext {
 
     /// Signals an entity operation (one-way). Inside a critical section, entities it has
     /// locked cannot be signalled (call them instead).
-    pub fn signal_entity(&self, id: &EntityId, operation: &str, input: &impl Serialize) -> Result<(), TaskError> {
+    pub fn signal_entity(
+        &self,
+        id: &EntityId,
+        operation: &str,
+        input: &impl Serialize,
+    ) -> Result<(), TaskError> {
         self.signal_entity_inner(id, operation, input, None)
     }
 
@@ -918,7 +955,8 @@ impl OrchestrationContext {
         at: Option<DateTime<Utc>>,
     ) -> Result<(), TaskError> {
         let label = format!("{id}.{operation}");
-        id.validate().map_err(|e| invalid(TaskKind::Entity, &label, e))?;
+        id.validate()
+            .map_err(|e| invalid(TaskKind::Entity, &label, e))?;
         let entity_id = id.instance_id();
         if self
             .state()
@@ -963,13 +1001,18 @@ impl OrchestrationContext {
         if let Some(msg) = error {
             return LockFuture {
                 ctx: self.clone(),
-                inner: DurableFuture::ready(self.clone(), Err(locking_violation(TaskKind::Entity, &label, &msg))),
+                inner: DurableFuture::ready(
+                    self.clone(),
+                    Err(locking_violation(TaskKind::Entity, &label, &msg)),
+                ),
                 ids,
             };
         }
         self.state().lock_requests.extend(ids.iter().cloned());
         let inner = self.task(
-            Action::LockEntities { entity_ids: ids.clone() },
+            Action::LockEntities {
+                entity_ids: ids.clone(),
+            },
             TaskKind::Entity,
             &label,
             decode_task::<()>,
@@ -983,10 +1026,11 @@ impl OrchestrationContext {
 
     /// The entities locked by the current critical section, if any.
     pub fn critical_section(&self) -> Option<Vec<EntityId>> {
-        self.state()
-            .critical_section
-            .as_ref()
-            .map(|ids| ids.iter().filter_map(|i| EntityId::from_instance_id(i)).collect())
+        self.state().critical_section.as_ref().map(|ids| {
+            ids.iter()
+                .filter_map(|i| EntityId::from_instance_id(i))
+                .collect()
+        })
     }
 
     fn release_locks(&self, ids: &[String]) {
@@ -997,12 +1041,17 @@ impl OrchestrationContext {
             st.entity_calls_in_flight.clear();
         }
         for id in ids {
-            self.schedule(Action::UnlockEntity { entity_id: id.clone() });
+            self.schedule(Action::UnlockEntity {
+                entity_id: id.clone(),
+            });
         }
     }
 
     /// Waits for all futures; outputs in input order.
-    pub fn when_all<F: Future>(&self, futures: impl IntoIterator<Item = F>) -> crate::join::WhenAll<F> {
+    pub fn when_all<F: Future>(
+        &self,
+        futures: impl IntoIterator<Item = F>,
+    ) -> crate::join::WhenAll<F> {
         crate::join::when_all(futures)
     }
 
@@ -1061,7 +1110,9 @@ pub struct LockFuture {
 
 impl std::fmt::Debug for LockFuture {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LockFuture").field("entities", &self.ids).finish()
+        f.debug_struct("LockFuture")
+            .field("entities", &self.ids)
+            .finish()
     }
 }
 
@@ -1093,7 +1144,9 @@ pub struct CriticalSection {
 
 impl std::fmt::Debug for CriticalSection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CriticalSection").field("entities", &self.ids).finish()
+        f.debug_struct("CriticalSection")
+            .field("entities", &self.ids)
+            .finish()
     }
 }
 
@@ -1135,7 +1188,11 @@ fn serialize(
         .map_err(|e| serialize_error(kind, name, e))
 }
 
-fn decode_task<O: DeserializeOwned>(c: Completion, kind: TaskKind, name: &str) -> Result<O, TaskError> {
+fn decode_task<O: DeserializeOwned>(
+    c: Completion,
+    kind: TaskKind,
+    name: &str,
+) -> Result<O, TaskError> {
     match c {
         Completion::Ok(json) => crate::registry::decode(json.as_deref()).map_err(|e| TaskError {
             kind,
@@ -1171,7 +1228,9 @@ pub struct DurableFuture<T> {
 
 impl<T> std::fmt::Debug for DurableFuture<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DurableFuture").field("name", &self.name).finish()
+        f.debug_struct("DurableFuture")
+            .field("name", &self.name)
+            .finish()
     }
 }
 
@@ -1228,7 +1287,9 @@ impl<T> Future for DurableFuture<T> {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
         let this = &mut *self;
         match &mut this.state {
-            FutureState::Ready(v) => Poll::Ready(v.take().expect("DurableFuture polled after completion")),
+            FutureState::Ready(v) => {
+                Poll::Ready(v.take().expect("DurableFuture polled after completion"))
+            }
             FutureState::Never => Poll::Pending,
             FutureState::Pending { seq } => {
                 let seq = *seq;
@@ -1270,7 +1331,9 @@ pub struct EventFuture<T> {
 
 impl<T> std::fmt::Debug for EventFuture<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EventFuture").field("name", &self.name).finish()
+        f.debug_struct("EventFuture")
+            .field("name", &self.name)
+            .finish()
     }
 }
 

@@ -17,7 +17,9 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
-use crate::history::{EntityRequest, EventKind, FailureDetails, HistoryEvent, OrchestrationMessage, ReplyTo};
+use crate::history::{
+    EntityRequest, EventKind, FailureDetails, HistoryEvent, OrchestrationMessage, ReplyTo,
+};
 use crate::instance::{InstanceState, NewInstance, RuntimeStatus};
 use crate::registry::{BoxFuture, Outcome, Registry};
 use crate::store::{random_id, HistoryUpdate, OrchestrationCommit, OrchestrationWorkItem};
@@ -44,13 +46,21 @@ impl EntityId {
     /// Checks the name and key: a non-empty name without `@`, and a key without control
     /// characters, at most 200 bytes.
     pub fn validate(&self) -> Result<(), Error> {
-        if self.name.is_empty() || self.name.contains('@') || self.name.chars().any(char::is_control) {
+        if self.name.is_empty()
+            || self.name.contains('@')
+            || self.name.chars().any(char::is_control)
+        {
             return Err(Error::InvalidArgument(format!(
                 "invalid entity name '{}': it must be non-empty, without '@' or control characters",
                 self.name
             )));
         }
-        if self.key.len() > 200 || self.key.chars().any(|c| c.is_control() || matches!(c, '/' | '\\' | '#' | '?')) {
+        if self.key.len() > 200
+            || self
+                .key
+                .chars()
+                .any(|c| c.is_control() || matches!(c, '/' | '\\' | '#' | '?'))
+        {
             return Err(Error::InvalidArgument(format!(
                 "invalid entity key '{}': at most 200 bytes, no control characters, '/', '\\\\', '#' or '?'",
                 self.key
@@ -175,7 +185,9 @@ impl<S> Clone for EntityContext<S> {
 
 impl<S> fmt::Debug for EntityContext<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("EntityContext").field("id", &self.id).finish()
+        f.debug_struct("EntityContext")
+            .field("id", &self.id)
+            .finish()
     }
 }
 
@@ -248,7 +260,13 @@ impl<S> EntityContext<S> {
     }
 
     /// Signals an operation on another entity for delivery at `at`.
-    pub fn signal_entity_at(&self, id: &EntityId, operation: &str, input: &impl Serialize, at: DateTime<Utc>) {
+    pub fn signal_entity_at(
+        &self,
+        id: &EntityId,
+        operation: &str,
+        input: &impl Serialize,
+        at: DateTime<Utc>,
+    ) {
         let input = serde_json::to_string(input).ok();
         self.effects()
             .signals
@@ -259,7 +277,9 @@ impl<S> EntityContext<S> {
     pub fn start_new_orchestration(&self, name: &str, input: &impl Serialize) -> String {
         let id = random_id();
         let input = serde_json::to_string(input).ok();
-        self.effects().starts.push((name.to_string(), id.clone(), input));
+        self.effects()
+            .starts
+            .push((name.to_string(), id.clone(), input));
         id
     }
 }
@@ -272,7 +292,10 @@ impl<S: Serialize + DeserializeOwned> EntityContext<S> {
             .as_deref()
             .map(|s| {
                 serde_json::from_str(s).map_err(|e| {
-                    FailureDetails::new("StateDecodeError", format!("cannot decode the entity state: {e}"))
+                    FailureDetails::new(
+                        "StateDecodeError",
+                        format!("cannot decode the entity state: {e}"),
+                    )
                 })
             })
             .transpose()
@@ -337,7 +360,9 @@ pub struct EntityHandle<E: Entity> {
 
 impl<E: Entity> fmt::Debug for EntityHandle<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("EntityHandle").field("id", &self.id).finish()
+        f.debug_struct("EntityHandle")
+            .field("id", &self.id)
+            .finish()
     }
 }
 
@@ -400,10 +425,9 @@ pub(crate) async fn run_entity_episode(
         .collect();
     while let Some(req) = pending.pop_front() {
         match req {
-            EntityRequest::Operation {
-                ref lock_owner,
-                ..
-            } if record.lock_owner.is_some() && *lock_owner != record.lock_owner => {
+            EntityRequest::Operation { ref lock_owner, .. }
+                if record.lock_owner.is_some() && *lock_owner != record.lock_owner =>
+            {
                 record.queue.push_back(req);
             }
             EntityRequest::Operation {
@@ -413,7 +437,17 @@ pub(crate) async fn run_entity_episode(
                 ..
             } => {
                 ran = true;
-                run_operation(registry, &id, &mut record, operation, input, reply_to, now, &mut commit).await;
+                run_operation(
+                    registry,
+                    &id,
+                    &mut record,
+                    operation,
+                    input,
+                    reply_to,
+                    now,
+                    &mut commit,
+                )
+                .await;
             }
             EntityRequest::Lock {
                 owner,
@@ -424,7 +458,9 @@ pub(crate) async fn run_entity_episode(
                     // The owner gave up before its request arrived: pass it on unlocked,
                     // so the rest of the chain sees it and nothing stays locked.
                     forward_lock(&owner, &entity_ids, position, now, &mut commit);
-                } else if record.lock_owner.is_none() || record.lock_owner.as_deref() == Some(&owner.instance_id) {
+                } else if record.lock_owner.is_none()
+                    || record.lock_owner.as_deref() == Some(&owner.instance_id)
+                {
                     record.lock_owner = Some(owner.instance_id.clone());
                     forward_lock(&owner, &entity_ids, position, now, &mut commit);
                 } else {
@@ -466,7 +502,13 @@ pub(crate) async fn run_entity_episode(
 }
 
 /// Passes a lock request to the next entity of the chain, or grants the critical section.
-fn forward_lock(owner: &ReplyTo, entity_ids: &[String], position: usize, now: DateTime<Utc>, commit: &mut OrchestrationCommit) {
+fn forward_lock(
+    owner: &ReplyTo,
+    entity_ids: &[String],
+    position: usize,
+    now: DateTime<Utc>,
+    commit: &mut OrchestrationCommit,
+) {
     match entity_ids.get(position + 1) {
         Some(next) => {
             let request = EntityRequest::Lock {
@@ -479,9 +521,12 @@ fn forward_lock(owner: &ReplyTo, entity_ids: &[String], position: usize, now: Da
         None => commit.messages.push(
             OrchestrationMessage::new(
                 owner.instance_id.clone(),
-                HistoryEvent::new(now, EventKind::EntityLockGranted {
-                    task_scheduled_id: owner.task_scheduled_id,
-                }),
+                HistoryEvent::new(
+                    now,
+                    EventKind::EntityLockGranted {
+                        task_scheduled_id: owner.task_scheduled_id,
+                    },
+                ),
             )
             .for_execution(owner.execution_id.clone()),
         ),
@@ -633,10 +678,13 @@ pub(crate) async fn refuse_operations(
                 replies.push(
                     OrchestrationMessage::new(
                         r.instance_id.clone(),
-                        HistoryEvent::new(now, EventKind::EntityOperationFailed {
-                            task_scheduled_id: r.task_scheduled_id,
-                            failure: failure.clone(),
-                        }),
+                        HistoryEvent::new(
+                            now,
+                            EventKind::EntityOperationFailed {
+                                task_scheduled_id: r.task_scheduled_id,
+                                failure: failure.clone(),
+                            },
+                        ),
                     )
                     .for_execution(r.execution_id.clone()),
                 );

@@ -218,7 +218,9 @@ pub enum Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::UnknownName { kind, name } => write!(f, "no {kind} named '{name}' is registered"),
+            Error::UnknownName { kind, name } => {
+                write!(f, "no {kind} named '{name}' is registered")
+            }
             Error::InstanceNotFound(id) => write!(f, "no instance with id '{id}'"),
             Error::InstanceExists {
                 instance_id,
@@ -231,7 +233,10 @@ impl fmt::Display for Error {
                 instance_id,
                 status,
                 operation,
-            } => write!(f, "cannot {operation} instance '{instance_id}': it is {status}"),
+            } => write!(
+                f,
+                "cannot {operation} instance '{instance_id}': it is {status}"
+            ),
             Error::InvalidArgument(m) => f.write_str(m),
             Error::PayloadTooLarge { what, size, limit } => {
                 write!(f, "{what} is {size} bytes, over the limit of {limit} bytes")

@@ -89,7 +89,8 @@ impl DurableHttpRequest {
     pub fn post_json(url: impl Into<String>, body: &impl Serialize) -> Self {
         let mut r = Self::new("POST", url);
         r.body = serde_json::to_string(body).ok();
-        r.headers.insert("content-type".into(), "application/json".into());
+        r.headers
+            .insert("content-type".into(), "application/json".into());
         r
     }
 
@@ -183,7 +184,10 @@ impl OrchestrationContext {
     /// timers until the answer is not 202; the final response is returned whatever its
     /// status. Transport failures and timeouts fail the task (retried under the request's
     /// retry policy, as are its chosen status codes).
-    pub fn call_http(&self, request: DurableHttpRequest) -> BoxFuture<'static, Result<DurableHttpResponse, TaskError>> {
+    pub fn call_http(
+        &self,
+        request: DurableHttpRequest,
+    ) -> BoxFuture<'static, Result<DurableHttpResponse, TaskError>> {
         let ctx = self.clone();
         Box::pin(async move {
             if !(request.url.starts_with("http://") || request.url.starts_with("https://")) {
@@ -203,7 +207,9 @@ impl OrchestrationContext {
                     break;
                 };
                 let location = resolve_location(&current.url, &location);
-                let wait = response.retry_after().unwrap_or(current.default_poll_interval);
+                let wait = response
+                    .retry_after()
+                    .unwrap_or(current.default_poll_interval);
                 ctx.create_timer(wait).await;
                 current = current.poll_request(&location);
                 response = ctx.http_once(&current).await?;
@@ -212,7 +218,10 @@ impl OrchestrationContext {
         })
     }
 
-    async fn http_once(&self, request: &DurableHttpRequest) -> Result<DurableHttpResponse, TaskError> {
+    async fn http_once(
+        &self,
+        request: &DurableHttpRequest,
+    ) -> Result<DurableHttpResponse, TaskError> {
         let map = |e: TaskError| TaskError {
             kind: TaskKind::Http,
             name: format!("{} {}", request.method, request.url),
@@ -220,7 +229,11 @@ impl OrchestrationContext {
         };
         match &request.retry {
             Some(policy) => self
-                .call_activity_by_name_with_retry::<DurableHttpResponse>(HTTP_ACTIVITY, policy, request)
+                .call_activity_by_name_with_retry::<DurableHttpResponse>(
+                    HTTP_ACTIVITY,
+                    policy,
+                    request,
+                )
                 .await
                 .map_err(map),
             None => self
@@ -244,7 +257,10 @@ pub fn resolve_location(base: &str, location: &str) -> String {
     if location.starts_with('/') {
         format!("{}{location}", &base[..host_end])
     } else {
-        let dir_end = base.rfind('/').filter(|&i| i >= host_end).unwrap_or(host_end);
+        let dir_end = base
+            .rfind('/')
+            .filter(|&i| i >= host_end)
+            .unwrap_or(host_end);
         format!("{}/{location}", &base[..dir_end])
     }
 }
@@ -255,9 +271,15 @@ mod tests {
 
     #[test]
     fn locations_resolve_against_the_request_url() {
-        assert_eq!(resolve_location("http://a:1/x/y", "http://b/z"), "http://b/z");
+        assert_eq!(
+            resolve_location("http://a:1/x/y", "http://b/z"),
+            "http://b/z"
+        );
         assert_eq!(resolve_location("http://a:1/x/y", "/s/1"), "http://a:1/s/1");
-        assert_eq!(resolve_location("http://a:1/x/y", "s/1"), "http://a:1/x/s/1");
+        assert_eq!(
+            resolve_location("http://a:1/x/y", "s/1"),
+            "http://a:1/x/s/1"
+        );
         assert_eq!(resolve_location("http://a:1", "/s"), "http://a:1/s");
     }
 

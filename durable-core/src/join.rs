@@ -18,8 +18,16 @@ impl Wake for ChildWaker {
         self.wake_by_ref();
     }
     fn wake_by_ref(self: &Arc<Self>) {
-        self.ready.lock().unwrap_or_else(|e| e.into_inner()).push(self.index);
-        if let Some(w) = self.parent.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+        self.ready
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(self.index);
+        if let Some(w) = self
+            .parent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
             w.wake_by_ref();
         }
     }
@@ -37,7 +45,9 @@ pub struct WhenAll<F: Future> {
 
 impl<F: Future> std::fmt::Debug for WhenAll<F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WhenAll").field("remaining", &self.remaining).finish()
+        f.debug_struct("WhenAll")
+            .field("remaining", &self.remaining)
+            .finish()
     }
 }
 
@@ -84,7 +94,10 @@ impl<F: Future> Future for WhenAll<F> {
             if !r.is_empty() {
                 let parent = cx.waker();
                 for &i in &r {
-                    let mut p = this.wakers[i].parent.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut p = this.wakers[i]
+                        .parent
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner());
                     if !p.as_ref().is_some_and(|w| w.will_wake(parent)) {
                         *p = Some(parent.clone());
                     }
@@ -105,7 +118,12 @@ impl<F: Future> Future for WhenAll<F> {
             }
         }
         if this.remaining == 0 {
-            Poll::Ready(this.outputs.iter_mut().map(|o| o.take().expect("every child finished")).collect())
+            Poll::Ready(
+                this.outputs
+                    .iter_mut()
+                    .map(|o| o.take().expect("every child finished"))
+                    .collect(),
+            )
         } else {
             Poll::Pending
         }
@@ -119,7 +137,9 @@ pub struct WhenAny<F> {
 
 impl<F> std::fmt::Debug for WhenAny<F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WhenAny").field("len", &self.children.len()).finish()
+        f.debug_struct("WhenAny")
+            .field("len", &self.children.len())
+            .finish()
     }
 }
 
@@ -138,7 +158,10 @@ pub fn when_any<F: Future + Unpin>(futures: impl IntoIterator<Item = F>) -> When
 impl<F: Future + Unpin> Future for WhenAny<F> {
     type Output = (usize, F::Output);
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        assert!(!self.children.is_empty(), "when_any needs at least one future");
+        assert!(
+            !self.children.is_empty(),
+            "when_any needs at least one future"
+        );
         for (i, child) in self.children.iter_mut().enumerate() {
             if let Poll::Ready(out) = Pin::new(child).poll(cx) {
                 self.children.clear();

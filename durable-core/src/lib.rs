@@ -46,7 +46,9 @@ pub mod worker;
 
 pub use activity::ActivityContext;
 pub use client::{DurableClient, OrchestrationStatus, StartOptions, StatusOptions};
-pub use context::{CriticalSection, DurableFuture, EventFuture, LockFuture, OrchestrationContext, TimerTarget};
+pub use context::{
+    CriticalSection, DurableFuture, EventFuture, LockFuture, OrchestrationContext, TimerTarget,
+};
 pub use durable_macros::{activity, orchestrator};
 pub use entity::{Entity, EntityContext, EntityHandle, EntityId, EntityMetadata, Operation};
 pub use error::{ActivityError, Error, OrchestrationError, TaskError, TaskKind};
@@ -64,18 +66,18 @@ pub use worker::{Runtime, RuntimeOptions};
 #[doc(hidden)]
 pub mod __private {
     pub use crate::activity::ActivityContext;
-    pub use crate::context::OrchestrationContext;
-    pub use crate::entity::{Entity, EntityContext, EntityId, Operation};
     pub use crate::client::DurableClient;
     pub use crate::context::DurableFuture;
+    pub use crate::context::OrchestrationContext;
+    pub use crate::entity::{Entity, EntityContext, EntityId, Operation};
     pub use crate::error::{Error, TaskError};
-    pub use crate::registry::{encode, failure_of};
-    pub use crate::registry::EntityRegistration;
     pub use crate::history::FailureDetails;
+    pub use crate::registry::EntityRegistration;
     pub use crate::registry::{
         decode_input, Activity, ActivityRegistration, BoxFuture, Orchestrator,
         OrchestratorRegistration, Outcome, Plain, TaskOutcome,
     };
+    pub use crate::registry::{encode, failure_of};
     pub use inventory;
     pub use serde;
     pub use serde_json;

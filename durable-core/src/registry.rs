@@ -125,9 +125,12 @@ pub fn failure_of<E: fmt::Display + 'static>(e: E) -> FailureDetails {
 
 /// Serializes a value as a JSON payload.
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Outcome {
-    serde_json::to_string(value)
-        .map(Some)
-        .map_err(|e| FailureDetails::new("SerializationError", format!("cannot serialize output: {e}")))
+    serde_json::to_string(value).map(Some).map_err(|e| {
+        FailureDetails::new(
+            "SerializationError",
+            format!("cannot serialize output: {e}"),
+        )
+    })
 }
 
 /// Deserializes a JSON payload (absent = `null`).
@@ -136,7 +139,10 @@ pub fn decode<T: DeserializeOwned>(payload: Option<&str>) -> Result<T, serde_jso
 }
 
 /// Deserializes a function's input, with a failure naming the function.
-pub fn decode_input<T: DeserializeOwned>(what: &str, payload: Option<&str>) -> Result<T, FailureDetails> {
+pub fn decode_input<T: DeserializeOwned>(
+    what: &str,
+    payload: Option<&str>,
+) -> Result<T, FailureDetails> {
     decode(payload).map_err(|e| {
         FailureDetails::new(
             "InvalidInput",
@@ -417,7 +423,10 @@ impl RegistryBuilder {
                 dups.push(format!(
                     "orchestrator '{}'{} is defined twice: at {} and at {}",
                     o.name,
-                    o.version.as_deref().map(|v| format!(" version '{v}'")).unwrap_or_default(),
+                    o.version
+                        .as_deref()
+                        .map(|v| format!(" version '{v}'"))
+                        .unwrap_or_default(),
                     prev.location,
                     o.location
                 ));

@@ -16,11 +16,14 @@ use chrono::{DateTime, Utc};
 use crate::context::{Action, Completion, OrchestrationContext};
 use crate::entity::push_entity_message;
 use crate::history::{
-    EntityRequest, EventKind, FailureDetails, HistoryEvent, OrchestrationMessage, ParentInstance, ReplyTo,
+    EntityRequest, EventKind, FailureDetails, HistoryEvent, OrchestrationMessage, ParentInstance,
+    ReplyTo,
 };
 use crate::instance::{InstanceState, NewInstance, RuntimeStatus};
 use crate::registry::{BoxFuture, Outcome, Registry};
-use crate::store::{random_id, ActivityWorkItem, HistoryUpdate, OrchestrationCommit, OrchestrationWorkItem};
+use crate::store::{
+    random_id, ActivityWorkItem, HistoryUpdate, OrchestrationCommit, OrchestrationWorkItem,
+};
 
 #[derive(Default)]
 struct WakeFlag(AtomicBool);
@@ -125,7 +128,12 @@ impl Execution {
             EventKind::OrchestratorStarted => {
                 self.ctx.state().current_time = event.timestamp;
             }
-            EventKind::ExecutionStarted { name, version, input, .. } => {
+            EventKind::ExecutionStarted {
+                name,
+                version,
+                input,
+                ..
+            } => {
                 if self.started {
                     return;
                 }
@@ -223,7 +231,10 @@ impl Execution {
             state.name.clone(),
             state.version.clone(),
             state.parent.clone(),
-            history.first().map(|e| e.timestamp).unwrap_or(state.created_at),
+            history
+                .first()
+                .map(|e| e.timestamp)
+                .unwrap_or(state.created_at),
         );
         {
             let mut st = ctx.state();
@@ -300,7 +311,11 @@ fn commit_base(item: &OrchestrationWorkItem) -> OrchestrationCommit {
 }
 
 /// The message telling a parent its child finished.
-fn parent_message(parent: &ParentInstance, now: DateTime<Utc>, outcome: &Result<Option<String>, FailureDetails>) -> OrchestrationMessage {
+fn parent_message(
+    parent: &ParentInstance,
+    now: DateTime<Utc>,
+    outcome: &Result<Option<String>, FailureDetails>,
+) -> OrchestrationMessage {
     let kind = match outcome {
         Ok(result) => EventKind::SubOrchestrationInstanceCompleted {
             task_scheduled_id: parent.task_scheduled_id,
@@ -332,7 +347,10 @@ fn terminal_outcome(state: &InstanceState) -> Result<Option<String>, FailureDeta
             ),
         )),
         _ => Err(state.failure.clone().unwrap_or_else(|| {
-            FailureDetails::new("Failed", format!("sub-orchestration '{}' failed", state.instance_id))
+            FailureDetails::new(
+                "Failed",
+                format!("sub-orchestration '{}' failed", state.instance_id),
+            )
         })),
     }
 }
@@ -360,10 +378,21 @@ pub(crate) fn run_episode(
     let (mut exec, replaced) = match source {
         Some(Source::Cached(exec)) => (exec, None),
         Some(Source::History(history)) => (Execution::replay(registry, &state, &history), None),
-        None => (Execution::replay(registry, &state, &[]), None::<Vec<HistoryEvent>>),
+        None => (
+            Execution::replay(registry, &state, &[]),
+            None::<Vec<HistoryEvent>>,
+        ),
     };
     let new_events = apply_messages(registry, &mut exec, item, &state, now);
-    finish_episode(registry, exec, state, new_events, replaced, now, &mut commit)
+    finish_episode(
+        registry,
+        exec,
+        state,
+        new_events,
+        replaced,
+        now,
+        &mut commit,
+    )
 }
 
 /// Applies the work item's messages to a running execution; returns the events to append.
@@ -398,10 +427,9 @@ fn apply_messages(
             kind => match kind.completes() {
                 Some(seq) => {
                     let st = exec.ctx.state();
-                    let known = st
-                        .actions
-                        .get(seq as usize)
-                        .is_some_and(|a| (seq as usize) < exec.committed_actions && a.accepts(kind));
+                    let known = st.actions.get(seq as usize).is_some_and(|a| {
+                        (seq as usize) < exec.committed_actions && a.accepts(kind)
+                    });
                     known && !st.completed.contains(&seq) && seen_completions.insert(seq)
                 }
                 None => false,
@@ -453,7 +481,9 @@ fn finish_episode(
     if let Some(reason) = exec.terminated.clone() {
         record_actions = false;
         state.status = RuntimeStatus::Terminated;
-        state.output = reason.as_ref().map(|r| serde_json::Value::String(r.clone()).to_string());
+        state.output = reason
+            .as_ref()
+            .map(|r| serde_json::Value::String(r.clone()).to_string());
         state.failure = None;
         new_events.push(HistoryEvent::new(
             now,
@@ -613,7 +643,12 @@ fn finish_episode(
 
 /// Releases every entity lock the execution requested and still holds (or may yet be
 /// granted), because the execution ended.
-fn release_held_locks(exec: &Execution, state: &InstanceState, now: DateTime<Utc>, commit: &mut OrchestrationCommit) {
+fn release_held_locks(
+    exec: &Execution,
+    state: &InstanceState,
+    now: DateTime<Utc>,
+    commit: &mut OrchestrationCommit,
+) {
     let mut ids = exec.ctx.state().lock_requests.clone();
     ids.sort();
     ids.dedup();
@@ -645,7 +680,11 @@ fn side_effects(
     schedule_timers: bool,
 ) {
     match action {
-        Action::Activity { name, input, attempt } => commit.activities.push(ActivityWorkItem {
+        Action::Activity {
+            name,
+            input,
+            attempt,
+        } => commit.activities.push(ActivityWorkItem {
             id: 0,
             instance_id: state.instance_id.clone(),
             execution_id: state.execution_id.clone(),
@@ -661,10 +700,13 @@ fn side_effects(
                 commit.messages.push(
                     OrchestrationMessage::new(
                         state.instance_id.clone(),
-                        HistoryEvent::new(now, EventKind::TimerFired {
-                            timer_id: seq,
-                            fire_at: *fire_at,
-                        }),
+                        HistoryEvent::new(
+                            now,
+                            EventKind::TimerFired {
+                                timer_id: seq,
+                                fire_at: *fire_at,
+                            },
+                        ),
                     )
                     .for_execution(state.execution_id.clone())
                     .visible_at(*fire_at),
@@ -697,10 +739,13 @@ fn side_effects(
             input,
         } => commit.messages.push(OrchestrationMessage::new(
             instance_id.clone(),
-            HistoryEvent::new(now, EventKind::EventRaised {
-                name: name.clone(),
-                input: input.clone(),
-            }),
+            HistoryEvent::new(
+                now,
+                EventKind::EventRaised {
+                    name: name.clone(),
+                    input: input.clone(),
+                },
+            ),
         )),
         Action::CallEntity {
             entity_id,
@@ -759,14 +804,22 @@ fn reply_to(state: &InstanceState, seq: u64) -> ReplyTo {
     }
 }
 
-fn push_unlock(commit: &mut OrchestrationCommit, state: &InstanceState, entity_id: &str, now: DateTime<Utc>) {
+fn push_unlock(
+    commit: &mut OrchestrationCommit,
+    state: &InstanceState,
+    entity_id: &str,
+    now: DateTime<Utc>,
+) {
     commit.messages.push(OrchestrationMessage::new(
         entity_id.to_string(),
-        HistoryEvent::new(now, EventKind::EntityRequest {
-            request: EntityRequest::Unlock {
-                owner: state.instance_id.clone(),
+        HistoryEvent::new(
+            now,
+            EventKind::EntityRequest {
+                request: EntityRequest::Unlock {
+                    owner: state.instance_id.clone(),
+                },
             },
-        }),
+        ),
     ));
 }
 
@@ -843,9 +896,12 @@ fn terminal_episode(
                 Action::SubOrchestration { instance_id, .. } => {
                     commit.messages.push(OrchestrationMessage::new(
                         instance_id.clone(),
-                        HistoryEvent::new(now, EventKind::ExecutionRewound {
-                            reason: reason.clone(),
-                        }),
+                        HistoryEvent::new(
+                            now,
+                            EventKind::ExecutionRewound {
+                                reason: reason.clone(),
+                            },
+                        ),
                     ));
                 }
                 Action::SendEvent { .. } => {}
@@ -863,5 +919,13 @@ fn terminal_episode(
         HistoryEvent::new(now, EventKind::ExecutionRewound { reason }),
     ];
     exec.history_len = 0;
-    finish_episode(registry, exec, running, new_events, Some(kept), now, &mut commit)
+    finish_episode(
+        registry,
+        exec,
+        running,
+        new_events,
+        Some(kept),
+        now,
+        &mut commit,
+    )
 }

@@ -79,7 +79,10 @@ impl RetryPolicy {
     }
 
     /// Retries only failures for which `handle` returns true.
-    pub fn with_handle(mut self, handle: impl Fn(&TaskError) -> bool + Send + Sync + 'static) -> Self {
+    pub fn with_handle(
+        mut self,
+        handle: impl Fn(&TaskError) -> bool + Send + Sync + 'static,
+    ) -> Self {
         self.handle = Some(Arc::new(handle));
         self
     }
@@ -103,7 +106,9 @@ impl RetryPolicy {
 
     /// The wait after failed attempt number `attempt` (1-based).
     pub fn delay_after(&self, attempt: u32) -> Duration {
-        let factor = self.backoff_coefficient.powi(attempt.saturating_sub(1) as i32);
+        let factor = self
+            .backoff_coefficient
+            .powi(attempt.saturating_sub(1) as i32);
         let secs = self.first_retry_interval.as_secs_f64() * factor;
         let max = self.max_retry_interval.as_secs_f64();
         Duration::from_secs_f64(secs.min(max))
@@ -141,7 +146,8 @@ where
             return Err(err);
         }
         if let Some(timeout) = policy.retry_timeout {
-            let deadline = started + chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::MAX);
+            let deadline =
+                started + chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::MAX);
             if ctx.current_utc_datetime() >= deadline {
                 return Err(err);
             }

@@ -218,7 +218,9 @@ async fn wait_for_work(
 }
 
 async fn orchestration_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
-    let limit = Arc::new(Semaphore::new(shared.options.orchestration_concurrency.max(1)));
+    let limit = Arc::new(Semaphore::new(
+        shared.options.orchestration_concurrency.max(1),
+    ));
     let mut running = JoinSet::new();
     loop {
         if *shutdown.borrow() {
@@ -259,11 +261,16 @@ async fn orchestration_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<b
 }
 
 async fn process_orchestration(shared: &Shared, item: OrchestrationWorkItem) {
-    let name = item.state.as_ref().map(|s| s.name.clone()).unwrap_or_default();
+    let name = item
+        .state
+        .as_ref()
+        .map(|s| s.name.clone())
+        .unwrap_or_default();
     let span = tracing::info_span!("episode", instance_id = %item.instance_id, name = %name);
     async {
         if crate::entity::is_entity_instance(&item.instance_id) {
-            let commit = crate::entity::run_entity_episode(&shared.registry, &item, Utc::now()).await;
+            let commit =
+                crate::entity::run_entity_episode(&shared.registry, &item, Utc::now()).await;
             commit_episode(shared, &item, commit, None).await;
             return;
         }
@@ -273,7 +280,11 @@ async fn process_orchestration(shared: &Shared, item: OrchestrationWorkItem) {
                 tracing::warn!(error = %e, "reading history failed");
                 let _ = shared
                     .store
-                    .abandon_orchestration_work_item(&item.instance_id, &item.lock_token, Duration::from_secs(1))
+                    .abandon_orchestration_work_item(
+                        &item.instance_id,
+                        &item.lock_token,
+                        Duration::from_secs(1),
+                    )
                     .await;
                 return;
             }
@@ -299,7 +310,11 @@ async fn commit_episode(
             Ok(()) => {
                 if let Some(exec) = execution {
                     let mut cache = shared.cache.lock().unwrap_or_else(|e| e.into_inner());
-                    cache.put(item.instance_id.clone(), exec, shared.options.cache_capacity);
+                    cache.put(
+                        item.instance_id.clone(),
+                        exec,
+                        shared.options.cache_capacity,
+                    );
                 }
                 if let Some(status) = status.filter(|s| s.is_terminal()) {
                     tracing::debug!(%status, "instance finished");
@@ -312,7 +327,13 @@ async fn commit_episode(
                 );
                 if crate::entity::is_entity_instance(&item.instance_id) {
                     tracing::warn!(%failure, "entity batch refused; failing its operations");
-                    let commit = crate::entity::refuse_operations(&shared.registry, item, failure, Utc::now()).await;
+                    let commit = crate::entity::refuse_operations(
+                        &shared.registry,
+                        item,
+                        failure,
+                        Utc::now(),
+                    )
+                    .await;
                     if let Err(e) = shared.store.commit_orchestration(commit).await {
                         tracing::warn!(error = %e, "could not record the refused operations");
                     }
@@ -328,7 +349,11 @@ async fn commit_episode(
                 tracing::warn!(error = %e, "commit failed; retrying later");
                 let _ = shared
                     .store
-                    .abandon_orchestration_work_item(&item.instance_id, &item.lock_token, Duration::from_secs(1))
+                    .abandon_orchestration_work_item(
+                        &item.instance_id,
+                        &item.lock_token,
+                        Duration::from_secs(1),
+                    )
                     .await;
             }
         }
@@ -336,7 +361,10 @@ async fn commit_episode(
 }
 
 /// Picks the cached execution when it is in sync with the store; otherwise loads history.
-async fn episode_source(shared: &Shared, item: &OrchestrationWorkItem) -> Result<Option<Source>, StoreError> {
+async fn episode_source(
+    shared: &Shared,
+    item: &OrchestrationWorkItem,
+) -> Result<Option<Source>, StoreError> {
     let Some(state) = &item.state else {
         return Ok(None);
     };
@@ -360,7 +388,9 @@ async fn episode_source(shared: &Shared, item: &OrchestrationWorkItem) -> Result
     if !needs_history {
         return Ok(None);
     }
-    Ok(Some(Source::History(shared.store.read_history(&item.instance_id).await?)))
+    Ok(Some(Source::History(
+        shared.store.read_history(&item.instance_id).await?,
+    )))
 }
 
 /// Commits a failure for an instance whose episode could not be stored.
@@ -379,10 +409,13 @@ async fn fail_instance(shared: &Shared, item: &OrchestrationWorkItem, failure: F
         messages.push(
             OrchestrationMessage::new(
                 parent.instance_id.clone(),
-                HistoryEvent::new(now, EventKind::SubOrchestrationInstanceFailed {
-                    task_scheduled_id: parent.task_scheduled_id,
-                    failure: failure.clone(),
-                }),
+                HistoryEvent::new(
+                    now,
+                    EventKind::SubOrchestrationInstanceFailed {
+                        task_scheduled_id: parent.task_scheduled_id,
+                        failure: failure.clone(),
+                    },
+                ),
             )
             .for_execution(parent.execution_id.clone()),
         );
@@ -393,11 +426,14 @@ async fn fail_instance(shared: &Shared, item: &OrchestrationWorkItem, failure: F
         consumed: item.messages.iter().map(|(id, _)| *id).collect(),
         history: HistoryUpdate::Append(vec![
             HistoryEvent::new(now, EventKind::OrchestratorStarted),
-            HistoryEvent::new(now, EventKind::ExecutionCompleted {
-                status: RuntimeStatus::Failed,
-                result: None,
-                failure: Some(failure),
-            }),
+            HistoryEvent::new(
+                now,
+                EventKind::ExecutionCompleted {
+                    status: RuntimeStatus::Failed,
+                    result: None,
+                    failure: Some(failure),
+                },
+            ),
             HistoryEvent::new(now, EventKind::OrchestratorCompleted),
         ]),
         state: Some(state),
@@ -409,7 +445,11 @@ async fn fail_instance(shared: &Shared, item: &OrchestrationWorkItem, failure: F
         tracing::warn!(error = %e, "could not record the failure; retrying later");
         let _ = shared
             .store
-            .abandon_orchestration_work_item(&item.instance_id, &item.lock_token, Duration::from_secs(5))
+            .abandon_orchestration_work_item(
+                &item.instance_id,
+                &item.lock_token,
+                Duration::from_secs(5),
+            )
             .await;
     }
 }
@@ -470,7 +510,10 @@ async fn activity_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>)
     // Graceful shutdown: let running activities finish within the grace period, then
     // release the leases of those still running so another worker picks them up.
     let grace = shared.options.shutdown_grace;
-    let drained = tokio::time::timeout(grace, async { while running.join_next().await.is_some() {} }).await;
+    let drained = tokio::time::timeout(grace, async {
+        while running.join_next().await.is_some() {}
+    })
+    .await;
     if drained.is_err() {
         running.abort_all();
         while running.join_next().await.is_some() {}
@@ -544,7 +587,10 @@ async fn run_activity(shared: &Shared, item: ActivityWorkItem) {
     .await
 }
 
-fn completion_message(item: &ActivityWorkItem, outcome: Result<Option<String>, FailureDetails>) -> OrchestrationMessage {
+fn completion_message(
+    item: &ActivityWorkItem,
+    outcome: Result<Option<String>, FailureDetails>,
+) -> OrchestrationMessage {
     let now = Utc::now();
     let kind = match outcome {
         Ok(result) => EventKind::TaskCompleted {
@@ -585,11 +631,16 @@ async fn complete_activity(
             }
         }
         Err(StoreError::LockLost) => {
-            tracing::debug!("activity lease lost; its result was discarded (another worker ran it)");
+            tracing::debug!(
+                "activity lease lost; its result was discarded (another worker ran it)"
+            );
         }
         Err(e) => {
             tracing::warn!(error = %e, "could not record the activity result; it will run again");
-            let _ = shared.store.abandon_activity(item, Duration::from_secs(1)).await;
+            let _ = shared
+                .store
+                .abandon_activity(item, Duration::from_secs(1))
+                .await;
         }
     }
 }

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use durable_core::history::EventKind;
 use durable_core::{
-    race, ActivityError, DurableClient, Either, MemoryStore, OrchestrationContext, OrchestrationError,
-    Registry, RetryPolicy, Runtime, RuntimeStatus, StartOptions, StatusOptions, Store,
+    race, ActivityError, DurableClient, Either, MemoryStore, OrchestrationContext,
+    OrchestrationError, Registry, RetryPolicy, Runtime, RuntimeStatus, StartOptions, StatusOptions,
+    Store,
 };
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -94,7 +95,10 @@ async fn chaining_completes_with_outputs_in_order() {
         let kinds = history_kinds(&h.store, &id).await;
         assert_eq!(kinds.iter().filter(|k| *k == "TaskScheduled").count(), 3);
         assert_eq!(kinds.iter().filter(|k| *k == "TaskCompleted").count(), 3);
-        assert_eq!(kinds.last().map(String::as_str), Some("OrchestratorCompleted"));
+        assert_eq!(
+            kinds.last().map(String::as_str),
+            Some("OrchestratorCompleted")
+        );
         assert!(kinds.contains(&"ExecutionCompleted".to_string()));
         h.runtime.shutdown().await;
     })
@@ -105,7 +109,9 @@ async fn chaining_completes_with_outputs_in_order() {
 async fn fan_out_fan_in_of_1000_activities() {
     for_both_cache_modes(|cache| async move {
         let reg = Registry::builder()
-            .activity("double", |_ctx, n: u64| async move { Ok::<_, ActivityError>(n * 2) })
+            .activity("double", |_ctx, n: u64| async move {
+                Ok::<_, ActivityError>(n * 2)
+            })
             .orchestrator("fan", |ctx: OrchestrationContext, n: u64| async move {
                 let calls: Vec<_> = (0..n)
                     .map(|i| ctx.call_activity_by_name::<u64>("double", &i))
@@ -155,7 +161,10 @@ async fn durable_timer_fires_after_its_delay() {
             .await
             .unwrap();
         let elapsed_ms: i64 = h.client.wait_for_output(&id, WAIT).await.unwrap();
-        assert!(elapsed_ms >= 300, "replay-safe clock advanced {elapsed_ms} ms");
+        assert!(
+            elapsed_ms >= 300,
+            "replay-safe clock advanced {elapsed_ms} ms"
+        );
         assert!(t0.elapsed() >= Duration::from_millis(300));
         let kinds = history_kinds(&h.store, &id).await;
         assert!(kinds.contains(&"TimerCreated".to_string()));
@@ -167,10 +176,13 @@ async fn durable_timer_fires_after_its_delay() {
 
 fn event_registry() -> Registry {
     Registry::builder()
-        .orchestrator("wait_event", |ctx: OrchestrationContext, _: ()| async move {
-            let v: String = ctx.wait_for_external_event("go").await?;
-            Ok::<_, OrchestrationError>(v)
-        })
+        .orchestrator(
+            "wait_event",
+            |ctx: OrchestrationContext, _: ()| async move {
+                let v: String = ctx.wait_for_external_event("go").await?;
+                Ok::<_, OrchestrationError>(v)
+            },
+        )
         .orchestrator("wait_two", |ctx: OrchestrationContext, _: ()| async move {
             // Wait for a timer first, so events arrive before anyone waits for them.
             ctx.create_timer(Duration::from_millis(300)).await;
@@ -178,16 +190,22 @@ fn event_registry() -> Registry {
             let b: i32 = ctx.wait_for_external_event("n").await?;
             Ok::<_, OrchestrationError>(vec![a, b])
         })
-        .orchestrator("wait_timeout", |ctx: OrchestrationContext, ms: u64| async move {
-            match ctx
-                .wait_for_external_event_with_timeout::<String>("approval", Duration::from_millis(ms))
-                .await
-            {
-                Ok(v) => Ok::<_, OrchestrationError>(format!("got {v}")),
-                Err(e) if e.is_timeout() => Ok("timed out".to_string()),
-                Err(e) => Err(e.into()),
-            }
-        })
+        .orchestrator(
+            "wait_timeout",
+            |ctx: OrchestrationContext, ms: u64| async move {
+                match ctx
+                    .wait_for_external_event_with_timeout::<String>(
+                        "approval",
+                        Duration::from_millis(ms),
+                    )
+                    .await
+                {
+                    Ok(v) => Ok::<_, OrchestrationError>(format!("got {v}")),
+                    Err(e) if e.is_timeout() => Ok("timed out".to_string()),
+                    Err(e) => Err(e.into()),
+                }
+            },
+        )
         .build()
         .unwrap()
 }
@@ -245,11 +263,18 @@ async fn external_event_with_timeout_both_ways() {
         // Arrives in time.
         let early = h
             .client
-            .start_by_name("wait_timeout", Some("10000".into()), StartOptions::default())
+            .start_by_name(
+                "wait_timeout",
+                Some("10000".into()),
+                StartOptions::default(),
+            )
             .await
             .unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
-        h.client.raise_event(&early, "approval", &"ok").await.unwrap();
+        h.client
+            .raise_event(&early, "approval", &"ok")
+            .await
+            .unwrap();
         let out: String = h.client.wait_for_output(&early, WAIT).await.unwrap();
         assert_eq!(out, "got ok");
         h.runtime.shutdown().await;
@@ -282,7 +307,12 @@ async fn sub_orchestration_success_and_failure_propagate() {
             .unwrap();
         let v: i64 = h.client.wait_for_output(&ok, WAIT).await.unwrap();
         assert_eq!(v, 41);
-        let child = h.client.get_state(&format!("{ok}:0000")).await.unwrap().unwrap();
+        let child = h
+            .client
+            .get_state(&format!("{ok}:0000"))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(child.status, RuntimeStatus::Completed);
         assert_eq!(child.parent.unwrap().instance_id, ok);
 
@@ -307,24 +337,34 @@ async fn retry_counts_and_backoff_spacing() {
         let calls = Arc::new(AtomicU32::new(0));
         let c2 = calls.clone();
         let reg = Registry::builder()
-            .activity("flaky", move |ctx: durable_core::ActivityContext, fail_times: u32| {
-                let calls = c2.clone();
-                async move {
-                    calls.fetch_add(1, Ordering::SeqCst);
-                    if ctx.attempt() <= fail_times {
-                        Err(ActivityError::new(format!("attempt {} failed", ctx.attempt())))
-                    } else {
-                        Ok(ctx.attempt())
+            .activity(
+                "flaky",
+                move |ctx: durable_core::ActivityContext, fail_times: u32| {
+                    let calls = c2.clone();
+                    async move {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        if ctx.attempt() <= fail_times {
+                            Err(ActivityError::new(format!(
+                                "attempt {} failed",
+                                ctx.attempt()
+                            )))
+                        } else {
+                            Ok(ctx.attempt())
+                        }
                     }
-                }
-            })
-            .orchestrator("retrying", |ctx: OrchestrationContext, fail_times: u32| async move {
-                let policy = RetryPolicy::new(4, Duration::from_millis(50)).with_backoff_coefficient(2.0);
-                let attempt: u32 = ctx
-                    .call_activity_by_name_with_retry("flaky", &policy, &fail_times)
-                    .await?;
-                Ok::<_, OrchestrationError>(attempt)
-            })
+                },
+            )
+            .orchestrator(
+                "retrying",
+                |ctx: OrchestrationContext, fail_times: u32| async move {
+                    let policy = RetryPolicy::new(4, Duration::from_millis(50))
+                        .with_backoff_coefficient(2.0);
+                    let attempt: u32 = ctx
+                        .call_activity_by_name_with_retry("flaky", &policy, &fail_times)
+                        .await?;
+                    Ok::<_, OrchestrationError>(attempt)
+                },
+            )
             .build()
             .unwrap();
         let h = start(reg, cache);
@@ -340,7 +380,9 @@ async fn retry_counts_and_backoff_spacing() {
         let spacing: Vec<i64> = history
             .iter()
             .filter_map(|e| match e.kind {
-                EventKind::TimerCreated { fire_at } => Some((fire_at - e.timestamp).num_milliseconds()),
+                EventKind::TimerCreated { fire_at } => {
+                    Some((fire_at - e.timestamp).num_milliseconds())
+                }
                 _ => None,
             })
             .collect();
@@ -367,17 +409,20 @@ async fn non_retriable_failures_and_handle_predicate_stop_retries() {
     let calls = Arc::new(AtomicU32::new(0));
     let c2 = calls.clone();
     let reg = Registry::builder()
-        .activity("fatal", move |_ctx: durable_core::ActivityContext, kind: String| {
-            let calls = c2.clone();
-            async move {
-                calls.fetch_add(1, Ordering::SeqCst);
-                if kind == "fatal" {
-                    Err::<(), _>(ActivityError::non_retriable("bad request"))
-                } else {
-                    Err(ActivityError::new("not found"))
+        .activity(
+            "fatal",
+            move |_ctx: durable_core::ActivityContext, kind: String| {
+                let calls = c2.clone();
+                async move {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    if kind == "fatal" {
+                        Err::<(), _>(ActivityError::non_retriable("bad request"))
+                    } else {
+                        Err(ActivityError::new("not found"))
+                    }
                 }
-            }
-        })
+            },
+        )
         .orchestrator("r", |ctx: OrchestrationContext, kind: String| async move {
             let policy = RetryPolicy::new(5, Duration::from_millis(10))
                 .with_handle(|e| !e.failure.message.contains("not found"));
@@ -397,7 +442,11 @@ async fn non_retriable_failures_and_handle_predicate_stop_retries() {
             .unwrap();
         let st = h.client.wait_for_completion(&id, WAIT).await.unwrap();
         assert_eq!(st.status, RuntimeStatus::Failed);
-        assert_eq!(calls.load(Ordering::SeqCst), 1, "{kind} must not be retried");
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "{kind} must not be retried"
+        );
     }
     h.runtime.shutdown().await;
 }
@@ -406,7 +455,9 @@ async fn non_retriable_failures_and_handle_predicate_stop_retries() {
 async fn continue_as_new_100_generations_resets_history() {
     for_both_cache_modes(|cache| async move {
         let reg = Registry::builder()
-            .activity("inc", |_ctx, n: u32| async move { Ok::<_, ActivityError>(n + 1) })
+            .activity("inc", |_ctx, n: u32| async move {
+                Ok::<_, ActivityError>(n + 1)
+            })
             .orchestrator("counter", |ctx: OrchestrationContext, n: u32| async move {
                 let next: u32 = ctx.call_activity_by_name("inc", &n).await?;
                 if next < 100 {
@@ -485,7 +536,12 @@ async fn custom_status_is_visible_while_running() {
             .unwrap();
         let mut status = None;
         for _ in 0..100 {
-            let s = h.client.get_status(&id, StatusOptions::default()).await.unwrap().unwrap();
+            let s = h
+                .client
+                .get_status(&id, StatusOptions::default())
+                .await
+                .unwrap()
+                .unwrap();
             if s.state.custom_status.is_some() {
                 status = Some(s);
                 break;
@@ -515,15 +571,24 @@ async fn terminate_while_waiting() {
             .await
             .unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
-        h.client.terminate(&id, Some("no longer needed")).await.unwrap();
+        h.client
+            .terminate(&id, Some("no longer needed"))
+            .await
+            .unwrap();
         let st = h.client.wait_for_completion(&id, WAIT).await.unwrap();
         assert_eq!(st.status, RuntimeStatus::Terminated);
         assert_eq!(st.output.as_deref(), Some("\"no longer needed\""));
         // Further operations on a finished instance are refused and change nothing.
         let err = h.client.raise_event(&id, "go", &"late").await.unwrap_err();
-        assert!(matches!(err, durable_core::Error::InvalidStatus { .. }), "{err}");
+        assert!(
+            matches!(err, durable_core::Error::InvalidStatus { .. }),
+            "{err}"
+        );
         let err = h.client.terminate(&id, None).await.unwrap_err();
-        assert!(matches!(err, durable_core::Error::InvalidStatus { .. }), "{err}");
+        assert!(
+            matches!(err, durable_core::Error::InvalidStatus { .. }),
+            "{err}"
+        );
         h.runtime.shutdown().await;
     })
     .await;
@@ -540,7 +605,10 @@ async fn suspend_defers_events_until_resume() {
             .unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
         h.client.suspend(&id, Some("maintenance")).await.unwrap();
-        h.client.raise_event(&id, "go", &"while suspended").await.unwrap();
+        h.client
+            .raise_event(&id, "go", &"while suspended")
+            .await
+            .unwrap();
         tokio::time::sleep(Duration::from_millis(200)).await;
         let st = h.client.get_state(&id).await.unwrap().unwrap();
         assert_eq!(st.status, RuntimeStatus::Suspended);
@@ -573,7 +641,10 @@ async fn nondeterminism_is_detected_after_a_code_change() {
         .unwrap();
     // Wait until the activity result is recorded.
     for _ in 0..200 {
-        if history_kinds(&store, &id).await.contains(&"TaskCompleted".to_string()) {
+        if history_kinds(&store, &id)
+            .await
+            .contains(&"TaskCompleted".to_string())
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -612,12 +683,15 @@ async fn panics_fail_the_task_or_instance_not_the_worker() {
                 }
                 Ok::<(), ActivityError>(())
             })
-            .orchestrator("calls_boom", |ctx: OrchestrationContext, _: ()| async move {
-                match ctx.call_activity_by_name::<()>("boom", &()).await {
-                    Err(e) => Ok::<_, OrchestrationError>(e.failure.message),
-                    Ok(()) => Ok("no failure".into()),
-                }
-            })
+            .orchestrator(
+                "calls_boom",
+                |ctx: OrchestrationContext, _: ()| async move {
+                    match ctx.call_activity_by_name::<()>("boom", &()).await {
+                        Err(e) => Ok::<_, OrchestrationError>(e.failure.message),
+                        Ok(()) => Ok("no failure".into()),
+                    }
+                },
+            )
             .orchestrator("panics", |_ctx: OrchestrationContext, _: ()| async move {
                 if true {
                     panic!("orchestrator exploded");
@@ -706,12 +780,20 @@ async fn when_any_picks_the_same_winner_on_replay() {
 async fn cache_on_and_off_give_identical_histories() {
     let reg = || {
         Registry::builder()
-            .activity("echo", |_ctx, s: String| async move { Ok::<_, ActivityError>(s) })
+            .activity("echo", |_ctx, s: String| async move {
+                Ok::<_, ActivityError>(s)
+            })
             .orchestrator("mixed", |ctx: OrchestrationContext, _: ()| async move {
                 let a: String = ctx.call_activity_by_name("echo", &"one").await?;
                 ctx.create_timer(Duration::from_millis(20)).await;
-                let calls: Vec<_> = (0..5).map(|i| ctx.call_activity_by_name::<String>("echo", &format!("f{i}"))).collect();
-                let fan: Vec<String> = ctx.when_all(calls).await.into_iter().collect::<Result<_, _>>()?;
+                let calls: Vec<_> = (0..5)
+                    .map(|i| ctx.call_activity_by_name::<String>("echo", &format!("f{i}")))
+                    .collect();
+                let fan: Vec<String> = ctx
+                    .when_all(calls)
+                    .await
+                    .into_iter()
+                    .collect::<Result<_, _>>()?;
                 let e: String = ctx.wait_for_external_event("e").await?;
                 Ok::<_, OrchestrationError>(format!("{a}|{}|{e}|{}", fan.join(","), ctx.new_guid()))
             })
@@ -721,10 +803,7 @@ async fn cache_on_and_off_give_identical_histories() {
     let mut shapes = Vec::new();
     for cache in [1000, 0] {
         let h = start(reg(), cache);
-        let id = h
-            .client
-            .start_with_id("mixed", "same-id")
-            .await;
+        let id = h.client.start_with_id("mixed", "same-id").await;
         tokio::time::sleep(Duration::from_millis(200)).await;
         h.client.raise_event(&id, "e", &"E").await.unwrap();
         let out: String = h.client.wait_for_output(&id, WAIT).await.unwrap();
@@ -732,14 +811,25 @@ async fn cache_on_and_off_give_identical_histories() {
         let shape: Vec<String> = history
             .iter()
             .map(|e| match &e.kind {
-                EventKind::TaskScheduled { name, input } => format!("{}#{} {name} {input:?}", e.kind.type_name(), e.event_id),
-                EventKind::TaskCompleted { task_scheduled_id, result } => format!("TaskCompleted {task_scheduled_id} {result:?}"),
+                EventKind::TaskScheduled { name, input } => {
+                    format!("{}#{} {name} {input:?}", e.kind.type_name(), e.event_id)
+                }
+                EventKind::TaskCompleted {
+                    task_scheduled_id,
+                    result,
+                } => format!("TaskCompleted {task_scheduled_id} {result:?}"),
                 k => format!("{}#{}", k.type_name(), e.event_id),
             })
             .collect();
-        let scheduled: Vec<&String> = shape.iter().filter(|s| s.starts_with("TaskScheduled")).collect();
+        let scheduled: Vec<&String> = shape
+            .iter()
+            .filter(|s| s.starts_with("TaskScheduled"))
+            .collect();
         assert_eq!(scheduled.len(), 6);
-        shapes.push((out.split('|').take(3).collect::<Vec<_>>().join("|"), scheduled.into_iter().cloned().collect::<Vec<_>>()));
+        shapes.push((
+            out.split('|').take(3).collect::<Vec<_>>().join("|"),
+            scheduled.into_iter().cloned().collect::<Vec<_>>(),
+        ));
         h.runtime.shutdown().await;
     }
     assert_eq!(shapes[0], shapes[1]);
@@ -766,7 +856,10 @@ async fn starting_a_running_id_is_refused_and_bad_ids_rejected() {
         .start_by_name("wait_event", None, StartOptions::with_instance_id("job-1"))
         .await
         .unwrap_err();
-    assert!(matches!(err, durable_core::Error::InstanceExists { .. }), "{err}");
+    assert!(
+        matches!(err, durable_core::Error::InstanceExists { .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains("job-1"));
     for bad in ["", "a/b", "x?y", &"z".repeat(300)] {
         let err = h
@@ -774,20 +867,33 @@ async fn starting_a_running_id_is_refused_and_bad_ids_rejected() {
             .start_by_name("wait_event", None, StartOptions::with_instance_id(bad))
             .await
             .unwrap_err();
-        assert!(matches!(err, durable_core::Error::InvalidArgument(_)), "{bad}: {err}");
+        assert!(
+            matches!(err, durable_core::Error::InvalidArgument(_)),
+            "{bad}: {err}"
+        );
     }
     let err = h
         .client
         .start_by_name("no_such_orchestrator", None, StartOptions::default())
         .await
         .unwrap_err();
-    assert!(matches!(err, durable_core::Error::UnknownName { .. }), "{err}");
+    assert!(
+        matches!(err, durable_core::Error::UnknownName { .. }),
+        "{err}"
+    );
     let err = h
         .client
-        .start_by_name("wait_event", Some("{not json".into()), StartOptions::default())
+        .start_by_name(
+            "wait_event",
+            Some("{not json".into()),
+            StartOptions::default(),
+        )
         .await
         .unwrap_err();
-    assert!(matches!(err, durable_core::Error::InvalidArgument(_)), "{err}");
+    assert!(
+        matches!(err, durable_core::Error::InvalidArgument(_)),
+        "{err}"
+    );
     // Nothing but the first instance exists.
     let page = h
         .client
@@ -804,7 +910,10 @@ async fn rewind_reruns_failed_work_and_restart_purge_list() {
     let failing = Arc::new(AtomicU32::new(1));
     let f2 = failing.clone();
     let reg = Registry::builder()
-        .activity("first", |_ctx, _: ()| async move { Ok::<_, ActivityError>(1) })
+        .activity(
+            "first",
+            |_ctx, _: ()| async move { Ok::<_, ActivityError>(1) },
+        )
         .activity("fragile", move |_ctx, _: ()| {
             let failing = f2.clone();
             async move {
@@ -828,7 +937,10 @@ async fn rewind_reruns_failed_work_and_restart_purge_list() {
     assert_eq!(st.status, RuntimeStatus::Failed);
     // Rewind is only for failed instances.
     failing.store(0, Ordering::SeqCst);
-    h.client.rewind(&id, Some("fixed downstream")).await.unwrap();
+    h.client
+        .rewind(&id, Some("fixed downstream"))
+        .await
+        .unwrap();
     let mut out = None;
     for _ in 0..500 {
         let s = h.client.get_state(&id).await.unwrap().unwrap();
@@ -862,7 +974,11 @@ async fn rewind_reruns_failed_work_and_restart_purge_list() {
     };
     let page = h.client.list_instances(&filter, 10, None).await.unwrap();
     assert_eq!(page.items.len(), 1);
-    let all = h.client.list_instances(&Default::default(), 1, None).await.unwrap();
+    let all = h
+        .client
+        .list_instances(&Default::default(), 1, None)
+        .await
+        .unwrap();
     assert_eq!(all.items.len(), 1);
     let next = h
         .client
@@ -925,10 +1041,13 @@ async fn send_event_reaches_another_instance() {
             let v: String = ctx.wait_for_external_event("ping").await?;
             Ok::<_, OrchestrationError>(v)
         })
-        .orchestrator("sender", |ctx: OrchestrationContext, target: String| async move {
-            ctx.send_event(&target, "ping", &"from sender");
-            Ok::<_, OrchestrationError>(())
-        })
+        .orchestrator(
+            "sender",
+            |ctx: OrchestrationContext, target: String| async move {
+                ctx.send_event(&target, "ping", &"from sender");
+                Ok::<_, OrchestrationError>(())
+            },
+        )
         .build()
         .unwrap();
     let h = start(reg, 100);
@@ -941,7 +1060,9 @@ async fn send_event_reaches_another_instance() {
     h.client.wait_for_completion(&tx, WAIT).await.unwrap();
     let out: String = h.client.wait_for_output(&rx, WAIT).await.unwrap();
     assert_eq!(out, "from sender");
-    assert!(history_kinds(&h.store, &tx).await.contains(&"EventSent".to_string()));
+    assert!(history_kinds(&h.store, &tx)
+        .await
+        .contains(&"EventSent".to_string()));
     h.runtime.shutdown().await;
 }
 
@@ -951,7 +1072,10 @@ async fn replay_safe_logging_runs_once_per_step() {
         let lines = Arc::new(AtomicU32::new(0));
         let l2 = lines.clone();
         let reg = Registry::builder()
-            .activity("noop", |_ctx, _: ()| async move { Ok::<_, ActivityError>(()) })
+            .activity(
+                "noop",
+                |_ctx, _: ()| async move { Ok::<_, ActivityError>(()) },
+            )
             .orchestrator("chatty", move |ctx: OrchestrationContext, _: ()| {
                 let lines = l2.clone();
                 async move {
@@ -1012,29 +1136,45 @@ async fn call_http_polls_202_locations_on_durable_timers() {
     let s2 = seen.clone();
     let reg = Registry::builder()
         // Stands in for the real HTTP activity: a job that answers 202 twice, then 200.
-        .activity(durable_core::http::HTTP_ACTIVITY, move |_ctx, req: DurableHttpRequest| {
-            let seen = s2.clone();
-            async move {
-                let mut seen = seen.lock().unwrap();
-                seen.push((req.method.clone(), req.url.clone(), req.headers.contains_key("x-functions-key")));
-                let polls = seen.len();
-                let mut headers = std::collections::BTreeMap::new();
-                let status = if polls < 3 {
-                    headers.insert("location".to_string(), "/jobs/1".to_string());
-                    headers.insert("retry-after".to_string(), "0".to_string());
-                    202
-                } else {
-                    200
-                };
-                Ok::<_, ActivityError>(DurableHttpResponse { status, headers, body: format!("poll {polls}") })
-            }
-        })
+        .activity(
+            durable_core::http::HTTP_ACTIVITY,
+            move |_ctx, req: DurableHttpRequest| {
+                let seen = s2.clone();
+                async move {
+                    let mut seen = seen.lock().unwrap();
+                    seen.push((
+                        req.method.clone(),
+                        req.url.clone(),
+                        req.headers.contains_key("x-functions-key"),
+                    ));
+                    let polls = seen.len();
+                    let mut headers = std::collections::BTreeMap::new();
+                    let status = if polls < 3 {
+                        headers.insert("location".to_string(), "/jobs/1".to_string());
+                        headers.insert("retry-after".to_string(), "0".to_string());
+                        202
+                    } else {
+                        200
+                    };
+                    Ok::<_, ActivityError>(DurableHttpResponse {
+                        status,
+                        headers,
+                        body: format!("poll {polls}"),
+                    })
+                }
+            },
+        )
         .orchestrator("http_job", |ctx: OrchestrationContext, _: ()| async move {
             let resp = ctx
-                .call_http(DurableHttpRequest::post_json("http://svc:8080/jobs", &1).header("x-functions-key", "k"))
+                .call_http(
+                    DurableHttpRequest::post_json("http://svc:8080/jobs", &1)
+                        .header("x-functions-key", "k"),
+                )
                 .await?;
             let raw = ctx
-                .call_http(DurableHttpRequest::get("http://svc:8080/jobs").asynchronous_pattern(false))
+                .call_http(
+                    DurableHttpRequest::get("http://svc:8080/jobs").asynchronous_pattern(false),
+                )
                 .await?;
             let bad = ctx.call_http(DurableHttpRequest::get("ftp://nope")).await;
             Ok::<_, OrchestrationError>((resp.status, resp.body, raw.status, bad.is_err()))
@@ -1050,8 +1190,18 @@ async fn call_http_polls_202_locations_on_durable_timers() {
     let out: (u16, String, u16, bool) = h.client.wait_for_output(&id, WAIT).await.unwrap();
     assert_eq!(out, (200, "poll 3".to_string(), 200, true));
     let seen = seen.lock().unwrap().clone();
-    assert_eq!(seen[0], ("POST".to_string(), "http://svc:8080/jobs".to_string(), true));
-    assert_eq!(seen[1], ("GET".to_string(), "http://svc:8080/jobs/1".to_string(), false));
+    assert_eq!(
+        seen[0],
+        ("POST".to_string(), "http://svc:8080/jobs".to_string(), true)
+    );
+    assert_eq!(
+        seen[1],
+        (
+            "GET".to_string(),
+            "http://svc:8080/jobs/1".to_string(),
+            false
+        )
+    );
     assert_eq!(seen[2].1, "http://svc:8080/jobs/1");
     let kinds = history_kinds(&h.store, &id).await;
     assert_eq!(kinds.iter().filter(|k| *k == "TimerCreated").count(), 2);
@@ -1068,14 +1218,25 @@ async fn the_patterns_run_on_sqlite_and_survive_a_restart() {
     let reg = || {
         let base = hello_registry();
         base.orchestrator("fan", |ctx: OrchestrationContext, n: u64| async move {
-            let calls: Vec<_> = (0..n).map(|i| ctx.call_activity_by_name::<String>("say_hello", &i.to_string())).collect();
-            Ok::<_, OrchestrationError>(ctx.when_all(calls).await.into_iter().filter(|r| r.is_ok()).count())
+            let calls: Vec<_> = (0..n)
+                .map(|i| ctx.call_activity_by_name::<String>("say_hello", &i.to_string()))
+                .collect();
+            Ok::<_, OrchestrationError>(
+                ctx.when_all(calls)
+                    .await
+                    .into_iter()
+                    .filter(|r| r.is_ok())
+                    .count(),
+            )
         })
-        .orchestrator("wait_event", |ctx: OrchestrationContext, _: ()| async move {
-            ctx.create_timer(Duration::from_millis(50)).await;
-            let v: String = ctx.wait_for_external_event("go").await?;
-            Ok::<_, OrchestrationError>(v)
-        })
+        .orchestrator(
+            "wait_event",
+            |ctx: OrchestrationContext, _: ()| async move {
+                ctx.create_timer(Duration::from_millis(50)).await;
+                let v: String = ctx.wait_for_external_event("go").await?;
+                Ok::<_, OrchestrationError>(v)
+            },
+        )
         .build()
         .unwrap()
     };
@@ -1083,7 +1244,11 @@ async fn the_patterns_run_on_sqlite_and_survive_a_restart() {
     let rt = Runtime::builder(store).registry(reg()).start().unwrap();
     let client = rt.client();
     let chain = client
-        .start_by_name("hello_cities", Some(r#"["A","B"]"#.into()), StartOptions::default())
+        .start_by_name(
+            "hello_cities",
+            Some(r#"["A","B"]"#.into()),
+            StartOptions::default(),
+        )
         .await
         .unwrap();
     let fan = client
@@ -1091,7 +1256,11 @@ async fn the_patterns_run_on_sqlite_and_survive_a_restart() {
         .await
         .unwrap();
     let waiting = client
-        .start_by_name("wait_event", None, StartOptions::with_instance_id("waiting"))
+        .start_by_name(
+            "wait_event",
+            None,
+            StartOptions::with_instance_id("waiting"),
+        )
         .await
         .unwrap();
     let out: Vec<String> = client.wait_for_output(&chain, WAIT).await.unwrap();
@@ -1105,7 +1274,10 @@ async fn the_patterns_run_on_sqlite_and_survive_a_restart() {
     let store = Arc::new(SqliteStore::open(&path).unwrap());
     let rt = Runtime::builder(store).registry(reg()).start().unwrap();
     let client = rt.client();
-    client.raise_event(&waiting, "go", &"after restart").await.unwrap();
+    client
+        .raise_event(&waiting, "go", &"after restart")
+        .await
+        .unwrap();
     let v: String = client.wait_for_output(&waiting, WAIT).await.unwrap();
     assert_eq!(v, "after restart");
     rt.shutdown().await;

@@ -7,38 +7,48 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use durable_core::{
-    DurableClient, EntityContext, EntityId, MemoryStore, Operation, OrchestrationContext, OrchestrationError,
-    Registry, Runtime, RuntimeStatus, StartOptions,
+    DurableClient, EntityContext, EntityId, MemoryStore, Operation, OrchestrationContext,
+    OrchestrationError, Registry, Runtime, RuntimeStatus, StartOptions,
 };
 use serde::{Deserialize, Serialize};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-fn counter_ops(reg: durable_core::registry::RegistryBuilder) -> durable_core::registry::RegistryBuilder {
-    reg.entity("Counter", |ctx: EntityContext<i64>, op: Operation| async move {
-        let mut v = ctx.get_state_or_default()?;
-        match op.name.as_str() {
-            "add" => {
-                let n: i64 = op.input()?;
-                v += n;
-                ctx.set_state(&v);
+fn counter_ops(
+    reg: durable_core::registry::RegistryBuilder,
+) -> durable_core::registry::RegistryBuilder {
+    reg.entity(
+        "Counter",
+        |ctx: EntityContext<i64>, op: Operation| async move {
+            let mut v = ctx.get_state_or_default()?;
+            match op.name.as_str() {
+                "add" => {
+                    let n: i64 = op.input()?;
+                    v += n;
+                    ctx.set_state(&v);
+                }
+                "reset" => ctx.set_state(&0),
+                "get" => {}
+                "delete" => {
+                    ctx.delete_state();
+                    return Ok(None);
+                }
+                "fail" => {
+                    return Err(durable_core::FailureDetails::new(
+                        "Refused",
+                        "fail always fails",
+                    ))
+                }
+                other => {
+                    return Err(durable_core::FailureDetails::new(
+                        "UnknownOperation",
+                        format!("no operation '{other}'"),
+                    ))
+                }
             }
-            "reset" => ctx.set_state(&0),
-            "get" => {}
-            "delete" => {
-                ctx.delete_state();
-                return Ok(None);
-            }
-            "fail" => return Err(durable_core::FailureDetails::new("Refused", "fail always fails")),
-            other => {
-                return Err(durable_core::FailureDetails::new(
-                    "UnknownOperation",
-                    format!("no operation '{other}'"),
-                ))
-            }
-        }
-        Ok(Some(v))
-    })
+            Ok(Some(v))
+        },
+    )
 }
 
 /// Records, per sender, the last sequence number seen and any out-of-order arrival.
@@ -51,83 +61,107 @@ struct OrderLog {
 
 fn registry() -> Registry {
     counter_ops(Registry::builder())
-        .entity("orderlog", |ctx: EntityContext<OrderLog>, op: Operation| async move {
-            let mut log = ctx.get_state_or_default()?;
-            let (sender, seq): (String, u64) = op.input()?;
-            let last = log.last.entry(sender).or_insert(0);
-            if seq != *last + 1 {
-                log.violations += 1;
-            }
-            *last = seq;
-            log.total += 1;
-            ctx.set_state(&log);
-            Ok::<_, durable_core::FailureDetails>(())
-        })
-        .entity("account", |ctx: EntityContext<i64>, op: Operation| async move {
-            let mut balance = ctx.get_state_or_default()?;
-            match op.name.as_str() {
-                "deposit" => balance += op.input::<i64>()?,
-                "withdraw" => {
-                    let n: i64 = op.input()?;
-                    if n > balance {
-                        return Err(durable_core::FailureDetails::new("Insufficient", "insufficient funds"));
-                    }
-                    balance -= n;
+        .entity(
+            "orderlog",
+            |ctx: EntityContext<OrderLog>, op: Operation| async move {
+                let mut log = ctx.get_state_or_default()?;
+                let (sender, seq): (String, u64) = op.input()?;
+                let last = log.last.entry(sender).or_insert(0);
+                if seq != *last + 1 {
+                    log.violations += 1;
                 }
-                _ => {}
-            }
-            ctx.set_state(&balance);
-            Ok(balance)
-        })
-        .orchestrator("use_counter", |ctx: OrchestrationContext, key: String| async move {
-            let id = EntityId::new("counter", key);
-            let a: Option<i64> = ctx.call_entity(&id, "add", &5).await?;
-            let b: Option<i64> = ctx.call_entity(&id, "add", &2).await?;
-            ctx.signal_entity(&id, "add", &100)?;
-            let failed = ctx.call_entity::<Option<i64>>(&id, "fail", &()).await;
-            let err = failed.expect_err("fail fails").failure.message;
-            let after: Option<i64> = ctx.call_entity(&id, "get", &()).await?;
-            Ok::<_, OrchestrationError>((a, b, err, after))
-        })
-        .orchestrator("transfer", |ctx: OrchestrationContext, (from, to, amount): (String, String, i64)| async move {
-            let a = EntityId::new("account", from);
-            let b = EntityId::new("account", to);
-            let _guard = ctx.lock(&[a.clone(), b.clone()]).await?;
-            let balance: i64 = ctx.call_entity(&a, "get", &()).await?;
-            if balance < amount {
-                return Ok::<_, OrchestrationError>(false);
-            }
-            let _: i64 = ctx.call_entity(&a, "withdraw", &amount).await?;
-            let _: i64 = ctx.call_entity(&b, "deposit", &amount).await?;
-            Ok(true)
-        })
-        .orchestrator("break_rules", |ctx: OrchestrationContext, _: ()| async move {
-            let a = EntityId::new("account", "r1");
-            let b = EntityId::new("account", "r2");
-            let guard = ctx.lock(&[a.clone()]).await?;
-            let mut errors = Vec::new();
-            if let Err(e) = ctx.call_entity::<i64>(&b, "get", &()).await {
-                errors.push(e.failure.error_type.clone());
-            }
-            if let Err(e) = ctx.signal_entity(&a, "deposit", &1) {
-                errors.push(e.failure.error_type.clone());
-            }
-            if let Err(e) = ctx.lock(&[b.clone()]).await {
-                errors.push(e.failure.error_type.clone());
-            }
-            if let Err(e) = ctx.call_sub_orchestrator_by_name::<()>("use_counter", None, &"x").await {
-                errors.push(e.failure.error_type.clone());
-            }
-            drop(guard);
-            // After the critical section, anything goes again.
-            let _: i64 = ctx.call_entity(&b, "get", &()).await?;
-            Ok::<_, OrchestrationError>(errors)
-        })
-        .orchestrator("hold_and_fail", |ctx: OrchestrationContext, _: ()| async move {
-            let a = EntityId::new("account", "held");
-            let _guard = ctx.lock(&[a.clone()]).await?;
-            Err::<(), _>(OrchestrationError::new("failing while holding a lock"))
-        })
+                *last = seq;
+                log.total += 1;
+                ctx.set_state(&log);
+                Ok::<_, durable_core::FailureDetails>(())
+            },
+        )
+        .entity(
+            "account",
+            |ctx: EntityContext<i64>, op: Operation| async move {
+                let mut balance = ctx.get_state_or_default()?;
+                match op.name.as_str() {
+                    "deposit" => balance += op.input::<i64>()?,
+                    "withdraw" => {
+                        let n: i64 = op.input()?;
+                        if n > balance {
+                            return Err(durable_core::FailureDetails::new(
+                                "Insufficient",
+                                "insufficient funds",
+                            ));
+                        }
+                        balance -= n;
+                    }
+                    _ => {}
+                }
+                ctx.set_state(&balance);
+                Ok(balance)
+            },
+        )
+        .orchestrator(
+            "use_counter",
+            |ctx: OrchestrationContext, key: String| async move {
+                let id = EntityId::new("counter", key);
+                let a: Option<i64> = ctx.call_entity(&id, "add", &5).await?;
+                let b: Option<i64> = ctx.call_entity(&id, "add", &2).await?;
+                ctx.signal_entity(&id, "add", &100)?;
+                let failed = ctx.call_entity::<Option<i64>>(&id, "fail", &()).await;
+                let err = failed.expect_err("fail fails").failure.message;
+                let after: Option<i64> = ctx.call_entity(&id, "get", &()).await?;
+                Ok::<_, OrchestrationError>((a, b, err, after))
+            },
+        )
+        .orchestrator(
+            "transfer",
+            |ctx: OrchestrationContext, (from, to, amount): (String, String, i64)| async move {
+                let a = EntityId::new("account", from);
+                let b = EntityId::new("account", to);
+                let _guard = ctx.lock(&[a.clone(), b.clone()]).await?;
+                let balance: i64 = ctx.call_entity(&a, "get", &()).await?;
+                if balance < amount {
+                    return Ok::<_, OrchestrationError>(false);
+                }
+                let _: i64 = ctx.call_entity(&a, "withdraw", &amount).await?;
+                let _: i64 = ctx.call_entity(&b, "deposit", &amount).await?;
+                Ok(true)
+            },
+        )
+        .orchestrator(
+            "break_rules",
+            |ctx: OrchestrationContext, _: ()| async move {
+                let a = EntityId::new("account", "r1");
+                let b = EntityId::new("account", "r2");
+                let guard = ctx.lock(&[a.clone()]).await?;
+                let mut errors = Vec::new();
+                if let Err(e) = ctx.call_entity::<i64>(&b, "get", &()).await {
+                    errors.push(e.failure.error_type.clone());
+                }
+                if let Err(e) = ctx.signal_entity(&a, "deposit", &1) {
+                    errors.push(e.failure.error_type.clone());
+                }
+                if let Err(e) = ctx.lock(&[b.clone()]).await {
+                    errors.push(e.failure.error_type.clone());
+                }
+                if let Err(e) = ctx
+                    .call_sub_orchestrator_by_name::<()>("use_counter", None, &"x")
+                    .await
+                {
+                    errors.push(e.failure.error_type.clone());
+                }
+                drop(guard);
+                // After the critical section, anything goes again.
+                let _: i64 = ctx.call_entity(&b, "get", &()).await?;
+                Ok::<_, OrchestrationError>(errors)
+            },
+        )
+        .orchestrator(
+            "hold_and_fail",
+            |ctx: OrchestrationContext, _: ()| async move {
+                let a = EntityId::new("account", "held");
+                let _guard = ctx.lock(&[a.clone()]).await?;
+                Err::<(), _>(OrchestrationError::new("failing while holding a lock"))
+            },
+        )
         .build()
         .unwrap()
 }
@@ -155,7 +189,10 @@ async fn wait_for_state<T: serde::de::DeserializeOwned>(
                 return v;
             }
         }
-        assert!(tokio::time::Instant::now() < deadline, "entity {id} did not reach the expected state");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "entity {id} did not reach the expected state"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -190,8 +227,20 @@ async fn ten_thousand_signals_from_20_senders_in_order_exactly_once() {
     assert_eq!(log.violations, 0);
     assert!(log.last.values().all(|v| *v == 500));
     // The entity name is case-insensitive, the key case-sensitive.
-    assert_eq!(client.read_entity_state::<i64>(&EntityId::new("COUNTER", "game1")).await.unwrap(), Some(10_000));
-    assert_eq!(client.read_entity_state::<i64>(&EntityId::new("counter", "GAME1")).await.unwrap(), None);
+    assert_eq!(
+        client
+            .read_entity_state::<i64>(&EntityId::new("COUNTER", "game1"))
+            .await
+            .unwrap(),
+        Some(10_000)
+    );
+    assert_eq!(
+        client
+            .read_entity_state::<i64>(&EntityId::new("counter", "GAME1"))
+            .await
+            .unwrap(),
+        None
+    );
     rt.shutdown().await;
 }
 
@@ -200,7 +249,11 @@ async fn calls_from_orchestrations_return_results_and_failures_keep_state() {
     for cache in [100, 0] {
         let (rt, client) = start(cache);
         let id = client
-            .start_by_name("use_counter", Some("\"c1\"".into()), StartOptions::default())
+            .start_by_name(
+                "use_counter",
+                Some("\"c1\"".into()),
+                StartOptions::default(),
+            )
             .await
             .unwrap();
         let (a, b, err, after): (Option<i64>, Option<i64>, String, Option<i64>) =
@@ -224,7 +277,10 @@ async fn delete_removes_the_entity_and_list_pages() {
     }
     let k4 = EntityId::new("counter", "k4");
     wait_for_state(&client, &k4, |v: &i64| *v == 4).await;
-    let page = client.list_entities(Some("counter"), true, 100, None).await.unwrap();
+    let page = client
+        .list_entities(Some("counter"), true, 100, None)
+        .await
+        .unwrap();
     assert_eq!(page.items.len(), 5);
     assert!(page.items.iter().all(|m| m.state.is_some()));
     client.signal_entity(&k4, "delete", &()).await.unwrap();
@@ -233,15 +289,30 @@ async fn delete_removes_the_entity_and_list_pages() {
         assert!(tokio::time::Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let page = client.list_entities(Some("counter"), false, 100, None).await.unwrap();
+    let page = client
+        .list_entities(Some("counter"), false, 100, None)
+        .await
+        .unwrap();
     assert_eq!(page.items.len(), 4);
     let (removed, _) = client.clean_entity_storage(true, true).await.unwrap();
     assert_eq!(removed, 1);
     // Bad ids and unknown entity names are refused.
-    let err = client.signal_entity(&EntityId::new("nope", "x"), "add", &1).await.unwrap_err();
-    assert!(matches!(err, durable_core::Error::UnknownName { .. }), "{err}");
-    let err = client.signal_entity(&EntityId::new("counter", "a/b"), "add", &1).await.unwrap_err();
-    assert!(matches!(err, durable_core::Error::InvalidArgument(_)), "{err}");
+    let err = client
+        .signal_entity(&EntityId::new("nope", "x"), "add", &1)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, durable_core::Error::UnknownName { .. }),
+        "{err}"
+    );
+    let err = client
+        .signal_entity(&EntityId::new("counter", "a/b"), "add", &1)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, durable_core::Error::InvalidArgument(_)),
+        "{err}"
+    );
     rt.shutdown().await;
 }
 
@@ -282,7 +353,12 @@ async fn overlapping_transfers_never_deadlock_and_keep_the_total() {
                 .unwrap();
         }
         for a in 0..accounts {
-            wait_for_state(&client, &EntityId::new("account", format!("a{a}")), |v: &i64| *v == 100).await;
+            wait_for_state(
+                &client,
+                &EntityId::new("account", format!("a{a}")),
+                |v: &i64| *v == 100,
+            )
+            .await;
         }
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15 + cache as u64);
         let mut ids = Vec::new();
@@ -293,7 +369,8 @@ async fn overlapping_transfers_never_deadlock_and_keep_the_total() {
                 to = (to + 1) % accounts;
             }
             let amount = 1 + rng.below(40) as i64;
-            let input = serde_json::to_string(&(format!("a{from}"), format!("a{to}"), amount)).unwrap();
+            let input =
+                serde_json::to_string(&(format!("a{from}"), format!("a{to}"), amount)).unwrap();
             ids.push(
                 client
                     .start_by_name("transfer", Some(input), StartOptions::default())
@@ -315,7 +392,11 @@ async fn overlapping_transfers_never_deadlock_and_keep_the_total() {
                 if meta.locked_by.is_none() {
                     break;
                 }
-                assert!(tokio::time::Instant::now() < deadline, "{id} still locked by {:?}", meta.locked_by);
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{id} still locked by {:?}",
+                    meta.locked_by
+                );
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             total += client.read_entity_state::<i64>(&id).await.unwrap().unwrap();
@@ -350,18 +431,27 @@ async fn locks_are_released_when_the_orchestration_fails() {
     client.signal_entity(&held, "deposit", &7).await.unwrap();
     let v = wait_for_state(&client, &held, |v: &i64| *v == 7).await;
     assert_eq!(v, 7);
-    assert!(client.get_entity(&held).await.unwrap().unwrap().locked_by.is_none());
+    assert!(client
+        .get_entity(&held)
+        .await
+        .unwrap()
+        .unwrap()
+        .locked_by
+        .is_none());
     rt.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_state_fails_the_call_and_keeps_the_old_state() {
     let reg = Registry::builder()
-        .entity("blob", |ctx: EntityContext<String>, op: Operation| async move {
-            let n: usize = op.input()?;
-            ctx.set_state(&"x".repeat(n));
-            Ok::<_, durable_core::FailureDetails>(n)
-        })
+        .entity(
+            "blob",
+            |ctx: EntityContext<String>, op: Operation| async move {
+                let n: usize = op.input()?;
+                ctx.set_state(&"x".repeat(n));
+                Ok::<_, durable_core::FailureDetails>(n)
+            },
+        )
         .orchestrator("grow", |ctx: OrchestrationContext, n: usize| async move {
             let id = EntityId::new("blob", "b");
             match ctx.call_entity::<usize>(&id, "set", &n).await {
@@ -378,7 +468,13 @@ async fn an_oversized_state_fails_the_call_and_keeps_the_old_state() {
         .start_by_name("grow", Some("10".into()), StartOptions::default())
         .await
         .unwrap();
-    assert_eq!(client.wait_for_output::<String>(&small, WAIT).await.unwrap(), "ok 10");
+    assert_eq!(
+        client
+            .wait_for_output::<String>(&small, WAIT)
+            .await
+            .unwrap(),
+        "ok 10"
+    );
     let big = client
         .start_by_name("grow", Some("10000".into()), StartOptions::default())
         .await
@@ -386,7 +482,11 @@ async fn an_oversized_state_fails_the_call_and_keeps_the_old_state() {
     let out: String = client.wait_for_output(&big, WAIT).await.unwrap();
     assert!(out.starts_with("PayloadTooLarge"), "{out}");
     assert!(out.contains("4096"), "{out}");
-    let state: String = client.read_entity_state(&EntityId::new("blob", "b")).await.unwrap().unwrap();
+    let state: String = client
+        .read_entity_state(&EntityId::new("blob", "b"))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(state.len(), 10);
     rt.shutdown().await;
 }

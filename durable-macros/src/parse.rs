@@ -40,7 +40,10 @@ pub fn parse_args(kind: Kind, attr: TokenStream, errors: &mut Vec<syn::Error>) -
         match meta {
             Meta::NameValue(nv) => {
                 let Some(key) = nv.path.get_ident().cloned() else {
-                    errors.push(syn::Error::new_spanned(&nv.path, "expected a simple option name"));
+                    errors.push(syn::Error::new_spanned(
+                        &nv.path,
+                        "expected a simple option name",
+                    ));
                     continue;
                 };
                 match nv.value {
@@ -50,7 +53,9 @@ pub fn parse_args(kind: Kind, attr: TokenStream, errors: &mut Vec<syn::Error>) -
                     }) => opts.push(Opt { key, value }),
                     other => errors.push(syn::Error::new_spanned(
                         other,
-                        format!("the value of `{key}` must be a string literal, e.g. {key} = \"...\""),
+                        format!(
+                            "the value of `{key}` must be a string literal, e.g. {key} = \"...\""
+                        ),
                     )),
                 }
             }
@@ -68,12 +73,8 @@ pub fn parse_args(kind: Kind, attr: TokenStream, errors: &mut Vec<syn::Error>) -
 
 /// Parses the item as a function; anything else is one error at the item.
 pub fn parse_fn(kind: Kind, item: TokenStream) -> Result<ItemFn, syn::Error> {
-    syn::parse2::<ItemFn>(item.clone()).map_err(|_| {
-        syn::Error::new(
-            first_span(&item),
-            format!("{kind} goes on an `async fn`"),
-        )
-    })
+    syn::parse2::<ItemFn>(item.clone())
+        .map_err(|_| syn::Error::new(first_span(&item), format!("{kind} goes on an `async fn`")))
 }
 
 fn first_span(ts: &TokenStream) -> Span {

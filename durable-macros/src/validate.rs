@@ -31,7 +31,12 @@ fn last_segment(ty: &Type) -> Option<String> {
 }
 
 /// Checks the options and the function signature.
-pub fn validate(kind: Kind, args: Args, item: ItemFn, errors: &mut Vec<syn::Error>) -> Option<Function> {
+pub fn validate(
+    kind: Kind,
+    args: Args,
+    item: ItemFn,
+    errors: &mut Vec<syn::Error>,
+) -> Option<Function> {
     let start = errors.len();
     let mut name = item.sig.ident.to_string();
     let mut version = None;
@@ -50,7 +55,10 @@ pub fn validate(kind: Kind, args: Args, item: ItemFn, errors: &mut Vec<syn::Erro
             }
             ("version", Kind::Orchestrator) => {
                 if value.trim().is_empty() {
-                    errors.push(syn::Error::new_spanned(&opt.value, "a version must be non-empty"));
+                    errors.push(syn::Error::new_spanned(
+                        &opt.value,
+                        "a version must be non-empty",
+                    ));
                 }
                 version = Some(value);
             }
@@ -72,16 +80,28 @@ pub fn validate(kind: Kind, args: Args, item: ItemFn, errors: &mut Vec<syn::Erro
         ));
     }
     if let Some(c) = &sig.constness {
-        errors.push(syn::Error::new_spanned(c, format!("{kind} functions cannot be `const`")));
+        errors.push(syn::Error::new_spanned(
+            c,
+            format!("{kind} functions cannot be `const`"),
+        ));
     }
     if let Some(u) = &sig.unsafety {
-        errors.push(syn::Error::new_spanned(u, format!("{kind} functions cannot be `unsafe`")));
+        errors.push(syn::Error::new_spanned(
+            u,
+            format!("{kind} functions cannot be `unsafe`"),
+        ));
     }
     if let Some(a) = &sig.abi {
-        errors.push(syn::Error::new_spanned(a, format!("{kind} functions cannot be `extern`")));
+        errors.push(syn::Error::new_spanned(
+            a,
+            format!("{kind} functions cannot be `extern`"),
+        ));
     }
     if let Some(v) = &sig.variadic {
-        errors.push(syn::Error::new_spanned(v, format!("{kind} functions cannot be variadic")));
+        errors.push(syn::Error::new_spanned(
+            v,
+            format!("{kind} functions cannot be variadic"),
+        ));
     }
     if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
         errors.push(syn::Error::new(

@@ -4,8 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use durable_core::{
-    activity, orchestrator, ActivityContext, ActivityError, MemoryStore, OrchestrationContext, OrchestrationError,
-    Registry, Runtime,
+    activity, orchestrator, ActivityContext, ActivityError, MemoryStore, OrchestrationContext,
+    OrchestrationError, Registry, Runtime,
 };
 use serde::{Deserialize, Serialize};
 
@@ -34,14 +34,21 @@ struct Summary {
 }
 
 #[orchestrator]
-async fn hello_cities(ctx: OrchestrationContext, cities: Vec<String>) -> Result<Summary, OrchestrationError> {
+async fn hello_cities(
+    ctx: OrchestrationContext,
+    cities: Vec<String>,
+) -> Result<Summary, OrchestrationError> {
     let mut greetings = Vec::new();
     for city in cities {
         greetings.push(ctx.call_activity(say_hello, city).await?);
     }
     let total = ctx.call_activity(add, (1, 2, 3)).await?;
     let seven = ctx.call_activity(no_input, ()).await?;
-    Ok(Summary { greetings, total, seven })
+    Ok(Summary {
+        greetings,
+        total,
+        seven,
+    })
 }
 
 #[orchestrator(name = "parent", version = "2")]
@@ -54,8 +61,14 @@ async fn parent_v2(ctx: OrchestrationContext) -> Result<usize, OrchestrationErro
 
 #[tokio::test]
 async fn generated_functions_stay_directly_callable() {
-    assert_eq!(say_hello("Tokyo".to_string()).await.unwrap(), "Hello Tokyo!");
-    assert_eq!(add(ActivityContext::for_test("add_numbers"), 1, 2, 3).await, 6);
+    assert_eq!(
+        say_hello("Tokyo".to_string()).await.unwrap(),
+        "Hello Tokyo!"
+    );
+    assert_eq!(
+        add(ActivityContext::for_test("add_numbers"), 1, 2, 3).await,
+        6
+    );
     assert_eq!(no_input().await.unwrap(), 7);
 }
 
@@ -70,18 +83,26 @@ fn registrations_are_found_at_link_time() {
         reg.orchestrator("parent", None).unwrap().version.as_deref(),
         Some("2")
     );
-    assert!(reg.activity("add").is_none(), "the durable name is the one given");
+    assert!(
+        reg.activity("add").is_none(),
+        "the durable name is the one given"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn typed_handles_run_end_to_end() {
-    let rt = Runtime::builder(Arc::new(MemoryStore::new())).start().unwrap();
+    let rt = Runtime::builder(Arc::new(MemoryStore::new()))
+        .start()
+        .unwrap();
     let client = rt.client();
     let id = client
         .start(hello_cities, vec!["Tokyo".into(), "Lima".into()])
         .await
         .unwrap();
-    let out: Summary = client.wait_for_output(&id, Duration::from_secs(10)).await.unwrap();
+    let out: Summary = client
+        .wait_for_output(&id, Duration::from_secs(10))
+        .await
+        .unwrap();
     assert_eq!(
         out,
         Summary {
@@ -91,7 +112,10 @@ async fn typed_handles_run_end_to_end() {
         }
     );
     let id = client.start(parent_v2, ()).await.unwrap();
-    let n: usize = client.wait_for_output(&id, Duration::from_secs(10)).await.unwrap();
+    let n: usize = client
+        .wait_for_output(&id, Duration::from_secs(10))
+        .await
+        .unwrap();
     assert_eq!(n, 2);
     rt.shutdown().await;
 }

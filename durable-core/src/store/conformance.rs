@@ -41,7 +41,10 @@ fn commit_for(item: &OrchestrationWorkItem) -> OrchestrationCommit {
         instance_id: item.instance_id.clone(),
         lock_token: item.lock_token.clone(),
         consumed: item.messages.iter().map(|(id, _)| *id).collect(),
-        history: HistoryUpdate::Append(vec![HistoryEvent::new(Utc::now(), EventKind::OrchestratorStarted)]),
+        history: HistoryUpdate::Append(vec![HistoryEvent::new(
+            Utc::now(),
+            EventKind::OrchestratorStarted,
+        )]),
         state: None,
         activities: Vec::new(),
         messages: Vec::new(),
@@ -96,14 +99,30 @@ pub async fn create_and_duplicate(store: Arc<dyn Store>) {
     assert_eq!(st.input.as_deref(), Some("1"));
     let item = fetch(&*store).await;
     assert_eq!(item.messages.len(), 1);
-    assert!(matches!(item.messages[0].1.event.kind, EventKind::ExecutionStarted { .. }));
+    assert!(matches!(
+        item.messages[0].1.event.kind,
+        EventKind::ExecutionStarted { .. }
+    ));
     let mut c = commit_for(&item);
     c.state = Some(running(&item));
     store.commit_orchestration(c).await.unwrap();
     let err = store.create_instance(new_instance("a")).await.unwrap_err();
-    assert!(matches!(err, StoreError::InstanceExists { status: RuntimeStatus::Running, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            StoreError::InstanceExists {
+                status: RuntimeStatus::Running,
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert_eq!(store.read_history("a").await.unwrap().len(), 1);
-    assert!(store.fetch_orchestration_work_item(LEASE).await.unwrap().is_none());
+    assert!(store
+        .fetch_orchestration_work_item(LEASE)
+        .await
+        .unwrap()
+        .is_none());
 }
 
 /// A finished instance is replaced by a create with its id: fresh state and history.
@@ -158,12 +177,20 @@ pub async fn fetch_order_and_lease(store: Arc<dyn Store>) {
         .await
         .unwrap();
     assert!(
-        store.fetch_orchestration_work_item(LEASE).await.unwrap().is_none(),
+        store
+            .fetch_orchestration_work_item(LEASE)
+            .await
+            .unwrap()
+            .is_none(),
         "a leased instance is not handed out twice"
     );
     store.commit_orchestration(commit_for(&item)).await.unwrap();
     let next = fetch(&*store).await;
-    assert_eq!(next.messages.len(), 1, "only the unconsumed message remains");
+    assert_eq!(
+        next.messages.len(),
+        1,
+        "only the unconsumed message remains"
+    );
 }
 
 /// A commit applies everything it carries, atomically.
@@ -183,8 +210,10 @@ pub async fn commit_applies_everything(store: Arc<dyn Store>) {
         s
     });
     c.activities.push(activity(&item, 0));
-    c.messages.push(OrchestrationMessage::new("other", event("hello")));
-    c.messages.push(OrchestrationMessage::new("ghost", event("lost")));
+    c.messages
+        .push(OrchestrationMessage::new("other", event("hello")));
+    c.messages
+        .push(OrchestrationMessage::new("ghost", event("lost")));
     let mut child = new_instance("p:0001");
     child.parent = Some(ParentInstance {
         instance_id: "p".into(),
@@ -193,7 +222,8 @@ pub async fn commit_applies_everything(store: Arc<dyn Store>) {
         name: "orch".into(),
     });
     c.new_instances.push(child);
-    c.messages.push(OrchestrationMessage::new("p:0001", event("to-child")));
+    c.messages
+        .push(OrchestrationMessage::new("p:0001", event("to-child")));
     store.commit_orchestration(c).await.unwrap();
 
     let st = store.get_instance("p").await.unwrap().unwrap();
@@ -212,7 +242,11 @@ pub async fn commit_applies_everything(store: Arc<dyn Store>) {
         store.commit_orchestration(commit_for(&item)).await.unwrap();
     }
     assert_eq!(seen.get("other"), Some(&1));
-    assert_eq!(seen.get("p:0001"), Some(&2), "start message and the message sent to it");
+    assert_eq!(
+        seen.get("p:0001"),
+        Some(&2),
+        "start message and the message sent to it"
+    );
 }
 
 /// Creating a child whose id belongs to a running instance fails the parent's call.
@@ -239,7 +273,10 @@ pub async fn child_conflict_fails_parent(store: Arc<dyn Store>) {
     assert_eq!(item.instance_id, "p");
     assert!(matches!(
         item.messages[0].1.event.kind,
-        EventKind::SubOrchestrationInstanceFailed { task_scheduled_id: 3, .. }
+        EventKind::SubOrchestrationInstanceFailed {
+            task_scheduled_id: 3,
+            ..
+        }
     ));
 }
 
@@ -252,7 +289,10 @@ pub async fn fencing(store: Arc<dyn Store>) {
     assert_ne!(first.lock_token, second.lock_token);
     let mut stale = commit_for(&first);
     stale.state = Some(running(&first));
-    assert_eq!(store.commit_orchestration(stale).await.unwrap_err(), StoreError::LockLost);
+    assert_eq!(
+        store.commit_orchestration(stale).await.unwrap_err(),
+        StoreError::LockLost
+    );
     assert!(store.read_history("a").await.unwrap().is_empty());
     assert_eq!(
         store.get_instance("a").await.unwrap().unwrap().status,
@@ -260,8 +300,14 @@ pub async fn fencing(store: Arc<dyn Store>) {
     );
     let mut wrong = commit_for(&second);
     wrong.lock_token = "not-a-token".into();
-    assert_eq!(store.commit_orchestration(wrong).await.unwrap_err(), StoreError::LockLost);
-    store.commit_orchestration(commit_for(&second)).await.unwrap();
+    assert_eq!(
+        store.commit_orchestration(wrong).await.unwrap_err(),
+        StoreError::LockLost
+    );
+    store
+        .commit_orchestration(commit_for(&second))
+        .await
+        .unwrap();
 }
 
 /// Abandoning releases the lease; the messages come back after the delay.
@@ -277,7 +323,11 @@ pub async fn abandon(store: Arc<dyn Store>) {
         .abandon_orchestration_work_item("a", &item.lock_token, Duration::from_millis(150))
         .await
         .unwrap();
-    assert!(store.fetch_orchestration_work_item(LEASE).await.unwrap().is_none());
+    assert!(store
+        .fetch_orchestration_work_item(LEASE)
+        .await
+        .unwrap()
+        .is_none());
     tokio::time::sleep(Duration::from_millis(200)).await;
     let again = fetch(&*store).await;
     assert_eq!(again.messages.len(), 1);
@@ -299,7 +349,11 @@ pub async fn delayed_messages(store: Arc<dyn Store>) {
     tokio::time::timeout(Duration::from_secs(1), notified)
         .await
         .expect("storing a delayed message signals dispatchers");
-    assert!(store.fetch_orchestration_work_item(LEASE).await.unwrap().is_none());
+    assert!(store
+        .fetch_orchestration_work_item(LEASE)
+        .await
+        .unwrap()
+        .is_none());
     let wake = store.next_wakeup().await.unwrap().expect("a wake-up time");
     assert!(wake <= at + chrono::Duration::milliseconds(1));
     tokio::time::sleep(Duration::from_millis(250)).await;
@@ -323,34 +377,61 @@ pub async fn activity_leases(store: Arc<dyn Store>) {
     let done = |seq| {
         OrchestrationMessage::new(
             "a",
-            HistoryEvent::new(Utc::now(), EventKind::TaskCompleted {
-                task_scheduled_id: seq,
-                result: Some("1".into()),
-            }),
+            HistoryEvent::new(
+                Utc::now(),
+                EventKind::TaskCompleted {
+                    task_scheduled_id: seq,
+                    result: Some("1".into()),
+                },
+            ),
         )
         .for_execution(exec.clone())
     };
-    store.renew_activity_lease(&a0, Duration::from_secs(5)).await.unwrap();
-    store.complete_activity(&a0, done(a0.task_scheduled_id)).await.unwrap();
+    store
+        .renew_activity_lease(&a0, Duration::from_secs(5))
+        .await
+        .unwrap();
+    store
+        .complete_activity(&a0, done(a0.task_scheduled_id))
+        .await
+        .unwrap();
     assert_eq!(
-        store.complete_activity(&a0, done(a0.task_scheduled_id)).await.unwrap_err(),
+        store
+            .complete_activity(&a0, done(a0.task_scheduled_id))
+            .await
+            .unwrap_err(),
         StoreError::LockLost,
         "a completed item cannot complete twice"
     );
-    let a1 = store.fetch_activity_work_items(LEASE, 10).await.unwrap().remove(0);
+    let a1 = store
+        .fetch_activity_work_items(LEASE, 10)
+        .await
+        .unwrap()
+        .remove(0);
     store.abandon_activity(&a1, Duration::ZERO).await.unwrap();
-    let a1b = store.fetch_activity_work_items(LEASE, 10).await.unwrap().remove(0);
+    let a1b = store
+        .fetch_activity_work_items(LEASE, 10)
+        .await
+        .unwrap()
+        .remove(0);
     assert_eq!(a1b.id, a1.id);
     assert_eq!(a1b.dequeue_count, 2);
     tokio::time::sleep(LEASE + Duration::from_millis(50)).await;
-    let a1c = store.fetch_activity_work_items(LEASE, 10).await.unwrap().remove(0);
+    let a1c = store
+        .fetch_activity_work_items(LEASE, 10)
+        .await
+        .unwrap()
+        .remove(0);
     assert_eq!(a1c.dequeue_count, 3);
     assert_eq!(
         store.complete_activity(&a1b, done(1)).await.unwrap_err(),
         StoreError::LockLost,
         "the worker whose lease expired is fenced off"
     );
-    assert_eq!(store.renew_activity_lease(&a1b, LEASE).await.unwrap_err(), StoreError::LockLost);
+    assert_eq!(
+        store.renew_activity_lease(&a1b, LEASE).await.unwrap_err(),
+        StoreError::LockLost
+    );
     store.complete_activity(&a1c, done(1)).await.unwrap();
     let item = fetch(&*store).await;
     assert_eq!(item.messages.len(), 2);
@@ -360,7 +441,11 @@ pub async fn activity_leases(store: Arc<dyn Store>) {
 pub async fn listing(store: Arc<dyn Store>) {
     let t0 = Utc::now();
     for i in 0..7 {
-        let id = if i < 3 { format!("job-{i}") } else { format!("other-{i}") };
+        let id = if i < 3 {
+            format!("job-{i}")
+        } else {
+            format!("other-{i}")
+        };
         store.create_instance(new_instance(&id)).await.unwrap();
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
@@ -375,7 +460,10 @@ pub async fn listing(store: Arc<dyn Store>) {
     let mut seen = Vec::new();
     let mut token: Option<String> = None;
     loop {
-        let page = store.list_instances(&all, 3, token.as_deref()).await.unwrap();
+        let page = store
+            .list_instances(&all, 3, token.as_deref())
+            .await
+            .unwrap();
         assert!(page.items.len() <= 3);
         seen.extend(page.items.iter().map(|s| s.instance_id.clone()));
         match page.continuation_token {
@@ -393,24 +481,56 @@ pub async fn listing(store: Arc<dyn Store>) {
         instance_id_prefix: Some("job-".into()),
         ..Default::default()
     };
-    assert_eq!(store.list_instances(&prefix, 100, None).await.unwrap().items.len(), 3);
+    assert_eq!(
+        store
+            .list_instances(&prefix, 100, None)
+            .await
+            .unwrap()
+            .items
+            .len(),
+        3
+    );
     let done = InstanceFilter {
         statuses: vec![RuntimeStatus::Completed],
         ..Default::default()
     };
-    assert_eq!(store.list_instances(&done, 100, None).await.unwrap().items.len(), 1);
+    assert_eq!(
+        store
+            .list_instances(&done, 100, None)
+            .await
+            .unwrap()
+            .items
+            .len(),
+        1
+    );
     let future = InstanceFilter {
         created_from: Some(Utc::now() + chrono::Duration::hours(1)),
         ..Default::default()
     };
-    assert!(store.list_instances(&future, 100, None).await.unwrap().items.is_empty());
+    assert!(store
+        .list_instances(&future, 100, None)
+        .await
+        .unwrap()
+        .items
+        .is_empty());
     let range = InstanceFilter {
         created_from: Some(t0),
         created_to: Some(Utc::now()),
         ..Default::default()
     };
-    assert_eq!(store.list_instances(&range, 100, None).await.unwrap().items.len(), 7);
-    let err = store.list_instances(&all, 3, Some("garbage")).await.unwrap_err();
+    assert_eq!(
+        store
+            .list_instances(&range, 100, None)
+            .await
+            .unwrap()
+            .items
+            .len(),
+        7
+    );
+    let err = store
+        .list_instances(&all, 3, Some("garbage"))
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::Invalid(_)), "{err}");
 }
 
@@ -437,9 +557,15 @@ pub async fn purging(store: Arc<dyn Store>) {
         })
         .await
         .unwrap();
-    let left = store.list_instances(&InstanceFilter::default(), 10, None).await.unwrap();
+    let left = store
+        .list_instances(&InstanceFilter::default(), 10, None)
+        .await
+        .unwrap();
     assert_eq!(n as usize + left.items.len(), 2);
-    assert!(left.items.iter().all(|s| !s.status.is_terminal()), "only finished instances are purged");
+    assert!(
+        left.items.iter().all(|s| !s.status.is_terminal()),
+        "only finished instances are purged"
+    );
 }
 
 /// Payloads over the limit are refused with their size and the limit; nothing changes.
@@ -471,13 +597,20 @@ pub async fn payload_limit(store: Arc<dyn Store>) {
     c.state = Some(running(&item));
     c.activities.push(activity(&item, 0));
     store.commit_orchestration(c).await.unwrap();
-    let a = store.fetch_activity_work_items(LEASE, 1).await.unwrap().remove(0);
+    let a = store
+        .fetch_activity_work_items(LEASE, 1)
+        .await
+        .unwrap()
+        .remove(0);
     let msg = OrchestrationMessage::new(
         "a",
-        HistoryEvent::new(Utc::now(), EventKind::TaskCompleted {
-            task_scheduled_id: 0,
-            result: Some(big),
-        }),
+        HistoryEvent::new(
+            Utc::now(),
+            EventKind::TaskCompleted {
+                task_scheduled_id: 0,
+                result: Some(big),
+            },
+        ),
     );
     assert!(matches!(
         store.complete_activity(&a, msg).await.unwrap_err(),
@@ -530,7 +663,8 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn memory_store_conforms() {
-        run_all(|| async { Arc::new(MemoryStore::with_max_payload(64 * 1024)) as Arc<dyn Store> }).await;
+        run_all(|| async { Arc::new(MemoryStore::with_max_payload(64 * 1024)) as Arc<dyn Store> })
+            .await;
     }
 
     #[cfg(feature = "sqlite")]

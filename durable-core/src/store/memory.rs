@@ -132,7 +132,10 @@ impl Inner {
             if first.0 > now {
                 break;
             }
-            let (t, id) = self.activity_delayed.pop_first().expect("checked non-empty");
+            let (t, id) = self
+                .activity_delayed
+                .pop_first()
+                .expect("checked non-empty");
             if let Some(rec) = self.activities.get_mut(&id) {
                 if rec.busy_until == Some(t) {
                     rec.busy_until = None;
@@ -409,7 +412,11 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn renew_activity_lease(&self, item: &ActivityWorkItem, lease: Duration) -> StoreResult<()> {
+    async fn renew_activity_lease(
+        &self,
+        item: &ActivityWorkItem,
+        lease: Duration,
+    ) -> StoreResult<()> {
         let until = after(lease);
         let mut inner = self.lock();
         match inner.activities.get_mut(&item.id) {
@@ -487,22 +494,20 @@ impl Store for MemoryStore {
             .filter_map(|r| r.state.as_ref())
             .filter(|s| filter.matches(s))
             .filter(|s| {
-                after_key
-                    .as_ref()
-                    .is_none_or(|(t, id)| {
-                        (s.created_at.timestamp_micros(), s.instance_id.as_str())
-                            > (t.timestamp_micros(), id.as_str())
-                    })
+                after_key.as_ref().is_none_or(|(t, id)| {
+                    (s.created_at.timestamp_micros(), s.instance_id.as_str())
+                        > (t.timestamp_micros(), id.as_str())
+                })
             })
             .collect();
-        all.sort_by(|a, b| {
-            (a.created_at, &a.instance_id).cmp(&(b.created_at, &b.instance_id))
-        });
+        all.sort_by(|a, b| (a.created_at, &a.instance_id).cmp(&(b.created_at, &b.instance_id)));
         let page_size = page_size.max(1);
         let more = all.len() > page_size;
         let items: Vec<InstanceState> = all.into_iter().take(page_size).cloned().collect();
         let continuation_token = if more {
-            items.last().map(|s| make_token(s.created_at, &s.instance_id))
+            items
+                .last()
+                .map(|s| make_token(s.created_at, &s.instance_id))
         } else {
             None
         };
@@ -516,7 +521,9 @@ impl Store for MemoryStore {
         let mut inner = self.lock();
         let removed = inner.instances.remove(instance_id).is_some();
         if removed {
-            inner.activities.retain(|_, a| a.item.instance_id != instance_id);
+            inner
+                .activities
+                .retain(|_, a| a.item.instance_id != instance_id);
         }
         Ok(removed)
     }
@@ -534,7 +541,9 @@ impl Store for MemoryStore {
             inner.instances.remove(id);
         }
         let set: HashSet<&String> = ids.iter().collect();
-        inner.activities.retain(|_, a| !set.contains(&a.item.instance_id));
+        inner
+            .activities
+            .retain(|_, a| !set.contains(&a.item.instance_id));
         Ok(ids.len() as u64)
     }
 

@@ -83,7 +83,11 @@ impl std::error::Error for StoreError {}
 pub type StoreResult<T> = Result<T, StoreError>;
 
 /// Fails with [`StoreError::PayloadTooLarge`] when `payload` is over `limit` bytes.
-pub fn check_payload(what: impl FnOnce() -> String, payload: Option<&str>, limit: usize) -> StoreResult<()> {
+pub fn check_payload(
+    what: impl FnOnce() -> String,
+    payload: Option<&str>,
+    limit: usize,
+) -> StoreResult<()> {
     match payload {
         Some(p) if p.len() > limit => Err(StoreError::PayloadTooLarge {
             what: what(),
@@ -179,14 +183,20 @@ pub struct WorkSignals {
 impl WorkSignals {
     /// A notifier fired when the stored state of `instance_id` changes.
     pub fn instance_waiter(&self, instance_id: &str) -> Arc<Notify> {
-        let mut map = self.instance_waiters.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = self
+            .instance_waiters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         map.entry(instance_id.to_string()).or_default().clone()
     }
 
     /// Tells waiters of `instance_id` that its state changed.
     pub fn instance_changed(&self, instance_id: &str) {
         let notify = {
-            let mut map = self.instance_waiters.lock().unwrap_or_else(|e| e.into_inner());
+            let mut map = self
+                .instance_waiters
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             map.remove(instance_id)
         };
         if let Some(n) = notify {
@@ -242,7 +252,11 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<()>;
 
     /// Extends an activity's lease.
-    async fn renew_activity_lease(&self, item: &ActivityWorkItem, lease: Duration) -> StoreResult<()>;
+    async fn renew_activity_lease(
+        &self,
+        item: &ActivityWorkItem,
+        lease: Duration,
+    ) -> StoreResult<()>;
 
     /// Releases an activity's lease; it becomes visible again after `delay`.
     async fn abandon_activity(&self, item: &ActivityWorkItem, delay: Duration) -> StoreResult<()>;
@@ -281,7 +295,10 @@ pub trait Store: Send + Sync + 'static {
 
 /// The `SubOrchestrationInstanceFailed` message a parent receives when its child could not be
 /// created because an instance with the child's id is still running.
-pub fn child_conflict_message(child: &NewInstance, existing: RuntimeStatus) -> Option<OrchestrationMessage> {
+pub fn child_conflict_message(
+    child: &NewInstance,
+    existing: RuntimeStatus,
+) -> Option<OrchestrationMessage> {
     let parent = child.parent.as_ref()?;
     let event = HistoryEvent::new(
         Utc::now(),
@@ -306,7 +323,11 @@ pub fn child_conflict_message(child: &NewInstance, existing: RuntimeStatus) -> O
 pub fn check_commit_payloads(commit: &OrchestrationCommit, limit: usize) -> StoreResult<()> {
     let id = &commit.instance_id;
     if let Some(state) = &commit.state {
-        check_payload(|| format!("output of instance '{id}'"), state.output.as_deref(), limit)?;
+        check_payload(
+            || format!("output of instance '{id}'"),
+            state.output.as_deref(),
+            limit,
+        )?;
         check_payload(
             || format!("custom status of instance '{id}'"),
             state.custom_status.as_deref(),

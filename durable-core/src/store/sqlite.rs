@@ -97,7 +97,9 @@ pub struct SqliteStore {
 
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqliteStore").field("path", &self.path).finish()
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish()
     }
 }
 
@@ -164,12 +166,15 @@ impl SqliteStore {
 
     fn open_with(b: SqliteStoreBuilder) -> StoreResult<Self> {
         let what = b.path.display().to_string();
-        let mut conn = Connection::open(&b.path).map_err(|e| backend(format!("cannot open {what}: {e}")))?;
+        let mut conn =
+            Connection::open(&b.path).map_err(|e| backend(format!("cannot open {what}: {e}")))?;
         configure(&conn, b.synchronous, &what)?;
         migrate(&mut conn, &what)?;
         let reader = Connection::open_with_flags(
             &b.path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
+            OpenFlags::SQLITE_OPEN_READ_ONLY
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                | OpenFlags::SQLITE_OPEN_URI,
         )
         .map_err(|e| backend(format!("cannot open {what} for reading: {e}")))?;
         reader
@@ -198,7 +203,8 @@ impl SqliteStore {
             .unwrap_or_else(|e| e.into_inner())
             .send(Request { op, reply: tx })
             .map_err(|_| backend("the SQLite writer has stopped"))?;
-        rx.await.map_err(|_| backend("the SQLite writer has stopped"))?
+        rx.await
+            .map_err(|_| backend("the SQLite writer has stopped"))?
     }
 
     async fn read<T: Send + 'static>(
@@ -221,7 +227,9 @@ fn configure(conn: &Connection, sync: Synchronous, what: &str) -> StoreResult<()
         .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
         .map_err(backend)?;
     if !mode.eq_ignore_ascii_case("wal") {
-        return Err(backend(format!("{what}: journal_mode is '{mode}', WAL could not be enabled")));
+        return Err(backend(format!(
+            "{what}: journal_mode is '{mode}', WAL could not be enabled"
+        )));
     }
     let (value, name) = match sync {
         Synchronous::Full => (2, "FULL"),
@@ -421,7 +429,11 @@ fn apply(conn: &Connection, op: &Op, w: &mut Wake) -> StoreResult<Reply> {
             Ok(Reply::Unit)
         }
         Op::AbandonOrchestration(id, token, delay) => {
-            let until: Option<i64> = if delay.is_zero() { None } else { Some(after(*delay)) };
+            let until: Option<i64> = if delay.is_zero() {
+                None
+            } else {
+                Some(after(*delay))
+            };
             let new_token: Option<String> = until.map(|_| random_id());
             let n = conn
                 .prepare_cached(
@@ -435,7 +447,9 @@ fn apply(conn: &Connection, op: &Op, w: &mut Wake) -> StoreResult<Reply> {
             w.orchestrations = true;
             Ok(Reply::Unit)
         }
-        Op::FetchActivities(lease, max) => fetch_activities(conn, now, *lease, *max).map(Reply::Activities),
+        Op::FetchActivities(lease, max) => {
+            fetch_activities(conn, now, *lease, *max).map(Reply::Activities)
+        }
         Op::CompleteActivity(item, msg) => {
             let n = conn
                 .prepare_cached("DELETE FROM activities WHERE id = ?1 AND lock_token = ?2")
@@ -451,8 +465,12 @@ fn apply(conn: &Connection, op: &Op, w: &mut Wake) -> StoreResult<Reply> {
         }
         Op::RenewActivity(item, lease) => {
             let n = conn
-                .prepare_cached("UPDATE activities SET visible_at = ?1 WHERE id = ?2 AND lock_token = ?3")
-                .and_then(|mut s| s.execute(params![after(*lease), item.id as i64, item.lock_token]))
+                .prepare_cached(
+                    "UPDATE activities SET visible_at = ?1 WHERE id = ?2 AND lock_token = ?3",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![after(*lease), item.id as i64, item.lock_token])
+                })
                 .map_err(sql)?;
             if n == 0 {
                 return Err(StoreError::LockLost);
@@ -523,12 +541,21 @@ fn create(conn: &Connection, n: &NewInstance, w: &mut Wake) -> StoreResult<()> {
                 status,
             });
         }
-        conn.execute("DELETE FROM history WHERE instance_id = ?1", params![n.instance_id])
-            .map_err(sql)?;
-        conn.execute("DELETE FROM messages WHERE instance_id = ?1", params![n.instance_id])
-            .map_err(sql)?;
-        conn.execute("DELETE FROM instances WHERE id = ?1", params![n.instance_id])
-            .map_err(sql)?;
+        conn.execute(
+            "DELETE FROM history WHERE instance_id = ?1",
+            params![n.instance_id],
+        )
+        .map_err(sql)?;
+        conn.execute(
+            "DELETE FROM messages WHERE instance_id = ?1",
+            params![n.instance_id],
+        )
+        .map_err(sql)?;
+        conn.execute(
+            "DELETE FROM instances WHERE id = ?1",
+            params![n.instance_id],
+        )
+        .map_err(sql)?;
     }
     write_state(conn, &n.initial_state(), 0, true)?;
     insert_message(conn, &n.start_message(), w)?;
@@ -537,7 +564,12 @@ fn create(conn: &Connection, n: &NewInstance, w: &mut Wake) -> StoreResult<()> {
 }
 
 /// Inserts or updates an instance row; a new row has no lease.
-fn write_state(conn: &Connection, s: &InstanceState, history_len: i64, insert: bool) -> StoreResult<()> {
+fn write_state(
+    conn: &Connection,
+    s: &InstanceState,
+    history_len: i64,
+    insert: bool,
+) -> StoreResult<()> {
     let failure = s.failure.as_ref().map(to_json).transpose()?;
     let parent = s.parent.as_ref().map(to_json).transpose()?;
     let sql_text = if insert {
@@ -574,9 +606,17 @@ fn write_state(conn: &Connection, s: &InstanceState, history_len: i64, insert: b
 
 fn insert_message(conn: &Connection, m: &OrchestrationMessage, w: &mut Wake) -> StoreResult<()> {
     let visible = m.visible_at.map(micros).unwrap_or(0);
-    conn.prepare_cached("INSERT INTO messages(instance_id, visible_at, message) VALUES(?1, ?2, ?3)")
-        .and_then(|mut s| s.execute(params![m.instance_id, visible, to_json(m).unwrap_or_default()]))
-        .map_err(sql)?;
+    conn.prepare_cached(
+        "INSERT INTO messages(instance_id, visible_at, message) VALUES(?1, ?2, ?3)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            m.instance_id,
+            visible,
+            to_json(m).unwrap_or_default()
+        ])
+    })
+    .map_err(sql)?;
     w.orchestrations = true;
     Ok(())
 }
@@ -607,12 +647,18 @@ fn read_state(row: &rusqlite::Row<'_>) -> rusqlite::Result<(InstanceState, i64)>
 const STATE_COLUMNS: &str = "id, execution_id, name, version, status, input, output, failure, custom_status, created_at, last_updated_at, parent, history_len";
 
 fn get_state(conn: &Connection, id: &str) -> StoreResult<Option<(InstanceState, i64)>> {
-    conn.prepare_cached(&format!("SELECT {STATE_COLUMNS} FROM instances WHERE id = ?1"))
-        .and_then(|mut s| s.query_row(params![id], read_state).optional())
-        .map_err(sql)
+    conn.prepare_cached(&format!(
+        "SELECT {STATE_COLUMNS} FROM instances WHERE id = ?1"
+    ))
+    .and_then(|mut s| s.query_row(params![id], read_state).optional())
+    .map_err(sql)
 }
 
-fn fetch_orchestration(conn: &Connection, now: i64, lease: Duration) -> StoreResult<Option<OrchestrationWorkItem>> {
+fn fetch_orchestration(
+    conn: &Connection,
+    now: i64,
+    lease: Duration,
+) -> StoreResult<Option<OrchestrationWorkItem>> {
     let id: Option<String> = conn
         .prepare_cached(
             "SELECT m.instance_id FROM messages m JOIN instances i ON i.id = m.instance_id
@@ -632,7 +678,9 @@ fn fetch_orchestration(conn: &Connection, now: i64, lease: Duration) -> StoreRes
         .prepare_cached("SELECT id, message FROM messages WHERE instance_id = ?1 AND visible_at <= ?2 ORDER BY id")
         .map_err(sql)?;
     let rows = stmt
-        .query_map(params![id, now], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
+        .query_map(params![id, now], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+        })
         .map_err(sql)?;
     let mut messages = Vec::new();
     for row in rows {
@@ -665,7 +713,8 @@ fn commit(conn: &Connection, c: &OrchestrationCommit, w: &mut Wake) -> StoreResu
             .prepare_cached("DELETE FROM messages WHERE id = ?1 AND instance_id = ?2")
             .map_err(sql)?;
         for id in &c.consumed {
-            del.execute(params![*id as i64, c.instance_id]).map_err(sql)?;
+            del.execute(params![*id as i64, c.instance_id])
+                .map_err(sql)?;
         }
     }
     let mut history_len: i64 = conn
@@ -675,8 +724,11 @@ fn commit(conn: &Connection, c: &OrchestrationCommit, w: &mut Wake) -> StoreResu
     let events = match &c.history {
         HistoryUpdate::Append(e) => e,
         HistoryUpdate::Replace(e) => {
-            conn.execute("DELETE FROM history WHERE instance_id = ?1", params![c.instance_id])
-                .map_err(sql)?;
+            conn.execute(
+                "DELETE FROM history WHERE instance_id = ?1",
+                params![c.instance_id],
+            )
+            .map_err(sql)?;
             history_len = 0;
             e
         }
@@ -761,7 +813,12 @@ impl From<&ActivityWorkItem> for ActivityRow {
     }
 }
 
-fn fetch_activities(conn: &Connection, now: i64, lease: Duration, max: usize) -> StoreResult<Vec<ActivityWorkItem>> {
+fn fetch_activities(
+    conn: &Connection,
+    now: i64,
+    lease: Duration,
+    max: usize,
+) -> StoreResult<Vec<ActivityWorkItem>> {
     let rows: Vec<(i64, String, String, i64)> = {
         let mut stmt = conn
             .prepare_cached(
@@ -769,7 +826,9 @@ fn fetch_activities(conn: &Connection, now: i64, lease: Duration, max: usize) ->
             )
             .map_err(sql)?;
         let it = stmt
-            .query_map(params![now, max as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .query_map(params![now, max as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })
             .map_err(sql)?;
         it.collect::<Result<_, _>>().map_err(sql)?
     };
@@ -782,7 +841,8 @@ fn fetch_activities(conn: &Connection, now: i64, lease: Duration, max: usize) ->
         let row: ActivityRow = from_json(&item)?;
         let token = random_id();
         let dequeue_count = dequeue as u32 + 1;
-        upd.execute(params![token, until, dequeue_count, id]).map_err(sql)?;
+        upd.execute(params![token, until, dequeue_count, id])
+            .map_err(sql)?;
         out.push(ActivityWorkItem {
             id: id as u64,
             instance_id,
@@ -835,7 +895,9 @@ fn list(
         let a = args.len();
         args.push(id.into());
         let b = args.len();
-        clauses.push(format!("(created_at > ?{a} OR (created_at = ?{a} AND id > ?{b}))"));
+        clauses.push(format!(
+            "(created_at > ?{a} OR (created_at = ?{a} AND id > ?{b}))"
+        ));
     }
     let limit = page_size.max(1).saturating_add(1).min(i64::MAX as usize);
     let where_sql = if clauses.is_empty() {
@@ -843,7 +905,9 @@ fn list(
     } else {
         format!("WHERE {}", clauses.join(" AND "))
     };
-    let text = format!("SELECT {STATE_COLUMNS} FROM instances {where_sql} ORDER BY created_at, id LIMIT {limit}");
+    let text = format!(
+        "SELECT {STATE_COLUMNS} FROM instances {where_sql} ORDER BY created_at, id LIMIT {limit}"
+    );
     let mut stmt = conn.prepare(&text).map_err(sql)?;
     let rows = stmt
         .query_map(rusqlite::params_from_iter(args), read_state)
@@ -877,7 +941,10 @@ impl Store for SqliteStore {
         self.write(Op::Send(message)).await.map(|_| ())
     }
 
-    async fn fetch_orchestration_work_item(&self, lease: Duration) -> StoreResult<Option<OrchestrationWorkItem>> {
+    async fn fetch_orchestration_work_item(
+        &self,
+        lease: Duration,
+    ) -> StoreResult<Option<OrchestrationWorkItem>> {
         match self.write(Op::FetchOrchestration(lease)).await? {
             Reply::Item(i) => Ok(i),
             _ => Err(backend("unexpected reply")),
@@ -889,34 +956,61 @@ impl Store for SqliteStore {
         self.write(Op::Commit(Box::new(commit))).await.map(|_| ())
     }
 
-    async fn abandon_orchestration_work_item(&self, instance_id: &str, lock_token: &str, delay: Duration) -> StoreResult<()> {
-        self.write(Op::AbandonOrchestration(instance_id.to_string(), lock_token.to_string(), delay))
-            .await
-            .map(|_| ())
+    async fn abandon_orchestration_work_item(
+        &self,
+        instance_id: &str,
+        lock_token: &str,
+        delay: Duration,
+    ) -> StoreResult<()> {
+        self.write(Op::AbandonOrchestration(
+            instance_id.to_string(),
+            lock_token.to_string(),
+            delay,
+        ))
+        .await
+        .map(|_| ())
     }
 
-    async fn fetch_activity_work_items(&self, lease: Duration, max: usize) -> StoreResult<Vec<ActivityWorkItem>> {
+    async fn fetch_activity_work_items(
+        &self,
+        lease: Duration,
+        max: usize,
+    ) -> StoreResult<Vec<ActivityWorkItem>> {
         match self.write(Op::FetchActivities(lease, max)).await? {
             Reply::Activities(a) => Ok(a),
             _ => Err(backend("unexpected reply")),
         }
     }
 
-    async fn complete_activity(&self, item: &ActivityWorkItem, result: OrchestrationMessage) -> StoreResult<()> {
+    async fn complete_activity(
+        &self,
+        item: &ActivityWorkItem,
+        result: OrchestrationMessage,
+    ) -> StoreResult<()> {
         check_payload(
             || format!("result of activity '{}'", item.name),
             message_payload(&result.event),
             self.max_payload,
         )?;
-        self.write(Op::CompleteActivity(item.clone(), result)).await.map(|_| ())
+        self.write(Op::CompleteActivity(item.clone(), result))
+            .await
+            .map(|_| ())
     }
 
-    async fn renew_activity_lease(&self, item: &ActivityWorkItem, lease: Duration) -> StoreResult<()> {
-        self.write(Op::RenewActivity(item.clone(), lease)).await.map(|_| ())
+    async fn renew_activity_lease(
+        &self,
+        item: &ActivityWorkItem,
+        lease: Duration,
+    ) -> StoreResult<()> {
+        self.write(Op::RenewActivity(item.clone(), lease))
+            .await
+            .map(|_| ())
     }
 
     async fn abandon_activity(&self, item: &ActivityWorkItem, delay: Duration) -> StoreResult<()> {
-        self.write(Op::AbandonActivity(item.clone(), delay)).await.map(|_| ())
+        self.write(Op::AbandonActivity(item.clone(), delay))
+            .await
+            .map(|_| ())
     }
 
     async fn next_wakeup(&self) -> StoreResult<Option<DateTime<Utc>>> {
@@ -939,7 +1033,8 @@ impl Store for SqliteStore {
 
     async fn get_instance(&self, instance_id: &str) -> StoreResult<Option<InstanceState>> {
         let id = instance_id.to_string();
-        self.read(move |conn| Ok(get_state(conn, &id)?.map(|(s, _)| s))).await
+        self.read(move |conn| Ok(get_state(conn, &id)?.map(|(s, _)| s)))
+            .await
     }
 
     async fn read_history(&self, instance_id: &str) -> StoreResult<Vec<HistoryEvent>> {
@@ -971,7 +1066,9 @@ impl Store for SqliteStore {
         self.read(move |conn| {
             let (items, more) = list(conn, &filter, page_size, token)?;
             let continuation_token = if more {
-                items.last().map(|s| make_token(s.created_at, &s.instance_id))
+                items
+                    .last()
+                    .map(|s| make_token(s.created_at, &s.instance_id))
             } else {
                 None
             };
@@ -1011,7 +1108,8 @@ mod tests {
     use super::*;
 
     fn temp(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("durable-sqlite-{}-{name}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("durable-sqlite-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         dir.join("t.db")
@@ -1023,7 +1121,9 @@ mod tests {
         let store = SqliteStore::open(&path).unwrap();
         drop(store);
         let conn = Connection::open(&path).unwrap();
-        let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(mode, "wal");
         conn.execute_batch("PRAGMA user_version = 99").unwrap();
         drop(conn);
@@ -1031,7 +1131,9 @@ mod tests {
         assert!(err.contains("schema version 99"), "{err}");
         assert!(err.contains("up to 1"), "{err}");
         let conn = Connection::open(&path).unwrap();
-        let v: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        let v: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(v, 99, "a newer file is left unaltered");
     }
 
@@ -1069,7 +1171,12 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_writes_share_commits() {
         let path = temp("group");
-        let store = Arc::new(SqliteStore::builder(&path).synchronous(Synchronous::Normal).open().unwrap());
+        let store = Arc::new(
+            SqliteStore::builder(&path)
+                .synchronous(Synchronous::Normal)
+                .open()
+                .unwrap(),
+        );
         let mut tasks = Vec::new();
         for i in 0..200 {
             let s = store.clone();
@@ -1090,7 +1197,10 @@ mod tests {
         for t in tasks {
             t.await.unwrap().unwrap();
         }
-        let page = store.list_instances(&InstanceFilter::default(), 1000, None).await.unwrap();
+        let page = store
+            .list_instances(&InstanceFilter::default(), 1000, None)
+            .await
+            .unwrap();
         assert_eq!(page.items.len(), 200);
     }
 }

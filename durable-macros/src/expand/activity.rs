@@ -9,10 +9,20 @@ use crate::validate::Function;
 pub(crate) fn expand(f: Function) -> TokenStream {
     let name = &f.name;
     let label = format!("activity '{name}'");
-    let c = common(&f, quote!(::durable_core::__private::ActivityContext), &label);
+    let c = common(
+        &f,
+        quote!(::durable_core::__private::ActivityContext),
+        &label,
+    );
     let ident = &f.item.sig.ident;
-    let (inner_fn, input_ty, output_ty, decode_and_call, asserts, deref) =
-        (&c.inner_fn, &c.input_ty, &c.output_ty, &c.decode_and_call, &c.asserts, &c.deref);
+    let (inner_fn, input_ty, output_ty, decode_and_call, asserts, deref) = (
+        &c.inner_fn,
+        &c.input_ty,
+        &c.output_ty,
+        &c.decode_and_call,
+        &c.asserts,
+        &c.deref,
+    );
     let _ = &c.inner_ident;
     let body = quote! {
         #inner_fn

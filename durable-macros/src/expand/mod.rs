@@ -42,7 +42,11 @@ pub(crate) fn common(f: &Function, ctx_ty: TokenStream, label: &str) -> Common {
         .attrs
         .iter()
         .partition(|a| a.path().is_ident("doc") || a.path().is_ident("cfg"));
-    let cfgs: Vec<_> = item.attrs.iter().filter(|a| a.path().is_ident("cfg")).collect();
+    let cfgs: Vec<_> = item
+        .attrs
+        .iter()
+        .filter(|a| a.path().is_ident("cfg"))
+        .collect();
 
     let mut inner_sig = item.sig.clone();
     inner_sig.ident = inner_ident.clone();
@@ -168,7 +172,11 @@ pub(crate) fn common(f: &Function, ctx_ty: TokenStream, label: &str) -> Common {
 
 /// The `#[cfg]` attributes of the item, repeated on the generated const block.
 pub(crate) fn cfgs(f: &Function) -> Vec<&syn::Attribute> {
-    f.item.attrs.iter().filter(|a| a.path().is_ident("cfg")).collect()
+    f.item
+        .attrs
+        .iter()
+        .filter(|a| a.path().is_ident("cfg"))
+        .collect()
 }
 
 /// Wraps generated items in `const _: () = { ... };`.

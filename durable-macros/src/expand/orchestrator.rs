@@ -9,14 +9,24 @@ use crate::validate::Function;
 pub(crate) fn expand(f: Function) -> TokenStream {
     let name = &f.name;
     let label = format!("orchestrator '{name}'");
-    let c = common(&f, quote!(::durable_core::__private::OrchestrationContext), &label);
+    let c = common(
+        &f,
+        quote!(::durable_core::__private::OrchestrationContext),
+        &label,
+    );
     let ident = &f.item.sig.ident;
     let version = match &f.version {
         Some(v) => quote!(::core::option::Option::Some(#v)),
         None => quote!(::core::option::Option::None),
     };
-    let (inner_fn, input_ty, output_ty, decode_and_call, asserts, deref) =
-        (&c.inner_fn, &c.input_ty, &c.output_ty, &c.decode_and_call, &c.asserts, &c.deref);
+    let (inner_fn, input_ty, output_ty, decode_and_call, asserts, deref) = (
+        &c.inner_fn,
+        &c.input_ty,
+        &c.output_ty,
+        &c.decode_and_call,
+        &c.asserts,
+        &c.deref,
+    );
     let body = quote! {
         #inner_fn
         #deref

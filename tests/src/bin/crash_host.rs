@@ -1,0 +1,102 @@
+//! A worker process for the crash test: runs a 5-activity sequence for 200 instances on a
+//! SQLite file. The test kills it with SIGKILL at random moments and starts it again.
+//!
+//! Usage: `crash_host <db-path> <instances> [--until-done]`. Every activity execution
+//! appends its idempotency key to `<db-path>.log`, so re-executions can be counted.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+use durable_core::store::sqlite::SqliteStore;
+use durable_core::{
+    ActivityContext, ActivityError, InstanceFilter, OrchestrationContext, OrchestrationError,
+    Registry, Runtime, RuntimeOptions, RuntimeStatus, StartOptions,
+};
+
+fn registry(log: std::path::PathBuf) -> Registry {
+    Registry::builder()
+        .activity(
+            "step",
+            move |ctx: ActivityContext, (n, acc): (u32, String)| {
+                let log = log.clone();
+                async move {
+                    let mut f = std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(&log)?;
+                    // One write call per line, so a kill never leaves half a line.
+                    f.write_all(format!("{}\n", ctx.idempotency_key()).as_bytes())?;
+                    // Some work, so kills land mid-activity too.
+                    tokio::time::sleep(Duration::from_millis(30)).await;
+                    Ok::<_, ActivityError>(format!("{acc}{n}"))
+                }
+            },
+        )
+        .orchestrator("sequence5", |ctx: OrchestrationContext, _: ()| async move {
+            let mut acc = String::new();
+            for n in 1..=5u32 {
+                acc = ctx.call_activity_by_name("step", &(n, acc)).await?;
+            }
+            Ok::<_, OrchestrationError>(acc)
+        })
+        .build()
+        .expect("registry")
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let db = std::path::PathBuf::from(&args[1]);
+    let instances: u32 = args[2].parse().expect("instance count");
+    let until_done = args.iter().any(|a| a == "--until-done");
+    let store = Arc::new(SqliteStore::open(&db).expect("open store"));
+    let mut log = db.clone().into_os_string();
+    log.push(".log");
+    // Short leases, so work held by a killed process comes back quickly.
+    let options = RuntimeOptions {
+        orchestration_lease: Duration::from_secs(2),
+        activity_lease: Duration::from_secs(2),
+        activity_concurrency: 16,
+        ..RuntimeOptions::default()
+    };
+    let runtime = Runtime::builder(store.clone())
+        .registry(registry(log.into()))
+        .options(options)
+        .start()
+        .expect("runtime");
+    let client = runtime.client();
+    for i in 0..instances {
+        let id = format!("crash-{i:04}");
+        if client.get_state(&id).await.expect("read state").is_some() {
+            continue;
+        }
+        match client
+            .start_by_name("sequence5", None, StartOptions::with_instance_id(&id))
+            .await
+        {
+            Ok(_) | Err(durable_core::Error::InstanceExists { .. }) => {}
+            Err(e) => panic!("start {id}: {e}"),
+        }
+    }
+    println!("started");
+    loop {
+        let page = client
+            .list_instances(
+                &InstanceFilter {
+                    statuses: vec![RuntimeStatus::Completed],
+                    ..Default::default()
+                },
+                10_000,
+                None,
+            )
+            .await
+            .expect("list");
+        if until_done && page.items.len() as u32 >= instances {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    runtime.shutdown().await;
+    println!("done");
+}
