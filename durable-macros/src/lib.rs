@@ -1,4 +1,4 @@
-//! Attribute macros for durable: `#[activity]` and `#[orchestrator]`.
+//! Attribute macros for durable: `#[activity]`, `#[orchestrator]` and `#[http_start]`.
 //!
 //! Use them through `durable_core`, which re-exports them; generated code names runtime
 //! items only through `::durable_core::__private`, so an application depends on
@@ -22,6 +22,7 @@ use quote::ToTokens;
 pub(crate) enum Kind {
     Activity,
     Orchestrator,
+    HttpStart,
 }
 
 impl Kind {
@@ -29,6 +30,7 @@ impl Kind {
         match self {
             Kind::Activity => &["name"],
             Kind::Orchestrator => &["name", "version"],
+            Kind::HttpStart => &["route", "method", "methods"],
         }
     }
 
@@ -36,6 +38,7 @@ impl Kind {
         match self {
             Kind::Activity => "ActivityContext",
             Kind::Orchestrator => "OrchestrationContext",
+            Kind::HttpStart => "DurableClient",
         }
     }
 }
@@ -45,6 +48,7 @@ impl std::fmt::Display for Kind {
         f.write_str(match self {
             Kind::Activity => "#[activity]",
             Kind::Orchestrator => "#[orchestrator]",
+            Kind::HttpStart => "#[http_start]",
         })
     }
 }
@@ -60,9 +64,17 @@ fn run(kind: Kind, attr: TokenStream, item: TokenStream) -> TokenStream {
         }
         Ok(func) => {
             let original = func.to_token_stream();
-            match validate::validate(kind, args, func, &mut errors) {
-                Some(f) if errors.is_empty() => expand::expand(kind, f),
-                _ => original,
+            if kind == Kind::HttpStart {
+                match validate::validate_http_start(args, func, &mut errors) {
+                    Some(f) if errors.is_empty() => expand::http_start(f),
+                    _ => original,
+                }
+            } else {
+                match validate::validate(kind, args, func, &mut errors) {
+                    Some(f) if errors.is_empty() && kind == Kind::Activity => expand::activity(f),
+                    Some(f) if errors.is_empty() => expand::orchestrator(f),
+                    _ => original,
+                }
             }
         }
     };
@@ -170,4 +182,29 @@ pub fn activity(attr: TokenStream, item: TokenStream) -> TokenStream {
 #[proc_macro_attribute]
 pub fn orchestrator(attr: TokenStream, item: TokenStream) -> TokenStream {
     run(Kind::Orchestrator, attr, item)
+}
+
+/// Turns an `async fn(client: DurableClient, req: HttpRequest) -> HttpResult` into an HTTP
+/// start endpoint served by `durable_http::Host`.
+///
+/// Options: `route = "/api/hello"` (required; `{name}` segments fill `req.param("name")`)
+/// and `method = "POST"` or `methods = "GET, POST"` (default `POST`). Two endpoints with
+/// the same method and route shape are a startup error naming both.
+///
+/// The function stays as written (callable in unit tests); a link-time registration is
+/// added next to it.
+///
+/// ```ignore
+/// use durable_http::{http_start, ClientExt, DurableClient, HttpRequest, HttpResult};
+///
+/// #[http_start(route = "/api/hello", method = "POST")]
+/// async fn start_hello(client: DurableClient, req: HttpRequest) -> HttpResult {
+///     let cities: Vec<String> = req.json()?;
+///     let id = client.start(hello_cities, cities).await?;
+///     Ok(client.check_status_response(&req, &id))
+/// }
+/// ```
+#[proc_macro_attribute]
+pub fn http_start(attr: TokenStream, item: TokenStream) -> TokenStream {
+    run(Kind::HttpStart, attr, item)
 }

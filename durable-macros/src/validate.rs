@@ -209,3 +209,106 @@ pub fn validate(
         ret_is_result,
     })
 }
+
+/// A validated `#[http_start]` function.
+pub struct HttpStart {
+    pub item: ItemFn,
+    pub route: String,
+    pub methods: Vec<String>,
+}
+
+const METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
+
+/// Checks an `#[http_start]` function and its options.
+pub fn validate_http_start(
+    args: Args,
+    item: ItemFn,
+    errors: &mut Vec<syn::Error>,
+) -> Option<HttpStart> {
+    let kind = Kind::HttpStart;
+    let start = errors.len();
+    let mut route = None;
+    let mut methods = Vec::new();
+    for opt in args.opts {
+        let key = opt.key.to_string();
+        let value = opt.value.value();
+        match key.as_str() {
+            "route" => {
+                if !value.starts_with('/') {
+                    errors.push(syn::Error::new_spanned(
+                        &opt.value,
+                        "a route must start with '/', e.g. \"/api/hello\"",
+                    ));
+                }
+                route = Some(value);
+            }
+            "method" | "methods" => {
+                for m in value
+                    .split(',')
+                    .map(|m| m.trim().to_ascii_uppercase())
+                    .filter(|m| !m.is_empty())
+                {
+                    if !METHODS.contains(&m.as_str()) {
+                        errors.push(syn::Error::new_spanned(
+                            &opt.value,
+                            format!(
+                                "unknown HTTP method `{m}`; expected one of: {}",
+                                METHODS.join(", ")
+                            ),
+                        ));
+                    }
+                    methods.push(m);
+                }
+            }
+            _ => errors.push(syn::Error::new_spanned(
+                &opt.key,
+                format!(
+                    "unknown {kind} option `{key}`; expected one of: {}",
+                    kind.accepted_options().join(", ")
+                ),
+            )),
+        }
+    }
+    if route.is_none() {
+        errors.push(syn::Error::new(
+            proc_macro2::Span::call_site(),
+            "#[http_start] needs a route: #[http_start(route = \"/api/hello\", method = \"POST\")]",
+        ));
+    }
+    if methods.is_empty() {
+        methods.push("POST".into());
+    }
+    let sig = &item.sig;
+    if sig.asyncness.is_none() {
+        errors.push(syn::Error::new_spanned(
+            sig.fn_token,
+            "#[http_start] functions must be `async fn`",
+        ));
+    }
+    if !sig.generics.params.is_empty() {
+        errors.push(syn::Error::new(
+            sig.generics.span(),
+            "#[http_start] functions cannot be generic",
+        ));
+    }
+    if let Some(FnArg::Receiver(r)) = sig.inputs.first() {
+        errors.push(syn::Error::new_spanned(
+            r,
+            "#[http_start] functions cannot take `self`",
+        ));
+    }
+    if sig.inputs.len() != 2 {
+        errors.push(syn::Error::new_spanned(
+            &sig.inputs,
+            "#[http_start] functions take exactly `client: DurableClient, req: HttpRequest`",
+        ));
+    }
+    if errors.len() > start {
+        return None;
+    }
+    Some(HttpStart {
+        item,
+        route: route.unwrap_or_default(),
+        methods,
+    })
+}

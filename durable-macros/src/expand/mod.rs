@@ -3,7 +3,12 @@
 //! link-time registration.
 
 mod activity;
+mod http_start;
 mod orchestrator;
+
+pub use activity::expand as activity;
+pub use http_start::expand as http_start;
+pub use orchestrator::expand as orchestrator;
 
 use proc_macro2::TokenStream;
 use quote::{format_ident, quote, quote_spanned};
@@ -11,15 +16,6 @@ use syn::spanned::Spanned;
 use syn::Type;
 
 use crate::validate::Function;
-use crate::Kind;
-
-/// Expands a validated function of `kind`.
-pub fn expand(kind: Kind, f: Function) -> TokenStream {
-    match kind {
-        Kind::Activity => activity::expand(f),
-        Kind::Orchestrator => orchestrator::expand(f),
-    }
-}
 
 /// The pieces every kind shares.
 pub(crate) struct Common {

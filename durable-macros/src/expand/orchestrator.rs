@@ -6,7 +6,7 @@ use quote::quote;
 use super::{common, wrap};
 use crate::validate::Function;
 
-pub(crate) fn expand(f: Function) -> TokenStream {
+pub fn expand(f: Function) -> TokenStream {
     let name = &f.name;
     let label = format!("orchestrator '{name}'");
     let c = common(

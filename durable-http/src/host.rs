@@ -1,0 +1,674 @@
+//! The host: runs the worker and serves start endpoints, the public status endpoint and the
+//! management API over hyper, standalone or mounted inside another application.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use durable_core::store::sqlite::SqliteStore;
+use durable_core::{DurableClient, Registry, Runtime, RuntimeOptions, Store};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Body, Incoming};
+
+use crate::management;
+use crate::request::{parse_query, HttpError, HttpRequest, HttpResponse};
+use crate::router::{Handler, Match, Router};
+
+/// The default listen address.
+pub const DEFAULT_ADDR: &str = "127.0.0.1:7071";
+/// The default request body limit: 1 MiB.
+pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
+
+/// Errors starting or running the host.
+#[derive(Debug)]
+pub struct HostError(pub String);
+
+impl std::fmt::Display for HostError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for HostError {}
+
+impl From<durable_core::Error> for HostError {
+    fn from(e: durable_core::Error) -> Self {
+        HostError(e.to_string())
+    }
+}
+
+/// Per-request settings start endpoints need (status prefix, Retry-After).
+#[derive(Clone, Debug)]
+pub(crate) struct RequestConfig {
+    pub status_prefix: String,
+    pub retry_after: u64,
+}
+
+impl Default for RequestConfig {
+    fn default() -> Self {
+        Self {
+            status_prefix: "/api/instances".into(),
+            retry_after: 1,
+        }
+    }
+}
+
+pub(crate) fn request_config(req: &HttpRequest) -> &RequestConfig {
+    &req.config
+}
+
+/// Link-time registration of a start endpoint, emitted by `#[http_start]`.
+pub struct HttpStartRegistration {
+    /// Route pattern, e.g. `/api/hello` or `/api/status/{id}`.
+    pub route: &'static str,
+    /// Methods, e.g. `&["POST"]`.
+    pub methods: &'static [&'static str],
+    /// The endpoint.
+    pub handler: fn(
+        DurableClient,
+        HttpRequest,
+    ) -> durable_core::registry::BoxFuture<'static, crate::HttpResult>,
+    /// `module::fn at file:line`, for collision errors.
+    pub location: &'static str,
+}
+
+inventory::collect!(HttpStartRegistration);
+
+/// Configures a [`Host`].
+pub struct HostBuilder {
+    addr: String,
+    db: PathBuf,
+    store: Option<Arc<dyn Store>>,
+    key: Option<String>,
+    status_prefix: String,
+    body_limit: usize,
+    retry_after: u64,
+    registry: Option<Registry>,
+    options: RuntimeOptions,
+    routes: Vec<(Vec<String>, String, Handler, String)>,
+    mount_prefix: String,
+    inventory_routes: bool,
+}
+
+impl HostBuilder {
+    /// The listen address (default `127.0.0.1:7071`, or `DURABLE_ADDR`).
+    pub fn addr(mut self, addr: impl Into<String>) -> Self {
+        self.addr = addr.into();
+        self
+    }
+
+    /// The SQLite file (default `./durable.db`, or `DURABLE_DB`).
+    pub fn db(mut self, path: impl Into<PathBuf>) -> Self {
+        self.db = path.into();
+        self
+    }
+
+    /// Uses this store instead of the SQLite file.
+    pub fn store(mut self, store: Arc<dyn Store>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// The management key (default `DURABLE_KEY`, else generated once and kept next to
+    /// the database as `<db>.key`).
+    pub fn key(mut self, key: impl Into<String>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// The public status route prefix (default `/api/instances`).
+    pub fn status_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.status_prefix = prefix.into().trim_end_matches('/').to_string();
+        self
+    }
+
+    /// The request body limit (default 1 MiB; larger bodies get 413).
+    pub fn body_limit(mut self, bytes: usize) -> Self {
+        self.body_limit = bytes;
+        self
+    }
+
+    /// The `Retry-After` seconds of 202 answers (default 1).
+    pub fn retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = seconds;
+        self
+    }
+
+    /// Uses this registry instead of everything the macros registered.
+    pub fn registry(mut self, registry: Registry) -> Self {
+        self.registry = Some(registry);
+        self
+    }
+
+    /// Worker options.
+    pub fn runtime_options(mut self, options: RuntimeOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Serves everything under this path prefix (e.g. `/durable`) when mounted in another
+    /// application.
+    pub fn mount_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.mount_prefix = prefix.into().trim_end_matches('/').to_string();
+        self
+    }
+
+    /// Leaves out the `#[http_start]` endpoints registered by the macros.
+    pub fn without_registered_routes(mut self) -> Self {
+        self.inventory_routes = false;
+        self
+    }
+
+    /// Adds a start endpoint by hand.
+    pub fn route<F, Fut>(mut self, methods: &[&str], pattern: &str, handler: F) -> Self
+    where
+        F: Fn(DurableClient, HttpRequest) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = crate::HttpResult> + Send + 'static,
+    {
+        let handler: Handler = Arc::new(move |c, r| Box::pin(handler(c, r)));
+        self.routes.push((
+            methods.iter().map(|m| m.to_string()).collect(),
+            pattern.to_string(),
+            handler,
+            format!("{pattern} (added with HostBuilder::route)"),
+        ));
+        self
+    }
+
+    /// Opens the store, starts the worker and builds the request handler (not listening
+    /// yet: see [`Host::serve`] and [`Host::bind`]).
+    pub fn build(self) -> Result<Host, HostError> {
+        let store: Arc<dyn Store> = match self.store {
+            Some(s) => s,
+            None => Arc::new(
+                SqliteStore::open(&self.db)
+                    .map_err(|e| HostError(format!("cannot open {}: {e}", self.db.display())))?,
+            ),
+        };
+        let key = match self.key {
+            Some(k) => k,
+            None => load_or_create_key(&self.db)?,
+        };
+        if key.len() < 16 {
+            return Err(HostError(
+                "the management key must be at least 16 characters".into(),
+            ));
+        }
+        let mut router = Router::default();
+        if self.inventory_routes {
+            for r in inventory::iter::<HttpStartRegistration> {
+                let f = r.handler;
+                router
+                    .add(r.methods, r.route, Arc::new(f), r.location)
+                    .map_err(HostError)?;
+            }
+        }
+        for (methods, pattern, handler, location) in self.routes {
+            let m: Vec<&str> = methods.iter().map(String::as_str).collect();
+            router
+                .add(&m, &pattern, handler, &location)
+                .map_err(HostError)?;
+        }
+        for reserved in [self.status_prefix.as_str(), management::BASE] {
+            if let Match::Found(..) | Match::WrongMethod(_) =
+                router.find(&Method::GET, &format!("{reserved}/x"))
+            {
+                return Err(HostError(format!(
+                    "a start endpoint collides with the reserved routes under {reserved}"
+                )));
+            }
+        }
+        let mut builder = Runtime::builder(store.clone()).options(self.options);
+        if let Some(reg) = self.registry {
+            builder = builder.registry(reg);
+        }
+        let runtime = builder.start()?;
+        let client = runtime.client();
+        Ok(Host {
+            addr: self.addr,
+            app: Arc::new(App {
+                client,
+                router,
+                key,
+                config: Arc::new(RequestConfig {
+                    status_prefix: self.status_prefix,
+                    retry_after: self.retry_after,
+                }),
+                body_limit: self.body_limit,
+                mount_prefix: self.mount_prefix,
+            }),
+            runtime,
+            db: self.db,
+        })
+    }
+}
+
+fn load_or_create_key(db: &std::path::Path) -> Result<String, HostError> {
+    if let Ok(k) = std::env::var("DURABLE_KEY") {
+        if !k.trim().is_empty() {
+            return Ok(k.trim().to_string());
+        }
+    }
+    let mut path = db.as_os_str().to_owned();
+    path.push(".key");
+    let path = PathBuf::from(path);
+    if let Ok(k) = std::fs::read_to_string(&path) {
+        let k = k.trim().to_string();
+        if !k.is_empty() {
+            return Ok(k);
+        }
+    }
+    let key = format!(
+        "{}{}",
+        durable_core::store::random_id(),
+        durable_core::store::random_id()
+    );
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(&path).map_err(|e| {
+        HostError(format!(
+            "cannot store the management key in {}: {e}",
+            path.display()
+        ))
+    })?;
+    std::io::Write::write_all(&mut f, key.as_bytes()).map_err(|e| HostError(e.to_string()))?;
+    eprintln!(
+        "durable: generated a management key (kept in {}; set DURABLE_KEY to choose one):\n  {key}",
+        path.display()
+    );
+    Ok(key)
+}
+
+/// The request handler shared by every connection.
+pub struct App {
+    client: DurableClient,
+    router: Router,
+    key: String,
+    config: Arc<RequestConfig>,
+    body_limit: usize,
+    mount_prefix: String,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("routes", &self.router.describe())
+            .finish()
+    }
+}
+
+/// Compares two strings in time that depends only on their lengths.
+fn constant_time_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let mut diff = (a.len() ^ b.len()) as u8 | u8::from(a.len() != b.len());
+    for i in 0..a.len().max(b.len()) {
+        diff |= a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0xff);
+    }
+    diff == 0
+}
+
+fn into_hyper(r: HttpResponse) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(r.body));
+    *resp.status_mut() = r.status;
+    for (k, v) in r.headers {
+        if let (Ok(name), Ok(value)) = (
+            http::header::HeaderName::from_bytes(k.as_bytes()),
+            http::header::HeaderValue::from_str(&v),
+        ) {
+            resp.headers_mut().append(name, value);
+        }
+    }
+    resp
+}
+
+impl App {
+    /// The client this host uses.
+    pub fn client(&self) -> &DurableClient {
+        &self.client
+    }
+
+    /// Handles one request. Mount it inside another hyper or axum application by calling
+    /// this from a handler; paths outside the mount prefix answer 404.
+    pub async fn handle<B>(&self, req: Request<B>) -> Response<Full<Bytes>>
+    where
+        B: Body<Data = Bytes> + Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        let resp = match self.route(req).await {
+            Ok(r) => r,
+            Err(e) => e.into_response(),
+        };
+        tracing::debug!(%method, %path, status = resp.status.as_u16(), "request");
+        into_hyper(resp)
+    }
+
+    async fn route<B>(&self, req: Request<B>) -> Result<HttpResponse, HttpError>
+    where
+        B: Body<Data = Bytes> + Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let (parts, body) = req.into_parts();
+        let raw_path = parts.uri.path();
+        let Some(path) = raw_path.strip_prefix(self.mount_prefix.as_str()) else {
+            return Err(HttpError::not_found(format!("no route for {raw_path}")));
+        };
+        let path = if path.is_empty() { "/" } else { path };
+        if !path.starts_with('/') {
+            return Err(HttpError::not_found(format!("no route for {raw_path}")));
+        }
+        if let Some(len) = parts
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok())
+        {
+            if len > self.body_limit {
+                return Err(too_large(len, self.body_limit));
+            }
+        }
+        let body = match Limited::new(body, self.body_limit).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) => {
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some()
+                {
+                    return Err(too_large(self.body_limit + 1, self.body_limit));
+                }
+                return Err(HttpError::bad_request(format!(
+                    "could not read the request body: {e}"
+                )));
+            }
+        };
+        let host = parts
+            .headers
+            .get("x-forwarded-host")
+            .or_else(|| parts.headers.get(http::header::HOST))
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("localhost")
+            .to_string();
+        let scheme = parts
+            .headers
+            .get("x-forwarded-proto")
+            .and_then(|v| v.to_str().ok())
+            .filter(|s| *s == "https" || *s == "http")
+            .unwrap_or("http")
+            .to_string();
+        let mut req = HttpRequest {
+            method: parts.method.clone(),
+            path: path.to_string(),
+            params: Default::default(),
+            query: parse_query(parts.uri.query().unwrap_or("")),
+            headers: parts.headers,
+            body,
+            base_url: format!("{scheme}://{host}{}", self.mount_prefix),
+            config: self.config.clone(),
+        };
+
+        if path == management::BASE || path.starts_with(&format!("{}/", management::BASE)) {
+            let given = req
+                .header("x-functions-key")
+                .map(str::to_string)
+                .or_else(|| req.query("code").map(str::to_string));
+            match given {
+                Some(k) if constant_time_eq(&k, &self.key) => {}
+                _ => {
+                    return Err(HttpError::new(
+                        StatusCode::UNAUTHORIZED,
+                        "missing or invalid key",
+                    ))
+                }
+            }
+            let rest = path[management::BASE.len()..]
+                .trim_start_matches('/')
+                .to_string();
+            return management::handle(&self.client, &req, &rest).await;
+        }
+        let prefix = &self.config.status_prefix;
+        if let Some(id) = path
+            .strip_prefix(prefix.as_str())
+            .and_then(|r| r.strip_prefix('/'))
+        {
+            if !id.is_empty() && !id.contains('/') {
+                if req.method != Method::GET {
+                    return Err(HttpError::new(
+                        StatusCode::METHOD_NOT_ALLOWED,
+                        "only GET is allowed here",
+                    ));
+                }
+                let id = crate::request::percent_decode(id);
+                return crate::status::public_status(
+                    &self.client,
+                    &req,
+                    prefix,
+                    &id,
+                    self.config.retry_after,
+                )
+                .await;
+            }
+        }
+        match self.router.find(&req.method, path) {
+            Match::Found(route, params) => {
+                req.params = params;
+                let handler = route.handler.clone();
+                handler(self.client.clone(), req).await
+            }
+            Match::WrongMethod(allowed) => {
+                let allow: Vec<String> = allowed.iter().map(|m| m.to_string()).collect();
+                Ok(HttpError::new(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    format!("method {} is not allowed here", req.method),
+                )
+                .into_response()
+                .with_header("allow", allow.join(", ")))
+            }
+            Match::None => Err(HttpError::not_found(format!(
+                "no route for {} {path}",
+                req.method
+            ))),
+        }
+    }
+}
+
+fn too_large(size: usize, limit: usize) -> HttpError {
+    HttpError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("the request body is {size} bytes or more, over the limit of {limit} bytes"),
+    )
+}
+
+/// A configured host: the worker is running; call [`serve`](Self::serve) or
+/// [`bind`](Self::bind) to listen.
+pub struct Host {
+    addr: String,
+    app: Arc<App>,
+    runtime: Runtime,
+    db: PathBuf,
+}
+
+impl std::fmt::Debug for Host {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Host").field("addr", &self.addr).finish()
+    }
+}
+
+impl Host {
+    /// A builder with defaults from the environment (`DURABLE_ADDR`, `DURABLE_DB`,
+    /// `DURABLE_KEY`).
+    pub fn builder() -> HostBuilder {
+        HostBuilder {
+            addr: std::env::var("DURABLE_ADDR").unwrap_or_else(|_| DEFAULT_ADDR.to_string()),
+            db: SqliteStore::default_path(),
+            store: None,
+            key: None,
+            status_prefix: "/api/instances".into(),
+            body_limit: DEFAULT_BODY_LIMIT,
+            retry_after: 1,
+            registry: None,
+            options: RuntimeOptions::default(),
+            routes: Vec::new(),
+            mount_prefix: String::new(),
+            inventory_routes: true,
+        }
+    }
+
+    /// A host configured from the environment only. Must be called inside a tokio runtime.
+    pub fn from_env() -> Result<Host, HostError> {
+        Self::builder().build()
+    }
+
+    /// The request handler, to mount in another application.
+    pub fn app(&self) -> Arc<App> {
+        self.app.clone()
+    }
+
+    /// A client for this host's store.
+    pub fn client(&self) -> DurableClient {
+        self.app.client.clone()
+    }
+
+    /// Listens and serves until SIGINT or SIGTERM, then shuts down gracefully.
+    pub async fn serve(self) -> Result<(), HostError> {
+        let running = self.bind().await?;
+        eprintln!(
+            "durable: listening on http://{} (routes: {})",
+            running.addr,
+            running.routes.join(", ")
+        );
+        eprintln!("durable: state in {}", running.db.display());
+        shutdown_signal().await;
+        eprintln!("durable: shutting down");
+        running.shutdown().await;
+        Ok(())
+    }
+
+    /// Binds the address (port 0 picks a free one) and serves in the background.
+    pub async fn bind(self) -> Result<RunningHost, HostError> {
+        let listener = tokio::net::TcpListener::bind(&self.addr)
+            .await
+            .map_err(|e| HostError(format!("cannot listen on {}: {e}", self.addr)))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| HostError(e.to_string()))?;
+        let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+        let app = self.app.clone();
+        let server = tokio::spawn(async move {
+            let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => {
+                        let Ok((stream, _)) = accepted else { continue };
+                        let _ = stream.set_nodelay(true);
+                        let app = app.clone();
+                        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                            let app = app.clone();
+                            async move { Ok::<_, Infallible>(app.handle(req).await) }
+                        });
+                        let conn = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+                        let conn = graceful.watch(conn);
+                        tokio::spawn(async move {
+                            if let Err(e) = conn.await {
+                                tracing::debug!(error = %e, "connection ended with an error");
+                            }
+                        });
+                    }
+                    _ = stop_rx.changed() => break,
+                }
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await;
+        });
+        Ok(RunningHost {
+            addr,
+            routes: self.app.router.describe(),
+            app: self.app,
+            runtime: self.runtime,
+            stop: stop_tx,
+            server,
+            db: self.db,
+        })
+    }
+}
+
+/// A host serving in the background.
+pub struct RunningHost {
+    /// The bound address.
+    pub addr: SocketAddr,
+    routes: Vec<String>,
+    app: Arc<App>,
+    runtime: Runtime,
+    stop: tokio::sync::watch::Sender<bool>,
+    server: tokio::task::JoinHandle<()>,
+    db: PathBuf,
+}
+
+impl std::fmt::Debug for RunningHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningHost")
+            .field("addr", &self.addr)
+            .finish()
+    }
+}
+
+impl RunningHost {
+    /// A client for the host's store.
+    pub fn client(&self) -> DurableClient {
+        self.app.client.clone()
+    }
+
+    /// `http://addr`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops accepting, finishes in-flight requests, then stops the worker.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.server.await;
+        self.runtime.shutdown().await;
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn key_comparison() {
+        assert!(constant_time_eq("abc", "abc"));
+        assert!(!constant_time_eq("abc", "abd"));
+        assert!(!constant_time_eq("abc", "abcd"));
+        assert!(!constant_time_eq("", "a"));
+    }
+}

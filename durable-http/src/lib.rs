@@ -1,0 +1,51 @@
+//! # durable-http
+//!
+//! The HTTP host for durable: it runs the worker and serves
+//! - the start endpoints written with `#[http_start]` (found at link time, no list to
+//!   maintain), which answer with the async request-reply pattern: `202 Accepted`,
+//!   `Location` and `Retry-After`;
+//! - the public status endpoint `GET /api/instances/{id}` (202 while running, 200 when
+//!   done, `?wait=30s` long-polls), which reveals no input, history or keys;
+//! - the keyed management API under `/runtime/webhooks/durabletask/` in Durable Functions'
+//!   shapes (instances and entities).
+//!
+//! ```ignore
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     durable_http::Host::from_env()?.serve().await?;
+//!     Ok(())
+//! }
+//! ```
+//!
+//! To mount it inside another hyper or axum application, build the host, take
+//! [`Host::app`] and call [`App::handle`] from your own handler for the paths under the
+//! prefix given to [`HostBuilder::mount_prefix`].
+
+#![warn(missing_docs)]
+
+pub mod activity;
+mod host;
+mod management;
+mod request;
+mod router;
+mod status;
+
+pub use durable_core::DurableClient;
+pub use durable_macros::http_start;
+pub use host::{
+    App, Host, HostBuilder, HostError, HttpStartRegistration, RunningHost, DEFAULT_ADDR,
+    DEFAULT_BODY_LIMIT,
+};
+pub use management::BASE as MANAGEMENT_BASE;
+pub use request::{HttpError, HttpRequest, HttpResponse, HttpResult, IntoHttpResult};
+pub use status::{df_time, parse_wait, ClientExt};
+
+/// Items used by code `#[http_start]` generates. Not a public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::host::HttpStartRegistration;
+    pub use crate::request::{HttpRequest, HttpResult, IntoHttpResult};
+    pub use durable_core::registry::BoxFuture;
+    pub use durable_core::DurableClient;
+    pub use inventory;
+}

@@ -1,0 +1,359 @@
+//! Requests and responses as start endpoints see them: `HttpRequest` in, `HttpResult`
+//! out, with `HttpError` mapping every failure to a status code and a JSON body.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// An HTTP request routed to a start endpoint.
+#[derive(Clone, Debug)]
+pub struct HttpRequest {
+    pub(crate) method: Method,
+    pub(crate) path: String,
+    pub(crate) params: HashMap<String, String>,
+    pub(crate) query: Vec<(String, String)>,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Bytes,
+    pub(crate) base_url: String,
+    pub(crate) config: std::sync::Arc<crate::host::RequestConfig>,
+}
+
+impl HttpRequest {
+    /// A request built by hand (for unit tests of handlers).
+    pub fn new(method: Method, path_and_query: &str, body: impl Into<Bytes>) -> Self {
+        let (path, query) = path_and_query
+            .split_once('?')
+            .unwrap_or((path_and_query, ""));
+        Self {
+            method,
+            path: path.to_string(),
+            params: HashMap::new(),
+            query: parse_query(query),
+            headers: HeaderMap::new(),
+            body: body.into(),
+            base_url: "http://localhost".into(),
+            config: Default::default(),
+        }
+    }
+
+    /// The method.
+    pub fn method(&self) -> &Method {
+        &self.method
+    }
+
+    /// The path (without the mount prefix and query).
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// A `{param}` segment of the route.
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params.get(name).map(String::as_str)
+    }
+
+    /// The first value of a query parameter.
+    pub fn query(&self, name: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Every value of a query parameter.
+    pub fn query_all(&self, name: &str) -> Vec<&str> {
+        self.query
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    /// A header value as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The raw body.
+    pub fn body(&self) -> &[u8] {
+        &self.body
+    }
+
+    /// The body as UTF-8 text; 400 when it is not.
+    pub fn text(&self) -> Result<&str, HttpError> {
+        std::str::from_utf8(&self.body)
+            .map_err(|_| HttpError::bad_request("the request body is not valid UTF-8"))
+    }
+
+    /// Decodes the JSON body as `T`; malformed JSON or wrong types answer 400 with a
+    /// message saying what is wrong and where.
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T, HttpError> {
+        if self.body.is_empty() {
+            return Err(HttpError::bad_request(
+                "the request body is empty; expected JSON",
+            ));
+        }
+        serde_json::from_slice(&self.body).map_err(|e| {
+            let what = if e.is_syntax() || e.is_eof() {
+                "malformed JSON"
+            } else {
+                "JSON of the wrong shape"
+            };
+            HttpError::bad_request(format!("{what} in the request body: {e}"))
+        })
+    }
+
+    /// The public base URL of this host (scheme, authority and mount prefix), from the
+    /// `Host` header and `X-Forwarded-Proto`/`X-Forwarded-Host` when present.
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+}
+
+/// Splits and percent-decodes a query string.
+pub(crate) fn parse_query(q: &str) -> Vec<(String, String)> {
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+/// Decodes `%XX` escapes and `+` (as a space).
+pub(crate) fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push(h * 16 + l);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn hex(b: u8) -> Option<u8> {
+    (b as char).to_digit(16).map(|d| d as u8)
+}
+
+/// Percent-encodes a path segment or query value.
+pub(crate) fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b':' | b'@') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// A response from a start endpoint.
+#[derive(Clone, Debug)]
+pub struct HttpResponse {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) body: Bytes,
+}
+
+impl HttpResponse {
+    /// An empty response with a status.
+    pub fn empty(status: StatusCode) -> Self {
+        Self {
+            status,
+            headers: Vec::new(),
+            body: Bytes::new(),
+        }
+    }
+
+    /// A JSON response.
+    pub fn json(status: StatusCode, value: &impl Serialize) -> Self {
+        let body = serde_json::to_vec(value).unwrap_or_else(|_| b"null".to_vec());
+        Self::empty(status)
+            .with_header("content-type", "application/json; charset=utf-8")
+            .with_body(body)
+    }
+
+    /// A plain-text response.
+    pub fn text(status: StatusCode, text: impl Into<String>) -> Self {
+        Self::empty(status)
+            .with_header("content-type", "text/plain; charset=utf-8")
+            .with_body(text.into())
+    }
+
+    /// A 200 HTML response.
+    pub fn html(html: impl Into<String>) -> Self {
+        Self::empty(StatusCode::OK)
+            .with_header("content-type", "text/html; charset=utf-8")
+            .with_body(html.into())
+    }
+
+    /// Adds a header.
+    pub fn with_header(mut self, name: &str, value: impl Into<String>) -> Self {
+        self.headers.push((name.to_ascii_lowercase(), value.into()));
+        self
+    }
+
+    /// Replaces the body.
+    pub fn with_body(mut self, body: impl Into<Bytes>) -> Self {
+        self.body = body.into();
+        self
+    }
+
+    /// The status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// A header value.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body.
+    pub fn body(&self) -> &[u8] {
+        &self.body
+    }
+}
+
+/// An error answered as `{"error": "..."}` with a status code.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpError {
+    /// The status code.
+    pub status: StatusCode,
+    /// What was wrong.
+    pub message: String,
+}
+
+impl HttpError {
+    /// An error with a status and message.
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+
+    /// 400 Bad Request.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    /// 404 Not Found.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, message)
+    }
+
+    /// The JSON response for this error.
+    pub fn into_response(self) -> HttpResponse {
+        HttpResponse::json(self.status, &serde_json::json!({ "error": self.message }))
+    }
+}
+
+impl fmt::Display for HttpError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.status, self.message)
+    }
+}
+
+impl std::error::Error for HttpError {}
+
+impl From<durable_core::Error> for HttpError {
+    fn from(e: durable_core::Error) -> Self {
+        use durable_core::Error as E;
+        let status = match &e {
+            E::UnknownName { .. } | E::InvalidArgument(_) | E::DuplicateName(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            E::InstanceNotFound(_) => StatusCode::NOT_FOUND,
+            E::InstanceExists { .. } => StatusCode::CONFLICT,
+            E::InvalidStatus { .. } => StatusCode::GONE,
+            E::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            E::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            E::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let message = match &e {
+            E::Store(_) => {
+                tracing::error!(error = %e, "store failure while serving a request");
+                "the store failed; try again later".to_string()
+            }
+            _ => e.to_string(),
+        };
+        Self { status, message }
+    }
+}
+
+/// What a start endpoint returns.
+pub type HttpResult = Result<HttpResponse, HttpError>;
+
+/// Converts what a start endpoint returns into an [`HttpResult`] (used by generated code).
+pub trait IntoHttpResult {
+    /// The conversion.
+    fn into_http_result(self) -> HttpResult;
+}
+
+impl IntoHttpResult for HttpResult {
+    fn into_http_result(self) -> HttpResult {
+        self
+    }
+}
+
+impl IntoHttpResult for HttpResponse {
+    fn into_http_result(self) -> HttpResult {
+        Ok(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_strings_decode() {
+        let q = parse_query("s=01%2F02%2F2024&e=a+b&x&runtimeStatus=Running&runtimeStatus=Failed");
+        assert_eq!(q[0], ("s".into(), "01/02/2024".into()));
+        assert_eq!(q[1], ("e".into(), "a b".into()));
+        assert_eq!(q[2], ("x".into(), String::new()));
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz"), "%zz");
+        assert_eq!(percent_encode("a b/c"), "a%20b%2Fc");
+    }
+
+    #[test]
+    fn json_errors_say_what_is_wrong() {
+        #[derive(serde::Deserialize, Debug)]
+        #[allow(dead_code)]
+        struct In {
+            n: u32,
+        }
+        let r = HttpRequest::new(Method::POST, "/x", "{\"n\": \"seven\"}");
+        let e = r.json::<In>().unwrap_err();
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert!(e.message.contains("wrong shape"), "{}", e.message);
+        assert!(e.message.contains("expected u32"), "{}", e.message);
+        let r = HttpRequest::new(Method::POST, "/x", "{\"n\": ");
+        assert!(r
+            .json::<In>()
+            .unwrap_err()
+            .message
+            .contains("malformed JSON"));
+    }
+}

@@ -1,0 +1,5 @@
+//! The scenarios as libraries, so the example binaries and the tests share them. Each
+//! module registers its orchestrators, activities, entities and start endpoints at link
+//! time; a binary only starts the host.
+
+pub mod hello;
