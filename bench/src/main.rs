@@ -1,0 +1,454 @@
+//! The benchmark harness: runs throughput and latency scenarios named after the reference
+//! system's published microbenchmarks on a chosen store, prints a markdown table and
+//! writes JSON.
+//!
+//! ```text
+//! cargo run --release -p durable-bench -- [--store memory|sqlite|all] [--scenario NAME|all] [--json FILE]
+//! ```
+//!
+//! Each scenario runs in a child process of its own, so the reported peak RSS belongs to
+//! that scenario alone. Timings are measured here and never asserted in tests.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use durable_core::{
+    ActivityError, DurableClient, OrchestrationContext, OrchestrationError, Registry, Runtime,
+    RuntimeStatus, StartOptions, Store,
+};
+use serde::{Deserialize, Serialize};
+
+const SCENARIOS: &[&str] = &[
+    "seq",
+    "fanout",
+    "hello-1000",
+    "hello-10000",
+    "latency",
+    "events",
+    "entity",
+    "replay-100",
+    "replay-1000",
+    "replay-10000",
+];
+
+/// One measured row.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Row {
+    scenario: String,
+    store: String,
+    count: u64,
+    unit: String,
+    wall_ms: f64,
+    rate: f64,
+    p50_ms: Option<f64>,
+    p99_ms: Option<f64>,
+    extra: Option<String>,
+    peak_rss_mb: f64,
+}
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: durable-bench [--store memory|sqlite|all] [--scenario NAME|all] [--json FILE]\nscenarios: {}",
+        SCENARIOS.join(", ")
+    );
+    std::process::exit(2)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut store = "all".to_string();
+    let mut scenario = "all".to_string();
+    let mut json = "bench-results.json".to_string();
+    let mut child = false;
+    let mut i = 0;
+    while i < args.len() {
+        let value = || args.get(i + 1).cloned().unwrap_or_else(|| usage());
+        match args[i].as_str() {
+            "--store" => store = value(),
+            "--scenario" => scenario = value(),
+            "--json" => json = value(),
+            "--child" => {
+                child = true;
+                i -= 1;
+            }
+            "-h" | "--help" => usage(),
+            other => {
+                eprintln!("unknown argument '{other}'");
+                usage()
+            }
+        }
+        i += 2;
+    }
+    if child {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        let row = rt.block_on(run_scenario(&scenario, &store));
+        println!("{}", serde_json::to_string(&row).expect("row serializes"));
+        return;
+    }
+    let stores: Vec<&str> = match store.as_str() {
+        "all" => vec!["memory", "sqlite"],
+        "memory" => vec!["memory"],
+        "sqlite" => vec!["sqlite"],
+        _ => usage(),
+    };
+    let scenarios: Vec<&str> = if scenario == "all" {
+        SCENARIOS.to_vec()
+    } else if SCENARIOS.contains(&scenario.as_str()) {
+        vec![scenario.as_str()]
+    } else {
+        usage()
+    };
+    let exe = std::env::current_exe().expect("own path");
+    let mut rows = Vec::new();
+    for st in &stores {
+        for sc in &scenarios {
+            eprintln!("running {sc} on {st} ...");
+            let out = std::process::Command::new(&exe)
+                .args(["--child", "--store", st, "--scenario", sc])
+                .output()
+                .expect("child runs");
+            if !out.status.success() {
+                eprintln!(
+                    "scenario {sc} on {st} failed:\n{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                continue;
+            }
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let line = stdout.lines().last().unwrap_or_default();
+            match serde_json::from_str::<Row>(line) {
+                Ok(row) => rows.push(row),
+                Err(e) => eprintln!("scenario {sc} on {st}: bad output ({e}): {stdout}"),
+            }
+        }
+    }
+    println!("{}", markdown(&rows));
+    std::fs::write(
+        &json,
+        serde_json::to_string_pretty(&rows).expect("rows serialize"),
+    )
+    .expect("write JSON results");
+    eprintln!("wrote {json}");
+}
+
+fn markdown(rows: &[Row]) -> String {
+    let mut s = String::from(
+        "| scenario | store | count | wall (ms) | rate | p50 (ms) | p99 (ms) | peak RSS (MB) | notes |\n| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n",
+    );
+    for r in rows {
+        let f = |v: Option<f64>| v.map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into());
+        s.push_str(&format!(
+            "| {} | {} | {} | {:.0} | {:.0} {} | {} | {} | {:.0} | {} |\n",
+            r.scenario,
+            r.store,
+            r.count,
+            r.wall_ms,
+            r.rate,
+            r.unit,
+            f(r.p50_ms),
+            f(r.p99_ms),
+            r.peak_rss_mb,
+            r.extra.clone().unwrap_or_default()
+        ));
+    }
+    s
+}
+
+fn peak_rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+fn make_store(kind: &str) -> Arc<dyn Store> {
+    match kind {
+        "memory" => Arc::new(durable_core::MemoryStore::new()),
+        "sqlite" => {
+            let dir = std::env::temp_dir().join(format!("durable-bench-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).expect("temp dir");
+            let path = dir.join("bench.db");
+            let _ = std::fs::remove_file(&path);
+            Arc::new(durable_core::store::sqlite::SqliteStore::open(&path).expect("open sqlite"))
+        }
+        other => panic!("unknown store {other}"),
+    }
+}
+
+fn registry() -> Registry {
+    Registry::builder()
+        .activity("say_hello", |_ctx, name: String| async move {
+            Ok::<_, ActivityError>(format!("Hello {name}!"))
+        })
+        .activity("add_one", |_ctx, n: u64| async move {
+            Ok::<_, ActivityError>(n + 1)
+        })
+        .orchestrator(
+            "hello_sequence5",
+            |ctx: OrchestrationContext, _: ()| async move {
+                let mut out = Vec::with_capacity(5);
+                for city in ["Tokyo", "Seattle", "London", "Paris", "Cairo"] {
+                    out.push(
+                        ctx.call_activity_by_name::<String>("say_hello", &city)
+                            .await?,
+                    );
+                }
+                Ok::<_, OrchestrationError>(out)
+            },
+        )
+        .orchestrator("sequence", |ctx: OrchestrationContext, n: u64| async move {
+            let mut v = 0u64;
+            for _ in 0..n {
+                v = ctx.call_activity_by_name("add_one", &v).await?;
+            }
+            Ok::<_, OrchestrationError>(v)
+        })
+        .orchestrator("fanout", |ctx: OrchestrationContext, n: u64| async move {
+            let calls: Vec<_> = (0..n)
+                .map(|i| ctx.call_activity_by_name::<u64>("add_one", &i))
+                .collect();
+            let mut sum = 0u64;
+            for r in ctx.when_all(calls).await {
+                sum += r?;
+            }
+            Ok::<_, OrchestrationError>(sum)
+        })
+        .orchestrator("events", |ctx: OrchestrationContext, n: u64| async move {
+            let mut sum = 0u64;
+            for _ in 0..n {
+                let v: u64 = ctx.wait_for_external_event("e").await?;
+                sum += v;
+            }
+            Ok::<_, OrchestrationError>(sum)
+        })
+        .orchestrator(
+            "steps_then_wait",
+            |ctx: OrchestrationContext, n: u64| async move {
+                let mut v = 0u64;
+                for _ in 0..n {
+                    v = ctx.call_activity_by_name("add_one", &v).await?;
+                }
+                let _: () = ctx.wait_for_external_event("finish").await?;
+                Ok::<_, OrchestrationError>(v)
+            },
+        )
+        .entity(
+            "counter",
+            |ctx: durable_core::EntityContext<u64>, op: durable_core::Operation| async move {
+                let v = ctx.get_state_or_default()? + op.input::<u64>()?;
+                ctx.set_state(&v);
+                Ok::<_, durable_core::FailureDetails>(v)
+            },
+        )
+        .build()
+        .expect("registry")
+}
+
+fn runtime(store: Arc<dyn Store>, cache: usize) -> Runtime {
+    Runtime::builder(store)
+        .registry(registry())
+        .cache_capacity(cache)
+        .start()
+        .expect("runtime")
+}
+
+const LONG: Duration = Duration::from_secs(600);
+
+async fn start(client: &DurableClient, name: &str, input: &str) -> String {
+    client
+        .start_by_name(name, Some(input.to_string()), StartOptions::default())
+        .await
+        .expect("start")
+}
+
+async fn completed(client: &DurableClient, id: &str) {
+    let st = client
+        .wait_for_completion(id, LONG)
+        .await
+        .expect("finishes");
+    assert_eq!(st.status, RuntimeStatus::Completed, "{:?}", st.failure);
+}
+
+fn row(scenario: &str, store: &str, count: u64, unit: &str, wall: Duration) -> Row {
+    Row {
+        scenario: scenario.to_string(),
+        store: store.to_string(),
+        count,
+        unit: unit.to_string(),
+        wall_ms: wall.as_secs_f64() * 1000.0,
+        rate: count as f64 / wall.as_secs_f64(),
+        p50_ms: None,
+        p99_ms: None,
+        extra: None,
+        peak_rss_mb: 0.0,
+    }
+}
+
+async fn run_scenario(scenario: &str, store_kind: &str) -> Row {
+    let store = make_store(store_kind);
+    let mut r = match scenario {
+        "seq" => {
+            let rt = runtime(store, 10_000);
+            let c = rt.client();
+            let t = Instant::now();
+            let id = start(&c, "sequence", "1000").await;
+            completed(&c, &id).await;
+            let r = row(scenario, store_kind, 1000, "activities/s", t.elapsed());
+            rt.shutdown().await;
+            r
+        }
+        "fanout" => {
+            let rt = runtime(store, 10_000);
+            let c = rt.client();
+            let t = Instant::now();
+            let id = start(&c, "fanout", "10000").await;
+            completed(&c, &id).await;
+            let r = row(scenario, store_kind, 10_000, "activities/s", t.elapsed());
+            rt.shutdown().await;
+            r
+        }
+        "hello-1000" | "hello-10000" => {
+            let n: u64 = scenario
+                .trim_start_matches("hello-")
+                .parse()
+                .expect("count");
+            let rt = runtime(store, 20_000);
+            let c = rt.client();
+            let t = Instant::now();
+            let mut ids = Vec::with_capacity(n as usize);
+            for _ in 0..n {
+                ids.push(start(&c, "hello_sequence5", "null").await);
+            }
+            for id in &ids {
+                completed(&c, id).await;
+            }
+            let wall = t.elapsed();
+            let mut r = row(scenario, store_kind, n, "orchestrations/s", wall);
+            r.extra = Some(format!(
+                "{:.0} activities/s",
+                (n * 5) as f64 / wall.as_secs_f64()
+            ));
+            rt.shutdown().await;
+            r
+        }
+        "latency" => {
+            let rt = runtime(store, 1000);
+            let c = rt.client();
+            let mut samples = Vec::with_capacity(100);
+            let t = Instant::now();
+            for _ in 0..100 {
+                let s = Instant::now();
+                let id = start(&c, "hello_sequence5", "null").await;
+                completed(&c, &id).await;
+                samples.push(s.elapsed().as_secs_f64() * 1000.0);
+            }
+            let wall = t.elapsed();
+            samples.sort_by(|a, b| a.total_cmp(b));
+            let mut r = row(scenario, store_kind, 100, "orchestrations/s", wall);
+            r.p50_ms = Some(samples[49]);
+            r.p99_ms = Some(samples[98]);
+            rt.shutdown().await;
+            r
+        }
+        "events" => {
+            let rt = runtime(store, 1000);
+            let c = rt.client();
+            let n = 10_000u64;
+            let id = start(&c, "events", &n.to_string()).await;
+            let t = Instant::now();
+            let mut senders = Vec::new();
+            for s in 0..4u64 {
+                let c = c.clone();
+                let id = id.clone();
+                senders.push(tokio::spawn(async move {
+                    for _ in 0..n / 4 {
+                        c.raise_event(&id, "e", &s).await.expect("raise");
+                    }
+                }));
+            }
+            for s in senders {
+                s.await.expect("sender");
+            }
+            completed(&c, &id).await;
+            let r = row(scenario, store_kind, n, "events/s", t.elapsed());
+            rt.shutdown().await;
+            r
+        }
+        "entity" => {
+            let rt = runtime(store, 1000);
+            let c = rt.client();
+            let n = 10_000u64;
+            let id = durable_core::EntityId::new("counter", "bench");
+            let t = Instant::now();
+            let mut senders = Vec::new();
+            for _ in 0..4 {
+                let c = c.clone();
+                let id = id.clone();
+                senders.push(tokio::spawn(async move {
+                    for _ in 0..n / 4 {
+                        c.signal_entity(&id, "add", &1u64).await.expect("signal");
+                    }
+                }));
+            }
+            for s in senders {
+                s.await.expect("sender");
+            }
+            loop {
+                if c.read_entity_state::<u64>(&id).await.expect("read") == Some(n) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            let r = row(scenario, store_kind, n, "operations/s", t.elapsed());
+            rt.shutdown().await;
+            r
+        }
+        s if s.starts_with("replay-") => {
+            let n: u64 = s.trim_start_matches("replay-").parse().expect("steps");
+            // Cache on: time per step of a long sequential orchestration.
+            let rt = runtime(store.clone(), 1000);
+            let c = rt.client();
+            let t = Instant::now();
+            let id = start(&c, "steps_then_wait", &n.to_string()).await;
+            loop {
+                let h = store.read_history(&id).await.expect("history");
+                let done = h
+                    .iter()
+                    .filter(|e| matches!(e.kind, durable_core::EventKind::TaskCompleted { .. }))
+                    .count() as u64;
+                if done >= n {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let warm = t.elapsed();
+            rt.shutdown().await;
+            // Cache off: one cold replay of the whole history.
+            let rt = runtime(store, 0);
+            let c = rt.client();
+            let t = Instant::now();
+            c.raise_event(&id, "finish", &()).await.expect("raise");
+            completed(&c, &id).await;
+            let cold = t.elapsed();
+            let mut r = row(scenario, store_kind, n, "steps/s", warm);
+            r.extra = Some(format!(
+                "{:.1} us/step warm; cold full replay {:.1} ms ({:.2} us/event)",
+                warm.as_secs_f64() * 1e6 / n as f64,
+                cold.as_secs_f64() * 1e3,
+                cold.as_secs_f64() * 1e6 / (n as f64 * 4.0)
+            ));
+            rt.shutdown().await;
+            r
+        }
+        other => panic!("unknown scenario {other}"),
+    };
+    r.peak_rss_mb = peak_rss_mb();
+    r
+}
