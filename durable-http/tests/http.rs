@@ -1,0 +1,688 @@
+//! The host over real HTTP on an ephemeral port: start endpoints, the public status
+//! endpoint, every management route and status code, keys, and bad input.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use durable_core::{
+    ActivityError, EntityContext, MemoryStore, Operation, OrchestrationContext, OrchestrationError,
+    Registry,
+};
+use durable_http::{ClientExt, Host, HttpError, RunningHost};
+use http_body_util::{BodyExt, Full};
+use serde_json::{json, Value};
+
+const KEY: &str = "test-key-0123456789abcdef";
+
+fn registry() -> Registry {
+    Registry::builder()
+        .activity("say_hello", |_ctx, city: String| async move {
+            Ok::<_, ActivityError>(format!("Hello {city}!"))
+        })
+        .activity("fail", |_ctx, _: ()| async move {
+            Err::<(), _>(ActivityError::new("boom"))
+        })
+        .orchestrator(
+            "hello",
+            |ctx: OrchestrationContext, cities: Vec<String>| async move {
+                let mut out = Vec::new();
+                for c in cities {
+                    out.push(ctx.call_activity_by_name::<String>("say_hello", &c).await?);
+                }
+                Ok::<_, OrchestrationError>(out)
+            },
+        )
+        .orchestrator("wait", |ctx: OrchestrationContext, _: ()| async move {
+            ctx.set_custom_status(&"waiting");
+            let v: Value = ctx.wait_for_external_event("go").await?;
+            Ok::<_, OrchestrationError>(v)
+        })
+        .orchestrator("failing", |ctx: OrchestrationContext, _: ()| async move {
+            ctx.call_activity_by_name::<()>("fail", &()).await?;
+            Ok::<_, OrchestrationError>(())
+        })
+        .entity(
+            "counter",
+            |ctx: EntityContext<i64>, op: Operation| async move {
+                let v = ctx.get_state_or_default()?;
+                let v = match op.name.as_str() {
+                    "add" => v + op.input::<i64>()?,
+                    "delete" => {
+                        ctx.delete_state();
+                        return Ok(None);
+                    }
+                    _ => v,
+                };
+                ctx.set_state(&v);
+                Ok::<_, durable_core::FailureDetails>(Some(v))
+            },
+        )
+        .build()
+        .unwrap()
+}
+
+async fn host() -> RunningHost {
+    Host::builder()
+        .addr("127.0.0.1:0")
+        .store(Arc::new(MemoryStore::new()))
+        .key(KEY)
+        .registry(registry())
+        .body_limit(4096)
+        .without_registered_routes()
+        .route(&["POST"], "/api/hello", |client, req| async move {
+            let cities: Vec<String> = req.json()?;
+            let id = client
+                .start_by_name(
+                    "hello",
+                    Some(serde_json::to_string(&cities).unwrap()),
+                    Default::default(),
+                )
+                .await?;
+            Ok(client.check_status_response(&req, &id))
+        })
+        .route(&["POST"], "/api/hello-wait", |client, req| async move {
+            let id = client
+                .start_by_name("hello", Some("[\"Rome\"]".into()), Default::default())
+                .await?;
+            client
+                .wait_for_completion_or_check_status_response(&req, &id, Duration::from_secs(5))
+                .await
+        })
+        .route(&["GET"], "/api/item/{id}", |_client, req| async move {
+            let id = req.param("id").unwrap_or_default().to_string();
+            if id == "missing" {
+                return Err(HttpError::not_found("Job not found"));
+            }
+            Ok(durable_http::HttpResponse::json(
+                http::StatusCode::OK,
+                &json!({ "id": id }),
+            ))
+        })
+        .build()
+        .unwrap()
+        .bind()
+        .await
+        .unwrap()
+}
+
+struct Resp {
+    status: u16,
+    headers: http::HeaderMap,
+    body: Value,
+}
+
+async fn call(
+    h: &RunningHost,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Resp {
+    let stream = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", h.addr.to_string());
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = sender
+        .send_request(req.body(Full::new(Bytes::from(body.to_string()))).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
+    };
+    Resp {
+        status,
+        headers,
+        body,
+    }
+}
+
+async fn mgmt(h: &RunningHost, method: &str, path: &str, body: &str) -> Resp {
+    call(
+        h,
+        method,
+        &format!("/runtime/webhooks/durabletask/{path}"),
+        &[
+            ("x-functions-key", KEY),
+            ("content-type", "application/json"),
+        ],
+        body,
+    )
+    .await
+}
+
+async fn count(h: &RunningHost) -> usize {
+    h.client()
+        .list_instances(&Default::default(), 1000, None)
+        .await
+        .unwrap()
+        .items
+        .len()
+}
+
+fn assert_error(r: &Resp, status: u16) {
+    assert_eq!(r.status, status, "{:?}", r.body);
+    assert!(
+        r.body["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "JSON error body: {:?}",
+        r.body
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_endpoint_answers_202_and_the_public_status_follows() {
+    let h = host().await;
+    let r = call(&h, "POST", "/api/hello", &[], r#"["Tokyo","Lima"]"#).await;
+    assert_eq!(r.status, 202);
+    let location = r.headers["location"].to_str().unwrap().to_string();
+    assert_eq!(r.headers["retry-after"], "1");
+    let id = r.body["id"].as_str().unwrap().to_string();
+    assert_eq!(r.body["statusQueryGetUri"], location);
+    assert!(location.ends_with(&format!("/api/instances/{id}")));
+    let text = r.body.to_string();
+    assert!(
+        !text.contains("runtime/webhooks") && !text.contains(KEY),
+        "no management URLs or keys"
+    );
+    // Long-poll answers as soon as the instance finishes.
+    let r = call(&h, "GET", &format!("/api/instances/{id}?wait=10s"), &[], "").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body["runtimeStatus"], "Completed");
+    assert_eq!(r.body["output"], json!(["Hello Tokyo!", "Hello Lima!"]));
+    assert!(r.body.get("input").is_none());
+    assert!(r.body["createdTime"].as_str().unwrap().ends_with('Z'));
+    // A running instance answers 202 with Location, and the long-poll returns at its deadline.
+    let wid = h
+        .client()
+        .start_by_name("wait", None, Default::default())
+        .await
+        .unwrap();
+    let t = std::time::Instant::now();
+    let r = call(
+        &h,
+        "GET",
+        &format!("/api/instances/{wid}?wait=300ms"),
+        &[],
+        "",
+    )
+    .await;
+    assert!(t.elapsed() >= Duration::from_millis(250));
+    assert_eq!(r.status, 202);
+    assert!(r.headers.contains_key("location"));
+    assert_eq!(r.body["customStatus"], "waiting");
+    // Unknown and malformed ids, bad waits.
+    assert_error(&call(&h, "GET", "/api/instances/nope", &[], "").await, 404);
+    assert_error(
+        &call(&h, "GET", "/api/instances/%3Fbad", &[], "").await,
+        400,
+    );
+    assert_error(
+        &call(
+            &h,
+            "GET",
+            &format!("/api/instances/{wid}?wait=forever"),
+            &[],
+            "",
+        )
+        .await,
+        400,
+    );
+    assert_error(
+        &call(&h, "POST", &format!("/api/instances/{wid}"), &[], "").await,
+        405,
+    );
+    // The wait variant answers 200 with the output.
+    let r = call(&h, "POST", "/api/hello-wait", &[], "").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, json!(["Hello Rome!"]));
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_4xx_json_and_changes_nothing() {
+    let h = host().await;
+    let before = count(&h).await;
+    assert_error(&call(&h, "POST", "/api/hello", &[], "{not json").await, 400);
+    let r = call(&h, "POST", "/api/hello", &[], r#"{"cities": 3}"#).await;
+    assert_error(&r, 400);
+    assert!(
+        r.body["error"]
+            .as_str()
+            .unwrap()
+            .contains("expected a sequence"),
+        "{:?}",
+        r.body
+    );
+    assert_error(&call(&h, "POST", "/api/hello", &[], "").await, 400);
+    let big = format!("[\"{}\"]", "x".repeat(5000));
+    assert_error(&call(&h, "POST", "/api/hello", &[], &big).await, 413);
+    assert_error(&call(&h, "GET", "/api/nowhere", &[], "").await, 404);
+    let r = call(&h, "GET", "/api/hello", &[], "").await;
+    assert_error(&r, 405);
+    assert_eq!(r.headers["allow"], "POST");
+    assert_error(&mgmt(&h, "POST", "orchestrators/no_such", "").await, 400);
+    assert_error(&mgmt(&h, "POST", "orchestrators/hello", "{oops").await, 400);
+    assert_error(
+        &mgmt(&h, "POST", "orchestrators/hello/bad%3Fid", "[]").await,
+        400,
+    );
+    assert_error(&mgmt(&h, "GET", "nowhere", "").await, 404);
+    assert_eq!(count(&h).await, before, "nothing was started");
+    // Route parameters and handler errors.
+    let r = call(&h, "GET", "/api/item/abc", &[], "").await;
+    assert_eq!(r.body["id"], "abc");
+    let r = call(&h, "GET", "/api/item/missing", &[], "").await;
+    assert_error(&r, 404);
+    assert_eq!(r.body["error"], "Job not found");
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn management_api_requires_the_key() {
+    let h = host().await;
+    let path = "/runtime/webhooks/durabletask/instances";
+    assert_error(&call(&h, "GET", path, &[], "").await, 401);
+    assert_error(
+        &call(&h, "GET", path, &[("x-functions-key", "wrong")], "").await,
+        401,
+    );
+    assert_error(
+        &call(&h, "GET", &format!("{path}?code=wrong"), &[], "").await,
+        401,
+    );
+    assert_error(
+        &call(&h, "GET", "/runtime/webhooks/durabletask/unknown", &[], "").await,
+        401,
+    );
+    assert_eq!(
+        call(&h, "GET", &format!("{path}?code={KEY}"), &[], "")
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        call(&h, "GET", path, &[("x-functions-key", KEY)], "")
+            .await
+            .status,
+        200
+    );
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn management_routes_follow_the_reference_contract() {
+    let h = host().await;
+    // Start with a chosen id; the 202 carries management URLs without the key.
+    let r = mgmt(&h, "POST", "orchestrators/wait/job-1", "").await;
+    assert_eq!(r.status, 202);
+    assert_eq!(r.body["id"], "job-1");
+    for k in [
+        "statusQueryGetUri",
+        "sendEventPostUri",
+        "terminatePostUri",
+        "purgeHistoryDeleteUri",
+        "restartPostUri",
+        "suspendPostUri",
+        "resumePostUri",
+    ] {
+        let url = r.body[k].as_str().unwrap();
+        assert!(!url.contains("code=") && !url.contains(KEY), "{k}: {url}");
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let r = mgmt(
+        &h,
+        "GET",
+        "instances/job-1?showHistory=true&showHistoryOutput=true",
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 202);
+    assert_eq!(r.headers["retry-after"], "5");
+    assert_eq!(r.body["instanceId"], "job-1");
+    assert_eq!(r.body["runtimeStatus"], "Running");
+    assert_eq!(r.body["customStatus"], "waiting");
+    assert_eq!(r.body["historyEvents"][1]["EventType"], "ExecutionStarted");
+    assert_eq!(r.body["historyEvents"][1]["FunctionName"], "wait");
+    // Starting the same running id again is a conflict.
+    assert_error(&mgmt(&h, "POST", "orchestrators/wait/job-1", "").await, 409);
+    // Raise event: content type and JSON are checked.
+    let r = call(
+        &h,
+        "POST",
+        "/runtime/webhooks/durabletask/instances/job-1/raiseEvent/go",
+        &[("x-functions-key", KEY), ("content-type", "text/plain")],
+        "1",
+    )
+    .await;
+    assert_error(&r, 400);
+    assert_error(
+        &mgmt(&h, "POST", "instances/job-1/raiseEvent/go", "{bad").await,
+        400,
+    );
+    assert_error(
+        &mgmt(&h, "POST", "instances/nobody/raiseEvent/go", "1").await,
+        404,
+    );
+    // Suspend and resume.
+    assert_eq!(
+        mgmt(&h, "POST", "instances/job-1/suspend?reason=pause", "")
+            .await
+            .status,
+        202
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        mgmt(&h, "GET", "instances/job-1", "").await.body["runtimeStatus"],
+        "Suspended"
+    );
+    assert_eq!(
+        mgmt(&h, "POST", "instances/job-1/resume", "").await.status,
+        202
+    );
+    assert_eq!(
+        mgmt(
+            &h,
+            "POST",
+            "instances/job-1/raiseEvent/go",
+            r#"{"ok":true}"#
+        )
+        .await
+        .status,
+        202
+    );
+    let st = h
+        .client()
+        .wait_for_completion("job-1", Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(st.output.as_deref(), Some(r#"{"ok":true}"#));
+    let r = mgmt(&h, "GET", "instances/job-1?showInput=false", "").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body["output"], json!({"ok": true}));
+    assert_eq!(r.body["input"], Value::Null);
+    // Finished: events, terminate, suspend answer 410; rewind of a non-failed 410/400.
+    assert_error(
+        &mgmt(&h, "POST", "instances/job-1/raiseEvent/go", "1").await,
+        410,
+    );
+    assert_error(
+        &mgmt(&h, "POST", "instances/job-1/terminate", "").await,
+        410,
+    );
+    assert_error(&mgmt(&h, "POST", "instances/job-1/suspend", "").await, 410);
+    assert_error(&mgmt(&h, "POST", "instances/job-1/rewind", "").await, 410);
+    assert_error(
+        &mgmt(&h, "POST", "instances/nobody/terminate", "").await,
+        404,
+    );
+    assert_error(&mgmt(&h, "POST", "instances/job-1/explode", "").await, 404);
+    // Terminate a running one.
+    mgmt(&h, "POST", "orchestrators/wait/job-2", "").await;
+    assert_eq!(
+        mgmt(&h, "POST", "instances/job-2/terminate?reason=enough", "")
+            .await
+            .status,
+        202
+    );
+    let st = h
+        .client()
+        .wait_for_completion("job-2", Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(st.status, durable_core::RuntimeStatus::Terminated);
+    // Failed: 200, or 500 when asked; rewind accepted.
+    let r = mgmt(
+        &h,
+        "POST",
+        "orchestrators/failing/job-3?timeout=5&pollingInterval=1",
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body["runtimeStatus"], "Failed");
+    assert_eq!(mgmt(&h, "GET", "instances/job-3", "").await.status, 200);
+    assert_eq!(
+        mgmt(
+            &h,
+            "GET",
+            "instances/job-3?returnInternalServerErrorOnFailure=true",
+            ""
+        )
+        .await
+        .status,
+        500
+    );
+    assert_eq!(
+        mgmt(&h, "POST", "instances/job-3/rewind?reason=retry", "")
+            .await
+            .status,
+        202
+    );
+    // Restart under a new id and the same id.
+    let r = mgmt(
+        &h,
+        "POST",
+        "orchestrators/hello/job-4?timeout=5&pollingInterval=1",
+        r#"["Kyiv"]"#,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, json!(["Hello Kyiv!"]));
+    let r = mgmt(&h, "POST", "instances/job-4/restart", "").await;
+    assert_eq!(r.status, 202);
+    assert_ne!(r.body["id"], "job-4");
+    let r = mgmt(
+        &h,
+        "POST",
+        "instances/job-4/restart?restartWithNewInstanceId=false",
+        "",
+    )
+    .await;
+    assert_eq!(r.body["id"], "job-4");
+    assert_error(&mgmt(&h, "POST", "instances/nobody/restart", "").await, 400);
+    h.client()
+        .wait_for_completion("job-4", Duration::from_secs(5))
+        .await
+        .unwrap();
+    // List: filters, paging with the continuation header.
+    let r = mgmt(
+        &h,
+        "GET",
+        "instances?instanceIdPrefix=job-&runtimeStatus=Completed,Terminated,Bogus",
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.headers["x-ms-continuation-token"], "null");
+    let ids: Vec<&str> = r
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["instanceId"].as_str().unwrap())
+        .collect();
+    assert!(
+        ids.contains(&"job-1") && ids.contains(&"job-2") && ids.contains(&"job-4"),
+        "{ids:?}"
+    );
+    let mut seen = 0;
+    let mut token = String::new();
+    loop {
+        let mut headers = vec![("x-functions-key", KEY)];
+        if !token.is_empty() {
+            headers.push(("x-ms-continuation-token", token.as_str()));
+        }
+        let r = call(
+            &h,
+            "GET",
+            "/runtime/webhooks/durabletask/instances?top=2",
+            &headers,
+            "",
+        )
+        .await;
+        assert_eq!(r.status, 200);
+        seen += r.body.as_array().unwrap().len();
+        let next = r.headers["x-ms-continuation-token"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        if next == "null" {
+            break;
+        }
+        token = next;
+    }
+    assert_eq!(seen, count(&h).await);
+    assert_error(
+        &mgmt(&h, "GET", "instances?createdTimeFrom=yesterday", "").await,
+        400,
+    );
+    // Purge one, then in bulk.
+    let r = mgmt(&h, "DELETE", "instances/job-2", "").await;
+    assert_eq!(
+        (r.status, r.body.clone()),
+        (200, json!({"instancesDeleted": 1}))
+    );
+    assert_error(&mgmt(&h, "DELETE", "instances/job-2", "").await, 404);
+    assert_error(&mgmt(&h, "DELETE", "instances", "").await, 400);
+    assert_error(
+        &mgmt(
+            &h,
+            "DELETE",
+            "instances?createdTimeFrom=2000-01-01T00:00:00Z&runtimeStatus=Canceled",
+            "",
+        )
+        .await,
+        404,
+    );
+    let r = mgmt(
+        &h,
+        "DELETE",
+        "instances?createdTimeFrom=2000-01-01T00:00:00Z&runtimeStatus=Completed",
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert!(r.body["instancesDeleted"].as_u64().unwrap() >= 2);
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entity_routes() {
+    let h = host().await;
+    assert_eq!(
+        mgmt(&h, "POST", "entities/Counter/c1?op=add", "5")
+            .await
+            .status,
+        202
+    );
+    assert_eq!(
+        mgmt(&h, "POST", "entities/counter/c1?op=add", "2")
+            .await
+            .status,
+        202
+    );
+    let mut state = Value::Null;
+    for _ in 0..200 {
+        let r = mgmt(&h, "GET", "entities/counter/c1", "").await;
+        if r.status == 200 && r.body == json!(7) {
+            state = r.body;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(state, json!(7));
+    assert_error(&mgmt(&h, "GET", "entities/counter/C1", "").await, 404);
+    assert_error(
+        &mgmt(&h, "POST", "entities/nosuch/x?op=add", "1").await,
+        404,
+    );
+    assert_error(
+        &mgmt(&h, "POST", "entities/counter/c1?op=add", "{bad").await,
+        400,
+    );
+    let r = mgmt(&h, "GET", "entities/counter?fetchState=true", "").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.body[0]["entityId"],
+        json!({"name": "counter", "key": "c1"})
+    );
+    assert_eq!(r.body[0]["state"], json!(7));
+    assert_eq!(r.headers["x-ms-continuation-token"], "null");
+    assert_eq!(
+        mgmt(&h, "DELETE", "entities/counter/c1", "").await.status,
+        202
+    );
+    let mut gone = false;
+    for _ in 0..200 {
+        if mgmt(&h, "GET", "entities/counter/c1", "").await.status == 404 {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(gone);
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn colliding_routes_are_a_startup_error_and_mounting_works() {
+    let err = Host::builder()
+        .addr("127.0.0.1:0")
+        .store(Arc::new(MemoryStore::new()))
+        .key(KEY)
+        .registry(registry())
+        .without_registered_routes()
+        .route(&["GET"], "/api/x/{a}", |_c, _r| async {
+            Err(HttpError::not_found("x"))
+        })
+        .route(&["GET", "POST"], "/api/x/{b}", |_c, _r| async {
+            Err(HttpError::not_found("x"))
+        })
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("routes collide"), "{err}");
+
+    let host = Host::builder()
+        .store(Arc::new(MemoryStore::new()))
+        .key(KEY)
+        .registry(registry())
+        .without_registered_routes()
+        .mount_prefix("/durable")
+        .build()
+        .unwrap();
+    let app = host.app();
+    let req = http::Request::builder()
+        .method("POST")
+        .uri("/durable/runtime/webhooks/durabletask/orchestrators/hello")
+        .header("host", "example.test")
+        .header("x-functions-key", KEY)
+        .body(Full::new(Bytes::from_static(b"[\"Bern\"]")))
+        .unwrap();
+    let resp = app.handle(req).await;
+    assert_eq!(resp.status(), 202);
+    let loc = resp.headers()["location"].to_str().unwrap();
+    assert!(
+        loc.starts_with("http://example.test/durable/runtime/webhooks/durabletask/instances/"),
+        "{loc}"
+    );
+    let outside = http::Request::builder()
+        .uri("/elsewhere")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(app.handle(outside).await.status(), 404);
+}
