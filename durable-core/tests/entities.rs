@@ -131,7 +131,7 @@ fn registry() -> Registry {
             |ctx: OrchestrationContext, _: ()| async move {
                 let a = EntityId::new("account", "r1");
                 let b = EntityId::new("account", "r2");
-                let guard = ctx.lock(&[a.clone()]).await?;
+                let guard = ctx.lock(std::slice::from_ref(&a)).await?;
                 let mut errors = Vec::new();
                 if let Err(e) = ctx.call_entity::<i64>(&b, "get", &()).await {
                     errors.push(e.failure.error_type.clone());
@@ -139,7 +139,7 @@ fn registry() -> Registry {
                 if let Err(e) = ctx.signal_entity(&a, "deposit", &1) {
                     errors.push(e.failure.error_type.clone());
                 }
-                if let Err(e) = ctx.lock(&[b.clone()]).await {
+                if let Err(e) = ctx.lock(std::slice::from_ref(&b)).await {
                     errors.push(e.failure.error_type.clone());
                 }
                 if let Err(e) = ctx
@@ -158,7 +158,7 @@ fn registry() -> Registry {
             "hold_and_fail",
             |ctx: OrchestrationContext, _: ()| async move {
                 let a = EntityId::new("account", "held");
-                let _guard = ctx.lock(&[a.clone()]).await?;
+                let _guard = ctx.lock(std::slice::from_ref(&a)).await?;
                 Err::<(), _>(OrchestrationError::new("failing while holding a lock"))
             },
         )

@@ -187,7 +187,7 @@ mod tests {
         assert_eq!(parse_wait("500ms").unwrap(), Duration::from_millis(500));
         assert_eq!(parse_wait("2m").unwrap(), Duration::from_secs(120));
         assert_eq!(parse_wait("10").unwrap(), Duration::from_secs(10));
-        assert_eq!(parse_wait("1h").is_err(), true);
+        assert!(parse_wait("1h").is_err());
         assert!(parse_wait("-1").is_err());
         assert_eq!(parse_wait("9999").unwrap(), MAX_WAIT);
     }

@@ -331,7 +331,7 @@ enum Op {
 
 enum Reply {
     Unit,
-    Item(Option<OrchestrationWorkItem>),
+    Item(Option<Box<OrchestrationWorkItem>>),
     Activities(Vec<ActivityWorkItem>),
     Bool(bool),
     Count(u64),
@@ -423,7 +423,7 @@ fn apply(conn: &Connection, op: &Op, w: &mut Wake) -> StoreResult<Reply> {
             insert_message(conn, m, w)?;
             Ok(Reply::Unit)
         }
-        Op::FetchOrchestration(lease) => fetch_orchestration(conn, now, *lease).map(Reply::Item),
+        Op::FetchOrchestration(lease) => fetch_orchestration(conn, now, *lease).map(|i| Reply::Item(i.map(Box::new))),
         Op::Commit(c) => {
             commit(conn, c, w)?;
             Ok(Reply::Unit)
@@ -946,7 +946,7 @@ impl Store for SqliteStore {
         lease: Duration,
     ) -> StoreResult<Option<OrchestrationWorkItem>> {
         match self.write(Op::FetchOrchestration(lease)).await? {
-            Reply::Item(i) => Ok(i),
+            Reply::Item(i) => Ok(i.map(|b| *b)),
             _ => Err(backend("unexpected reply")),
         }
     }
