@@ -3,3 +3,5 @@
 //! time; a binary only starts the host.
 
 pub mod hello;
+pub mod query_job;
+pub mod speakers;

@@ -1,0 +1,181 @@
+//! Each example driven over real HTTP from start to its final status.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use durable_examples::query_job;
+use durable_http::{Host, RunningHost};
+use http_body_util::{BodyExt, Full};
+use serde_json::{json, Value};
+
+async fn host() -> RunningHost {
+    Host::builder()
+        .addr("127.0.0.1:0")
+        .store(Arc::new(durable_core::MemoryStore::new()))
+        .key("scenario-test-key-0123456789")
+        .build()
+        .unwrap()
+        .bind()
+        .await
+        .unwrap()
+}
+
+async fn call(
+    h: &RunningHost,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> (u16, http::HeaderMap, Value) {
+    let stream = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", h.addr.to_string())
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        headers,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+/// Polls a status URL the way a client would: follow Location while 202.
+async fn poll(h: &RunningHost, location: &str) -> Value {
+    let path = location
+        .split_once(&h.addr.to_string())
+        .map(|(_, p)| p)
+        .unwrap_or(location);
+    for _ in 0..100 {
+        let (status, _, body) = call(h, "GET", &format!("{path}?wait=5s"), "").await;
+        if status == 200 {
+            return body;
+        }
+        assert_eq!(status, 202);
+    }
+    panic!("{location} never finished");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hello_cities() {
+    let h = host().await;
+    let (status, headers, body) =
+        call(&h, "POST", "/api/hello", r#"["Tokyo","Seattle","London"]"#).await;
+    assert_eq!(status, 202);
+    assert_eq!(
+        headers["location"].to_str().unwrap(),
+        body["statusQueryGetUri"]
+    );
+    let done = poll(&h, headers["location"].to_str().unwrap()).await;
+    assert_eq!(done["runtimeStatus"], "Completed");
+    assert_eq!(
+        done["output"],
+        json!(["Hello Tokyo!", "Hello Seattle!", "Hello London!"])
+    );
+    let (status, _, body) = call(&h, "POST", "/api/hello", r#"{"not":"a list"}"#).await;
+    assert_eq!(status, 400);
+    assert!(body["error"]
+        .as_str()
+        .unwrap()
+        .contains("expected a sequence"));
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_for_speakers_moves_through_its_stages() {
+    let h = host().await;
+    let good = json!({"speaker": "Ada", "email": "ada@example.com", "title": "Durable workflows in Rust",
+                      "abstract": "How deterministic replay lets long work survive crashes"});
+    let (status, headers, _) = call(&h, "POST", "/api/submissions", &good.to_string()).await;
+    assert_eq!(status, 202);
+    assert!(headers.contains_key("retry-after"));
+    let location = headers["location"].to_str().unwrap().to_string();
+    let path = location
+        .split_once(&h.addr.to_string())
+        .unwrap()
+        .1
+        .to_string();
+    // While the committee deliberates, the custom status names the stage.
+    let (status, _, body) = call(&h, "GET", &path, "").await;
+    if status == 202 {
+        assert!(body["customStatus"].is_string(), "{body}");
+    }
+    let done = poll(&h, &location).await;
+    assert_eq!(done["customStatus"], "Approved");
+    assert_eq!(done["output"]["outcome"], "Approved");
+    assert_eq!(done["output"]["reviews"].as_array().unwrap().len(), 3);
+
+    let weak = json!({"speaker": "Bob", "email": "bob@example.com", "title": "Blockchain", "abstract": "short"});
+    let (_, headers, _) = call(&h, "POST", "/api/submissions", &weak.to_string()).await;
+    let done = poll(&h, headers["location"].to_str().unwrap()).await;
+    assert_eq!(done["output"]["outcome"], "Rejected");
+    assert_eq!(done["output"]["reviews"][1]["stage"], "ContentReview");
+    let (status, _, _) = call(&h, "POST", "/api/submissions", r#"{"speaker": 3}"#).await;
+    assert_eq!(status, 400);
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_job_validates_runs_the_query_and_reports() {
+    let dir = std::env::temp_dir().join(format!("durable-query-job-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("audit.db");
+    let _ = std::fs::remove_file(&db);
+    // The activity reads QUERY_JOB_DB; this test binary sets it once, before any job runs.
+    std::env::set_var("QUERY_JOB_DB", &db);
+    query_job::seed_audit_rows(&db).unwrap();
+    let h = host().await;
+    for (q, msg) in [
+        ("", "Empty start date."),
+        ("?s=10/08/2021", "Empty end date."),
+        ("?s=31/02/2021&e=01/03/2021", "Invalid start date format."),
+        ("?s=10/08/2021&e=abcd", "Invalid end date format."),
+        ("?s=10/08/2021&e=05/08/2021", "Invalid date range."),
+    ] {
+        let (status, _, body) = call(&h, "GET", &format!("/api/submit/query{q}"), "").await;
+        assert_eq!((status, body["error"].as_str()), (400, Some(msg)), "{q}");
+    }
+    let (status, _, body) =
+        call(&h, "GET", "/api/submit/query?s=10/02/2021&e=10/05/2021", "").await;
+    assert_eq!(status, 200);
+    let uri = body["statusUri"].as_str().unwrap().to_string();
+    let path = uri.split_once(&h.addr.to_string()).unwrap().1.to_string();
+    assert!(path.starts_with("/api/status/"));
+    let expected = query_job::count_certified(
+        &db,
+        &query_job::Range {
+            start: "2021-02-10".into(),
+            end: "2021-05-10".into(),
+        },
+    )
+    .unwrap();
+    assert!(expected > 0);
+    let mut last = Value::Null;
+    for _ in 0..200 {
+        let (status, _, body) = call(&h, "GET", &path, "").await;
+        assert_eq!(status, 200);
+        if body["status"] == "Completed" {
+            last = body;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(last["result"], json!(expected));
+    let (status, _, body) = call(&h, "GET", "/api/status/unknown-job", "").await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (404, Some("Job not found"))
+    );
+    h.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
