@@ -10,6 +10,7 @@
 //! rest of the crate keeps compiling and no follow-on errors appear. Set
 //! `DURABLE_MACROS_DEBUG=1` while building to print every expansion to stderr.
 
+mod determinism;
 mod expand;
 mod parse;
 mod validate;
@@ -62,9 +63,15 @@ fn run(kind: Kind, attr: TokenStream, item: TokenStream) -> TokenStream {
             errors.push(e);
             item
         }
-        Ok(func) => {
+        Ok(mut func) => {
+            let mut warnings = proc_macro2::TokenStream::new();
+            if kind == Kind::Orchestrator {
+                let (found, warn) = determinism::check(&mut func.block);
+                errors.extend(found);
+                warnings = warn;
+            }
             let original = func.to_token_stream();
-            if kind == Kind::HttpStart {
+            let mut out = if kind == Kind::HttpStart {
                 match validate::validate_http_start(args, func, &mut errors) {
                     Some(f) if errors.is_empty() => expand::http_start(f),
                     _ => original,
@@ -75,7 +82,9 @@ fn run(kind: Kind, attr: TokenStream, item: TokenStream) -> TokenStream {
                     Some(f) if errors.is_empty() => expand::orchestrator(f),
                     _ => original,
                 }
-            }
+            };
+            out.extend(warnings);
+            out
         }
     };
     let mut out = out;
@@ -148,6 +157,22 @@ pub fn activity(attr: TokenStream, item: TokenStream) -> TokenStream {
 /// The context comes first; at most one input follows (use a struct or tuple for more).
 /// The body must be deterministic: take time, ids, sleeps and I/O from the context
 /// (`ctx.current_utc_datetime()`, `ctx.new_guid()`, `ctx.create_timer(..)`, activities).
+///
+/// # Determinism checks
+///
+/// The compiler refuses, with the replay-safe replacement in the message: wall-clock time
+/// (`SystemTime::now`, `Instant::now`, `Utc::now`, `Local::now`,
+/// `OffsetDateTime::now_utc`), sleeping (`tokio::time::sleep`/`sleep_until`/`interval`/
+/// `timeout`, `std::thread::sleep`), randomness (`rand::random`/`thread_rng`/`rng`,
+/// `Uuid::new_v4`), spawning (`tokio::spawn`, `std::thread::spawn`, `spawn_blocking`),
+/// I/O (`std::fs`, `tokio::fs`, `std::net`, `tokio::net`, `reqwest`), the environment
+/// (`std::env::var`), and `tokio::select!` without `biased;`. A `loop {}` or
+/// `while true {}` that awaits without `continue_as_new` gets a warning about unbounded
+/// history. Mark a statement `#[nondeterministic]` to exempt it deliberately.
+///
+/// The check is syntactic: it matches paths in this function's body by their last
+/// segments, so it cannot see inside helper functions, through `use ... as` renames, or a
+/// bare `sleep(..)` imported with `use`. Keep such code in activities.
 ///
 /// Options: `name = "..."` (durable name, default the function's name) and
 /// `version = "..."` (recorded with each instance; several versions of one name may be
