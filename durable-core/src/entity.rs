@@ -161,6 +161,7 @@ pub(crate) type PendingSignal = (EntityId, String, Option<String>, Option<DateTi
 #[derive(Debug, Default)]
 pub(crate) struct Effects {
     pub state: Option<String>,
+    pub deleted: bool,
     pub signals: Vec<PendingSignal>,
     pub starts: Vec<(String, String, Option<String>)>,
 }
@@ -243,7 +244,14 @@ impl<S> EntityContext<S> {
     /// Deletes the entity's state when the operation finishes (it stops existing until
     /// an operation sets state again).
     pub fn delete_state(&self) {
-        self.effects().state = None;
+        let mut e = self.effects();
+        e.state = None;
+        e.deleted = true;
+    }
+
+    /// True when the current operation deleted the state.
+    pub fn is_deleted(&self) -> bool {
+        self.effects().deleted
     }
 
     /// The state as raw JSON.
@@ -311,7 +319,9 @@ impl<S: Serialize + DeserializeOwned> EntityContext<S> {
 
     /// Replaces the state.
     pub fn set_state(&self, state: &S) {
-        self.effects().state = serde_json::to_string(state).ok();
+        let mut e = self.effects();
+        e.state = serde_json::to_string(state).ok();
+        e.deleted = false;
     }
 }
 

@@ -49,7 +49,7 @@ pub use client::{DurableClient, OrchestrationStatus, StartOptions, StatusOptions
 pub use context::{
     CriticalSection, DurableFuture, EventFuture, LockFuture, OrchestrationContext, TimerTarget,
 };
-pub use durable_macros::{activity, orchestrator};
+pub use durable_macros::{activity, entity, orchestrator};
 pub use entity::{Entity, EntityContext, EntityHandle, EntityId, EntityMetadata, Operation};
 pub use error::{ActivityError, Error, OrchestrationError, TaskError, TaskKind};
 pub use history::{EventKind, FailureDetails, HistoryEvent};

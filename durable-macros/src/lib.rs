@@ -24,6 +24,7 @@ pub(crate) enum Kind {
     Activity,
     Orchestrator,
     HttpStart,
+    Entity,
 }
 
 impl Kind {
@@ -32,6 +33,7 @@ impl Kind {
             Kind::Activity => &["name"],
             Kind::Orchestrator => &["name", "version"],
             Kind::HttpStart => &["route", "method", "methods"],
+            Kind::Entity => &["name"],
         }
     }
 
@@ -40,6 +42,7 @@ impl Kind {
             Kind::Activity => "ActivityContext",
             Kind::Orchestrator => "OrchestrationContext",
             Kind::HttpStart => "DurableClient",
+            Kind::Entity => "EntityContext",
         }
     }
 }
@@ -50,6 +53,7 @@ impl std::fmt::Display for Kind {
             Kind::Activity => "#[activity]",
             Kind::Orchestrator => "#[orchestrator]",
             Kind::HttpStart => "#[http_start]",
+            Kind::Entity => "#[entity]",
         })
     }
 }
@@ -58,6 +62,26 @@ fn run(kind: Kind, attr: TokenStream, item: TokenStream) -> TokenStream {
     let item: proc_macro2::TokenStream = item.into();
     let mut errors = Vec::new();
     let args = parse::parse_args(kind, attr.into(), &mut errors);
+    if kind == Kind::Entity {
+        let mut out = match syn::parse2::<syn::Item>(item.clone()) {
+            Ok(syn::Item::Impl(i)) => expand::entity::expand_impl(args, i, &mut errors),
+            Ok(syn::Item::Fn(f)) => expand::entity::expand_fn(args, f, &mut errors),
+            _ => {
+                errors.push(syn::Error::new(
+                    proc_macro2::Span::call_site(),
+                    "#[entity] goes on an `impl State { ... }` block or on an `async fn(ctx: EntityContext<S>, op: Operation)`",
+                ));
+                item
+            }
+        };
+        if let Some(e) = errors.into_iter().reduce(|mut a, b| {
+            a.combine(b);
+            a
+        }) {
+            out.extend(e.to_compile_error());
+        }
+        return out.into();
+    }
     let out = match parse::parse_fn(kind, item.clone()) {
         Err(e) => {
             errors.push(e);
@@ -232,4 +256,42 @@ pub fn orchestrator(attr: TokenStream, item: TokenStream) -> TokenStream {
 #[proc_macro_attribute]
 pub fn http_start(attr: TokenStream, item: TokenStream) -> TokenStream {
     run(Kind::HttpStart, attr, item)
+}
+
+/// Turns the `impl` block of a state type into a durable entity: small state addressed by
+/// a key, changed by operations that run one at a time.
+///
+/// # Accepted shapes
+///
+/// - On `impl State { ... }` (State: `Default + Serialize + DeserializeOwned`): every
+///   `pub` method is an operation named like the method, taking `&self` or `&mut self`,
+///   optionally `ctx: &EntityContext<State>` next, and at most one input; it may be
+///   `async` and may return a value or `Result<T, E>`. A failing operation leaves the
+///   state unchanged. An operation `delete` exists unless you define one.
+/// - On `async fn name(ctx: EntityContext<S>, op: Operation) -> R`: a function-style
+///   entity reading `op.name`, `op.input()` and `ctx.get_state()`/`set_state()`.
+///
+/// Option: `name = "..."` (default: the type or function name, lower-cased; entity names
+/// are case-insensitive, keys case-sensitive).
+///
+/// # What it generates (impl form)
+///
+/// `impl Entity for State` and two proxies, so calls are type-checked:
+/// `ctx.entity::<Counter>("game1").add(5).await?` from an orchestration and
+/// `client.entity::<Counter>("game1").signal().add(5).await?` from anywhere.
+///
+/// ```ignore
+/// #[derive(Default, Serialize, Deserialize)]
+/// pub struct Counter { value: i64 }
+///
+/// #[entity]
+/// impl Counter {
+///     pub fn add(&mut self, n: i64) -> i64 { self.value += n; self.value }
+///     pub fn reset(&mut self) { self.value = 0 }
+///     pub fn get(&self) -> i64 { self.value }
+/// }
+/// ```
+#[proc_macro_attribute]
+pub fn entity(attr: TokenStream, item: TokenStream) -> TokenStream {
+    run(Kind::Entity, attr, item)
 }

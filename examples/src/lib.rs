@@ -2,6 +2,8 @@
 //! module registers its orchestrators, activities, entities and start endpoints at link
 //! time; a binary only starts the host.
 
+pub mod bank;
+pub mod counter;
 pub mod hello;
 pub mod query_job;
 pub mod speakers;

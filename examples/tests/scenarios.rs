@@ -179,3 +179,65 @@ async fn query_job_validates_runs_the_query_and_reports() {
     h.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counter_entity_over_http() {
+    let h = host().await;
+    for n in [5, 7, -2] {
+        let (status, _, _) = call(&h, "POST", "/api/counters/game1/add", &n.to_string()).await;
+        assert_eq!(status, 202);
+    }
+    let mut value = Value::Null;
+    for _ in 0..200 {
+        let (status, _, body) = call(&h, "GET", "/api/counters/game1", "").await;
+        if status == 200 && body["value"] == json!(10) {
+            value = body["value"].clone();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(value, json!(10));
+    let (status, _, _) = call(&h, "GET", "/api/counters/other", "").await;
+    assert_eq!(status, 404);
+    let (status, _, _) = call(&h, "POST", "/api/counters/game1/add", "\"five\"").await;
+    assert_eq!(status, 400);
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bank_transfers_keep_the_total() {
+    let h = host().await;
+    for a in ["a", "b", "c"] {
+        let (status, _, _) = call(&h, "POST", &format!("/api/accounts/{a}/deposit"), "1000").await;
+        assert_eq!(status, 202);
+    }
+    for a in ["a", "b", "c"] {
+        for _ in 0..200 {
+            if call(&h, "GET", &format!("/api/accounts/{a}"), "").await.0 == 200 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let mut locations = Vec::new();
+    for i in 0..30 {
+        let (from, to) = [("a", "b"), ("b", "c"), ("c", "a"), ("a", "c")][i % 4];
+        let body = json!({"from": from, "to": to, "amount": 50 + i}).to_string();
+        let (status, headers, _) = call(&h, "POST", "/api/transfers", &body).await;
+        assert_eq!(status, 202);
+        locations.push(headers["location"].to_str().unwrap().to_string());
+    }
+    for l in &locations {
+        let done = poll(&h, l).await;
+        assert_eq!(done["runtimeStatus"], "Completed", "{done}");
+    }
+    // Lock releases travel as messages; give the last ones a moment.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut total = 0;
+    for a in ["a", "b", "c"] {
+        let (_, _, body) = call(&h, "GET", &format!("/api/accounts/{a}"), "").await;
+        total += body["balance"].as_i64().unwrap();
+    }
+    assert_eq!(total, 3000);
+    h.shutdown().await;
+}

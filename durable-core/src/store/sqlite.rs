@@ -423,7 +423,9 @@ fn apply(conn: &Connection, op: &Op, w: &mut Wake) -> StoreResult<Reply> {
             insert_message(conn, m, w)?;
             Ok(Reply::Unit)
         }
-        Op::FetchOrchestration(lease) => fetch_orchestration(conn, now, *lease).map(|i| Reply::Item(i.map(Box::new))),
+        Op::FetchOrchestration(lease) => {
+            fetch_orchestration(conn, now, *lease).map(|i| Reply::Item(i.map(Box::new)))
+        }
         Op::Commit(c) => {
             commit(conn, c, w)?;
             Ok(Reply::Unit)

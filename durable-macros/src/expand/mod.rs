@@ -3,6 +3,7 @@
 //! link-time registration.
 
 mod activity;
+pub mod entity;
 mod http_start;
 mod orchestrator;
 
