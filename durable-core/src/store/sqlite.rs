@@ -12,6 +12,8 @@
 //! (up to 256), applies them in one transaction with a savepoint each (a failing request
 //! rolls back alone), commits once — one fsync for the whole batch — and only then answers
 //! each caller. There is no lock contention and no `database is locked` retry loop.
+//! Batches that only take or renew leases commit without waiting for the disk: a lost
+//! lease is harmless, and the next durable commit syncs those pages too.
 //! Reads use a separate read-only connection on the blocking thread pool.
 //!
 //! # Schema (version 1; `PRAGMA user_version`)
@@ -169,6 +171,7 @@ impl SqliteStore {
         let mut conn =
             Connection::open(&b.path).map_err(|e| backend(format!("cannot open {what}: {e}")))?;
         configure(&conn, b.synchronous, &what)?;
+        let sync = b.synchronous;
         migrate(&mut conn, &what)?;
         let reader = Connection::open_with_flags(
             &b.path,
@@ -185,7 +188,7 @@ impl SqliteStore {
         let s2 = shared.clone();
         std::thread::Builder::new()
             .name("durable-sqlite-writer".into())
-            .spawn(move || writer_loop(conn, rx, s2))
+            .spawn(move || writer_loop(conn, rx, s2, sync))
             .map_err(backend)?;
         Ok(Self {
             path: b.path,
@@ -350,13 +353,38 @@ struct Wake {
     instances: Vec<String>,
 }
 
-fn writer_loop(conn: Connection, rx: mpsc::Receiver<Request>, shared: Arc<Shared>) {
+impl Op {
+    /// Lease bookkeeping only: losing it in a power cut is harmless (leases would lapse
+    /// anyway), so such batches commit without waiting for the disk.
+    fn lease_only(&self) -> bool {
+        matches!(
+            self,
+            Op::FetchOrchestration(_) | Op::FetchActivities(..) | Op::RenewActivity(..)
+        )
+    }
+}
+
+fn writer_loop(conn: Connection, rx: mpsc::Receiver<Request>, shared: Arc<Shared>, sync: Synchronous) {
+    let durable_sync = match sync {
+        Synchronous::Full => "PRAGMA synchronous=FULL",
+        Synchronous::Normal => "PRAGMA synchronous=NORMAL",
+    };
+    let mut relaxed = false;
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < GROUP_LIMIT {
             match rx.try_recv() {
                 Ok(r) => batch.push(r),
                 Err(_) => break,
+            }
+        }
+        // Every commit that carries acknowledged state waits for the disk; a batch of
+        // lease bookkeeping alone does not (the next durable commit syncs it too).
+        let lease_only = batch.iter().all(|r| r.op.lease_only());
+        if lease_only != relaxed {
+            let pragma = if lease_only { "PRAGMA synchronous=OFF" } else { durable_sync };
+            if conn.execute_batch(pragma).is_ok() {
+                relaxed = lease_only;
             }
         }
         let mut results = Vec::with_capacity(batch.len());
@@ -665,7 +693,7 @@ fn fetch_orchestration(
         .prepare_cached(
             "SELECT m.instance_id FROM messages m JOIN instances i ON i.id = m.instance_id
              WHERE m.visible_at <= ?1 AND (i.locked_until IS NULL OR i.locked_until <= ?1)
-             ORDER BY m.id LIMIT 1",
+             ORDER BY m.visible_at, m.id LIMIT 1",
         )
         .and_then(|mut s| s.query_row(params![now], |r| r.get(0)).optional())
         .map_err(sql)?;
