@@ -227,31 +227,41 @@ async fn orchestration_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<b
             break;
         }
         while running.try_join_next().is_some() {}
-        let permit = tokio::select! {
+        let first = tokio::select! {
             p = limit.clone().acquire_owned() => p.expect("semaphore is never closed"),
             _ = shutdown.changed() => continue,
         };
+        let mut permits = vec![first];
+        while let Ok(p) = limit.clone().try_acquire_owned() {
+            permits.push(p);
+            if permits.len() >= 32 {
+                break;
+            }
+        }
         let notified = shared.store.signals().orchestrations.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
         match shared
             .store
-            .fetch_orchestration_work_item(shared.options.orchestration_lease)
+            .fetch_orchestration_work_items(shared.options.orchestration_lease, permits.len())
             .await
         {
-            Ok(Some(item)) => {
-                let shared = shared.clone();
-                running.spawn(async move {
-                    process_orchestration(&shared, item).await;
-                    drop(permit);
-                });
+            Ok(items) if !items.is_empty() => {
+                for item in items {
+                    let permit = permits.pop().expect("one permit per fetched item");
+                    let shared = shared.clone();
+                    running.spawn(async move {
+                        process_orchestration(&shared, item).await;
+                        drop(permit);
+                    });
+                }
             }
-            Ok(None) => {
-                drop(permit);
+            Ok(_) => {
+                drop(permits);
                 wait_for_work(&shared, notified, &mut shutdown).await;
             }
             Err(e) => {
-                drop(permit);
+                drop(permits);
                 tracing::warn!(error = %e, "fetching orchestration work failed");
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }

@@ -225,6 +225,23 @@ pub trait Store: Send + Sync + 'static {
         lease: Duration,
     ) -> StoreResult<Option<OrchestrationWorkItem>>;
 
+    /// Leases up to `max` instances with visible messages (each with all its visible
+    /// messages). Stores override this to take them in one round trip.
+    async fn fetch_orchestration_work_items(
+        &self,
+        lease: Duration,
+        max: usize,
+    ) -> StoreResult<Vec<OrchestrationWorkItem>> {
+        let mut out = Vec::new();
+        while out.len() < max {
+            match self.fetch_orchestration_work_item(lease).await? {
+                Some(item) => out.push(item),
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
     /// Applies one episode's outcome and releases the lease.
     async fn commit_orchestration(&self, commit: OrchestrationCommit) -> StoreResult<()>;
 

@@ -321,7 +321,7 @@ fn migrate(conn: &mut Connection, what: &str) -> StoreResult<()> {
 enum Op {
     Create(NewInstance),
     Send(OrchestrationMessage),
-    FetchOrchestration(Duration),
+    FetchOrchestration(Duration, usize),
     Commit(Box<OrchestrationCommit>),
     AbandonOrchestration(String, String, Duration),
     FetchActivities(Duration, usize),
@@ -334,7 +334,7 @@ enum Op {
 
 enum Reply {
     Unit,
-    Item(Option<Box<OrchestrationWorkItem>>),
+    Items(Vec<OrchestrationWorkItem>),
     Activities(Vec<ActivityWorkItem>),
     Bool(bool),
     Count(u64),
@@ -359,12 +359,17 @@ impl Op {
     fn lease_only(&self) -> bool {
         matches!(
             self,
-            Op::FetchOrchestration(_) | Op::FetchActivities(..) | Op::RenewActivity(..)
+            Op::FetchOrchestration(..) | Op::FetchActivities(..) | Op::RenewActivity(..)
         )
     }
 }
 
-fn writer_loop(conn: Connection, rx: mpsc::Receiver<Request>, shared: Arc<Shared>, sync: Synchronous) {
+fn writer_loop(
+    conn: Connection,
+    rx: mpsc::Receiver<Request>,
+    shared: Arc<Shared>,
+    sync: Synchronous,
+) {
     let durable_sync = match sync {
         Synchronous::Full => "PRAGMA synchronous=FULL",
         Synchronous::Normal => "PRAGMA synchronous=NORMAL",
@@ -382,7 +387,11 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Request>, shared: Arc<Shared
         // lease bookkeeping alone does not (the next durable commit syncs it too).
         let lease_only = batch.iter().all(|r| r.op.lease_only());
         if lease_only != relaxed {
-            let pragma = if lease_only { "PRAGMA synchronous=OFF" } else { durable_sync };
+            let pragma = if lease_only {
+                "PRAGMA synchronous=OFF"
+            } else {
+                durable_sync
+            };
             if conn.execute_batch(pragma).is_ok() {
                 relaxed = lease_only;
             }
@@ -451,8 +460,15 @@ fn apply(conn: &Connection, op: &Op, w: &mut Wake) -> StoreResult<Reply> {
             insert_message(conn, m, w)?;
             Ok(Reply::Unit)
         }
-        Op::FetchOrchestration(lease) => {
-            fetch_orchestration(conn, now, *lease).map(|i| Reply::Item(i.map(Box::new)))
+        Op::FetchOrchestration(lease, max) => {
+            let mut items = Vec::new();
+            while items.len() < *max {
+                match fetch_orchestration(conn, now, *lease)? {
+                    Some(i) => items.push(i),
+                    None => break,
+                }
+            }
+            Ok(Reply::Items(items))
         }
         Op::Commit(c) => {
             commit(conn, c, w)?;
@@ -975,8 +991,16 @@ impl Store for SqliteStore {
         &self,
         lease: Duration,
     ) -> StoreResult<Option<OrchestrationWorkItem>> {
-        match self.write(Op::FetchOrchestration(lease)).await? {
-            Reply::Item(i) => Ok(i.map(|b| *b)),
+        Ok(self.fetch_orchestration_work_items(lease, 1).await?.pop())
+    }
+
+    async fn fetch_orchestration_work_items(
+        &self,
+        lease: Duration,
+        max: usize,
+    ) -> StoreResult<Vec<OrchestrationWorkItem>> {
+        match self.write(Op::FetchOrchestration(lease, max)).await? {
+            Reply::Items(i) => Ok(i),
             _ => Err(backend("unexpected reply")),
         }
     }

@@ -1,0 +1,86 @@
+//! A worker process for the entity crash test: serves a `counter` and an `orderlog`
+//! entity from a SQLite file until it is killed, or, with `--until N`, until the counter
+//! reaches N.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use durable_core::store::sqlite::SqliteStore;
+use durable_core::{
+    DurableClient, EntityContext, EntityId, FailureDetails, Operation, Registry, Runtime,
+    RuntimeOptions,
+};
+use serde::{Deserialize, Serialize};
+
+/// Per sender: last sequence number seen; plus out-of-order arrivals and the total.
+#[derive(Default, Serialize, Deserialize)]
+pub struct OrderLog {
+    last: BTreeMap<String, u64>,
+    violations: u64,
+    total: u64,
+}
+
+fn registry() -> Registry {
+    Registry::builder()
+        .entity(
+            "counter",
+            |ctx: EntityContext<i64>, op: Operation| async move {
+                let v = ctx.get_state_or_default()? + op.input::<i64>()?;
+                ctx.set_state(&v);
+                Ok::<_, FailureDetails>(v)
+            },
+        )
+        .entity(
+            "orderlog",
+            |ctx: EntityContext<OrderLog>, op: Operation| async move {
+                let mut log = ctx.get_state_or_default()?;
+                let (sender, seq): (String, u64) = op.input()?;
+                let last = log.last.entry(sender).or_insert(0);
+                if seq != *last + 1 {
+                    log.violations += 1;
+                }
+                *last = seq;
+                log.total += 1;
+                ctx.set_state(&log);
+                Ok::<_, FailureDetails>(())
+            },
+        )
+        .build()
+        .expect("registry")
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let store = Arc::new(SqliteStore::open(&args[1]).expect("open store"));
+    let until: Option<i64> = args
+        .iter()
+        .position(|a| a == "--until")
+        .map(|i| args[i + 1].parse().expect("count"));
+    let options = RuntimeOptions {
+        orchestration_lease: Duration::from_secs(2),
+        ..RuntimeOptions::default()
+    };
+    let runtime = Runtime::builder(store.clone())
+        .registry(registry())
+        .options(options)
+        .start()
+        .expect("runtime");
+    let client = DurableClient::new(store);
+    let counter = EntityId::new("counter", "c");
+    loop {
+        if let Some(n) = until {
+            if client
+                .read_entity_state::<i64>(&counter)
+                .await
+                .expect("read")
+                == Some(n)
+            {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    runtime.shutdown().await;
+}
