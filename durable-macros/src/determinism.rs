@@ -99,7 +99,7 @@ impl Checker {
         for (suffix, what, instead) in RULES {
             if ends_with(&segs, suffix) {
                 self.errors.push(syn::Error::new_spanned(
-                    &*path,
+                    path,
                     format!(
                         "`{shown}` {what}, which differs between replays of an orchestrator; {instead} (or mark the statement #[{ESCAPE}] if this is deliberate)"
                     ),
@@ -110,7 +110,7 @@ impl Checker {
         for prefix in IO_PREFIXES {
             if starts_with(&segs, prefix) {
                 self.errors.push(syn::Error::new_spanned(
-                    &*path,
+                    path,
                     format!("`{shown}` does I/O inside an orchestrator; {IO} (or mark the statement #[{ESCAPE}])"),
                 ));
                 return;
