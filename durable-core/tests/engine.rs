@@ -1283,3 +1283,17 @@ async fn the_patterns_run_on_sqlite_and_survive_a_restart() {
     rt.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn duplicate_durable_names_are_an_error_naming_both() {
+    let err = Registry::builder()
+        .activity("twice", |_ctx, _: ()| async move { Ok::<_, ActivityError>(()) })
+        .activity("twice", |_ctx, _: ()| async move { Ok::<_, ActivityError>(()) })
+        .orchestrator("o", |_ctx: OrchestrationContext, _: ()| async move { Ok::<_, OrchestrationError>(()) })
+        .orchestrator("o", |_ctx: OrchestrationContext, _: ()| async move { Ok::<_, OrchestrationError>(()) })
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("activity 'twice' is defined twice"), "{err}");
+    assert!(err.contains("orchestrator 'o' is defined twice"), "{err}");
+}

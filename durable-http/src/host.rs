@@ -12,7 +12,7 @@ use durable_core::store::sqlite::SqliteStore;
 use durable_core::{DurableClient, Registry, Runtime, RuntimeOptions, Store};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::{Body, Incoming};
+use hyper::body::Body;
 
 use crate::management;
 use crate::request::{parse_query, HttpError, HttpRequest, HttpResponse};
@@ -487,6 +487,26 @@ fn too_large(size: usize, limit: usize) -> HttpError {
     )
 }
 
+/// The host as a hyper service, for mounting in an existing hyper server (use
+/// [`HostBuilder::mount_prefix`] when it serves under a path prefix).
+#[derive(Clone, Debug)]
+pub struct DurableService(pub Arc<App>);
+
+impl<B> hyper::service::Service<Request<B>> for DurableService
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn call(&self, req: Request<B>) -> Self::Future {
+        let app = self.0.clone();
+        Box::pin(async move { Ok(app.handle(req).await) })
+    }
+}
+
 /// A configured host: the worker is running; call [`serve`](Self::serve) or
 /// [`bind`](Self::bind) to listen.
 pub struct Host {
@@ -537,6 +557,11 @@ impl Host {
         self.app.client.clone()
     }
 
+    /// The request handler as a hyper service.
+    pub fn service(&self) -> DurableService {
+        DurableService(self.app.clone())
+    }
+
     /// Listens and serves until SIGINT or SIGTERM, then shuts down gracefully.
     pub async fn serve(self) -> Result<(), HostError> {
         let running = self.bind().await?;
@@ -569,11 +594,7 @@ impl Host {
                     accepted = listener.accept() => {
                         let Ok((stream, _)) = accepted else { continue };
                         let _ = stream.set_nodelay(true);
-                        let app = app.clone();
-                        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                            let app = app.clone();
-                            async move { Ok::<_, Infallible>(app.handle(req).await) }
-                        });
+                        let service = DurableService(app.clone());
                         let conn = hyper::server::conn::http1::Builder::new()
                             .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
                         let conn = graceful.watch(conn);

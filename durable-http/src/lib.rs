@@ -17,9 +17,10 @@
 //! }
 //! ```
 //!
-//! To mount it inside another hyper or axum application, build the host, take
-//! [`Host::app`] and call [`App::handle`] from your own handler for the paths under the
-//! prefix given to [`HostBuilder::mount_prefix`].
+//! To mount it inside another application, build the host with
+//! [`HostBuilder::mount_prefix`], then either serve [`Host::service`] (a
+//! `hyper::service::Service`) on your own connections, or call [`App::handle`] (from
+//! [`Host::app`]) from an axum or hyper handler for the paths under the prefix.
 
 #![warn(missing_docs)]
 
