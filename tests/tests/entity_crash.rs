@@ -57,33 +57,37 @@ async fn signals_are_applied_exactly_once_in_order_across_kills() {
     for s in senders {
         s.await.unwrap();
     }
-    let status = Command::new(exe)
+    // A last worker runs undisturbed until both entities have applied every signal.
+    let mut last = Command::new(exe)
         .arg(&db)
         .args(["--until", "10000"])
         .stdout(Stdio::null())
-        .status()
+        .spawn()
         .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    let status = loop {
+        if let Some(status) = last.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            last.kill().unwrap();
+            last.wait().unwrap();
+            let count = client.read_entity_state::<i64>(&counter).await.unwrap();
+            let total = client
+                .read_entity_state::<OrderLog>(&log)
+                .await
+                .unwrap()
+                .map(|l| l.total);
+            panic!("the signals were not all applied: counter {count:?}, order log {total:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert!(status.success());
     assert_eq!(
         client.read_entity_state::<i64>(&counter).await.unwrap(),
         Some(10_000)
     );
-    // The order log may still be draining its last batch.
-    let mut state: Option<OrderLog> = None;
-    for _ in 0..100 {
-        state = client.read_entity_state::<OrderLog>(&log).await.unwrap();
-        if state.as_ref().is_some_and(|l| l.total == 10_000) {
-            break;
-        }
-        let mut child = Command::new(exe)
-            .arg(&db)
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        child.kill().unwrap();
-        child.wait().unwrap();
-    }
+    let state: Option<OrderLog> = client.read_entity_state(&log).await.unwrap();
     let state = state.unwrap();
     assert_eq!(state.total, 10_000, "every signal applied exactly once");
     assert_eq!(state.violations, 0, "per-sender order preserved");

@@ -1,6 +1,7 @@
 //! A worker process for the entity crash test: serves a `counter` and an `orderlog`
-//! entity from a SQLite file until it is killed, or, with `--until N`, until the counter
-//! reaches N.
+//! entity from a SQLite file until it is killed, or, with `--until N`, until both the
+//! counter and the order log have applied at least N operations (the test checks for
+//! exactly N).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -69,14 +70,19 @@ async fn main() {
         .expect("runtime");
     let client = DurableClient::new(store);
     let counter = EntityId::new("counter", "c");
+    let log = EntityId::new("orderlog", "l");
     loop {
         if let Some(n) = until {
-            if client
+            let count = client
                 .read_entity_state::<i64>(&counter)
                 .await
-                .expect("read")
-                == Some(n)
-            {
+                .expect("read counter");
+            let logged = client
+                .read_entity_state::<OrderLog>(&log)
+                .await
+                .expect("read order log")
+                .map(|l| l.total);
+            if count.is_some_and(|c| c >= n) && logged.is_some_and(|t| t >= n as u64) {
                 break;
             }
         }
