@@ -38,6 +38,27 @@ fn start_on(store: Arc<MemoryStore>, registry: Registry, cache: usize) -> Harnes
     }
 }
 
+/// Polls the instance's stored state until `done` holds, failing after [`WAIT`].
+async fn state_when(
+    client: &DurableClient,
+    id: &str,
+    done: impl Fn(&durable_core::InstanceState) -> bool,
+) -> durable_core::InstanceState {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(st) = client.get_state(id).await.unwrap() {
+            if done(&st) {
+                return st;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "instance {id} never reached the expected state"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 fn hello_registry() -> durable_core::registry::RegistryBuilder {
     Registry::builder()
         .activity("say_hello", |_ctx, city: String| async move {
@@ -219,9 +240,7 @@ async fn external_event_after_the_wait() {
             .start_by_name("wait_event", None, StartOptions::default())
             .await
             .unwrap();
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let st = h.client.get_state(&id).await.unwrap().unwrap();
-        assert_eq!(st.status, RuntimeStatus::Running);
+        state_when(&h.client, &id, |st| st.status == RuntimeStatus::Running).await;
         h.client.raise_event(&id, "go", &"yes").await.unwrap();
         let out: String = h.client.wait_for_output(&id, WAIT).await.unwrap();
         assert_eq!(out, "yes");
@@ -804,7 +823,24 @@ async fn cache_on_and_off_give_identical_histories() {
     for cache in [1000, 0] {
         let h = start(reg(), cache);
         let id = h.client.start_with_id("mixed", "same-id").await;
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Raise the event once every activity result is in the history, so both runs
+        // record it at the same position.
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let history = h.store.read_history(&id).await.unwrap();
+            let completed = history
+                .iter()
+                .filter(|e| matches!(e.kind, EventKind::TaskCompleted { .. }))
+                .count();
+            if completed == 6 {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "activities never completed"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         h.client.raise_event(&id, "e", &"E").await.unwrap();
         let out: String = h.client.wait_for_output(&id, WAIT).await.unwrap();
         let history = h.store.read_history(&id).await.unwrap();
@@ -1022,8 +1058,7 @@ async fn deterministic_guid_and_replay_safe_time() {
         .unwrap();
     let h = start(reg, 0);
     let id = h.client.start_with_id("ids", "guid").await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let early = h.client.get_state(&id).await.unwrap().unwrap();
+    let early = state_when(&h.client, &id, |st| st.custom_status.is_some()).await;
     let early = early.custom_status.unwrap();
     h.client.raise_event(&id, "go", &()).await.unwrap();
     let (g1, g2, t1): (String, String, chrono::DateTime<chrono::Utc>) =
@@ -1287,10 +1322,20 @@ async fn the_patterns_run_on_sqlite_and_survive_a_restart() {
 #[test]
 fn duplicate_durable_names_are_an_error_naming_both() {
     let err = Registry::builder()
-        .activity("twice", |_ctx, _: ()| async move { Ok::<_, ActivityError>(()) })
-        .activity("twice", |_ctx, _: ()| async move { Ok::<_, ActivityError>(()) })
-        .orchestrator("o", |_ctx: OrchestrationContext, _: ()| async move { Ok::<_, OrchestrationError>(()) })
-        .orchestrator("o", |_ctx: OrchestrationContext, _: ()| async move { Ok::<_, OrchestrationError>(()) })
+        .activity(
+            "twice",
+            |_ctx, _: ()| async move { Ok::<_, ActivityError>(()) },
+        )
+        .activity(
+            "twice",
+            |_ctx, _: ()| async move { Ok::<_, ActivityError>(()) },
+        )
+        .orchestrator("o", |_ctx: OrchestrationContext, _: ()| async move {
+            Ok::<_, OrchestrationError>(())
+        })
+        .orchestrator("o", |_ctx: OrchestrationContext, _: ()| async move {
+            Ok::<_, OrchestrationError>(())
+        })
         .build()
         .unwrap_err()
         .to_string();

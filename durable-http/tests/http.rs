@@ -166,6 +166,18 @@ async fn mgmt(h: &RunningHost, method: &str, path: &str, body: &str) -> Resp {
     .await
 }
 
+/// Polls the management status of `id` until its body satisfies `done`.
+async fn status_when(h: &RunningHost, id: &str, done: impl Fn(&Value) -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !done(&mgmt(h, "GET", &format!("instances/{id}"), "").await.body) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "instance {id} never reached the expected state"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 async fn count(h: &RunningHost) -> usize {
     h.client()
         .list_instances(&Default::default(), 1000, None)
@@ -212,6 +224,7 @@ async fn start_endpoint_answers_202_and_the_public_status_follows() {
         .start_by_name("wait", None, Default::default())
         .await
         .unwrap();
+    status_when(&h, &wid, |b| b["customStatus"] == "waiting").await;
     let t = std::time::Instant::now();
     let r = call(
         &h,
@@ -343,7 +356,7 @@ async fn management_routes_follow_the_reference_contract() {
         let url = r.body[k].as_str().unwrap();
         assert!(!url.contains("code=") && !url.contains(KEY), "{k}: {url}");
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    status_when(&h, "job-1", |b| b["customStatus"] == "waiting").await;
     let r = mgmt(
         &h,
         "GET",
@@ -385,11 +398,7 @@ async fn management_routes_follow_the_reference_contract() {
             .status,
         202
     );
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(
-        mgmt(&h, "GET", "instances/job-1", "").await.body["runtimeStatus"],
-        "Suspended"
-    );
+    status_when(&h, "job-1", |b| b["runtimeStatus"] == "Suspended").await;
     assert_eq!(
         mgmt(&h, "POST", "instances/job-1/resume", "").await.status,
         202

@@ -161,7 +161,7 @@ async fn query_job_validates_runs_the_query_and_reports() {
     .unwrap();
     assert!(expected > 0);
     let mut last = Value::Null;
-    for _ in 0..200 {
+    for _ in 0..2000 {
         let (status, _, body) = call(&h, "GET", &path, "").await;
         assert_eq!(status, 200);
         if body["status"] == "Completed" {
@@ -188,7 +188,7 @@ async fn counter_entity_over_http() {
         assert_eq!(status, 202);
     }
     let mut value = Value::Null;
-    for _ in 0..200 {
+    for _ in 0..2000 {
         let (status, _, body) = call(&h, "GET", "/api/counters/game1", "").await;
         if status == 200 && body["value"] == json!(10) {
             value = body["value"].clone();
@@ -212,7 +212,7 @@ async fn bank_transfers_keep_the_total() {
         assert_eq!(status, 202);
     }
     for a in ["a", "b", "c"] {
-        for _ in 0..200 {
+        for _ in 0..2000 {
             if call(&h, "GET", &format!("/api/accounts/{a}"), "").await.0 == 200 {
                 break;
             }
