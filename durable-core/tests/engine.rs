@@ -628,7 +628,9 @@ async fn suspend_defers_events_until_resume() {
             .raise_event(&id, "go", &"while suspended")
             .await
             .unwrap();
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        state_when(&h.client, &id, |st| st.status == RuntimeStatus::Suspended).await;
+        // The event raised while suspended waits: the instance stays suspended.
+        tokio::time::sleep(Duration::from_millis(100)).await;
         let st = h.client.get_state(&id).await.unwrap().unwrap();
         assert_eq!(st.status, RuntimeStatus::Suspended);
         h.client.resume(&id, None).await.unwrap();
