@@ -119,7 +119,17 @@ async fn call(
     headers: &[(&str, &str)],
     body: &str,
 ) -> Resp {
-    let stream = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    call_at(h.addr, method, path, headers, body).await
+}
+
+async fn call_at(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Resp {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
             .await
@@ -128,7 +138,7 @@ async fn call(
     let mut req = http::Request::builder()
         .method(method)
         .uri(path)
-        .header("host", h.addr.to_string());
+        .header("host", addr.to_string());
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
@@ -694,4 +704,25 @@ async fn colliding_routes_are_a_startup_error_and_mounting_works() {
         .body(Full::new(Bytes::new()))
         .unwrap();
     assert_eq!(app.handle(outside).await.status(), 404);
+
+    // The same host as a hyper service on connections the application accepts itself.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let service = host.service();
+    tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        hyper::server::conn::http1::Builder::new()
+            .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+            .await
+    });
+    let r = call_at(
+        addr,
+        "GET",
+        "/durable/runtime/webhooks/durabletask/instances",
+        &[("x-functions-key", KEY)],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body.as_array().map(Vec::len), Some(1));
 }
