@@ -499,7 +499,9 @@ where
 {
     type Response = Response<Full<Bytes>>;
     type Error = Infallible;
-    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Infallible>> + Send>>;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Infallible>> + Send>,
+    >;
 
     fn call(&self, req: Request<B>) -> Self::Future {
         let app = self.0.clone();
@@ -570,7 +572,8 @@ impl Host {
             running.addr,
             running.routes.join(", ")
         );
-        eprintln!("durable: state in {}", running.db.display());
+        let db = std::path::absolute(&running.db).unwrap_or_else(|_| running.db.clone());
+        eprintln!("durable: state in {}", db.display());
         shutdown_signal().await;
         eprintln!("durable: shutting down");
         running.shutdown().await;
