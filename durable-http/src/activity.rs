@@ -1,75 +1,227 @@
 //! The built-in activity behind `ctx.call_http`: performs one HTTP request with a real
-//! client (hyper; plain `http://`) and returns status, headers and body. Token sources
-//! registered here add an `Authorization` header at call time, so tokens never reach
-//! history or status.
+//! client and returns status, headers and body.
+//!
+//! The client is hyper-util's connection-pooling client over HTTP/1.1. With the `tls`
+//! cargo feature (on by default) it speaks `https://` through rustls with the *ring*
+//! crypto provider, trusting the Mozilla roots of `webpki-roots` plus any added with
+//! [`trust_root_certificate`]; without it, `https://` requests fail with a non-retriable
+//! error saying so.
+//!
+//! Credentials come from token sources registered here ([`register_token_source`] for a
+//! bearer token, [`register_header_source`] for any headers). A request names one; the
+//! headers are produced when the request is sent, so they never reach the recorded
+//! request, the history or the status.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, OnceLock, RwLock};
-use std::time::Duration;
 
 use bytes::Bytes;
-use durable_core::http::{DurableHttpRequest, DurableHttpResponse, HTTP_ACTIVITY};
+use durable_core::http::{
+    DurableHttpRequest, DurableHttpResponse, DEFAULT_TIMEOUT, HTTP_ACTIVITY, RETRIABLE_STATUS,
+};
 use durable_core::registry::{BoxFuture, Outcome};
 use durable_core::{ActivityContext, FailureDetails};
-use http_body_util::{BodyExt, Full};
+use http::header::{HeaderName, HeaderValue};
+use http_body_util::{BodyExt, Full, Limited};
 
-/// Produces a bearer token when a durable HTTP request names this source.
-pub type TokenSource = Arc<dyn Fn() -> BoxFuture<'static, Result<String, String>> + Send + Sync>;
+/// The largest response body the activity keeps: 8 MiB (bodies are recorded in history).
+pub const MAX_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
+
+/// Produces authentication headers for a request (its method and URL are given) when it
+/// is sent. Errors fail the request with a `TokenSourceFailed` failure.
+pub type TokenSource = Arc<
+    dyn Fn(&str, &str) -> BoxFuture<'static, Result<Vec<(String, String)>, String>> + Send + Sync,
+>;
 
 fn sources() -> &'static RwLock<HashMap<String, TokenSource>> {
     static SOURCES: OnceLock<RwLock<HashMap<String, TokenSource>>> = OnceLock::new();
     SOURCES.get_or_init(Default::default)
 }
 
-/// Registers a token source under `name` (requests use it with `.token_source(name)`).
+/// Registers a bearer-token source under `name`: requests that use it with
+/// `.token_source(name)` get `Authorization: Bearer <token>`, the token fetched (or
+/// refreshed) by `f` each time a request is sent.
+///
+/// ```ignore
+/// durable_http::activity::register_token_source("billing", || async {
+///     Ok(my_identity_client().token("https://billing.example/.default").await?)
+/// });
+/// ```
 pub fn register_token_source<F, Fut>(name: &str, f: F)
 where
     F: Fn() -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = Result<String, String>> + Send + 'static,
 {
-    let f: TokenSource = Arc::new(move || Box::pin(f()));
+    let f = Arc::new(f);
+    let source: TokenSource = Arc::new(move |_, _| {
+        let f = f.clone();
+        Box::pin(async move {
+            let token = f().await?;
+            Ok(vec![(
+                "authorization".to_string(),
+                format!("Bearer {token}"),
+            )])
+        })
+    });
+    insert_source(name, source);
+}
+
+/// Registers a source of arbitrary authentication headers under `name` (API keys,
+/// signatures); `f` gets the method and URL of each request it authenticates. Headers
+/// it returns replace those of the same name in the request.
+pub fn register_header_source<F, Fut>(name: &str, f: F)
+where
+    F: Fn(String, String) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Vec<(String, String)>, String>> + Send + 'static,
+{
+    let source: TokenSource =
+        Arc::new(move |method, url| Box::pin(f(method.to_string(), url.to_string())));
+    insert_source(name, source);
+}
+
+fn insert_source(name: &str, source: TokenSource) {
     sources()
         .write()
         .unwrap_or_else(|e| e.into_inner())
-        .insert(name.to_string(), f);
+        .insert(name.to_string(), source);
 }
 
-fn client() -> &'static hyper_util::client::legacy::Client<
-    hyper_util::client::legacy::connect::HttpConnector,
-    Full<Bytes>,
-> {
-    static CLIENT: OnceLock<
-        hyper_util::client::legacy::Client<
-            hyper_util::client::legacy::connect::HttpConnector,
-            Full<Bytes>,
-        >,
-    > = OnceLock::new();
-    CLIENT.get_or_init(|| {
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build(hyper_util::client::legacy::connect::HttpConnector::new())
-    })
+#[cfg(feature = "tls")]
+type Connector = hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>;
+#[cfg(not(feature = "tls"))]
+type Connector = hyper_util::client::legacy::connect::HttpConnector;
+type Client = hyper_util::client::legacy::Client<Connector, Full<Bytes>>;
+
+#[derive(Default)]
+struct ClientSlot {
+    client: Option<Client>,
+    #[cfg(feature = "tls")]
+    extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
 }
 
-/// Performs one request.
-pub async fn execute(req: DurableHttpRequest) -> Result<DurableHttpResponse, FailureDetails> {
-    let what = format!("{} {}", req.method, req.url);
-    if req.url.starts_with("https://") {
-        return Err(FailureDetails {
-            error_type: "Unsupported".into(),
-            message: format!("{what}: https is not supported by the built-in HTTP client; terminate TLS in a local proxy"),
-            details: None,
-            non_retriable: true,
-        });
+fn slot() -> &'static RwLock<ClientSlot> {
+    static SLOT: OnceLock<RwLock<ClientSlot>> = OnceLock::new();
+    SLOT.get_or_init(Default::default)
+}
+
+/// Adds a trusted root certificate (DER) for `https://` requests, e.g. a company CA or a
+/// test certificate. Requests sent afterwards use it.
+#[cfg(feature = "tls")]
+pub fn trust_root_certificate(der: &[u8]) -> Result<(), String> {
+    let cert = rustls::pki_types::CertificateDer::from(der.to_vec());
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(cert.clone())
+        .map_err(|e| format!("not a usable root certificate: {e}"))?;
+    let mut slot = slot().write().unwrap_or_else(|e| e.into_inner());
+    slot.extra_roots.push(cert);
+    slot.client = None;
+    Ok(())
+}
+
+#[cfg(feature = "tls")]
+fn build_client(slot: &ClientSlot) -> Client {
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    for c in &slot.extra_roots {
+        // Checked when added.
+        let _ = roots.add(c.clone());
     }
-    let method = http::Method::from_bytes(req.method.as_bytes()).map_err(|_| FailureDetails {
-        error_type: "InvalidArgument".into(),
-        message: format!("invalid method '{}'", req.method),
-        details: None,
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("the ring provider supports the default protocol versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(config)
+        .https_or_http()
+        .enable_http1()
+        .build();
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build(connector)
+}
+
+#[cfg(not(feature = "tls"))]
+fn build_client(_: &ClientSlot) -> Client {
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build(hyper_util::client::legacy::connect::HttpConnector::new())
+}
+
+fn client() -> Client {
+    if let Some(c) = &slot().read().unwrap_or_else(|e| e.into_inner()).client {
+        return c.clone();
+    }
+    let mut slot = slot().write().unwrap_or_else(|e| e.into_inner());
+    if slot.client.is_none() {
+        slot.client = Some(build_client(&slot));
+    }
+    slot.client.clone().expect("just built")
+}
+
+fn fatal(error_type: &str, message: String) -> FailureDetails {
+    FailureDetails {
         non_retriable: true,
+        ..FailureDetails::new(error_type, message)
+    }
+}
+
+/// An error and its sources, e.g. `client error (Connect): tcp connect error: Connection
+/// refused (os error 111)`.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = s.source();
+    }
+    out
+}
+
+fn header(name: &str, value: &str) -> Result<(HeaderName, HeaderValue), FailureDetails> {
+    let n = HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| fatal("InvalidArgument", format!("invalid header name '{name}'")))?;
+    let v = HeaderValue::from_str(value).map_err(|_| {
+        fatal(
+            "InvalidArgument",
+            format!("invalid value for header '{name}'"),
+        )
     })?;
-    let mut builder = http::Request::builder().method(method).uri(&req.url);
+    Ok((n, v))
+}
+
+/// Performs one request (no polling, no retries: `ctx.call_http` does those). Failures:
+/// `InvalidArgument`, `Unsupported`, `UnknownTokenSource` (not retriable),
+/// `TokenSourceFailed`, `TransportError`, `Timeout`, `ResponseTooLarge`, and
+/// [`RETRIABLE_STATUS`] for a status listed in the request's `retry_status_codes`.
+pub async fn execute(req: DurableHttpRequest) -> Result<DurableHttpResponse, FailureDetails> {
+    req.validate().map_err(|m| fatal("InvalidArgument", m))?;
+    if cfg!(not(feature = "tls")) && req.url.starts_with("https://") {
+        return Err(fatal(
+            "Unsupported",
+            "https:// needs durable-http's `tls` feature, which this build leaves out".into(),
+        ));
+    }
+    let method = http::Method::from_bytes(req.method.as_bytes()).map_err(|_| {
+        fatal(
+            "InvalidArgument",
+            format!("invalid method '{}'", req.method),
+        )
+    })?;
+    let mut request = http::Request::builder()
+        .method(method)
+        .uri(&req.url)
+        .body(Full::new(Bytes::from(req.body.clone().unwrap_or_default())))
+        .map_err(|e| fatal("InvalidArgument", format!("invalid request: {e}")))?;
     for (k, v) in &req.headers {
-        builder = builder.header(k.as_str(), v.as_str());
+        let (n, v) = header(k, v)?;
+        request.headers_mut().insert(n, v);
     }
     if let Some(name) = &req.token_source {
         let source = sources()
@@ -78,52 +230,57 @@ pub async fn execute(req: DurableHttpRequest) -> Result<DurableHttpResponse, Fai
             .get(name)
             .cloned()
             .ok_or_else(|| {
-                FailureDetails::new(
+                fatal(
                     "UnknownTokenSource",
                     format!("no token source named '{name}' is registered"),
                 )
             })?;
-        let token = source().await.map_err(|e| {
+        let headers = source(&req.method, &req.url).await.map_err(|e| {
             FailureDetails::new(
                 "TokenSourceFailed",
                 format!("token source '{name}' failed: {e}"),
             )
         })?;
-        builder = builder.header("authorization", format!("Bearer {token}"));
+        for (k, v) in headers {
+            let (n, v) = header(&k, &v)?;
+            request.headers_mut().insert(n, v);
+        }
     }
-    let request = builder
-        .body(Full::new(Bytes::from(req.body.clone().unwrap_or_default())))
-        .map_err(|e| FailureDetails {
-            error_type: "InvalidArgument".into(),
-            message: format!("{what}: {e}"),
-            details: None,
-            non_retriable: true,
-        })?;
-    let timeout = req.timeout.unwrap_or(Duration::from_secs(100));
+    let timeout = req.timeout.unwrap_or(DEFAULT_TIMEOUT);
     let call = async {
         let resp = client()
             .request(request)
             .await
-            .map_err(|e| FailureDetails::new("TransportError", format!("{what}: {e}")))?;
+            .map_err(|e| FailureDetails::new("TransportError", chain(&e)))?;
         let status = resp.status().as_u16();
-        let headers: BTreeMap<String, String> = resp
-            .headers()
-            .iter()
-            .filter_map(|(k, v)| {
-                v.to_str()
-                    .ok()
-                    .map(|v| (k.as_str().to_string(), v.to_string()))
-            })
-            .collect();
-        let body = resp
-            .into_body()
+        let mut headers: BTreeMap<String, String> = BTreeMap::new();
+        for (k, v) in resp.headers() {
+            let Ok(v) = v.to_str() else { continue };
+            headers
+                .entry(k.as_str().to_string())
+                .and_modify(|old| {
+                    old.push_str(", ");
+                    old.push_str(v);
+                })
+                .or_insert_with(|| v.to_string());
+        }
+        let body = Limited::new(resp.into_body(), MAX_RESPONSE_BYTES)
             .collect()
             .await
             .map_err(|e| {
-                FailureDetails::new(
-                    "TransportError",
-                    format!("{what}: reading the body failed: {e}"),
-                )
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some()
+                {
+                    fatal(
+                        "ResponseTooLarge",
+                        format!("the response body is over {MAX_RESPONSE_BYTES} bytes"),
+                    )
+                } else {
+                    FailureDetails::new(
+                        "TransportError",
+                        format!("reading the body failed: {}", chain(&*e)),
+                    )
+                }
             })?
             .to_bytes();
         Ok::<_, FailureDetails>(DurableHttpResponse {
@@ -133,13 +290,19 @@ pub async fn execute(req: DurableHttpRequest) -> Result<DurableHttpResponse, Fai
         })
     };
     let resp = tokio::time::timeout(timeout, call).await.map_err(|_| {
-        FailureDetails::new("Timeout", format!("{what}: no response within {timeout:?}"))
+        FailureDetails::new(
+            "Timeout",
+            format!("timed out: no response within {timeout:?} (the request's timeout)"),
+        )
     })??;
     if req.retry_status_codes.contains(&resp.status) {
-        return Err(FailureDetails::new(
-            "RetriableStatus",
-            format!("{what} answered {}", resp.status),
-        ));
+        return Err(FailureDetails {
+            details: serde_json::to_string(&resp).ok(),
+            ..FailureDetails::new(
+                RETRIABLE_STATUS,
+                format!("answered {}, a status chosen for retry", resp.status),
+            )
+        });
     }
     Ok(resp)
 }
