@@ -8,6 +8,10 @@
 //!
 //! Each scenario runs in a child process of its own, so the reported peak RSS belongs to
 //! that scenario alone. Timings are measured here and never asserted in tests.
+//!
+//! The `http-*` scenarios serve a real [`durable_http::Host`] on an ephemeral loopback port
+//! and drive it with a built-in load generator: a fixed number of keep-alive HTTP/1.1
+//! connections, each sending its share of a bounded number of requests one after the other.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,6 +33,8 @@ const SCENARIOS: &[&str] = &[
     "replay-100",
     "replay-1000",
     "replay-10000",
+    "http-start",
+    "http-status",
 ];
 
 /// One measured row.
@@ -189,6 +195,9 @@ fn registry() -> Registry {
         })
         .activity("add_one", |_ctx, n: u64| async move {
             Ok::<_, ActivityError>(n + 1)
+        })
+        .orchestrator("noop", |_ctx: OrchestrationContext, n: u64| async move {
+            Ok::<_, OrchestrationError>(n)
         })
         .orchestrator(
             "hello_sequence5",
@@ -461,8 +470,164 @@ async fn run_scenario(scenario: &str, store_kind: &str) -> Row {
             rt.shutdown().await;
             r
         }
+        "http-start" | "http-status" => http_scenario(scenario, store_kind, store).await,
         other => panic!("unknown scenario {other}"),
     };
     r.peak_rss_mb = peak_rss_mb();
     r
+}
+
+/// Connections the HTTP load generator keeps open.
+const HTTP_CONNECTIONS: usize = 64;
+/// The management key of the bench host.
+const HTTP_KEY: &str = "bench-key-0123456789abcdef";
+
+/// Serves a host on a loopback port and measures start requests (each answered `202` only
+/// after the new instance is committed) or public status reads of finished instances.
+async fn http_scenario(scenario: &str, store_kind: &str, store: Arc<dyn Store>) -> Row {
+    use durable_http::{ClientExt, Host, HttpRequest, HttpResult};
+
+    let host = Host::builder()
+        .addr("127.0.0.1:0")
+        .store(store)
+        .key(HTTP_KEY)
+        .registry(registry())
+        .without_registered_routes()
+        .route(
+            &["POST"],
+            "/api/start",
+            |client: DurableClient, req: HttpRequest| async move {
+                let id = client
+                    .start_by_name("noop", Some("1".into()), StartOptions::default())
+                    .await?;
+                HttpResult::Ok(client.check_status_response(&req, &id))
+            },
+        )
+        .build()
+        .expect("host builds")
+        .bind()
+        .await
+        .expect("host binds");
+    let addr = host.addr;
+    let client = host.client();
+    let r = if scenario == "http-start" {
+        let n = 20_000;
+        let (wall, lat) = load(addr, n, |_| {
+            (
+                http::Method::POST,
+                "/api/start".to_string(),
+                http::StatusCode::ACCEPTED,
+            )
+        })
+        .await;
+        let mut r = row(scenario, store_kind, n as u64, "req/s", wall);
+        set_percentiles(&mut r, lat);
+        r.extra = Some(format!(
+            "POST /api/start ({HTTP_CONNECTIONS} keep-alive connections; 202 after commit)"
+        ));
+        r
+    } else {
+        // Finished instances to read: started through the client, in parallel.
+        let mut starters = Vec::new();
+        for _ in 0..16 {
+            let c = client.clone();
+            starters.push(tokio::spawn(async move {
+                let mut ids = Vec::new();
+                for _ in 0..64 {
+                    ids.push(start(&c, "noop", "1").await);
+                }
+                ids
+            }));
+        }
+        let mut ids = Vec::new();
+        for s in starters {
+            ids.extend(s.await.expect("starter"));
+        }
+        for id in &ids {
+            completed(&client, id).await;
+        }
+        let ids = Arc::new(ids);
+        let n = 100_000;
+        let (wall, lat) = load(addr, n, move |i| {
+            (
+                http::Method::GET,
+                format!("/api/instances/{}", ids[i % ids.len()]),
+                http::StatusCode::OK,
+            )
+        })
+        .await;
+        let mut r = row(scenario, store_kind, n as u64, "req/s", wall);
+        set_percentiles(&mut r, lat);
+        r.extra = Some(format!(
+            "GET /api/instances/{{id}} of completed instances ({HTTP_CONNECTIONS} keep-alive connections)"
+        ));
+        r
+    };
+    host.shutdown().await;
+    r
+}
+
+fn set_percentiles(r: &mut Row, mut samples: Vec<f64>) {
+    samples.sort_by(|a, b| a.total_cmp(b));
+    if samples.is_empty() {
+        return;
+    }
+    let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
+    r.p50_ms = Some(at(0.50));
+    r.p99_ms = Some(at(0.99));
+}
+
+/// The load generator: `HTTP_CONNECTIONS` keep-alive connections share `n` requests;
+/// `request(i)` gives the method, path and expected status of request `i`. Returns the
+/// wall time and each request's latency in milliseconds.
+async fn load<F>(addr: std::net::SocketAddr, n: usize, request: F) -> (Duration, Vec<f64>)
+where
+    F: Fn(usize) -> (http::Method, String, http::StatusCode) + Send + Sync + 'static,
+{
+    use http_body_util::{BodyExt, Full};
+
+    let request = Arc::new(request);
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let t = Instant::now();
+    let mut conns = Vec::new();
+    for _ in 0..HTTP_CONNECTIONS {
+        let request = request.clone();
+        let next = next.clone();
+        conns.push(tokio::spawn(async move {
+            let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            stream.set_nodelay(true).expect("nodelay");
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                    .await
+                    .expect("handshake");
+            tokio::spawn(conn);
+            let mut lat = Vec::new();
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= n {
+                    break;
+                }
+                let (method, path, expect) = request(i);
+                let req = http::Request::builder()
+                    .method(method)
+                    .uri(path)
+                    .header(http::header::HOST, "127.0.0.1")
+                    .body(Full::new(bytes::Bytes::new()))
+                    .expect("request");
+                let s = Instant::now();
+                sender.ready().await.expect("connection ready");
+                let resp = sender.send_request(req).await.expect("response");
+                let status = resp.status();
+                let body = resp.into_body().collect().await.expect("body").to_bytes();
+                assert_eq!(status, expect, "{}", String::from_utf8_lossy(&body));
+                lat.push(s.elapsed().as_secs_f64() * 1000.0);
+            }
+            lat
+        }));
+    }
+    let mut lat = Vec::with_capacity(n);
+    for c in conns {
+        lat.extend(c.await.expect("connection task"));
+    }
+    (t.elapsed(), lat)
 }
