@@ -40,6 +40,10 @@ pub struct RuntimeOptions {
     pub idle_poll: Duration,
     /// How long shutdown waits for running activities before releasing them.
     pub shutdown_grace: Duration,
+    /// An activity work item handed out more often than this without completing (its
+    /// worker died or lost the lease every time) is a poison message: it fails its task
+    /// with a `Poison` failure instead of running again. 0 disables the check.
+    pub max_activity_dequeues: u32,
 }
 
 impl Default for RuntimeOptions {
@@ -52,6 +56,7 @@ impl Default for RuntimeOptions {
             cache_capacity: 10_000,
             idle_poll: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(30),
+            max_activity_dequeues: 20,
         }
     }
 }
@@ -549,7 +554,15 @@ async fn run_activity(shared: &Shared, item: ActivityWorkItem) {
         dequeue_count = item.dequeue_count
     );
     async {
+        let max = shared.options.max_activity_dequeues;
         let outcome = match shared.registry.activity(&item.name) {
+            _ if max > 0 && item.dequeue_count > max => Err(FailureDetails::new(
+                "Poison",
+                format!(
+                    "activity '{}' was handed to a worker {} times without completing (the worker died or lost its lease each time); it is failed instead of run again",
+                    item.name, item.dequeue_count
+                ),
+            )),
             None => Err(FailureDetails::new(
                 "UnknownActivity",
                 format!("activity '{}' is not registered in this worker", item.name),

@@ -1344,3 +1344,64 @@ fn duplicate_durable_names_are_an_error_naming_both() {
     assert!(err.contains("activity 'twice' is defined twice"), "{err}");
     assert!(err.contains("orchestrator 'o' is defined twice"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_activity_that_never_completes_becomes_poison() {
+    static STARTED: AtomicU32 = AtomicU32::new(0);
+    let reg = || {
+        Registry::builder()
+            .activity("fragile", |_ctx, _: ()| async move {
+                STARTED.fetch_add(1, Ordering::SeqCst);
+                // Never finishes: each worker holding it stops before it completes.
+                std::future::pending::<Result<(), ActivityError>>().await
+            })
+            .orchestrator("poisoned", |ctx: OrchestrationContext, _: ()| async move {
+                ctx.call_activity_by_name::<()>("fragile", &()).await?;
+                Ok::<_, OrchestrationError>(())
+            })
+            .build()
+            .unwrap()
+    };
+    let options = durable_core::RuntimeOptions {
+        max_activity_dequeues: 2,
+        shutdown_grace: Duration::ZERO,
+        ..Default::default()
+    };
+    let store = Arc::new(MemoryStore::new());
+    let run = || {
+        Runtime::builder(store.clone())
+            .registry(reg())
+            .options(options.clone())
+            .start()
+            .unwrap()
+    };
+    let mut rt = run();
+    let id = rt
+        .client()
+        .start_by_name("poisoned", None, StartOptions::default())
+        .await
+        .unwrap();
+    // Two workers in turn take the activity and stop before it completes.
+    for started in 1..=2 {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while STARTED.load(Ordering::SeqCst) < started {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "activity never started"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        rt.shutdown().await;
+        rt = run();
+    }
+    // The third hand-out is over the limit: the task fails without running again.
+    let st = rt.client().wait_for_completion(&id, WAIT).await.unwrap();
+    assert_eq!(st.status, RuntimeStatus::Failed);
+    let failure = st.failure.unwrap().to_string();
+    assert!(
+        failure.contains("'fragile' was handed to a worker 3 times"),
+        "{failure}"
+    );
+    assert_eq!(STARTED.load(Ordering::SeqCst), 2);
+    rt.shutdown().await;
+}
