@@ -125,6 +125,49 @@ pub async fn create_and_duplicate(store: Arc<dyn Store>) {
         .is_none());
 }
 
+/// A work item carries at most [`MAX_MESSAGES_PER_WORK_ITEM`] messages, the oldest first;
+/// the rest come in the next work item, in order.
+pub async fn work_items_are_bounded(store: Arc<dyn Store>) {
+    store.create_instance(new_instance("a")).await.unwrap();
+    drain(&*store).await;
+    let total = MAX_MESSAGES_PER_WORK_ITEM + 5;
+    for i in 0..total {
+        store
+            .send_message(OrchestrationMessage::new("a", event(&format!("e{i}"))))
+            .await
+            .unwrap();
+    }
+    let names = |item: &OrchestrationWorkItem| -> Vec<String> {
+        item.messages
+            .iter()
+            .map(|(_, m)| match &m.event.kind {
+                EventKind::EventRaised { name, .. } => name.clone(),
+                other => panic!("unexpected message {other:?}"),
+            })
+            .collect()
+    };
+    let first = fetch(&*store).await;
+    let expected: Vec<String> = (0..MAX_MESSAGES_PER_WORK_ITEM)
+        .map(|i| format!("e{i}"))
+        .collect();
+    assert_eq!(names(&first), expected);
+    store
+        .commit_orchestration(commit_for(&first))
+        .await
+        .unwrap();
+    let rest = fetch(&*store).await;
+    let expected: Vec<String> = (MAX_MESSAGES_PER_WORK_ITEM..total)
+        .map(|i| format!("e{i}"))
+        .collect();
+    assert_eq!(names(&rest), expected);
+    store.commit_orchestration(commit_for(&rest)).await.unwrap();
+    assert!(store
+        .fetch_orchestration_work_item(LEASE)
+        .await
+        .unwrap()
+        .is_none());
+}
+
 /// A finished instance is replaced by a create with its id: fresh state and history.
 pub async fn replace_finished_instance(store: Arc<dyn Store>) {
     store.create_instance(new_instance("a")).await.unwrap();
@@ -654,6 +697,7 @@ where
     purging(make().await).await;
     payload_limit(make().await).await;
     instance_change_signal(make().await).await;
+    work_items_are_bounded(make().await).await;
 }
 
 #[cfg(test)]

@@ -225,6 +225,7 @@ impl Store for MemoryStore {
                 .messages
                 .iter()
                 .filter(|(_, m)| m.visible_at.is_none_or(|t| t <= now))
+                .take(MAX_MESSAGES_PER_WORK_ITEM)
                 .map(|(id, m)| (*id, m.clone()))
                 .collect();
             if messages.is_empty() {

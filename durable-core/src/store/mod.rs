@@ -23,6 +23,11 @@ pub mod conformance;
 /// The default limit on one payload (input, output, event data, custom status): 16 MiB.
 pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 16 * 1024 * 1024;
 
+/// The most messages one orchestration work item carries. Messages past it stay queued
+/// for the next episode, so an episode and its commit stay bounded however many messages
+/// (events, entity operations) pile up for one instance.
+pub const MAX_MESSAGES_PER_WORK_ITEM: usize = 1000;
+
 /// Errors a store reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreError {
@@ -219,14 +224,16 @@ pub trait Store: Send + Sync + 'static {
     /// Enqueues a message for an existing instance; [`StoreError::NotFound`] otherwise.
     async fn send_message(&self, message: OrchestrationMessage) -> StoreResult<()>;
 
-    /// Leases the next instance with visible messages, with all its visible messages.
+    /// Leases the next instance with visible messages, with its visible messages in arrival
+    /// order, at most [`MAX_MESSAGES_PER_WORK_ITEM`] of them.
     async fn fetch_orchestration_work_item(
         &self,
         lease: Duration,
     ) -> StoreResult<Option<OrchestrationWorkItem>>;
 
-    /// Leases up to `max` instances with visible messages (each with all its visible
-    /// messages). Stores override this to take them in one round trip.
+    /// Leases up to `max` instances with visible messages (each as
+    /// [`fetch_orchestration_work_item`](Self::fetch_orchestration_work_item) does). Stores
+    /// override this to take them in one round trip.
     async fn fetch_orchestration_work_items(
         &self,
         lease: Duration,

@@ -721,10 +721,10 @@ fn fetch_orchestration(
         .and_then(|mut s| s.execute(params![token, now + lease.as_micros() as i64, id]))
         .map_err(sql)?;
     let mut stmt = conn
-        .prepare_cached("SELECT id, message FROM messages WHERE instance_id = ?1 AND visible_at <= ?2 ORDER BY id")
+        .prepare_cached("SELECT id, message FROM messages WHERE instance_id = ?1 AND visible_at <= ?2 ORDER BY id LIMIT ?3")
         .map_err(sql)?;
     let rows = stmt
-        .query_map(params![id, now], |r| {
+        .query_map(params![id, now, MAX_MESSAGES_PER_WORK_ITEM as i64], |r| {
             Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
         })
         .map_err(sql)?;
