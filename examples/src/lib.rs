@@ -3,7 +3,9 @@
 //! time; a binary only starts the host.
 
 pub mod bank;
+pub mod common;
 pub mod counter;
 pub mod hello;
+pub mod order_processing;
 pub mod query_job;
 pub mod speakers;

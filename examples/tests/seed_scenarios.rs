@@ -1,0 +1,419 @@
+//! The seed scenarios (order processing and the other patterns, durable search, the
+//! approval workflow), each driven over real HTTP from its start to its final status.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use durable_http::{Host, RunningHost};
+use http_body_util::{BodyExt, Full};
+use serde_json::{json, Value};
+
+// Linking the library registers its functions and endpoints.
+use durable_examples as _;
+
+async fn host() -> RunningHost {
+    Host::builder()
+        .addr("127.0.0.1:0")
+        .store(Arc::new(durable_core::MemoryStore::new()))
+        .key("seed-scenario-test-key-0123456789")
+        .build()
+        .unwrap()
+        .bind()
+        .await
+        .unwrap()
+}
+
+/// One request; the body is parsed as JSON when it is JSON, else kept as a string.
+async fn call(
+    h: &RunningHost,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> (u16, http::HeaderMap, Value) {
+    let stream = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", h.addr.to_string())
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let body = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    (status, headers, body)
+}
+
+/// The path of a URL this host handed out.
+fn path_of(h: &RunningHost, url: &str) -> String {
+    url.split_once(&h.addr.to_string())
+        .map(|(_, p)| p.to_string())
+        .unwrap_or_else(|| panic!("{url} is not on {}", h.addr))
+}
+
+/// Starts something: expects 202 with a Location, returns the status path.
+async fn start(h: &RunningHost, path: &str, body: &str) -> String {
+    let (status, headers, resp) = call(h, "POST", path, body).await;
+    assert_eq!(status, 202, "{path}: {resp}");
+    assert!(headers.contains_key("retry-after"));
+    path_of(h, headers["location"].to_str().unwrap())
+}
+
+/// Follows a status path while it answers 202 (long-polling), returns the final body.
+async fn finish(h: &RunningHost, status_path: &str) -> Value {
+    for _ in 0..100 {
+        let (status, _, body) = call(h, "GET", &format!("{status_path}?wait=5s"), "").await;
+        if status == 200 {
+            return body;
+        }
+        assert_eq!(status, 202, "{body}");
+    }
+    panic!("{status_path} never finished");
+}
+
+/// Polls `path` until `cond` holds on its body (a wait for a condition, not for time).
+async fn until(h: &RunningHost, path: &str, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
+    for _ in 0..600 {
+        let (_, _, body) = call(h, "GET", path, "").await;
+        if cond(&body) {
+            return body;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{what}: never happened");
+}
+
+async fn mailbox(h: &RunningHost, to: &str) -> Vec<Value> {
+    let (status, _, body) = call(h, "GET", &format!("/api/mailbox?to={to}"), "").await;
+    assert_eq!(status, 200);
+    body.as_array().unwrap().clone()
+}
+
+// ---------------------------------------------------------------------------------------
+// order_processing
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_chain_their_steps_and_stop_at_the_first_no() {
+    let h = host().await;
+    let order = |sku: &str, qty: u32, card: &str, email: &str| {
+        json!({"id": format!("A-{sku}-{qty}"), "email": email,
+               "items": [{"sku": sku, "quantity": qty}], "card": card})
+        .to_string()
+    };
+    let ok = start(
+        &h,
+        "/api/orders",
+        &order("widget", 2, "4242 4242 4242 4242", "ada@shop.test"),
+    )
+    .await;
+    let done = finish(&h, &ok).await;
+    assert_eq!(done["runtimeStatus"], "Completed");
+    assert_eq!(done["customStatus"], "Completed");
+    assert_eq!(done["output"]["message"], "Order processed successfully!");
+    assert_eq!(done["output"]["failedStep"], Value::Null);
+    assert!(done["output"]["note"]
+        .as_str()
+        .unwrap()
+        .starts_with("charged 5.00"));
+    let mails = mailbox(&h, "ada@shop.test").await;
+    assert_eq!(mails.len(), 1);
+    assert_eq!(mails[0]["subject"], "Order A-widget-2 confirmed");
+
+    for (body, step, note) in [
+        (
+            order("teapot", 1, "4242424242424242", "bob@shop.test"),
+            "ValidateOrder",
+            "unknown product 'teapot'",
+        ),
+        (
+            order("gizmo", 1, "4242424242424242", "bob@shop.test"),
+            "CheckInventory",
+            "only 0 'gizmo' in stock, 1 ordered",
+        ),
+        (
+            order("gadget", 1, "4000000000000002", "bob@shop.test"),
+            "ProcessPayment",
+            "the card was declined",
+        ),
+    ] {
+        let done = finish(&h, &start(&h, "/api/orders", &body).await).await;
+        assert_eq!(done["output"]["message"], "Order processing failed.");
+        assert_eq!(done["output"]["failedStep"], step);
+        assert_eq!(done["output"]["note"], note);
+        assert_eq!(done["customStatus"], "Failed");
+    }
+    assert!(
+        mailbox(&h, "bob@shop.test").await.is_empty(),
+        "no confirmation for failed orders"
+    );
+
+    let (status, _, body) = call(&h, "POST", "/api/orders", "{not json").await;
+    assert_eq!(status, 400);
+    assert!(body["error"].is_string());
+    let (status, _, body) = call(&h, "POST", "/api/orders", r#"{"id":"A-2","email":"x@y"}"#).await;
+    assert_eq!(status, 400);
+    assert!(body["error"].as_str().unwrap().contains("items"), "{body}");
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fan_out_fan_in_processes_every_task() {
+    let h = host().await;
+    let tasks: Vec<String> = (1..=12).map(|i| format!("Task{i}")).collect();
+    let done = finish(
+        &h,
+        &start(&h, "/api/fan-out", &json!(tasks).to_string()).await,
+    )
+    .await;
+    let expected: Vec<String> = tasks.iter().map(|t| format!("{t} completed")).collect();
+    assert_eq!(done["output"], json!(expected));
+    for (body, msg) in [
+        ("[]", "give 1 to 1000 task names, got 0"),
+        (r#"["a",""]"#, "task name 1 is empty"),
+    ] {
+        let (status, _, resp) = call(&h, "POST", "/api/fan-out", body).await;
+        assert_eq!((status, resp["error"].as_str()), (400, Some(msg)));
+    }
+    let (status, _, _) = call(&h, "POST", "/api/fan-out", r#"{"tasks":1}"#).await;
+    assert_eq!(status, 400);
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_monitor_checks_alerts_continues_as_new_and_stops() {
+    let h = host().await;
+    let health = "/api/demo/services/billing-test/health";
+    let (status, _, body) = call(&h, "GET", health, "").await;
+    assert_eq!((status, &body["status"]), (200, &json!("healthy")));
+    let url = format!("http://{}{health}", h.addr);
+    let status_path = start(
+        &h,
+        "/api/monitors",
+        &json!({"url": url, "intervalSeconds": 1}).to_string(),
+    )
+    .await;
+    let s = until(&h, &status_path, "a first check", |b| {
+        b["customStatus"]["checks"].as_u64() >= Some(1)
+    })
+    .await;
+    assert_eq!(s["customStatus"]["lastCheck"], "up");
+
+    // The service goes down: one alert, however many checks see it down.
+    let (status, _, _) = call(&h, "PUT", health, r#"{"healthy": false}"#).await;
+    assert_eq!(status, 200);
+    let down = until(&h, &status_path, "a check seeing it down", |b| {
+        b["customStatus"]["lastCheck"] == "down"
+    })
+    .await;
+    assert_eq!(down["customStatus"]["alerts"], 1);
+    assert_eq!(down["customStatus"]["detail"], "answered 503");
+    let checks_when_down = down["customStatus"]["checks"].as_u64().unwrap();
+    until(&h, &status_path, "another check while down", |b| {
+        b["customStatus"]["checks"].as_u64() > Some(checks_when_down)
+    })
+    .await;
+    let ops = mailbox(&h, "ops@example.com").await;
+    let about_us: Vec<&Value> = ops
+        .iter()
+        .filter(|m| m["subject"].as_str().unwrap().contains(&url))
+        .collect();
+    assert_eq!(about_us.len(), 1);
+    assert_eq!(about_us[0]["subject"], format!("{url} is down"));
+
+    call(&h, "PUT", health, r#"{"healthy": true}"#).await;
+    until(&h, &status_path, "the recovery", |b| {
+        b["customStatus"]["lastCheck"] == "up"
+    })
+    .await;
+
+    // Each cycle is a new execution: the history stays short.
+    let id = status_path.rsplit('/').next().unwrap().to_string();
+    let (status, _, mgmt) = call(
+        &h,
+        "GET",
+        &format!("/runtime/webhooks/durabletask/instances/{id}?showHistory=true&code=seed-scenario-test-key-0123456789"),
+        "",
+    )
+    .await;
+    assert_eq!(status, 202);
+    assert!(
+        mgmt["historyEvents"].as_array().unwrap().len() < 30,
+        "{mgmt}"
+    );
+
+    let (status, _, body) = call(&h, "POST", &format!("/api/monitors/{id}/stop"), "").await;
+    assert_eq!((status, &body["stopping"]), (202, &json!(true)));
+    let done = finish(&h, &status_path).await;
+    assert_eq!(done["runtimeStatus"], "Completed");
+    assert_eq!(done["output"]["alerts"], 1);
+    assert_eq!(done["output"]["last"], "up");
+    assert!(done["output"]["checks"].as_u64().unwrap() > checks_when_down);
+    let recovered: Vec<Value> = mailbox(&h, "ops@example.com")
+        .await
+        .into_iter()
+        .filter(|m| m["subject"] == format!("{url} is recovered"))
+        .collect();
+    assert_eq!(recovered.len(), 1);
+
+    let (status, _, body) = call(&h, "POST", &format!("/api/monitors/{id}/stop"), "").await;
+    assert_eq!(status, 410, "{body}");
+    let (status, _, _) = call(&h, "POST", "/api/monitors/no-such-monitor/stop", "").await;
+    assert_eq!(status, 404);
+    for (body, msg) in [
+        (
+            json!({"url": "ftp://x/health"}),
+            "is not an absolute http(s) URL",
+        ),
+        (
+            json!({"url": url, "intervalSeconds": 0}),
+            "intervalSeconds must be 1 to 86400",
+        ),
+        (json!({"url": url, "every": 5}), "unknown field"),
+    ] {
+        let (status, _, resp) = call(&h, "POST", "/api/monitors", &body.to_string()).await;
+        assert_eq!(status, 400);
+        assert!(resp["error"].as_str().unwrap().contains(msg), "{resp}");
+    }
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approvals_wait_for_a_decision_or_time_out() {
+    let h = host().await;
+    let request = |doc: &str, approver: &str, timeout: u64| {
+        json!({"document": doc, "approver": approver, "timeoutSeconds": timeout}).to_string()
+    };
+    // Approved through the link in the mail.
+    let status_path = start(
+        &h,
+        "/api/approvals",
+        &request("Q3 budget", "boss-a@corp.test", 600),
+    )
+    .await;
+    let mail = until(
+        &h,
+        "/api/mailbox?to=boss-a@corp.test",
+        "the approval mail",
+        |b| b.as_array().is_some_and(|a| !a.is_empty()),
+    )
+    .await[0]
+        .clone();
+    assert_eq!(mail["subject"], "Approval needed: Q3 budget");
+    let approve = path_of(&h, mail["links"][0].as_str().unwrap());
+    let reject = path_of(&h, mail["links"][1].as_str().unwrap());
+    assert!(approve.ends_with("/approve") && reject.ends_with("/reject"));
+    let (status, _, s) = call(&h, "GET", &status_path, "").await;
+    assert_eq!(
+        (status, &s["customStatus"]),
+        (202, &json!("AwaitingApproval"))
+    );
+    let (status, _, body) = call(&h, "GET", &approve, "").await;
+    assert_eq!((status, &body["decision"]), (202, &json!("approve")));
+    let done = finish(&h, &status_path).await;
+    assert_eq!(
+        done["output"],
+        json!({"document": "Q3 budget", "outcome": "Approved"})
+    );
+    // Too late to change one's mind.
+    let (status, _, body) = call(&h, "GET", &reject, "").await;
+    assert_eq!(status, 410);
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("no longer waiting"),
+        "{body}"
+    );
+    let outcome_mail = mailbox(&h, "boss-a@corp.test").await;
+    assert_eq!(
+        outcome_mail.last().unwrap()["subject"],
+        "Q3 budget: Approved"
+    );
+
+    // Rejected.
+    let status_path = start(
+        &h,
+        "/api/approvals",
+        &request("New logo", "boss-b@corp.test", 600),
+    )
+    .await;
+    let mail = until(
+        &h,
+        "/api/mailbox?to=boss-b@corp.test",
+        "the approval mail",
+        |b| b.as_array().is_some_and(|a| !a.is_empty()),
+    )
+    .await[0]
+        .clone();
+    let (status, _, _) = call(
+        &h,
+        "POST",
+        &path_of(&h, mail["links"][1].as_str().unwrap()),
+        "",
+    )
+    .await;
+    assert_eq!(status, 202);
+    assert_eq!(
+        finish(&h, &status_path).await["output"]["outcome"],
+        "Rejected"
+    );
+
+    // Nobody answers: the timer wins.
+    let status_path = start(
+        &h,
+        "/api/approvals",
+        &request("Holiday", "boss-c@corp.test", 1),
+    )
+    .await;
+    assert_eq!(
+        finish(&h, &status_path).await["output"]["outcome"],
+        "TimedOut"
+    );
+    let mails = mailbox(&h, "boss-c@corp.test").await;
+    assert_eq!(mails.last().unwrap()["subject"], "Holiday: TimedOut");
+    let (status, _, _) = call(
+        &h,
+        "GET",
+        &path_of(&h, mails[0]["links"][0].as_str().unwrap()),
+        "",
+    )
+    .await;
+    assert_eq!(status, 410);
+
+    let (status, _, body) = call(&h, "GET", "/api/approvals/some-id/maybe", "").await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (
+            400,
+            Some("'maybe' is not a decision: use approve or reject")
+        )
+    );
+    let (status, _, _) = call(&h, "GET", "/api/approvals/no-such-approval/approve", "").await;
+    assert_eq!(status, 404);
+    for (body, msg) in [
+        (
+            request("", "a@b.test", 5),
+            "document must be 1 to 200 characters",
+        ),
+        (
+            request("Doc", "nobody", 5),
+            "approver 'nobody' is not an email address",
+        ),
+        (
+            request("Doc", "a@b.test", 0),
+            "timeoutSeconds must be 1 to 2592000",
+        ),
+    ] {
+        let (status, _, resp) = call(&h, "POST", "/api/approvals", &body).await;
+        assert_eq!((status, resp["error"].as_str()), (400, Some(msg)));
+    }
+    h.shutdown().await;
+}
