@@ -417,3 +417,132 @@ async fn approvals_wait_for_a_decision_or_time_out() {
     }
     h.shutdown().await;
 }
+
+// ---------------------------------------------------------------------------------------
+// durable_search
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_search_fans_out_to_the_sites_and_a_watcher_long_polls_it() {
+    let h = host().await;
+    let (status, headers, page) = call(&h, "GET", "/api/search", "").await;
+    assert_eq!(status, 200);
+    assert!(headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    let page = page.as_str().unwrap();
+    assert!(
+        page.contains(&format!("const url = \"http://{}\"", h.addr)),
+        "the base URL is filled in"
+    );
+    assert!(page.contains("<input id=\"query\""));
+
+    let (status, _, started) =
+        call(&h, "POST", "/api/search/start?q=durable%20%3Crust%3E", "").await;
+    assert_eq!(status, 200, "{started}");
+    let id = started["id"].as_str().unwrap().to_string();
+    let result = path_of(&h, started["resultUrl"].as_str().unwrap());
+    assert_eq!(result, format!("/api/search/results/{id}"));
+
+    let mut html = String::new();
+    for _ in 0..400 {
+        let (status, headers, body) = call(&h, "GET", &result, "").await;
+        if status == 200 {
+            assert!(headers["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/html"));
+            html = body.as_str().unwrap().to_string();
+            break;
+        }
+        assert_eq!(status, 202, "{body}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let pages: Vec<&str> = html.split("<hr/>").collect();
+    assert_eq!(pages.len(), 4, "{html}");
+    assert!(
+        pages[0].starts_with("<h2>Fast Search</h2><p>3 results for <b>durable &lt;rust&gt;</b>"),
+        "{}",
+        pages[0]
+    );
+    assert!(
+        pages[1].starts_with("<h2>Slow Search</h2><p>2 results"),
+        "{}",
+        pages[1]
+    );
+    assert_eq!(pages[2], "<h1>No Results</h1><p>broken answered 500</p>");
+    assert_eq!(
+        pages[3],
+        "<h1>No Results</h1><p>offline could not be reached</p>"
+    );
+
+    // The slow site was polled on durable timers by the HTTP task.
+    let history = h
+        .client()
+        .get_status(
+            &id,
+            durable_core::StatusOptions {
+                show_input: false,
+                show_history: true,
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap()
+        .history
+        .unwrap();
+    let timers = history
+        .iter()
+        .filter(|e| matches!(e.kind, durable_core::EventKind::TimerCreated { .. }))
+        .count();
+    assert_eq!(timers, 2);
+
+    // The watcher saw the search through to its 200.
+    let watcher = finish(
+        &h,
+        &format!("/api/instances/{}", started["watcherId"].as_str().unwrap()),
+    )
+    .await;
+    assert_eq!(watcher["runtimeStatus"], "Completed");
+    assert_eq!(watcher["output"], 200);
+
+    // Unknown, failed and malformed.
+    let (status, _, _) = call(&h, "GET", "/api/search/results/no-such-search", "").await;
+    assert_eq!(status, 404);
+    let (status, _, _) = call(
+        &h,
+        "GET",
+        &format!(
+            "/api/search/results/{}",
+            started["watcherId"].as_str().unwrap()
+        ),
+        "",
+    )
+    .await;
+    assert_eq!(status, 404, "a watcher is not a search");
+    let broken = h
+        .client()
+        .start_by_name("search_workflow", Some("42".into()), Default::default())
+        .await
+        .unwrap();
+    h.client()
+        .wait_for_completion(&broken, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let (status, _, body) = call(&h, "GET", &format!("/api/search/results/{broken}"), "").await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("Orchestration failed."))
+    );
+    let (status, _, body) = call(&h, "GET", "/api/search/start", "").await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("give a query: ?q=..."))
+    );
+    let long = "x".repeat(201);
+    let (status, _, _) = call(&h, "GET", &format!("/api/search/start?q={long}"), "").await;
+    assert_eq!(status, 400);
+    let (status, _, _) = call(&h, "GET", "/api/search/sites/nowhere?q=a", "").await;
+    assert_eq!(status, 404);
+    h.shutdown().await;
+}
