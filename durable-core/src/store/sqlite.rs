@@ -183,12 +183,31 @@ impl SqliteStore {
         reader
             .busy_timeout(Duration::from_secs(5))
             .map_err(backend)?;
+        tune(&reader, READER_CACHE_KIB)?;
+        tune(&conn, WRITER_CACHE_KIB)?;
+        // The writer leaves checkpoints to a thread of their own (with a large automatic
+        // checkpoint as a safety net), so commits do not wait for them.
+        conn.execute_batch(&format!("PRAGMA wal_autocheckpoint={AUTOCHECKPOINT_PAGES}"))
+            .map_err(backend)?;
+        let checkpointer = Connection::open(&b.path)
+            .map_err(|e| backend(format!("cannot open {what} for checkpoints: {e}")))?;
+        configure(&checkpointer, b.synchronous, &what)?;
+        let (ck_tx, ck_rx) = mpsc::sync_channel::<()>(1);
+        std::thread::Builder::new()
+            .name("durable-sqlite-checkpoint".into())
+            .spawn(move || {
+                while ck_rx.recv().is_ok() {
+                    let _ =
+                        checkpointer.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+                }
+            })
+            .map_err(backend)?;
         let shared = Arc::new(Shared::default());
         let (tx, rx) = mpsc::channel::<Request>();
         let s2 = shared.clone();
         std::thread::Builder::new()
             .name("durable-sqlite-writer".into())
-            .spawn(move || writer_loop(conn, rx, s2, sync))
+            .spawn(move || writer_loop(conn, rx, s2, sync, ck_tx))
             .map_err(backend)?;
         Ok(Self {
             path: b.path,
@@ -222,6 +241,23 @@ impl SqliteStore {
         .await
         .map_err(backend)?
     }
+}
+
+/// Page cache of the writer connection, in KiB.
+const WRITER_CACHE_KIB: i64 = 64 * 1024;
+/// Page cache of the reader connection, in KiB.
+const READER_CACHE_KIB: i64 = 16 * 1024;
+/// Durable commits between two nudges of the checkpoint thread.
+const CHECKPOINT_EVERY: u32 = 32;
+/// The writer checkpoints by itself only when the WAL reaches this many pages.
+const AUTOCHECKPOINT_PAGES: u32 = 16 * 1024;
+
+/// Performance settings that do not affect durability: page cache size and a statement
+/// cache large enough for every statement the store uses.
+fn tune(conn: &Connection, cache_kib: i64) -> StoreResult<()> {
+    conn.set_prepared_statement_cache_capacity(64);
+    conn.execute_batch(&format!("PRAGMA cache_size=-{cache_kib}"))
+        .map_err(backend)
 }
 
 fn configure(conn: &Connection, sync: Synchronous, what: &str) -> StoreResult<()> {
@@ -369,7 +405,9 @@ fn writer_loop(
     rx: mpsc::Receiver<Request>,
     shared: Arc<Shared>,
     sync: Synchronous,
+    checkpoint: mpsc::SyncSender<()>,
 ) {
+    let mut commits = 0u32;
     let durable_sync = match sync {
         Synchronous::Full => "PRAGMA synchronous=FULL",
         Synchronous::Normal => "PRAGMA synchronous=NORMAL",
@@ -396,35 +434,41 @@ fn writer_loop(
                 relaxed = lease_only;
             }
         }
-        let mut results = Vec::with_capacity(batch.len());
-        let mut wake = Wake::default();
-        let began = conn.execute_batch("BEGIN IMMEDIATE");
-        if let Err(e) = began {
-            for r in batch {
-                let _ = r.reply.send(Err(backend(&e)));
-            }
-            continue;
+        // Fast path: no savepoints. A request refused for a reason of its own (lease lost,
+        // unknown or existing instance) is refused before it writes anything, so it cannot
+        // leave a partial change behind. Only a backend error (I/O, corruption) can stop a
+        // request half-way; then the whole batch is rolled back and applied again with one
+        // savepoint per request, so the failing request rolls back alone.
+        let mut outcome = apply_batch(&conn, &batch, false);
+        if outcome
+            .as_ref()
+            .is_ok_and(|(results, _)| results.iter().any(is_backend_error))
+        {
+            let _ = exec_cached(&conn, "ROLLBACK");
+            outcome = apply_batch(&conn, &batch, true);
         }
-        for req in &batch {
-            let _ = conn.execute_batch("SAVEPOINT op");
-            let mut w = Wake::default();
-            let res = apply(&conn, &req.op, &mut w);
-            if res.is_ok() {
-                let _ = conn.execute_batch("RELEASE op");
-                wake.orchestrations |= w.orchestrations;
-                wake.activities |= w.activities;
-                wake.instances.extend(w.instances);
-            } else {
-                let _ = conn.execute_batch("ROLLBACK TO op; RELEASE op");
+        let (results, wake) = match outcome {
+            Ok(r) => r,
+            Err(e) => {
+                for r in batch {
+                    let _ = r.reply.send(Err(backend(&e)));
+                }
+                continue;
             }
-            results.push(res);
-        }
-        if let Err(e) = conn.execute_batch("COMMIT") {
-            let _ = conn.execute_batch("ROLLBACK");
+        };
+        if let Err(e) = exec_cached(&conn, "COMMIT") {
+            let _ = exec_cached(&conn, "ROLLBACK");
             for r in batch {
                 let _ = r.reply.send(Err(backend(format!("commit failed: {e}"))));
             }
             continue;
+        }
+        if !lease_only {
+            commits += 1;
+            if commits >= CHECKPOINT_EVERY {
+                commits = 0;
+                let _ = checkpoint.try_send(());
+            }
         }
         // Durable now: answer the callers, then wake whoever waits for this work.
         for (req, res) in batch.into_iter().zip(results) {
@@ -440,6 +484,52 @@ fn writer_loop(
             shared.signals.instance_changed(&id);
         }
     }
+}
+
+/// Runs a statement without parameters through the statement cache.
+fn exec_cached(conn: &Connection, text: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(text)?.raw_execute().map(|_| ())
+}
+
+fn is_backend_error(r: &StoreResult<Reply>) -> bool {
+    matches!(r, Err(StoreError::Backend(_)))
+}
+
+/// Begins a transaction and applies every request of the batch in it (not committed yet).
+/// With `savepoints`, each request runs in a savepoint of its own and a failing request is
+/// rolled back alone.
+fn apply_batch(
+    conn: &Connection,
+    batch: &[Request],
+    savepoints: bool,
+) -> Result<(Vec<StoreResult<Reply>>, Wake), rusqlite::Error> {
+    exec_cached(conn, "BEGIN IMMEDIATE")?;
+    let mut results = Vec::with_capacity(batch.len());
+    let mut wake = Wake::default();
+    for req in batch {
+        if savepoints {
+            let _ = exec_cached(conn, "SAVEPOINT op");
+        }
+        let mut w = Wake::default();
+        let res = apply(conn, &req.op, &mut w);
+        if res.is_ok() {
+            if savepoints {
+                let _ = exec_cached(conn, "RELEASE op");
+            }
+            wake.orchestrations |= w.orchestrations;
+            wake.activities |= w.activities;
+            wake.instances.extend(w.instances);
+        } else if savepoints {
+            let _ = exec_cached(conn, "ROLLBACK TO op");
+            let _ = exec_cached(conn, "RELEASE op");
+        } else if is_backend_error(&res) {
+            // The caller rolls back and retries with savepoints.
+            results.push(res);
+            return Ok((results, wake));
+        }
+        results.push(res);
+    }
+    Ok((results, wake))
 }
 
 fn sql(e: rusqlite::Error) -> StoreError {
