@@ -2,6 +2,7 @@
 //! module registers its orchestrators, activities, entities and start endpoints at link
 //! time; a binary only starts the host.
 
+pub mod approval_workflow;
 pub mod bank;
 pub mod common;
 pub mod counter;

@@ -546,3 +546,159 @@ async fn durable_search_fans_out_to_the_sites_and_a_watcher_long_polls_it() {
     assert_eq!(status, 404);
     h.shutdown().await;
 }
+
+// ---------------------------------------------------------------------------------------
+// approval_workflow
+
+mod files {
+    use super::*;
+    use durable_examples::approval_workflow::{spawn_watcher, WorkflowConfig};
+    use std::path::{Path, PathBuf};
+
+    fn temp_root(tag: &str) -> PathBuf {
+        let root = std::env::temp_dir().join(format!(
+            "durable-approval-{tag}-{}-{}",
+            std::process::id(),
+            durable_core::store::random_id()
+        ));
+        std::fs::create_dir_all(&root).unwrap();
+        root
+    }
+
+    /// Drops a request the safe way: written aside, then moved in.
+    fn drop_request(root: &Path, name: &str, content: &str) {
+        let aside = root.join(format!(".{name}.part"));
+        std::fs::write(&aside, content).unwrap();
+        std::fs::rename(&aside, root.join("requests").join(name)).unwrap();
+    }
+
+    /// Waits for the outbox email about `file`; returns its (approve, reject) links.
+    async fn email_for(root: &Path, file: &str) -> (String, String) {
+        for _ in 0..600 {
+            for entry in std::fs::read_dir(root.join("outbox")).unwrap() {
+                let path = entry.unwrap().path();
+                if path.extension().is_some_and(|e| e == "html") {
+                    let html = std::fs::read_to_string(&path).unwrap();
+                    if html.contains(&format!("<b>{file}</b>")) {
+                        let links: Vec<String> = html
+                            .split("href=\"")
+                            .skip(1)
+                            .map(|s| s.split('"').next().unwrap().to_string())
+                            .collect();
+                        return (links[0].clone(), links[1].clone());
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("no email about {file}");
+    }
+
+    fn instance_of(link: &str) -> String {
+        link.rsplit('/').nth(1).unwrap().to_string()
+    }
+
+    fn config(h: &RunningHost, root: &Path, timeout: Duration) -> WorkflowConfig {
+        let cfg = WorkflowConfig {
+            root: root.to_path_buf(),
+            base_url: h.url(),
+            timeout,
+            approver: "cat-boss@furry.test".into(),
+            scan_every: Duration::from_millis(20),
+        };
+        cfg.ensure_dirs().unwrap();
+        cfg
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dropped_files_are_approved_or_rejected_by_link_or_by_timeout() {
+        let h = host().await;
+        let root = temp_root("links");
+        let watcher = spawn_watcher(h.client(), config(&h, &root, Duration::from_secs(600)));
+        drop_request(&root, "whiskers.jpg", "meow");
+        drop_request(&root, "tom.png", "hiss");
+
+        let (approve, _) = email_for(&root, "whiskers.jpg").await;
+        let (_, reject) = email_for(&root, "tom.png").await;
+        let html = std::fs::read_to_string(
+            root.join("outbox")
+                .join(format!("{}.html", instance_of(&approve))),
+        )
+        .unwrap();
+        assert!(html.contains("To: cat-boss@furry.test"));
+        let status_whiskers = format!("/api/instances/{}", instance_of(&approve));
+        let (status, _, s) = call(&h, "GET", &status_whiskers, "").await;
+        assert_eq!(
+            (status, &s["customStatus"]["state"]),
+            (202, &json!("AwaitingDecision"))
+        );
+
+        let (status, _, _) = call(&h, "GET", &path_of(&h, &approve), "").await;
+        assert_eq!(status, 202);
+        let (status, _, _) = call(&h, "GET", &path_of(&h, &reject), "").await;
+        assert_eq!(status, 202);
+        let done = finish(&h, &status_whiskers).await;
+        assert_eq!(
+            done["output"],
+            json!({"file": "whiskers.jpg", "outcome": "Approved", "reason": "approved by cat-boss@furry.test", "movedTo": "approved/whiskers.jpg"})
+        );
+        let done = finish(&h, &format!("/api/instances/{}", instance_of(&reject))).await;
+        assert_eq!(done["output"]["outcome"], "Rejected");
+        assert_eq!(done["output"]["movedTo"], "rejected/tom.png");
+        assert_eq!(
+            std::fs::read_to_string(root.join("approved/whiskers.jpg")).unwrap(),
+            "meow"
+        );
+        assert_eq!(
+            std::fs::read_to_string(root.join("rejected/tom.png")).unwrap(),
+            "hiss"
+        );
+        assert_eq!(std::fs::read_dir(root.join("requests")).unwrap().count(), 0);
+        // One instance (and one email) per file, however often the folder was scanned.
+        assert_eq!(std::fs::read_dir(root.join("outbox")).unwrap().count(), 2);
+
+        // A decided request cannot be decided again.
+        let (status, _, body) = call(
+            &h,
+            "GET",
+            &path_of(&h, &approve).replace("/approve", "/reject"),
+            "",
+        )
+        .await;
+        assert_eq!(status, 410, "{body}");
+        let (status, _, _) =
+            call(&h, "GET", "/api/approval-requests/req-unknown/approve", "").await;
+        assert_eq!(status, 404);
+        let (status, _, body) = call(
+            &h,
+            "POST",
+            &path_of(&h, &approve).replace("/approve", "/perhaps"),
+            "",
+        )
+        .await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (
+                400,
+                Some("'perhaps' is not a decision: use approve or reject")
+            )
+        );
+        watcher.abort();
+
+        // Nobody answers: the timeout rejects.
+        let root2 = temp_root("timeout");
+        let watcher = spawn_watcher(h.client(), config(&h, &root2, Duration::from_secs(1)));
+        drop_request(&root2, "garfield.gif", "lasagna");
+        let (approve, _) = email_for(&root2, "garfield.gif").await;
+        let done = finish(&h, &format!("/api/instances/{}", instance_of(&approve))).await;
+        assert_eq!(done["output"]["outcome"], "Rejected");
+        assert_eq!(done["output"]["reason"], "no decision within 1 s");
+        assert!(root2.join("rejected/garfield.gif").exists());
+        let (status, _, _) = call(&h, "GET", &path_of(&h, &approve), "").await;
+        assert_eq!(status, 410);
+        watcher.abort();
+        h.shutdown().await;
+        let _ = std::fs::remove_dir_all(&root);
+        let _ = std::fs::remove_dir_all(&root2);
+    }
+}

@@ -1,0 +1,414 @@
+//! The approval workflow (seed 000, second half): requests are files.
+//!
+//! A file dropped into `requests/` (under `APPROVAL_DIR`, default `./approval-workflow`)
+//! starts one `approval_workflow` instance: it writes the approval "email" into
+//! `outbox/<instance>.html` with an approve and a reject link, then waits for whichever
+//! comes first, the approver's click or a durable timer (`APPROVAL_TIMEOUT_SECS`, default
+//! one day; a timeout rejects). Then it moves the file to `approved/` or `rejected/`.
+//!
+//! The links hit `GET /api/approval-requests/{id}/approve` (or `/reject`), which checks
+//! the instance is still waiting before raising the event: 404 for an unknown id, 410
+//! once it has been decided.
+//!
+//! The folder watcher ([`spawn_watcher`]) scans `requests/` and derives each instance id
+//! from the file's name, size and modification time, so a restart never starts a second
+//! instance for the same file. Write files elsewhere and move them in, so the watcher
+//! never sees half a file; names starting with `.` or ending in `.tmp` or `.part` are
+//! ignored.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use durable_core::{
+    activity, orchestrator, race, ActivityError, DurableClient, Either, OrchestrationContext,
+    OrchestrationError, StartOptions,
+};
+use durable_http::{http_start, HttpError, HttpRequest, HttpResponse, HttpResult};
+use http::StatusCode;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::common::{html_escape, raise_if_running, url_encode};
+use crate::order_processing::approval::{Decision, DECISION_EVENT};
+
+/// Where new requests are dropped.
+pub const REQUESTS: &str = "requests";
+/// Where approved requests end.
+pub const APPROVED: &str = "approved";
+/// Where rejected (or timed-out) requests end.
+pub const REJECTED: &str = "rejected";
+/// Where approval emails are written.
+pub const OUTBOX: &str = "outbox";
+
+/// How the workflow is set up.
+#[derive(Clone, Debug)]
+pub struct WorkflowConfig {
+    /// The folder holding `requests/`, `approved/`, `rejected/` and `outbox/`.
+    pub root: PathBuf,
+    /// The base URL of this host, for the links.
+    pub base_url: String,
+    /// How long a request waits for a decision.
+    pub timeout: Duration,
+    /// Who approves.
+    pub approver: String,
+    /// How often `requests/` is scanned.
+    pub scan_every: Duration,
+}
+
+impl WorkflowConfig {
+    /// From the environment: `APPROVAL_DIR` (default `./approval-workflow`),
+    /// `APPROVAL_BASE_URL` (default `http://` + `DURABLE_ADDR`), `APPROVAL_TIMEOUT_SECS`
+    /// (default 86400), `APPROVER` (default `approver@example.com`).
+    pub fn from_env() -> Result<Self, String> {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+        let timeout = match var("APPROVAL_TIMEOUT_SECS") {
+            Some(v) => v
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|s| *s > 0)
+                .ok_or_else(|| format!("APPROVAL_TIMEOUT_SECS '{v}' is not a number of seconds"))?,
+            None => 86_400,
+        };
+        let addr = var("DURABLE_ADDR").unwrap_or_else(|| durable_http::DEFAULT_ADDR.to_string());
+        Ok(WorkflowConfig {
+            root: var("APPROVAL_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("approval-workflow")),
+            base_url: var("APPROVAL_BASE_URL").unwrap_or_else(|| format!("http://{addr}")),
+            timeout: Duration::from_secs(timeout),
+            approver: var("APPROVER").unwrap_or_else(|| "approver@example.com".into()),
+            scan_every: Duration::from_millis(500),
+        })
+    }
+
+    /// Creates the four folders.
+    pub fn ensure_dirs(&self) -> std::io::Result<()> {
+        for d in [REQUESTS, APPROVED, REJECTED, OUTBOX] {
+            std::fs::create_dir_all(self.root.join(d))?;
+        }
+        Ok(())
+    }
+}
+
+/// The input of one instance.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestInput {
+    /// The workflow folder.
+    pub root: String,
+    /// The file's name in `requests/`.
+    pub file: String,
+    /// Who approves.
+    pub approver: String,
+    /// Base URL for the links.
+    pub base_url: String,
+    /// Seconds to wait for the decision.
+    pub timeout_seconds: u64,
+}
+
+/// How a request ended.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestOutcome {
+    /// The file.
+    pub file: String,
+    /// `Approved` or `Rejected`.
+    pub outcome: String,
+    /// Why.
+    pub reason: String,
+    /// Where the file is now, relative to the workflow folder.
+    pub moved_to: String,
+}
+
+/// The approval email, written to the outbox.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ApprovalEmail {
+    /// The workflow folder.
+    pub root: String,
+    /// The instance, which names the email file.
+    pub instance_id: String,
+    /// The approver.
+    pub to: String,
+    /// The request's file.
+    pub file: String,
+    /// The approve link.
+    pub approve: String,
+    /// The reject link.
+    pub reject: String,
+}
+
+/// A move of a request to its final folder.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MoveRequest {
+    /// The workflow folder.
+    pub root: String,
+    /// The file's name.
+    pub file: String,
+    /// `approved` or `rejected`.
+    pub to: String,
+}
+
+/// A plain file name: no folders, not hidden.
+fn check_name(file: &str) -> Result<(), ActivityError> {
+    let bad = file.is_empty()
+        || file.starts_with('.')
+        || file.contains(['/', '\\'])
+        || Path::new(file).file_name().and_then(|n| n.to_str()) != Some(file);
+    if bad {
+        return Err(ActivityError::non_retriable(format!(
+            "'{file}' is not a plain file name"
+        )));
+    }
+    Ok(())
+}
+
+/// `SendApprovalEmail`: writes `outbox/<instance>.html` (atomically: written aside, then
+/// renamed into place).
+#[activity(name = "SendApprovalEmail")]
+pub async fn send_approval_email(mail: ApprovalEmail) -> Result<String, ActivityError> {
+    check_name(&mail.file)?;
+    let outbox = Path::new(&mail.root).join(OUTBOX);
+    tokio::fs::create_dir_all(&outbox).await?;
+    let file = html_escape(&mail.file);
+    let html = format!(
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Approval request: {file}</title></head>\n\
+         <body>\n<p>To: {to}</p>\n<p>Subject: Approval request: {file}</p>\n\
+         <p>A new request, <b>{file}</b>, is waiting for your decision.</p>\n\
+         <p><a href=\"{approve}\">Approve</a> &nbsp; <a href=\"{reject}\">Reject</a></p>\n</body></html>\n",
+        to = html_escape(&mail.to),
+        approve = html_escape(&mail.approve),
+        reject = html_escape(&mail.reject),
+    );
+    let name = format!("{}.html", mail.instance_id);
+    let tmp = outbox.join(format!(".{name}.tmp"));
+    tokio::fs::write(&tmp, html).await?;
+    tokio::fs::rename(&tmp, outbox.join(&name)).await?;
+    Ok(format!("{OUTBOX}/{name}"))
+}
+
+/// `MoveRequest`: moves `requests/<file>` to `approved/` or `rejected/`. Running it again
+/// after it succeeded is fine (activities are at-least-once).
+#[activity(name = "MoveRequest")]
+pub async fn move_request(m: MoveRequest) -> Result<String, ActivityError> {
+    check_name(&m.file)?;
+    if m.to != APPROVED && m.to != REJECTED {
+        return Err(ActivityError::non_retriable(format!(
+            "'{}' is not a destination",
+            m.to
+        )));
+    }
+    let root = Path::new(&m.root);
+    let from = root.join(REQUESTS).join(&m.file);
+    let dir = root.join(&m.to);
+    let to = dir.join(&m.file);
+    tokio::fs::create_dir_all(&dir).await?;
+    match tokio::fs::rename(&from, &to).await {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if !tokio::fs::try_exists(&to).await.unwrap_or(false) {
+                return Err(ActivityError::non_retriable(format!(
+                    "{REQUESTS}/{} is gone and is not in {}/ either",
+                    m.file, m.to
+                )));
+            }
+        }
+        Err(e) => return Err(e.into()),
+    }
+    Ok(format!("{}/{}", m.to, m.file))
+}
+
+/// One request: email, wait for the decision or the timeout, move the file.
+#[orchestrator]
+pub async fn approval_workflow(
+    ctx: OrchestrationContext,
+    input: RequestInput,
+) -> Result<RequestOutcome, OrchestrationError> {
+    let link = |decision: &str| {
+        format!(
+            "{}/api/approval-requests/{}/{decision}",
+            input.base_url,
+            url_encode(ctx.instance_id())
+        )
+    };
+    let mail = ApprovalEmail {
+        root: input.root.clone(),
+        instance_id: ctx.instance_id().to_string(),
+        to: input.approver.clone(),
+        file: input.file.clone(),
+        approve: link("approve"),
+        reject: link("reject"),
+    };
+    ctx.call_activity(send_approval_email, mail).await?;
+    ctx.set_custom_status(&json!({"file": input.file, "state": "AwaitingDecision"}));
+    let decision = ctx.wait_for_external_event::<Decision>(DECISION_EVENT);
+    let timer = ctx.create_timer(Duration::from_secs(input.timeout_seconds));
+    let (approved, reason) = match race(decision, timer).await {
+        Either::Left(d) => {
+            let approved = d?.approved;
+            let verb = if approved { "approved" } else { "rejected" };
+            (approved, format!("{verb} by {}", input.approver))
+        }
+        Either::Right(()) => (
+            false,
+            format!("no decision within {} s", input.timeout_seconds),
+        ),
+    };
+    let to = if approved { APPROVED } else { REJECTED };
+    let moved_to = ctx
+        .call_activity(
+            move_request,
+            MoveRequest {
+                root: input.root.clone(),
+                file: input.file.clone(),
+                to: to.into(),
+            },
+        )
+        .await?;
+    let outcome = if approved { "Approved" } else { "Rejected" };
+    ctx.set_custom_status(&json!({"file": input.file, "state": outcome}));
+    Ok(RequestOutcome {
+        file: input.file,
+        outcome: outcome.into(),
+        reason,
+        moved_to,
+    })
+}
+
+/// `GET` (a clicked link) or `POST /api/approval-requests/{id}/approve` or `.../reject`:
+/// 202 when the decision was delivered; 400 for another verb, 404 for an unknown id, 410
+/// when the request was already decided or timed out.
+#[http_start(
+    route = "/api/approval-requests/{id}/{decision}",
+    methods = "GET, POST"
+)]
+pub async fn decide_request(client: DurableClient, req: HttpRequest) -> HttpResult {
+    let id = req.param("id").unwrap_or_default().to_string();
+    let approved = match req.param("decision").unwrap_or_default() {
+        "approve" => true,
+        "reject" => false,
+        other => {
+            return Err(HttpError::bad_request(format!(
+                "'{other}' is not a decision: use approve or reject"
+            )))
+        }
+    };
+    raise_if_running(
+        &client,
+        &id,
+        "approval request",
+        DECISION_EVENT,
+        &Decision { approved },
+    )
+    .await?;
+    Ok(HttpResponse::json(
+        StatusCode::ACCEPTED,
+        &json!({"id": id, "decision": if approved { "approve" } else { "reject" }}),
+    ))
+}
+
+/// The instance id of a request file: the same for the same name, size and modification
+/// time, so rescans and restarts never start a file twice.
+pub fn instance_id_for(file: &str, len: u64, modified_nanos: u128) -> String {
+    let key = format!("{file}\u{0}{len}\u{0}{modified_nanos}");
+    format!(
+        "req-{}",
+        uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, key.as_bytes()).simple()
+    )
+}
+
+/// Scans `requests/` once and starts an instance for each file that has none; returns
+/// the ids it started.
+pub async fn scan_once(
+    client: &DurableClient,
+    cfg: &WorkflowConfig,
+) -> std::io::Result<Vec<String>> {
+    let mut started = Vec::new();
+    let mut dir = tokio::fs::read_dir(cfg.root.join(REQUESTS)).await?;
+    while let Some(entry) = dir.next_entry().await? {
+        let Ok(name) = entry.file_name().into_string() else {
+            continue;
+        };
+        if name.starts_with('.') || name.ends_with(".tmp") || name.ends_with(".part") {
+            continue;
+        }
+        let meta = match entry.metadata().await {
+            Ok(m) if m.is_file() => m,
+            _ => continue,
+        };
+        let modified = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
+        let id = instance_id_for(&name, meta.len(), modified);
+        match client.get_state(&id).await {
+            Ok(Some(_)) => continue,
+            Ok(None) => {}
+            Err(e) => {
+                eprintln!("approval workflow: cannot check {name}: {e}");
+                continue;
+            }
+        }
+        let input = RequestInput {
+            root: cfg.root.to_string_lossy().into_owned(),
+            file: name.clone(),
+            approver: cfg.approver.clone(),
+            base_url: cfg.base_url.clone(),
+            timeout_seconds: cfg.timeout.as_secs().max(1),
+        };
+        match client
+            .start_with(
+                approval_workflow,
+                input,
+                StartOptions::with_instance_id(&id),
+            )
+            .await
+        {
+            Ok(id) => {
+                eprintln!("approval workflow: {name} -> instance {id}");
+                started.push(id);
+            }
+            Err(durable_core::Error::InstanceExists { .. }) => {}
+            Err(e) => eprintln!("approval workflow: cannot start {name}: {e}"),
+        }
+    }
+    Ok(started)
+}
+
+/// Scans `requests/` every `cfg.scan_every` until the task is aborted.
+pub fn spawn_watcher(client: DurableClient, cfg: WorkflowConfig) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            if let Err(e) = scan_once(&client, &cfg).await {
+                eprintln!(
+                    "approval workflow: cannot scan {}: {e}",
+                    cfg.root.join(REQUESTS).display()
+                );
+            }
+            tokio::time::sleep(cfg.scan_every).await;
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_stable_per_file_version() {
+        let a = instance_id_for("cat.jpg", 10, 5);
+        assert_eq!(a, instance_id_for("cat.jpg", 10, 5));
+        assert_ne!(a, instance_id_for("cat.jpg", 11, 5));
+        assert_ne!(a, instance_id_for("dog.jpg", 10, 5));
+        assert!(durable_core::client::validate_instance_id(&a).is_ok());
+    }
+
+    #[test]
+    fn only_plain_names_are_accepted() {
+        assert!(check_name("cat.jpg").is_ok());
+        for bad in ["", ".hidden", "../x", "a/b", "a\\b", ".."] {
+            assert!(check_name(bad).is_err(), "{bad}");
+        }
+    }
+}
