@@ -7,7 +7,11 @@
 //! - the public status endpoint `GET /api/instances/{id}` (202 while running, 200 when
 //!   done, `?wait=30s` long-polls), which reveals no input, history or keys;
 //! - the keyed management API under `/runtime/webhooks/durabletask/` in Durable Functions'
-//!   shapes (instances and entities).
+//!   shapes (instances and entities);
+//! - the built-in activity behind `ctx.call_http` ([`activity`]). Its HTTP client is
+//!   hyper-util's pooled HTTP/1.1 client; `https://` goes through rustls with the *ring*
+//!   provider and the Mozilla roots of `webpki-roots` (cargo feature `tls`, on by
+//!   default; without it `https://` calls fail with a non-retriable error).
 //!
 //! ```ignore
 //! #[tokio::main]
