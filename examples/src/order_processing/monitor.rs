@@ -61,6 +61,26 @@ pub struct MonitorState {
     pub alerts: u64,
     /// "up" or "down" after the last check.
     pub last: Option<String>,
+    /// What the last check saw, e.g. "answered 503".
+    #[serde(default)]
+    pub detail: Option<String>,
+    /// When the last check ran (RFC 3339).
+    #[serde(default)]
+    pub checked_at: Option<String>,
+}
+
+impl MonitorState {
+    /// The custom status: what the last check saw.
+    fn status(&self) -> serde_json::Value {
+        json!({
+            "url": self.url,
+            "checks": self.checks,
+            "alerts": self.alerts,
+            "lastCheck": self.last,
+            "detail": self.detail,
+            "checkedAt": self.checked_at,
+        })
+    }
 }
 
 impl From<MonitorRequest> for MonitorState {
@@ -71,6 +91,8 @@ impl From<MonitorRequest> for MonitorState {
             checks: 0,
             alerts: 0,
             last: None,
+            detail: None,
+            checked_at: None,
         }
     }
 }
@@ -104,6 +126,10 @@ pub async fn monitor(
     ctx: OrchestrationContext,
     mut state: MonitorState,
 ) -> Result<MonitorState, OrchestrationError> {
+    // A new execution starts with no custom status: show the last check meanwhile.
+    if state.checks > 0 {
+        ctx.set_custom_status(&state.status());
+    }
     let check = ctx
         .call_http(
             DurableHttpRequest::get(state.url.clone())
@@ -131,14 +157,9 @@ pub async fn monitor(
         }
     }
     state.last = Some(now.into());
-    ctx.set_custom_status(&json!({
-        "url": state.url,
-        "checks": state.checks,
-        "alerts": state.alerts,
-        "lastCheck": now,
-        "detail": detail,
-        "checkedAt": ctx.current_utc_datetime().to_rfc3339(),
-    }));
+    state.detail = Some(detail);
+    state.checked_at = Some(ctx.current_utc_datetime().to_rfc3339());
+    ctx.set_custom_status(&state.status());
     let next = ctx.create_timer(Duration::from_secs(state.interval_seconds));
     let stop = ctx.wait_for_external_event::<serde_json::Value>("stop");
     match race(stop, next).await {
