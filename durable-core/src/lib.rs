@@ -75,7 +75,7 @@ pub mod __private {
     pub use crate::registry::EntityRegistration;
     pub use crate::registry::{
         decode_input, Activity, ActivityRegistration, BoxFuture, Orchestrator,
-        OrchestratorRegistration, Outcome, Plain, TaskOutcome,
+        OrchestratorRegistration, Outcome, Payload, Plain, TaskOutcome,
     };
     pub use crate::registry::{encode, failure_of};
     pub use inventory;

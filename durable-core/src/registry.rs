@@ -66,6 +66,18 @@ pub trait Orchestrator: Copy + Send + Sync + 'static {
     const VERSION: Option<&'static str>;
 }
 
+/// A value that can travel through a history: an input, an output, an entity's state.
+/// Implemented for every `Serialize + DeserializeOwned + Send + 'static` type; the
+/// attribute macros assert it at the user's type so a missing derive is reported there.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot travel through a durable history: it must implement `Serialize` and `DeserializeOwned`",
+    label = "not serializable",
+    note = "inputs, outputs and entity state are stored as JSON: add `#[derive(serde::Serialize, serde::Deserialize)]` to `{Self}` (for a type from another crate, enable its `serde` feature or wrap it)"
+)]
+pub trait Payload: Serialize + DeserializeOwned + Send + 'static {}
+
+impl<T: Serialize + DeserializeOwned + Send + 'static> Payload for T {}
+
 /// How a durable function's return value becomes a recorded outcome. Implemented for
 /// `Result<T, E>` (T serializable, E: Display) and for [`Plain`] values.
 #[diagnostic::on_unimplemented(

@@ -4,16 +4,19 @@
 //! an unbounded loop that awaits without `continue_as_new` is a warning.
 //!
 //! The check is syntactic: it sees the orchestrator's own body, matched by path suffix
-//! (`tokio::time::sleep`, `time::sleep`, `Instant::now`, ...). It cannot see into helper
-//! functions the body calls, functions imported under another name (`use tokio::time::sleep
-//! as nap`), or a bare `sleep(..)` after `use tokio::time::sleep`. A statement marked
+//! (`tokio::time::sleep`, `time::sleep`, `Instant::now`, ...), including `use` items in
+//! the body and the arguments of expression-list macros (`println!`, `join!`). It cannot
+//! see into helper functions the body calls, names imported or aliased outside the body
+//! (`use tokio::time::sleep as nap` at module level, then `nap(..)`), methods on values,
+//! or macros whose arguments are not expressions. A statement marked
 //! `#[nondeterministic]` is exempt (the attribute is removed before compiling).
 
 use proc_macro2::{Span, TokenStream, TokenTree};
 use quote::quote_spanned;
+use syn::punctuated::Punctuated;
 use syn::spanned::Spanned;
 use syn::visit_mut::{self, VisitMut};
-use syn::{Block, Expr, Macro, Path, Stmt};
+use syn::{Block, Expr, Macro, Path, Stmt, Token};
 
 /// What to use instead.
 const TIME: &str = "use `ctx.current_utc_datetime()`, which is the same on every replay";
@@ -61,6 +64,8 @@ const IO_PREFIXES: &[&[&str]] = &[
     &["tokio", "fs"],
     &["std", "net"],
     &["tokio", "net"],
+    &["std", "process"],
+    &["tokio", "process"],
     &["reqwest"],
 ];
 
@@ -89,31 +94,79 @@ fn starts_with(segs: &[String], prefix: &[&str]) -> bool {
     segs.len() >= prefix.len() && segs.iter().zip(prefix).all(|(a, b)| a == b)
 }
 
+/// The error message for a path that is not replay-safe, if it is one.
+fn verdict(segs: &[String]) -> Option<String> {
+    let shown = segs.join("::");
+    for (suffix, what, instead) in RULES {
+        if ends_with(segs, suffix) {
+            return Some(format!(
+                "`{shown}` {what}, which differs between replays of an orchestrator; {instead} (or mark the statement #[{ESCAPE}] if this is deliberate)"
+            ));
+        }
+    }
+    for prefix in IO_PREFIXES {
+        if starts_with(segs, prefix) {
+            return Some(format!(
+                "`{shown}` does I/O inside an orchestrator; {IO} (or mark the statement #[{ESCAPE}] if this is deliberate)"
+            ));
+        }
+    }
+    None
+}
+
+/// The full paths a `use` tree imports (`use std::{fs, time::Instant}` -> `std::fs`,
+/// `std::time::Instant`).
+fn use_leaves(tree: &syn::UseTree, prefix: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+    match tree {
+        syn::UseTree::Path(p) => {
+            prefix.push(p.ident.to_string());
+            use_leaves(&p.tree, prefix, out);
+            prefix.pop();
+        }
+        syn::UseTree::Name(n) => {
+            let mut v = prefix.clone();
+            if n.ident != "self" {
+                v.push(n.ident.to_string());
+            }
+            out.push(v);
+        }
+        syn::UseTree::Rename(r) => {
+            let mut v = prefix.clone();
+            if r.ident != "self" {
+                v.push(r.ident.to_string());
+            }
+            out.push(v);
+        }
+        syn::UseTree::Glob(_) => out.push(prefix.clone()),
+        syn::UseTree::Group(g) => {
+            for t in &g.items {
+                use_leaves(t, prefix, out);
+            }
+        }
+    }
+}
+
 impl Checker {
     fn check_path(&mut self, path: &Path) {
         if self.exempt > 0 {
             return;
         }
-        let segs = segments(path);
-        let shown = segs.join("::");
-        for (suffix, what, instead) in RULES {
-            if ends_with(&segs, suffix) {
-                self.errors.push(syn::Error::new_spanned(
-                    path,
-                    format!(
-                        "`{shown}` {what}, which differs between replays of an orchestrator; {instead} (or mark the statement #[{ESCAPE}] if this is deliberate)"
-                    ),
-                ));
-                return;
-            }
+        if let Some(msg) = verdict(&segments(path)) {
+            self.errors.push(syn::Error::new_spanned(path, msg));
         }
-        for prefix in IO_PREFIXES {
-            if starts_with(&segs, prefix) {
-                self.errors.push(syn::Error::new_spanned(
-                    path,
-                    format!("`{shown}` does I/O inside an orchestrator; {IO} (or mark the statement #[{ESCAPE}])"),
-                ));
-                return;
+    }
+
+    /// `use` items inside the body: importing a forbidden function (or an I/O module)
+    /// is reported at the import, since later bare calls cannot be recognized.
+    fn check_use(&mut self, item: &syn::ItemUse) {
+        if self.exempt > 0 {
+            return;
+        }
+        let mut leaves = Vec::new();
+        use_leaves(&item.tree, &mut Vec::new(), &mut leaves);
+        for segs in leaves {
+            if let Some(msg) = verdict(&segs) {
+                self.errors.push(syn::Error::new_spanned(&item.tree, msg));
             }
         }
     }
@@ -123,9 +176,6 @@ impl Checker {
             return;
         }
         let segs = segments(&mac.path);
-        if segs.last().map(String::as_str) != Some("select") {
-            return;
-        }
         let biased = matches!(
             mac.tokens.clone().into_iter().next(),
             Some(TokenTree::Ident(i)) if i == "biased"
@@ -140,6 +190,13 @@ impl Checker {
             ));
         }
     }
+}
+
+fn is_select(mac: &Macro) -> bool {
+    mac.path
+        .segments
+        .last()
+        .is_some_and(|s| s.ident == "select")
 }
 
 fn has_escape(attrs: &mut Vec<syn::Attribute>) -> bool {
@@ -216,8 +273,24 @@ impl VisitMut for Checker {
     }
 
     fn visit_macro_mut(&mut self, mac: &mut Macro) {
-        self.check_select(mac);
+        if is_select(mac) {
+            self.check_select(mac);
+        } else if let Ok(args) =
+            mac.parse_body_with(Punctuated::<Expr, Token![,]>::parse_terminated)
+        {
+            // Expression-list macros (`println!`, `assert!`, `join!`, `vec![a, b]`) are
+            // checked like code; others are opaque to a syntactic check. The parsed copy
+            // is only read: the macro's tokens are emitted as written.
+            for mut e in args {
+                self.visit_expr_mut(&mut e);
+            }
+        }
         visit_mut::visit_macro_mut(self, mac);
+    }
+
+    fn visit_item_use_mut(&mut self, item: &mut syn::ItemUse) {
+        self.check_use(item);
+        visit_mut::visit_item_use_mut(self, item);
     }
 
     fn visit_expr_mut(&mut self, e: &mut Expr) {
@@ -253,19 +326,29 @@ pub fn check(block: &mut Block) -> (Vec<syn::Error>, TokenStream) {
         exempt: 0,
     };
     c.visit_block_mut(block);
-    let mut warnings = TokenStream::new();
-    for (i, (span, msg)) in c.warnings.into_iter().enumerate() {
-        let name = syn::Ident::new(&format!("__durable_warning_{i}"), span);
-        let user = syn::Ident::new(&format!("__durable_warn_use_{i}"), span);
-        warnings.extend(quote_spanned! {span=>
+    // Stable Rust has no warning API for proc macros: a call to a `#[deprecated]`
+    // function spanned at the loop makes rustc print the note there as a warning.
+    let mut items = TokenStream::new();
+    for (i, (span, msg)) in c.warnings.iter().enumerate() {
+        let name = syn::Ident::new(&format!("unbounded_history_{i}"), *span);
+        let user = syn::Ident::new(&format!("__durable_warn_{i}"), *span);
+        items.extend(quote_spanned! {*span=>
             #[deprecated(note = #msg)]
-            #[allow(non_snake_case, dead_code)]
+            #[allow(dead_code)]
             fn #name() {}
-            #[allow(non_snake_case, dead_code)]
+            #[allow(dead_code)]
             fn #user() {
                 #name();
             }
         });
     }
+    let warnings = if c.warnings.is_empty() {
+        TokenStream::new()
+    } else {
+        quote::quote! {
+            #[doc(hidden)]
+            const _: () = { #items };
+        }
+    };
     (c.errors, warnings)
 }

@@ -1,13 +1,23 @@
-//! Validation: every check of an annotated function, collected so one build reports every
-//! mistake. Produces the IR the expanders use.
+//! Validation: every check of an annotated item, collected so one build reports every
+//! mistake, each spanned at the offending token and saying what is accepted. Produces
+//! the IR the expanders use; returns `None` when anything was wrong.
 
 use syn::spanned::Spanned;
-use syn::{FnArg, Ident, ItemFn, Pat, ReturnType, Type};
+use syn::{FnArg, Ident, ImplItem, ItemFn, ItemImpl, Pat, ReturnType, Signature, Type};
 
-use crate::parse::Args;
-use crate::Kind;
+use crate::kind::Kind;
+use crate::parse::{Args, Item};
 
-/// A validated durable function.
+/// A validated item, ready to expand.
+pub enum Validated {
+    Activity(Function),
+    Orchestrator(Function),
+    HttpStart(HttpStart),
+    EntityImpl(EntityImpl),
+    EntityFn(EntityFn),
+}
+
+/// A validated `#[activity]` or `#[orchestrator]` function.
 pub struct Function {
     pub item: ItemFn,
     pub name: String,
@@ -21,6 +31,80 @@ pub struct Function {
     pub ret_is_result: bool,
 }
 
+/// A validated `#[http_start]` function.
+pub struct HttpStart {
+    pub item: ItemFn,
+    pub route: String,
+    pub methods: Vec<String>,
+}
+
+/// A validated `#[entity]` impl block.
+pub struct EntityImpl {
+    pub item: ItemImpl,
+    pub name: String,
+    /// The state type's name, used to name the generated proxies.
+    pub type_name: Ident,
+    pub ops: Vec<Op>,
+}
+
+/// One operation of an `#[entity]` impl block: a public method.
+pub struct Op {
+    pub ident: Ident,
+    pub input: Option<(Ident, Type)>,
+    pub takes_ctx: bool,
+    pub is_async: bool,
+    pub ret: Type,
+    pub ret_is_result: bool,
+}
+
+/// A validated function-style `#[entity]`.
+pub struct EntityFn {
+    pub item: ItemFn,
+    pub name: String,
+}
+
+/// The context types of all kinds, to tell a user who passed the wrong one.
+const CONTEXT_TYPES: &[&str] = &[
+    "ActivityContext",
+    "OrchestrationContext",
+    "EntityContext",
+    "DurableClient",
+];
+
+const METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
+
+/// Checks the options and the item of one attribute.
+pub fn validate(
+    kind: Kind,
+    args: Args,
+    item: Item,
+    errors: &mut Vec<syn::Error>,
+) -> Option<Validated> {
+    let start = errors.len();
+    let out = match (kind, item) {
+        (Kind::Activity, Item::Fn(f)) => durable_fn(kind, args, f, errors).map(Validated::Activity),
+        (Kind::Orchestrator, Item::Fn(f)) => {
+            durable_fn(kind, args, f, errors).map(Validated::Orchestrator)
+        }
+        (Kind::HttpStart, Item::Fn(f)) => http_start(args, f, errors).map(Validated::HttpStart),
+        (Kind::Entity, Item::Fn(f)) => entity_fn(args, f, errors).map(Validated::EntityFn),
+        (Kind::Entity, Item::Impl(i)) => entity_impl(args, i, errors).map(Validated::EntityImpl),
+        // The parser accepts `impl` blocks only for #[entity].
+        (_, Item::Impl(i)) => {
+            errors.push(syn::Error::new_spanned(
+                i.impl_token,
+                format!("{kind} goes on an `async fn`"),
+            ));
+            None
+        }
+    };
+    if errors.len() > start {
+        None
+    } else {
+        out
+    }
+}
+
 fn last_segment(ty: &Type) -> Option<String> {
     match ty {
         Type::Path(p) => p.path.segments.last().map(|s| s.ident.to_string()),
@@ -30,20 +114,28 @@ fn last_segment(ty: &Type) -> Option<String> {
     }
 }
 
-/// Checks the options and the function signature.
-pub fn validate(
+/// The `name = "..."` option (and `version` for orchestrators); unknown keys are errors.
+fn name_and_version(
     kind: Kind,
     args: Args,
-    item: ItemFn,
+    default: String,
     errors: &mut Vec<syn::Error>,
-) -> Option<Function> {
-    let start = errors.len();
-    let mut name = item.sig.ident.to_string();
+) -> (String, Option<String>) {
+    let mut name = default;
     let mut version = None;
     for opt in args.opts {
         let key = opt.key.to_string();
         let value = opt.value.value();
         match (key.as_str(), kind) {
+            ("name", Kind::Entity) => {
+                if value.trim().is_empty() || value.contains(['@', ' ']) {
+                    errors.push(syn::Error::new_spanned(
+                        &opt.value,
+                        "an entity name must be non-empty, without '@' or spaces",
+                    ));
+                }
+                name = value;
+            }
             ("name", _) => {
                 if value.trim().is_empty() || value.chars().any(char::is_whitespace) {
                     errors.push(syn::Error::new_spanned(
@@ -57,26 +149,37 @@ pub fn validate(
                 if value.trim().is_empty() {
                     errors.push(syn::Error::new_spanned(
                         &opt.value,
-                        "a version must be non-empty",
+                        "a version must be non-empty, e.g. version = \"2\"",
                     ));
                 }
                 version = Some(value);
             }
-            _ => errors.push(syn::Error::new_spanned(
-                &opt.key,
-                format!(
-                    "unknown {kind} option `{key}`; expected one of: {}",
-                    kind.accepted_options().join(", ")
-                ),
-            )),
+            _ => errors.push(unknown_option(kind, &opt.key)),
         }
     }
+    (name, version)
+}
 
-    let sig = &item.sig;
+fn unknown_option(kind: Kind, key: &Ident) -> syn::Error {
+    syn::Error::new_spanned(
+        key,
+        format!(
+            "unknown {kind} option `{key}`; expected one of: {}",
+            kind.accepted_options().join(", ")
+        ),
+    )
+}
+
+/// Checks shared by every function-shaped kind: `async`, and none of the modifiers or
+/// generics that a registered entry point cannot have.
+fn check_signature(kind: Kind, sig: &Signature, errors: &mut Vec<syn::Error>) {
     if sig.asyncness.is_none() {
         errors.push(syn::Error::new_spanned(
             sig.fn_token,
-            format!("{kind} functions must be `async fn`"),
+            format!(
+                "{kind} functions must be `async fn`; accepted: {}",
+                kind.accepted_shape()
+            ),
         ));
     }
     if let Some(c) = &sig.constness {
@@ -88,63 +191,104 @@ pub fn validate(
     if let Some(u) = &sig.unsafety {
         errors.push(syn::Error::new_spanned(
             u,
-            format!("{kind} functions cannot be `unsafe`"),
+            format!("{kind} functions cannot be `unsafe`: the runtime calls them with no caller to uphold a contract"),
         ));
     }
     if let Some(a) = &sig.abi {
         errors.push(syn::Error::new_spanned(
             a,
-            format!("{kind} functions cannot be `extern`"),
+            format!("{kind} functions cannot be `extern`; write a plain `async fn`"),
         ));
     }
     if let Some(v) = &sig.variadic {
         errors.push(syn::Error::new_spanned(
             v,
-            format!("{kind} functions cannot be variadic"),
+            format!("{kind} functions cannot be variadic; pass a Vec or a tuple"),
         ));
     }
     if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
         errors.push(syn::Error::new(
             sig.generics.span(),
-            format!("{kind} functions cannot be generic or have lifetime parameters: durable names and payload types must be fixed"),
+            format!(
+                "{kind} functions cannot be generic or have lifetime parameters: {}",
+                if kind == Kind::HttpStart {
+                    "the host calls them with fixed types"
+                } else {
+                    "durable names and payload types must be fixed"
+                }
+            ),
         ));
     }
+}
+
+fn durable_fn(
+    kind: Kind,
+    args: Args,
+    item: ItemFn,
+    errors: &mut Vec<syn::Error>,
+) -> Option<Function> {
+    let start = errors.len();
+    let (name, version) = name_and_version(kind, args, item.sig.ident.to_string(), errors);
+    let sig = &item.sig;
+    check_signature(kind, sig, errors);
 
     let ctx_type = kind.context_type();
     let mut ctx = None;
     let mut inputs = Vec::new();
-    for (i, arg) in sig.inputs.iter().enumerate() {
+    let mut params_ok = true;
+    // Position among the typed parameters (a `self` is reported on its own).
+    let mut i = 0usize;
+    for arg in sig.inputs.iter() {
         let pat_type = match arg {
             FnArg::Receiver(r) => {
                 errors.push(syn::Error::new_spanned(
                     r,
                     format!("{kind} functions cannot take `self`; write a free `async fn`"),
                 ));
+                params_ok = false;
                 continue;
             }
             FnArg::Typed(t) => t,
         };
+        i += 1;
+        let i = i - 1;
         let ident = match &*pat_type.pat {
             Pat::Ident(p) if p.by_ref.is_none() && p.subpat.is_none() => p.ident.clone(),
             Pat::Wild(w) => Ident::new(&format!("__durable_arg{i}"), w.span()),
             other => {
                 errors.push(syn::Error::new_spanned(
                     other,
-                    format!("{kind} parameters must be plain names (`city: String`), not patterns"),
+                    format!("{kind} parameters must be plain names (`city: String`), not patterns; destructure inside the body"),
                 ));
+                params_ok = false;
                 continue;
             }
         };
-        let is_ctx = last_segment(&pat_type.ty).as_deref() == Some(ctx_type);
-        if is_ctx {
+        let segment = last_segment(&pat_type.ty);
+        if segment.as_deref() == Some(ctx_type) {
             if i != 0 {
                 errors.push(syn::Error::new_spanned(
                     &pat_type.ty,
-                    format!("the `{ctx_type}` must be the first parameter of {kind} functions"),
+                    format!("the `{ctx_type}` must be the first parameter of {kind} functions; accepted: {}", kind.accepted_shape()),
                 ));
+                params_ok = false;
             } else {
                 ctx = Some(ident);
             }
+            continue;
+        }
+        if let Some(other) = segment
+            .as_deref()
+            .filter(|s| CONTEXT_TYPES.contains(s) && *s != ctx_type)
+        {
+            errors.push(syn::Error::new_spanned(
+                &pat_type.ty,
+                format!(
+                    "{kind} functions take an `{ctx_type}`, not an `{other}`; accepted: {}",
+                    kind.accepted_shape()
+                ),
+            ));
+            params_ok = false;
             continue;
         }
         match &*pat_type.ty {
@@ -153,6 +297,7 @@ pub fn validate(
                     r,
                     format!("{kind} inputs must be owned types (they are deserialized); use String instead of &str, Vec<T> instead of &[T]"),
                 ));
+                params_ok = false;
                 continue;
             }
             Type::ImplTrait(t) => {
@@ -160,6 +305,7 @@ pub fn validate(
                     t,
                     format!("{kind} inputs must be concrete serializable types, not `impl Trait`"),
                 ));
+                params_ok = false;
                 continue;
             }
             _ => {}
@@ -168,7 +314,7 @@ pub fn validate(
     }
 
     if kind == Kind::Orchestrator {
-        if ctx.is_none() && errors.len() == start {
+        if ctx.is_none() && params_ok {
             errors.push(syn::Error::new_spanned(
                 &sig.inputs,
                 "#[orchestrator] functions take `ctx: OrchestrationContext` first, then at most one input: `async fn name(ctx: OrchestrationContext, input: I) -> Result<O, E>`",
@@ -188,7 +334,7 @@ pub fn validate(
             if let Type::ImplTrait(t) = &**ty {
                 errors.push(syn::Error::new_spanned(
                     t,
-                    format!("{kind} functions must return a concrete type, e.g. Result<T, E>"),
+                    format!("{kind} functions must return a concrete type, e.g. Result<T, E>, not `impl Trait`"),
                 ));
             }
             (**ty).clone()
@@ -210,63 +356,59 @@ pub fn validate(
     })
 }
 
-/// A validated `#[http_start]` function.
-pub struct HttpStart {
-    pub item: ItemFn,
-    pub route: String,
-    pub methods: Vec<String>,
-}
-
-const METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
-
 /// Checks an `#[http_start]` function and its options.
-pub fn validate_http_start(
-    args: Args,
-    item: ItemFn,
-    errors: &mut Vec<syn::Error>,
-) -> Option<HttpStart> {
+fn http_start(args: Args, item: ItemFn, errors: &mut Vec<syn::Error>) -> Option<HttpStart> {
     let kind = Kind::HttpStart;
     let start = errors.len();
     let mut route = None;
     let mut methods = Vec::new();
     for opt in args.opts {
-        let key = opt.key.to_string();
         let value = opt.value.value();
-        match key.as_str() {
-            "route" => {
-                if !value.starts_with('/') {
+        if opt.key == "route" {
+            if !value.starts_with('/') {
+                errors.push(syn::Error::new_spanned(
+                    &opt.value,
+                    "a route must start with '/', e.g. \"/api/hello\"",
+                ));
+            }
+            route = Some(value);
+        } else if opt.key == "method" || opt.key == "methods" {
+            if !methods.is_empty() {
+                errors.push(syn::Error::new_spanned(
+                    &opt.key,
+                    "give either `method` or `methods`, not both (`methods = \"GET, POST\"` lists several)",
+                ));
+                continue;
+            }
+            let before = methods.len();
+            for m in value
+                .split(',')
+                .map(|m| m.trim().to_ascii_uppercase())
+                .filter(|m| !m.is_empty())
+            {
+                if !METHODS.contains(&m.as_str()) {
                     errors.push(syn::Error::new_spanned(
                         &opt.value,
-                        "a route must start with '/', e.g. \"/api/hello\"",
+                        format!(
+                            "unknown HTTP method `{m}`; expected one of: {}",
+                            METHODS.join(", ")
+                        ),
                     ));
                 }
-                route = Some(value);
+                methods.push(m);
             }
-            "method" | "methods" => {
-                for m in value
-                    .split(',')
-                    .map(|m| m.trim().to_ascii_uppercase())
-                    .filter(|m| !m.is_empty())
-                {
-                    if !METHODS.contains(&m.as_str()) {
-                        errors.push(syn::Error::new_spanned(
-                            &opt.value,
-                            format!(
-                                "unknown HTTP method `{m}`; expected one of: {}",
-                                METHODS.join(", ")
-                            ),
-                        ));
-                    }
-                    methods.push(m);
-                }
+            if methods.len() == before {
+                errors.push(syn::Error::new_spanned(
+                    &opt.value,
+                    format!(
+                        "`{}` names no HTTP method; expected one or more of: {} (default: POST)",
+                        opt.key,
+                        METHODS.join(", ")
+                    ),
+                ));
             }
-            _ => errors.push(syn::Error::new_spanned(
-                &opt.key,
-                format!(
-                    "unknown {kind} option `{key}`; expected one of: {}",
-                    kind.accepted_options().join(", ")
-                ),
-            )),
+        } else {
+            errors.push(unknown_option(kind, &opt.key));
         }
     }
     if route.is_none() {
@@ -279,28 +421,23 @@ pub fn validate_http_start(
         methods.push("POST".into());
     }
     let sig = &item.sig;
-    if sig.asyncness.is_none() {
-        errors.push(syn::Error::new_spanned(
-            sig.fn_token,
-            "#[http_start] functions must be `async fn`",
-        ));
-    }
-    if !sig.generics.params.is_empty() {
-        errors.push(syn::Error::new(
-            sig.generics.span(),
-            "#[http_start] functions cannot be generic",
-        ));
-    }
+    check_signature(kind, sig, errors);
     if let Some(FnArg::Receiver(r)) = sig.inputs.first() {
         errors.push(syn::Error::new_spanned(
             r,
-            "#[http_start] functions cannot take `self`",
+            "#[http_start] functions cannot take `self`; write a free `async fn`",
         ));
-    }
-    if sig.inputs.len() != 2 {
-        errors.push(syn::Error::new_spanned(
-            &sig.inputs,
-            "#[http_start] functions take exactly `client: DurableClient, req: HttpRequest`",
+    } else if sig.inputs.len() != 2 {
+        errors.push(syn::Error::new(
+            if sig.inputs.is_empty() {
+                sig.paren_token.span.join()
+            } else {
+                sig.inputs.span()
+            },
+            format!(
+                "#[http_start] functions take exactly two parameters, `client: DurableClient, req: HttpRequest`; accepted: {}",
+                kind.accepted_shape()
+            ),
         ));
     }
     if errors.len() > start {
@@ -311,4 +448,212 @@ pub fn validate_http_start(
         route: route.unwrap_or_default(),
         methods,
     })
+}
+
+/// Checks a function-style `#[entity]`.
+fn entity_fn(args: Args, item: ItemFn, errors: &mut Vec<syn::Error>) -> Option<EntityFn> {
+    let kind = Kind::Entity;
+    let start = errors.len();
+    let (name, _) = name_and_version(kind, args, item.sig.ident.to_string(), errors);
+    let sig = &item.sig;
+    check_signature(kind, sig, errors);
+    if let Some(FnArg::Receiver(r)) = sig.inputs.first() {
+        errors.push(syn::Error::new_spanned(
+            r,
+            "#[entity] functions cannot take `self`; write a free `async fn(ctx: EntityContext<State>, op: Operation)`",
+        ));
+    } else if sig.inputs.len() != 2 {
+        errors.push(syn::Error::new(
+            if sig.inputs.is_empty() {
+                sig.paren_token.span.join()
+            } else {
+                sig.inputs.span()
+            },
+            "#[entity] functions take exactly `ctx: EntityContext<State>, op: Operation`",
+        ));
+    }
+    if errors.len() > start {
+        return None;
+    }
+    Some(EntityFn {
+        item,
+        name: name.to_lowercase(),
+    })
+}
+
+fn type_ident(ty: &Type) -> Option<Ident> {
+    match ty {
+        Type::Path(p) if p.qself.is_none() => p.path.segments.last().map(|s| s.ident.clone()),
+        Type::Group(g) => type_ident(&g.elem),
+        Type::Paren(p) => type_ident(&p.elem),
+        _ => None,
+    }
+}
+
+/// Checks an `#[entity]` impl block: the state type and every public method.
+fn entity_impl(args: Args, item: ItemImpl, errors: &mut Vec<syn::Error>) -> Option<EntityImpl> {
+    let kind = Kind::Entity;
+    let start = errors.len();
+    let type_name = type_ident(&item.self_ty);
+    if type_name.is_none() {
+        errors.push(syn::Error::new_spanned(
+            &item.self_ty,
+            "#[entity] goes on the impl block of a named state type: `impl Counter { ... }`",
+        ));
+    }
+    let default = type_name.as_ref().map(Ident::to_string).unwrap_or_default();
+    let (name, _) = name_and_version(kind, args, default, errors);
+    if !item.generics.params.is_empty() || item.generics.where_clause.is_some() {
+        errors.push(syn::Error::new(
+            item.generics.span(),
+            "#[entity] state types cannot be generic: an entity name stands for one state type",
+        ));
+    }
+    if let Some((_, path, _)) = &item.trait_ {
+        errors.push(syn::Error::new_spanned(
+            path,
+            "#[entity] goes on an inherent `impl State { ... }` block, not a trait impl",
+        ));
+    }
+    if let Some(u) = &item.unsafety {
+        errors.push(syn::Error::new_spanned(
+            u,
+            "#[entity] goes on a plain `impl State { ... }` block, not an `unsafe impl`",
+        ));
+    }
+    let mut ops = Vec::new();
+    for it in &item.items {
+        let ImplItem::Fn(f) = it else { continue };
+        if !matches!(f.vis, syn::Visibility::Public(_)) {
+            continue;
+        }
+        if let Some(op) = entity_op(&f.sig, errors) {
+            ops.push(op);
+        }
+    }
+    if errors.len() > start {
+        return None;
+    }
+    Some(EntityImpl {
+        item,
+        name: name.to_lowercase(),
+        type_name: type_name?,
+        ops,
+    })
+}
+
+/// Checks one public method of an `#[entity]` impl block.
+fn entity_op(sig: &Signature, errors: &mut Vec<syn::Error>) -> Option<Op> {
+    let start = errors.len();
+    let mut inputs = sig.inputs.iter();
+    match inputs.next() {
+        Some(FnArg::Receiver(r)) if r.reference.is_some() => {}
+        Some(FnArg::Receiver(r)) => {
+            errors.push(syn::Error::new_spanned(
+                r,
+                "entity operations take `&self` or `&mut self`, not `self`: the state is kept after the operation",
+            ));
+        }
+        _ => {
+            errors.push(syn::Error::new_spanned(
+                &sig.ident,
+                "public methods of an #[entity] impl are operations and take `&self` or `&mut self`; make helper functions private (or move them to another impl block)",
+            ));
+            return None;
+        }
+    }
+    if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
+        errors.push(syn::Error::new(
+            sig.generics.span(),
+            "entity operations cannot be generic: their input and output types must be fixed",
+        ));
+    }
+    if let Some(u) = &sig.unsafety {
+        errors.push(syn::Error::new_spanned(
+            u,
+            "entity operations cannot be `unsafe`: they are called by name from messages",
+        ));
+    }
+    if let Some(a) = &sig.abi {
+        errors.push(syn::Error::new_spanned(
+            a,
+            "entity operations cannot be `extern`",
+        ));
+    }
+    let mut takes_ctx = false;
+    let mut input = None;
+    for (i, arg) in inputs.enumerate() {
+        let FnArg::Typed(t) = arg else { continue };
+        if type_ident_deref(&t.ty).as_deref() == Some("EntityContext") {
+            if i != 0 {
+                errors.push(syn::Error::new_spanned(
+                    &t.ty,
+                    "the `&EntityContext<State>` must come right after `self`: `fn op(&mut self, ctx: &EntityContext<Self>, input: I)`",
+                ));
+            }
+            takes_ctx = true;
+            continue;
+        }
+        if input.is_some() {
+            errors.push(syn::Error::new_spanned(
+                &t.ty,
+                "entity operations take at most one input; pass a struct or a tuple to carry more",
+            ));
+            continue;
+        }
+        match &*t.ty {
+            Type::Reference(r) => {
+                errors.push(syn::Error::new_spanned(
+                    r,
+                    "entity operation inputs must be owned types (they are deserialized); use String instead of &str, Vec<T> instead of &[T]",
+                ));
+                continue;
+            }
+            Type::ImplTrait(r) => {
+                errors.push(syn::Error::new_spanned(
+                    r,
+                    "entity operation inputs must be concrete serializable types, not `impl Trait`",
+                ));
+                continue;
+            }
+            _ => {}
+        }
+        let ident = match &*t.pat {
+            Pat::Ident(p) => p.ident.clone(),
+            _ => Ident::new("__durable_input", t.pat.span()),
+        };
+        input = Some((ident, (*t.ty).clone()));
+    }
+    let ret: Type = match &sig.output {
+        ReturnType::Default => syn::parse_quote!(()),
+        ReturnType::Type(_, t) => {
+            if let Type::ImplTrait(r) = &**t {
+                errors.push(syn::Error::new_spanned(
+                    r,
+                    "entity operations must return a concrete type, e.g. Result<T, E>, not `impl Trait`",
+                ));
+            }
+            (**t).clone()
+        }
+    };
+    if errors.len() > start {
+        return None;
+    }
+    let ret_is_result = last_segment(&ret).as_deref() == Some("Result");
+    Some(Op {
+        ident: sig.ident.clone(),
+        input,
+        takes_ctx,
+        is_async: sig.asyncness.is_some(),
+        ret,
+        ret_is_result,
+    })
+}
+
+/// The last segment of a type, looking through references (`&EntityContext<Self>`).
+fn type_ident_deref(ty: &Type) -> Option<String> {
+    match ty {
+        Type::Reference(r) => type_ident_deref(&r.elem),
+        other => last_segment(other),
+    }
 }

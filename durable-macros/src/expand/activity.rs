@@ -23,7 +23,6 @@ pub fn expand(f: Function) -> TokenStream {
         &c.asserts,
         &c.deref,
     );
-    let _ = &c.inner_ident;
     let body = quote! {
         #inner_fn
         #deref

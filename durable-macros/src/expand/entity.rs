@@ -5,165 +5,36 @@
 use proc_macro2::TokenStream;
 use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
-use syn::{FnArg, ImplItem, ItemFn, ItemImpl, Pat, ReturnType, Type};
 
-use crate::parse::Args;
-
-fn last_segment(ty: &Type) -> Option<String> {
-    match ty {
-        Type::Path(p) => p.path.segments.last().map(|s| s.ident.to_string()),
-        Type::Reference(r) => last_segment(&r.elem),
-        _ => None,
-    }
-}
-
-struct Op {
-    ident: syn::Ident,
-    input: Option<(syn::Ident, Type)>,
-    takes_ctx: bool,
-    is_async: bool,
-    ret: Type,
-    ret_is_result: bool,
-}
-
-fn options(args: Args, default_name: String, errors: &mut Vec<syn::Error>) -> String {
-    let mut name = default_name;
-    for opt in args.opts {
-        if opt.key == "name" {
-            let v = opt.value.value();
-            if v.trim().is_empty() || v.contains(['@', ' ']) {
-                errors.push(syn::Error::new_spanned(
-                    &opt.value,
-                    "an entity name must be non-empty, without '@' or spaces",
-                ));
-            }
-            name = v;
-        } else {
-            errors.push(syn::Error::new_spanned(
-                &opt.key,
-                format!(
-                    "unknown #[entity] option `{}`; expected one of: name",
-                    opt.key
-                ),
-            ));
-        }
-    }
-    name.to_lowercase()
-}
+use super::{assert_outcome, assert_payload};
+use crate::validate::{EntityFn, EntityImpl};
 
 /// Expands `#[entity]` on an `impl` block.
-pub fn expand_impl(args: Args, item: ItemImpl, errors: &mut Vec<syn::Error>) -> TokenStream {
+pub fn expand_impl(e: EntityImpl) -> TokenStream {
+    let EntityImpl {
+        item,
+        name,
+        type_name,
+        ops,
+    } = e;
     let self_ty = &item.self_ty;
-    let type_name = last_segment(self_ty).unwrap_or_default();
-    let name = options(args, type_name.clone(), errors);
-    if !item.generics.params.is_empty() {
-        errors.push(syn::Error::new(
-            item.generics.span(),
-            "#[entity] state types cannot be generic",
-        ));
-    }
-    if let Some((_, path, _)) = &item.trait_ {
-        errors.push(syn::Error::new_spanned(
-            path,
-            "#[entity] goes on an inherent `impl State { ... }` block, not a trait impl",
-        ));
-    }
-    let mut ops = Vec::new();
-    for it in &item.items {
-        let ImplItem::Fn(f) = it else { continue };
-        if !matches!(f.vis, syn::Visibility::Public(_)) {
-            continue;
-        }
-        let sig = &f.sig;
-        let mut inputs = sig.inputs.iter();
-        match inputs.next() {
-            Some(FnArg::Receiver(r)) if r.reference.is_some() => {}
-            Some(FnArg::Receiver(r)) => {
-                errors.push(syn::Error::new_spanned(
-                    r,
-                    "entity operations take `&self` or `&mut self`, not `self`",
-                ));
-                continue;
-            }
-            _ => {
-                errors.push(syn::Error::new_spanned(
-                    &sig.ident,
-                    "public methods of an #[entity] impl are operations and take `&self` or `&mut self`; make helper functions private",
-                ));
-                continue;
-            }
-        }
-        if !sig.generics.params.is_empty() {
-            errors.push(syn::Error::new(
-                sig.generics.span(),
-                "entity operations cannot be generic",
-            ));
-            continue;
-        }
-        let mut takes_ctx = false;
-        let mut input = None;
-        let mut bad = false;
-        for (i, arg) in inputs.enumerate() {
-            let FnArg::Typed(t) = arg else { continue };
-            if last_segment(&t.ty).as_deref() == Some("EntityContext") {
-                if i != 0 {
-                    errors.push(syn::Error::new_spanned(
-                        &t.ty,
-                        "the `EntityContext` must come right after `self`",
-                    ));
-                    bad = true;
-                }
-                takes_ctx = true;
-                continue;
-            }
-            if input.is_some() {
-                errors.push(syn::Error::new_spanned(
-                    &t.ty,
-                    "entity operations take at most one input; pass a struct or a tuple to carry more",
-                ));
-                bad = true;
-                continue;
-            }
-            if let Type::Reference(r) = &*t.ty {
-                errors.push(syn::Error::new_spanned(
-                    r,
-                    "entity operation inputs must be owned types (they are deserialized)",
-                ));
-                bad = true;
-                continue;
-            }
-            let ident = match &*t.pat {
-                Pat::Ident(p) => p.ident.clone(),
-                _ => format_ident!("__durable_input"),
-            };
-            input = Some((ident, (*t.ty).clone()));
-        }
-        if bad {
-            continue;
-        }
-        let ret: Type = match &sig.output {
-            ReturnType::Default => syn::parse_quote!(()),
-            ReturnType::Type(_, t) => (**t).clone(),
-        };
-        let ret_is_result = last_segment(&ret).as_deref() == Some("Result");
-        ops.push(Op {
-            ident: sig.ident.clone(),
-            input,
-            takes_ctx,
-            is_async: sig.asyncness.is_some(),
-            ret,
-            ret_is_result,
-        });
-    }
-    if !errors.is_empty() {
-        return quote!(#item);
-    }
-
+    let type_name_str = type_name.to_string();
     let op_names: Vec<String> = ops.iter().map(|o| o.ident.to_string()).collect();
     let listed = op_names.join(", ");
     let has_delete = op_names.iter().any(|n| n == "delete");
     let calls = format_ident!("{}EntityCalls", type_name);
     let signals = format_ident!("{}EntitySignals", type_name);
+    let state_assert = quote_spanned! {self_ty.span()=>
+        {
+            fn __durable_assert_state<T: ::durable_core::__private::Payload + ::core::default::Default>() {}
+            __durable_assert_state::<#self_ty>();
+        }
+    };
+    let op_asserts = ops.iter().map(|o| {
+        let input = o.input.as_ref().map(|(_, t)| assert_payload(t));
+        let output = assert_outcome(&o.ret, o.ret_is_result);
+        quote! { #input #output }
+    });
 
     let arms = ops.iter().map(|o| {
         let ident = &o.ident;
@@ -277,6 +148,11 @@ pub fn expand_impl(args: Args, item: ItemImpl, errors: &mut Vec<syn::Error>) -> 
         #[doc(hidden)]
         #[allow(non_upper_case_globals, non_snake_case, unused_qualifications, clippy::all)]
         const _: () = {
+            const _: fn() = || {
+                #state_assert
+                #(#op_asserts)*
+            };
+
             #[automatically_derived]
             impl ::durable_core::__private::Entity for #self_ty {
                 const NAME: &'static str = #name;
@@ -315,7 +191,7 @@ pub fn expand_impl(args: Args, item: ItemImpl, errors: &mut Vec<syn::Error>) -> 
                 ::durable_core::__private::EntityRegistration {
                     name: #name,
                     invoke: __durable_entity,
-                    location: ::core::concat!(::core::module_path!(), "::", #type_name, " at ", ::core::file!(), ":", ::core::line!()),
+                    location: ::core::concat!(::core::module_path!(), "::", #type_name_str, " at ", ::core::file!(), ":", ::core::line!()),
                 }
             }
         };
@@ -323,23 +199,8 @@ pub fn expand_impl(args: Args, item: ItemImpl, errors: &mut Vec<syn::Error>) -> 
 }
 
 /// Expands `#[entity]` on a function-style entity `async fn(ctx: EntityContext<S>, op: Operation) -> R`.
-pub fn expand_fn(args: Args, item: ItemFn, errors: &mut Vec<syn::Error>) -> TokenStream {
-    let name = options(args, item.sig.ident.to_string(), errors);
-    if item.sig.asyncness.is_none() {
-        errors.push(syn::Error::new_spanned(
-            item.sig.fn_token,
-            "#[entity] functions must be `async fn`",
-        ));
-    }
-    if item.sig.inputs.len() != 2 {
-        errors.push(syn::Error::new_spanned(
-            &item.sig.inputs,
-            "#[entity] functions take `ctx: EntityContext<State>, op: Operation`",
-        ));
-    }
-    if !errors.is_empty() {
-        return quote!(#item);
-    }
+pub fn expand_fn(e: EntityFn) -> TokenStream {
+    let EntityFn { item, name } = e;
     let ident = &item.sig.ident;
     quote! {
         #item

@@ -1,28 +1,60 @@
 //! Code generation: the unit struct that names the durable function (callable like the
 //! function, and a typed handle), its trait impl, its type-erased entry point and its
-//! link-time registration.
+//! link-time registration. One file per kind; only validated IR comes in.
 
 mod activity;
-pub mod entity;
+mod entity;
 mod http_start;
 mod orchestrator;
-
-pub use activity::expand as activity;
-pub use http_start::expand as http_start;
-pub use orchestrator::expand as orchestrator;
 
 use proc_macro2::TokenStream;
 use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::Type;
 
-use crate::validate::Function;
+use crate::validate::{Function, Validated};
+
+/// Generates the code for one validated item.
+pub fn expand(v: Validated) -> TokenStream {
+    match v {
+        Validated::Activity(f) => activity::expand(f),
+        Validated::Orchestrator(f) => orchestrator::expand(f),
+        Validated::HttpStart(f) => http_start::expand(f),
+        Validated::EntityImpl(e) => entity::expand_impl(e),
+        Validated::EntityFn(e) => entity::expand_fn(e),
+    }
+}
+
+/// A compile-time assertion, spanned at the user's type, that `ty` can travel through a
+/// history; a failure names the type and says what to derive (see `Payload`).
+pub(crate) fn assert_payload(ty: &Type) -> TokenStream {
+    quote_spanned! {ty.span()=>
+        {
+            fn __durable_assert_payload<T: ::durable_core::__private::Payload>() {}
+            __durable_assert_payload::<#ty>();
+        }
+    }
+}
+
+/// A compile-time assertion, spanned at the user's return type, that it can be recorded
+/// as an outcome (`Result<T, E>` with a serializable `T`, or a serializable value).
+pub(crate) fn assert_outcome(ret: &Type, is_result: bool) -> TokenStream {
+    if is_result {
+        quote_spanned! {ret.span()=>
+            {
+                fn __durable_assert_outcome<T: ::durable_core::__private::TaskOutcome>() {}
+                __durable_assert_outcome::<#ret>();
+            }
+        }
+    } else {
+        assert_payload(ret)
+    }
+}
 
 /// The pieces every kind shares.
 pub(crate) struct Common {
     pub outer: TokenStream,
     pub inner_fn: TokenStream,
-    pub inner_ident: syn::Ident,
     pub input_ty: TokenStream,
     pub output_ty: TokenStream,
     pub decode_and_call: TokenStream,
@@ -39,12 +71,6 @@ pub(crate) fn common(f: &Function, ctx_ty: TokenStream, label: &str) -> Common {
         .attrs
         .iter()
         .partition(|a| a.path().is_ident("doc") || a.path().is_ident("cfg"));
-    let cfgs: Vec<_> = item
-        .attrs
-        .iter()
-        .filter(|a| a.path().is_ident("cfg"))
-        .collect();
-
     let mut inner_sig = item.sig.clone();
     inner_sig.ident = inner_ident.clone();
     let block = &item.block;
@@ -106,26 +132,8 @@ pub(crate) fn common(f: &Function, ctx_ty: TokenStream, label: &str) -> Common {
         #outcome
     };
 
-    let assert_serde = |t: &Type| {
-        quote_spanned! {t.span()=>
-            {
-                fn __durable_assert_payload<T: ::durable_core::__private::serde::Serialize + ::durable_core::__private::serde::de::DeserializeOwned>() {}
-                __durable_assert_payload::<#t>();
-            }
-        }
-    };
-    let input_asserts: Vec<TokenStream> = input_types.iter().map(|t| assert_serde(t)).collect();
-    let out_assert = quote_spanned! {ret.span()=>
-        {
-            fn __durable_assert_outcome<T: ::durable_core::__private::TaskOutcome>() {}
-            __durable_assert_outcome::<#ret>();
-        }
-    };
-    let out_assert = if f.ret_is_result {
-        out_assert
-    } else {
-        assert_serde(ret)
-    };
+    let input_asserts: Vec<TokenStream> = input_types.iter().map(|t| assert_payload(t)).collect();
+    let out_assert = assert_outcome(ret, f.ret_is_result);
     let asserts = quote! {
         const _: fn() = || {
             #(#input_asserts)*
@@ -154,11 +162,9 @@ pub(crate) fn common(f: &Function, ctx_ty: TokenStream, label: &str) -> Common {
         #[derive(Clone, Copy, Debug)]
         #vis struct #ident;
     };
-    let _ = cfgs;
     Common {
         outer,
         inner_fn,
-        inner_ident,
         input_ty,
         output_ty,
         decode_and_call,

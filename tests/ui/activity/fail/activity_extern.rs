@@ -1,0 +1,5 @@
+#[durable_core::activity]
+async extern "C" fn greet(n: u8) -> u8 {
+    n
+}
+fn main() {}

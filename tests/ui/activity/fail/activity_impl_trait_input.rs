@@ -1,0 +1,5 @@
+#[durable_core::activity]
+async fn show(x: impl std::fmt::Display) -> String {
+    x.to_string()
+}
+fn main() {}

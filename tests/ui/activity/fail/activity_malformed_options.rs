@@ -1,0 +1,5 @@
+#[durable_core::activity("say_hello")]
+async fn greet(name: String) -> String {
+    name
+}
+fn main() {}

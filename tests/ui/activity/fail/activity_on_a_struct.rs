@@ -1,0 +1,3 @@
+#[durable_core::activity]
+pub struct Greeter;
+fn main() {}

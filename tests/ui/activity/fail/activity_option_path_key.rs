@@ -1,0 +1,5 @@
+#[durable_core::activity(durable::name = "x")]
+async fn greet(name: String) -> String {
+    name
+}
+fn main() {}

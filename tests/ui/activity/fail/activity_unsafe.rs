@@ -1,0 +1,5 @@
+#[durable_core::activity]
+async unsafe fn greet(name: String) -> String {
+    name
+}
+fn main() {}
