@@ -27,6 +27,18 @@ async fn biased(ctx: OrchestrationContext) -> Result<(), OrchestrationError> {
     Ok(())
 }
 
+// The escape hatch on an expression statement and on a deliberate endless loop: both
+// markers are removed before compiling, and nothing is reported.
+#[orchestrator]
+async fn heartbeat(ctx: OrchestrationContext) -> Result<(), OrchestrationError> {
+    #[nondeterministic]
+    println!("started at {:?}", std::time::SystemTime::now());
+    #[nondeterministic]
+    loop {
+        ctx.create_timer(std::time::Duration::from_secs(60)).await;
+    }
+}
+
 fn main() {
-    let _ = (monitor, biased);
+    let _ = (monitor, biased, heartbeat);
 }
