@@ -1,7 +1,8 @@
 //! Durable search (seed 003): HTTP tasks from orchestrations.
 //!
 //! - `GET /api/search` serves a one-page app (embedded HTML and JavaScript, the base URL
-//!   filled in from the request) where a person types a query.
+//!   filled in from the request) where a person types a query (`?q=...` searches at
+//!   once).
 //! - `GET` or `POST /api/search/start?q=...` starts two orchestrations: `search_workflow`,
 //!   which fans out `ctx.call_http` to every search site in parallel and fans the pages
 //!   back in, and `watch_workflow`, which GETs the search's public status URL once with
