@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
@@ -94,16 +94,24 @@ impl RuntimeBuilder {
             None => Registry::from_inventory()?,
         });
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let (direct_tx, direct_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             store: self.store,
             registry,
+            orchestration_limit: Arc::new(Semaphore::new(
+                self.options.orchestration_concurrency.max(1),
+            )),
+            activity_limit: Arc::new(Semaphore::new(self.options.activity_concurrency.max(1))),
             options: self.options,
             cache: Mutex::new(Cache::default()),
             running_activities: Mutex::new(HashMap::new()),
+            direct_activities: direct_tx,
+            shutdown: shutdown_rx.clone(),
+            orchestrations_done: watch::channel(false).0,
         });
         let mut tasks = JoinSet::new();
         tasks.spawn(orchestration_loop(shared.clone(), shutdown_rx.clone()));
-        tasks.spawn(activity_loop(shared.clone(), shutdown_rx));
+        tasks.spawn(activity_loop(shared.clone(), shutdown_rx, direct_rx));
         Ok(Runtime {
             shared,
             shutdown: shutdown_tx,
@@ -166,7 +174,26 @@ struct Shared {
     options: RuntimeOptions,
     cache: Mutex<Cache>,
     running_activities: Mutex<HashMap<u64, ActivityWorkItem>>,
+    /// Episodes run at once (dispatched or run straight after an activity).
+    orchestration_limit: Arc<Semaphore>,
+    /// Activities run at once (dispatched or leased by the commit that scheduled them).
+    activity_limit: Arc<Semaphore>,
+    /// Activities leased by an episode's commit, handed to the activity dispatcher with
+    /// their permits.
+    direct_activities: mpsc::UnboundedSender<(ActivityWorkItem, OwnedSemaphorePermit)>,
+    shutdown: watch::Receiver<bool>,
+    /// Set when the orchestration dispatcher has stopped and its episodes have finished.
+    orchestrations_done: watch::Sender<bool>,
 }
+
+impl Shared {
+    fn shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+}
+
+/// Most activities one commit leases to this worker directly.
+const DIRECT_ACTIVITIES: usize = 64;
 
 /// Live executions by instance id, least recently used evicted first.
 #[derive(Default)]
@@ -223,9 +250,7 @@ async fn wait_for_work(
 }
 
 async fn orchestration_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
-    let limit = Arc::new(Semaphore::new(
-        shared.options.orchestration_concurrency.max(1),
-    ));
+    let limit = shared.orchestration_limit.clone();
     let mut running = JoinSet::new();
     loop {
         if *shutdown.borrow() {
@@ -273,6 +298,7 @@ async fn orchestration_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<b
         }
     }
     while running.join_next().await.is_some() {}
+    shared.orchestrations_done.send_replace(true);
 }
 
 async fn process_orchestration(shared: &Shared, item: OrchestrationWorkItem) {
@@ -320,9 +346,38 @@ async fn commit_episode(
     execution: Option<Execution>,
 ) {
     let status = commit.state.as_ref().map(|s| s.status);
+    // Permits for the activities this commit schedules: those get leased to this worker in
+    // the same transaction and start at once, without a trip through the activity queue.
+    let mut permits = Vec::new();
+    if !commit.activities.is_empty() && !shared.shutting_down() {
+        let want = commit.activities.len().min(DIRECT_ACTIVITIES);
+        while permits.len() < want {
+            match shared.activity_limit.clone().try_acquire_owned() {
+                Ok(p) => permits.push(p),
+                Err(_) => break,
+            }
+        }
+    }
+    let committed = if permits.is_empty() {
+        shared
+            .store
+            .commit_orchestration(commit)
+            .await
+            .map(|()| Vec::new())
+    } else {
+        shared
+            .store
+            .commit_orchestration_and_lease(commit, shared.options.activity_lease, permits.len())
+            .await
+    };
     {
-        match shared.store.commit_orchestration(commit).await {
-            Ok(()) => {
+        match committed {
+            Ok(leased) => {
+                for item in leased {
+                    let permit = permits.pop().expect("one permit per leased activity");
+                    let _ = shared.direct_activities.send((item, permit));
+                }
+                drop(permits);
                 if let Some(exec) = execution {
                     let mut cache = shared.cache.lock().unwrap_or_else(|e| e.into_inner());
                     cache.put(
@@ -469,16 +524,45 @@ async fn fail_instance(shared: &Shared, item: &OrchestrationWorkItem, failure: F
     }
 }
 
-async fn activity_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
-    let limit = Arc::new(Semaphore::new(shared.options.activity_concurrency.max(1)));
+fn spawn_activity(
+    shared: &Arc<Shared>,
+    running: &mut JoinSet<()>,
+    item: ActivityWorkItem,
+    permit: OwnedSemaphorePermit,
+) {
+    shared
+        .running_activities
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(item.id, item.clone());
+    let shared = shared.clone();
+    running.spawn(async move {
+        run_activity(&shared, item).await;
+        drop(permit);
+    });
+}
+
+async fn activity_loop(
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+    mut direct: mpsc::UnboundedReceiver<(ActivityWorkItem, OwnedSemaphorePermit)>,
+) {
+    let limit = shared.activity_limit.clone();
     let mut running = JoinSet::new();
     loop {
         if *shutdown.borrow() {
             break;
         }
         while running.try_join_next().is_some() {}
+        while let Ok((item, permit)) = direct.try_recv() {
+            spawn_activity(&shared, &mut running, item, permit);
+        }
         let first = tokio::select! {
             p = limit.clone().acquire_owned() => p.expect("semaphore is never closed"),
+            Some((item, permit)) = direct.recv() => {
+                spawn_activity(&shared, &mut running, item, permit);
+                continue;
+            }
             _ = shutdown.changed() => continue,
         };
         let mut permits = vec![first];
@@ -499,21 +583,17 @@ async fn activity_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>)
             Ok(items) if !items.is_empty() => {
                 for item in items {
                     let permit = permits.pop().expect("one permit per fetched item");
-                    let shared2 = shared.clone();
-                    shared
-                        .running_activities
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(item.id, item.clone());
-                    running.spawn(async move {
-                        run_activity(&shared2, item).await;
-                        drop(permit);
-                    });
+                    spawn_activity(&shared, &mut running, item, permit);
                 }
             }
             Ok(_) => {
                 drop(permits);
-                wait_for_work(&shared, notified, &mut shutdown).await;
+                tokio::select! {
+                    _ = wait_for_work(&shared, notified, &mut shutdown) => {}
+                    Some((item, permit)) = direct.recv() => {
+                        spawn_activity(&shared, &mut running, item, permit);
+                    }
+                }
             }
             Err(e) => {
                 drop(permits);
@@ -524,9 +604,27 @@ async fn activity_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>)
     }
     // Graceful shutdown: let running activities finish within the grace period, then
     // release the leases of those still running so another worker picks them up.
+    // Activities leased by episodes still finishing are run too.
     let grace = shared.options.shutdown_grace;
+    let mut done = shared.orchestrations_done.subscribe();
     let drained = tokio::time::timeout(grace, async {
-        while running.join_next().await.is_some() {}
+        loop {
+            while let Ok((item, permit)) = direct.try_recv() {
+                spawn_activity(&shared, &mut running, item, permit);
+            }
+            if running.join_next().await.is_some() {
+                continue;
+            }
+            if *done.borrow() && direct.is_empty() {
+                break;
+            }
+            tokio::select! {
+                _ = done.wait_for(|d| *d) => {}
+                Some((item, permit)) = direct.recv() => {
+                    spawn_activity(&shared, &mut running, item, permit);
+                }
+            }
+        }
     })
     .await;
     if drained.is_err() {
@@ -542,6 +640,9 @@ async fn activity_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>)
         for item in left {
             let _ = shared.store.abandon_activity(&item, Duration::ZERO).await;
         }
+    }
+    while let Ok((item, _permit)) = direct.try_recv() {
+        let _ = shared.store.abandon_activity(&item, Duration::ZERO).await;
     }
 }
 
@@ -599,12 +700,17 @@ async fn run_activity(shared: &Shared, item: ActivityWorkItem) {
                 }
             }
         };
-        complete_activity(shared, &item, outcome).await;
+        let next = complete_activity(shared, &item, outcome).await;
         shared
             .running_activities
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&item.id);
+        // The result's episode, when this worker got its instance in the same transaction.
+        if let Some((work, permit)) = next {
+            process_orchestration(shared, work).await;
+            drop(permit);
+        }
     }
     .instrument(span)
     .await
@@ -629,17 +735,34 @@ fn completion_message(
         .for_execution(item.execution_id.clone())
 }
 
+/// Records an activity's outcome. When an episode slot is free, the instance is leased in
+/// the same transaction (if no one holds it) and returned, so the caller runs the episode
+/// at once instead of waking the orchestration dispatcher.
 async fn complete_activity(
     shared: &Shared,
     item: &ActivityWorkItem,
     outcome: Result<Option<String>, FailureDetails>,
-) {
-    match shared
-        .store
-        .complete_activity(item, completion_message(item, outcome))
-        .await
-    {
-        Ok(()) => {}
+) -> Option<(OrchestrationWorkItem, OwnedSemaphorePermit)> {
+    let permit = if shared.shutting_down() {
+        None
+    } else {
+        shared.orchestration_limit.clone().try_acquire_owned().ok()
+    };
+    let message = completion_message(item, outcome);
+    let result = match permit {
+        Some(permit) => shared
+            .store
+            .complete_activity_and_fetch(item, message, shared.options.orchestration_lease)
+            .await
+            .map(|work| work.map(|w| (w, permit))),
+        None => shared
+            .store
+            .complete_activity(item, message)
+            .await
+            .map(|()| None),
+    };
+    match result {
+        Ok(next) => return next,
         Err(StoreError::PayloadTooLarge { what, size, limit }) => {
             let failure = FailureDetails::new(
                 "PayloadTooLarge",
@@ -666,4 +789,5 @@ async fn complete_activity(
                 .await;
         }
     }
+    None
 }

@@ -252,6 +252,20 @@ pub trait Store: Send + Sync + 'static {
     /// Applies one episode's outcome and releases the lease.
     async fn commit_orchestration(&self, commit: OrchestrationCommit) -> StoreResult<()>;
 
+    /// Commits like [`commit_orchestration`](Self::commit_orchestration) and, in the same
+    /// transaction, leases up to `max_activities` of the activities the commit schedules to
+    /// the caller, who runs them at once (they skip the activity queue's round trip). The
+    /// default leases none.
+    async fn commit_orchestration_and_lease(
+        &self,
+        commit: OrchestrationCommit,
+        activity_lease: Duration,
+        max_activities: usize,
+    ) -> StoreResult<Vec<ActivityWorkItem>> {
+        let _ = (activity_lease, max_activities);
+        self.commit_orchestration(commit).await.map(|()| Vec::new())
+    }
+
     /// Releases a lease without consuming anything; the messages become visible again
     /// after `delay`.
     async fn abandon_orchestration_work_item(
@@ -274,6 +288,20 @@ pub trait Store: Send + Sync + 'static {
         item: &ActivityWorkItem,
         result: OrchestrationMessage,
     ) -> StoreResult<()>;
+
+    /// Completes the activity like [`complete_activity`](Self::complete_activity) and, in
+    /// the same transaction, leases its instance's work item (with every visible message,
+    /// the result included) to the caller when no one holds the instance; the caller runs
+    /// the episode at once. The default leases nothing.
+    async fn complete_activity_and_fetch(
+        &self,
+        item: &ActivityWorkItem,
+        result: OrchestrationMessage,
+        lease: Duration,
+    ) -> StoreResult<Option<OrchestrationWorkItem>> {
+        let _ = lease;
+        self.complete_activity(item, result).await.map(|()| None)
+    }
 
     /// Extends an activity's lease.
     async fn renew_activity_lease(

@@ -358,10 +358,12 @@ enum Op {
     Create(NewInstance),
     Send(OrchestrationMessage),
     FetchOrchestration(Duration, usize),
-    Commit(Box<OrchestrationCommit>),
+    /// A commit, leasing up to `usize` of its new activities for the given lease.
+    Commit(Box<OrchestrationCommit>, Duration, usize),
     AbandonOrchestration(String, String, Duration),
     FetchActivities(Duration, usize),
-    CompleteActivity(ActivityWorkItem, OrchestrationMessage),
+    /// Completes an activity; with a lease, also leases its instance when it is free.
+    CompleteActivity(ActivityWorkItem, OrchestrationMessage, Option<Duration>),
     RenewActivity(ActivityWorkItem, Duration),
     AbandonActivity(ActivityWorkItem, Duration),
     Purge(String),
@@ -560,10 +562,7 @@ fn apply(conn: &Connection, op: &Op, w: &mut Wake) -> StoreResult<Reply> {
             }
             Ok(Reply::Items(items))
         }
-        Op::Commit(c) => {
-            commit(conn, c, w)?;
-            Ok(Reply::Unit)
-        }
+        Op::Commit(c, lease, max) => commit(conn, c, w, now, *lease, *max).map(Reply::Activities),
         Op::AbandonOrchestration(id, token, delay) => {
             let until: Option<i64> = if delay.is_zero() {
                 None
@@ -586,7 +585,7 @@ fn apply(conn: &Connection, op: &Op, w: &mut Wake) -> StoreResult<Reply> {
         Op::FetchActivities(lease, max) => {
             fetch_activities(conn, now, *lease, *max).map(Reply::Activities)
         }
-        Op::CompleteActivity(item, msg) => {
+        Op::CompleteActivity(item, msg, fetch) => {
             let n = conn
                 .prepare_cached("DELETE FROM activities WHERE id = ?1 AND lock_token = ?2")
                 .and_then(|mut s| s.execute(params![item.id as i64, item.lock_token]))
@@ -594,10 +593,18 @@ fn apply(conn: &Connection, op: &Op, w: &mut Wake) -> StoreResult<Reply> {
             if n == 0 {
                 return Err(StoreError::LockLost);
             }
-            if exists(conn, &msg.instance_id)? {
-                insert_message(conn, msg, w)?;
+            if !exists(conn, &msg.instance_id)? {
+                return Ok(Reply::Items(Vec::new()));
             }
-            Ok(Reply::Unit)
+            insert_message(conn, msg, w)?;
+            if let Some(lease) = fetch {
+                if let Some(work) = lease_instance(conn, &msg.instance_id, now, *lease)? {
+                    // The caller runs the episode; no dispatcher needs waking for it.
+                    w.orchestrations = false;
+                    return Ok(Reply::Items(vec![work]));
+                }
+            }
+            Ok(Reply::Items(Vec::new()))
         }
         Op::RenewActivity(item, lease) => {
             let n = conn
@@ -806,10 +813,27 @@ fn fetch_orchestration(
     let Some(id) = id else {
         return Ok(None);
     };
+    lease_instance(conn, &id, now, lease)
+}
+
+/// Leases an instance that no one holds, with all its visible messages.
+fn lease_instance(
+    conn: &Connection,
+    id: &str,
+    now: i64,
+    lease: Duration,
+) -> StoreResult<Option<OrchestrationWorkItem>> {
     let token = random_id();
-    conn.prepare_cached("UPDATE instances SET lock_token = ?1, locked_until = ?2 WHERE id = ?3")
-        .and_then(|mut s| s.execute(params![token, now + lease.as_micros() as i64, id]))
+    let n = conn
+        .prepare_cached(
+            "UPDATE instances SET lock_token = ?1, locked_until = ?2
+             WHERE id = ?3 AND (locked_until IS NULL OR locked_until <= ?4)",
+        )
+        .and_then(|mut s| s.execute(params![token, now + lease.as_micros() as i64, id, now]))
         .map_err(sql)?;
+    if n == 0 {
+        return Ok(None);
+    }
     let mut stmt = conn
         .prepare_cached("SELECT id, message FROM messages WHERE instance_id = ?1 AND visible_at <= ?2 ORDER BY id LIMIT ?3")
         .map_err(sql)?;
@@ -823,12 +847,12 @@ fn fetch_orchestration(
         let (mid, json) = row.map_err(sql)?;
         messages.push((mid as u64, from_json::<OrchestrationMessage>(&json)?));
     }
-    let (state, history_len) = match get_state(conn, &id)? {
+    let (state, history_len) = match get_state(conn, id)? {
         Some((s, n)) => (Some(s), n),
         None => (None, 0),
     };
     Ok(Some(OrchestrationWorkItem {
-        instance_id: id,
+        instance_id: id.to_string(),
         lock_token: token,
         messages,
         state,
@@ -836,7 +860,15 @@ fn fetch_orchestration(
     }))
 }
 
-fn commit(conn: &Connection, c: &OrchestrationCommit, w: &mut Wake) -> StoreResult<()> {
+/// Applies a commit; leases up to `max_leased` of its new activities to the caller.
+fn commit(
+    conn: &Connection,
+    c: &OrchestrationCommit,
+    w: &mut Wake,
+    now: i64,
+    lease: Duration,
+    max_leased: usize,
+) -> StoreResult<Vec<ActivityWorkItem>> {
     let token: Option<Option<String>> = conn
         .prepare_cached("SELECT lock_token FROM instances WHERE id = ?1")
         .and_then(|mut s| s.query_row(params![c.instance_id], |r| r.get(0)).optional())
@@ -897,14 +929,29 @@ fn commit(conn: &Connection, c: &OrchestrationCommit, w: &mut Wake) -> StoreResu
         .and_then(|mut s| s.exists(params![c.instance_id]))
         .map_err(sql)?;
     w.orchestrations |= has_more;
+    let mut leased = Vec::new();
     {
         let mut ins = conn
-            .prepare_cached("INSERT INTO activities(instance_id, item, lock_token, visible_at, dequeue_count) VALUES(?1, ?2, NULL, 0, 0)")
+            .prepare_cached("INSERT INTO activities(instance_id, item, lock_token, visible_at, dequeue_count) VALUES(?1, ?2, ?3, ?4, ?5)")
             .map_err(sql)?;
+        let until = now + lease.as_micros().min(i64::MAX as u128 / 2) as i64;
         for a in &c.activities {
-            ins.execute(params![a.instance_id, to_json(&ActivityRow::from(a))?])
-                .map_err(sql)?;
-            w.activities = true;
+            let row = to_json(&ActivityRow::from(a))?;
+            if leased.len() < max_leased {
+                let token = random_id();
+                ins.execute(params![a.instance_id, row, token, until, 1])
+                    .map_err(sql)?;
+                leased.push(ActivityWorkItem {
+                    id: conn.last_insert_rowid() as u64,
+                    lock_token: token,
+                    dequeue_count: 1,
+                    ..a.clone()
+                });
+            } else {
+                ins.execute(params![a.instance_id, row, None::<String>, 0, 0])
+                    .map_err(sql)?;
+                w.activities = true;
+            }
         }
     }
     for child in &c.new_instances {
@@ -924,7 +971,7 @@ fn commit(conn: &Connection, c: &OrchestrationCommit, w: &mut Wake) -> StoreResu
             insert_message(conn, m, w)?;
         }
     }
-    Ok(())
+    Ok(leased)
 }
 
 /// The stored form of an activity work item (lease fields live in their own columns).
@@ -1097,7 +1144,25 @@ impl Store for SqliteStore {
 
     async fn commit_orchestration(&self, commit: OrchestrationCommit) -> StoreResult<()> {
         check_commit_payloads(&commit, self.max_payload)?;
-        self.write(Op::Commit(Box::new(commit))).await.map(|_| ())
+        self.write(Op::Commit(Box::new(commit), Duration::ZERO, 0))
+            .await
+            .map(|_| ())
+    }
+
+    async fn commit_orchestration_and_lease(
+        &self,
+        commit: OrchestrationCommit,
+        activity_lease: Duration,
+        max_activities: usize,
+    ) -> StoreResult<Vec<ActivityWorkItem>> {
+        check_commit_payloads(&commit, self.max_payload)?;
+        match self
+            .write(Op::Commit(Box::new(commit), activity_lease, max_activities))
+            .await?
+        {
+            Reply::Activities(a) => Ok(a),
+            _ => Err(backend("unexpected reply")),
+        }
     }
 
     async fn abandon_orchestration_work_item(
@@ -1136,9 +1201,29 @@ impl Store for SqliteStore {
             message_payload(&result.event),
             self.max_payload,
         )?;
-        self.write(Op::CompleteActivity(item.clone(), result))
+        self.write(Op::CompleteActivity(item.clone(), result, None))
             .await
             .map(|_| ())
+    }
+
+    async fn complete_activity_and_fetch(
+        &self,
+        item: &ActivityWorkItem,
+        result: OrchestrationMessage,
+        lease: Duration,
+    ) -> StoreResult<Option<OrchestrationWorkItem>> {
+        check_payload(
+            || format!("result of activity '{}'", item.name),
+            message_payload(&result.event),
+            self.max_payload,
+        )?;
+        match self
+            .write(Op::CompleteActivity(item.clone(), result, Some(lease)))
+            .await?
+        {
+            Reply::Items(mut i) => Ok(i.pop()),
+            _ => Err(backend("unexpected reply")),
+        }
     }
 
     async fn renew_activity_lease(
