@@ -82,8 +82,10 @@ pub struct DurableHttpRequest {
     /// Request body.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<String>,
-    /// Limit of each request (the first one and each poll), [`DEFAULT_TIMEOUT`] when
-    /// unset; a request over it fails the task with a `Timeout` failure.
+    /// Limit of the whole call, polling included, as in Durable Functions: each request
+    /// (the first one and each poll) must answer within it, and no poll is scheduled past
+    /// it. Unset: [`DEFAULT_TIMEOUT`] per request and no limit on polling. Over it, the
+    /// task fails with a `Timeout` failure.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Duration>,
     /// Follow the async `202` + `Location` pattern (default true).
@@ -310,6 +312,11 @@ impl OrchestrationContext {
                     },
                 });
             }
+            // Replay-safe: the deadline comes from the orchestration's clock.
+            let deadline = request.timeout.map(|t| {
+                ctx.current_utc_datetime()
+                    + chrono::Duration::from_std(t).unwrap_or(chrono::Duration::MAX)
+            });
             let mut response = ctx.http_once(&request).await?;
             let mut current = request;
             while current.asynchronous_pattern && response.status == 202 {
@@ -322,6 +329,23 @@ impl OrchestrationContext {
                     now + chrono::Duration::from_std(current.poll_interval())
                         .unwrap_or(chrono::Duration::MAX)
                 });
+                if let (Some(deadline), Some(limit)) = (deadline, current.timeout) {
+                    if at >= deadline {
+                        return Err(TaskError {
+                            kind: TaskKind::Http,
+                            name: format!("{} {}", current.method, current.url),
+                            failure: FailureDetails {
+                                non_retriable: true,
+                                ..FailureDetails::new(
+                                    "Timeout",
+                                    format!(
+                                        "timed out: still 202 Accepted at {location}, and the next poll would come after the request's timeout of {limit:?}"
+                                    ),
+                                )
+                            },
+                        });
+                    }
+                }
                 ctx.create_timer(at).await;
                 current = current.poll_request(&location);
                 response = ctx.http_once(&current).await?;

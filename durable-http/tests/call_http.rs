@@ -398,6 +398,38 @@ async fn a_request_over_its_timeout_fails_the_task_with_a_clear_error() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_timeout_bounds_the_polling_too() {
+    // Always "still working": without a limit the orchestration would poll forever.
+    let server = Server::start(0, |_s: Seen, _| async move {
+        answer(202, &[("location", "/job"), ("retry-after", "1")], "")
+    })
+    .await;
+    let url = server.url("/job");
+    let req = DurableHttpRequest::get(&url).timeout(Duration::from_millis(2500));
+    let (out, history) = run(req, None).await;
+    let failed = out.unwrap_err();
+    assert!(failed.is_timeout, "{failed:?}");
+    assert!(
+        failed
+            .message
+            .contains("still 202 Accepted at http://127.0.0.1:"),
+        "{}",
+        failed.message
+    );
+    assert!(
+        failed
+            .message
+            .contains("after the request's timeout of 2.5s"),
+        "{}",
+        failed.message
+    );
+    // Polls stopped at the limit: one timer per poll that fit within 2.5 s.
+    let polls = server.seen().len();
+    assert!((1..=3).contains(&polls), "{polls} requests");
+    assert_eq!(timer_waits(&history).len(), polls - 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_timeout_that_is_not_handled_fails_the_instance() {
     let server = Server::start(0, |_s: Seen, _| async move {
         std::future::pending::<()>().await;
