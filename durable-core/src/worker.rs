@@ -302,6 +302,17 @@ async fn orchestration_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<b
 }
 
 async fn process_orchestration(shared: &Shared, item: OrchestrationWorkItem) {
+    process_orchestration_with(shared, item, None).await;
+}
+
+/// Runs and commits one episode; with `completed`, the episode's messages include that
+/// activity's result (not yet stored) and the commit deletes the activity. True when the
+/// episode was committed.
+async fn process_orchestration_with(
+    shared: &Shared,
+    item: OrchestrationWorkItem,
+    completed: Option<&ActivityWorkItem>,
+) -> bool {
     let name = item
         .state
         .as_ref()
@@ -312,8 +323,7 @@ async fn process_orchestration(shared: &Shared, item: OrchestrationWorkItem) {
         if crate::entity::is_entity_instance(&item.instance_id) {
             let commit =
                 crate::entity::run_entity_episode(&shared.registry, &item, Utc::now()).await;
-            commit_episode(shared, &item, commit, None).await;
-            return;
+            return commit_episode(shared, &item, commit, None, completed).await;
         }
         let source = match episode_source(shared, &item).await {
             Ok(s) => s,
@@ -327,24 +337,26 @@ async fn process_orchestration(shared: &Shared, item: OrchestrationWorkItem) {
                         Duration::from_secs(1),
                     )
                     .await;
-                return;
+                return false;
             }
         };
         let registry = shared.registry.clone();
         let result = run_episode(&registry, &item, source, Utc::now());
-        commit_episode(shared, &item, result.commit, result.execution).await;
+        commit_episode(shared, &item, result.commit, result.execution, completed).await
     }
     .instrument(span)
     .await
 }
 
 /// Commits an episode; keeps the live execution in the cache when the commit succeeded.
+/// True when the episode was committed.
 async fn commit_episode(
     shared: &Shared,
     item: &OrchestrationWorkItem,
     commit: OrchestrationCommit,
     execution: Option<Execution>,
-) {
+    completed: Option<&ActivityWorkItem>,
+) -> bool {
     let status = commit.state.as_ref().map(|s| s.status);
     // Permits for the activities this commit schedules: those get leased to this worker in
     // the same transaction and start at once, without a trip through the activity queue.
@@ -358,7 +370,7 @@ async fn commit_episode(
             }
         }
     }
-    let committed = if permits.is_empty() {
+    let committed = if permits.is_empty() && completed.is_none() {
         shared
             .store
             .commit_orchestration(commit)
@@ -367,7 +379,12 @@ async fn commit_episode(
     } else {
         shared
             .store
-            .commit_orchestration_and_lease(commit, shared.options.activity_lease, permits.len())
+            .commit_orchestration_and_lease(
+                commit,
+                shared.options.activity_lease,
+                permits.len(),
+                completed,
+            )
             .await
     };
     {
@@ -389,6 +406,7 @@ async fn commit_episode(
                 if let Some(status) = status.filter(|s| s.is_terminal()) {
                     tracing::debug!(%status, "instance finished");
                 }
+                true
             }
             Err(StoreError::PayloadTooLarge { what, size, limit }) => {
                 let failure = FailureDetails::new(
@@ -411,9 +429,11 @@ async fn commit_episode(
                     tracing::warn!(%failure, "failing instance");
                     fail_instance(shared, item, failure).await;
                 }
+                false
             }
             Err(StoreError::LockLost) => {
                 tracing::debug!("lease lost; another worker owns this instance now");
+                false
             }
             Err(e) => {
                 tracing::warn!(error = %e, "commit failed; retrying later");
@@ -425,6 +445,7 @@ async fn commit_episode(
                         Duration::from_secs(1),
                     )
                     .await;
+                false
             }
         }
     }
@@ -700,7 +721,7 @@ async fn run_activity(shared: &Shared, item: ActivityWorkItem) {
                 }
             }
         };
-        let next = complete_activity(shared, &item, outcome).await;
+        let next = finish_activity(shared, &item, outcome).await;
         shared
             .running_activities
             .lock()
@@ -733,6 +754,49 @@ fn completion_message(
     };
     OrchestrationMessage::new(item.instance_id.clone(), HistoryEvent::new(now, kind))
         .for_execution(item.execution_id.clone())
+}
+
+/// Hands an activity's outcome on. When an episode slot is free and the store can lease the
+/// instance while the activity's lease holds, the result goes straight into the next
+/// episode and is stored by that episode's commit (one durable commit per step); if that
+/// commit fails, the result is recorded as usual.
+async fn finish_activity(
+    shared: &Shared,
+    item: &ActivityWorkItem,
+    outcome: Result<Option<String>, FailureDetails>,
+) -> Option<(OrchestrationWorkItem, OwnedSemaphorePermit)> {
+    let fits = match &outcome {
+        Ok(result) => result
+            .as_ref()
+            .is_none_or(|r| r.len() <= shared.store.max_payload_bytes()),
+        Err(_) => false,
+    };
+    if fits && !shared.shutting_down() {
+        if let Ok(permit) = shared.orchestration_limit.clone().try_acquire_owned() {
+            match shared
+                .store
+                .lease_instance_for_result(item, shared.options.orchestration_lease)
+                .await
+            {
+                Ok(Some(mut work)) => {
+                    let message = completion_message(item, outcome.clone());
+                    // Not a stored message: its id matches no row.
+                    work.messages.push((u64::MAX, message));
+                    let committed = process_orchestration_with(shared, work, Some(item)).await;
+                    drop(permit);
+                    if !committed {
+                        return complete_activity(shared, item, outcome).await;
+                    }
+                    return None;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, "could not lease the instance for the result");
+                }
+            }
+        }
+    }
+    complete_activity(shared, item, outcome).await
 }
 
 /// Records an activity's outcome. When an episode slot is free, the instance is leased in

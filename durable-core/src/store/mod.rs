@@ -256,14 +256,42 @@ pub trait Store: Send + Sync + 'static {
     /// transaction, leases up to `max_activities` of the activities the commit schedules to
     /// the caller, who runs them at once (they skip the activity queue's round trip). The
     /// default leases none.
+    ///
+    /// With `completed`, the commit also deletes that activity work item (fenced by its
+    /// lock token: a lost lease fails the commit with [`StoreError::LockLost`]); the
+    /// episode consumed its result in memory after
+    /// [`lease_instance_for_result`](Self::lease_instance_for_result). A store that
+    /// implements that method implements this one too; the default refuses `completed`.
     async fn commit_orchestration_and_lease(
         &self,
         commit: OrchestrationCommit,
         activity_lease: Duration,
         max_activities: usize,
+        completed: Option<&ActivityWorkItem>,
     ) -> StoreResult<Vec<ActivityWorkItem>> {
         let _ = (activity_lease, max_activities);
+        if completed.is_some() {
+            return Err(StoreError::Invalid(
+                "this store does not take activity results inside a commit".into(),
+            ));
+        }
         self.commit_orchestration(commit).await.map(|()| Vec::new())
+    }
+
+    /// Leases the instance an activity belongs to, when the activity's lease is still held
+    /// and no one holds the instance, without recording the result: the caller runs the
+    /// episode with the result and commits both at once with
+    /// [`commit_orchestration_and_lease`](Self::commit_orchestration_and_lease), so a
+    /// sequential step costs one durable commit. Lease bookkeeping only; nothing changes if
+    /// the caller dies (the activity runs again after its lease lapses). The default
+    /// declines (None), and the caller completes the activity as usual.
+    async fn lease_instance_for_result(
+        &self,
+        item: &ActivityWorkItem,
+        lease: Duration,
+    ) -> StoreResult<Option<OrchestrationWorkItem>> {
+        let _ = (item, lease);
+        Ok(None)
     }
 
     /// Releases a lease without consuming anything; the messages become visible again

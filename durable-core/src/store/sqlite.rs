@@ -244,7 +244,7 @@ impl SqliteStore {
 }
 
 /// Page cache of the writer connection, in KiB.
-const WRITER_CACHE_KIB: i64 = 64 * 1024;
+const WRITER_CACHE_KIB: i64 = 8 * 1024;
 /// Page cache of the reader connection, in KiB.
 const READER_CACHE_KIB: i64 = 16 * 1024;
 /// Durable commits between two nudges of the checkpoint thread.
@@ -358,8 +358,16 @@ enum Op {
     Create(NewInstance),
     Send(OrchestrationMessage),
     FetchOrchestration(Duration, usize),
-    /// A commit, leasing up to `usize` of its new activities for the given lease.
-    Commit(Box<OrchestrationCommit>, Duration, usize),
+    /// A commit, leasing up to `usize` of its new activities for the given lease, and
+    /// deleting the activity whose result the episode consumed in memory.
+    Commit(
+        Box<OrchestrationCommit>,
+        Duration,
+        usize,
+        Option<Box<ActivityWorkItem>>,
+    ),
+    /// Leases the instance of a still-leased activity (lease bookkeeping only).
+    LeaseForResult(ActivityWorkItem, Duration),
     AbandonOrchestration(String, String, Duration),
     FetchActivities(Duration, usize),
     /// Completes an activity; with a lease, also leases its instance when it is free.
@@ -397,7 +405,10 @@ impl Op {
     fn lease_only(&self) -> bool {
         matches!(
             self,
-            Op::FetchOrchestration(..) | Op::FetchActivities(..) | Op::RenewActivity(..)
+            Op::FetchOrchestration(..)
+                | Op::FetchActivities(..)
+                | Op::RenewActivity(..)
+                | Op::LeaseForResult(..)
         )
     }
 }
@@ -562,7 +573,23 @@ fn apply(conn: &Connection, op: &Op, w: &mut Wake) -> StoreResult<Reply> {
             }
             Ok(Reply::Items(items))
         }
-        Op::Commit(c, lease, max) => commit(conn, c, w, now, *lease, *max).map(Reply::Activities),
+        Op::Commit(c, lease, max, completed) => {
+            commit(conn, c, w, now, *lease, *max, completed.as_deref()).map(Reply::Activities)
+        }
+        Op::LeaseForResult(item, lease) => {
+            let held = conn
+                .prepare_cached("SELECT 1 FROM activities WHERE id = ?1 AND lock_token = ?2")
+                .and_then(|mut s| s.exists(params![item.id as i64, item.lock_token]))
+                .map_err(sql)?;
+            if !held {
+                return Ok(Reply::Items(Vec::new()));
+            }
+            Ok(Reply::Items(
+                lease_instance(conn, &item.instance_id, now, *lease)?
+                    .into_iter()
+                    .collect(),
+            ))
+        }
         Op::AbandonOrchestration(id, token, delay) => {
             let until: Option<i64> = if delay.is_zero() {
                 None
@@ -868,6 +895,7 @@ fn commit(
     now: i64,
     lease: Duration,
     max_leased: usize,
+    completed: Option<&ActivityWorkItem>,
 ) -> StoreResult<Vec<ActivityWorkItem>> {
     let token: Option<Option<String>> = conn
         .prepare_cached("SELECT lock_token FROM instances WHERE id = ?1")
@@ -875,6 +903,16 @@ fn commit(
         .map_err(sql)?;
     if token.flatten().as_deref() != Some(c.lock_token.as_str()) {
         return Err(StoreError::LockLost);
+    }
+    if let Some(a) = completed {
+        // The first write: refused with nothing written when the activity's lease is gone.
+        let n = conn
+            .prepare_cached("DELETE FROM activities WHERE id = ?1 AND lock_token = ?2")
+            .and_then(|mut s| s.execute(params![a.id as i64, a.lock_token]))
+            .map_err(sql)?;
+        if n == 0 {
+            return Err(StoreError::LockLost);
+        }
     }
     {
         let mut del = conn
@@ -1144,7 +1182,7 @@ impl Store for SqliteStore {
 
     async fn commit_orchestration(&self, commit: OrchestrationCommit) -> StoreResult<()> {
         check_commit_payloads(&commit, self.max_payload)?;
-        self.write(Op::Commit(Box::new(commit), Duration::ZERO, 0))
+        self.write(Op::Commit(Box::new(commit), Duration::ZERO, 0, None))
             .await
             .map(|_| ())
     }
@@ -1154,13 +1192,30 @@ impl Store for SqliteStore {
         commit: OrchestrationCommit,
         activity_lease: Duration,
         max_activities: usize,
+        completed: Option<&ActivityWorkItem>,
     ) -> StoreResult<Vec<ActivityWorkItem>> {
         check_commit_payloads(&commit, self.max_payload)?;
         match self
-            .write(Op::Commit(Box::new(commit), activity_lease, max_activities))
+            .write(Op::Commit(
+                Box::new(commit),
+                activity_lease,
+                max_activities,
+                completed.map(|a| Box::new(a.clone())),
+            ))
             .await?
         {
             Reply::Activities(a) => Ok(a),
+            _ => Err(backend("unexpected reply")),
+        }
+    }
+
+    async fn lease_instance_for_result(
+        &self,
+        item: &ActivityWorkItem,
+        lease: Duration,
+    ) -> StoreResult<Option<OrchestrationWorkItem>> {
+        match self.write(Op::LeaseForResult(item.clone(), lease)).await? {
+            Reply::Items(mut i) => Ok(i.pop()),
             _ => Err(backend("unexpected reply")),
         }
     }
