@@ -1,61 +1,17 @@
 //! Each example driven over real HTTP from start to its final status.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use durable_examples::query_job;
-use durable_http::{Host, RunningHost};
-use http_body_util::{BodyExt, Full};
+use durable_http::RunningHost;
 use serde_json::{json, Value};
 
-async fn host() -> RunningHost {
-    Host::builder()
-        .addr("127.0.0.1:0")
-        .store(Arc::new(durable_core::MemoryStore::new()))
-        .key("scenario-test-key-0123456789")
-        .build()
-        .unwrap()
-        .bind()
-        .await
-        .unwrap()
-}
-
-async fn call(
-    h: &RunningHost,
-    method: &str,
-    path: &str,
-    body: &str,
-) -> (u16, http::HeaderMap, Value) {
-    let stream = tokio::net::TcpStream::connect(h.addr).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    let req = http::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", h.addr.to_string())
-        .body(Full::new(Bytes::from(body.to_string())))
-        .unwrap();
-    let resp = sender.send_request(req).await.unwrap();
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    (
-        status,
-        headers,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
-}
+mod support;
+use support::{call, host, path_of};
 
 /// Polls a status URL the way a client would: follow Location while 202.
 async fn poll(h: &RunningHost, location: &str) -> Value {
-    let path = location
-        .split_once(&h.addr.to_string())
-        .map(|(_, p)| p)
-        .unwrap_or(location);
+    let path = path_of(h, location);
     for _ in 0..100 {
         let (status, _, body) = call(h, "GET", &format!("{path}?wait=5s"), "").await;
         if status == 200 {
@@ -100,11 +56,7 @@ async fn call_for_speakers_moves_through_its_stages() {
     assert_eq!(status, 202);
     assert!(headers.contains_key("retry-after"));
     let location = headers["location"].to_str().unwrap().to_string();
-    let path = location
-        .split_once(&h.addr.to_string())
-        .unwrap()
-        .1
-        .to_string();
+    let path = path_of(&h, &location);
     // While the committee deliberates, the custom status names the stage.
     let (status, _, body) = call(&h, "GET", &path, "").await;
     if status == 202 {
@@ -149,7 +101,7 @@ async fn query_job_validates_runs_the_query_and_reports() {
         call(&h, "GET", "/api/submit/query?s=10/02/2021&e=10/05/2021", "").await;
     assert_eq!(status, 200);
     let uri = body["statusUri"].as_str().unwrap().to_string();
-    let path = uri.split_once(&h.addr.to_string()).unwrap().1.to_string();
+    let path = path_of(&h, &uri);
     assert!(path.starts_with("/api/status/"));
     let expected = query_job::count_certified(
         &db,

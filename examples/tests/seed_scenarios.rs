@@ -1,65 +1,14 @@
 //! The seed scenarios (order processing and the other patterns, durable search, the
 //! approval workflow), each driven over real HTTP from its start to its final status.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use durable_http::{Host, RunningHost};
-use http_body_util::{BodyExt, Full};
+use durable_http::RunningHost;
 use serde_json::{json, Value};
 
-// Linking the library registers its functions and endpoints.
-use durable_examples as _;
+mod support;
+use support::{call, host, path_of, KEY};
 
-async fn host() -> RunningHost {
-    Host::builder()
-        .addr("127.0.0.1:0")
-        .store(Arc::new(durable_core::MemoryStore::new()))
-        .key("seed-scenario-test-key-0123456789")
-        .build()
-        .unwrap()
-        .bind()
-        .await
-        .unwrap()
-}
-
-/// One request; the body is parsed as JSON when it is JSON, else kept as a string.
-async fn call(
-    h: &RunningHost,
-    method: &str,
-    path: &str,
-    body: &str,
-) -> (u16, http::HeaderMap, Value) {
-    let stream = tokio::net::TcpStream::connect(h.addr).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    let req = http::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", h.addr.to_string())
-        .body(Full::new(Bytes::from(body.to_string())))
-        .unwrap();
-    let resp = sender.send_request(req).await.unwrap();
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    let body = serde_json::from_slice(&bytes)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
-    (status, headers, body)
-}
-
-/// The path of a URL this host handed out.
-fn path_of(h: &RunningHost, url: &str) -> String {
-    url.split_once(&h.addr.to_string())
-        .map(|(_, p)| p.to_string())
-        .unwrap_or_else(|| panic!("{url} is not on {}", h.addr))
-}
-
-/// Starts something: expects 202 with a Location, returns the status path.
 async fn start(h: &RunningHost, path: &str, body: &str) -> String {
     let (status, headers, resp) = call(h, "POST", path, body).await;
     assert_eq!(status, 202, "{path}: {resp}");
@@ -241,7 +190,7 @@ async fn the_monitor_checks_alerts_continues_as_new_and_stops() {
     let (status, _, mgmt) = call(
         &h,
         "GET",
-        &format!("/runtime/webhooks/durabletask/instances/{id}?showHistory=true&code=seed-scenario-test-key-0123456789"),
+        &format!("/runtime/webhooks/durabletask/instances/{id}?showHistory=true&code={KEY}"),
         "",
     )
     .await;

@@ -1,0 +1,62 @@
+//! What the example tests share: a host on an ephemeral port and a plain HTTP client.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use durable_http::{Host, RunningHost};
+use http_body_util::{BodyExt, Full};
+use serde_json::Value;
+
+// Linking the library registers its functions and endpoints.
+use durable_examples as _;
+
+/// The management key of the test hosts.
+pub const KEY: &str = "scenario-test-key-0123456789";
+
+/// A host on an ephemeral loopback port serving every example, on a memory store.
+pub async fn host() -> RunningHost {
+    Host::builder()
+        .addr("127.0.0.1:0")
+        .store(Arc::new(durable_core::MemoryStore::new()))
+        .key(KEY)
+        .build()
+        .unwrap()
+        .bind()
+        .await
+        .unwrap()
+}
+
+/// One request; the body is parsed as JSON when it is JSON, else kept as a string.
+pub async fn call(
+    h: &RunningHost,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> (u16, http::HeaderMap, Value) {
+    let stream = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", h.addr.to_string())
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let body = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    (status, headers, body)
+}
+
+/// The path of a URL this host handed out.
+pub fn path_of(h: &RunningHost, url: &str) -> String {
+    url.split_once(&h.addr.to_string())
+        .map(|(_, p)| p.to_string())
+        .unwrap_or_else(|| panic!("{url} is not on {}", h.addr))
+}
