@@ -23,13 +23,12 @@ use durable_core::{
     activity, orchestrator, race, ActivityError, DurableClient, Either, OrchestrationContext,
     OrchestrationError, StartOptions,
 };
-use durable_http::{http_start, HttpError, HttpRequest, HttpResponse, HttpResult};
-use http::StatusCode;
+use durable_http::{http_start, HttpRequest, HttpResult};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::common::{html_escape, raise_if_running, url_encode};
-use crate::order_processing::approval::{Decision, DECISION_EVENT};
+use crate::common::{html_escape, url_encode};
+use crate::order_processing::approval::{deliver_decision, Decision, DECISION_EVENT};
 
 /// Where new requests are dropped.
 pub const REQUESTS: &str = "requests";
@@ -283,28 +282,7 @@ pub async fn approval_workflow(
     methods = "GET, POST"
 )]
 pub async fn decide_request(client: DurableClient, req: HttpRequest) -> HttpResult {
-    let id = req.param("id").unwrap_or_default().to_string();
-    let approved = match req.param("decision").unwrap_or_default() {
-        "approve" => true,
-        "reject" => false,
-        other => {
-            return Err(HttpError::bad_request(format!(
-                "'{other}' is not a decision: use approve or reject"
-            )))
-        }
-    };
-    raise_if_running(
-        &client,
-        &id,
-        "approval request",
-        DECISION_EVENT,
-        &Decision { approved },
-    )
-    .await?;
-    Ok(HttpResponse::json(
-        StatusCode::ACCEPTED,
-        &json!({"id": id, "decision": if approved { "approve" } else { "reject" }}),
-    ))
+    deliver_decision(&client, &req, "approval request").await
 }
 
 /// The instance id of a request file: the same for the same name, size and modification

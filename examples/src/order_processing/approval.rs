@@ -193,6 +193,13 @@ pub async fn start_approval(client: DurableClient, req: HttpRequest) -> HttpResu
 /// approval has already ended.
 #[http_start(route = "/api/approvals/{id}/{decision}", methods = "GET, POST")]
 pub async fn decide_approval(client: DurableClient, req: HttpRequest) -> HttpResult {
+    deliver_decision(&client, &req, "approval").await
+}
+
+/// Raises the decision named by the request's `{decision}` path parameter (`approve` or
+/// `reject`) on the instance `{id}` while it still waits; `what` names the instance in
+/// error messages. Shared by every approve/reject link endpoint.
+pub async fn deliver_decision(client: &DurableClient, req: &HttpRequest, what: &str) -> HttpResult {
     let id = req.param("id").unwrap_or_default().to_string();
     let approved = match req.param("decision").unwrap_or_default() {
         "approve" => true,
@@ -203,14 +210,7 @@ pub async fn decide_approval(client: DurableClient, req: HttpRequest) -> HttpRes
             )))
         }
     };
-    raise_if_running(
-        &client,
-        &id,
-        "approval",
-        DECISION_EVENT,
-        &Decision { approved },
-    )
-    .await?;
+    raise_if_running(client, &id, what, DECISION_EVENT, &Decision { approved }).await?;
     Ok(HttpResponse::json(
         StatusCode::ACCEPTED,
         &json!({"id": id, "decision": if approved { "approve" } else { "reject" }}),
