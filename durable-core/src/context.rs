@@ -584,8 +584,14 @@ impl OrchestrationContext {
 
     /// Calls an activity with typed input and output.
     ///
-    /// ```ignore
+    /// ```
+    /// # use durable_core::{activity, orchestrator, OrchestrationContext, OrchestrationError};
+    /// # #[activity]
+    /// # async fn say_hello(city: String) -> String { format!("Hello {city}!") }
+    /// # #[orchestrator]
+    /// # async fn greet(ctx: OrchestrationContext) -> Result<String, OrchestrationError> {
     /// let greeting: String = ctx.call_activity(say_hello, "Tokyo".to_string()).await?;
+    /// # Ok(greeting) }
     /// ```
     pub fn call_activity<A: Activity>(
         &self,
@@ -1067,8 +1073,12 @@ impl OrchestrationContext {
 
 /// Logs only when the orchestrator is not replaying, so each line appears once.
 ///
-/// ```ignore
-/// replay_safe!(ctx, tracing::info!(city, "greeting"));
+/// ```
+/// # use durable_core::{orchestrator, replay_safe, OrchestrationContext, OrchestrationError};
+/// # #[orchestrator]
+/// # async fn greet(ctx: OrchestrationContext, city: String) -> Result<(), OrchestrationError> {
+/// replay_safe!(ctx, println!("greeting {city}"));
+/// # Ok(()) }
 /// ```
 #[macro_export]
 macro_rules! replay_safe {

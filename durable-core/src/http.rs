@@ -292,9 +292,13 @@ impl OrchestrationContext {
     /// status. Transport failures and timeouts fail the task (retried under the request's
     /// retry policy, as are its chosen status codes). See the [module](crate::http) docs.
     ///
-    /// ```ignore
+    /// ```
+    /// # use durable_core::{orchestrator, DurableHttpRequest, OrchestrationContext, OrchestrationError};
+    /// # #[orchestrator]
+    /// # async fn job(ctx: OrchestrationContext) -> Result<Option<String>, OrchestrationError> {
     /// let resp = ctx.call_http(DurableHttpRequest::get("https://example.com/jobs/7")).await?;
-    /// if resp.is_success() { /* resp.body */ }
+    /// let body = resp.is_success().then_some(resp.body);
+    /// # Ok(body) }
     /// ```
     pub fn call_http(
         &self,

@@ -5,7 +5,7 @@
 //! and manage instances. The semantics are those of Azure Durable Functions and the
 //! Durable Task Framework: event-sourced histories and deterministic replay.
 //!
-//! ```ignore
+//! ```
 //! use durable_core::{activity, orchestrator, ActivityError, OrchestrationContext, OrchestrationError};
 //!
 //! #[activity]
@@ -21,6 +21,15 @@
 //!     }
 //!     Ok(out)
 //! }
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! // A worker and a client on the in-memory store (SQLite: `store::sqlite::SqliteStore`).
+//! let runtime = durable_core::Runtime::builder(std::sync::Arc::new(durable_core::MemoryStore::new())).start()?;
+//! let id = runtime.client().start(hello_cities, vec!["Oslo".into()]).await?;
+//! let out: Vec<String> = runtime.client().wait_for_output(&id, std::time::Duration::from_secs(5)).await?;
+//! assert_eq!(out, ["Hello Oslo!"]);
+//! # Ok(()) }
+//! # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
 //! ```
 //!
 //! Modules, one per concept: [`history`] (events), [`instance`] (status and state),

@@ -42,9 +42,10 @@ fn sources() -> &'static RwLock<HashMap<String, TokenSource>> {
 /// `.token_source(name)` get `Authorization: Bearer <token>`, the token fetched (or
 /// refreshed) by `f` each time a request is sent.
 ///
-/// ```ignore
+/// ```
+/// # async fn fetch_token(scope: &str) -> Result<String, String> { Ok(format!("token-for-{scope}")) }
 /// durable_http::activity::register_token_source("billing", || async {
-///     Ok(my_identity_client().token("https://billing.example/.default").await?)
+///     fetch_token("https://billing.example/.default").await
 /// });
 /// ```
 pub fn register_token_source<F, Fut>(name: &str, f: F)

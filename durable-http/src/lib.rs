@@ -13,7 +13,7 @@
 //!   provider and the Mozilla roots of `webpki-roots` (cargo feature `tls`, on by
 //!   default; without it `https://` calls fail with a non-retriable error).
 //!
-//! ```ignore
+//! ```no_run
 //! #[tokio::main]
 //! async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //!     durable_http::Host::from_env()?.serve().await?;
