@@ -15,7 +15,7 @@ use crate::activity::ActivityContext;
 use crate::client::DurableClient;
 use crate::error::Error;
 use crate::history::{EventKind, FailureDetails, HistoryEvent, OrchestrationMessage};
-use crate::instance::RuntimeStatus;
+use crate::instance::{InstanceState, RuntimeStatus};
 use crate::registry::Registry;
 use crate::replay::{run_episode, Execution, Source};
 use crate::store::{
@@ -199,18 +199,24 @@ const DIRECT_ACTIVITIES: usize = 64;
 #[derive(Default)]
 struct Cache {
     tick: u64,
-    entries: HashMap<String, (u64, Execution)>,
+    entries: HashMap<String, (u64, Cached)>,
     order: BTreeMap<u64, String>,
 }
 
+/// A live execution with the instance state its last commit stored.
+struct Cached {
+    exec: Execution,
+    state: Option<InstanceState>,
+}
+
 impl Cache {
-    fn take(&mut self, id: &str) -> Option<Execution> {
-        let (tick, exec) = self.entries.remove(id)?;
+    fn take(&mut self, id: &str) -> Option<Cached> {
+        let (tick, cached) = self.entries.remove(id)?;
         self.order.remove(&tick);
-        Some(exec)
+        Some(cached)
     }
 
-    fn put(&mut self, id: String, exec: Execution, capacity: usize) {
+    fn put(&mut self, id: String, exec: Cached, capacity: usize) {
         if capacity == 0 {
             return;
         }
@@ -358,18 +364,8 @@ async fn commit_episode(
     completed: Option<&ActivityWorkItem>,
 ) -> bool {
     let status = commit.state.as_ref().map(|s| s.status);
-    // Permits for the activities this commit schedules: those get leased to this worker in
-    // the same transaction and start at once, without a trip through the activity queue.
-    let mut permits = Vec::new();
-    if !commit.activities.is_empty() && !shared.shutting_down() {
-        let want = commit.activities.len().min(DIRECT_ACTIVITIES);
-        while permits.len() < want {
-            match shared.activity_limit.clone().try_acquire_owned() {
-                Ok(p) => permits.push(p),
-                Err(_) => break,
-            }
-        }
-    }
+    let state = execution.as_ref().and(commit.state.clone());
+    let mut permits = activity_permits(shared, &commit);
     let committed = if permits.is_empty() && completed.is_none() {
         shared
             .store
@@ -390,16 +386,13 @@ async fn commit_episode(
     {
         match committed {
             Ok(leased) => {
-                for item in leased {
-                    let permit = permits.pop().expect("one permit per leased activity");
-                    let _ = shared.direct_activities.send((item, permit));
-                }
+                dispatch_leased(shared, leased, &mut permits);
                 drop(permits);
                 if let Some(exec) = execution {
                     let mut cache = shared.cache.lock().unwrap_or_else(|e| e.into_inner());
                     cache.put(
                         item.instance_id.clone(),
-                        exec,
+                        Cached { exec, state },
                         shared.options.cache_capacity,
                     );
                 }
@@ -451,6 +444,119 @@ async fn commit_episode(
     }
 }
 
+/// Permits for the activities a commit schedules: those get leased to this worker in the
+/// same transaction and start at once, without a trip through the activity queue.
+fn activity_permits(shared: &Shared, commit: &OrchestrationCommit) -> Vec<OwnedSemaphorePermit> {
+    let mut permits = Vec::new();
+    if !commit.activities.is_empty() && !shared.shutting_down() {
+        let want = commit.activities.len().min(DIRECT_ACTIVITIES);
+        while permits.len() < want {
+            match shared.activity_limit.clone().try_acquire_owned() {
+                Ok(p) => permits.push(p),
+                Err(_) => break,
+            }
+        }
+    }
+    permits
+}
+
+/// Hands activities leased by a commit to the activity dispatcher, each with a permit.
+fn dispatch_leased(
+    shared: &Shared,
+    leased: Vec<ActivityWorkItem>,
+    permits: &mut Vec<OwnedSemaphorePermit>,
+) {
+    for item in leased {
+        let permit = permits.pop().expect("one permit per leased activity");
+        let _ = shared.direct_activities.send((item, permit));
+    }
+}
+
+/// Runs the episode for an activity's result on the cached execution and commits it
+/// without taking the instance's lease first (the store checks nobody else moved the
+/// instance). True when committed; false leaves the result to be recorded as usual (the
+/// execution, which may have advanced in memory, is dropped from the cache).
+async fn run_unleased(
+    shared: &Shared,
+    item: &ActivityWorkItem,
+    outcome: &Result<Option<String>, FailureDetails>,
+) -> bool {
+    let Ok(permit) = shared.orchestration_limit.clone().try_acquire_owned() else {
+        return false;
+    };
+    let cached = shared
+        .cache
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take(&item.instance_id);
+    let Some(Cached {
+        exec,
+        state: Some(state),
+    }) = cached
+    else {
+        return false;
+    };
+    if exec.ctx.execution_id() != item.execution_id
+        || state.execution_id != item.execution_id
+        || state.status.is_terminal()
+    {
+        return false;
+    }
+    let history_len = exec.history_len;
+    let work = OrchestrationWorkItem {
+        instance_id: item.instance_id.clone(),
+        lock_token: String::new(),
+        // Not a stored message: its id matches no row.
+        messages: vec![(u64::MAX, completion_message(item, outcome.clone()))],
+        state: Some(state),
+        history_len,
+    };
+    let span = tracing::info_span!("episode", instance_id = %work.instance_id);
+    let _enter = span.enter();
+    let result = run_episode(
+        &shared.registry,
+        &work,
+        Some(Source::Cached(exec)),
+        Utc::now(),
+    );
+    drop(_enter);
+    let new_state = result.execution.as_ref().and(result.commit.state.clone());
+    let mut permits = activity_permits(shared, &result.commit);
+    let execution_id = item.execution_id.clone();
+    match shared
+        .store
+        .commit_unleased(
+            result.commit,
+            &execution_id,
+            history_len,
+            item,
+            shared.options.activity_lease,
+            permits.len(),
+        )
+        .await
+    {
+        Ok(leased) => {
+            dispatch_leased(shared, leased, &mut permits);
+            if let Some(exec) = result.execution {
+                shared.cache.lock().unwrap_or_else(|e| e.into_inner()).put(
+                    item.instance_id.clone(),
+                    Cached {
+                        exec,
+                        state: new_state,
+                    },
+                    shared.options.cache_capacity,
+                );
+            }
+            drop(permit);
+            true
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "unleased commit refused; recording the result instead");
+            false
+        }
+    }
+}
+
 /// Picks the cached execution when it is in sync with the store; otherwise loads history.
 async fn episode_source(
     shared: &Shared,
@@ -464,7 +570,7 @@ async fn episode_source(
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .take(&item.instance_id);
-    if let Some(exec) = cached {
+    if let Some(Cached { exec, .. }) = cached {
         if exec.history_len == item.history_len && exec.ctx.execution_id() == state.execution_id {
             return Ok(Some(Source::Cached(exec)));
         }
@@ -771,6 +877,17 @@ async fn finish_activity(
             .is_none_or(|r| r.len() <= shared.store.max_payload_bytes()),
         Err(_) => false,
     };
+    if waits_for_many(shared, &item.instance_id) {
+        // A fan-in: let results gather so one episode takes many of them.
+        return complete_activity(shared, item, outcome, false).await;
+    }
+    if fits
+        && !shared.shutting_down()
+        && shared.store.supports_unleased_commit()
+        && run_unleased(shared, item, &outcome).await
+    {
+        return None;
+    }
     if fits && !shared.shutting_down() {
         if let Ok(permit) = shared.orchestration_limit.clone().try_acquire_owned() {
             match shared
@@ -785,7 +902,7 @@ async fn finish_activity(
                     let committed = process_orchestration_with(shared, work, Some(item)).await;
                     drop(permit);
                     if !committed {
-                        return complete_activity(shared, item, outcome).await;
+                        return complete_activity(shared, item, outcome, true).await;
                     }
                     return None;
                 }
@@ -796,7 +913,17 @@ async fn finish_activity(
             }
         }
     }
-    complete_activity(shared, item, outcome).await
+    complete_activity(shared, item, outcome, true).await
+}
+
+/// True when the instance's cached execution waits for more than one durable call, so one
+/// result alone is unlikely to move it.
+fn waits_for_many(shared: &Shared, instance_id: &str) -> bool {
+    let cache = shared.cache.lock().unwrap_or_else(|e| e.into_inner());
+    cache.entries.get(instance_id).is_some_and(|(_, c)| {
+        let st = c.exec.ctx.state();
+        st.actions.len().saturating_sub(st.completed.len()) > 1
+    })
 }
 
 /// Records an activity's outcome. When an episode slot is free, the instance is leased in
@@ -806,8 +933,9 @@ async fn complete_activity(
     shared: &Shared,
     item: &ActivityWorkItem,
     outcome: Result<Option<String>, FailureDetails>,
+    fetch: bool,
 ) -> Option<(OrchestrationWorkItem, OwnedSemaphorePermit)> {
-    let permit = if shared.shutting_down() {
+    let permit = if shared.shutting_down() || !fetch {
         None
     } else {
         shared.orchestration_limit.clone().try_acquire_owned().ok()

@@ -278,6 +278,42 @@ pub trait Store: Send + Sync + 'static {
         self.commit_orchestration(commit).await.map(|()| Vec::new())
     }
 
+    /// True when the store implements
+    /// [`commit_unleased`](Self::commit_unleased).
+    fn supports_unleased_commit(&self) -> bool {
+        false
+    }
+
+    /// Commits an episode that ran on a cached execution without the instance's lease,
+    /// consuming only the result of `completed` (an activity whose lease the caller holds
+    /// and whose work item the commit deletes). It applies only when no one holds the
+    /// instance, its current execution is `execution_id` with exactly `history_len`
+    /// events, and no other message is waiting for it; otherwise it fails with
+    /// [`StoreError::LockLost`] and nothing changes. Leases up to `max_activities` of the
+    /// new activities like [`commit_orchestration_and_lease`](Self::commit_orchestration_and_lease).
+    /// The default refuses.
+    async fn commit_unleased(
+        &self,
+        commit: OrchestrationCommit,
+        execution_id: &str,
+        history_len: u64,
+        completed: &ActivityWorkItem,
+        activity_lease: Duration,
+        max_activities: usize,
+    ) -> StoreResult<Vec<ActivityWorkItem>> {
+        let _ = (
+            commit,
+            execution_id,
+            history_len,
+            completed,
+            activity_lease,
+            max_activities,
+        );
+        Err(StoreError::Invalid(
+            "this store does not take unleased commits".into(),
+        ))
+    }
+
     /// Leases the instance an activity belongs to, when the activity's lease is still held
     /// and no one holds the instance, without recording the result: the caller runs the
     /// episode with the result and commits both at once with

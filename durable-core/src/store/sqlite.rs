@@ -366,6 +366,9 @@ enum Op {
         usize,
         Option<Box<ActivityWorkItem>>,
     ),
+    /// A commit without the instance's lease, checked against the expected execution
+    /// and history length.
+    CommitUnleased(Box<Unleased>),
     /// Leases the instance of a still-leased activity (lease bookkeeping only).
     LeaseForResult(ActivityWorkItem, Duration),
     AbandonOrchestration(String, String, Duration),
@@ -376,6 +379,27 @@ enum Op {
     AbandonActivity(ActivityWorkItem, Duration),
     Purge(String),
     PurgeMany(InstanceFilter),
+}
+
+struct Unleased {
+    commit: OrchestrationCommit,
+    execution_id: String,
+    history_len: u64,
+    completed: ActivityWorkItem,
+    lease: Duration,
+    max: usize,
+}
+
+/// How a commit proves it may change the instance.
+enum Fence<'a> {
+    /// The lease's lock token.
+    Token,
+    /// No lease: the instance must be free, on this execution, with this many events and
+    /// no waiting messages.
+    Unleased {
+        execution_id: &'a str,
+        history_len: u64,
+    },
 }
 
 enum Reply {
@@ -573,9 +597,29 @@ fn apply(conn: &Connection, op: &Op, w: &mut Wake) -> StoreResult<Reply> {
             }
             Ok(Reply::Items(items))
         }
-        Op::Commit(c, lease, max, completed) => {
-            commit(conn, c, w, now, *lease, *max, completed.as_deref()).map(Reply::Activities)
-        }
+        Op::Commit(c, lease, max, completed) => commit(
+            conn,
+            c,
+            w,
+            now,
+            (*lease, *max),
+            completed.as_deref(),
+            Fence::Token,
+        )
+        .map(Reply::Activities),
+        Op::CommitUnleased(u) => commit(
+            conn,
+            &u.commit,
+            w,
+            now,
+            (u.lease, u.max),
+            Some(&u.completed),
+            Fence::Unleased {
+                execution_id: &u.execution_id,
+                history_len: u.history_len,
+            },
+        )
+        .map(Reply::Activities),
         Op::LeaseForResult(item, lease) => {
             let held = conn
                 .prepare_cached("SELECT 1 FROM activities WHERE id = ?1 AND lock_token = ?2")
@@ -727,30 +771,43 @@ fn create(conn: &Connection, n: &NewInstance, w: &mut Wake) -> StoreResult<()> {
         )
         .map_err(sql)?;
     }
-    write_state(conn, &n.initial_state(), 0, true)?;
+    write_state(conn, &n.initial_state(), 0, WriteState::Insert)?;
     insert_message(conn, &n.start_message(), w)?;
     w.instances.push(n.instance_id.clone());
     Ok(())
 }
 
 /// Inserts or updates an instance row; a new row has no lease.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum WriteState {
+    Insert,
+    /// Every column.
+    Update,
+    /// Every column but the indexed `status` and `created_at`, which did not change (their
+    /// index entries stay untouched).
+    UpdateUnindexed,
+}
+
 fn write_state(
     conn: &Connection,
     s: &InstanceState,
     history_len: i64,
-    insert: bool,
+    mode: WriteState,
 ) -> StoreResult<()> {
     let failure = s.failure.as_ref().map(to_json).transpose()?;
     let parent = s.parent.as_ref().map(to_json).transpose()?;
-    let sql_text = if insert {
-        "INSERT INTO instances(id, execution_id, name, version, status, input, output, failure, custom_status,
+    let sql_text = match mode {
+        WriteState::Insert => "INSERT INTO instances(id, execution_id, name, version, status, input, output, failure, custom_status,
             created_at, last_updated_at, parent, lock_token, locked_until, history_len)
-         VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, NULL, NULL, ?13)"
-    } else {
-        "UPDATE instances SET execution_id = ?2, name = ?3, version = ?4, status = ?5, input = ?6, output = ?7,
+         VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, NULL, NULL, ?13)",
+        WriteState::Update => "UPDATE instances SET execution_id = ?2, name = ?3, version = ?4, status = ?5, input = ?6, output = ?7,
             failure = ?8, custom_status = ?9, created_at = ?10, last_updated_at = ?11, parent = ?12,
             lock_token = NULL, locked_until = NULL, history_len = ?13
-         WHERE id = ?1"
+         WHERE id = ?1",
+        WriteState::UpdateUnindexed => "UPDATE instances SET execution_id = ?2, name = ?3, version = ?4, input = ?6, output = ?7,
+            failure = ?8, custom_status = ?9, last_updated_at = ?11, parent = ?12,
+            lock_token = NULL, locked_until = NULL, history_len = ?13
+         WHERE id = ?1",
     };
     conn.prepare_cached(sql_text)
         .and_then(|mut st| {
@@ -893,16 +950,55 @@ fn commit(
     c: &OrchestrationCommit,
     w: &mut Wake,
     now: i64,
-    lease: Duration,
-    max_leased: usize,
+    (lease, max_leased): (Duration, usize),
     completed: Option<&ActivityWorkItem>,
+    fence: Fence<'_>,
 ) -> StoreResult<Vec<ActivityWorkItem>> {
-    let token: Option<Option<String>> = conn
-        .prepare_cached("SELECT lock_token FROM instances WHERE id = ?1")
-        .and_then(|mut s| s.query_row(params![c.instance_id], |r| r.get(0)).optional())
+    type Current = (Option<String>, i64, String, i64, Option<i64>, String);
+    let current: Option<Current> = conn
+        .prepare_cached(
+            "SELECT lock_token, history_len, status, created_at, locked_until, execution_id
+             FROM instances WHERE id = ?1",
+        )
+        .and_then(|mut s| {
+            s.query_row(params![c.instance_id], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            })
+            .optional()
+        })
         .map_err(sql)?;
-    if token.flatten().as_deref() != Some(c.lock_token.as_str()) {
+    let Some((token, mut history_len, old_status, old_created, locked_until, execution)) = current
+    else {
         return Err(StoreError::LockLost);
+    };
+    match fence {
+        Fence::Token => {
+            if token.as_deref() != Some(c.lock_token.as_str()) {
+                return Err(StoreError::LockLost);
+            }
+        }
+        Fence::Unleased {
+            execution_id,
+            history_len: expected,
+        } => {
+            let free = token.is_none() || locked_until.is_none_or(|t| t <= now);
+            let waiting = conn
+                .prepare_cached(
+                    "SELECT 1 FROM messages WHERE instance_id = ?1 AND visible_at <= ?2 LIMIT 1",
+                )
+                .and_then(|mut s| s.exists(params![c.instance_id, now]))
+                .map_err(sql)?;
+            if !free || waiting || execution != execution_id || history_len as u64 != expected {
+                return Err(StoreError::LockLost);
+            }
+        }
     }
     if let Some(a) = completed {
         // The first write: refused with nothing written when the activity's lease is gone.
@@ -923,10 +1019,6 @@ fn commit(
                 .map_err(sql)?;
         }
     }
-    let mut history_len: i64 = conn
-        .prepare_cached("SELECT history_len FROM instances WHERE id = ?1")
-        .and_then(|mut s| s.query_row(params![c.instance_id], |r| r.get(0)))
-        .map_err(sql)?;
     let events = match &c.history {
         HistoryUpdate::Append(e) => e,
         HistoryUpdate::Replace(e) => {
@@ -951,7 +1043,13 @@ fn commit(
     }
     match &c.state {
         Some(state) => {
-            write_state(conn, state, history_len, false)?;
+            let mode =
+                if state.status.as_str() == old_status && micros(state.created_at) == old_created {
+                    WriteState::UpdateUnindexed
+                } else {
+                    WriteState::Update
+                };
+            write_state(conn, state, history_len, mode)?;
             w.instances.push(c.instance_id.clone());
         }
         None => {
@@ -1204,6 +1302,34 @@ impl Store for SqliteStore {
             ))
             .await?
         {
+            Reply::Activities(a) => Ok(a),
+            _ => Err(backend("unexpected reply")),
+        }
+    }
+
+    fn supports_unleased_commit(&self) -> bool {
+        true
+    }
+
+    async fn commit_unleased(
+        &self,
+        commit: OrchestrationCommit,
+        execution_id: &str,
+        history_len: u64,
+        completed: &ActivityWorkItem,
+        activity_lease: Duration,
+        max_activities: usize,
+    ) -> StoreResult<Vec<ActivityWorkItem>> {
+        check_commit_payloads(&commit, self.max_payload)?;
+        let op = Op::CommitUnleased(Box::new(Unleased {
+            commit,
+            execution_id: execution_id.to_string(),
+            history_len,
+            completed: completed.clone(),
+            lease: activity_lease,
+            max: max_activities,
+        }));
+        match self.write(op).await? {
             Reply::Activities(a) => Ok(a),
             _ => Err(backend("unexpected reply")),
         }
