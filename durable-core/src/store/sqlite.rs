@@ -1578,6 +1578,189 @@ mod tests {
         assert_eq!(item.messages.len(), 1);
     }
 
+    fn new_instance(id: &str) -> NewInstance {
+        NewInstance {
+            instance_id: id.into(),
+            execution_id: random_id(),
+            name: "orch".into(),
+            version: None,
+            input: None,
+            parent: None,
+            created_at: Utc::now(),
+            start_at: None,
+        }
+    }
+
+    fn step(instance_id: &str, lock_token: &str, state: &InstanceState) -> OrchestrationCommit {
+        OrchestrationCommit {
+            instance_id: instance_id.into(),
+            lock_token: lock_token.into(),
+            consumed: Vec::new(),
+            history: HistoryUpdate::Append(vec![HistoryEvent::new(
+                Utc::now(),
+                EventKind::OrchestratorStarted,
+            )]),
+            state: Some(state.clone()),
+            activities: Vec::new(),
+            messages: Vec::new(),
+            new_instances: Vec::new(),
+        }
+    }
+
+    fn result_of(a: &ActivityWorkItem) -> OrchestrationMessage {
+        OrchestrationMessage::new(
+            a.instance_id.clone(),
+            HistoryEvent::new(
+                Utc::now(),
+                EventKind::TaskCompleted {
+                    task_scheduled_id: a.task_scheduled_id,
+                    result: None,
+                },
+            ),
+        )
+    }
+
+    /// Activities leased by the commit that schedules them, results leased with their
+    /// instance, and unleased commits: each is fenced and a refusal changes nothing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn direct_dispatch_is_fenced() {
+        let store = SqliteStore::open(temp("direct")).unwrap();
+        let lease = Duration::from_secs(30);
+        store.create_instance(new_instance("i")).await.unwrap();
+        let item = store
+            .fetch_orchestration_work_item(lease)
+            .await
+            .unwrap()
+            .unwrap();
+        let mut state = item.state.clone().unwrap();
+        state.status = RuntimeStatus::Running;
+        let mut c = step("i", &item.lock_token, &state);
+        c.consumed = item.messages.iter().map(|(id, _)| *id).collect();
+        for seq in 0..2 {
+            c.activities.push(ActivityWorkItem {
+                id: 0,
+                instance_id: "i".into(),
+                execution_id: state.execution_id.clone(),
+                task_scheduled_id: seq,
+                name: "act".into(),
+                input: None,
+                attempt: 1,
+                lock_token: String::new(),
+                dequeue_count: 0,
+            });
+        }
+        let leased = store
+            .commit_orchestration_and_lease(c, lease, 1, None)
+            .await
+            .unwrap();
+        assert_eq!(leased.len(), 1, "as many as asked for");
+        assert_eq!(leased[0].dequeue_count, 1);
+        let queued = store.fetch_activity_work_items(lease, 10).await.unwrap();
+        assert_eq!(queued.len(), 1, "the leased one is not in the queue");
+        assert_eq!(queued[0].task_scheduled_id, 1);
+        let a = leased[0].clone();
+        let mut stale = a.clone();
+        stale.lock_token = "stale".into();
+        let len = |s: &SqliteStore| {
+            let id = "i".to_string();
+            let s = s.reader.clone();
+            move || {
+                let conn = s.lock().unwrap();
+                conn.query_row(
+                    "SELECT COUNT(*) FROM history WHERE instance_id = ?1",
+                    params![id],
+                    |r| r.get::<_, i64>(0),
+                )
+                .unwrap() as u64
+            }
+        };
+        let history_len = len(&store);
+        let exec = state.execution_id.clone();
+
+        // A result whose activity lease is gone is not leased with its instance.
+        assert!(store
+            .lease_instance_for_result(&stale, lease)
+            .await
+            .unwrap()
+            .is_none());
+        // Unleased commits are refused on a stale activity token or a history length
+        // that moved, and change nothing.
+        let n = history_len();
+        for (act, expected) in [(&stale, n), (&a, n + 1)] {
+            let r = store
+                .commit_unleased(step("i", "", &state), &exec, expected, act, lease, 0)
+                .await;
+            assert_eq!(r, Err(StoreError::LockLost));
+        }
+        assert_eq!(history_len(), n);
+        // ... or while a message waits for the instance, or while someone holds it.
+        store
+            .send_message(OrchestrationMessage::new(
+                "i",
+                HistoryEvent::new(Utc::now(), EventKind::OrchestratorStarted),
+            ))
+            .await
+            .unwrap();
+        let r = store
+            .commit_unleased(step("i", "", &state), &exec, n, &a, lease, 0)
+            .await;
+        assert_eq!(r, Err(StoreError::LockLost));
+        let held = store
+            .fetch_orchestration_work_item(lease)
+            .await
+            .unwrap()
+            .unwrap();
+        let r = store
+            .commit_unleased(step("i", "", &state), &exec, n, &a, lease, 0)
+            .await;
+        assert_eq!(r, Err(StoreError::LockLost));
+        let mut c = step("i", &held.lock_token, &state);
+        c.consumed = held.messages.iter().map(|(id, _)| *id).collect();
+        store.commit_orchestration(c).await.unwrap();
+
+        // Accepted when the instance is free and as expected; the activity is gone.
+        let n = history_len();
+        store
+            .commit_unleased(step("i", "", &state), &exec, n, &a, lease, 0)
+            .await
+            .unwrap();
+        assert_eq!(history_len(), n + 1);
+        assert_eq!(
+            store.complete_activity(&a, result_of(&a)).await,
+            Err(StoreError::LockLost)
+        );
+
+        // A result leased with its instance; the commit deletes the activity.
+        let b = queued[0].clone();
+        let work = store
+            .lease_instance_for_result(&b, lease)
+            .await
+            .unwrap()
+            .expect("the instance is free");
+        assert!(work.messages.is_empty());
+        assert!(
+            store
+                .lease_instance_for_result(&b, lease)
+                .await
+                .unwrap()
+                .is_none(),
+            "the instance is held now"
+        );
+        store
+            .commit_orchestration_and_lease(step("i", &work.lock_token, &state), lease, 0, Some(&b))
+            .await
+            .unwrap();
+        assert_eq!(
+            store.complete_activity(&b, result_of(&b)).await,
+            Err(StoreError::LockLost)
+        );
+        assert!(store
+            .fetch_activity_work_items(lease, 10)
+            .await
+            .unwrap()
+            .is_empty());
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_writes_share_commits() {
         let path = temp("group");
