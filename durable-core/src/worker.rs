@@ -715,10 +715,17 @@ async fn activity_loop(
             }
             Ok(_) => {
                 drop(permits);
-                tokio::select! {
-                    _ = wait_for_work(&shared, notified, &mut shutdown) => {}
-                    Some((item, permit)) = direct.recv() => {
-                        spawn_activity(&shared, &mut running, item, permit);
+                // Activities leased by commits arrive while waiting; they come with their
+                // permits and do not mean the queue has work, so keep waiting.
+                let wait = wait_for_work(&shared, notified, &mut shutdown);
+                tokio::pin!(wait);
+                loop {
+                    tokio::select! {
+                        _ = &mut wait => break,
+                        Some((item, permit)) = direct.recv() => {
+                            spawn_activity(&shared, &mut running, item, permit);
+                            while running.try_join_next().is_some() {}
+                        }
                     }
                 }
             }

@@ -1427,14 +1427,13 @@ impl Store for SqliteStore {
         self.read(|conn| {
             let now = micros(Utc::now());
             let t: Option<i64> = conn
-                .query_row(
+                .prepare_cached(
                     "SELECT MIN(t) FROM (
                         SELECT MIN(visible_at) AS t FROM messages WHERE visible_at > ?1
                         UNION ALL SELECT MIN(locked_until) FROM instances WHERE locked_until > ?1
                         UNION ALL SELECT MIN(visible_at) FROM activities WHERE visible_at > ?1)",
-                    params![now],
-                    |r| r.get(0),
                 )
+                .and_then(|mut s| s.query_row(params![now], |r| r.get(0)))
                 .map_err(sql)?;
             Ok(t.map(from_micros))
         })
