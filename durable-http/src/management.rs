@@ -21,7 +21,11 @@ use crate::status::{df_time, json_value};
 pub const BASE: &str = "/runtime/webhooks/durabletask";
 
 fn truthy(req: &HttpRequest, name: &str, default: bool) -> bool {
-    match req.query(name).map(str::to_ascii_lowercase).as_deref() {
+    match req
+        .query(name)
+        .map(|v| v.trim().to_ascii_lowercase())
+        .as_deref()
+    {
         Some("true") => true,
         Some("false") => false,
         _ => default,
@@ -65,7 +69,10 @@ fn seconds(req: &HttpRequest, name: &str) -> Result<Option<Duration>, HttpError>
         .transpose()
 }
 
-/// Management URLs of an instance, without any key.
+/// Management URLs of an instance, without any key: the reference system's 202 body
+/// (`id`, `statusQueryGetUri`, `sendEventPostUri`, `terminatePostUri`,
+/// `purgeHistoryDeleteUri`, `restartPostUri`, `suspendPostUri`, `resumePostUri`; no
+/// `rewindPostUri`, which only its `HttpManagementPayload` carries).
 fn management_payload(base: &str, id: &str) -> Value {
     let i = format!("{base}{BASE}/instances/{}", percent_encode(id));
     json!({
@@ -73,7 +80,6 @@ fn management_payload(base: &str, id: &str) -> Value {
         "statusQueryGetUri": i,
         "sendEventPostUri": format!("{i}/raiseEvent/{{eventName}}"),
         "terminatePostUri": format!("{i}/terminate?reason={{text}}"),
-        "rewindPostUri": format!("{i}/rewind?reason={{text}}"),
         "purgeHistoryDeleteUri": i,
         "restartPostUri": format!("{i}/restart"),
         "suspendPostUri": format!("{i}/suspend?reason={{text}}"),
@@ -126,102 +132,171 @@ fn status_object(state: &InstanceState, show_input: bool) -> Map<String, Value> 
     m
 }
 
-/// A history event in the reference system's PascalCase shape.
-fn history_event(e: &HistoryEvent, with_output: bool) -> Value {
-    let mut m = Map::new();
-    m.insert("EventType".into(), json!(e.kind.type_name()));
-    if e.event_id >= 0 {
-        m.insert("EventId".into(), json!(e.event_id));
+fn ts(t: &DateTime<Utc>) -> Value {
+    json!(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+}
+
+fn failure_json(f: &durable_core::FailureDetails) -> Value {
+    json!({"ErrorType": f.error_type, "ErrorMessage": f.message})
+}
+
+/// The history of an execution as the reference system shows it (`showHistory=true`):
+/// PascalCase keys; no `OrchestratorStarted`/`OrchestratorCompleted` episode markers; a
+/// completion absorbs the event that scheduled it (`TaskCompleted`/`TaskFailed` carry
+/// the activity's `FunctionName` and `ScheduledTime`, and the `TaskScheduled` disappears;
+/// the same for sub-orchestrations and entity calls); no `EventId`/`TaskScheduledId`/
+/// `TimerId`; orchestration and event inputs are left out; `Result`s only with
+/// `showHistoryOutput=true`.
+fn history_events(history: &[HistoryEvent], with_output: bool) -> Vec<Value> {
+    use std::collections::{HashMap, HashSet};
+    // Scheduling events by (kind, sequence number): index, name, time.
+    let mut scheduled: HashMap<(&str, i64), (usize, &HistoryEvent)> = HashMap::new();
+    for (i, e) in history.iter().enumerate() {
+        let kind = match &e.kind {
+            EventKind::TaskScheduled { .. } => "task",
+            EventKind::SubOrchestrationInstanceCreated { .. } => "sub",
+            EventKind::EntityOperationCalled { .. } => "entity",
+            _ => continue,
+        };
+        if e.event_id >= 0 {
+            scheduled.insert((kind, e.event_id), (i, e));
+        }
     }
-    m.insert(
-        "Timestamp".into(),
-        json!(e
-            .timestamp
-            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
-    );
-    let mut put = |k: &str, v: Value| {
-        m.insert(k.into(), v);
-    };
-    match &e.kind {
-        EventKind::ExecutionStarted { name, input, .. } => {
-            put("FunctionName", json!(name));
-            if with_output {
-                put("Input", json_value(input.as_deref()));
+    let mut absorbed: HashSet<usize> = HashSet::new();
+    let mut out: Vec<(usize, Value)> = Vec::with_capacity(history.len());
+    for (i, e) in history.iter().enumerate() {
+        let mut m = Map::new();
+        m.insert("EventType".into(), json!(e.kind.type_name()));
+        let mut put = |k: &str, v: Value| {
+            m.insert(k.into(), v);
+        };
+        // Adds the scheduling event's name and time to a completion and hides it.
+        let mut absorb = |put: &mut dyn FnMut(&str, Value), kind: &str, id: u64| {
+            if let Some((idx, s)) = i64::try_from(id)
+                .ok()
+                .and_then(|id| scheduled.get(&(kind, id)))
+            {
+                absorbed.insert(*idx);
+                match &s.kind {
+                    EventKind::TaskScheduled { name, .. }
+                    | EventKind::SubOrchestrationInstanceCreated { name, .. } => {
+                        put("FunctionName", json!(name))
+                    }
+                    EventKind::EntityOperationCalled {
+                        entity_id,
+                        operation,
+                        ..
+                    } => {
+                        put("EntityId", json!(entity_id));
+                        put("Operation", json!(operation));
+                    }
+                    _ => {}
+                }
+                put("ScheduledTime", ts(&s.timestamp));
             }
-        }
-        EventKind::ExecutionCompleted {
-            status,
-            result,
-            failure,
-        } => {
-            put("OrchestrationStatus", json!(status.as_str()));
-            if with_output {
-                put("Result", json_value(result.as_deref()));
+        };
+        match &e.kind {
+            EventKind::OrchestratorStarted | EventKind::OrchestratorCompleted => continue,
+            EventKind::ExecutionStarted { name, .. } => put("FunctionName", json!(name)),
+            EventKind::ExecutionCompleted {
+                status,
+                result,
+                failure,
+            } => {
+                put("OrchestrationStatus", json!(status.as_str()));
+                if with_output {
+                    put("Result", json_value(result.as_deref()));
+                }
+                if let Some(f) = failure {
+                    put("FailureDetails", failure_json(f));
+                }
             }
-            if let Some(f) = failure {
-                put(
-                    "FailureDetails",
-                    json!({"ErrorType": f.error_type, "ErrorMessage": f.message}),
-                );
+            EventKind::TaskScheduled { name, .. } => put("Name", json!(name)),
+            EventKind::SubOrchestrationInstanceCreated {
+                name, instance_id, ..
+            } => {
+                put("Name", json!(name));
+                put("InstanceId", json!(instance_id));
             }
-        }
-        EventKind::TaskScheduled { name, input }
-        | EventKind::SubOrchestrationInstanceCreated { name, input, .. } => {
-            put("FunctionName", json!(name));
-            if with_output {
-                put("Input", json_value(input.as_deref()));
+            EventKind::EntityOperationCalled {
+                entity_id,
+                operation,
+                ..
+            } => {
+                put("EntityId", json!(entity_id));
+                put("Operation", json!(operation));
             }
-        }
-        EventKind::TaskCompleted {
-            task_scheduled_id,
-            result,
-        }
-        | EventKind::SubOrchestrationInstanceCompleted {
-            task_scheduled_id,
-            result,
-        }
-        | EventKind::EntityOperationCompleted {
-            task_scheduled_id,
-            result,
-        } => {
-            put("TaskScheduledId", json!(task_scheduled_id));
-            if with_output {
-                put("Result", json_value(result.as_deref()));
+            EventKind::TaskCompleted {
+                task_scheduled_id,
+                result,
             }
-        }
-        EventKind::TaskFailed {
-            task_scheduled_id,
-            failure,
-        }
-        | EventKind::SubOrchestrationInstanceFailed {
-            task_scheduled_id,
-            failure,
-        }
-        | EventKind::EntityOperationFailed {
-            task_scheduled_id,
-            failure,
-        } => {
-            put("TaskScheduledId", json!(task_scheduled_id));
-            put("Reason", json!(failure.message));
-        }
-        EventKind::TimerCreated { fire_at } => put("FireAt", json!(fire_at)),
-        EventKind::TimerFired { timer_id, fire_at } => {
-            put("TimerId", json!(timer_id));
-            put("FireAt", json!(fire_at));
-        }
-        EventKind::EventRaised { name, input } | EventKind::EventSent { name, input, .. } => {
-            put("Name", json!(name));
-            if with_output {
-                put("Input", json_value(input.as_deref()));
+            | EventKind::SubOrchestrationInstanceCompleted {
+                task_scheduled_id,
+                result,
             }
+            | EventKind::EntityOperationCompleted {
+                task_scheduled_id,
+                result,
+            } => {
+                let kind = match &e.kind {
+                    EventKind::TaskCompleted { .. } => "task",
+                    EventKind::SubOrchestrationInstanceCompleted { .. } => "sub",
+                    _ => "entity",
+                };
+                absorb(&mut put, kind, *task_scheduled_id);
+                if with_output {
+                    put("Result", json_value(result.as_deref()));
+                }
+            }
+            EventKind::TaskFailed {
+                task_scheduled_id,
+                failure,
+            }
+            | EventKind::SubOrchestrationInstanceFailed {
+                task_scheduled_id,
+                failure,
+            }
+            | EventKind::EntityOperationFailed {
+                task_scheduled_id,
+                failure,
+            } => {
+                let kind = match &e.kind {
+                    EventKind::TaskFailed { .. } => "task",
+                    EventKind::SubOrchestrationInstanceFailed { .. } => "sub",
+                    _ => "entity",
+                };
+                absorb(&mut put, kind, *task_scheduled_id);
+                put("Reason", json!(failure.message));
+                put("FailureDetails", failure_json(failure));
+            }
+            EventKind::TimerCreated { fire_at } | EventKind::TimerFired { fire_at, .. } => {
+                put("FireAt", ts(fire_at))
+            }
+            EventKind::EventRaised { name, .. } => put("Name", json!(name)),
+            EventKind::EventSent {
+                instance_id,
+                name,
+                input,
+            } => {
+                put("InstanceId", json!(instance_id));
+                put("Name", json!(name));
+                if with_output {
+                    put("Input", json_value(input.as_deref()));
+                }
+            }
+            EventKind::ExecutionTerminated { reason }
+            | EventKind::ExecutionSuspended { reason }
+            | EventKind::ExecutionResumed { reason }
+            | EventKind::ExecutionRewound { reason } => put("Reason", json!(reason)),
+            _ => {}
         }
-        EventKind::ExecutionTerminated { reason }
-        | EventKind::ExecutionSuspended { reason }
-        | EventKind::ExecutionResumed { reason }
-        | EventKind::ExecutionRewound { reason } => put("Reason", json!(reason)),
-        _ => {}
+        m.insert("Timestamp".into(), ts(&e.timestamp));
+        out.push((i, Value::Object(m)));
     }
-    Value::Object(m)
+    out.into_iter()
+        .filter(|(i, _)| !absorbed.contains(i))
+        .map(|(_, v)| v)
+        .collect()
 }
 
 fn valid_id(id: &str) -> Result<(), HttpError> {
@@ -229,31 +304,39 @@ fn valid_id(id: &str) -> Result<(), HttpError> {
 }
 
 /// Routes a management request (the key was already checked). `rest` is the path after
-/// the base, without leading slash.
+/// the base, without leading slash. The literal segments (`orchestrators`, `instances`,
+/// `raiseEvent`, `entities`) match case-insensitively, as the reference system's route
+/// templates do; operation names too.
 pub(crate) async fn handle(client: &DurableClient, req: &HttpRequest, rest: &str) -> HttpResult {
-    let parts: Vec<String> = rest
+    let mut parts: Vec<String> = rest
         .split('/')
         .filter(|s| !s.is_empty())
         .map(crate::request::percent_decode)
         .collect();
+    if let Some(first) = parts.first_mut() {
+        first.make_ascii_lowercase();
+    }
+    if parts.len() == 4 && parts[0] == "instances" && parts[2].eq_ignore_ascii_case("raiseEvent") {
+        parts[2] = "raiseEvent".into();
+    }
     let p: Vec<&str> = parts.iter().map(String::as_str).collect();
     let m = req.method().clone();
     match (p.as_slice(), &m) {
         (["orchestrators", name], &Method::POST) => start(client, req, name, None).await,
         (["orchestrators", name, id], &Method::POST) => start(client, req, name, Some(id)).await,
-        (["orchestrators", ..], _) => Err(method_not_allowed("POST")),
+        (["orchestrators", _] | ["orchestrators", _, _], _) => method_not_allowed("POST"),
         (["instances"], &Method::GET) => list(client, req).await,
         (["instances"], &Method::DELETE) => purge_many(client, req).await,
-        (["instances"], _) => Err(method_not_allowed("GET, DELETE")),
-        (["instances", id], &Method::GET) => get_status(client, req, id).await,
+        (["instances"], _) => method_not_allowed("GET, DELETE"),
+        (["instances", id], &Method::GET) => get_status(client, req, id, None).await,
         (["instances", id], &Method::DELETE) => purge_one(client, id).await,
-        (["instances", _], _) => Err(method_not_allowed("GET, DELETE")),
+        (["instances", _], _) => method_not_allowed("GET, DELETE"),
         (["instances", id, "raiseEvent", event], &Method::POST) => {
             raise_event(client, req, id, event).await
         }
         (["instances", id, op], &Method::POST) => operation(client, req, id, op).await,
         (["instances", _, _], _) | (["instances", _, "raiseEvent", _], _) => {
-            Err(method_not_allowed("POST"))
+            method_not_allowed("POST")
         }
         (["entities"], &Method::GET) => list_entities(client, req, None).await,
         (["entities", name], &Method::GET) => list_entities(client, req, Some(name)).await,
@@ -264,7 +347,8 @@ pub(crate) async fn handle(client: &DurableClient, req: &HttpRequest, rest: &str
         (["entities", name, key], &Method::DELETE) => {
             signal_entity(client, req, name, key, Some("delete")).await
         }
-        (["entities", ..], _) => Err(method_not_allowed("GET, POST, DELETE")),
+        (["entities"] | ["entities", _], _) => method_not_allowed("GET"),
+        (["entities", _, _], _) => method_not_allowed("GET, POST, DELETE"),
         _ => Err(HttpError::not_found(format!(
             "no management route {} /{rest}",
             req.method()
@@ -272,11 +356,31 @@ pub(crate) async fn handle(client: &DurableClient, req: &HttpRequest, rest: &str
     }
 }
 
-fn method_not_allowed(allow: &str) -> HttpError {
-    HttpError::new(
+/// 405 with the `Allow` header HTTP requires.
+fn method_not_allowed(allow: &str) -> HttpResult {
+    Ok(HttpError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         format!("method not allowed here; allowed: {allow}"),
     )
+    .into_response()
+    .with_header("allow", allow))
+}
+
+/// The `timeout` and `pollingInterval` of a start or restart, checked before anything
+/// changes: both (seconds) ask for the wait variant; an interval longer than the timeout
+/// is refused as the reference system refuses it.
+fn wait_params(req: &HttpRequest) -> Result<Option<Duration>, HttpError> {
+    let timeout = seconds(req, "timeout")?;
+    let interval = seconds(req, "pollingInterval")?;
+    match (timeout, interval) {
+        (Some(t), Some(i)) if i > t => Err(HttpError::bad_request(format!(
+            "pollingInterval ({}s) must not be greater than timeout ({}s)",
+            i.as_secs_f64(),
+            t.as_secs_f64()
+        ))),
+        (Some(t), Some(_)) => Ok(Some(t)),
+        _ => Ok(None),
+    }
 }
 
 async fn start(
@@ -296,58 +400,79 @@ async fn start(
             .map_err(|e| HttpError::bad_request(format!("Invalid JSON content: {e}")))?;
         Some(text.to_string())
     };
-    let timeout = seconds(req, "timeout")?;
-    let interval = seconds(req, "pollingInterval")?;
+    let wait = wait_params(req)?;
+    let version = req
+        .query("version")
+        .filter(|v| !v.trim().is_empty())
+        .map(str::to_string);
     let instance_id = client
         .start_by_name(
             name,
             input,
             StartOptions {
                 instance_id: id.map(str::to_string),
+                version,
                 ..StartOptions::default()
             },
         )
         .await?;
-    respond_started(client, req, &instance_id, timeout, interval).await
+    respond_started(client, req, &instance_id, wait).await
 }
 
+/// WaitForCompletionOrCreateCheckStatusResponse: 200 with the output alone when the
+/// instance completes within the timeout; a failed, canceled or terminated one answers as
+/// the status route does (200, never 500 here); still running: the 202.
 async fn respond_started(
     client: &DurableClient,
     req: &HttpRequest,
     id: &str,
-    timeout: Option<Duration>,
-    interval: Option<Duration>,
+    wait: Option<Duration>,
 ) -> HttpResult {
-    match (timeout, interval) {
-        (Some(timeout), Some(interval)) => {
-            if interval > timeout {
-                return Err(HttpError::bad_request(
-                    "pollingInterval must not be greater than timeout",
-                ));
-            }
-            match client.wait_for_completion(id, timeout).await {
-                Ok(state) if state.status == RuntimeStatus::Completed => Ok(HttpResponse::json(
-                    StatusCode::OK,
-                    &json_value(state.output.as_deref()),
-                )),
-                Ok(state) => Ok(HttpResponse::json(
-                    StatusCode::OK,
-                    &Value::Object(status_object(&state, true)),
-                )),
-                Err(durable_core::Error::Timeout(_)) => Ok(check_status(req, id)),
-                Err(e) => Err(e.into()),
-            }
-        }
-        _ => Ok(check_status(req, id)),
+    let Some(timeout) = wait else {
+        return Ok(check_status(req, id));
+    };
+    match client.wait_for_completion(id, timeout).await {
+        Ok(state) if state.status == RuntimeStatus::Completed => Ok(HttpResponse::json(
+            StatusCode::OK,
+            &json_value(state.output.as_deref()),
+        )),
+        Ok(_) => get_status(client, req, id, Some(false)).await,
+        Err(durable_core::Error::Timeout(_)) => Ok(check_status(req, id)),
+        Err(e) => Err(e.into()),
     }
 }
 
-async fn get_status(client: &DurableClient, req: &HttpRequest, id: &str) -> HttpResult {
+/// The URL of this request with its query, minus the key (`code`): the `Location` of a
+/// 202 status answer, as the reference system answers with the request URI.
+fn request_url_without_key(req: &HttpRequest) -> String {
+    let query: Vec<String> = req
+        .query
+        .iter()
+        .filter(|(k, _)| !k.eq_ignore_ascii_case("code"))
+        .map(|(k, v)| format!("{}={}", percent_encode(k), percent_encode(v)))
+        .collect();
+    let mut url = format!("{}{}", req.base_url(), req.path());
+    if !query.is_empty() {
+        url.push('?');
+        url.push_str(&query.join("&"));
+    }
+    url
+}
+
+/// Get status. `internal_error_on_failure` overrides the query parameter (the wait
+/// variant never answers 500).
+async fn get_status(
+    client: &DurableClient,
+    req: &HttpRequest,
+    id: &str,
+    internal_error_on_failure: Option<bool>,
+) -> HttpResult {
     valid_id(id)?;
     let show_history = truthy(req, "showHistory", false);
     let show_history_output = truthy(req, "showHistoryOutput", false);
     let show_input = truthy(req, "showInput", true);
-    let internal_error_on_failure = truthy(req, "returnInternalServerErrorOnFailure", false);
+    let internal_error_on_failure = internal_error_on_failure
+        .unwrap_or_else(|| truthy(req, "returnInternalServerErrorOnFailure", false));
     let Some(status) = client
         .get_status(
             id,
@@ -364,12 +489,7 @@ async fn get_status(client: &DurableClient, req: &HttpRequest, id: &str) -> Http
     if let Some(history) = &status.history {
         body.insert(
             "historyEvents".into(),
-            Value::Array(
-                history
-                    .iter()
-                    .map(|e| history_event(e, show_history_output))
-                    .collect(),
-            ),
+            Value::Array(history_events(history, show_history_output)),
         );
     }
     let code = match status.state.status {
@@ -380,10 +500,7 @@ async fn get_status(client: &DurableClient, req: &HttpRequest, id: &str) -> Http
     let mut resp = HttpResponse::json(code, &Value::Object(body));
     if code == StatusCode::ACCEPTED {
         resp = resp
-            .with_header(
-                "location",
-                format!("{}{BASE}/instances/{}", req.base_url(), percent_encode(id)),
-            )
+            .with_header("location", request_url_without_key(req))
             .with_header("retry-after", "5");
     }
     Ok(resp)
@@ -422,15 +539,28 @@ fn page_size(req: &HttpRequest) -> Result<usize, HttpError> {
     }
 }
 
+/// The request's `x-ms-continuation-token` (first value; empty or `null` means none).
+/// Tokens go out percent-encoded, so they are plain ASCII header values whatever the
+/// instance ids contain, and come back decoded.
 fn continuation(req: &HttpRequest) -> Option<String> {
-    req.header("x-ms-continuation-token")
-        .filter(|t| !t.is_empty() && *t != "null")
-        .map(str::to_string)
+    req.headers
+        .get("x-ms-continuation-token")
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_string())
+        .filter(|t| !t.is_empty() && t != "null")
+        .map(|t| crate::request::percent_decode(&t))
+}
+
+/// The response's `x-ms-continuation-token`: always present, `null` when done.
+fn continuation_header(resp: HttpResponse, token: Option<String>) -> HttpResponse {
+    let value = token
+        .map(|t| percent_encode(&t))
+        .unwrap_or_else(|| "null".into());
+    resp.with_header("x-ms-continuation-token", value)
 }
 
 async fn list(client: &DurableClient, req: &HttpRequest) -> HttpResult {
     let filter = filter_from(req)?;
-    let show_input = truthy(req, "showInput", false);
+    let show_input = truthy(req, "showInput", true);
     let page = client
         .list_instances(&filter, page_size(req)?, continuation(req).as_deref())
         .await?;
@@ -440,21 +570,27 @@ async fn list(client: &DurableClient, req: &HttpRequest) -> HttpResult {
         .filter(|s| !durable_core::entity::is_entity_instance(&s.instance_id))
         .map(|s| Value::Object(status_object(s, show_input)))
         .collect();
-    Ok(HttpResponse::json(StatusCode::OK, &items).with_header(
-        "x-ms-continuation-token",
-        page.continuation_token.unwrap_or_else(|| "null".into()),
+    Ok(continuation_header(
+        HttpResponse::json(StatusCode::OK, &items),
+        page.continuation_token,
     ))
 }
 
 async fn purge_one(client: &DurableClient, id: &str) -> HttpResult {
     valid_id(id)?;
-    if client.purge(id).await? {
-        Ok(HttpResponse::json(
+    match client.purge(id).await {
+        Ok(true) => Ok(HttpResponse::json(
             StatusCode::OK,
             &json!({ "instancesDeleted": 1 }),
-        ))
-    } else {
-        Err(HttpError::not_found(format!("no instance with id '{id}'")))
+        )),
+        Ok(false) => Err(HttpError::not_found(format!("no instance with id '{id}'"))),
+        Err(durable_core::Error::InvalidStatus { status, .. }) => Err(HttpError::new(
+            StatusCode::PRECONDITION_FAILED,
+            format!(
+                "Only orchestrations in a terminal state can be purged, but the orchestration with instance ID {id} has status {status}"
+            ),
+        )),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -490,6 +626,19 @@ fn is_json(req: &HttpRequest) -> bool {
         .unwrap_or(false)
 }
 
+/// 404 for an unknown instance, 410 for a finished one: checked before the request's
+/// content, in the reference system's order.
+async fn existing_running(client: &DurableClient, id: &str, what: &str) -> Result<(), HttpError> {
+    match client.get_state(id).await? {
+        None => Err(HttpError::not_found(format!("no instance with id '{id}'"))),
+        Some(s) if s.status.is_terminal() => Err(HttpError::new(
+            StatusCode::GONE,
+            format!("instance '{id}' is {}; cannot {what} it", s.status),
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
 async fn raise_event(
     client: &DurableClient,
     req: &HttpRequest,
@@ -497,6 +646,7 @@ async fn raise_event(
     event: &str,
 ) -> HttpResult {
     valid_id(id)?;
+    existing_running(client, id, "raise an event on").await?;
     if !is_json(req) {
         return Err(HttpError::bad_request(
             "Only application/json request content is supported",
@@ -521,28 +671,40 @@ async fn operation(client: &DurableClient, req: &HttpRequest, id: &str, op: &str
         "terminate" => client.terminate(id, reason).await?,
         "suspend" => client.suspend(id, reason).await?,
         "resume" => client.resume(id, reason).await?,
-        "rewind" => {
-            match client.rewind(id, reason).await {
-                Err(durable_core::Error::InvalidStatus { status, .. }) if !status.is_terminal() || status == RuntimeStatus::Failed => {
-                    return Err(HttpError::bad_request(format!("instance '{id}' is {status}; only failed instances can be rewound")));
-                }
-                Err(durable_core::Error::InvalidStatus { status, .. }) => {
-                    return Err(HttpError::new(StatusCode::GONE, format!("instance '{id}' is {status}; only failed instances can be rewound")));
-                }
-                other => other?,
+        "rewind" => match client.rewind(id, reason).await {
+            Err(durable_core::Error::InvalidStatus { status, .. })
+                if !status.is_terminal() || status == RuntimeStatus::Failed =>
+            {
+                return Err(HttpError::bad_request(format!(
+                    "instance '{id}' is {status}; only failed instances can be rewound"
+                )));
             }
-        }
+            Err(durable_core::Error::InvalidStatus { status, .. }) => {
+                return Err(HttpError::new(
+                    StatusCode::GONE,
+                    format!("instance '{id}' is {status}; only failed instances can be rewound"),
+                ));
+            }
+            other => other?,
+        },
         "restart" => {
             let new_id = truthy(req, "restartWithNewInstanceId", true);
+            let wait = wait_params(req)?;
             let restarted = match client.restart(id, new_id).await {
                 Err(durable_core::Error::InstanceNotFound(_)) => {
-                    return Err(HttpError::bad_request("InstanceId does not match a valid orchestration instance."))
+                    return Err(HttpError::bad_request(
+                        "InstanceId does not match a valid orchestration instance.",
+                    ))
+                }
+                Err(durable_core::Error::InstanceExists { .. }) => {
+                    return Err(HttpError::new(
+                        StatusCode::CONFLICT,
+                        "A non-terminal instance with this instance ID already exists.",
+                    ))
                 }
                 other => other?,
             };
-            let timeout = seconds(req, "timeout")?;
-            let interval = seconds(req, "pollingInterval")?;
-            return respond_started(client, req, &restarted, timeout, interval).await;
+            return respond_started(client, req, &restarted, wait).await;
         }
         other => {
             return Err(HttpError::not_found(format!(
@@ -595,19 +757,16 @@ async fn list_entities(
                 && to.is_none_or(|t| m.last_operation_time <= t)
         })
         .map(|m| {
-            let mut v = json!({
+            json!({
                 "entityId": { "name": m.id.name, "key": m.id.key },
                 "lastOperationTime": df_time(m.last_operation_time),
-            });
-            if fetch_state {
-                v["state"] = json_value(m.state.as_deref());
-            }
-            v
+                "state": if fetch_state { json_value(m.state.as_deref()) } else { Value::Null },
+            })
         })
         .collect();
-    Ok(HttpResponse::json(StatusCode::OK, &items).with_header(
-        "x-ms-continuation-token",
-        page.continuation_token.unwrap_or_else(|| "null".into()),
+    Ok(continuation_header(
+        HttpResponse::json(StatusCode::OK, &items),
+        page.continuation_token,
     ))
 }
 

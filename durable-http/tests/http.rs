@@ -89,6 +89,24 @@ async fn host() -> RunningHost {
                 .wait_for_completion_or_check_status_response(&req, &id, Duration::from_secs(5))
                 .await
         })
+        .route(
+            &["POST"],
+            "/api/start-wait/{name}",
+            |client, req| async move {
+                let name = req.param("name").unwrap_or_default().to_string();
+                let ms: u64 = req.query("ms").and_then(|v| v.parse().ok()).unwrap_or(5000);
+                let id = client
+                    .start_by_name(&name, None, Default::default())
+                    .await?;
+                client
+                    .wait_for_completion_or_check_status_response(
+                        &req,
+                        &id,
+                        Duration::from_millis(ms),
+                    )
+                    .await
+            },
+        )
         .route(&["GET"], "/api/item/{id}", |_client, req| async move {
             let id = req.param("id").unwrap_or_default().to_string();
             if id == "missing" {
@@ -379,8 +397,9 @@ async fn management_routes_follow_the_reference_contract() {
     assert_eq!(r.body["instanceId"], "job-1");
     assert_eq!(r.body["runtimeStatus"], "Running");
     assert_eq!(r.body["customStatus"], "waiting");
-    assert_eq!(r.body["historyEvents"][1]["EventType"], "ExecutionStarted");
-    assert_eq!(r.body["historyEvents"][1]["FunctionName"], "wait");
+    // The reference system's history shape: no episode markers, so ExecutionStarted first.
+    assert_eq!(r.body["historyEvents"][0]["EventType"], "ExecutionStarted");
+    assert_eq!(r.body["historyEvents"][0]["FunctionName"], "wait");
     // Starting the same running id again is a conflict.
     assert_error(&mgmt(&h, "POST", "orchestrators/wait/job-1", "").await, 409);
     // Raise event: content type and JSON are checked.
@@ -634,6 +653,18 @@ async fn entity_routes() {
         &mgmt(&h, "POST", "entities/counter/c1?op=add", "{bad").await,
         400,
     );
+    let r = mgmt(&h, "GET", "entities/counter", "").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        keys(&r.body[0]),
+        ["entityId", "lastOperationTime", "state"],
+        "state is always present"
+    );
+    assert_eq!(
+        r.body[0]["state"],
+        Value::Null,
+        "no state without fetchState"
+    );
     let r = mgmt(&h, "GET", "entities/counter?fetchState=true", "").await;
     assert_eq!(r.status, 200);
     assert_eq!(
@@ -725,4 +756,311 @@ async fn colliding_routes_are_a_startup_error_and_mounting_works() {
     .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(r.body.as_array().map(Vec::len), Some(1));
+}
+
+fn header<'a>(r: &'a Resp, name: &str) -> &'a str {
+    r.headers
+        .get(name)
+        .unwrap_or_else(|| panic!("no {name} header"))
+        .to_str()
+        .unwrap()
+}
+
+fn keys(v: &Value) -> Vec<String> {
+    let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+    k.sort();
+    k
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn management_answers_match_the_reference_source_in_detail() {
+    let h = host().await;
+    // The 202 body has exactly the reference system's fields (no rewindPostUri), Location
+    // is the status URL and Retry-After 10; routes' literal segments are case-insensitive.
+    let r = mgmt(&h, "POST", "Orchestrators/wait/w-1", "").await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    assert_eq!(
+        keys(&r.body),
+        [
+            "id",
+            "purgeHistoryDeleteUri",
+            "restartPostUri",
+            "resumePostUri",
+            "sendEventPostUri",
+            "statusQueryGetUri",
+            "suspendPostUri",
+            "terminatePostUri"
+        ]
+    );
+    assert_eq!(header(&r, "location"), r.body["statusQueryGetUri"]);
+    assert_eq!(header(&r, "retry-after"), "10");
+    assert!(header(&r, "content-type").starts_with("application/json"));
+    assert!(r.body["terminatePostUri"]
+        .as_str()
+        .unwrap()
+        .ends_with("/instances/w-1/terminate?reason={text}"));
+    status_when(&h, "w-1", |b| b["customStatus"] == "waiting").await;
+    // A running instance's 202 Location is the request URL, without the key.
+    let r = call(
+        &h,
+        "GET",
+        &format!("/runtime/webhooks/durabletask/INSTANCES/w-1?showHistory=true&code={KEY}"),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 202);
+    let loc = header(&r, "location");
+    assert!(
+        loc.ends_with("/runtime/webhooks/durabletask/INSTANCES/w-1?showHistory=true"),
+        "{loc}"
+    );
+    assert!(!loc.contains(KEY) && !loc.contains("code="), "{loc}");
+    // Purging a running instance is refused with 412 and changes nothing.
+    assert_error(&mgmt(&h, "DELETE", "instances/w-1", "").await, 412);
+    assert_eq!(mgmt(&h, "GET", "instances/w-1", "").await.status, 202);
+    // Restarting under the id of a running instance is a conflict.
+    assert_error(
+        &mgmt(
+            &h,
+            "POST",
+            "instances/w-1/restart?restartWithNewInstanceId=false",
+            "",
+        )
+        .await,
+        409,
+    );
+    // Bad wait parameters are refused before anything starts or restarts.
+    let before = count(&h).await;
+    assert_error(
+        &mgmt(
+            &h,
+            "POST",
+            "orchestrators/hello/w-2?timeout=1&pollingInterval=5",
+            "[]",
+        )
+        .await,
+        400,
+    );
+    assert_error(
+        &mgmt(
+            &h,
+            "POST",
+            "instances/w-1/restart?timeout=soon&pollingInterval=1",
+            "",
+        )
+        .await,
+        400,
+    );
+    // `version` picks the orchestrator version; an unknown one is a 400.
+    assert_error(
+        &mgmt(&h, "POST", "orchestrators/hello?version=9.9", "[]").await,
+        400,
+    );
+    assert_eq!(count(&h).await, before, "nothing was started");
+    // Wrong methods: 405 with Allow.
+    let r = mgmt(&h, "PUT", "instances/w-1", "").await;
+    assert_error(&r, 405);
+    assert_eq!(header(&r, "allow"), "GET, DELETE");
+    // Raise event: 404 and 410 come before the content checks.
+    let text = [("x-functions-key", KEY), ("content-type", "text/plain")];
+    let r = call(
+        &h,
+        "POST",
+        "/runtime/webhooks/durabletask/instances/nobody/raiseEvent/go",
+        &text,
+        "x",
+    )
+    .await;
+    assert_error(&r, 404);
+    assert_eq!(
+        mgmt(&h, "POST", "instances/w-1/RAISEEVENT/go", "5")
+            .await
+            .status,
+        202
+    );
+    h.client()
+        .wait_for_completion("w-1", Duration::from_secs(5))
+        .await
+        .unwrap();
+    let r = call(
+        &h,
+        "POST",
+        "/runtime/webhooks/durabletask/instances/w-1/raiseEvent/go",
+        &text,
+        "x",
+    )
+    .await;
+    assert_error(&r, 410);
+
+    // History in the reference shape: completions carry the activity's name and
+    // scheduling time; no TaskScheduled, no episode markers, no ids; results only with
+    // showHistoryOutput.
+    let r = mgmt(
+        &h,
+        "POST",
+        "orchestrators/hello/h-1?timeout=5&pollingInterval=1",
+        r#"["Oslo"]"#,
+    )
+    .await;
+    assert_eq!((r.status, r.body.clone()), (200, json!(["Hello Oslo!"])));
+    let r = mgmt(
+        &h,
+        "GET",
+        "instances/h-1?showHistory=true&showHistoryOutput=true",
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let events = r.body["historyEvents"].as_array().unwrap();
+    let types: Vec<&str> = events
+        .iter()
+        .map(|e| e["EventType"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        types,
+        ["ExecutionStarted", "TaskCompleted", "ExecutionCompleted"]
+    );
+    assert_eq!(keys(&events[0]), ["EventType", "FunctionName", "Timestamp"]);
+    assert_eq!(events[0]["FunctionName"], "hello");
+    assert_eq!(
+        keys(&events[1]),
+        [
+            "EventType",
+            "FunctionName",
+            "Result",
+            "ScheduledTime",
+            "Timestamp"
+        ]
+    );
+    assert_eq!(events[1]["FunctionName"], "say_hello");
+    assert_eq!(events[1]["Result"], "Hello Oslo!");
+    assert_eq!(events[2]["OrchestrationStatus"], "Completed");
+    assert_eq!(events[2]["Result"], json!(["Hello Oslo!"]));
+    let r = mgmt(&h, "GET", "instances/h-1?showHistory=true", "").await;
+    let events = r.body["historyEvents"].as_array().unwrap();
+    assert!(
+        events.iter().all(|e| e.get("Result").is_none()),
+        "{events:?}"
+    );
+    // A failed activity: its name and reason.
+    let r = mgmt(
+        &h,
+        "POST",
+        "orchestrators/failing/h-2?timeout=5&pollingInterval=1&returnInternalServerErrorOnFailure=true",
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200, "the wait variant never answers 500");
+    assert_eq!(r.body["runtimeStatus"], "Failed");
+    let r = mgmt(&h, "GET", "instances/h-2?showHistory=true", "").await;
+    let failed = r.body["historyEvents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["EventType"] == "TaskFailed")
+        .cloned()
+        .unwrap();
+    assert_eq!(failed["FunctionName"], "fail");
+    assert!(failed["Reason"].as_str().unwrap().contains("boom"));
+
+    // List: inputs shown by default, hidden with showInput=false.
+    let r = mgmt(&h, "GET", "instances?instanceIdPrefix=h-1", "").await;
+    assert_eq!(r.body[0]["input"], json!(["Oslo"]));
+    let r = mgmt(
+        &h,
+        "GET",
+        "instances?instanceIdPrefix=h-1&showInput=false",
+        "",
+    )
+    .await;
+    assert_eq!(r.body[0]["input"], Value::Null);
+    // Continuation tokens are header-safe whatever the ids contain, and page to the end.
+    for i in 0..3 {
+        let r = mgmt(
+            &h,
+            "POST",
+            &format!("orchestrators/hello/caf%C3%A9-{i}"),
+            "[]",
+        )
+        .await;
+        assert_eq!(r.status, 202, "{:?}", r.body);
+    }
+    let mut ids = Vec::new();
+    let mut token = String::new();
+    for _ in 0..10 {
+        let mut headers = vec![("x-functions-key", KEY)];
+        if !token.is_empty() {
+            headers.push(("x-ms-continuation-token", token.as_str()));
+        }
+        let r = call(
+            &h,
+            "GET",
+            "/runtime/webhooks/durabletask/instances?top=1&instanceIdPrefix=caf%C3%A9",
+            &headers,
+            "",
+        )
+        .await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        for v in r.body.as_array().unwrap() {
+            ids.push(v["instanceId"].as_str().unwrap().to_string());
+        }
+        token = header(&r, "x-ms-continuation-token").to_string();
+        if token == "null" {
+            break;
+        }
+    }
+    ids.sort();
+    assert_eq!(ids, ["caf\u{e9}-0", "caf\u{e9}-1", "caf\u{e9}-2"]);
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_or_check_status_answers_like_the_reference_on_the_public_endpoint() {
+    let h = host().await;
+    // Failed within the timeout: 200 with the public status and a short reason.
+    let r = call(&h, "POST", "/api/start-wait/failing", &[], "").await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["runtimeStatus"], "Failed");
+    assert!(r.body["reason"].as_str().unwrap().contains("boom"));
+    assert_eq!(r.body["output"], Value::Null);
+    assert!(r.body.get("input").is_none() && r.body.get("historyEvents").is_none());
+    let failed = r.body["id"].as_str().unwrap().to_string();
+    let r = call(&h, "GET", &format!("/api/instances/{failed}"), &[], "").await;
+    assert_eq!(r.status, 200);
+    assert!(r.body["reason"].as_str().unwrap().contains("boom"));
+    // Still running at the timeout: the same 202 as check_status_response, public URL only.
+    let r = call(&h, "POST", "/api/start-wait/wait?ms=100", &[], "").await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    assert_eq!(keys(&r.body), ["id", "statusQueryGetUri"]);
+    let id = r.body["id"].as_str().unwrap().to_string();
+    assert_eq!(header(&r, "location"), r.body["statusQueryGetUri"]);
+    assert!(header(&r, "location").ends_with(&format!("/api/instances/{id}")));
+    assert_eq!(header(&r, "retry-after"), "1");
+    // Terminated: 200 with the terminate reason, no output.
+    h.client().terminate(&id, Some("enough")).await.unwrap();
+    let r = call(&h, "GET", &format!("/api/instances/{id}?wait=10s"), &[], "").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body["runtimeStatus"], "Terminated");
+    assert_eq!(r.body["reason"], "enough");
+    assert_eq!(r.body["output"], Value::Null);
+    // Unknown orchestrator: 400 JSON from the helper's start.
+    assert_error(
+        &call(&h, "POST", "/api/start-wait/nope", &[], "").await,
+        400,
+    );
+    // A malformed continuation token is bad input, not a server error.
+    let r = call(
+        &h,
+        "GET",
+        "/runtime/webhooks/durabletask/instances",
+        &[
+            ("x-functions-key", KEY),
+            ("x-ms-continuation-token", "garbage"),
+        ],
+        "",
+    )
+    .await;
+    assert_error(&r, 400);
+    h.shutdown().await;
 }
