@@ -185,8 +185,7 @@ impl SqliteStore {
             .map_err(backend)?;
         tune(&reader, READER_CACHE_KIB)?;
         tune(&conn, WRITER_CACHE_KIB)?;
-        // The writer leaves checkpoints to a thread of their own (with a large automatic
-        // checkpoint as a safety net), so commits do not wait for them.
+        // A thread of their own runs most checkpoints, so commits seldom wait for them.
         conn.execute_batch(&format!("PRAGMA wal_autocheckpoint={AUTOCHECKPOINT_PAGES}"))
             .map_err(backend)?;
         let checkpointer = Connection::open(&b.path)
@@ -248,9 +247,13 @@ const WRITER_CACHE_KIB: i64 = 8 * 1024;
 /// Page cache of the reader connection, in KiB.
 const READER_CACHE_KIB: i64 = 16 * 1024;
 /// Durable commits between two nudges of the checkpoint thread.
-const CHECKPOINT_EVERY: u32 = 32;
-/// The writer checkpoints by itself only when the WAL reaches this many pages.
-const AUTOCHECKPOINT_PAGES: u32 = 16 * 1024;
+const CHECKPOINT_EVERY: u32 = 16;
+/// The writer checkpoints by itself when the WAL reaches this many pages (SQLite's
+/// default). The checkpoint thread has usually copied most frames by then, so the WAL
+/// restarts from its beginning soon and stays small: overwriting WAL blocks makes each
+/// fsync cheaper on ext4 than appending (new blocks, new size), measured 0.09 ms against
+/// 0.26 ms at the median here.
+const AUTOCHECKPOINT_PAGES: u32 = 1000;
 
 /// Performance settings that do not affect durability: page cache size and a statement
 /// cache large enough for every statement the store uses.
