@@ -50,6 +50,9 @@ struct Row {
     p99_ms: Option<f64>,
     extra: Option<String>,
     peak_rss_mb: f64,
+    /// CPU time (user + system) of the whole scenario process, all threads; steadier than
+    /// wall time on a busy machine.
+    cpu_ms: f64,
 }
 
 fn usage() -> ! {
@@ -142,12 +145,12 @@ fn main() {
 
 fn markdown(rows: &[Row]) -> String {
     let mut s = String::from(
-        "| scenario | store | count | wall (ms) | rate | p50 (ms) | p99 (ms) | peak RSS (MB) | notes |\n| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n",
+        "| scenario | store | count | wall (ms) | rate | p50 (ms) | p99 (ms) | peak RSS (MB) | CPU (ms) | notes |\n| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n",
     );
     for r in rows {
         let f = |v: Option<f64>| v.map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into());
         s.push_str(&format!(
-            "| {} | {} | {} | {:.0} | {:.0} {} | {} | {} | {:.0} | {} |\n",
+            "| {} | {} | {} | {:.0} | {:.0} {} | {} | {} | {:.0} | {:.0} | {} |\n",
             r.scenario,
             r.store,
             r.count,
@@ -157,6 +160,7 @@ fn markdown(rows: &[Row]) -> String {
             f(r.p50_ms),
             f(r.p99_ms),
             r.peak_rss_mb,
+            r.cpu_ms,
             r.extra.clone().unwrap_or_default()
         ));
     }
@@ -302,6 +306,7 @@ fn row(scenario: &str, store: &str, count: u64, unit: &str, wall: Duration) -> R
         p99_ms: None,
         extra: None,
         peak_rss_mb: 0.0,
+        cpu_ms: 0.0,
     }
 }
 
@@ -480,7 +485,24 @@ async fn run_scenario(scenario: &str, store_kind: &str) -> Row {
         other => panic!("unknown scenario {other}"),
     };
     r.peak_rss_mb = peak_rss_mb();
+    r.cpu_ms = cpu_ms();
     r
+}
+
+/// User + system CPU time of this process so far, in milliseconds (from /proc/self/stat,
+/// in clock ticks of 10 ms).
+fn cpu_ms() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) * 10.0
 }
 
 /// Connections the HTTP load generator keeps open.

@@ -470,7 +470,7 @@ fn writer_loop(
             } else {
                 durable_sync
             };
-            if conn.execute_batch(pragma).is_ok() {
+            if exec_cached(&conn, pragma).is_ok() {
                 relaxed = lease_only;
             }
         }
