@@ -33,7 +33,7 @@
 //! ```
 //!
 //! Modules, one per concept: [`history`] (events), [`instance`] (status and state),
-//! [`context`] (the orchestration API), [`activity`], [`registry`], [`worker`] (the
+//! [`context`] (the orchestration API), [`activity`](mod@activity), [`registry`], [`worker`] (the
 //! runtime), [`client`], [`store`] (the persistence seam and its providers).
 
 #![warn(missing_docs)]

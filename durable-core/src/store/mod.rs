@@ -1,6 +1,7 @@
 //! The `Store` trait: the one seam between the engine and persistence. In go instances,
 //! messages, activity work items and episode commits; out come work items under leases,
-//! histories and query results. Every provider passes [`conformance`](crate::store::conformance).
+//! histories and query results. Every provider passes the conformance suite
+//! (`store::conformance`, behind the `testing` feature).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
