@@ -93,6 +93,8 @@ pub struct SqliteStore {
     path: PathBuf,
     writer: Mutex<mpsc::Sender<Request>>,
     reader: Arc<Mutex<Connection>>,
+    /// Connections for short point reads run on the caller's thread.
+    point_readers: Vec<Mutex<Connection>>,
     shared: Arc<Shared>,
     max_payload: usize,
 }
@@ -173,17 +175,24 @@ impl SqliteStore {
         configure(&conn, b.synchronous, &what)?;
         let sync = b.synchronous;
         migrate(&mut conn, &what)?;
-        let reader = Connection::open_with_flags(
-            &b.path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY
-                | OpenFlags::SQLITE_OPEN_NO_MUTEX
-                | OpenFlags::SQLITE_OPEN_URI,
-        )
-        .map_err(|e| backend(format!("cannot open {what} for reading: {e}")))?;
-        reader
-            .busy_timeout(Duration::from_secs(5))
-            .map_err(backend)?;
-        tune(&reader, READER_CACHE_KIB)?;
+        let open_reader = || -> StoreResult<Connection> {
+            let reader = Connection::open_with_flags(
+                &b.path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY
+                    | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                    | OpenFlags::SQLITE_OPEN_URI,
+            )
+            .map_err(|e| backend(format!("cannot open {what} for reading: {e}")))?;
+            reader
+                .busy_timeout(Duration::from_secs(5))
+                .map_err(backend)?;
+            tune(&reader, READER_CACHE_KIB)?;
+            Ok(reader)
+        };
+        let reader = open_reader()?;
+        let point_readers = (0..POINT_READERS)
+            .map(|_| open_reader().map(Mutex::new))
+            .collect::<StoreResult<Vec<_>>>()?;
         tune(&conn, WRITER_CACHE_KIB)?;
         // A thread of their own runs most checkpoints, so commits seldom wait for them.
         conn.execute_batch(&format!("PRAGMA wal_autocheckpoint={AUTOCHECKPOINT_PAGES}"))
@@ -212,6 +221,7 @@ impl SqliteStore {
             path: b.path,
             writer: Mutex::new(tx),
             reader: Arc::new(Mutex::new(reader)),
+            point_readers,
             shared,
             max_payload: b.max_payload,
         })
@@ -226,6 +236,22 @@ impl SqliteStore {
             .map_err(|_| backend("the SQLite writer has stopped"))?;
         rx.await
             .map_err(|_| backend("the SQLite writer has stopped"))?
+    }
+
+    /// Runs a short read (one indexed row) on the calling thread when a point-read
+    /// connection is free, saving the hop to the blocking pool; otherwise like `read`.
+    async fn read_point<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    ) -> StoreResult<T> {
+        for m in &self.point_readers {
+            match m.try_lock() {
+                Ok(conn) => return f(&conn),
+                Err(std::sync::TryLockError::Poisoned(p)) => return f(&p.into_inner()),
+                Err(std::sync::TryLockError::WouldBlock) => {}
+            }
+        }
+        self.read(f).await
     }
 
     async fn read<T: Send + 'static>(
@@ -244,8 +270,10 @@ impl SqliteStore {
 
 /// Page cache of the writer connection, in KiB.
 const WRITER_CACHE_KIB: i64 = 8 * 1024;
-/// Page cache of the reader connection, in KiB.
-const READER_CACHE_KIB: i64 = 16 * 1024;
+/// Connections for point reads on the caller's thread.
+const POINT_READERS: usize = 2;
+/// Page cache of each reader connection, in KiB.
+const READER_CACHE_KIB: i64 = 2 * 1024;
 /// Durable commits between two nudges of the checkpoint thread.
 const CHECKPOINT_EVERY: u32 = 16;
 /// The writer checkpoints by itself when the WAL reaches this many pages (SQLite's
@@ -1427,7 +1455,7 @@ impl Store for SqliteStore {
     }
 
     async fn next_wakeup(&self) -> StoreResult<Option<DateTime<Utc>>> {
-        self.read(|conn| {
+        self.read_point(|conn| {
             let now = micros(Utc::now());
             let t: Option<i64> = conn
                 .prepare_cached(
@@ -1445,7 +1473,7 @@ impl Store for SqliteStore {
 
     async fn get_instance(&self, instance_id: &str) -> StoreResult<Option<InstanceState>> {
         let id = instance_id.to_string();
-        self.read(move |conn| Ok(get_state(conn, &id)?.map(|(s, _)| s)))
+        self.read_point(move |conn| Ok(get_state(conn, &id)?.map(|(s, _)| s)))
             .await
     }
 
