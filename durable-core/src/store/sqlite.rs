@@ -275,7 +275,7 @@ const POINT_READERS: usize = 2;
 /// Page cache of each reader connection, in KiB.
 const READER_CACHE_KIB: i64 = 2 * 1024;
 /// Durable commits between two nudges of the checkpoint thread.
-const CHECKPOINT_EVERY: u32 = 16;
+const CHECKPOINT_EVERY: u32 = 4;
 /// The writer checkpoints by itself when the WAL reaches this many pages (SQLite's
 /// default). The checkpoint thread has usually copied most frames by then, so the WAL
 /// restarts from its beginning soon and stays small: overwriting WAL blocks makes each
