@@ -386,8 +386,7 @@ async fn commit_episode(
     {
         match committed {
             Ok(leased) => {
-                dispatch_leased(shared, leased, &mut permits);
-                drop(permits);
+                // Cache first: the leased activities may finish at once and look for it.
                 if let Some(exec) = execution {
                     let mut cache = shared.cache.lock().unwrap_or_else(|e| e.into_inner());
                     cache.put(
@@ -396,6 +395,8 @@ async fn commit_episode(
                         shared.options.cache_capacity,
                     );
                 }
+                dispatch_leased(shared, leased, &mut permits);
+                drop(permits);
                 if let Some(status) = status.filter(|s| s.is_terminal()) {
                     tracing::debug!(%status, "instance finished");
                 }
@@ -536,7 +537,6 @@ async fn run_unleased(
         .await
     {
         Ok(leased) => {
-            dispatch_leased(shared, leased, &mut permits);
             if let Some(exec) = result.execution {
                 shared.cache.lock().unwrap_or_else(|e| e.into_inner()).put(
                     item.instance_id.clone(),
@@ -547,6 +547,7 @@ async fn run_unleased(
                     shared.options.cache_capacity,
                 );
             }
+            dispatch_leased(shared, leased, &mut permits);
             drop(permit);
             true
         }
