@@ -30,7 +30,7 @@ async fn finish(h: &RunningHost, status_path: &str) -> Value {
 
 /// Polls `path` until `cond` holds on its body (a wait for a condition, not for time).
 async fn until(h: &RunningHost, path: &str, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
-    for _ in 0..600 {
+    for _ in 0..1200 {
         let (_, _, body) = call(h, "GET", path, "").await;
         if cond(&body) {
             return body;
@@ -261,6 +261,11 @@ async fn approvals_wait_for_a_decision_or_time_out() {
     let approve = path_of(&h, mail["links"][0].as_str().unwrap());
     let reject = path_of(&h, mail["links"][1].as_str().unwrap());
     assert!(approve.ends_with("/approve") && reject.ends_with("/reject"));
+    // The status follows the mail in the next episode.
+    until(&h, &status_path, "awaiting approval", |b| {
+        b["customStatus"] == "AwaitingApproval"
+    })
+    .await;
     let (status, _, s) = call(&h, "GET", &status_path, "").await;
     assert_eq!(
         (status, &s["customStatus"]),
@@ -578,6 +583,10 @@ mod files {
         .unwrap();
         assert!(html.contains("To: cat-boss@furry.test"));
         let status_whiskers = format!("/api/instances/{}", instance_of(&approve));
+        until(&h, &status_whiskers, "awaiting a decision", |b| {
+            b["customStatus"]["state"] == "AwaitingDecision"
+        })
+        .await;
         let (status, _, s) = call(&h, "GET", &status_whiskers, "").await;
         assert_eq!(
             (status, &s["customStatus"]["state"]),
