@@ -86,7 +86,7 @@ async fn host() -> RunningHost {
                 .start_by_name("hello", Some("[\"Rome\"]".into()), Default::default())
                 .await?;
             client
-                .wait_for_completion_or_check_status_response(&req, &id, Duration::from_secs(5))
+                .wait_for_completion_or_check_status_response(&req, &id, Duration::from_secs(20))
                 .await
         })
         .route(
@@ -445,7 +445,7 @@ async fn management_routes_follow_the_reference_contract() {
     );
     let st = h
         .client()
-        .wait_for_completion("job-1", Duration::from_secs(5))
+        .wait_for_completion("job-1", Duration::from_secs(20))
         .await
         .unwrap();
     assert_eq!(st.output.as_deref(), Some(r#"{"ok":true}"#));
@@ -479,7 +479,7 @@ async fn management_routes_follow_the_reference_contract() {
     );
     let st = h
         .client()
-        .wait_for_completion("job-2", Duration::from_secs(5))
+        .wait_for_completion("job-2", Duration::from_secs(20))
         .await
         .unwrap();
     assert_eq!(st.status, durable_core::RuntimeStatus::Terminated);
@@ -534,7 +534,7 @@ async fn management_routes_follow_the_reference_contract() {
     assert_eq!(r.body["id"], "job-4");
     assert_error(&mgmt(&h, "POST", "instances/nobody/restart", "").await, 400);
     h.client()
-        .wait_for_completion("job-4", Duration::from_secs(5))
+        .wait_for_completion("job-4", Duration::from_secs(20))
         .await
         .unwrap();
     // List: filters, paging with the continuation header.
@@ -880,7 +880,7 @@ async fn management_answers_match_the_reference_source_in_detail() {
         202
     );
     h.client()
-        .wait_for_completion("w-1", Duration::from_secs(5))
+        .wait_for_completion("w-1", Duration::from_secs(20))
         .await
         .unwrap();
     let r = call(
