@@ -879,24 +879,25 @@ async fn finish_activity(
     item: &ActivityWorkItem,
     outcome: Result<Option<String>, FailureDetails>,
 ) -> Option<(OrchestrationWorkItem, OwnedSemaphorePermit)> {
-    let fits = match &outcome {
-        Ok(result) => result
-            .as_ref()
-            .is_none_or(|r| r.len() <= shared.store.max_payload_bytes()),
-        Err(_) => false,
-    };
+    // Only successful results within the payload limit take the direct paths.
+    let direct = !shared.shutting_down()
+        && match &outcome {
+            Ok(result) => result
+                .as_ref()
+                .is_none_or(|r| r.len() <= shared.store.max_payload_bytes()),
+            Err(_) => false,
+        };
     if waits_for_many(shared, &item.instance_id) {
         // A fan-in: let results gather so one episode takes many of them.
         return complete_activity(shared, item, outcome, false).await;
     }
-    if fits
-        && !shared.shutting_down()
+    if direct
         && shared.store.supports_unleased_commit()
         && run_unleased(shared, item, &outcome).await
     {
         return None;
     }
-    if fits && !shared.shutting_down() {
+    if direct {
         if let Ok(permit) = shared.orchestration_limit.clone().try_acquire_owned() {
             match shared
                 .store
