@@ -206,6 +206,26 @@ async fn status_when(h: &RunningHost, id: &str, done: impl Fn(&Value) -> bool) {
     }
 }
 
+/// Every item of a management list, following `x-ms-continuation-token` page by page.
+async fn list_all(h: &RunningHost, path: &str) -> Vec<Value> {
+    let mut items = Vec::new();
+    let mut token = String::new();
+    for _ in 0..100 {
+        let mut headers = vec![("x-functions-key", KEY)];
+        if !token.is_empty() {
+            headers.push(("x-ms-continuation-token", token.as_str()));
+        }
+        let r = call(h, "GET", path, &headers, "").await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        items.extend(r.body.as_array().unwrap().iter().cloned());
+        token = header(&r, "x-ms-continuation-token").to_string();
+        if token == "null" {
+            return items;
+        }
+    }
+    panic!("{path}: the continuation tokens never ran out");
+}
+
 async fn count(h: &RunningHost) -> usize {
     h.client()
         .list_instances(&Default::default(), 1000, None)
@@ -558,32 +578,9 @@ async fn management_routes_follow_the_reference_contract() {
         ids.contains(&"job-1") && ids.contains(&"job-2") && ids.contains(&"job-4"),
         "{ids:?}"
     );
-    let mut seen = 0;
-    let mut token = String::new();
-    loop {
-        let mut headers = vec![("x-functions-key", KEY)];
-        if !token.is_empty() {
-            headers.push(("x-ms-continuation-token", token.as_str()));
-        }
-        let r = call(
-            &h,
-            "GET",
-            "/runtime/webhooks/durabletask/instances?top=2",
-            &headers,
-            "",
-        )
-        .await;
-        assert_eq!(r.status, 200);
-        seen += r.body.as_array().unwrap().len();
-        let next = r.headers["x-ms-continuation-token"]
-            .to_str()
-            .unwrap()
-            .to_string();
-        if next == "null" {
-            break;
-        }
-        token = next;
-    }
+    let seen = list_all(&h, "/runtime/webhooks/durabletask/instances?top=2")
+        .await
+        .len();
     assert_eq!(seen, count(&h).await);
     assert_error(
         &mgmt(&h, "GET", "instances?createdTimeFrom=yesterday", "").await,
@@ -986,30 +983,14 @@ async fn management_answers_match_the_reference_source_in_detail() {
         .await;
         assert_eq!(r.status, 202, "{:?}", r.body);
     }
-    let mut ids = Vec::new();
-    let mut token = String::new();
-    for _ in 0..10 {
-        let mut headers = vec![("x-functions-key", KEY)];
-        if !token.is_empty() {
-            headers.push(("x-ms-continuation-token", token.as_str()));
-        }
-        let r = call(
-            &h,
-            "GET",
-            "/runtime/webhooks/durabletask/instances?top=1&instanceIdPrefix=caf%C3%A9",
-            &headers,
-            "",
-        )
-        .await;
-        assert_eq!(r.status, 200, "{:?}", r.body);
-        for v in r.body.as_array().unwrap() {
-            ids.push(v["instanceId"].as_str().unwrap().to_string());
-        }
-        token = header(&r, "x-ms-continuation-token").to_string();
-        if token == "null" {
-            break;
-        }
-    }
+    let mut ids: Vec<String> = list_all(
+        &h,
+        "/runtime/webhooks/durabletask/instances?top=1&instanceIdPrefix=caf%C3%A9",
+    )
+    .await
+    .iter()
+    .map(|v| v["instanceId"].as_str().unwrap().to_string())
+    .collect();
     ids.sort();
     assert_eq!(ids, ["caf\u{e9}-0", "caf\u{e9}-1", "caf\u{e9}-2"]);
     h.shutdown().await;
