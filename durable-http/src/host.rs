@@ -213,7 +213,11 @@ impl HostBuilder {
                 .add(&m, &pattern, handler, &location)
                 .map_err(HostError)?;
         }
-        for reserved in [self.status_prefix.as_str(), management::BASE] {
+        for reserved in [
+            self.status_prefix.as_str(),
+            management::BASE,
+            crate::dashboard::PATH,
+        ] {
             if let Match::Found(..) | Match::WrongMethod(_) =
                 router.find(&Method::GET, &format!("{reserved}/x"))
             {
@@ -366,6 +370,9 @@ impl App {
         let path = if path.is_empty() { "/" } else { path };
         if !path.starts_with('/') {
             return Err(HttpError::not_found(format!("no route for {raw_path}")));
+        }
+        if let Some(answer) = crate::dashboard::serve(&parts.method, path) {
+            return answer;
         }
         if let Some(len) = parts
             .headers

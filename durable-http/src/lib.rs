@@ -8,6 +8,8 @@
 //!   done, `?wait=30s` long-polls), which reveals no input, history or keys;
 //! - the keyed management API under `/runtime/webhooks/durabletask/` in Durable Functions'
 //!   shapes (instances and entities);
+//! - the operator dashboard at `/dashboard/` (assets embedded in the binary; the page
+//!   signs in with the management key and uses only the management API);
 //! - the built-in activity behind `ctx.call_http` ([`activity`]). Its HTTP client is
 //!   hyper-util's pooled HTTP/1.1 client; `https://` goes through rustls with the *ring*
 //!   provider and the Mozilla roots of `webpki-roots` (cargo feature `tls`, on by
@@ -29,6 +31,7 @@
 #![warn(missing_docs)]
 
 pub mod activity;
+mod dashboard;
 mod host;
 mod management;
 mod request;

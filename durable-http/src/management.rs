@@ -459,6 +459,19 @@ fn request_url_without_key(req: &HttpRequest) -> String {
     url
 }
 
+/// `historyFormat=internal` (an extension of this host): the history as the engine
+/// records it, every event with its inputs, results and sequence numbers, in
+/// [`HistoryEvent`]'s own JSON, so a tool can replay the execution from it.
+fn internal_history(req: &HttpRequest) -> Result<bool, HttpError> {
+    match req.query("historyFormat").map(str::trim) {
+        None | Some("") => Ok(false),
+        Some(f) if f.eq_ignore_ascii_case("internal") => Ok(true),
+        Some(f) => Err(HttpError::bad_request(format!(
+            "invalid historyFormat '{f}': the only format is 'internal'"
+        ))),
+    }
+}
+
 /// Get status. `internal_error_on_failure` overrides the query parameter (the wait
 /// variant never answers 500).
 async fn get_status(
@@ -468,7 +481,8 @@ async fn get_status(
     internal_error_on_failure: Option<bool>,
 ) -> HttpResult {
     valid_id(id)?;
-    let show_history = truthy(req, "showHistory", false);
+    let internal_history = internal_history(req)?;
+    let show_history = internal_history || truthy(req, "showHistory", false);
     let show_history_output = truthy(req, "showHistoryOutput", false);
     let show_input = truthy(req, "showInput", true);
     let internal_error_on_failure = internal_error_on_failure
@@ -489,7 +503,11 @@ async fn get_status(
     if let Some(history) = &status.history {
         body.insert(
             "historyEvents".into(),
-            Value::Array(history_events(history, show_history_output)),
+            if internal_history {
+                serde_json::to_value(history).unwrap_or(Value::Null)
+            } else {
+                Value::Array(history_events(history, show_history_output))
+            },
         );
     }
     let code = match status.state.status {
