@@ -314,7 +314,30 @@
 
   // ---- Instance list ----------------------------------------------------------------
 
-  const list = { tokens: [null], page: 0, next: null, filters: {} };
+  // Paging through continuation tokens: `tokens[i]` reads page i (null: the first), `next`
+  // is the token the shown page ended with. Wires the buttons `<prefix>prev-page` and
+  // `<prefix>next-page`; `state.pager()` updates them and the page label after a render.
+  function paged(state, prefix) {
+    $(`${prefix}next-page`).addEventListener('click', () => {
+      if (!state.next) return;
+      state.tokens[state.page + 1] = state.next;
+      state.page += 1;
+      refresh();
+    });
+    $(`${prefix}prev-page`).addEventListener('click', () => {
+      if (state.page === 0) return;
+      state.page -= 1;
+      refresh();
+    });
+    state.pager = () => {
+      $(`${prefix}prev-page`).disabled = state.page === 0;
+      $(`${prefix}next-page`).disabled = !state.next;
+      $(`${prefix}page-label`).textContent = `Page ${state.page + 1}`;
+    };
+    return state;
+  }
+
+  const list = paged({ tokens: [null], page: 0, next: null, filters: {} }, '');
 
   for (const s of STATUSES) {
     $('status-chips').append(el('label', { class: 'chip' },
@@ -396,22 +419,8 @@
         el('td', { class: 'clip', text: compact(i.customStatus), title: compact(i.customStatus) })));
     }
     $('instances-empty').hidden = items.length > 0;
-    $('prev-page').disabled = list.page === 0;
-    $('next-page').disabled = !list.next;
-    $('page-label').textContent = `Page ${list.page + 1}`;
+    list.pager();
   }
-
-  $('next-page').addEventListener('click', () => {
-    if (!list.next) return;
-    list.tokens[list.page + 1] = list.next;
-    list.page += 1;
-    refresh();
-  });
-  $('prev-page').addEventListener('click', () => {
-    if (list.page === 0) return;
-    list.page -= 1;
-    refresh();
-  });
 
   // ---- One instance -----------------------------------------------------------------
 
@@ -719,7 +728,7 @@
 
   // ---- Entities ---------------------------------------------------------------------
 
-  const entities = { tokens: [null], page: 0, next: null, name: '' };
+  const entities = paged({ tokens: [null], page: 0, next: null, name: '' }, 'e-');
 
   async function renderEntities() {
     const name = entities.name;
@@ -736,9 +745,7 @@
         el('td', {}, el('pre', { text: jsonText(e.state) ?? 'null' }))));
     }
     $('entities-empty').hidden = (r.data || []).length > 0;
-    $('e-prev-page').disabled = entities.page === 0;
-    $('e-next-page').disabled = !entities.next;
-    $('e-page-label').textContent = `Page ${entities.page + 1}`;
+    entities.pager();
   }
 
   $('entity-filters').addEventListener('submit', (ev) => {
@@ -746,17 +753,6 @@
     entities.name = $('e-name').value.trim();
     entities.tokens = [null];
     entities.page = 0;
-    refresh();
-  });
-  $('e-next-page').addEventListener('click', () => {
-    if (!entities.next) return;
-    entities.tokens[entities.page + 1] = entities.next;
-    entities.page += 1;
-    refresh();
-  });
-  $('e-prev-page').addEventListener('click', () => {
-    if (entities.page === 0) return;
-    entities.page -= 1;
     refresh();
   });
 
