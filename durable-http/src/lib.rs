@@ -31,19 +31,23 @@
 pub mod activity;
 mod host;
 mod management;
+mod public_url;
 mod request;
 mod router;
+mod server;
 mod status;
 
 pub use durable_core::DurableClient;
 pub use durable_macros::http_start;
 pub use host::{
     App, Host, HostBuilder, HostError, HttpStartRegistration, RunningHost, DEFAULT_ADDR,
-    DEFAULT_BODY_LIMIT,
+    DEFAULT_BODY_LIMIT, DEFAULT_BODY_READ_TIMEOUT, DEFAULT_HEADER_READ_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONCURRENT_BODIES, DEFAULT_MAX_CONNECTIONS,
 };
 pub use management::BASE as MANAGEMENT_BASE;
+pub use public_url::PeerAddr;
 pub use request::{HttpError, HttpRequest, HttpResponse, HttpResult, IntoHttpResult};
-pub use status::{df_time, parse_wait, ClientExt};
+pub use status::{df_time, parse_wait, ClientExt, PublicStatus};
 
 /// Items used by code `#[http_start]` generates. Not a public API.
 #[doc(hidden)]
