@@ -41,6 +41,8 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
 pub const DEFAULT_MAX_CONCURRENT_BODIES: usize = 64;
 /// The longest timeout the settings accept: one day.
 const MAX_SETTING_DURATION: Duration = Duration::from_secs(86_400);
+/// The largest count the settings accept (1 GiB for the body limit).
+const MAX_SETTING_COUNT: usize = 1 << 30;
 
 /// Errors starting or running the host.
 #[derive(Debug)]
@@ -414,9 +416,9 @@ impl Settings {
         let count = |set: Option<usize>, var: &str, what: &str, default: usize| {
             let n =
                 setting(set, var, |v| v.trim().parse().ok(), "a whole number")?.unwrap_or(default);
-            if n == 0 {
+            if n == 0 || n > MAX_SETTING_COUNT {
                 return Err(HostError(format!(
-                    "the {what} ({var} or the builder) must be at least 1"
+                    "the {what} ({var} or the builder) must be 1 to {MAX_SETTING_COUNT}"
                 )));
             }
             Ok(n)
@@ -802,7 +804,9 @@ fn too_large(size: usize, limit: usize) -> HttpError {
 }
 
 /// The host as a hyper service, for mounting in an existing hyper server (use
-/// [`HostBuilder::mount_prefix`] when it serves under a path prefix).
+/// [`HostBuilder::mount_prefix`] when it serves under a path prefix). It answers as
+/// [`App::handle`] does: it knows no peer address unless the request carries a
+/// [`PeerAddr`] extension, and the connection limits are the server's own.
 #[derive(Clone, Debug)]
 pub struct DurableService(pub Arc<App>);
 

@@ -21,6 +21,14 @@
 //! }
 //! ```
 //!
+//! What it trusts and what it bounds: the URLs it hands out start with a configured
+//! public URL ([`HostBuilder::public_url`]) or the bound address, never a request's `Host`
+//! or forwarded headers unless they come from a configured trusted proxy
+//! ([`HostBuilder::trusted_proxies`]); the public status shows fixed reasons for failures
+//! ([`PublicStatus`]); the standalone server caps connections, header, idle and body
+//! times and the bodies read at once ([`HostBuilder::max_connections`] and its
+//! neighbours); a panic in a handler answers 500.
+//!
 //! To mount it inside another application, build the host with
 //! [`HostBuilder::mount_prefix`], then either serve [`Host::service`] (a
 //! `hyper::service::Service`) on your own connections, or call [`App::handle`] (from

@@ -58,7 +58,7 @@ pub(crate) fn parse_duration(s: &str, max: Duration) -> Option<Duration> {
     checked_seconds(v * unit, max)
 }
 
-/// Parses `30s`, `500ms`, `2m` or plain seconds; waits over [`MAX_WAIT`] are capped.
+/// Parses `30s`, `500ms`, `2m` or plain seconds; waits over 120 s are capped at 120 s.
 pub fn parse_wait(s: &str) -> Result<Duration, HttpError> {
     parse_duration(s, MAX_WAIT).ok_or_else(|| {
         HttpError::bad_request(format!(

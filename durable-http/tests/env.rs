@@ -52,6 +52,7 @@ async fn settings_come_from_the_environment_are_checked_and_the_builder_wins() {
         ("DURABLE_IDLE_TIMEOUT", "soon"),
         ("DURABLE_MAX_CONNECTIONS", "-1"),
         ("DURABLE_MAX_BODIES", "0"),
+        ("DURABLE_MAX_BODIES", "18446744073709551615"),
         ("DURABLE_BODY_LIMIT", "1MB"),
     ] {
         let before = std::env::var(var).ok();
