@@ -70,6 +70,38 @@ async fn search_targets_and_the_watched_url_come_from_configuration_not_headers(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mailed_approval_links_and_status_urls_ignore_spoofed_headers() {
+    let h = host().await;
+    let own = format!("http://{}/", h.addr);
+    let body = json!({"document": "Spoof", "approver": "spoof@corp.test", "timeoutSeconds": 60});
+    let (status, headers, started) =
+        call_with(&h, "POST", "/api/approvals", &SPOOF, &body.to_string()).await;
+    assert_eq!(status, 202, "{started}");
+    assert!(headers["location"].to_str().unwrap().starts_with(&own));
+    let mails = until(&h, "/api/mailbox?to=spoof@corp.test", "the mail", |b| {
+        b.as_array().is_some_and(|a| !a.is_empty())
+    })
+    .await;
+    for link in mails[0]["links"].as_array().unwrap() {
+        assert!(link.as_str().unwrap().starts_with(&own), "{link}");
+    }
+    let (status, _, job) = call_with(
+        &h,
+        "GET",
+        "/api/submit/query?s=10/02/2021&e=10/05/2021",
+        &SPOOF,
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{job}");
+    assert!(
+        job["statusUri"].as_str().unwrap().starts_with(&own),
+        "{job}"
+    );
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_search_page_embeds_nothing_from_the_request() {
     let h = host().await;
     let hostile = "x\"</script><script>alert(1)</script>";
