@@ -2,9 +2,12 @@
 //! management API over hyper, standalone or mounted inside another application.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,13 +18,31 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Body;
 
 use crate::management;
+use crate::public_url::{parse_public_url, parse_trusted_proxies, BaseUrls, PeerAddr};
 use crate::request::{parse_query, HttpError, HttpRequest, HttpResponse};
 use crate::router::{Handler, Match, Router};
+use crate::server::ConnLimits;
+use crate::status::PublicStatus;
 
 /// The default listen address.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:7071";
 /// The default request body limit: 1 MiB.
 pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
+/// The default time a connection has to send a request's complete header: 10 s.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// The default time a request has to send its whole body: 30 s.
+pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// The default time a kept-alive connection may stay idle between requests: 30 s.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// The default cap on open connections: 512.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
+/// The default cap on request bodies being read at once: 64 (64 MiB at the default body
+/// limit).
+pub const DEFAULT_MAX_CONCURRENT_BODIES: usize = 64;
+/// The longest timeout the settings accept: one day.
+const MAX_SETTING_DURATION: Duration = Duration::from_secs(86_400);
+/// The largest count the settings accept (1 GiB for the body limit).
+const MAX_SETTING_COUNT: usize = 1 << 30;
 
 /// Errors starting or running the host.
 #[derive(Debug)]
@@ -41,11 +62,13 @@ impl From<durable_core::Error> for HostError {
     }
 }
 
-/// Per-request settings start endpoints need (status prefix, Retry-After).
+/// Per-request settings start endpoints need (status prefix, Retry-After, what the
+/// public status shows).
 #[derive(Clone, Debug)]
 pub(crate) struct RequestConfig {
     pub status_prefix: String,
     pub retry_after: u64,
+    pub public_status: PublicStatus,
 }
 
 impl Default for RequestConfig {
@@ -53,6 +76,7 @@ impl Default for RequestConfig {
         Self {
             status_prefix: "/api/instances".into(),
             retry_after: 1,
+            public_status: PublicStatus::default(),
         }
     }
 }
@@ -85,8 +109,16 @@ pub struct HostBuilder {
     store: Option<Arc<dyn Store>>,
     key: Option<String>,
     status_prefix: String,
-    body_limit: usize,
+    body_limit: Option<usize>,
     retry_after: u64,
+    public_url: Option<String>,
+    trusted_proxies: Option<Vec<String>>,
+    public_status: Option<PublicStatus>,
+    header_read_timeout: Option<Duration>,
+    body_read_timeout: Option<Duration>,
+    idle_timeout: Option<Duration>,
+    max_connections: Option<usize>,
+    max_concurrent_bodies: Option<usize>,
     registry: Option<Registry>,
     options: RuntimeOptions,
     routes: Vec<(Vec<String>, String, Handler, String)>,
@@ -126,9 +158,87 @@ impl HostBuilder {
         self
     }
 
-    /// The request body limit (default 1 MiB; larger bodies get 413).
+    /// The request body limit (default 1 MiB, or `DURABLE_BODY_LIMIT` in bytes; larger
+    /// bodies get 413).
     pub fn body_limit(mut self, bytes: usize) -> Self {
-        self.body_limit = bytes;
+        self.body_limit = Some(bytes);
+        self
+    }
+
+    /// The URL at which clients reach this host (default `DURABLE_PUBLIC_URL`), e.g.
+    /// `https://jobs.example.com` or, behind a proxy that maps a path,
+    /// `https://example.com/jobs`: an absolute `http` or `https` URL without query or
+    /// fragment (checked at [`build`](Self::build); a trailing slash is dropped). The
+    /// mount prefix is added to it. Every URL the host hands out (`Location`,
+    /// `statusQueryGetUri`, the management URLs) and [`HttpRequest::base_url`] start with
+    /// it. Without it they start with the bound address (`http://127.0.0.1:7071`;
+    /// loopback when bound to every interface), or with forwarded headers from a trusted
+    /// proxy, or, for a mounted host, they are root-relative paths.
+    pub fn public_url(mut self, url: impl Into<String>) -> Self {
+        self.public_url = Some(url.into());
+        self
+    }
+
+    /// Peers whose `Forwarded`, `X-Forwarded-Host`, `X-Forwarded-Proto` and `Host`
+    /// headers say under which URL the host was reached: IP addresses or networks
+    /// (`10.0.0.1`, `10.0.0.0/8`, `fd00::/8`; default `DURABLE_TRUSTED_PROXIES`,
+    /// comma-separated; none by default). Used only when no public URL is set, only the
+    /// last (nearest proxy's) value counts, and values that are not `host[:port]` or a
+    /// scheme other than `http`/`https` are ignored. Headers from every other peer are
+    /// never used in a URL.
+    pub fn trusted_proxies<I>(mut self, proxies: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        self.trusted_proxies = Some(proxies.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// What the public status endpoint shows (default [`PublicStatus::Minimal`], or
+    /// `DURABLE_PUBLIC_STATUS=full|minimal|off`).
+    pub fn public_status(mut self, mode: PublicStatus) -> Self {
+        self.public_status = Some(mode);
+        self
+    }
+
+    /// How long a connection may take to send a request's complete header, from its
+    /// opening or from the first byte after an idle spell (default 10 s, or
+    /// `DURABLE_HEADER_TIMEOUT`); then it is closed. Standalone server only.
+    pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
+        self.header_read_timeout = Some(timeout);
+        self
+    }
+
+    /// How long a request may take to send its whole body (default 30 s, or
+    /// `DURABLE_BODY_TIMEOUT`); then it gets 408 and its connection is closed.
+    pub fn body_read_timeout(mut self, timeout: Duration) -> Self {
+        self.body_read_timeout = Some(timeout);
+        self
+    }
+
+    /// How long a kept-alive connection may stay idle between requests (default 30 s, or
+    /// `DURABLE_IDLE_TIMEOUT`); then it is closed. Standalone server only.
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = Some(timeout);
+        self
+    }
+
+    /// How many connections may be open at once (default 512, or
+    /// `DURABLE_MAX_CONNECTIONS`). At the cap the server stops accepting: new
+    /// connections wait in the listen backlog, holding no file descriptor, until one
+    /// closes. Keep it under the process's file descriptor limit (`ulimit -n`).
+    /// Standalone server only.
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.max_connections = Some(n);
+        self
+    }
+
+    /// How many request bodies may be read at once (default 64, or `DURABLE_MAX_BODIES`);
+    /// with the body limit this bounds the memory bodies take. A request with a body
+    /// arriving when all are taken gets 503 with `Retry-After` at once.
+    pub fn max_concurrent_bodies(mut self, n: usize) -> Self {
+        self.max_concurrent_bodies = Some(n);
         self
     }
 
@@ -182,6 +292,7 @@ impl HostBuilder {
     /// Opens the store, starts the worker and builds the request handler (not listening
     /// yet: see [`Host::serve`] and [`Host::bind`]).
     pub fn build(self) -> Result<Host, HostError> {
+        let settings = Settings::resolve(&self)?;
         let store: Arc<dyn Store> = match self.store {
             Some(s) => s,
             None => Arc::new(
@@ -241,13 +352,151 @@ impl HostBuilder {
                 config: Arc::new(RequestConfig {
                     status_prefix: self.status_prefix,
                     retry_after: self.retry_after,
+                    public_status: settings.public_status,
                 }),
-                body_limit: self.body_limit,
+                body_limit: settings.body_limit,
+                body_read_timeout: settings.body_read_timeout,
+                bodies: tokio::sync::Semaphore::new(settings.max_concurrent_bodies),
                 mount_prefix: self.mount_prefix,
+                base: settings.base,
             }),
+            limits: settings.conn,
             runtime,
             db: self.db,
         })
+    }
+}
+
+/// The builder's limits and URL settings, each from the builder, else its environment
+/// variable, else the default; all checked.
+struct Settings {
+    public_status: PublicStatus,
+    body_limit: usize,
+    body_read_timeout: Duration,
+    max_concurrent_bodies: usize,
+    base: BaseUrls,
+    conn: ConnLimits,
+}
+
+impl Settings {
+    fn resolve(b: &HostBuilder) -> Result<Settings, HostError> {
+        // Errors name where the value came from: the builder or the variable.
+        let public_url = match (&b.public_url, env("DURABLE_PUBLIC_URL")) {
+            (Some(url), _) => Some(parse_public_url(url).map_err(HostError)?),
+            (None, Some(url)) => Some(
+                parse_public_url(&url)
+                    .map_err(|e| HostError(format!("DURABLE_PUBLIC_URL: {e}")))?,
+            ),
+            (None, None) => None,
+        };
+        let trusted_proxies = match &b.trusted_proxies {
+            Some(list) => parse_trusted_proxies(&list.join(","))
+                .map_err(|e| HostError(format!("trusted proxies: {e}")))?,
+            None => parse_trusted_proxies(&env("DURABLE_TRUSTED_PROXIES").unwrap_or_default())
+                .map_err(|e| HostError(format!("DURABLE_TRUSTED_PROXIES: {e}")))?,
+        };
+        let public_status = setting(
+            b.public_status,
+            "DURABLE_PUBLIC_STATUS",
+            PublicStatus::parse,
+            "full, minimal or off",
+        )?
+        .unwrap_or_default();
+        let duration = |set: Option<Duration>, var: &str, what: &str, default: Duration| {
+            let d = setting(
+                set,
+                var,
+                |v| crate::status::parse_duration(v, Duration::MAX),
+                "a duration such as 10s, 500ms or 2m",
+            )?
+            .unwrap_or(default);
+            if d.is_zero() || d > MAX_SETTING_DURATION {
+                return Err(HostError(format!(
+                    "the {what} ({var} or the builder) must be more than 0 and at most one day"
+                )));
+            }
+            Ok(d)
+        };
+        let count = |set: Option<usize>, var: &str, what: &str, default: usize| {
+            let n =
+                setting(set, var, |v| v.trim().parse().ok(), "a whole number")?.unwrap_or(default);
+            if n == 0 || n > MAX_SETTING_COUNT {
+                return Err(HostError(format!(
+                    "the {what} ({var} or the builder) must be 1 to {MAX_SETTING_COUNT}"
+                )));
+            }
+            Ok(n)
+        };
+        Ok(Settings {
+            public_status,
+            body_limit: count(
+                b.body_limit,
+                "DURABLE_BODY_LIMIT",
+                "body limit",
+                DEFAULT_BODY_LIMIT,
+            )?,
+            body_read_timeout: duration(
+                b.body_read_timeout,
+                "DURABLE_BODY_TIMEOUT",
+                "body read timeout",
+                DEFAULT_BODY_READ_TIMEOUT,
+            )?,
+            max_concurrent_bodies: count(
+                b.max_concurrent_bodies,
+                "DURABLE_MAX_BODIES",
+                "cap on bodies read at once",
+                DEFAULT_MAX_CONCURRENT_BODIES,
+            )?,
+            base: BaseUrls {
+                public_url,
+                trusted_proxies,
+                ..BaseUrls::default()
+            },
+            conn: ConnLimits {
+                header_read_timeout: duration(
+                    b.header_read_timeout,
+                    "DURABLE_HEADER_TIMEOUT",
+                    "header read timeout",
+                    DEFAULT_HEADER_READ_TIMEOUT,
+                )?,
+                idle_timeout: duration(
+                    b.idle_timeout,
+                    "DURABLE_IDLE_TIMEOUT",
+                    "idle timeout",
+                    DEFAULT_IDLE_TIMEOUT,
+                )?,
+                max_connections: count(
+                    b.max_connections,
+                    "DURABLE_MAX_CONNECTIONS",
+                    "connection cap",
+                    DEFAULT_MAX_CONNECTIONS,
+                )?,
+            },
+        })
+    }
+}
+
+/// A non-empty environment variable.
+fn env(var: &str) -> Option<String> {
+    std::env::var(var).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// The builder's value, else the environment variable parsed, else `None`; a variable
+/// that does not parse is an error naming it.
+fn setting<T>(
+    set: Option<T>,
+    var: &str,
+    parse: impl Fn(&str) -> Option<T>,
+    expected: &str,
+) -> Result<Option<T>, HostError> {
+    if set.is_some() {
+        return Ok(set);
+    }
+    match env(var) {
+        Some(v) => parse(&v)
+            .map(Some)
+            .ok_or_else(|| HostError(format!("{var}='{v}' is not {expected}"))),
+        None => Ok(None),
     }
 }
 
@@ -299,7 +548,11 @@ pub struct App {
     key: String,
     config: Arc<RequestConfig>,
     body_limit: usize,
+    body_read_timeout: Duration,
+    /// Permits for request bodies being read at once.
+    bodies: tokio::sync::Semaphore,
     mount_prefix: String,
+    base: BaseUrls,
 }
 
 impl std::fmt::Debug for App {
@@ -341,7 +594,14 @@ impl App {
     }
 
     /// Handles one request. Mount it inside another hyper or axum application by calling
-    /// this from a handler; paths outside the mount prefix answer 404.
+    /// this from a handler; paths outside the mount prefix answer 404. A panic while
+    /// handling it answers 500 `{"error": ...}` and is logged.
+    ///
+    /// URLs in the answers start with the public URL when one is configured, else the
+    /// bound address ([`Host::bind`]), else they are root-relative paths. Forwarded
+    /// headers count only when the request carries a [`PeerAddr`] extension naming a
+    /// trusted proxy ([`HostBuilder::trusted_proxies`]); add it from your server's peer
+    /// address to honour them.
     pub async fn handle<B>(&self, req: Request<B>) -> Response<Full<Bytes>>
     where
         B: Body<Data = Bytes> + Send,
@@ -349,12 +609,73 @@ impl App {
     {
         let method = req.method().clone();
         let path = req.uri().path().to_string();
-        let resp = match self.route(req).await {
-            Ok(r) => r,
-            Err(e) => e.into_response(),
+        let resp = match CatchUnwind(Box::pin(self.route(req))).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => e.into_response(),
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a non-text panic".into());
+                tracing::error!(%method, %path, panic = %what, "a request handler panicked");
+                HttpError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the request failed inside the server",
+                )
+                .into_response()
+            }
         };
         tracing::debug!(%method, %path, status = resp.status.as_u16(), "request");
         into_hyper(resp)
+    }
+
+    /// The request body, read within the body limit, the body read timeout and the cap
+    /// on bodies read at once.
+    async fn read_body<B>(&self, body: B) -> Result<Bytes, HttpResponse>
+    where
+        B: Body<Data = Bytes> + Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        if body.is_end_stream() {
+            return Ok(Bytes::new());
+        }
+        let Ok(_permit) = self.bodies.try_acquire() else {
+            tracing::warn!("refused a request body: all body read slots are taken");
+            return Err(HttpError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many requests are sending bodies right now; try again",
+            )
+            .into_response()
+            .with_header("retry-after", "1"));
+        };
+        let read = Limited::new(body, self.body_limit).collect();
+        match tokio::time::timeout(self.body_read_timeout, read).await {
+            Ok(Ok(b)) => Ok(b.to_bytes()),
+            Ok(Err(e)) => {
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some()
+                {
+                    return Err(
+                        too_large(self.body_limit.saturating_add(1), self.body_limit)
+                            .into_response(),
+                    );
+                }
+                Err(
+                    HttpError::bad_request(format!("could not read the request body: {e}"))
+                        .into_response(),
+                )
+            }
+            Err(_) => Err(HttpError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body did not arrive within {} s",
+                    self.body_read_timeout.as_secs_f64()
+                ),
+            )
+            .into_response()
+            .with_header("connection", "close")),
+        }
     }
 
     async fn route<B>(&self, req: Request<B>) -> Result<HttpResponse, HttpError>
@@ -384,33 +705,12 @@ impl App {
                 return Err(too_large(len, self.body_limit));
             }
         }
-        let body = match Limited::new(body, self.body_limit).collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(e) => {
-                if e.downcast_ref::<http_body_util::LengthLimitError>()
-                    .is_some()
-                {
-                    return Err(too_large(self.body_limit + 1, self.body_limit));
-                }
-                return Err(HttpError::bad_request(format!(
-                    "could not read the request body: {e}"
-                )));
-            }
+        let body = match self.read_body(body).await {
+            Ok(b) => b,
+            Err(resp) => return Ok(resp),
         };
-        let host = parts
-            .headers
-            .get("x-forwarded-host")
-            .or_else(|| parts.headers.get(http::header::HOST))
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("localhost")
-            .to_string();
-        let scheme = parts
-            .headers
-            .get("x-forwarded-proto")
-            .and_then(|v| v.to_str().ok())
-            .filter(|s| *s == "https" || *s == "http")
-            .unwrap_or("http")
-            .to_string();
+        let peer = parts.extensions.get::<PeerAddr>().map(|p| p.0);
+        let base = self.base.for_request(peer, &parts.headers);
         let mut req = HttpRequest {
             method: parts.method.clone(),
             path: path.to_string(),
@@ -418,7 +718,11 @@ impl App {
             query: parse_query(parts.uri.query().unwrap_or("")),
             headers: parts.headers,
             body,
-            base_url: format!("{scheme}://{host}{}", self.mount_prefix),
+            base_url: format!("{base}{}", self.mount_prefix),
+            configured_base_url: self
+                .base
+                .configured()
+                .map(|b| format!("{b}{}", self.mount_prefix)),
             config: self.config.clone(),
         };
 
@@ -442,9 +746,11 @@ impl App {
             return management::handle(&self.client, &req, &rest).await;
         }
         let prefix = &self.config.status_prefix;
+        let public_status = self.config.public_status != PublicStatus::Off;
         if let Some(id) = path
             .strip_prefix(prefix.as_str())
             .and_then(|r| r.strip_prefix('/'))
+            .filter(|_| public_status)
         {
             if !id.is_empty() && !id.contains('/') {
                 if req.method != Method::GET {
@@ -454,14 +760,7 @@ impl App {
                     ));
                 }
                 let id = crate::request::percent_decode(id);
-                return crate::status::public_status(
-                    &self.client,
-                    &req,
-                    prefix,
-                    &id,
-                    self.config.retry_after,
-                )
-                .await;
+                return crate::status::public_status(&self.client, &req, &id).await;
             }
         }
         match self.router.find(&req.method, path) {
@@ -487,6 +786,23 @@ impl App {
     }
 }
 
+/// Runs a future and turns a panic inside it into an `Err` with the panic's payload, so a
+/// handler's panic answers 500 instead of dropping the connection.
+struct CatchUnwind<F>(F);
+
+impl<F: Future + Unpin> Future for CatchUnwind<F> {
+    type Output = Result<F::Output, Box<dyn std::any::Any + Send>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = &mut self.get_mut().0;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Pin::new(inner).poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
+            Err(panic) => Poll::Ready(Err(panic)),
+        }
+    }
+}
+
 fn too_large(size: usize, limit: usize) -> HttpError {
     HttpError::new(
         StatusCode::PAYLOAD_TOO_LARGE,
@@ -495,7 +811,9 @@ fn too_large(size: usize, limit: usize) -> HttpError {
 }
 
 /// The host as a hyper service, for mounting in an existing hyper server (use
-/// [`HostBuilder::mount_prefix`] when it serves under a path prefix).
+/// [`HostBuilder::mount_prefix`] when it serves under a path prefix). It answers as
+/// [`App::handle`] does: it knows no peer address unless the request carries a
+/// [`PeerAddr`] extension, and the connection limits are the server's own.
 #[derive(Clone, Debug)]
 pub struct DurableService(pub Arc<App>);
 
@@ -521,6 +839,7 @@ where
 pub struct Host {
     addr: String,
     app: Arc<App>,
+    limits: ConnLimits,
     runtime: Runtime,
     db: PathBuf,
 }
@@ -533,7 +852,7 @@ impl std::fmt::Debug for Host {
 
 impl Host {
     /// A builder with defaults from the environment (`DURABLE_ADDR`, `DURABLE_DB`,
-    /// `DURABLE_KEY`).
+    /// `DURABLE_KEY`, and the `DURABLE_*` variables each setter names).
     pub fn builder() -> HostBuilder {
         HostBuilder {
             addr: std::env::var("DURABLE_ADDR").unwrap_or_else(|_| DEFAULT_ADDR.to_string()),
@@ -541,8 +860,16 @@ impl Host {
             store: None,
             key: None,
             status_prefix: "/api/instances".into(),
-            body_limit: DEFAULT_BODY_LIMIT,
+            body_limit: None,
             retry_after: 1,
+            public_url: None,
+            trusted_proxies: None,
+            public_status: None,
+            header_read_timeout: None,
+            body_read_timeout: None,
+            idle_timeout: None,
+            max_connections: None,
+            max_concurrent_bodies: None,
             registry: None,
             options: RuntimeOptions::default(),
             routes: Vec::new(),
@@ -587,7 +914,9 @@ impl Host {
         Ok(())
     }
 
-    /// Binds the address (port 0 picks a free one) and serves in the background.
+    /// Binds the address (port 0 picks a free one) and serves in the background, within
+    /// the connection limits ([`HostBuilder::max_connections`],
+    /// [`HostBuilder::header_read_timeout`], [`HostBuilder::idle_timeout`]).
     pub async fn bind(self) -> Result<RunningHost, HostError> {
         let listener = tokio::net::TcpListener::bind(&self.addr)
             .await
@@ -595,30 +924,16 @@ impl Host {
         let addr = listener
             .local_addr()
             .map_err(|e| HostError(e.to_string()))?;
-        let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-        let app = self.app.clone();
-        let server = tokio::spawn(async move {
-            let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-            loop {
-                tokio::select! {
-                    accepted = listener.accept() => {
-                        let Ok((stream, _)) = accepted else { continue };
-                        let _ = stream.set_nodelay(true);
-                        let service = DurableService(app.clone());
-                        let conn = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-                        let conn = graceful.watch(conn);
-                        tokio::spawn(async move {
-                            if let Err(e) = conn.await {
-                                tracing::debug!(error = %e, "connection ended with an error");
-                            }
-                        });
-                    }
-                    _ = stop_rx.changed() => break,
-                }
-            }
-            let _ = tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await;
-        });
+        self.app.base.set_bound(addr);
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let server = tokio::spawn(crate::server::serve(
+            listener,
+            self.app.clone(),
+            self.limits,
+            open.clone(),
+            stop_rx,
+        ));
         Ok(RunningHost {
             addr,
             routes: self.app.router.describe(),
@@ -626,6 +941,7 @@ impl Host {
             runtime: self.runtime,
             stop: stop_tx,
             server,
+            open,
             db: self.db,
         })
     }
@@ -640,6 +956,7 @@ pub struct RunningHost {
     runtime: Runtime,
     stop: tokio::sync::watch::Sender<bool>,
     server: tokio::task::JoinHandle<()>,
+    open: Arc<std::sync::atomic::AtomicUsize>,
     db: PathBuf,
 }
 
@@ -660,6 +977,23 @@ impl RunningHost {
     /// `http://addr`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The base of the URLs this host hands out: the public URL when one is configured,
+    /// else `http://` and the bound address (loopback when bound to every interface),
+    /// with the mount prefix.
+    pub fn base_url(&self) -> String {
+        format!(
+            "{}{}",
+            self.app.base.configured().unwrap_or_default(),
+            self.app.mount_prefix
+        )
+    }
+
+    /// How many connections are open now (never more than
+    /// [`HostBuilder::max_connections`]).
+    pub fn open_connections(&self) -> usize {
+        self.open.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Stops accepting, finishes in-flight requests, then stops the worker.

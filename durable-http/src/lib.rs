@@ -23,6 +23,14 @@
 //! }
 //! ```
 //!
+//! What it trusts and what it bounds: the URLs it hands out start with a configured
+//! public URL ([`HostBuilder::public_url`]) or the bound address, never a request's `Host`
+//! or forwarded headers unless they come from a configured trusted proxy
+//! ([`HostBuilder::trusted_proxies`]); the public status shows fixed reasons for failures
+//! ([`PublicStatus`]); the standalone server caps connections, header, idle and body
+//! times and the bodies read at once ([`HostBuilder::max_connections`] and its
+//! neighbours); a panic in a handler answers 500.
+//!
 //! To mount it inside another application, build the host with
 //! [`HostBuilder::mount_prefix`], then either serve [`Host::service`] (a
 //! `hyper::service::Service`) on your own connections, or call [`App::handle`] (from
@@ -34,19 +42,23 @@ pub mod activity;
 mod dashboard;
 mod host;
 mod management;
+mod public_url;
 mod request;
 mod router;
+mod server;
 mod status;
 
 pub use durable_core::DurableClient;
 pub use durable_macros::http_start;
 pub use host::{
     App, Host, HostBuilder, HostError, HttpStartRegistration, RunningHost, DEFAULT_ADDR,
-    DEFAULT_BODY_LIMIT,
+    DEFAULT_BODY_LIMIT, DEFAULT_BODY_READ_TIMEOUT, DEFAULT_HEADER_READ_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONCURRENT_BODIES, DEFAULT_MAX_CONNECTIONS,
 };
 pub use management::BASE as MANAGEMENT_BASE;
+pub use public_url::PeerAddr;
 pub use request::{HttpError, HttpRequest, HttpResponse, HttpResult, IntoHttpResult};
-pub use status::{df_time, parse_wait, ClientExt};
+pub use status::{df_time, parse_wait, ClientExt, PublicStatus};
 
 /// Items used by code `#[http_start]` generates. Not a public API.
 #[doc(hidden)]

@@ -52,14 +52,16 @@ fn parse_time(req: &HttpRequest, name: &str) -> Result<Option<DateTime<Utc>>, Ht
     )))
 }
 
+/// The longest `timeout` or `pollingInterval` a start or restart may ask for.
+const MAX_WAIT_PARAM: Duration = Duration::from_secs(3600);
+
 fn seconds(req: &HttpRequest, name: &str) -> Result<Option<Duration>, HttpError> {
     req.query(name)
         .map(|v| {
             v.trim()
                 .parse::<f64>()
                 .ok()
-                .filter(|s| s.is_finite() && *s >= 0.0)
-                .map(|s| Duration::from_secs_f64(s.min(3600.0)))
+                .and_then(|s| crate::status::checked_seconds(s, MAX_WAIT_PARAM))
                 .ok_or_else(|| {
                     HttpError::bad_request(format!(
                         "invalid {name} '{v}': expected a number of seconds"

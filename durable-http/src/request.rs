@@ -19,6 +19,7 @@ pub struct HttpRequest {
     pub(crate) headers: HeaderMap,
     pub(crate) body: Bytes,
     pub(crate) base_url: String,
+    pub(crate) configured_base_url: Option<String>,
     pub(crate) config: std::sync::Arc<crate::host::RequestConfig>,
 }
 
@@ -36,6 +37,7 @@ impl HttpRequest {
             headers: HeaderMap::new(),
             body: body.into(),
             base_url: "http://localhost".into(),
+            configured_base_url: Some("http://localhost".into()),
             config: Default::default(),
         }
     }
@@ -106,10 +108,23 @@ impl HttpRequest {
         })
     }
 
-    /// The public base URL of this host (scheme, authority and mount prefix), from the
-    /// `Host` header and `X-Forwarded-Proto`/`X-Forwarded-Host` when present.
+    /// The base URL clients reach this host under (scheme, authority and mount prefix),
+    /// for links handed to clients. Only trusted data: the configured public URL
+    /// ([`HostBuilder::public_url`](crate::HostBuilder::public_url)), else, for a request
+    /// that came through a trusted proxy, the host it names in valid forwarded headers,
+    /// else the bound address; a host mounted without a public URL gives just the mount
+    /// prefix (root-relative URLs). `Host` and `X-Forwarded-*` headers from anyone else
+    /// never reach it.
     pub fn base_url(&self) -> &str {
         &self.base_url
+    }
+
+    /// The base URL from configuration alone: the public URL, else the bound address,
+    /// with the mount prefix; never anything a request says, not even through a trusted
+    /// proxy. Build URLs the server itself will call (`ctx.call_http` targets) from this.
+    /// `None` for a host mounted in another application without a public URL.
+    pub fn configured_base_url(&self) -> Option<&str> {
+        self.configured_base_url.as_deref()
     }
 }
 

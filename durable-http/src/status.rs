@@ -30,14 +30,18 @@ pub(crate) fn status_url(base: &str, prefix: &str, id: &str) -> String {
     format!("{base}{prefix}/{}", percent_encode(id))
 }
 
-/// Parses `30s`, `500ms`, `2m` or plain seconds.
-pub fn parse_wait(s: &str) -> Result<Duration, HttpError> {
+/// Seconds from a request as a `Duration`, checked before converting: `None` for NaN,
+/// infinite or negative values; anything over `max` (1e20 included) is `max`.
+pub(crate) fn checked_seconds(secs: f64, max: Duration) -> Option<Duration> {
+    if !secs.is_finite() || secs < 0.0 {
+        return None;
+    }
+    Some(Duration::try_from_secs_f64(secs).map_or(max, |d| d.min(max)))
+}
+
+/// Parses `30s`, `500ms`, `2m` or plain seconds, up to `max` (larger values are `max`).
+pub(crate) fn parse_duration(s: &str, max: Duration) -> Option<Duration> {
     let s = s.trim();
-    let bad = || {
-        HttpError::bad_request(format!(
-            "invalid wait '{s}': use e.g. 30s, 500ms, 2m or a number of seconds"
-        ))
-    };
     let (num, unit) = if let Some(n) = s.strip_suffix("ms") {
         (n, 0.001)
     } else if let Some(n) = s.strip_suffix('s') {
@@ -47,25 +51,68 @@ pub fn parse_wait(s: &str) -> Result<Duration, HttpError> {
     } else {
         (s, 1.0)
     };
-    let v: f64 = num.trim().parse().map_err(|_| bad())?;
-    if !v.is_finite() || v < 0.0 {
-        return Err(bad());
+    let v: f64 = num.trim().parse().ok()?;
+    if !v.is_finite() {
+        return None;
     }
-    Ok(Duration::from_secs_f64(v * unit).min(MAX_WAIT))
+    checked_seconds(v * unit, max)
 }
 
-/// A short, non-leaking reason for a failed or terminated instance.
-fn reason(state: &InstanceState) -> Option<String> {
+/// Parses `30s`, `500ms`, `2m` or plain seconds; waits over 120 s are capped at 120 s.
+pub fn parse_wait(s: &str) -> Result<Duration, HttpError> {
+    parse_duration(s, MAX_WAIT).ok_or_else(|| {
+        HttpError::bad_request(format!(
+            "invalid wait '{}': use e.g. 30s, 500ms, 2m or a number of seconds",
+            s.trim()
+        ))
+    })
+}
+
+/// What the public status endpoint shows ([`HostBuilder::public_status`](crate::HostBuilder::public_status),
+/// `DURABLE_PUBLIC_STATUS=full|minimal|off`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PublicStatus {
+    /// Also the failure message of a failed instance and the reason given to terminate
+    /// one (up to 200 characters). Failure messages can carry file paths or panic text:
+    /// choose this only when they are meant for the public.
+    Full,
+    /// The default: a failed instance shows the fixed reason "the orchestration failed",
+    /// a terminated one "terminated"; the details are for the keyed management API.
+    #[default]
+    Minimal,
+    /// No public status route (it answers 404), and start answers carry only the
+    /// instance id: no `Location`, no `statusQueryGetUri`.
+    Off,
+}
+
+impl PublicStatus {
+    /// Parses `full`, `minimal` or `off` (any case).
+    pub fn parse(s: &str) -> Option<PublicStatus> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "full" => Some(PublicStatus::Full),
+            "minimal" => Some(PublicStatus::Minimal),
+            "off" => Some(PublicStatus::Off),
+            _ => None,
+        }
+    }
+}
+
+/// The reason a failed or terminated instance shows publicly: fixed texts unless the
+/// app chose [`PublicStatus::Full`].
+fn reason(state: &InstanceState, mode: PublicStatus) -> Option<String> {
+    let full = mode == PublicStatus::Full;
     let text = match state.status {
-        RuntimeStatus::Failed => state
+        RuntimeStatus::Failed if full => state
             .failure
             .as_ref()
             .map(|f| f.message.clone())
             .unwrap_or_else(|| "failed".into()),
-        RuntimeStatus::Terminated => match json_value(state.output.as_deref()) {
+        RuntimeStatus::Failed => "the orchestration failed".into(),
+        RuntimeStatus::Terminated if full => match json_value(state.output.as_deref()) {
             Value::String(s) => s,
             _ => "terminated".into(),
         },
+        RuntimeStatus::Terminated => "terminated".into(),
         _ => return None,
     };
     let mut short: String = text.chars().take(200).collect();
@@ -76,7 +123,7 @@ fn reason(state: &InstanceState) -> Option<String> {
 }
 
 /// The public status body.
-pub(crate) fn public_body(state: &InstanceState) -> Value {
+pub(crate) fn public_body(state: &InstanceState, mode: PublicStatus) -> Value {
     let mut body = json!({
         "id": state.instance_id,
         "name": state.name,
@@ -86,7 +133,7 @@ pub(crate) fn public_body(state: &InstanceState) -> Value {
         "createdTime": df_time(state.created_at),
         "lastUpdatedTime": df_time(state.last_updated_at),
     });
-    if let Some(r) = reason(state) {
+    if let Some(r) = reason(state, mode) {
         body["reason"] = Value::String(r);
     }
     body
@@ -96,10 +143,9 @@ pub(crate) fn public_body(state: &InstanceState) -> Value {
 pub(crate) async fn public_status(
     client: &DurableClient,
     req: &HttpRequest,
-    prefix: &str,
     id: &str,
-    retry_after: u64,
 ) -> HttpResult {
+    let cfg = crate::host::request_config(req);
     durable_core::client::validate_instance_id(id).map_err(HttpError::from)?;
     let wait = req.query("wait").map(parse_wait).transpose()?;
     let mut state = client
@@ -117,21 +163,22 @@ pub(crate) async fn public_status(
             }
         }
     }
-    let body = public_body(&state);
+    let body = public_body(&state, cfg.public_status);
     if state.status.is_terminal() {
         Ok(HttpResponse::json(StatusCode::OK, &body))
     } else {
-        let url = status_url(req.base_url(), prefix, id);
+        let url = status_url(req.base_url(), &cfg.status_prefix, id);
         Ok(HttpResponse::json(StatusCode::ACCEPTED, &body)
             .with_header("location", url)
-            .with_header("retry-after", retry_after.to_string()))
+            .with_header("retry-after", cfg.retry_after.to_string()))
     }
 }
 
 /// The async request-reply answers for start endpoints.
 pub trait ClientExt {
     /// `202 Accepted` with `Location` (the public status URL), `Retry-After` and a body
-    /// `{"id", "statusQueryGetUri"}`. Never management URLs or keys.
+    /// `{"id", "statusQueryGetUri"}`. Never management URLs or keys. The URL starts with
+    /// [`HttpRequest::base_url`]. With [`PublicStatus::Off`] the body is `{"id"}` alone.
     fn check_status_response(&self, req: &HttpRequest, instance_id: &str) -> HttpResponse;
 
     /// `200` with the output when the instance completes within `timeout`; otherwise the
@@ -148,6 +195,9 @@ pub trait ClientExt {
 impl ClientExt for DurableClient {
     fn check_status_response(&self, req: &HttpRequest, instance_id: &str) -> HttpResponse {
         let cfg = crate::host::request_config(req);
+        if cfg.public_status == PublicStatus::Off {
+            return HttpResponse::json(StatusCode::ACCEPTED, &json!({ "id": instance_id }));
+        }
         let url = status_url(req.base_url(), &cfg.status_prefix, instance_id);
         HttpResponse::json(
             StatusCode::ACCEPTED,
@@ -168,7 +218,10 @@ impl ClientExt for DurableClient {
                 StatusCode::OK,
                 &json_value(state.output.as_deref()),
             )),
-            Ok(state) => Ok(HttpResponse::json(StatusCode::OK, &public_body(&state))),
+            Ok(state) => Ok(HttpResponse::json(
+                StatusCode::OK,
+                &public_body(&state, crate::host::request_config(req).public_status),
+            )),
             Err(durable_core::Error::Timeout(_)) => {
                 Ok(self.check_status_response(req, instance_id))
             }
@@ -190,5 +243,17 @@ mod tests {
         assert!(parse_wait("1h").is_err());
         assert!(parse_wait("-1").is_err());
         assert_eq!(parse_wait("9999").unwrap(), MAX_WAIT);
+        // Huge values are capped before any conversion; non-numbers are refused.
+        for huge in ["1e20", "1e20ms", "1e300m", "18446744073709551616"] {
+            assert_eq!(parse_wait(huge).unwrap(), MAX_WAIT, "{huge}");
+        }
+        for bad in ["NaN", "inf", "-inf", "-0.5s", "1e999", ""] {
+            assert!(parse_wait(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            checked_seconds(1e20, Duration::from_secs(5)),
+            Some(Duration::from_secs(5))
+        );
+        assert_eq!(checked_seconds(f64::NAN, Duration::from_secs(5)), None);
     }
 }

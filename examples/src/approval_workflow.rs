@@ -7,8 +7,8 @@
 //! one day; a timeout rejects). Then it moves the file to `approved/` or `rejected/`.
 //!
 //! The links hit `GET /api/approval-requests/{id}/approve` (or `/reject`), which checks
-//! the instance is still waiting before raising the event: 404 for an unknown id, 410
-//! once it has been decided.
+//! the instance is an `approval_workflow` still waiting before raising the event: 404 for
+//! an unknown id or another orchestrator's instance, 410 once it has been decided.
 //!
 //! The folder watcher ([`spawn_watcher`]) scans `requests/` and derives each instance id
 //! from the file's name, size and modification time, so a restart never starts a second
@@ -56,7 +56,8 @@ pub struct WorkflowConfig {
 
 impl WorkflowConfig {
     /// From the environment: `APPROVAL_DIR` (default `./approval-workflow`),
-    /// `APPROVAL_BASE_URL` (default `http://` + `DURABLE_ADDR`), `APPROVAL_TIMEOUT_SECS`
+    /// `APPROVAL_BASE_URL` (default the host's `DURABLE_PUBLIC_URL`, else `http://` +
+    /// `DURABLE_ADDR`: configuration, never a request's headers), `APPROVAL_TIMEOUT_SECS`
     /// (default 86400), `APPROVER` (default `approver@example.com`).
     pub fn from_env() -> Result<Self, String> {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
@@ -74,7 +75,10 @@ impl WorkflowConfig {
             root: var("APPROVAL_DIR")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from("approval-workflow")),
-            base_url: var("APPROVAL_BASE_URL").unwrap_or_else(|| format!("http://{addr}")),
+            base_url: var("APPROVAL_BASE_URL")
+                .or_else(|| var("DURABLE_PUBLIC_URL"))
+                .map(|u| u.trim_end_matches('/').to_string())
+                .unwrap_or_else(|| format!("http://{addr}")),
             timeout: Duration::from_secs(timeout),
             approver: var("APPROVER").unwrap_or_else(|| "approver@example.com".into()),
             scan_every: Duration::from_millis(500),
@@ -282,7 +286,7 @@ pub async fn approval_workflow(
     methods = "GET, POST"
 )]
 pub async fn decide_request(client: DurableClient, req: HttpRequest) -> HttpResult {
-    deliver_decision(&client, &req, "approval request").await
+    deliver_decision(&client, &req, approval_workflow, "approval request").await
 }
 
 /// The instance id of a request file: the same for the same name, size and modification

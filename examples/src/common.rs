@@ -1,10 +1,11 @@
 //! Small pieces the scenarios share: a demo mailbox that stands in for an email service
 //! (messages are printed and kept in memory; `GET /api/mailbox` lists them), HTML and URL
-//! escaping, and the "raise an event only on a running instance" check that approval
-//! links need.
+//! escaping, and the "raise an event only on a running instance of this orchestrator"
+//! check that public links (approve, reject, stop) need.
 
 use std::sync::Mutex;
 
+use durable_core::Orchestrator;
 use durable_core::{DurableClient, RuntimeStatus, StatusOptions};
 use durable_http::{http_start, HttpError, HttpRequest, HttpResponse, HttpResult};
 use http::StatusCode;
@@ -97,12 +98,14 @@ pub fn url_encode(s: &str) -> String {
     out
 }
 
-/// Raises `event` on instance `id` only while it is still waiting (Pending, Running or
-/// Suspended): 404 for an unknown id, 410 Gone once it has finished (also when it
-/// finishes between the check and the raise). `what` names the instance in messages,
-/// e.g. "approval".
-pub async fn raise_if_running(
+/// Raises `event` on instance `id` only when it is an instance of `orchestrator` and
+/// still waiting (Pending, Running or Suspended): 404 for an unknown id or an instance of
+/// another orchestrator (a public link acts only on what it owns), 410 Gone once it has
+/// finished (also when it finishes between the check and the raise). `what` names the
+/// instance in messages, e.g. "approval".
+pub async fn raise_if_running<O: Orchestrator>(
     client: &DurableClient,
+    _orchestrator: O,
     id: &str,
     what: &str,
     event: &str,
@@ -118,8 +121,8 @@ pub async fn raise_if_running(
         )
         .await
     {
-        Ok(Some(s)) => s.status(),
-        Ok(None) | Err(durable_core::Error::InvalidArgument(_)) => {
+        Ok(Some(s)) if s.state.name == O::NAME => s.status(),
+        Ok(_) | Err(durable_core::Error::InvalidArgument(_)) => {
             return Err(HttpError::not_found(format!("no {what} with id '{id}'")))
         }
         Err(e) => return Err(e.into()),

@@ -17,10 +17,15 @@ pub struct Counter {
 
 #[entity(name = "counter")]
 impl Counter {
-    /// Adds `n`; answers the new value.
-    pub fn add(&mut self, n: i64) -> i64 {
-        self.value += n;
-        self.value
+    /// Adds `n`; answers the new value, or refuses a sum past the `i64` range.
+    pub fn add(&mut self, n: i64) -> Result<i64, String> {
+        self.value = self.value.checked_add(n).ok_or_else(|| {
+            format!(
+                "adding {n} to {} would leave the range of a 64-bit counter",
+                self.value
+            )
+        })?;
+        Ok(self.value)
     }
 
     /// Back to zero.
@@ -50,5 +55,20 @@ pub async fn read_counter(client: DurableClient, req: HttpRequest) -> HttpResult
     match client.entity::<Counter>(key.clone()).read_state().await? {
         Some(c) => Ok(HttpResponse::json(StatusCode::OK, &c)),
         None => Err(HttpError::not_found(format!("no counter '{key}'"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_counter_refuses_to_overflow() {
+        let mut c = Counter { value: i64::MAX };
+        assert!(c.add(1).is_err());
+        assert_eq!(c.value, i64::MAX);
+        let mut c = Counter { value: i64::MIN };
+        assert!(c.add(-1).is_err());
+        assert_eq!(c.add(5), Ok(i64::MIN + 5));
     }
 }

@@ -1,8 +1,8 @@
 //! Durable search (seed 003): HTTP tasks from orchestrations.
 //!
-//! - `GET /api/search` serves a one-page app (embedded HTML and JavaScript, the base URL
-//!   filled in from the request) where a person types a query (`?q=...` searches at
-//!   once).
+//! - `GET /api/search` serves a one-page app (embedded HTML and JavaScript; nothing from
+//!   the request is written into it, and its script runs under a fresh CSP nonce) where a
+//!   person types a query (`?q=...` searches at once).
 //! - `GET` or `POST /api/search/start?q=...` starts two orchestrations: `search_workflow`,
 //!   which fans out `ctx.call_http` to every search site in parallel and fans the pages
 //!   back in, and `watch_workflow`, which GETs the search's public status URL once with
@@ -17,23 +17,26 @@
 //! `/api/search/sites/`: `fast` answers at once, `slow` answers `202 Accepted` and makes
 //! the HTTP task poll it, `broken` answers 500, and `offline` points at a closed port.
 //! Pages that are not a 200 become "No Results", so one bad site never spoils a search.
+//!
+//! The URLs the server itself calls (the sites, the watcher's status URL) start with
+//! the host's configured base ([`HttpRequest::configured_base_url`]: the public URL or
+//! the bound address), never with anything a request's headers say. The slow site keeps
+//! at most [`MAX_SLOW_JOBS`] jobs, each for [`SLOW_JOB_TTL`].
 
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use durable_core::http::DurableHttpRequest;
 use durable_core::{orchestrator, OrchestrationContext, OrchestrationError, StatusOptions};
-use durable_http::{
-    http_start, ClientExt, DurableClient, HttpError, HttpRequest, HttpResponse, HttpResult,
-};
+use durable_http::{http_start, DurableClient, HttpError, HttpRequest, HttpResponse, HttpResult};
 use http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::common::{html_escape, url_encode};
 
-/// The page, with `{baseUrl}` where the base URL goes.
+/// The page, with `{nonce}` where each answer's CSP nonce goes.
 pub const PAGE: &str = include_str!("durable_search.html");
 /// Longest query accepted.
 pub const MAX_QUERY_CHARS: usize = 200;
@@ -41,6 +44,13 @@ pub const MAX_QUERY_CHARS: usize = 200;
 pub const SITES: [&str; 4] = ["fast", "slow", "broken", "offline"];
 /// Where the `offline` site points: a port nothing listens on.
 pub const OFFLINE_URL: &str = "http://127.0.0.1:1/search";
+/// Most slow-site jobs kept at once; more are refused with 503 until old ones expire.
+pub const MAX_SLOW_JOBS: usize = 1000;
+/// How long a slow-site job is kept (it is done after two polls; kept a while longer in
+/// case a retried poll asks again).
+pub const SLOW_JOB_TTL: Duration = Duration::from_secs(300);
+/// The public status route of the host (its default), which the watcher polls.
+const STATUS_ROUTE: &str = "/api/instances";
 
 /// A site to search.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -107,12 +117,18 @@ pub async fn watch_workflow(
     Ok(response.status)
 }
 
-/// `GET /api/search`: the search page.
+/// `GET /api/search`: the search page. It finds its routes relative to its own address,
+/// so nothing from the request is embedded; only a random nonce that lets its one script
+/// run (results pasted into the page cannot run scripts).
 #[http_start(route = "/api/search", method = "GET")]
-pub async fn search_page(_client: DurableClient, req: HttpRequest) -> HttpResult {
-    Ok(HttpResponse::html(
-        PAGE.replace("{baseUrl}", req.base_url()),
-    ))
+pub async fn search_page(_client: DurableClient, _req: HttpRequest) -> HttpResult {
+    let nonce = durable_core::store::random_id();
+    let csp = format!(
+        "default-src 'none'; script-src 'nonce-{nonce}'; style-src 'unsafe-inline'; connect-src 'self'"
+    );
+    Ok(HttpResponse::html(PAGE.replace("{nonce}", &nonce))
+        .with_header("content-security-policy", csp)
+        .with_header("x-content-type-options", "nosniff"))
 }
 
 /// `GET` or `POST /api/search/start?q=...`: starts the search and its watcher.
@@ -131,7 +147,14 @@ pub async fn start_search(client: DurableClient, req: HttpRequest) -> HttpResult
             "the query is longer than {MAX_QUERY_CHARS} characters"
         )));
     }
-    let base = req.base_url();
+    // The sites are this host's own routes: reached through its configured base, never a
+    // base a request names (that would let anyone make the server fetch any URL).
+    let Some(own) = req.configured_base_url() else {
+        return Err(HttpError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this host has no configured URL to reach its search sites: set DURABLE_PUBLIC_URL",
+        ));
+    };
     let sites = SITES
         .iter()
         .map(|name| Site {
@@ -139,7 +162,7 @@ pub async fn start_search(client: DurableClient, req: HttpRequest) -> HttpResult
             url: if *name == "offline" {
                 format!("{OFFLINE_URL}?q={}", url_encode(&query))
             } else {
-                format!("{base}/api/search/sites/{name}?q={}", url_encode(&query))
+                format!("{own}/api/search/sites/{name}?q={}", url_encode(&query))
             },
         })
         .collect();
@@ -147,15 +170,14 @@ pub async fn start_search(client: DurableClient, req: HttpRequest) -> HttpResult
         .start(search_workflow, SearchInput { query, sites })
         .await?;
     // The watcher polls the public status URL: no management URL, no key.
-    let status = client.check_status_response(&req, &id);
-    let status_url = status.header("location").unwrap_or_default().to_string();
+    let status_url = format!("{own}{STATUS_ROUTE}/{}", url_encode(&id));
     let watcher_id = client.start(watch_workflow, status_url).await?;
     Ok(HttpResponse::json(
         StatusCode::OK,
         &json!({
             "id": id,
             "watcherId": watcher_id,
-            "resultUrl": format!("{base}/api/search/results/{}", url_encode(&id)),
+            "resultUrl": format!("{}/api/search/results/{}", req.base_url(), url_encode(&id)),
         }),
     ))
 }
@@ -186,7 +208,13 @@ pub async fn search_result(client: DurableClient, req: HttpRequest) -> HttpResul
                 .output()
                 .map_err(|e| HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
                 .unwrap_or_default();
-            Ok(HttpResponse::html(pages.join("<hr/>")))
+            // Pages come from other sites: shown on their own, they may not run scripts.
+            Ok(HttpResponse::html(pages.join("<hr/>"))
+                .with_header(
+                    "content-security-policy",
+                    "default-src 'none'; style-src 'unsafe-inline'",
+                )
+                .with_header("x-content-type-options", "nosniff"))
         }
         s if s.is_terminal() => Err(HttpError::bad_request("Orchestration failed.")),
         s => Ok(HttpResponse::json(
@@ -200,8 +228,52 @@ pub async fn search_result(client: DurableClient, req: HttpRequest) -> HttpResul
 // ---------------------------------------------------------------------------------------
 // The demo search sites.
 
-fn slow_jobs() -> &'static Mutex<HashMap<String, u32>> {
-    static JOBS: OnceLock<Mutex<HashMap<String, u32>>> = OnceLock::new();
+/// The slow site's jobs: polls so far and when each started. Bounded: expired jobs go
+/// when a new one starts, and at [`MAX_SLOW_JOBS`] new ones are refused.
+#[derive(Debug, Default)]
+pub struct SlowJobs {
+    jobs: HashMap<String, (u32, Instant)>,
+}
+
+impl SlowJobs {
+    /// Starts job `id` at `now`; `false` when the table is full of live jobs.
+    pub fn start(&mut self, id: String, now: Instant) -> bool {
+        if self.jobs.len() >= MAX_SLOW_JOBS {
+            self.jobs
+                .retain(|_, (_, started)| now.saturating_duration_since(*started) < SLOW_JOB_TTL);
+        }
+        if self.jobs.len() >= MAX_SLOW_JOBS {
+            return false;
+        }
+        self.jobs.insert(id, (0, now));
+        true
+    }
+
+    /// Counts a poll of job `id` at `now`; its polls so far, or `None` for an unknown or
+    /// expired job.
+    pub fn poll(&mut self, id: &str, now: Instant) -> Option<u32> {
+        let (polls, started) = self.jobs.get_mut(id)?;
+        if now.saturating_duration_since(*started) >= SLOW_JOB_TTL {
+            self.jobs.remove(id);
+            return None;
+        }
+        *polls = polls.saturating_add(1);
+        Some(*polls)
+    }
+
+    /// How many jobs are kept.
+    pub fn len(&self) -> usize {
+        self.jobs.len()
+    }
+
+    /// Whether no job is kept.
+    pub fn is_empty(&self) -> bool {
+        self.jobs.is_empty()
+    }
+}
+
+fn slow_jobs() -> &'static Mutex<SlowJobs> {
+    static JOBS: OnceLock<Mutex<SlowJobs>> = OnceLock::new();
     JOBS.get_or_init(Default::default)
 }
 
@@ -222,10 +294,18 @@ pub async fn search_site(_client: DurableClient, req: HttpRequest) -> HttpResult
         "fast" => Ok(HttpResponse::html(results_page("Fast Search", &query, 3))),
         "slow" => {
             let job = durable_core::store::random_id();
-            slow_jobs()
+            let started = slow_jobs()
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .insert(job.clone(), 0);
+                .start(job.clone(), Instant::now());
+            if !started {
+                return Ok(HttpError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "too many searches in progress",
+                )
+                .into_response()
+                .with_header("retry-after", "5"));
+            }
             Ok(
                 HttpResponse::json(StatusCode::ACCEPTED, &json!({"job": job}))
                     .with_header(
@@ -248,13 +328,12 @@ pub async fn search_site(_client: DurableClient, req: HttpRequest) -> HttpResult
 #[http_start(route = "/api/search/sites/slow/jobs/{job}", method = "GET")]
 pub async fn slow_site_job(_client: DurableClient, req: HttpRequest) -> HttpResult {
     let job = req.param("job").unwrap_or_default().to_string();
-    let polls = {
-        let mut jobs = slow_jobs().lock().unwrap_or_else(|e| e.into_inner());
-        let Some(n) = jobs.get_mut(&job) else {
-            return Err(HttpError::not_found(format!("no search job '{job}'")));
-        };
-        *n += 1;
-        *n
+    let polls = slow_jobs()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .poll(&job, Instant::now());
+    let Some(polls) = polls else {
+        return Err(HttpError::not_found(format!("no search job '{job}'")));
     };
     if polls < 2 {
         return Ok(
@@ -274,4 +353,30 @@ pub async fn slow_site_job(_client: DurableClient, req: HttpRequest) -> HttpResu
         req.query("q").unwrap_or_default(),
         2,
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slow_jobs_are_capped_and_expire() {
+        let mut jobs = SlowJobs::default();
+        let t0 = Instant::now();
+        for i in 0..MAX_SLOW_JOBS {
+            assert!(jobs.start(format!("job-{i}"), t0));
+        }
+        // Full of live jobs: refused, and the table does not grow.
+        assert!(!jobs.start("one-more".into(), t0 + Duration::from_secs(1)));
+        assert_eq!(jobs.len(), MAX_SLOW_JOBS);
+        assert_eq!(jobs.poll("job-0", t0 + Duration::from_secs(1)), Some(1));
+        assert_eq!(jobs.poll("job-0", t0 + Duration::from_secs(2)), Some(2));
+        // Once they expire they make room, and an expired job is gone.
+        let later = t0 + SLOW_JOB_TTL;
+        assert!(jobs.start("fresh".into(), later));
+        assert_eq!(jobs.len(), 1);
+        assert_eq!(jobs.poll("job-1", later), None);
+        assert_eq!(jobs.poll("fresh", later), Some(1));
+        assert_eq!(jobs.poll("nope", later), None);
+    }
 }

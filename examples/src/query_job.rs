@@ -7,6 +7,7 @@
 use std::path::PathBuf;
 
 use chrono::NaiveDate;
+use durable_core::Orchestrator;
 use durable_core::{
     activity, orchestrator, ActivityError, OrchestrationContext, OrchestrationError, StatusOptions,
 };
@@ -154,8 +155,9 @@ pub async fn job_status(client: DurableClient, req: HttpRequest) -> HttpResult {
         )
         .await
     {
-        Ok(Some(s)) => s,
-        Ok(None) | Err(durable_core::Error::InvalidArgument(_)) => {
+        // Only this scenario's jobs: the route is public.
+        Ok(Some(s)) if s.state.name == <query_orchestrator as Orchestrator>::NAME => s,
+        Ok(_) | Err(durable_core::Error::InvalidArgument(_)) => {
             return Err(HttpError::not_found("Job not found"))
         }
         Err(e) => return Err(e.into()),

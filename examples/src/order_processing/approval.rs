@@ -6,11 +6,12 @@
 //! `SendApprovalOutcome` activity mails the result.
 //!
 //! The links hit `GET /api/approvals/{id}/approve` (or `/reject`), which checks the
-//! instance is still waiting before raising the event: 404 for an unknown id, 410 once it
-//! has ended.
+//! instance is an `approval` still waiting before raising the event: 404 for an unknown
+//! id or an instance of another orchestrator, 410 once it has ended.
 
 use std::time::Duration;
 
+use durable_core::Orchestrator;
 use durable_core::{
     activity, orchestrator, race, ActivityError, Either, OrchestrationContext, OrchestrationError,
 };
@@ -193,13 +194,19 @@ pub async fn start_approval(client: DurableClient, req: HttpRequest) -> HttpResu
 /// approval has already ended.
 #[http_start(route = "/api/approvals/{id}/{decision}", methods = "GET, POST")]
 pub async fn decide_approval(client: DurableClient, req: HttpRequest) -> HttpResult {
-    deliver_decision(&client, &req, "approval").await
+    deliver_decision(&client, &req, approval, "approval").await
 }
 
 /// Raises the decision named by the request's `{decision}` path parameter (`approve` or
-/// `reject`) on the instance `{id}` while it still waits; `what` names the instance in
-/// error messages. Shared by every approve/reject link endpoint.
-pub async fn deliver_decision(client: &DurableClient, req: &HttpRequest, what: &str) -> HttpResult {
+/// `reject`) on the instance `{id}` while it still waits, if it is an instance of
+/// `orchestrator` (404 otherwise); `what` names the instance in error messages. Shared by
+/// every approve/reject link endpoint.
+pub async fn deliver_decision<O: Orchestrator>(
+    client: &DurableClient,
+    req: &HttpRequest,
+    orchestrator: O,
+    what: &str,
+) -> HttpResult {
     let id = req.param("id").unwrap_or_default().to_string();
     let approved = match req.param("decision").unwrap_or_default() {
         "approve" => true,
@@ -210,7 +217,15 @@ pub async fn deliver_decision(client: &DurableClient, req: &HttpRequest, what: &
             )))
         }
     };
-    raise_if_running(client, &id, what, DECISION_EVENT, &Decision { approved }).await?;
+    raise_if_running(
+        client,
+        orchestrator,
+        &id,
+        what,
+        DECISION_EVENT,
+        &Decision { approved },
+    )
+    .await?;
     Ok(HttpResponse::json(
         StatusCode::ACCEPTED,
         &json!({"id": id, "decision": if approved { "approve" } else { "reject" }}),

@@ -9,6 +9,8 @@ use durable_http::{http_start, ClientExt, DurableClient, HttpError, HttpRequest,
 
 /// Most tasks one request may fan out to.
 pub const MAX_TASKS: usize = 1000;
+/// Longest task name, in characters.
+pub const MAX_TASK_CHARS: usize = 200;
 
 /// `ProcessTask`: one unit of the parallel work.
 #[activity(name = "ProcessTask")]
@@ -46,6 +48,14 @@ pub async fn start_fan_out(client: DurableClient, req: HttpRequest) -> HttpResul
     }
     if let Some(i) = tasks.iter().position(|t| t.trim().is_empty()) {
         return Err(HttpError::bad_request(format!("task name {i} is empty")));
+    }
+    if let Some(i) = tasks
+        .iter()
+        .position(|t| t.chars().count() > MAX_TASK_CHARS)
+    {
+        return Err(HttpError::bad_request(format!(
+            "task name {i} is longer than {MAX_TASK_CHARS} characters"
+        )));
     }
     let id = client.start(fan_out_fan_in, tasks).await?;
     Ok(client.check_status_response(&req, &id))

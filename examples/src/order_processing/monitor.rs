@@ -6,6 +6,12 @@
 //! durable timer and continues as new, so its history stays small however long it runs.
 //! `POST /api/monitors/{id}/stop` ends it at the next wait.
 //!
+//! The endpoint is public, so a monitor may check only this host's own URLs (its
+//! configured or bound base) and the URL prefixes listed in `MONITOR_ALLOWED_URLS`
+//! (comma-separated, e.g. `https://status.example.com/,http://10.0.0.5:8080/health`):
+//! never any URL a stranger names, which would make the server probe internal addresses
+//! for them.
+//!
 //! For trying it here, the program serves demo services:
 //! `GET /api/demo/services/{name}/health` answers 200 or 503, and
 //! `PUT /api/demo/services/{name}/health` with `{"healthy": false}` breaks one.
@@ -168,14 +174,41 @@ pub async fn monitor(
     }
 }
 
+/// The URL prefixes a monitor may check: this host's own base and `MONITOR_ALLOWED_URLS`.
+fn allowed_prefixes(req: &HttpRequest) -> Vec<String> {
+    let own = req.configured_base_url().map(|b| format!("{b}/"));
+    let listed = std::env::var("MONITOR_ALLOWED_URLS").unwrap_or_default();
+    own.into_iter()
+        .chain(
+            listed
+                .split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(str::to_string),
+        )
+        .collect()
+}
+
 /// `POST /api/monitors` with `{"url": "http://...", "intervalSeconds": 60}`: 202 with the
-/// status URL (its custom status shows the last check).
+/// status URL (its custom status shows the last check); 400 for a URL outside the allowed
+/// prefixes.
 #[http_start(route = "/api/monitors", method = "POST")]
 pub async fn start_monitor(client: DurableClient, req: HttpRequest) -> HttpResult {
     let r: MonitorRequest = req.json()?;
     DurableHttpRequest::get(r.url.clone())
         .validate()
         .map_err(HttpError::bad_request)?;
+    let allowed = allowed_prefixes(&req);
+    if !allowed.iter().any(|p| r.url.starts_with(p.as_str())) {
+        let under = if allowed.is_empty() {
+            "(none)".to_string()
+        } else {
+            allowed.join(", ")
+        };
+        return Err(HttpError::bad_request(format!(
+            "a monitor may only check URLs under {under}; set MONITOR_ALLOWED_URLS to allow others"
+        )));
+    }
     if !(1..=MAX_INTERVAL_SECONDS).contains(&r.interval_seconds) {
         return Err(HttpError::bad_request(format!(
             "intervalSeconds must be 1 to {MAX_INTERVAL_SECONDS}"
@@ -190,7 +223,15 @@ pub async fn start_monitor(client: DurableClient, req: HttpRequest) -> HttpResul
 #[http_start(route = "/api/monitors/{id}/stop", method = "POST")]
 pub async fn stop_monitor(client: DurableClient, req: HttpRequest) -> HttpResult {
     let id = req.param("id").unwrap_or_default().to_string();
-    raise_if_running(&client, &id, "monitor", "stop", &json!({"by": "api"})).await?;
+    raise_if_running(
+        &client,
+        monitor,
+        &id,
+        "monitor",
+        "stop",
+        &json!({"by": "api"}),
+    )
+    .await?;
     Ok(HttpResponse::json(
         StatusCode::ACCEPTED,
         &json!({"id": id, "stopping": true}),

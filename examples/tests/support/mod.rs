@@ -33,18 +33,30 @@ pub async fn call(
     path: &str,
     body: &str,
 ) -> (u16, http::HeaderMap, Value) {
+    let host = h.addr.to_string();
+    call_with(h, method, path, &[("host", host.as_str())], body).await
+}
+
+/// [`call`] with the given headers (and no `host` header unless among them).
+#[allow(dead_code)] // not every test binary sends its own headers
+pub async fn call_with(
+    h: &RunningHost,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, http::HeaderMap, Value) {
     let stream = tokio::net::TcpStream::connect(h.addr).await.unwrap();
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
             .await
             .unwrap();
     tokio::spawn(conn);
-    let req = http::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", h.addr.to_string())
-        .body(Full::new(Bytes::from(body.to_string())))
-        .unwrap();
+    let mut req = http::Request::builder().method(method).uri(path);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(Bytes::from(body.to_string()))).unwrap();
     let resp = sender.send_request(req).await.unwrap();
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
@@ -59,4 +71,20 @@ pub fn path_of(h: &RunningHost, url: &str) -> String {
     url.split_once(&h.addr.to_string())
         .map(|(_, p)| p.to_string())
         .unwrap_or_else(|| panic!("{url} is not on {}", h.addr))
+}
+
+/// An instance's status with its input and history, straight from the store.
+#[allow(dead_code)] // not every test binary looks inside instances
+pub async fn inspect(h: &RunningHost, id: &str) -> durable_core::OrchestrationStatus {
+    h.client()
+        .get_status(
+            id,
+            durable_core::StatusOptions {
+                show_input: true,
+                show_history: true,
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap_or_else(|| panic!("no instance {id}"))
 }
