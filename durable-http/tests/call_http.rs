@@ -531,10 +531,11 @@ async fn transport_failures_are_retried() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transport_failure_fails_the_task_once_the_retries_run_out() {
-    let closed = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    // A socket bound to the port but not listening: connections are refused, and no
+    // other test can take the port while it is held.
+    let holder = tokio::net::TcpSocket::new_v4().unwrap();
+    holder.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let closed = holder.local_addr().unwrap();
     let url = format!("http://{closed}/nobody-home");
     let (out, history) = run(DurableHttpRequest::get(&url), Some(3)).await;
     let failed = out.unwrap_err();

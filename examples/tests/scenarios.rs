@@ -183,8 +183,6 @@ async fn bank_transfers_keep_the_total() {
         let done = poll(&h, l).await;
         assert_eq!(done["runtimeStatus"], "Completed", "{done}");
     }
-    // Lock releases travel as messages; give the last ones a moment.
-    tokio::time::sleep(Duration::from_millis(200)).await;
     let mut total = 0;
     for a in ["a", "b", "c"] {
         let (_, _, body) = call(&h, "GET", &format!("/api/accounts/{a}"), "").await;
