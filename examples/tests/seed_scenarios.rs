@@ -529,8 +529,14 @@ async fn durable_search_fans_out_to_the_sites_and_a_watcher_long_polls_it() {
     )
     .await;
     assert_eq!(status, 404, "a watcher is not a search");
-    let broken = h
+    // Mistyped input fails at the host's door; a client without the registry (another
+    // process, say) can still store it, and the instance fails.
+    assert!(h
         .client()
+        .start_by_name("search_workflow", Some("42".into()), Default::default())
+        .await
+        .is_err());
+    let broken = durable_core::DurableClient::new(h.client().store().clone())
         .start_by_name("search_workflow", Some("42".into()), Default::default())
         .await
         .unwrap();
