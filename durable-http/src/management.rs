@@ -310,13 +310,15 @@ fn valid_id(id: &str) -> Result<(), HttpError> {
 /// `raiseEvent`, `entities`) match case-insensitively, as the reference system's route
 /// templates do; operation names too.
 pub(crate) async fn handle(client: &DurableClient, req: &HttpRequest, rest: &str) -> HttpResult {
-    route(client, req, rest)
-        .await
-        .or_else(|e| Ok(error_response(e)))
+    match route(client, req, rest).await {
+        Err(e) if e.status.is_client_error() => Ok(error_response(e)),
+        other => other,
+    }
 }
 
-/// `{"error": "..."}`, plus `ExceptionMessage`: the field Durable Functions' clients read
-/// from the reference system's error answers (the Python client's `start_new` raises it).
+/// A 4xx as `{"error": "..."}`, plus `ExceptionMessage`: the field Durable Functions'
+/// clients read from the reference system's error answers (the Python client's
+/// `start_new` raises it). Server errors take the host's usual path.
 fn error_response(e: HttpError) -> HttpResponse {
     HttpResponse::json(
         e.status,

@@ -16,15 +16,17 @@ flock 9
 if [ "$(cat "$dir/python.installed" 2>/dev/null)" != "$python_pkg" ]; then
     rm -rf "$dir/venv" "$dir/pylib" "$dir/bin"
     mkdir -p "$dir/bin"
+    # bin/python runs the interpreter that sees the packages (a symlink into the venv
+    # would not: Python finds its venv from the path it was started by).
     if python3 -m venv "$dir/venv" 2>/dev/null; then
         "$dir/venv/bin/python" -m pip install --quiet --disable-pip-version-check "$python_pkg"
-        ln -s "$dir/venv/bin/python" "$dir/bin/python"
+        printf '#!/bin/sh\nexec "%s" "$@"\n' "$dir/venv/bin/python" >"$dir/bin/python"
     else
         rm -rf "$dir/venv"
         python3 -m pip install --quiet --disable-pip-version-check --target "$dir/pylib" "$python_pkg"
         printf '#!/bin/sh\nPYTHONPATH="%s" exec python3 "$@"\n' "$dir/pylib" >"$dir/bin/python"
-        chmod +x "$dir/bin/python"
     fi
+    chmod +x "$dir/bin/python"
     echo "$python_pkg" >"$dir/python.installed"
 fi
 if [ "$(cat "$dir/node.installed" 2>/dev/null)" != "$js_pkg" ]; then
