@@ -13,18 +13,26 @@ use crate::entity::{new_entity_instance, EntityId, EntityMetadata, EntityRecord}
 use crate::error::Error;
 use crate::history::{EntityRequest, EventKind, HistoryEvent, OrchestrationMessage};
 use crate::instance::{InstanceFilter, InstanceState, NewInstance, Page, RuntimeStatus};
-use crate::registry::{Orchestrator, Registry};
+use crate::payload::check_json;
+use crate::registry::{EntityEntry, Orchestrator, Registry};
 use crate::store::{random_id, Store, StoreError};
 
 /// The longest accepted instance id, in bytes.
 pub const MAX_INSTANCE_ID_LEN: usize = 256;
 
-/// Checks an instance id: 1 to 256 bytes, no control characters, none of `/ \ # ?`.
+/// Checks an instance id: 1 to 256 bytes, no control characters, none of `/ \ # ?`, and
+/// not `.` or `..` (URLs normalize those path segments away, so no status URL could name
+/// such an instance).
 pub fn validate_instance_id(id: &str) -> Result<(), Error> {
     if id.is_empty() {
         return Err(Error::InvalidArgument(
             "instance id must not be empty".into(),
         ));
+    }
+    if id == "." || id == ".." {
+        return Err(Error::InvalidArgument(format!(
+            "instance id must not be '{id}': URLs resolve it as a relative path"
+        )));
     }
     if id.len() > MAX_INSTANCE_ID_LEN {
         return Err(Error::InvalidArgument(format!(
@@ -188,13 +196,28 @@ impl DurableClient {
         self.start_by_name(O::NAME, Some(json), options).await
     }
 
-    /// Starts an orchestration by name with JSON input.
+    /// Starts an orchestration by name with JSON input. With a registry, the orchestrator
+    /// must be registered and the input must decode as its input type (by the rule of
+    /// [`payload`](crate::payload); an input that decodes only as a JSON string holding
+    /// JSON is stored as that JSON); otherwise nothing is stored and the error names the
+    /// orchestrator, the expected type and what did not match.
     pub async fn start_by_name(
         &self,
         name: &str,
-        input_json: Option<String>,
+        mut input_json: Option<String>,
         options: StartOptions,
     ) -> Result<String, Error> {
+        let instance_id = match options.instance_id {
+            Some(id) => {
+                validate_instance_id(&id)?;
+                id
+            }
+            None => random_id(),
+        };
+        if let Some(json) = &input_json {
+            check_json(json)
+                .map_err(|e| Error::InvalidArgument(format!("input is not valid JSON: {e}")))?;
+        }
         let mut version = options.version.clone();
         if let Some(reg) = &self.registry {
             let entry =
@@ -207,18 +230,17 @@ impl DurableClient {
                         },
                     })?;
             version = entry.version.clone();
-        }
-        if let Some(json) = &input_json {
-            serde_json::from_str::<serde::de::IgnoredAny>(json)
-                .map_err(|e| Error::InvalidArgument(format!("input is not valid JSON: {e}")))?;
-        }
-        let instance_id = match options.instance_id {
-            Some(id) => {
-                validate_instance_id(&id)?;
-                id
+            match entry.input.check(input_json.as_deref()) {
+                Ok(None) => {}
+                Ok(Some(inner)) => input_json = Some(inner),
+                Err(e) => {
+                    return Err(Error::InvalidArgument(format!(
+                        "input of orchestrator '{name}' does not match its input type {}: {e}",
+                        entry.input.name()
+                    )))
+                }
             }
-            None => random_id(),
-        };
+        }
         let now = Utc::now();
         self.store
             .create_instance(NewInstance {
@@ -311,7 +333,7 @@ impl DurableClient {
     ) -> Result<T, Error> {
         let state = self.wait_for_completion(instance_id, timeout).await?;
         match state.status {
-            RuntimeStatus::Completed => crate::registry::decode(state.output.as_deref())
+            RuntimeStatus::Completed => crate::payload::decode(state.output.as_deref())
                 .map_err(|e| Error::InvalidArgument(format!("cannot decode the output: {e}"))),
             status => Err(Error::InvalidStatus {
                 instance_id: instance_id.to_string(),
@@ -369,6 +391,11 @@ impl DurableClient {
             return Err(Error::InvalidArgument(
                 "event name must not be empty".into(),
             ));
+        }
+        if let Some(json) = &input {
+            check_json(json).map_err(|e| {
+                Error::InvalidArgument(format!("event data is not valid JSON: {e}"))
+            })?;
         }
         self.send_control(
             instance_id,
@@ -524,17 +551,19 @@ impl DurableClient {
         at: Option<DateTime<Utc>>,
     ) -> Result<(), Error> {
         id.validate()?;
-        if let Some(reg) = &self.registry {
-            if reg.entity(&id.name).is_none() {
-                return Err(Error::UnknownName {
-                    kind: "entity",
-                    name: id.name.clone(),
-                });
-            }
-        }
+        let mut input = input;
         if let Some(json) = &input {
-            serde_json::from_str::<serde::de::IgnoredAny>(json)
+            check_json(json)
                 .map_err(|e| Error::InvalidArgument(format!("input is not valid JSON: {e}")))?;
+        }
+        if let Some(reg) = &self.registry {
+            let entry = reg.entity(&id.name).ok_or_else(|| Error::UnknownName {
+                kind: "entity",
+                name: id.name.clone(),
+            })?;
+            if let Some(inner) = check_operation(entry, operation, input.as_deref())? {
+                input = Some(inner);
+            }
         }
         let now = Utc::now();
         match self
@@ -694,6 +723,37 @@ impl DurableClient {
             .list_instances(filter, page_size, continuation_token)
             .await?)
     }
+}
+
+/// Checks an operation against an entity whose operations are known: the name must be one
+/// of them and the input must decode as its input type. `Some(inner)`: store `inner` (see
+/// [`InputType::check`](crate::payload::InputType::check)).
+fn check_operation(
+    entry: &EntityEntry,
+    operation: &str,
+    input: Option<&str>,
+) -> Result<Option<String>, Error> {
+    let Some(ops) = entry.operations else {
+        return Ok(None);
+    };
+    let Some(op) = ops.iter().find(|o| o.name == operation) else {
+        let names: Vec<&str> = ops.iter().map(|o| o.name).collect();
+        return Err(Error::InvalidArgument(format!(
+            "entity '{}' has no operation '{operation}'; it has: {}",
+            entry.name,
+            names.join(", ")
+        )));
+    };
+    let Some(ty) = op.input else {
+        return Ok(None);
+    };
+    ty.check(input).map_err(|e| {
+        Error::InvalidArgument(format!(
+            "input of operation '{operation}' of entity '{}' does not match its input type {}: {e}",
+            entry.name,
+            ty.name()
+        ))
+    })
 }
 
 /// An entity instance's metadata; None when the entity has no state.

@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::entity::EntityId;
-use crate::error::{TaskError, TaskKind};
+use crate::error::{TaskError, TaskKind, DECODE_ERROR};
 use crate::history::{EventKind, FailureDetails, HistoryEvent, ParentInstance};
 use crate::registry::{Activity, BoxFuture, Orchestrator};
 use crate::retry::RetryPolicy;
@@ -774,7 +774,11 @@ impl OrchestrationContext {
     }
 
     /// Waits for an external event raised on this instance. Events that arrived before
-    /// the wait are buffered and delivered first-in first-out per name.
+    /// the wait are buffered and delivered first-in first-out per name. The data decodes
+    /// by the rule of [`payload`](crate::payload) (a JSON value of `T`, or a JSON string
+    /// holding one). Data that does not decode consumes the event and fails the wait with
+    /// a [`TaskError`] whose [`is_decode_error`](TaskError::is_decode_error) is true: wait
+    /// again to keep waiting for a well-formed one.
     pub fn wait_for_external_event<T: DeserializeOwned>(&self, name: &str) -> EventFuture<T> {
         let mut st = self.state();
         let id = st.next_waiter;
@@ -1204,13 +1208,22 @@ fn decode_task<O: DeserializeOwned>(
     name: &str,
 ) -> Result<O, TaskError> {
     match c {
-        Completion::Ok(json) => crate::registry::decode(json.as_deref()).map_err(|e| TaskError {
-            kind,
-            name: name.to_string(),
-            failure: FailureDetails::new(
-                "DeserializationError",
-                format!("cannot decode the result as the expected type: {e}"),
-            ),
+        Completion::Ok(json) => crate::payload::decode(json.as_deref()).map_err(|e| {
+            let what = match kind {
+                TaskKind::ExternalEvent => "the event data",
+                _ => "the result",
+            };
+            TaskError {
+                kind,
+                name: name.to_string(),
+                failure: FailureDetails::new(
+                    DECODE_ERROR,
+                    format!(
+                        "{what} does not decode as {}: {e}",
+                        crate::payload::short_type_name(std::any::type_name::<O>())
+                    ),
+                ),
+            }
         }),
         Completion::Failed(failure) => Err(TaskError {
             kind,

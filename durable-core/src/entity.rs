@@ -44,7 +44,8 @@ impl EntityId {
     }
 
     /// Checks the name and key: a non-empty name without `@`, and a key without control
-    /// characters, at most 200 bytes.
+    /// characters, at most 200 bytes, other than `.` and `..` (which URLs resolve as
+    /// relative paths, so the HTTP API could not name the entity).
     pub fn validate(&self) -> Result<(), Error> {
         if self.name.is_empty()
             || self.name.contains('@')
@@ -56,13 +57,15 @@ impl EntityId {
             )));
         }
         if self.key.len() > 200
+            || self.key == "."
+            || self.key == ".."
             || self
                 .key
                 .chars()
                 .any(|c| c.is_control() || matches!(c, '/' | '\\' | '#' | '?'))
         {
             return Err(Error::InvalidArgument(format!(
-                "invalid entity key '{}': at most 200 bytes, no control characters, '/', '\\\\', '#' or '?'",
+                "invalid entity key '{}': at most 200 bytes, not '.' or '..', no control characters, '/', '\\\\', '#' or '?'",
                 self.key
             )));
         }
@@ -151,7 +154,7 @@ pub struct Operation {
 impl Operation {
     /// Decodes the input (absent = `null`).
     pub fn input<T: DeserializeOwned>(&self) -> Result<T, FailureDetails> {
-        crate::registry::decode_input(&format!("operation '{}'", self.name), self.input.as_deref())
+        crate::payload::decode_input(&format!("operation '{}'", self.name), self.input.as_deref())
     }
 }
 

@@ -145,10 +145,37 @@ pub struct TaskError {
     pub failure: FailureDetails,
 }
 
+/// The `error_type` of a [`TaskError`] whose result or event data did not decode as the
+/// expected type.
+pub const DECODE_ERROR: &str = "DeserializationError";
+
 impl TaskError {
     /// True when the failure came from a timeout.
     pub fn is_timeout(&self) -> bool {
         self.failure.error_type == "Timeout"
+    }
+
+    /// True when the call's result, or an external event's data, did not decode as the
+    /// expected type. For an event this is the sender's mistake, not the orchestration's:
+    /// the event was consumed (on replay, the same event fails the same way), so waiting
+    /// again receives the next one. Match it to reject a badly shaped event and keep
+    /// waiting instead of failing the instance:
+    ///
+    /// ```
+    /// # use durable_core::{OrchestrationContext, OrchestrationError};
+    /// # #[derive(serde::Deserialize)] struct Decision { approved: bool }
+    /// # async fn wait(ctx: OrchestrationContext) -> Result<bool, OrchestrationError> {
+    /// let decision = loop {
+    ///     match ctx.wait_for_external_event::<Decision>("Decision").await {
+    ///         Ok(d) => break d,
+    ///         Err(e) if e.is_decode_error() => ctx.set_custom_status(&format!("ignored: {e}")),
+    ///         Err(e) => return Err(e.into()),
+    ///     }
+    /// };
+    /// # Ok(decision.approved) }
+    /// ```
+    pub fn is_decode_error(&self) -> bool {
+        self.failure.error_type == DECODE_ERROR
     }
 }
 

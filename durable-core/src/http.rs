@@ -6,7 +6,8 @@
 //!   history and replays never repeat it.
 //! - Asynchronous pattern (on by default, off per request with
 //!   [`DurableHttpRequest::asynchronous_pattern`]): while the answer is `202 Accepted` with
-//!   a `Location`, the orchestration waits on a durable timer and GETs the location again,
+//!   a `Location`, the orchestration waits on a durable timer and GETs the location again
+//!   (the activity resolves a relative `Location` against the request URL, per RFC 3986),
 //!   until the answer is something else. The wait is the response's `Retry-After` (seconds
 //!   or an HTTP date), else the request's `default_poll_interval`, else the process-wide
 //!   default ([`set_default_poll_interval`], 30 s). A `202` without `Location` is returned
@@ -327,7 +328,6 @@ impl OrchestrationContext {
                 let Some(location) = response.header("location").map(str::to_string) else {
                     break;
                 };
-                let location = resolve_location(&current.url, &location);
                 let now = ctx.current_utc_datetime();
                 let at = response.retry_after_at(now).unwrap_or_else(|| {
                     now + chrono::Duration::from_std(current.poll_interval())
@@ -411,44 +411,9 @@ impl OrchestrationContext {
     }
 }
 
-/// Resolves a `Location` header against the request URL (absolute, or absolute path).
-pub fn resolve_location(base: &str, location: &str) -> String {
-    if location.starts_with("http://") || location.starts_with("https://") {
-        return location.to_string();
-    }
-    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
-    let host_end = base[scheme_end..]
-        .find('/')
-        .map(|i| scheme_end + i)
-        .unwrap_or(base.len());
-    if location.starts_with('/') {
-        format!("{}{location}", &base[..host_end])
-    } else {
-        let dir_end = base
-            .rfind('/')
-            .filter(|&i| i >= host_end)
-            .unwrap_or(host_end);
-        format!("{}/{location}", &base[..dir_end])
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn locations_resolve_against_the_request_url() {
-        assert_eq!(
-            resolve_location("http://a:1/x/y", "http://b/z"),
-            "http://b/z"
-        );
-        assert_eq!(resolve_location("http://a:1/x/y", "/s/1"), "http://a:1/s/1");
-        assert_eq!(
-            resolve_location("http://a:1/x/y", "s/1"),
-            "http://a:1/x/s/1"
-        );
-        assert_eq!(resolve_location("http://a:1", "/s"), "http://a:1/s");
-    }
 
     #[test]
     fn polling_drops_management_keys() {

@@ -33,7 +33,8 @@
 //! ```
 //!
 //! Modules, one per concept: [`history`] (events), [`instance`] (status and state),
-//! [`context`] (the orchestration API), [`activity`](mod@activity), [`registry`], [`worker`] (the
+//! [`context`] (the orchestration API), [`activity`](mod@activity), [`payload`] (how JSON
+//! becomes user types), [`registry`], [`worker`] (the
 //! runtime), [`client`], [`store`] (the persistence seam and its providers).
 
 #![warn(missing_docs)]
@@ -47,6 +48,7 @@ pub mod history;
 pub mod http;
 pub mod instance;
 pub mod join;
+pub mod payload;
 pub mod registry;
 mod replay;
 pub mod retry;
@@ -81,12 +83,12 @@ pub mod __private {
     pub use crate::entity::{Entity, EntityContext, EntityId, Operation};
     pub use crate::error::{Error, TaskError};
     pub use crate::history::FailureDetails;
-    pub use crate::registry::EntityRegistration;
+    pub use crate::payload::{decode_input, InputType};
+    pub use crate::registry::{encode, failure_of};
     pub use crate::registry::{
-        decode_input, Activity, ActivityRegistration, BoxFuture, Orchestrator,
+        Activity, ActivityRegistration, BoxFuture, EntityRegistration, OperationType, Orchestrator,
         OrchestratorRegistration, Outcome, Payload, Plain, TaskOutcome,
     };
-    pub use crate::registry::{encode, failure_of};
     pub use inventory;
     pub use serde;
     pub use serde_json;

@@ -16,6 +16,7 @@ use crate::context::OrchestrationContext;
 use crate::entity::{EntityContext, EntityFn, Operation};
 use crate::error::Error;
 use crate::history::FailureDetails;
+use crate::payload::{decode_input, InputType};
 
 /// A boxed, sendable future.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -145,24 +146,6 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Outcome {
     })
 }
 
-/// Deserializes a JSON payload (absent = `null`).
-pub fn decode<T: DeserializeOwned>(payload: Option<&str>) -> Result<T, serde_json::Error> {
-    serde_json::from_str(payload.unwrap_or("null"))
-}
-
-/// Deserializes a function's input, with a failure naming the function.
-pub fn decode_input<T: DeserializeOwned>(
-    what: &str,
-    payload: Option<&str>,
-) -> Result<T, FailureDetails> {
-    decode(payload).map_err(|e| {
-        FailureDetails::new(
-            "InvalidInput",
-            format!("input of {what} does not match its parameter types: {e}"),
-        )
-    })
-}
-
 /// Link-time registration of an orchestrator, emitted by `#[orchestrator]`.
 pub struct OrchestratorRegistration {
     /// Durable name.
@@ -171,6 +154,8 @@ pub struct OrchestratorRegistration {
     pub version: Option<&'static str>,
     /// Entry point.
     pub invoke: fn(OrchestrationContext, Option<String>) -> BoxFuture<'static, Outcome>,
+    /// The input type, checked at the door before an instance is stored.
+    pub input: InputType,
     /// `module::path` and `file:line` of the definition, for duplicate-name errors.
     pub location: &'static str,
 }
@@ -191,8 +176,20 @@ pub struct EntityRegistration {
     pub name: &'static str,
     /// Runs one operation.
     pub invoke: fn(EntityContext, Operation) -> BoxFuture<'static, (EntityContext, Outcome)>,
+    /// The operations, when known (`#[entity]` on an `impl` block); `None` for a
+    /// function-style entity, which decides what it accepts itself.
+    pub operations: Option<&'static [OperationType]>,
     /// `module::path` and `file:line` of the definition, for duplicate-name errors.
     pub location: &'static str,
+}
+
+/// An entity operation as a door sees it: its name and, when it takes one, its input type.
+#[derive(Clone, Copy, Debug)]
+pub struct OperationType {
+    /// The operation name.
+    pub name: &'static str,
+    /// The input type; `None` when the operation takes no input (any input is ignored).
+    pub input: Option<InputType>,
 }
 
 inventory::collect!(OrchestratorRegistration);
@@ -206,6 +203,8 @@ pub struct EntityEntry {
     pub name: String,
     /// Runs one operation.
     pub invoke: EntityFn,
+    /// The operations, when known (see [`EntityRegistration::operations`]).
+    pub operations: Option<&'static [OperationType]>,
     /// Where it was defined.
     pub location: String,
 }
@@ -219,6 +218,8 @@ pub struct OrchestratorEntry {
     pub version: Option<String>,
     /// Entry point.
     pub invoke: OrchestratorFn,
+    /// The input type.
+    pub input: InputType,
     /// Where it was defined.
     pub location: String,
 }
@@ -327,6 +328,7 @@ impl RegistryBuilder {
                 name: r.name.to_string(),
                 version: r.version.map(str::to_string),
                 invoke: Arc::new(invoke),
+                input: r.input,
                 location: r.location.to_string(),
             });
         }
@@ -335,6 +337,7 @@ impl RegistryBuilder {
             self.entities.push(EntityEntry {
                 name: r.name.to_lowercase(),
                 invoke: Arc::new(invoke),
+                operations: r.operations,
                 location: r.location.to_string(),
             });
         }
@@ -352,7 +355,7 @@ impl RegistryBuilder {
     /// Registers an orchestrator written as a closure or function with typed input.
     pub fn orchestrator<I, R, F, Fut>(mut self, name: &str, f: F) -> Self
     where
-        I: DeserializeOwned + Send + 'static,
+        I: Payload,
         R: TaskOutcome,
         F: Fn(OrchestrationContext, I) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = R> + Send + 'static,
@@ -370,6 +373,7 @@ impl RegistryBuilder {
                     f(ctx, input).await.into_outcome()
                 })
             }),
+            input: InputType::of::<I>(),
             location: format!("{name} (registered at run time)"),
         });
         self
@@ -420,6 +424,7 @@ impl RegistryBuilder {
                     (ctx, outcome)
                 })
             }),
+            operations: None,
             location: format!("{name} (registered at run time)"),
         });
         self

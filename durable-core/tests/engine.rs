@@ -1173,7 +1173,8 @@ async fn call_http_polls_202_locations_on_durable_timers() {
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
     let s2 = seen.clone();
     let reg = Registry::builder()
-        // Stands in for the real HTTP activity: a job that answers 202 twice, then 200.
+        // Stands in for the real HTTP activity: a job that answers 202 twice, then 200 (the
+        // real activity hands back `Location` resolved against the request URL).
         .activity(
             durable_core::http::HTTP_ACTIVITY,
             move |_ctx, req: DurableHttpRequest| {
@@ -1188,7 +1189,8 @@ async fn call_http_polls_202_locations_on_durable_timers() {
                     let polls = seen.len();
                     let mut headers = std::collections::BTreeMap::new();
                     let status = if polls < 3 {
-                        headers.insert("location".to_string(), "/jobs/1".to_string());
+                        headers
+                            .insert("location".to_string(), "http://svc:8080/jobs/1".to_string());
                         headers.insert("retry-after".to_string(), "0".to_string());
                         202
                     } else {

@@ -197,7 +197,8 @@ fn header(name: &str, value: &str) -> Result<(HeaderName, HeaderValue), FailureD
     Ok((n, v))
 }
 
-/// Performs one request (no polling, no retries: `ctx.call_http` does those). Failures:
+/// Performs one request (no polling, no retries: `ctx.call_http` does those); a relative
+/// `Location` in the answer comes back resolved against the request URL. Failures:
 /// `InvalidArgument`, `Unsupported`, `UnknownTokenSource` (not retriable),
 /// `TokenSourceFailed`, `TransportError`, `Timeout`, `ResponseTooLarge`, and
 /// [`RETRIABLE_STATUS`] for a status listed in the request's `retry_status_codes`.
@@ -265,6 +266,9 @@ pub async fn execute(req: DurableHttpRequest) -> Result<DurableHttpResponse, Fai
                 })
                 .or_insert_with(|| v.to_string());
         }
+        if let Some(location) = headers.get_mut("location") {
+            *location = resolve_location(&req.url, location);
+        }
         let body = Limited::new(resp.into_body(), MAX_RESPONSE_BYTES)
             .collect()
             .await
@@ -308,10 +312,21 @@ pub async fn execute(req: DurableHttpRequest) -> Result<DurableHttpResponse, Fai
     Ok(resp)
 }
 
+/// Resolves a `Location` header against the URL that answered (RFC 3986 reference
+/// resolution: dot segments, query-only and network-path references), so the response
+/// carries the absolute URL that `ctx.call_http` polls. A value that is not a URL
+/// reference stays as it is.
+fn resolve_location(base: &str, location: &str) -> String {
+    url::Url::parse(base)
+        .and_then(|b| b.join(location))
+        .map(String::from)
+        .unwrap_or_else(|_| location.to_string())
+}
+
 fn invoke(_ctx: ActivityContext, input: Option<String>) -> BoxFuture<'static, Outcome> {
     Box::pin(async move {
         let req: DurableHttpRequest =
-            durable_core::registry::decode_input("activity 'durable::http'", input.as_deref())?;
+            durable_core::payload::decode_input("activity 'durable::http'", input.as_deref())?;
         let resp = execute(req).await?;
         durable_core::registry::encode(&resp)
     })
@@ -322,5 +337,28 @@ inventory::submit! {
         name: HTTP_ACTIVITY,
         invoke,
         location: "durable_http::activity (built in)",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::resolve_location;
+
+    #[test]
+    fn locations_resolve_per_rfc_3986() {
+        let base = "http://a:1/x/y/z?q=1";
+        for (location, want) in [
+            ("http://b/z", "http://b/z"),
+            ("/s/1", "http://a:1/s/1"),
+            ("s/1", "http://a:1/x/y/s/1"),
+            ("../s", "http://a:1/x/s"),
+            ("./s/../t", "http://a:1/x/y/t"),
+            ("?page=2", "http://a:1/x/y/z?page=2"),
+            ("//c:2/p", "http://c:2/p"),
+            ("", "http://a:1/x/y/z?q=1"),
+        ] {
+            assert_eq!(resolve_location(base, location), want, "{location}");
+        }
+        assert_eq!(resolve_location("not a url", "/s"), "/s");
     }
 }

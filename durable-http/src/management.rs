@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use durable_core::history::{EventKind, HistoryEvent};
+use durable_core::payload::check_json;
 use durable_core::{
     DurableClient, EntityId, InstanceFilter, InstanceState, RuntimeStatus, StartOptions,
     StatusOptions,
@@ -20,15 +21,16 @@ use crate::status::{df_time, json_value};
 /// The management API's base path.
 pub const BASE: &str = "/runtime/webhooks/durabletask";
 
-fn truthy(req: &HttpRequest, name: &str, default: bool) -> bool {
-    match req
-        .query(name)
-        .map(|v| v.trim().to_ascii_lowercase())
-        .as_deref()
-    {
-        Some("true") => true,
-        Some("false") => false,
-        _ => default,
+/// A boolean query parameter: `true` or `false` in any case; absent or empty is the
+/// default; anything else is 400.
+fn flag(req: &HttpRequest, name: &str, default: bool) -> Result<bool, HttpError> {
+    match req.query(name).map(str::trim) {
+        None | Some("") => Ok(default),
+        Some(v) if v.eq_ignore_ascii_case("true") => Ok(true),
+        Some(v) if v.eq_ignore_ascii_case("false") => Ok(false),
+        Some(v) => Err(HttpError::bad_request(format!(
+            "invalid {name} '{v}': expected true or false"
+        ))),
     }
 }
 
@@ -310,11 +312,28 @@ fn valid_id(id: &str) -> Result<(), HttpError> {
 /// `raiseEvent`, `entities`) match case-insensitively, as the reference system's route
 /// templates do; operation names too.
 pub(crate) async fn handle(client: &DurableClient, req: &HttpRequest, rest: &str) -> HttpResult {
+    match route(client, req, rest).await {
+        Err(e) if e.status.is_client_error() => Ok(error_response(e)),
+        other => other,
+    }
+}
+
+/// A 4xx as `{"error": "..."}`, plus `ExceptionMessage`: the field Durable Functions'
+/// clients read from the reference system's error answers (the Python client's
+/// `start_new` raises it). Server errors take the host's usual path.
+fn error_response(e: HttpError) -> HttpResponse {
+    HttpResponse::json(
+        e.status,
+        &json!({ "error": e.message, "ExceptionMessage": e.message }),
+    )
+}
+
+async fn route(client: &DurableClient, req: &HttpRequest, rest: &str) -> HttpResult {
     let mut parts: Vec<String> = rest
         .split('/')
         .filter(|s| !s.is_empty())
-        .map(crate::request::percent_decode)
-        .collect();
+        .map(crate::request::path_segment)
+        .collect::<Result<_, _>>()?;
     if let Some(first) = parts.first_mut() {
         first.make_ascii_lowercase();
     }
@@ -360,11 +379,10 @@ pub(crate) async fn handle(client: &DurableClient, req: &HttpRequest, rest: &str
 
 /// 405 with the `Allow` header HTTP requires.
 fn method_not_allowed(allow: &str) -> HttpResult {
-    Ok(HttpError::new(
+    Ok(error_response(HttpError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         format!("method not allowed here; allowed: {allow}"),
-    )
-    .into_response()
+    ))
     .with_header("allow", allow))
 }
 
@@ -398,7 +416,7 @@ async fn start(
         None
     } else {
         let text = req.text()?;
-        serde_json::from_str::<serde::de::IgnoredAny>(text)
+        check_json(text)
             .map_err(|e| HttpError::bad_request(format!("Invalid JSON content: {e}")))?;
         Some(text.to_string())
     };
@@ -484,11 +502,13 @@ async fn get_status(
 ) -> HttpResult {
     valid_id(id)?;
     let internal_history = internal_history(req)?;
-    let show_history = internal_history || truthy(req, "showHistory", false);
-    let show_history_output = truthy(req, "showHistoryOutput", false);
-    let show_input = truthy(req, "showInput", true);
-    let internal_error_on_failure = internal_error_on_failure
-        .unwrap_or_else(|| truthy(req, "returnInternalServerErrorOnFailure", false));
+    let show_history = internal_history || flag(req, "showHistory", false)?;
+    let show_history_output = flag(req, "showHistoryOutput", false)?;
+    let show_input = flag(req, "showInput", true)?;
+    let internal_error_on_failure = match internal_error_on_failure {
+        Some(v) => v,
+        None => flag(req, "returnInternalServerErrorOnFailure", false)?,
+    };
     let Some(status) = client
         .get_status(
             id,
@@ -527,14 +547,8 @@ async fn get_status(
 }
 
 fn filter_from(req: &HttpRequest) -> Result<InstanceFilter, HttpError> {
-    let statuses = req
-        .query_all("runtimeStatus")
-        .into_iter()
-        .flat_map(|v| v.split(','))
-        .filter_map(RuntimeStatus::parse)
-        .collect();
     Ok(InstanceFilter {
-        statuses,
+        statuses: statuses(req)?,
         created_from: parse_time(req, "createdTimeFrom")?,
         created_to: parse_time(req, "createdTimeTo")?,
         instance_id_prefix: req
@@ -542,6 +556,26 @@ fn filter_from(req: &HttpRequest) -> Result<InstanceFilter, HttpError> {
             .filter(|p| !p.is_empty())
             .map(str::to_string),
     })
+}
+
+/// `runtimeStatus`, comma-separated and/or repeated. An unknown value is 400: dropping it
+/// would widen the filter (a bulk purge would delete more than was asked).
+fn statuses(req: &HttpRequest) -> Result<Vec<RuntimeStatus>, HttpError> {
+    req.query_all("runtimeStatus")
+        .into_iter()
+        .flat_map(|v| v.split(','))
+        .filter(|v| !v.trim().is_empty())
+        .map(|v| {
+            RuntimeStatus::parse(v).ok_or_else(|| {
+                let known: Vec<&str> = RuntimeStatus::ALL.iter().map(|s| s.as_str()).collect();
+                HttpError::bad_request(format!(
+                    "invalid runtimeStatus '{}': expected one of {}",
+                    v.trim(),
+                    known.join(", ")
+                ))
+            })
+        })
+        .collect()
 }
 
 fn page_size(req: &HttpRequest) -> Result<usize, HttpError> {
@@ -561,28 +595,34 @@ fn page_size(req: &HttpRequest) -> Result<usize, HttpError> {
 
 /// The request's `x-ms-continuation-token` (first value; empty or `null` means none).
 /// Tokens go out percent-encoded, so they are plain ASCII header values whatever the
-/// instance ids contain, and come back decoded.
-fn continuation(req: &HttpRequest) -> Option<String> {
-    req.headers
-        .get("x-ms-continuation-token")
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_string())
-        .filter(|t| !t.is_empty() && t != "null")
-        .map(|t| crate::request::percent_decode(&t))
+/// instance ids contain, and come back decoded; the store refuses one it did not issue.
+fn continuation(req: &HttpRequest) -> Result<Option<String>, HttpError> {
+    let Some(v) = req.headers.get("x-ms-continuation-token") else {
+        return Ok(None);
+    };
+    let bad =
+        || HttpError::bad_request("invalid x-ms-continuation-token: not a token this host issued");
+    let t = v.to_str().map_err(|_| bad())?.trim();
+    if t.is_empty() || t == "null" {
+        return Ok(None);
+    }
+    crate::request::path_segment(t).map(Some).map_err(|_| bad())
 }
 
-/// The response's `x-ms-continuation-token`: always present, `null` when done.
+/// The response's `x-ms-continuation-token`, only when there is a next page: Durable
+/// Functions' clients follow any token they get, so the last page carries none.
 fn continuation_header(resp: HttpResponse, token: Option<String>) -> HttpResponse {
-    let value = token
-        .map(|t| percent_encode(&t))
-        .unwrap_or_else(|| "null".into());
-    resp.with_header("x-ms-continuation-token", value)
+    match token {
+        Some(t) => resp.with_header("x-ms-continuation-token", percent_encode(&t)),
+        None => resp,
+    }
 }
 
 async fn list(client: &DurableClient, req: &HttpRequest) -> HttpResult {
     let filter = filter_from(req)?;
-    let show_input = truthy(req, "showInput", true);
+    let show_input = flag(req, "showInput", true)?;
     let page = client
-        .list_instances(&filter, page_size(req)?, continuation(req).as_deref())
+        .list_instances(&filter, page_size(req)?, continuation(req)?.as_deref())
         .await?;
     let items: Vec<Value> = page
         .items
@@ -676,7 +716,7 @@ async fn raise_event(
     let input = if text.trim().is_empty() {
         None
     } else {
-        serde_json::from_str::<serde::de::IgnoredAny>(text)
+        check_json(text)
             .map_err(|e| HttpError::bad_request(format!("Invalid JSON content: {e}")))?;
         Some(text.to_string())
     };
@@ -708,7 +748,7 @@ async fn operation(client: &DurableClient, req: &HttpRequest, id: &str, op: &str
             other => other?,
         },
         "restart" => {
-            let new_id = truthy(req, "restartWithNewInstanceId", true);
+            let new_id = flag(req, "restartWithNewInstanceId", true)?;
             let wait = wait_params(req)?;
             let restarted = match client.restart(id, new_id).await {
                 Err(durable_core::Error::InstanceNotFound(_)) => {
@@ -758,7 +798,7 @@ async fn list_entities(
     req: &HttpRequest,
     name: Option<&str>,
 ) -> HttpResult {
-    let fetch_state = truthy(req, "fetchState", false);
+    let fetch_state = flag(req, "fetchState", false)?;
     let from = parse_time(req, "lastOperationTimeFrom")?;
     let to = parse_time(req, "lastOperationTimeTo")?;
     let page = client
@@ -766,7 +806,7 @@ async fn list_entities(
             name,
             fetch_state,
             page_size(req)?,
-            continuation(req).as_deref(),
+            continuation(req)?.as_deref(),
         )
         .await?;
     let items: Vec<Value> = page
@@ -805,7 +845,7 @@ async fn signal_entity(
         None
     } else if is_json(req) {
         let text = req.text()?;
-        serde_json::from_str::<serde::de::IgnoredAny>(text)
+        check_json(text)
             .map_err(|e| HttpError::bad_request(format!("Could not parse JSON content: {e}")))?;
         Some(text.to_string())
     } else {

@@ -128,54 +128,48 @@ impl HttpRequest {
     }
 }
 
-/// Splits and percent-decodes a query string.
+/// Splits and decodes a query string as HTML forms encode it (`%XX` escapes, `+` for a
+/// space).
 pub(crate) fn parse_query(q: &str) -> Vec<(String, String)> {
-    q.split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (percent_decode(k), percent_decode(v))
-        })
+    url::form_urlencoded::parse(q.as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect()
 }
 
-/// Decodes `%XX` escapes and `+` (as a space).
+/// Decodes the `%XX` escapes of a path segment (`+` stays a plus sign); bytes that are not
+/// UTF-8 become U+FFFD. Where a segment names something to create or change, use
+/// [`path_segment`], which refuses them.
 pub(crate) fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                (Some(h), Some(l)) => {
-                    out.push(h * 16 + l);
-                    i += 2;
-                }
-                _ => out.push(b'%'),
-            },
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
-fn hex(b: u8) -> Option<u8> {
-    (b as char).to_digit(16).map(|d| d as u8)
+/// Decodes a path segment like [`percent_decode`], with 400 when it is not UTF-8.
+pub(crate) fn path_segment(s: &str) -> Result<String, HttpError> {
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8()
+        .map(|c| c.into_owned())
+        .map_err(|_| {
+            HttpError::bad_request(format!(
+                "the path segment '{s}' does not decode to UTF-8 text"
+            ))
+        })
 }
+
+/// What [`percent_encode`] leaves as it is: RFC 3986's unreserved characters plus `:` and
+/// `@`, which path segments allow.
+const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~')
+    .remove(b':')
+    .remove(b'@');
 
 /// Percent-encodes a path segment or query value.
 pub(crate) fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b':' | b'@') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(s, SEGMENT).to_string()
 }
 
 /// A response from a start endpoint.
@@ -347,9 +341,26 @@ mod tests {
         assert_eq!(q[0], ("s".into(), "01/02/2024".into()));
         assert_eq!(q[1], ("e".into(), "a b".into()));
         assert_eq!(q[2], ("x".into(), String::new()));
+        assert_eq!(
+            parse_query("t=2024-01-01T00:00:00%2B01:00")[0].1,
+            "2024-01-01T00:00:00+01:00"
+        );
         assert_eq!(percent_decode("100%"), "100%");
         assert_eq!(percent_decode("%zz"), "%zz");
         assert_eq!(percent_encode("a b/c"), "a%20b%2Fc");
+        assert_eq!(percent_encode("a+b:c@d"), "a%2Bb:c@d");
+    }
+
+    #[test]
+    fn path_segments_keep_plus_signs() {
+        assert_eq!(percent_decode("a+b"), "a+b");
+        assert_eq!(percent_decode("a%2Bb%20c"), "a+b c");
+        assert_eq!(path_segment("caf%C3%A9+1").unwrap(), "café+1");
+        let e = path_segment("%FF%FE").unwrap_err();
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        for id in ["a+b", "a b", "x%y", "ü/?#"] {
+            assert_eq!(percent_decode(&percent_encode(id)), id);
+        }
     }
 
     #[test]

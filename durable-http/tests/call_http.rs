@@ -311,6 +311,45 @@ async fn a_202_is_polled_on_durable_timers_honouring_retry_after() {
     assert_eq!(http_tasks(&history), 3);
 }
 
+/// Relative `Location`s resolve against the URL that answered, per RFC 3986: dot
+/// segments, a query-only reference, a network-path reference to another host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relative_locations_resolve_per_rfc_3986() {
+    let other = Server::start(
+        0,
+        |_s: Seen, _| async move { answer(200, &[], "elsewhere") },
+    )
+    .await;
+    let network_path = format!("//{}/final", other.addr);
+    let server = Server::start(0, move |s: Seen, n| {
+        let network_path = network_path.clone();
+        async move {
+            let next = |l: &str| answer(202, &[("location", l), ("retry-after", "1")], "");
+            match (s.path.as_str(), n) {
+                ("/api/v1/jobs/start", _) => next("../status/./7"),
+                ("/api/v1/status/7", 1) => next("?page=2"),
+                ("/api/v1/status/7", _) => next(&network_path),
+                _ => answer(404, &[], ""),
+            }
+        }
+    })
+    .await;
+    let (out, _) = run(
+        DurableHttpRequest::post_json(server.url("/api/v1/jobs/start"), &1),
+        None,
+    )
+    .await;
+    let resp = out.unwrap();
+    assert_eq!((resp.status, resp.body.as_str()), (200, "elsewhere"));
+    let paths: Vec<String> = server.seen().iter().map(|s| s.path.clone()).collect();
+    assert_eq!(
+        paths,
+        ["/api/v1/jobs/start", "/api/v1/status/7", "/api/v1/status/7"]
+    );
+    let polled: Vec<String> = other.seen().iter().map(|s| s.path.clone()).collect();
+    assert_eq!(polled, ["/final"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_retry_after_the_configured_default_interval_is_used() {
     let script = |s: Seen, _| async move {
@@ -357,7 +396,8 @@ async fn polling_can_be_turned_off_per_request() {
     let (out, history) = run(req, None).await;
     let resp = out.unwrap();
     assert_eq!(resp.status, 202);
-    assert_eq!(resp.header("location"), Some("/status/1"));
+    let absolute = server.url("/status/1");
+    assert_eq!(resp.header("location"), Some(absolute.as_str()));
     assert_eq!(server.seen().len(), 1);
     assert!(timer_waits(&history).is_empty());
 }

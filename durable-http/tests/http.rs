@@ -15,8 +15,23 @@ use serde_json::{json, Value};
 
 const KEY: &str = "test-key-0123456789abcdef";
 
+/// A counter whose operations' input types the door knows (`#[entity]` on an impl).
+#[derive(Default, serde::Serialize, serde::Deserialize)]
+struct Tally {
+    value: i64,
+}
+
+#[durable_core::entity]
+impl Tally {
+    pub fn add(&mut self, n: i64) -> i64 {
+        self.value += n;
+        self.value
+    }
+}
+
 fn registry() -> Registry {
     Registry::builder()
+        .with_inventory()
         .activity("say_hello", |_ctx, city: String| async move {
             Ok::<_, ActivityError>(format!("Hello {city}!"))
         })
@@ -68,7 +83,7 @@ async fn host() -> RunningHost {
         .store(Arc::new(MemoryStore::new()))
         .key(KEY)
         .registry(registry())
-        .body_limit(4096)
+        .body_limit(16 * 1024)
         .without_registered_routes()
         .route(&["POST"], "/api/hello", |client, req| async move {
             let cities: Vec<String> = req.json()?;
@@ -135,7 +150,7 @@ async fn call(
     method: &str,
     path: &str,
     headers: &[(&str, &str)],
-    body: &str,
+    body: impl AsRef<[u8]>,
 ) -> Resp {
     call_at(h.addr, method, path, headers, body).await
 }
@@ -145,7 +160,7 @@ async fn call_at(
     method: &str,
     path: &str,
     headers: &[(&str, &str)],
-    body: &str,
+    body: impl AsRef<[u8]>,
 ) -> Resp {
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (mut sender, conn) =
@@ -161,7 +176,10 @@ async fn call_at(
         req = req.header(*k, *v);
     }
     let resp = sender
-        .send_request(req.body(Full::new(Bytes::from(body.to_string()))).unwrap())
+        .send_request(
+            req.body(Full::new(Bytes::copy_from_slice(body.as_ref())))
+                .unwrap(),
+        )
         .await
         .unwrap();
     let status = resp.status().as_u16();
@@ -180,7 +198,7 @@ async fn call_at(
     }
 }
 
-async fn mgmt(h: &RunningHost, method: &str, path: &str, body: &str) -> Resp {
+async fn mgmt(h: &RunningHost, method: &str, path: &str, body: impl AsRef<[u8]>) -> Resp {
     call(
         h,
         method,
@@ -206,21 +224,30 @@ async fn status_when(h: &RunningHost, id: &str, done: impl Fn(&Value) -> bool) {
     }
 }
 
-/// Every item of a management list, following `x-ms-continuation-token` page by page.
+/// Every item of a management list, following `x-ms-continuation-token` page by page as
+/// Durable Functions' clients do: any token present is followed, so the last page must
+/// carry none.
 async fn list_all(h: &RunningHost, path: &str) -> Vec<Value> {
     let mut items = Vec::new();
-    let mut token = String::new();
+    let mut token: Option<String> = None;
     for _ in 0..100 {
         let mut headers = vec![("x-functions-key", KEY)];
-        if !token.is_empty() {
-            headers.push(("x-ms-continuation-token", token.as_str()));
+        if let Some(t) = &token {
+            headers.push(("x-ms-continuation-token", t.as_str()));
         }
         let r = call(h, "GET", path, &headers, "").await;
         assert_eq!(r.status, 200, "{:?}", r.body);
         items.extend(r.body.as_array().unwrap().iter().cloned());
-        token = header(&r, "x-ms-continuation-token").to_string();
-        if token == "null" {
-            return items;
+        token = r
+            .headers
+            .get("x-ms-continuation-token")
+            .map(|v| v.to_str().unwrap().to_string());
+        match &token {
+            None => return items,
+            Some(t) => assert!(
+                !t.is_empty() && t != "null",
+                "a token that ends nothing: {t:?}"
+            ),
         }
     }
     panic!("{path}: the continuation tokens never ran out");
@@ -330,7 +357,7 @@ async fn bad_input_gets_4xx_json_and_changes_nothing() {
         r.body
     );
     assert_error(&call(&h, "POST", "/api/hello", &[], "").await, 400);
-    let big = format!("[\"{}\"]", "x".repeat(5000));
+    let big = format!("[\"{}\"]", "x".repeat(20_000));
     assert_error(&call(&h, "POST", "/api/hello", &[], &big).await, 413);
     assert_error(&call(&h, "GET", "/api/nowhere", &[], "").await, 404);
     let r = call(&h, "GET", "/api/hello", &[], "").await;
@@ -561,12 +588,15 @@ async fn management_routes_follow_the_reference_contract() {
     let r = mgmt(
         &h,
         "GET",
-        "instances?instanceIdPrefix=job-&runtimeStatus=Completed,Terminated,Bogus",
+        "instances?instanceIdPrefix=job-&runtimeStatus=Completed,Terminated",
         "",
     )
     .await;
     assert_eq!(r.status, 200);
-    assert_eq!(r.headers["x-ms-continuation-token"], "null");
+    assert!(
+        !r.headers.contains_key("x-ms-continuation-token"),
+        "no token on the last page"
+    );
     let ids: Vec<&str> = r
         .body
         .as_array()
@@ -669,7 +699,26 @@ async fn entity_routes() {
         json!({"name": "counter", "key": "c1"})
     );
     assert_eq!(r.body[0]["state"], json!(7));
-    assert_eq!(r.headers["x-ms-continuation-token"], "null");
+    assert!(
+        !r.headers.contains_key("x-ms-continuation-token"),
+        "no token on the last page"
+    );
+    // Paging one entity at a time reaches the end.
+    for key in ["c2", "c3"] {
+        let path = format!("entities/counter/{key}?op=add");
+        assert_eq!(mgmt(&h, "POST", &path, "1").await.status, 202);
+    }
+    let mut seen = 0;
+    for _ in 0..200 {
+        seen = list_all(&h, "/runtime/webhooks/durabletask/entities/counter?top=1")
+            .await
+            .len();
+        if seen == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(seen, 3);
     assert_eq!(
         mgmt(&h, "DELETE", "entities/counter/c1", "").await.status,
         202
@@ -1044,5 +1093,527 @@ async fn wait_or_check_status_answers_like_the_reference_on_the_public_endpoint(
     )
     .await;
     assert_error(&r, 400);
+    h.shutdown().await;
+}
+
+/// Every instance's id, status, input and output, and every entity's state: what a
+/// rejected request must leave as it was.
+async fn snapshot(h: &RunningHost) -> Vec<(String, String, Option<String>, Option<String>)> {
+    let mut all: Vec<_> = h
+        .client()
+        .list_instances(&Default::default(), 1000, None)
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|s| (s.instance_id, s.status.to_string(), s.input, s.output))
+        .collect();
+    all.sort();
+    all
+}
+
+/// Walks every management route with malformed or mistyped requests: each gets a 4xx
+/// JSON error and nothing changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_management_route_refuses_bad_input_and_changes_nothing() {
+    let h = host().await;
+    // Something to refuse changes to: a running instance, a finished one, an entity.
+    assert_eq!(
+        mgmt(&h, "POST", "orchestrators/wait/running-1", "")
+            .await
+            .status,
+        202
+    );
+    status_when(&h, "running-1", |b| b["customStatus"] == "waiting").await;
+    let r = mgmt(
+        &h,
+        "POST",
+        "orchestrators/hello/done-1?timeout=10&pollingInterval=1",
+        r#"["Oslo"]"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(
+        mgmt(&h, "POST", "entities/tally/t1?op=add", "1")
+            .await
+            .status,
+        202
+    );
+    let tally = durable_core::EntityId::new("tally", "t1");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while h.client().get_entity(&tally).await.unwrap().is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the entity never ran"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let before = snapshot(&h).await;
+
+    let deep = format!("{}{}", "[".repeat(5000), "]".repeat(5000));
+    let json = ("content-type", "application/json");
+    let text = ("content-type", "text/plain");
+    let not_utf8: &[u8] = b"[\"\xff\"]";
+    // Method, path under the management base, headers, body, expected status.
+    type Case<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>, &'a [u8], u16);
+    let cases: Vec<Case<'_>> = vec![
+        // Start: the orchestrator's input type is checked at the door.
+        (
+            "POST",
+            "orchestrators/hello",
+            vec![json],
+            br#"{"cities": 5}"#,
+            400,
+        ),
+        ("POST", "orchestrators/hello", vec![json], b"[1,2,3]", 400),
+        (
+            "POST",
+            "orchestrators/hello",
+            vec![json],
+            br#""Paris""#,
+            400,
+        ),
+        (
+            "POST",
+            "orchestrators/hello",
+            vec![json],
+            deep.as_bytes(),
+            400,
+        ),
+        ("POST", "orchestrators/hello", vec![json], b"{oops", 400),
+        ("POST", "orchestrators/hello", vec![json], not_utf8, 400),
+        ("POST", "orchestrators/wait", vec![json], b"5", 400),
+        ("POST", "orchestrators/no_such", vec![json], b"[]", 400),
+        ("POST", "orchestrators/hello/..", vec![json], b"[]", 400),
+        ("POST", "orchestrators/hello/%2E", vec![json], b"[]", 400),
+        (
+            "POST",
+            "orchestrators/hello/bad%3Fid",
+            vec![json],
+            b"[]",
+            400,
+        ),
+        ("POST", "orchestrators/hello/%FF", vec![json], b"[]", 400),
+        (
+            "POST",
+            "orchestrators/hello/x?timeout=soon&pollingInterval=1",
+            vec![],
+            b"[]",
+            400,
+        ),
+        (
+            "POST",
+            "orchestrators/hello/x?timeout=1&pollingInterval=5",
+            vec![],
+            b"[]",
+            400,
+        ),
+        (
+            "POST",
+            "orchestrators/hello?version=9.9",
+            vec![],
+            b"[]",
+            400,
+        ),
+        ("POST", "orchestrators/wait/running-1", vec![], b"", 409),
+        ("GET", "orchestrators/hello", vec![], b"", 405),
+        // List and bulk purge: every filter value is checked.
+        ("GET", "instances?runtimeStatus=Complete", vec![], b"", 400),
+        (
+            "GET",
+            "instances?runtimeStatus=Running,Bogus",
+            vec![],
+            b"",
+            400,
+        ),
+        (
+            "GET",
+            "instances?createdTimeFrom=yesterday",
+            vec![],
+            b"",
+            400,
+        ),
+        (
+            "GET",
+            "instances?createdTimeTo=2024-13-01",
+            vec![],
+            b"",
+            400,
+        ),
+        ("GET", "instances?top=0", vec![], b"", 400),
+        ("GET", "instances?top=many", vec![], b"", 400),
+        ("GET", "instances?showInput=maybe", vec![], b"", 400),
+        (
+            "GET",
+            "instances",
+            vec![("x-ms-continuation-token", "garbage")],
+            b"",
+            400,
+        ),
+        (
+            "GET",
+            "instances",
+            vec![("x-ms-continuation-token", "%FF")],
+            b"",
+            400,
+        ),
+        ("DELETE", "instances", vec![], b"", 400),
+        (
+            "DELETE",
+            "instances?createdTimeFrom=2000-01-01T00:00:00Z&runtimeStatus=Complete",
+            vec![],
+            b"",
+            400,
+        ),
+        (
+            "DELETE",
+            "instances?createdTimeFrom=2000-01-01T00:00:00Z&runtimeStatus=completed,Bogus",
+            vec![],
+            b"",
+            400,
+        ),
+        ("DELETE", "instances?createdTimeFrom=soon", vec![], b"", 400),
+        (
+            "DELETE",
+            "instances?createdTimeFrom=2000-01-01T00:00:00Z&createdTimeTo=later",
+            vec![],
+            b"",
+            400,
+        ),
+        ("PUT", "instances", vec![], b"", 405),
+        // One instance.
+        ("GET", "instances/nope", vec![], b"", 404),
+        ("GET", "instances/..", vec![], b"", 400),
+        ("GET", "instances/%2E", vec![], b"", 400),
+        ("GET", "instances/done-1?showHistory=yes", vec![], b"", 400),
+        (
+            "GET",
+            "instances/done-1?showHistoryOutput=1",
+            vec![],
+            b"",
+            400,
+        ),
+        (
+            "GET",
+            "instances/done-1?returnInternalServerErrorOnFailure=x",
+            vec![],
+            b"",
+            400,
+        ),
+        ("DELETE", "instances/running-1", vec![], b"", 412),
+        ("DELETE", "instances/nope", vec![], b"", 404),
+        ("DELETE", "instances/%FF", vec![], b"", 400),
+        ("PATCH", "instances/done-1", vec![], b"", 405),
+        // Operations.
+        ("POST", "instances/done-1/terminate", vec![], b"", 410),
+        ("POST", "instances/nope/terminate", vec![], b"", 404),
+        ("POST", "instances/done-1/suspend", vec![], b"", 410),
+        ("POST", "instances/done-1/resume", vec![], b"", 410),
+        ("POST", "instances/running-1/rewind", vec![], b"", 400),
+        ("POST", "instances/running-1/explode", vec![], b"", 404),
+        ("POST", "instances/../terminate", vec![], b"", 400),
+        (
+            "POST",
+            "instances/done-1/restart?restartWithNewInstanceId=maybe",
+            vec![],
+            b"",
+            400,
+        ),
+        (
+            "POST",
+            "instances/done-1/restart?timeout=x&pollingInterval=1",
+            vec![],
+            b"",
+            400,
+        ),
+        ("POST", "instances/nope/restart", vec![], b"", 400),
+        (
+            "POST",
+            "instances/running-1/restart?restartWithNewInstanceId=false",
+            vec![],
+            b"",
+            409,
+        ),
+        ("GET", "instances/running-1/terminate", vec![], b"", 405),
+        // Raise event.
+        (
+            "POST",
+            "instances/running-1/raiseEvent/go",
+            vec![json],
+            deep.as_bytes(),
+            400,
+        ),
+        (
+            "POST",
+            "instances/running-1/raiseEvent/go",
+            vec![json],
+            b"{bad",
+            400,
+        ),
+        (
+            "POST",
+            "instances/running-1/raiseEvent/go",
+            vec![json],
+            not_utf8,
+            400,
+        ),
+        (
+            "POST",
+            "instances/running-1/raiseEvent/go",
+            vec![text],
+            b"1",
+            400,
+        ),
+        (
+            "POST",
+            "instances/running-1/raiseEvent/go",
+            vec![],
+            b"1",
+            400,
+        ),
+        (
+            "POST",
+            "instances/done-1/raiseEvent/go",
+            vec![json],
+            b"1",
+            410,
+        ),
+        (
+            "POST",
+            "instances/nope/raiseEvent/go",
+            vec![json],
+            b"1",
+            404,
+        ),
+        // Entities: an operation's input type is checked when it is known.
+        (
+            "POST",
+            "entities/tally/t1?op=add",
+            vec![json],
+            br#""five""#,
+            400,
+        ),
+        (
+            "POST",
+            "entities/tally/t1?op=add",
+            vec![json],
+            br#"{"n": 1}"#,
+            400,
+        ),
+        ("POST", "entities/tally/t1?op=add", vec![text], b"five", 400),
+        (
+            "POST",
+            "entities/tally/t1?op=add",
+            vec![json],
+            deep.as_bytes(),
+            400,
+        ),
+        ("POST", "entities/tally/t1?op=add", vec![json], b"{bad", 400),
+        (
+            "POST",
+            "entities/tally/t1?op=subtract",
+            vec![json],
+            b"1",
+            400,
+        ),
+        ("POST", "entities/tally/t1", vec![json], b"1", 400),
+        (
+            "POST",
+            "entities/counter/c9?op=add",
+            vec![json],
+            deep.as_bytes(),
+            400,
+        ),
+        ("POST", "entities/nosuch/k?op=x", vec![json], b"1", 404),
+        ("POST", "entities/tally/..?op=add", vec![json], b"1", 400),
+        ("POST", "entities/tally/%2E?op=add", vec![json], b"1", 400),
+        ("DELETE", "entities/nosuch/k", vec![], b"", 404),
+        ("GET", "entities/tally/%2E%2E", vec![], b"", 400),
+        ("GET", "entities/tally/nope", vec![], b"", 404),
+        ("GET", "entities?fetchState=maybe", vec![], b"", 400),
+        (
+            "GET",
+            "entities/tally?lastOperationTimeFrom=bad",
+            vec![],
+            b"",
+            400,
+        ),
+        ("GET", "entities/tally?top=0", vec![], b"", 400),
+        (
+            "GET",
+            "entities/tally",
+            vec![("x-ms-continuation-token", "garbage")],
+            b"",
+            400,
+        ),
+        ("PUT", "entities/tally/t1", vec![], b"", 405),
+        ("POST", "entities", vec![], b"", 405),
+        // No such route.
+        ("GET", "nowhere", vec![], b"", 404),
+        ("POST", "instances/a/b/c/d", vec![], b"", 404),
+    ];
+    for (method, path, headers, body, want) in cases {
+        let mut all = vec![("x-functions-key", KEY)];
+        all.extend(headers);
+        let r = call(
+            &h,
+            method,
+            &format!("/runtime/webhooks/durabletask/{path}"),
+            &all,
+            body,
+        )
+        .await;
+        assert_eq!(r.status, want, "{method} {path}: {:?}", r.body);
+        assert!(
+            r.body["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{method} {path}: a JSON error: {:?}",
+            r.body
+        );
+        assert_eq!(
+            r.body["ExceptionMessage"], r.body["error"],
+            "{method} {path}"
+        );
+        assert_eq!(
+            snapshot(&h).await,
+            before,
+            "{method} {path} changed something"
+        );
+    }
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mistyped_input_is_refused_naming_the_orchestrator_the_type_and_the_mismatch() {
+    let h = host().await;
+    let r = mgmt(&h, "POST", "orchestrators/hello", r#"{"cities": 5}"#).await;
+    assert_error(&r, 400);
+    assert_eq!(
+        r.body["error"],
+        "input of orchestrator 'hello' does not match its input type Vec<String>: invalid type: map, expected a sequence at line 1 column 0"
+    );
+    let deep = format!("{}{}", "[".repeat(5000), "]".repeat(5000));
+    let r = mgmt(&h, "POST", "orchestrators/hello", &deep).await;
+    assert_error(&r, 400);
+    assert!(
+        r.body["error"]
+            .as_str()
+            .unwrap()
+            .contains("recursion limit exceeded"),
+        "{:?}",
+        r.body
+    );
+    // The form Durable Functions' Python client sends: JSON inside a JSON string. It runs,
+    // and the status shows the value.
+    let r = mgmt(
+        &h,
+        "POST",
+        "orchestrators/hello/py-1?timeout=10&pollingInterval=1",
+        r#""[\"Paris\", \"Rome\"]""#,
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.body.clone()),
+        (200, json!(["Hello Paris!", "Hello Rome!"]))
+    );
+    let r = mgmt(&h, "GET", "instances/py-1", "").await;
+    assert_eq!(r.body["input"], json!(["Paris", "Rome"]));
+    // The same for an entity operation's input.
+    assert_eq!(
+        mgmt(&h, "POST", "entities/tally/py?op=add", r#""41""#)
+            .await
+            .status,
+        202
+    );
+    let r = call(
+        &h,
+        "POST",
+        "/runtime/webhooks/durabletask/entities/tally/py?op=add",
+        &[("x-functions-key", KEY), ("content-type", "text/plain")],
+        "1",
+    )
+    .await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    let mut state = Value::Null;
+    for _ in 0..2000 {
+        state = mgmt(&h, "GET", "entities/tally/py", "").await.body;
+        if state["value"] == 42 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(state, json!({"value": 42}));
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn path_segments_keep_plus_signs_and_dot_ids_are_refused() {
+    let h = host().await;
+    let r = mgmt(&h, "POST", "orchestrators/hello/a+b", "[]").await;
+    assert_eq!((r.status, r.body["id"].clone()), (202, json!("a+b")));
+    // Both spellings of the plus sign name the same instance; a space is another id.
+    for path in ["instances/a+b", "instances/a%2Bb"] {
+        let r = mgmt(&h, "GET", path, "").await;
+        assert_eq!(r.body["instanceId"], "a+b", "{path}");
+    }
+    assert_error(&mgmt(&h, "GET", "instances/a%20b", "").await, 404);
+    // The URLs handed out name the instance, and work.
+    let url = r.body["statusQueryGetUri"].as_str().unwrap().to_string();
+    assert!(url.ends_with("/instances/a%2Bb"), "{url}");
+    // `.` and `..` can have no working status URL: refused at creation, on every door.
+    for id in [".", ".."] {
+        let err = h
+            .client()
+            .start_by_name(
+                "hello",
+                None,
+                durable_core::StartOptions::with_instance_id(id),
+            )
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("relative path"), "{err}");
+    }
+    let bad = durable_core::EntityId::new("tally", "..");
+    assert!(h.client().signal_entity(&bad, "add", &1).await.is_err());
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_purge_with_an_unknown_status_purges_nothing() {
+    let h = host().await;
+    for id in ["p-1", "p-2"] {
+        let r = mgmt(
+            &h,
+            "POST",
+            &format!("orchestrators/hello/{id}?timeout=10&pollingInterval=1"),
+            r#"["Oslo"]"#,
+        )
+        .await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+    }
+    let r = mgmt(
+        &h,
+        "DELETE",
+        "instances?createdTimeFrom=2000-01-01T00:00:00Z&runtimeStatus=Complete",
+        "",
+    )
+    .await;
+    assert_error(&r, 400);
+    assert!(
+        r.body["error"]
+            .as_str()
+            .unwrap()
+            .contains("invalid runtimeStatus 'Complete'"),
+        "{:?}",
+        r.body
+    );
+    assert_eq!(count(&h).await, 2, "nothing was purged");
+    let r = mgmt(
+        &h,
+        "DELETE",
+        "instances?createdTimeFrom=2000-01-01T00:00:00Z&runtimeStatus=Completed",
+        "",
+    )
+    .await;
+    assert_eq!((r.status, r.body), (200, json!({"instancesDeleted": 2})));
     h.shutdown().await;
 }

@@ -20,15 +20,15 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use durable_core::{
-    activity, orchestrator, race, ActivityError, DurableClient, Either, OrchestrationContext,
-    OrchestrationError, StartOptions,
+    activity, orchestrator, ActivityError, DurableClient, OrchestrationContext, OrchestrationError,
+    StartOptions,
 };
 use durable_http::{http_start, HttpRequest, HttpResult};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::common::{html_escape, url_encode};
-use crate::order_processing::approval::{deliver_decision, Decision, DECISION_EVENT};
+use crate::order_processing::approval::{decision_before, deliver_decision};
 
 /// Where new requests are dropped.
 pub const REQUESTS: &str = "requests";
@@ -244,15 +244,19 @@ pub async fn approval_workflow(
     };
     ctx.call_activity(send_approval_email, mail).await?;
     ctx.set_custom_status(&json!({"file": input.file, "state": "AwaitingDecision"}));
-    let decision = ctx.wait_for_external_event::<Decision>(DECISION_EVENT);
-    let timer = ctx.create_timer(Duration::from_secs(input.timeout_seconds));
-    let (approved, reason) = match race(decision, timer).await {
-        Either::Left(d) => {
-            let approved = d?.approved;
-            let verb = if approved { "approved" } else { "rejected" };
-            (approved, format!("{verb} by {}", input.approver))
+    let mut timer = ctx.create_timer(Duration::from_secs(input.timeout_seconds));
+    let decision = decision_before(&ctx, &mut timer, |e| {
+        ctx.set_custom_status(&json!({
+            "file": input.file, "state": "AwaitingDecision", "ignored": e.to_string()
+        }))
+    })
+    .await?;
+    let (approved, reason) = match decision {
+        Some(d) => {
+            let verb = if d.approved { "approved" } else { "rejected" };
+            (d.approved, format!("{verb} by {}", input.approver))
         }
-        Either::Right(()) => (
+        None => (
             false,
             format!("no decision within {} s", input.timeout_seconds),
         ),

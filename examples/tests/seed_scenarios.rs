@@ -374,6 +374,59 @@ async fn approvals_wait_for_a_decision_or_time_out() {
     h.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_badly_shaped_decision_is_rejected_and_the_approval_keeps_waiting() {
+    let h = host().await;
+    let body =
+        json!({"document": "Q4 plan", "approver": "boss-d@corp.test", "timeoutSeconds": 600});
+    let status_path = start(&h, "/api/approvals", &body.to_string()).await;
+    let id = status_path.rsplit('/').next().unwrap().to_string();
+    until(&h, &status_path, "awaiting approval", |b| {
+        b["customStatus"] == "AwaitingApproval"
+    })
+    .await;
+    // Raised by hand with the wrong shape: rejected, and the approval still waits.
+    h.client()
+        .raise_event_json(
+            &id,
+            durable_examples::order_processing::approval::DECISION_EVENT,
+            Some(r#"{"approved": "yes"}"#.into()),
+        )
+        .await
+        .unwrap();
+    let s = until(&h, &status_path, "the rejection", |b| {
+        b["customStatus"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("AwaitingApproval (ignored a malformed decision"))
+    })
+    .await;
+    assert!(
+        s["customStatus"]
+            .as_str()
+            .unwrap()
+            .contains("expected a boolean"),
+        "{s}"
+    );
+    let (status, _, s) = call(&h, "GET", &status_path, "").await;
+    assert_eq!((status, &s["runtimeStatus"]), (202, &json!("Running")));
+    // A well-formed decision, sent as Durable Functions' Python client sends it (JSON in
+    // a JSON string), ends it.
+    h.client()
+        .raise_event_json(
+            &id,
+            durable_examples::order_processing::approval::DECISION_EVENT,
+            Some(r#""{\"approved\": true}""#.into()),
+        )
+        .await
+        .unwrap();
+    let done = finish(&h, &status_path).await;
+    assert_eq!(
+        done["output"],
+        json!({"document": "Q4 plan", "outcome": "Approved"})
+    );
+    h.shutdown().await;
+}
+
 // ---------------------------------------------------------------------------------------
 // durable_search
 
@@ -463,8 +516,14 @@ async fn durable_search_fans_out_to_the_sites_and_a_watcher_long_polls_it() {
     )
     .await;
     assert_eq!(status, 404, "a watcher is not a search");
-    let broken = h
+    // Mistyped input fails at the host's door; a client without the registry (another
+    // process, say) can still store it, and the instance fails.
+    assert!(h
         .client()
+        .start_by_name("search_workflow", Some("42".into()), Default::default())
+        .await
+        .is_err());
+    let broken = durable_core::DurableClient::new(h.client().store().clone())
         .start_by_name("search_workflow", Some("42".into()), Default::default())
         .await
         .unwrap();

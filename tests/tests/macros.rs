@@ -119,3 +119,90 @@ async fn typed_handles_run_end_to_end() {
     assert_eq!(n, 2);
     rt.shutdown().await;
 }
+
+/// A counter whose operations' input types the macro records.
+#[derive(Default, Serialize, Deserialize)]
+struct Tally {
+    value: i64,
+}
+
+#[durable_core::entity]
+impl Tally {
+    pub fn add(&mut self, n: i64) -> i64 {
+        self.value += n;
+        self.value
+    }
+
+    pub fn get(&self) -> i64 {
+        self.value
+    }
+}
+
+#[test]
+fn generated_registrations_know_their_input_types() {
+    let reg = Registry::from_inventory().unwrap();
+    let o = reg.orchestrator("hello_cities", None).unwrap();
+    assert_eq!(o.input.name(), "Vec<String>");
+    assert_eq!(o.input.check(Some(r#"["a"]"#)), Ok(None));
+    assert_eq!(
+        o.input.check(Some(r#""[\"a\"]""#)),
+        Ok(Some(r#"["a"]"#.to_string()))
+    );
+    assert!(o.input.check(Some(r#"{"cities": 5}"#)).is_err());
+    let p = reg.orchestrator("parent", None).unwrap();
+    assert_eq!(p.input.name(), "()");
+    assert!(p.input.check(None).is_ok());
+    assert!(p.input.check(Some("[1]")).is_err());
+
+    let ops = reg.entity("tally").unwrap().operations.unwrap();
+    let names: Vec<&str> = ops.iter().map(|o| o.name).collect();
+    assert_eq!(names, ["add", "get", "delete"]);
+    let add_input = ops[0].input.unwrap();
+    assert_eq!(add_input.name(), "i64");
+    assert_eq!(add_input.check(Some(r#""5""#)), Ok(Some("5".to_string())));
+    assert!(add_input.check(Some(r#""five""#)).is_err());
+    assert!(ops[1].input.is_none() && ops[2].input.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entity_signals_are_checked_against_the_operations() {
+    let rt = Runtime::builder(Arc::new(MemoryStore::new()))
+        .start()
+        .unwrap();
+    let client = rt.client();
+    let id = durable_core::EntityId::new("tally", "t1");
+    for (op, input, says) in [
+        ("add", Some(r#""five""#), "input of operation 'add' of entity 'tally' does not match its input type i64: invalid type: string \"five\", expected i64"),
+        ("add", Some(r#"{"n": 1}"#), "expected i64"),
+        ("subtract", Some("1"), "entity 'tally' has no operation 'subtract'; it has: add, get, delete"),
+    ] {
+        let err = client
+            .signal_entity_json(&id, op, input.map(str::to_string), None)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, durable_core::Error::InvalidArgument(_)) && err.to_string().contains(says),
+            "{op}: {err}"
+        );
+    }
+    assert!(client.get_entity(&id).await.unwrap().is_none());
+    // The value, or a JSON string holding it (stored as the value).
+    client
+        .signal_entity_json(&id, "add", Some("2".into()), None)
+        .await
+        .unwrap();
+    client
+        .signal_entity_json(&id, "add", Some(r#""3""#.into()), None)
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let state: Option<Tally> = client.read_entity_state(&id).await.unwrap();
+        if state.as_ref().is_some_and(|t| t.value == 5) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never reached 5");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    rt.shutdown().await;
+}

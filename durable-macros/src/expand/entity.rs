@@ -6,7 +6,7 @@ use proc_macro2::TokenStream;
 use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
 
-use super::{assert_outcome, assert_payload};
+use super::assert_outcome;
 use crate::validate::{EntityFn, EntityImpl};
 
 /// Expands `#[entity]` on an `impl` block.
@@ -30,11 +30,8 @@ pub fn expand_impl(e: EntityImpl) -> TokenStream {
             __durable_assert_state::<#self_ty>();
         }
     };
-    let op_asserts = ops.iter().map(|o| {
-        let input = o.input.as_ref().map(|(_, t)| assert_payload(t));
-        let output = assert_outcome(&o.ret, o.ret_is_result);
-        quote! { #input #output }
-    });
+    // An operation's input type is asserted by `InputType::of` in the registration.
+    let op_asserts = ops.iter().map(|o| assert_outcome(&o.ret, o.ret_is_result));
 
     let arms = ops.iter().map(|o| {
         let ident = &o.ident;
@@ -60,6 +57,19 @@ pub fn expand_impl(e: EntityImpl) -> TokenStream {
             quote!(::durable_core::__private::TaskOutcome::into_outcome(::durable_core::__private::Plain(#call)))
         };
         quote! { #op_name => { #decode #outcome } }
+    });
+    let op_types = ops.iter().map(|o| {
+        let op_name = o.ident.to_string();
+        let input = match &o.input {
+            Some((_, t)) => quote_spanned! {t.span()=>
+                ::core::option::Option::Some(::durable_core::__private::InputType::of::<#t>())
+            },
+            None => quote!(::core::option::Option::None),
+        };
+        quote! { ::durable_core::__private::OperationType { name: #op_name, input: #input }, }
+    });
+    let delete_type = (!has_delete).then(|| {
+        quote! { ::durable_core::__private::OperationType { name: "delete", input: ::core::option::Option::None }, }
     });
     let delete_arm = (!has_delete).then(|| {
         quote! { "delete" => { __durable_typed.delete_state(); ::core::result::Result::Ok(::core::option::Option::None) } }
@@ -191,6 +201,7 @@ pub fn expand_impl(e: EntityImpl) -> TokenStream {
                 ::durable_core::__private::EntityRegistration {
                     name: #name,
                     invoke: __durable_entity,
+                    operations: ::core::option::Option::Some(&[#(#op_types)* #delete_type]),
                     location: ::core::concat!(::core::module_path!(), "::", #type_name_str, " at ", ::core::file!(), ":", ::core::line!()),
                 }
             }
@@ -223,6 +234,7 @@ pub fn expand_fn(e: EntityFn) -> TokenStream {
                 ::durable_core::__private::EntityRegistration {
                     name: #name,
                     invoke: __durable_entity,
+                    operations: ::core::option::Option::None,
                     location: ::core::concat!(::core::module_path!(), "::", ::core::stringify!(#ident), " at ", ::core::file!(), ":", ::core::line!()),
                 }
             }

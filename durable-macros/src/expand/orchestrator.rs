@@ -49,6 +49,7 @@ pub fn expand(f: Function) -> TokenStream {
                 name: #name,
                 version: #version,
                 invoke: __durable_invoke,
+                input: ::durable_core::__private::InputType::of_orchestrator::<#ident>(),
                 location: ::core::concat!(::core::module_path!(), "::", ::core::stringify!(#ident), " at ", ::core::file!(), ":", ::core::line!()),
             }
         }

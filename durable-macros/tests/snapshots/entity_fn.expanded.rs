@@ -22,7 +22,8 @@ const _: () = {
     }
     ::durable_core::__private::inventory::submit! {
         ::durable_core::__private::EntityRegistration { name : "audit", invoke :
-        __durable_entity, location : ::core::concat!(::core::module_path!(), "::",
-        ::core::stringify!(audit), " at ", ::core::file!(), ":", ::core::line!()), }
+        __durable_entity, operations : ::core::option::Option::None, location :
+        ::core::concat!(::core::module_path!(), "::", ::core::stringify!(audit), " at ",
+        ::core::file!(), ":", ::core::line!()), }
     }
 };

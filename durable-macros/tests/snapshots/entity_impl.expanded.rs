@@ -128,10 +128,6 @@ const _: () = {
             __durable_assert_payload::<i64>();
         }
         {
-            fn __durable_assert_payload<T: ::durable_core::__private::Payload>() {}
-            __durable_assert_payload::<i64>();
-        }
-        {
             fn __durable_assert_outcome<T: ::durable_core::__private::TaskOutcome>() {}
             __durable_assert_outcome::<Result<(), String>>();
         }
@@ -209,7 +205,15 @@ const _: () = {
     }
     ::durable_core::__private::inventory::submit! {
         ::durable_core::__private::EntityRegistration { name : "counter", invoke :
-        __durable_entity, location : ::core::concat!(::core::module_path!(), "::",
-        "Counter", " at ", ::core::file!(), ":", ::core::line!()), }
+        __durable_entity, operations : ::core::option::Option::Some(&
+        [::durable_core::__private::OperationType { name : "add", input :
+        ::core::option::Option::Some(::durable_core::__private::InputType::of:: < i64 >
+        ()) }, ::durable_core::__private::OperationType { name : "reset", input :
+        ::core::option::Option::None }, ::durable_core::__private::OperationType { name :
+        "get", input : ::core::option::Option::None },
+        ::durable_core::__private::OperationType { name : "delete", input :
+        ::core::option::Option::None },]), location :
+        ::core::concat!(::core::module_path!(), "::", "Counter", " at ", ::core::file!(),
+        ":", ::core::line!()), }
     }
 };

@@ -79,8 +79,10 @@ const _: () = {
     }
     ::durable_core::__private::inventory::submit! {
         ::durable_core::__private::OrchestratorRegistration { name : "greeter", version :
-        ::core::option::Option::Some("2"), invoke : __durable_invoke, location :
-        ::core::concat!(::core::module_path!(), "::", ::core::stringify!(hello_cities),
-        " at ", ::core::file!(), ":", ::core::line!()), }
+        ::core::option::Option::Some("2"), invoke : __durable_invoke, input :
+        ::durable_core::__private::InputType::of_orchestrator:: < hello_cities > (),
+        location : ::core::concat!(::core::module_path!(), "::",
+        ::core::stringify!(hello_cities), " at ", ::core::file!(), ":", ::core::line!()),
+        }
     }
 };

@@ -66,8 +66,9 @@ const _: () = {
     }
     ::durable_core::__private::inventory::submit! {
         ::durable_core::__private::OrchestratorRegistration { name : "monitor", version :
-        ::core::option::Option::None, invoke : __durable_invoke, location :
-        ::core::concat!(::core::module_path!(), "::", ::core::stringify!(monitor),
+        ::core::option::Option::None, invoke : __durable_invoke, input :
+        ::durable_core::__private::InputType::of_orchestrator:: < monitor > (), location
+        : ::core::concat!(::core::module_path!(), "::", ::core::stringify!(monitor),
         " at ", ::core::file!(), ":", ::core::line!()), }
     }
 };

@@ -3,7 +3,8 @@
 //! approve and a reject link (the `SendApprovalRequest` activity; the demo mailbox at
 //! `GET /api/mailbox` shows it), then waits for whichever comes first: the decision, an
 //! external event, or a durable timer. A timeout ends it as `TimedOut`. Either way the
-//! `SendApprovalOutcome` activity mails the result.
+//! `SendApprovalOutcome` activity mails the result. A decision event with badly shaped
+//! data is rejected (the custom status says so) and the wait goes on.
 //!
 //! The links hit `GET /api/approvals/{id}/approve` (or `/reject`), which checks the
 //! instance is an `approval` still waiting before raising the event: 404 for an unknown
@@ -13,7 +14,8 @@ use std::time::Duration;
 
 use durable_core::Orchestrator;
 use durable_core::{
-    activity, orchestrator, race, ActivityError, Either, OrchestrationContext, OrchestrationError,
+    activity, orchestrator, race, ActivityError, DurableFuture, Either, OrchestrationContext,
+    OrchestrationError, TaskError,
 };
 use durable_http::{
     http_start, ClientExt, DurableClient, HttpError, HttpRequest, HttpResponse, HttpResult,
@@ -138,17 +140,17 @@ pub async fn approval(
     };
     ctx.call_activity(send_approval_request, mail).await?;
     ctx.set_custom_status(&"AwaitingApproval");
-    let decision = ctx.wait_for_external_event::<Decision>(DECISION_EVENT);
-    let timeout = ctx.create_timer(Duration::from_secs(r.timeout_seconds));
-    let outcome = match race(decision, timeout).await {
-        Either::Left(d) => {
-            if d?.approved {
-                "Approved"
-            } else {
-                "Rejected"
-            }
-        }
-        Either::Right(()) => "TimedOut",
+    let mut timeout = ctx.create_timer(Duration::from_secs(r.timeout_seconds));
+    let decision = decision_before(&ctx, &mut timeout, |e| {
+        ctx.set_custom_status(&format!(
+            "AwaitingApproval (ignored a malformed decision: {e})"
+        ))
+    })
+    .await?;
+    let outcome = match decision {
+        Some(d) if d.approved => "Approved",
+        Some(_) => "Rejected",
+        None => "TimedOut",
     };
     ctx.set_custom_status(&outcome);
     let outcome = ApprovalOutcome {
@@ -158,6 +160,26 @@ pub async fn approval(
     ctx.call_activity(send_approval_outcome, (r.approver, outcome.clone()))
         .await?;
     Ok(outcome)
+}
+
+/// Waits for the decision until `deadline` fires (`None`). A decision event whose data is
+/// not a [`Decision`] (raised by hand through the management API, say) does not end the
+/// wait: `rejected` hears about it and the wait goes on, the deadline unchanged. Replays
+/// reject the same events, since events are delivered in history order.
+pub async fn decision_before(
+    ctx: &OrchestrationContext,
+    deadline: &mut DurableFuture<()>,
+    mut rejected: impl FnMut(&TaskError),
+) -> Result<Option<Decision>, OrchestrationError> {
+    loop {
+        let decision = ctx.wait_for_external_event::<Decision>(DECISION_EVENT);
+        match race(decision, &mut *deadline).await {
+            Either::Left(Ok(d)) => return Ok(Some(d)),
+            Either::Left(Err(e)) if e.is_decode_error() => rejected(&e),
+            Either::Left(Err(e)) => return Err(e.into()),
+            Either::Right(()) => return Ok(None),
+        }
+    }
 }
 
 /// `POST /api/approvals` with `{"document", "approver", "timeoutSeconds"}`: 202 with the
