@@ -24,8 +24,14 @@ pub const DEFAULT_ADDR: &str = "127.0.0.1:7071";
 pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
 
 /// Errors starting or running the host.
-#[derive(Debug)]
 pub struct HostError(pub String);
+
+/// The message alone: `main` returning this error prints `Error: <message>`.
+impl std::fmt::Debug for HostError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
 
 impl std::fmt::Display for HostError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -181,13 +187,19 @@ impl HostBuilder {
 
     /// Opens the store, starts the worker and builds the request handler (not listening
     /// yet: see [`Host::serve`] and [`Host::bind`]).
+    ///
+    /// Installs a `tracing` subscriber (stderr, filter from `RUST_LOG`, default `info`)
+    /// unless the application has set one. Fails when the SQLite file cannot be used:
+    /// damaged, not a durable database, not writable, or already open in another host.
     pub fn build(self) -> Result<Host, HostError> {
-        let store: Arc<dyn Store> = match self.store {
-            Some(s) => s,
-            None => Arc::new(
-                SqliteStore::open(&self.db)
-                    .map_err(|e| HostError(format!("cannot open {}: {e}", self.db.display())))?,
-            ),
+        install_log_subscriber();
+        let (store, sqlite): (Arc<dyn Store>, _) = match self.store {
+            Some(s) => (s, None),
+            None => {
+                let s =
+                    Arc::new(SqliteStore::open(&self.db).map_err(|e| HostError(e.to_string()))?);
+                (s.clone(), Some(s))
+            }
         };
         let key = match self.key {
             Some(k) => k,
@@ -243,8 +255,21 @@ impl HostBuilder {
             }),
             runtime,
             db: self.db,
+            sqlite,
         })
     }
+}
+
+/// Logs to stderr when the application has no `tracing` subscriber of its own, so store
+/// failures and warnings are seen; `RUST_LOG` chooses what (default `info`).
+fn install_log_subscriber() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Fails when a subscriber is already set: the application's wins.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 fn load_or_create_key(db: &std::path::Path) -> Result<String, HostError> {
@@ -516,6 +541,8 @@ pub struct Host {
     app: Arc<App>,
     runtime: Runtime,
     db: PathBuf,
+    /// The store when the host opened the SQLite file itself (checkpointed on shutdown).
+    sqlite: Option<Arc<SqliteStore>>,
 }
 
 impl std::fmt::Debug for Host {
@@ -620,6 +647,7 @@ impl Host {
             stop: stop_tx,
             server,
             db: self.db,
+            sqlite: self.sqlite,
         })
     }
 }
@@ -634,6 +662,7 @@ pub struct RunningHost {
     stop: tokio::sync::watch::Sender<bool>,
     server: tokio::task::JoinHandle<()>,
     db: PathBuf,
+    sqlite: Option<Arc<SqliteStore>>,
 }
 
 impl std::fmt::Debug for RunningHost {
@@ -655,11 +684,17 @@ impl RunningHost {
         format!("http://{}", self.addr)
     }
 
-    /// Stops accepting, finishes in-flight requests, then stops the worker.
+    /// Stops accepting, finishes in-flight requests, stops the worker, then checkpoints the
+    /// SQLite file the host opened, so the database file alone holds everything.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         let _ = self.server.await;
         self.runtime.shutdown().await;
+        if let Some(store) = self.sqlite {
+            if let Err(e) = store.checkpoint().await {
+                tracing::warn!(error = %e, "could not checkpoint the database at shutdown");
+            }
+        }
     }
 }
 

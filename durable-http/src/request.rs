@@ -241,7 +241,11 @@ pub struct HttpError {
     pub status: StatusCode,
     /// What was wrong.
     pub message: String,
+    retry_after: Option<u64>,
 }
+
+/// The `Retry-After` seconds of a 503 for a store failure that may pass (busy, full disk).
+const STORE_RETRY_AFTER_SECS: u64 = 2;
 
 impl HttpError {
     /// An error with a status and message.
@@ -249,6 +253,7 @@ impl HttpError {
         Self {
             status,
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -262,9 +267,19 @@ impl HttpError {
         Self::new(StatusCode::NOT_FOUND, message)
     }
 
+    /// Answers with a `Retry-After` header of `seconds`.
+    pub fn with_retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
+    }
+
     /// The JSON response for this error.
     pub fn into_response(self) -> HttpResponse {
-        HttpResponse::json(self.status, &serde_json::json!({ "error": self.message }))
+        let r = HttpResponse::json(self.status, &serde_json::json!({ "error": self.message }));
+        match self.retry_after {
+            Some(s) => r.with_header("retry-after", s.to_string()),
+            None => r,
+        }
     }
 }
 
@@ -277,6 +292,9 @@ impl fmt::Display for HttpError {
 impl std::error::Error for HttpError {}
 
 impl From<durable_core::Error> for HttpError {
+    /// Store failures are logged here with their cause, the one place that sees them for a
+    /// request; the client is told only whether to come back: 503 with `Retry-After` when a
+    /// retry may pass, else a generic 500.
     fn from(e: durable_core::Error) -> Self {
         use durable_core::Error as E;
         let status = match &e {
@@ -288,16 +306,24 @@ impl From<durable_core::Error> for HttpError {
             E::InvalidStatus { .. } => StatusCode::GONE,
             E::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             E::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            E::Store(_) if e.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
             E::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        let message = match &e {
-            E::Store(_) => {
-                tracing::error!(error = %e, "store failure while serving a request");
-                "the store failed; try again later".to_string()
+        match &e {
+            E::Store(_) if e.is_retryable() => {
+                tracing::warn!(error = %e, "store unavailable while serving a request; answered 503");
+                Self::new(
+                    status,
+                    "storage is temporarily unavailable; try again after the Retry-After delay",
+                )
+                .with_retry_after(STORE_RETRY_AFTER_SECS)
             }
-            _ => e.to_string(),
-        };
-        Self { status, message }
+            E::Store(_) => {
+                tracing::error!(error = %e, "store failure while serving a request; answered 500");
+                Self::new(status, "internal error: the store failed")
+            }
+            _ => Self::new(status, e.to_string()),
+        }
     }
 }
 
