@@ -237,7 +237,7 @@ impl Cache {
 /// (busy, full disk), an error when someone must act. A fetch that keeps failing logs its
 /// first failures and then every tenth, not every retry.
 fn store_failed(e: &StoreError, what: &str, failures: u32) {
-    if failures > 3 && failures % 10 != 0 {
+    if failures > 3 && !failures.is_multiple_of(10) {
         return;
     }
     if e.is_retryable() {
@@ -321,8 +321,10 @@ async fn orchestration_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<b
                 drop(permits);
                 failures += 1;
                 store_failed(&e, "fetching orchestration work failed; retrying", failures);
+                // A commit elsewhere means the store works again: try at once.
                 tokio::select! {
                     _ = tokio::time::sleep(fetch_backoff(failures)) => {}
+                    _ = notified => {}
                     _ = shutdown.changed() => {}
                 }
                 continue;
@@ -765,8 +767,10 @@ async fn activity_loop(
                 drop(permits);
                 failures += 1;
                 store_failed(&e, "fetching activity work failed; retrying", failures);
+                // A commit elsewhere means the store works again: try at once.
                 tokio::select! {
                     _ = tokio::time::sleep(fetch_backoff(failures)) => {}
+                    _ = notified => {}
                     _ = shutdown.changed() => {}
                 }
                 continue;
