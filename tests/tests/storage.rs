@@ -469,6 +469,17 @@ impl std::io::Write for Captured {
 }
 
 impl Captured {
+    /// Logs of this thread go here until the guard is dropped.
+    fn install() -> (Captured, tracing::subscriber::DefaultGuard) {
+        let log = Captured::default();
+        let writer = log.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        (log, tracing::subscriber::set_default(subscriber))
+    }
+
     fn text(&self) -> String {
         String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
     }
@@ -479,13 +490,7 @@ async fn a_full_disk_answers_503_with_retry_after_logs_the_cause_once_and_recove
     let Some(fs) = Tmpfs::mount("http-full", "8m") else {
         return;
     };
-    let log = Captured::default();
-    let writer = log.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (log, _guard) = Captured::install();
     let db = fs.0.join("t.db");
     let (h, app) = host(&db).await;
     assert_eq!(start(&app, 10).await.status(), 202);
@@ -601,4 +606,82 @@ async fn host_shutdown_leaves_the_database_file_complete() {
         assert_eq!(st.status, RuntimeStatus::Completed, "{id}");
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn the_worker_logs_the_failures_it_retries_and_finishes_once_space_returns() {
+    let Some(fs) = Tmpfs::mount("worker-full", "8m") else {
+        return;
+    };
+    let (log, _guard) = Captured::install();
+    let started = Arc::new(tokio::sync::Notify::new());
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let (s, g) = (started.clone(), gate.clone());
+    let registry = Registry::builder()
+        .activity("big", move |_ctx, _: ()| {
+            let (s, g) = (s.clone(), g.clone());
+            async move {
+                s.notify_one();
+                let _pass = g.acquire().await.unwrap();
+                Ok::<_, ActivityError>("x".repeat(64 * 1024))
+            }
+        })
+        .orchestrator("big", |ctx: OrchestrationContext, _: ()| async move {
+            let s: String = ctx.call_activity_by_name("big", &()).await?;
+            Ok::<_, OrchestrationError>(s.len())
+        })
+        .build()
+        .unwrap();
+    let store = Arc::new(SqliteStore::open(fs.0.join("t.db")).unwrap());
+    let rt = durable_core::Runtime::builder(store)
+        .registry(registry)
+        .options(durable_core::RuntimeOptions {
+            activity_lease: Duration::from_secs(2),
+            orchestration_lease: Duration::from_secs(2),
+            ..Default::default()
+        })
+        .start()
+        .unwrap();
+    let client = rt.client();
+    let id = client
+        .start_by_name("big", None, Default::default())
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(30), started.notified())
+        .await
+        .expect("the activity runs");
+    // The disk fills while the activity runs: its result cannot be recorded.
+    let filler = fill(&fs.0);
+    gate.add_permits(1);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let line = loop {
+        let text = log.text();
+        if let Some(l) = text
+            .lines()
+            .find(|l| l.contains("could not record the activity result"))
+        {
+            break l.to_string();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not logged: {text}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        line.contains("WARN") && line.contains("database or disk is full"),
+        "{line}"
+    );
+
+    // Space returns: the activity runs again and the instance finishes, with no restart.
+    std::fs::remove_file(filler).unwrap();
+    let state = client
+        .wait_for_completion(&id, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(
+        state.status,
+        RuntimeStatus::Completed,
+        "{:?}",
+        state.failure
+    );
+    assert_eq!(state.output.as_deref(), Some("65536"));
+    rt.shutdown().await;
 }

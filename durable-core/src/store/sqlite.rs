@@ -301,7 +301,12 @@ impl SqliteStore {
         configure(&conn, b.synchronous, &what)?;
         // A read-only -wal or -shm (or their directory) shows only when writing.
         conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK")
-            .map_err(|e| unwritable(&what, e))?;
+            .map_err(|e| match classify(e) {
+                busy if busy.is_retryable() => {
+                    StoreError::Backend(busy.context(format!("cannot open {what}")))
+                }
+                e => unwritable(&what, e),
+            })?;
         let sync = b.synchronous;
         migrate(&mut conn, &what)?;
         let open_reader = || -> StoreResult<Connection> {
