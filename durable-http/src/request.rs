@@ -382,4 +382,30 @@ mod tests {
             .message
             .contains("malformed JSON"));
     }
+
+    /// A store failure that may pass is a 503 with `Retry-After`; any other is a 500. Neither
+    /// shows the cause (it goes to the log).
+    #[test]
+    fn store_failures_answer_503_when_a_retry_may_pass_and_500_otherwise() {
+        use durable_core::store::{BackendError, StoreError};
+        for (backend, status, retry) in [
+            (BackendError::retryable("the disk is full"), 503, Some("2")),
+            (
+                BackendError::permanent("the database file is corrupt"),
+                500,
+                None,
+            ),
+        ] {
+            let store = StoreError::Backend(
+                backend.with_source(std::io::Error::other("/var/lib/app/durable.db: I/O error")),
+            );
+            let e = HttpError::from(durable_core::Error::from(store));
+            assert_eq!(e.status.as_u16(), status);
+            assert!(!e.message.contains("durable.db"), "{}", e.message);
+            let resp = e.into_response();
+            assert_eq!(resp.header("retry-after"), retry);
+            let body: serde_json::Value = serde_json::from_slice(resp.body()).unwrap();
+            assert!(body["error"].is_string(), "{body}");
+        }
+    }
 }
