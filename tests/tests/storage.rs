@@ -308,6 +308,7 @@ fn a_read_only_directory_holding_the_wal_and_shm_is_refused() {
         .unwrap();
     }
     drop(store);
+    let _ = std::fs::remove_dir_all(src.parent().unwrap());
     assert!(wal_len(&dst) > 0);
     fs.remount_read_only();
     let err = SqliteStore::open(&dst).unwrap_err();
@@ -404,6 +405,7 @@ async fn closing_the_store_leaves_the_database_file_complete() {
         .unwrap();
     assert_eq!(page.items.len(), 50);
     let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(copy.parent().unwrap());
 }
 
 fn registry() -> Registry {
@@ -606,6 +608,7 @@ async fn host_shutdown_leaves_the_database_file_complete() {
         assert_eq!(st.status, RuntimeStatus::Completed, "{id}");
     }
     let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(copy.parent().unwrap());
 }
 
 #[tokio::test]
