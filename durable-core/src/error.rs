@@ -238,8 +238,16 @@ pub enum Error {
     Timeout(String),
     /// Two registrations share a durable name.
     DuplicateName(String),
-    /// The store failed.
-    Store(String),
+    /// The store failed; [`Error::is_retryable`] says whether trying again later can help.
+    Store(StoreError),
+}
+
+impl Error {
+    /// True for a store failure that may pass if the call is retried later (busy, full
+    /// disk): see [`StoreError::is_retryable`].
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Error::Store(e) if e.is_retryable())
+    }
 }
 
 impl fmt::Display for Error {
@@ -270,12 +278,19 @@ impl fmt::Display for Error {
             }
             Error::Timeout(m) => f.write_str(m),
             Error::DuplicateName(m) => f.write_str(m),
-            Error::Store(m) => write!(f, "store error: {m}"),
+            Error::Store(e) => e.fmt(f),
         }
     }
 }
 
-impl std::error::Error for Error {}
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Store(e) => Some(e),
+            _ => None,
+        }
+    }
+}
 
 impl From<StoreError> for Error {
     fn from(e: StoreError) -> Self {
@@ -292,7 +307,7 @@ impl From<StoreError> for Error {
                 Error::PayloadTooLarge { what, size, limit }
             }
             StoreError::Invalid(m) => Error::InvalidArgument(m),
-            other => Error::Store(other.to_string()),
+            other => Error::Store(other),
         }
     }
 }

@@ -233,6 +233,26 @@ impl Cache {
     }
 }
 
+/// Logs a store failure the worker retries, with its cause: a warning when a retry may pass
+/// (busy, full disk), an error when someone must act. A fetch that keeps failing logs its
+/// first failures and then every tenth, not every retry.
+fn store_failed(e: &StoreError, what: &str, failures: u32) {
+    if failures > 3 && !failures.is_multiple_of(10) {
+        return;
+    }
+    if e.is_retryable() {
+        tracing::warn!(error = %e, failures, "{what}");
+    } else {
+        tracing::error!(error = %e, failures, "{what}");
+    }
+}
+
+/// The wait before fetching again after `failures` failed fetches in a row: 200 ms, doubling
+/// up to 5 s.
+fn fetch_backoff(failures: u32) -> Duration {
+    Duration::from_millis(200 << failures.saturating_sub(1).min(5)).min(Duration::from_secs(5))
+}
+
 /// Sleeps until new work is signalled, the next delayed item is due, the idle poll
 /// interval passes, or shutdown begins.
 async fn wait_for_work(
@@ -258,6 +278,7 @@ async fn wait_for_work(
 async fn orchestration_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     let limit = shared.orchestration_limit.clone();
     let mut running = JoinSet::new();
+    let mut failures = 0u32;
     loop {
         if *shutdown.borrow() {
             break;
@@ -298,9 +319,20 @@ async fn orchestration_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<b
             }
             Err(e) => {
                 drop(permits);
-                tracing::warn!(error = %e, "fetching orchestration work failed");
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                failures += 1;
+                store_failed(&e, "fetching orchestration work failed; retrying", failures);
+                // A commit elsewhere means the store works again: try at once.
+                tokio::select! {
+                    _ = tokio::time::sleep(fetch_backoff(failures)) => {}
+                    _ = notified => {}
+                    _ = shutdown.changed() => {}
+                }
+                continue;
             }
+        }
+        if failures > 0 {
+            tracing::info!(failures, "fetching orchestration work works again");
+            failures = 0;
         }
     }
     while running.join_next().await.is_some() {}
@@ -430,7 +462,7 @@ async fn commit_episode(
                 false
             }
             Err(e) => {
-                tracing::warn!(error = %e, "commit failed; retrying later");
+                store_failed(&e, "commit failed; the episode runs again later", 1);
                 let _ = shared
                     .store
                     .abandon_orchestration_work_item(
@@ -677,6 +709,7 @@ async fn activity_loop(
 ) {
     let limit = shared.activity_limit.clone();
     let mut running = JoinSet::new();
+    let mut failures = 0u32;
     loop {
         if *shutdown.borrow() {
             break;
@@ -732,9 +765,20 @@ async fn activity_loop(
             }
             Err(e) => {
                 drop(permits);
-                tracing::warn!(error = %e, "fetching activity work failed");
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                failures += 1;
+                store_failed(&e, "fetching activity work failed; retrying", failures);
+                // A commit elsewhere means the store works again: try at once.
+                tokio::select! {
+                    _ = tokio::time::sleep(fetch_backoff(failures)) => {}
+                    _ = notified => {}
+                    _ = shutdown.changed() => {}
+                }
+                continue;
             }
+        }
+        if failures > 0 {
+            tracing::info!(failures, "fetching activity work works again");
+            failures = 0;
         }
     }
     // Graceful shutdown: let running activities finish within the grace period, then
@@ -983,7 +1027,11 @@ async fn complete_activity(
             );
         }
         Err(e) => {
-            tracing::warn!(error = %e, "could not record the activity result; it will run again");
+            store_failed(
+                &e,
+                "could not record the activity result; it will run again",
+                1,
+            );
             let _ = shared
                 .store
                 .abandon_activity(item, Duration::from_secs(1))

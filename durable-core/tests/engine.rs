@@ -1309,6 +1309,8 @@ async fn the_patterns_run_on_sqlite_and_survive_a_restart() {
     assert_eq!(n, 200);
     tokio::time::sleep(Duration::from_millis(200)).await;
     rt.shutdown().await;
+    // The last reference closes the store (one store per file at a time).
+    drop(client);
 
     // A new process on the same file picks up where the last one stopped.
     let store = Arc::new(SqliteStore::open(&path).unwrap());

@@ -45,8 +45,14 @@ const MAX_SETTING_DURATION: Duration = Duration::from_secs(86_400);
 const MAX_SETTING_COUNT: usize = 1 << 30;
 
 /// Errors starting or running the host.
-#[derive(Debug)]
 pub struct HostError(pub String);
+
+/// The message alone: `main` returning this error prints `Error: <message>`.
+impl std::fmt::Debug for HostError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
 
 impl std::fmt::Display for HostError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -291,14 +297,20 @@ impl HostBuilder {
 
     /// Opens the store, starts the worker and builds the request handler (not listening
     /// yet: see [`Host::serve`] and [`Host::bind`]).
+    ///
+    /// Installs a `tracing` subscriber (stderr, filter from `RUST_LOG`, default `info`)
+    /// unless the application has set one. Fails when the SQLite file cannot be used:
+    /// damaged, not a durable database, not writable, or already open in another host.
     pub fn build(self) -> Result<Host, HostError> {
+        install_log_subscriber();
         let settings = Settings::resolve(&self)?;
-        let store: Arc<dyn Store> = match self.store {
-            Some(s) => s,
-            None => Arc::new(
-                SqliteStore::open(&self.db)
-                    .map_err(|e| HostError(format!("cannot open {}: {e}", self.db.display())))?,
-            ),
+        let (store, sqlite): (Arc<dyn Store>, _) = match self.store {
+            Some(s) => (s, None),
+            None => {
+                let s =
+                    Arc::new(SqliteStore::open(&self.db).map_err(|e| HostError(e.to_string()))?);
+                (s.clone(), Some(s))
+            }
         };
         let key = match self.key {
             Some(k) => k,
@@ -363,6 +375,7 @@ impl HostBuilder {
             limits: settings.conn,
             runtime,
             db: self.db,
+            sqlite,
         })
     }
 }
@@ -498,6 +511,18 @@ fn setting<T>(
             .ok_or_else(|| HostError(format!("{var}='{v}' is not {expected}"))),
         None => Ok(None),
     }
+}
+
+/// Logs to stderr when the application has no `tracing` subscriber of its own, so store
+/// failures and warnings are seen; `RUST_LOG` chooses what (default `info`).
+fn install_log_subscriber() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Fails when a subscriber is already set: the application's wins.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 fn load_or_create_key(db: &std::path::Path) -> Result<String, HostError> {
@@ -842,6 +867,8 @@ pub struct Host {
     limits: ConnLimits,
     runtime: Runtime,
     db: PathBuf,
+    /// The store when the host opened the SQLite file itself (checkpointed on shutdown).
+    sqlite: Option<Arc<SqliteStore>>,
 }
 
 impl std::fmt::Debug for Host {
@@ -943,6 +970,7 @@ impl Host {
             server,
             open,
             db: self.db,
+            sqlite: self.sqlite,
         })
     }
 }
@@ -958,6 +986,7 @@ pub struct RunningHost {
     server: tokio::task::JoinHandle<()>,
     open: Arc<std::sync::atomic::AtomicUsize>,
     db: PathBuf,
+    sqlite: Option<Arc<SqliteStore>>,
 }
 
 impl std::fmt::Debug for RunningHost {
@@ -996,11 +1025,17 @@ impl RunningHost {
         self.open.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    /// Stops accepting, finishes in-flight requests, then stops the worker.
+    /// Stops accepting, finishes in-flight requests, stops the worker, then checkpoints the
+    /// SQLite file the host opened, so the database file alone holds everything.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         let _ = self.server.await;
         self.runtime.shutdown().await;
+        if let Some(store) = self.sqlite {
+            if let Err(e) = store.checkpoint().await {
+                tracing::warn!(error = %e, "could not checkpoint the database at shutdown");
+            }
+        }
     }
 }
 

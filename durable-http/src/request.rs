@@ -250,7 +250,11 @@ pub struct HttpError {
     pub status: StatusCode,
     /// What was wrong.
     pub message: String,
+    retry_after: Option<u64>,
 }
+
+/// The `Retry-After` seconds of a 503 for a store failure that may pass (busy, full disk).
+const STORE_RETRY_AFTER_SECS: u64 = 2;
 
 impl HttpError {
     /// An error with a status and message.
@@ -258,6 +262,7 @@ impl HttpError {
         Self {
             status,
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -271,9 +276,19 @@ impl HttpError {
         Self::new(StatusCode::NOT_FOUND, message)
     }
 
+    /// Answers with a `Retry-After` header of `seconds`.
+    pub fn with_retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
+    }
+
     /// The JSON response for this error.
     pub fn into_response(self) -> HttpResponse {
-        HttpResponse::json(self.status, &serde_json::json!({ "error": self.message }))
+        let r = HttpResponse::json(self.status, &serde_json::json!({ "error": self.message }));
+        match self.retry_after {
+            Some(s) => r.with_header("retry-after", s.to_string()),
+            None => r,
+        }
     }
 }
 
@@ -286,6 +301,9 @@ impl fmt::Display for HttpError {
 impl std::error::Error for HttpError {}
 
 impl From<durable_core::Error> for HttpError {
+    /// Store failures are logged here with their cause, the one place that sees them for a
+    /// request; the client is told only whether to come back: 503 with `Retry-After` when a
+    /// retry may pass, else a generic 500.
     fn from(e: durable_core::Error) -> Self {
         use durable_core::Error as E;
         let status = match &e {
@@ -297,16 +315,24 @@ impl From<durable_core::Error> for HttpError {
             E::InvalidStatus { .. } => StatusCode::GONE,
             E::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             E::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            E::Store(_) if e.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
             E::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        let message = match &e {
-            E::Store(_) => {
-                tracing::error!(error = %e, "store failure while serving a request");
-                "the store failed; try again later".to_string()
+        match &e {
+            E::Store(_) if e.is_retryable() => {
+                tracing::warn!(error = %e, "store unavailable while serving a request; answered 503");
+                Self::new(
+                    status,
+                    "storage is temporarily unavailable; try again after the Retry-After delay",
+                )
+                .with_retry_after(STORE_RETRY_AFTER_SECS)
             }
-            _ => e.to_string(),
-        };
-        Self { status, message }
+            E::Store(_) => {
+                tracing::error!(error = %e, "store failure while serving a request; answered 500");
+                Self::new(status, "internal error: the store failed")
+            }
+            _ => Self::new(status, e.to_string()),
+        }
     }
 }
 
@@ -381,5 +407,31 @@ mod tests {
             .unwrap_err()
             .message
             .contains("malformed JSON"));
+    }
+
+    /// A store failure that may pass is a 503 with `Retry-After`; any other is a 500. Neither
+    /// shows the cause (it goes to the log).
+    #[test]
+    fn store_failures_answer_503_when_a_retry_may_pass_and_500_otherwise() {
+        use durable_core::store::{BackendError, StoreError};
+        for (backend, status, retry) in [
+            (BackendError::retryable("the disk is full"), 503, Some("2")),
+            (
+                BackendError::permanent("the database file is corrupt"),
+                500,
+                None,
+            ),
+        ] {
+            let store = StoreError::Backend(
+                backend.with_source(std::io::Error::other("/var/lib/app/durable.db: I/O error")),
+            );
+            let e = HttpError::from(durable_core::Error::from(store));
+            assert_eq!(e.status.as_u16(), status);
+            assert!(!e.message.contains("durable.db"), "{}", e.message);
+            let resp = e.into_response();
+            assert_eq!(resp.header("retry-after"), retry);
+            let body: serde_json::Value = serde_json::from_slice(resp.body()).unwrap();
+            assert!(body["error"].is_string(), "{body}");
+        }
     }
 }

@@ -758,6 +758,8 @@ async fn polling_survives_a_restart_on_sqlite() {
     }
     assert!(polling, "the instance never started polling");
     first.shutdown().await;
+    // The last reference closes the store (one store per file at a time).
+    drop(client);
 
     generation.store(2, Ordering::SeqCst);
     let second = runtime(Arc::new(SqliteStore::open(&db).unwrap()));

@@ -59,7 +59,7 @@ pub fn seed_audit_rows(path: &std::path::Path) -> rusqlite::Result<()> {
             x ^= x << 17;
             let day = start + chrono::Duration::days((x % 365) as i64);
             let id = format!("ID-{:04}", (x >> 20) % 1500);
-            let cert = if (x >> 40) % 5 == 0 {
+            let cert = if (x >> 40).is_multiple_of(5) {
                 String::new()
             } else {
                 format!("C{}", (x >> 8) % 100_000)

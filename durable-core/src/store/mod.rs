@@ -55,9 +55,99 @@ pub enum StoreError {
     },
     /// The request was malformed (e.g. a continuation token this store did not issue).
     Invalid(String),
-    /// The backend failed (I/O, corruption, connection).
-    Backend(String),
+    /// The backend failed (I/O, full disk, corruption, lost connection); says whether a
+    /// retry can help and keeps the cause.
+    Backend(BackendError),
 }
+
+impl StoreError {
+    /// True when the same call may succeed if retried later without anyone acting on the
+    /// store (busy, full disk, lost connection): callers answer "try again" rather than
+    /// "failed".
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StoreError::Backend(b) if b.is_retryable())
+    }
+}
+
+/// A backend failure: what failed, whether a retry can help, and the cause.
+#[derive(Clone, Debug)]
+pub struct BackendError {
+    message: String,
+    retryable: bool,
+    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+}
+
+impl BackendError {
+    /// A failure that retrying will not cure (corruption, a bug, a closed store).
+    pub fn permanent(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            retryable: false,
+            source: None,
+        }
+    }
+
+    /// A failure that may pass if the call is retried later (busy, full disk, lost
+    /// connection).
+    pub fn retryable(message: impl Into<String>) -> Self {
+        Self {
+            retryable: true,
+            ..Self::permanent(message)
+        }
+    }
+
+    /// Keeps `source` as the cause.
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Arc::new(source));
+        self
+    }
+
+    /// Puts what was being done in front of the message ("opening x.db: the disk is full").
+    pub fn context(mut self, what: impl std::fmt::Display) -> Self {
+        self.message = format!("{what}: {}", self.message);
+        self
+    }
+
+    /// Whether a retry can help.
+    pub fn is_retryable(&self) -> bool {
+        self.retryable
+    }
+
+    /// What failed, without the cause.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl std::fmt::Display for BackendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)?;
+        if let Some(s) = &self.source {
+            write!(f, ": {s}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for BackendError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|s| s as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// Equal when they say the same thing (the causes compared by their text).
+impl PartialEq for BackendError {
+    fn eq(&self, other: &Self) -> bool {
+        self.message == other.message
+            && self.retryable == other.retryable
+            && self.source.as_ref().map(|s| s.to_string())
+                == other.source.as_ref().map(|s| s.to_string())
+    }
+}
+
+impl Eq for BackendError {}
 
 impl std::fmt::Display for StoreError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -78,12 +168,19 @@ impl std::fmt::Display for StoreError {
                 "{what} is {size} bytes, over the limit of {limit} bytes"
             ),
             StoreError::Invalid(msg) => f.write_str(msg),
-            StoreError::Backend(msg) => write!(f, "store error: {msg}"),
+            StoreError::Backend(e) => write!(f, "store error: {e}"),
         }
     }
 }
 
-impl std::error::Error for StoreError {}
+impl std::error::Error for StoreError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StoreError::Backend(e) => std::error::Error::source(e),
+            _ => None,
+        }
+    }
+}
 
 /// A shorthand for store results.
 pub type StoreResult<T> = Result<T, StoreError>;
