@@ -1,0 +1,958 @@
+//! `PostgresStore`: many hosts on one PostgreSQL database. In go the same calls as every
+//! store; out come work items leased across processes.
+//!
+//! # How hosts share the database
+//! - **Leases.** Fetches lease rows with `FOR UPDATE SKIP LOCKED` (hosts never wait for
+//!   each other's fetches) and record a lease token, owner and expiry in the row. Every
+//!   commit checks the token under a row lock: a host whose lease lapsed and was taken over
+//!   changes nothing and gets `LeaseLost` (fencing). Lease expiries and due times are
+//!   compared with the database's `now()`, never a host's clock.
+//! - **One transaction per commit**, its independent statements sent together (pipelined);
+//!   most other calls are one statement.
+//! - **Wake-ups.** Commits announce new work, new timers and instance state changes with
+//!   `NOTIFY` on the schema's channel (sent after the commit, batched per host); each host
+//!   `LISTEN`s on a dedicated connection, reconnecting with backoff. Idle fetches also
+//!   sleep only until the next due time; polling (`poll_interval`, `DURABLE_DB_POLL`) is
+//!   only a fallback for lost notifications.
+//! - **Schema.** Tables live in their own PostgreSQL schema (default `durable`); versioned
+//!   migrations run at start-up under an advisory lock, so hosts may start together.
+//!
+//! # Tables (schema version 1)
+//! ```sql
+//! instances(id PRIMARY KEY, execution_id, name, version, status, input, output, failure,
+//!           custom_status, created_at, last_updated_at, parent, lease_token, lease_owner,
+//!           lease_expires_at, history_len)
+//! history(instance_id, seq, event)                 -- the current execution's events
+//! messages(id identity, instance_id, visible_at, message)     -- inbox; timers are future visible_at
+//! activities(id identity, instance_id, item, lease_token, lease_owner, visible_at, dequeue_count)
+//! schema_migrations(version, applied_at)
+//! ```
+//! Inspect with e.g. `psql -c "select id, name, status from durable.instances"`.
+
+mod error;
+mod listen;
+mod ops;
+mod pool;
+mod schema;
+mod sql;
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use tokio::sync::{watch, Notify};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Config;
+
+use self::error::pg;
+use self::listen::{Event, Wakers};
+use self::ops::{micros, Created, Direct, Fence, Stmts};
+use self::pool::Pool;
+pub use self::schema::{check_schema_name, SCHEMA_VERSION};
+use super::memory::{make_token, parse_token};
+use super::*;
+use crate::instance::{InstanceFilter, InstanceState, NewInstance, Page};
+
+/// The default PostgreSQL schema.
+pub const DEFAULT_SCHEMA: &str = "durable";
+/// The default number of pooled connections per store.
+pub const DEFAULT_POOL_SIZE: usize = 16;
+/// The default fallback polling interval: how long an idle fetch sleeps at most when no
+/// notification arrives.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(5);
+/// The default time to wait for a connection to open.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// True for `postgres://` and `postgresql://` URLs (what selects this store).
+pub fn is_postgres_url(s: &str) -> bool {
+    let s = s.trim_start();
+    let lower = s.get(..13).unwrap_or(s).to_ascii_lowercase();
+    lower.starts_with("postgres://") || lower.starts_with("postgresql://")
+}
+
+/// Builder for [`PostgresStore`].
+#[derive(Clone, Debug)]
+pub struct PostgresStoreBuilder {
+    url: String,
+    schema: String,
+    pool_size: usize,
+    poll_interval: Duration,
+    connect_timeout: Duration,
+}
+
+impl PostgresStoreBuilder {
+    /// The PostgreSQL schema holding the tables (default `durable`); created when missing.
+    /// Hosts sharing work use the same schema; different schemas in one database are
+    /// separate systems.
+    pub fn schema(mut self, schema: impl Into<String>) -> Self {
+        self.schema = schema.into();
+        self
+    }
+
+    /// The most connections the store opens for its calls (default 16), besides one for
+    /// notifications.
+    pub fn pool_size(mut self, n: usize) -> Self {
+        self.pool_size = n;
+        self
+    }
+
+    /// The longest an idle fetch or instance wait sleeps without a notification (default
+    /// 5 s): the fallback when a notification is lost.
+    pub fn poll_interval(mut self, d: Duration) -> Self {
+        self.poll_interval = d;
+        self
+    }
+
+    /// How long opening a connection may take (default 10 s).
+    pub fn connect_timeout(mut self, d: Duration) -> Self {
+        self.connect_timeout = d;
+        self
+    }
+
+    fn config(&self) -> StoreResult<Config> {
+        check_schema_name(&self.schema).map_err(StoreError::invalid)?;
+        if self.pool_size == 0 || self.pool_size > 1000 {
+            return Err(StoreError::invalid(format!(
+                "the PostgreSQL pool size must be 1 to 1000, not {}",
+                self.pool_size
+            )));
+        }
+        if self.poll_interval.is_zero() {
+            return Err(StoreError::invalid(
+                "the PostgreSQL poll interval must be more than 0",
+            ));
+        }
+        let mut config = Config::from_str(self.url.trim()).map_err(|e| {
+            StoreError::invalid(format!(
+                "'{}' is not a usable PostgreSQL URL: {e}",
+                redact(&self.url)
+            ))
+        })?;
+        let options = match config.get_options() {
+            Some(o) if !o.trim().is_empty() => format!("{o} -c search_path={}", self.schema),
+            _ => format!("-c search_path={}", self.schema),
+        };
+        config.options(&options);
+        if config.get_application_name().is_none() {
+            config.application_name("durable");
+        }
+        config.connect_timeout(self.connect_timeout);
+        Ok(config)
+    }
+
+    /// Connects, creates or upgrades the schema, and starts listening for other hosts'
+    /// notifications. Fails with a message naming the server when it cannot be reached or
+    /// the schema cannot be used.
+    pub async fn connect(self) -> StoreResult<PostgresStore> {
+        let config = self.config()?;
+        let mut client = pool::connect(&config, self.connect_timeout).await?;
+        schema::migrate(&mut client, &self.schema).await?;
+        drop(client);
+        Ok(self.start(config))
+    }
+
+    /// Like [`connect`](Self::connect) for synchronous start-up code running inside a
+    /// tokio runtime: checks the server and migrates on a helper thread, then starts the
+    /// store on the current runtime (its connections open on first use).
+    pub fn open(self) -> StoreResult<PostgresStore> {
+        let config = self.config()?;
+        let handle = tokio::runtime::Handle::try_current().map_err(|_| {
+            StoreError::failed("the PostgreSQL store must be opened inside a tokio runtime")
+        })?;
+        let (cfg, schema, timeout) = (config.clone(), self.schema.clone(), self.connect_timeout);
+        std::thread::scope(|s| {
+            s.spawn(move || -> StoreResult<()> {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| StoreError::failed(format!("cannot start a runtime: {e}")))?;
+                rt.block_on(async {
+                    let mut client = pool::connect(&cfg, timeout).await?;
+                    schema::migrate(&mut client, &schema).await
+                })
+            })
+            .join()
+            .unwrap_or_else(|_| Err(StoreError::failed("opening the PostgreSQL store panicked")))
+        })?;
+        let _guard = handle.enter();
+        Ok(self.start(config))
+    }
+
+    fn start(self, config: Config) -> PostgresStore {
+        let wakers = Arc::new(Wakers::default());
+        let (stop, stop_rx) = watch::channel(false);
+        tokio::spawn(listen::run(
+            config.clone(),
+            self.schema.clone(),
+            wakers.clone(),
+            self.connect_timeout,
+            stop_rx,
+        ));
+        PostgresStore {
+            inner: Arc::new(Inner {
+                pool: Pool::new(config.clone(), self.pool_size, self.connect_timeout),
+                clock: PgClock {
+                    wakers: wakers.clone(),
+                },
+                wakers,
+                schema: self.schema,
+                poll: self.poll_interval,
+                stop,
+                describe: pool::describe(&config),
+            }),
+        }
+    }
+}
+
+/// The URL without its password, for messages.
+fn redact(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_string();
+    };
+    let rest = &url[scheme_end..];
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => match rest[..at].find(':') {
+            Some(colon) => format!(
+                "{}{}:***{}",
+                &url[..scheme_end],
+                &rest[..colon],
+                &rest[at..]
+            ),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
+/// The database's clock as seen from this process: the local clock plus the offset
+/// measured against `clock_timestamp()` on every (re)connect and every minute.
+#[derive(Clone)]
+struct PgClock {
+    wakers: Arc<Wakers>,
+}
+
+impl std::fmt::Debug for PgClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgClock").finish()
+    }
+}
+
+impl Clock for PgClock {
+    fn now(&self) -> DateTime<Utc> {
+        self.wakers.db_now()
+    }
+}
+
+struct Inner {
+    pool: Pool,
+    wakers: Arc<Wakers>,
+    clock: PgClock,
+    schema: String,
+    poll: Duration,
+    stop: watch::Sender<bool>,
+    describe: String,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// A [`Store`] in a PostgreSQL database, shared by any number of hosts.
+#[derive(Clone)]
+pub struct PostgresStore {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("server", &self.inner.describe)
+            .field("schema", &self.inner.schema)
+            .finish()
+    }
+}
+
+impl PostgresStore {
+    /// A builder for the database at `url` (`postgres://user@host:port/db`, or key=value
+    /// pairs).
+    pub fn builder(url: impl Into<String>) -> PostgresStoreBuilder {
+        PostgresStoreBuilder {
+            url: url.into(),
+            schema: DEFAULT_SCHEMA.into(),
+            pool_size: DEFAULT_POOL_SIZE,
+            poll_interval: DEFAULT_POLL_INTERVAL,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+        }
+    }
+
+    /// Connects to `url` with the defaults (schema `durable`).
+    pub async fn connect(url: impl Into<String>) -> StoreResult<Self> {
+        Self::builder(url).connect().await
+    }
+
+    /// The PostgreSQL schema holding the tables.
+    pub fn schema(&self) -> &str {
+        &self.inner.schema
+    }
+
+    /// Deletes the schema with every table and all data in it (tests, benchmarks). Other
+    /// hosts using the schema fail from then on.
+    pub async fn drop_schema(&self) -> StoreResult<()> {
+        let conn = self.inner.pool.get().await?;
+        conn.client
+            .batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.inner.schema))
+            .await
+            .map_err(pg)
+    }
+
+    fn announce(&self, events: Vec<Event>) {
+        self.inner.wakers.announce(events);
+    }
+
+    /// Waits for `notify` (or the poll interval, `due` or `deadline`).
+    async fn nap(
+        &self,
+        notified: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>,
+        deadline: tokio::time::Instant,
+        due: Option<Duration>,
+    ) {
+        let mut until = deadline.min(tokio::time::Instant::now() + self.inner.poll);
+        if let Some(d) = due {
+            // A little after the due time, so the database's now() has passed it.
+            until = until.min(tokio::time::Instant::now() + d + Duration::from_millis(1));
+        }
+        tokio::select! {
+            _ = notified => {}
+            _ = tokio::time::sleep_until(until) => {}
+        }
+    }
+
+    async fn next_due(&self, text: &'static str) -> StoreResult<Option<Duration>> {
+        let mut conn = self.inner.pool.get().await?;
+        let s = conn.prepare(text).await?;
+        let secs: Option<f64> = conn.client.query_one(&s, &[]).await.map_err(pg)?.get(0);
+        Ok(secs.map(|s| Duration::from_secs_f64(s.max(0.0))))
+    }
+
+    /// Runs `attempt` until it returns something or `wait` passes, sleeping on `notify`
+    /// and the next due time in between.
+    async fn waiting<T, F, Fut>(
+        &self,
+        notify: &Notify,
+        due_sql: &'static str,
+        wait: Duration,
+        mut attempt: F,
+    ) -> StoreResult<Vec<T>>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = StoreResult<Vec<T>>>,
+    {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let items = attempt().await?;
+            if !items.is_empty() || tokio::time::Instant::now() >= deadline {
+                return Ok(items);
+            }
+            let due = self.next_due(due_sql).await?;
+            self.nap(notified, deadline, due).await;
+        }
+    }
+
+    async fn lease_for_result(
+        &self,
+        item: &ActivityWorkItem,
+        owner: &WorkerId,
+        lease: Duration,
+    ) -> StoreResult<Option<OrchestrationWorkItem>> {
+        let mut conn = self.inner.pool.get().await?;
+        let lease_stmt = conn.prepare(sql::LEASE_FOR_RESULT).await?;
+        let msg_stmt = conn.prepare(sql::MESSAGES_IF_LEASED).await?;
+        let token = random_id();
+        let c = &conn.client;
+        let (aid, owner, lease, max) = (
+            item.id as i64,
+            owner.as_str(),
+            micros(lease),
+            MAX_MESSAGES_PER_WORK_ITEM as i64,
+        );
+        let lease_p: [&(dyn ToSql + Sync); 6] = [
+            &item.instance_id,
+            &aid,
+            &item.lease_token,
+            &token,
+            &owner,
+            &lease,
+        ];
+        let msg_p: [&(dyn ToSql + Sync); 3] = [&item.instance_id, &token, &max];
+        let (rows, messages) = tokio::try_join!(
+            c.query(&lease_stmt, &lease_p),
+            c.query(&msg_stmt, &msg_p)
+        )
+        .map_err(pg)?;
+        let Some(row) = rows.first() else {
+            return Ok(None);
+        };
+        let (state, history_len) = ops::read_state(row, 0)?;
+        Ok(Some(leased_item(state, history_len, token, messages)?))
+    }
+}
+
+/// A work item from a state row leased with `token` and the messages read under it.
+fn leased_item(
+    state: InstanceState,
+    history_len: u64,
+    token: String,
+    messages: Vec<tokio_postgres::Row>,
+) -> StoreResult<OrchestrationWorkItem> {
+    let mut out = Vec::with_capacity(messages.len());
+    for r in messages {
+        let id: i64 = r.get(0);
+        let m: String = r.get(1);
+        out.push((id as u64, ops::from_json(&m)?));
+    }
+    Ok(OrchestrationWorkItem {
+        instance_id: state.instance_id.clone(),
+        lease_token: token,
+        messages: out,
+        state: Some(state),
+        history_len,
+    })
+}
+
+/// The WHERE clause and parameters of a listing filter.
+fn filter_sql(
+    filter: &InstanceFilter,
+    after: Option<&(DateTime<Utc>, String)>,
+) -> (String, Vec<Box<dyn ToSql + Sync + Send>>) {
+    let mut clauses = Vec::new();
+    let mut args: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
+    if !filter.statuses.is_empty() {
+        let s: Vec<String> = filter.statuses.iter().map(|s| s.as_str().to_string()).collect();
+        args.push(Box::new(s));
+        clauses.push(format!("status = ANY(${})", args.len()));
+    }
+    if let Some(t) = filter.created_from {
+        args.push(Box::new(t));
+        clauses.push(format!("created_at >= ${}", args.len()));
+    }
+    if let Some(t) = filter.created_to {
+        args.push(Box::new(t));
+        clauses.push(format!("created_at <= ${}", args.len()));
+    }
+    if let Some(p) = &filter.instance_id_prefix {
+        args.push(Box::new(p.clone()));
+        let n = args.len();
+        clauses.push(format!("left(id, length(${n})) = ${n}"));
+    }
+    if let Some((t, id)) = after {
+        args.push(Box::new(*t));
+        let a = args.len();
+        args.push(Box::new(id.clone()));
+        let b = args.len();
+        clauses.push(format!("(created_at, id) > (${a}, ${b})"));
+    }
+    let w = if clauses.is_empty() {
+        "TRUE".to_string()
+    } else {
+        clauses.join(" AND ")
+    };
+    (w, args)
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn create_instance(&self, instance: NewInstance) -> StoreResult<()> {
+        let mut conn = self.inner.pool.get().await?;
+        let id = instance.instance_id.clone();
+        let outcome = {
+            let pool::Conn { client, statements } = &mut *conn;
+            let mut st = Stmts::new(statements);
+            match ops::create(&*client, &mut st, &instance, false).await? {
+                Created::Yes { delayed } => Created::Yes { delayed },
+                Created::Exists(_) => {
+                    // Taken: decide under the row lock whether it may be replaced.
+                    let tx = client.transaction().await.map_err(pg)?;
+                    let out = ops::create(&tx, &mut st, &instance, true).await?;
+                    if let Created::Yes { .. } = out {
+                        tx.commit().await.map_err(pg)?;
+                    }
+                    out
+                }
+            }
+        };
+        match outcome {
+            Created::Yes { delayed } => {
+                self.announce(vec![
+                    if delayed {
+                        Event::Timer
+                    } else {
+                        Event::Orchestrations
+                    },
+                    Event::Instance(id),
+                ]);
+                Ok(())
+            }
+            Created::Exists(status) => Err(StoreError::already_exists(id, status)),
+        }
+    }
+
+    async fn send_message(&self, message: OrchestrationMessage) -> StoreResult<()> {
+        let body = ops::to_json(&message)?;
+        let mut conn = self.inner.pool.get().await?;
+        let s = conn.prepare(sql::SEND).await?;
+        let row = conn
+            .client
+            .query_opt(&s, &[&message.instance_id, &message.visible_at, &body])
+            .await
+            .map_err(pg)?;
+        match row {
+            None => Err(StoreError::not_found(message.instance_id)),
+            Some(r) => {
+                let delayed: bool = r.get(0);
+                self.announce(vec![if delayed {
+                    Event::Timer
+                } else {
+                    Event::Orchestrations
+                }]);
+                Ok(())
+            }
+        }
+    }
+
+    async fn fetch_orchestration_work(
+        &self,
+        owner: &WorkerId,
+        lease: Duration,
+        max: usize,
+        wait: Duration,
+    ) -> StoreResult<Vec<OrchestrationWorkItem>> {
+        self.waiting(
+            &self.inner.wakers.orchestrations,
+            sql::NEXT_DUE_ORCHESTRATIONS,
+            wait,
+            || async {
+                let mut conn = self.inner.pool.get().await?;
+                ops::lease_orchestrations(&mut conn, owner, lease, max).await
+            },
+        )
+        .await
+    }
+
+    async fn commit_orchestration(&self, commit: OrchestrationCommit) -> StoreResult<()> {
+        let mut conn = self.inner.pool.get().await?;
+        let direct = Direct {
+            owner: "",
+            lease: Duration::ZERO,
+            max: 0,
+        };
+        let (_, events) = ops::commit(&mut conn, &commit, None, direct, Fence::Token).await?;
+        drop(conn);
+        self.announce(events);
+        Ok(())
+    }
+
+    async fn abandon_orchestration(
+        &self,
+        instance_id: &str,
+        lease_token: &str,
+        delay: Duration,
+    ) -> StoreResult<()> {
+        let mut conn = self.inner.pool.get().await?;
+        let s = conn.prepare(sql::ABANDON_INSTANCE).await?;
+        let n = conn
+            .client
+            .execute(&s, &[&instance_id, &lease_token, &micros(delay)])
+            .await
+            .map_err(pg)?;
+        if n == 0 {
+            return Err(StoreError::lease_lost());
+        }
+        self.announce(vec![if delay.is_zero() {
+            Event::Orchestrations
+        } else {
+            Event::Timer
+        }]);
+        Ok(())
+    }
+
+    async fn renew_orchestration_lease(
+        &self,
+        instance_id: &str,
+        lease_token: &str,
+        lease: Duration,
+    ) -> StoreResult<()> {
+        let mut conn = self.inner.pool.get().await?;
+        let s = conn.prepare(sql::RENEW_INSTANCE).await?;
+        let n = conn
+            .client
+            .execute(&s, &[&instance_id, &lease_token, &micros(lease)])
+            .await
+            .map_err(pg)?;
+        if n == 0 {
+            return Err(StoreError::lease_lost());
+        }
+        Ok(())
+    }
+
+    async fn fetch_activity_work(
+        &self,
+        owner: &WorkerId,
+        lease: Duration,
+        max: usize,
+        wait: Duration,
+    ) -> StoreResult<Vec<ActivityWorkItem>> {
+        self.waiting(
+            &self.inner.wakers.activities,
+            sql::NEXT_DUE_ACTIVITIES,
+            wait,
+            || async {
+                let mut conn = self.inner.pool.get().await?;
+                let s = conn.prepare(sql::LEASE_ACTIVITIES).await?;
+                let rows = conn
+                    .client
+                    .query(
+                        &s,
+                        &[&(max.clamp(1, 10_000) as i64), &owner.as_str(), &micros(lease)],
+                    )
+                    .await
+                    .map_err(pg)?;
+                ops::activity_items(rows)
+            },
+        )
+        .await
+    }
+
+    async fn complete_activity(
+        &self,
+        item: &ActivityWorkItem,
+        result: OrchestrationMessage,
+    ) -> StoreResult<()> {
+        let body = ops::to_json(&result)?;
+        let mut conn = self.inner.pool.get().await?;
+        let s = conn.prepare(sql::COMPLETE).await?;
+        let row = conn
+            .client
+            .query_one(
+                &s,
+                &[
+                    &(item.id as i64),
+                    &item.lease_token,
+                    &result.instance_id,
+                    &result.visible_at,
+                    &body,
+                ],
+            )
+            .await
+            .map_err(pg)?;
+        let deleted: i64 = row.get(0);
+        let queued: i64 = row.get(1);
+        if deleted == 0 {
+            return Err(StoreError::lease_lost());
+        }
+        if queued > 0 {
+            self.announce(vec![Event::Orchestrations]);
+        }
+        Ok(())
+    }
+
+    async fn abandon_activity(&self, item: &ActivityWorkItem, delay: Duration) -> StoreResult<()> {
+        let mut conn = self.inner.pool.get().await?;
+        let s = conn.prepare(sql::ABANDON_ACTIVITY).await?;
+        let n = conn
+            .client
+            .execute(&s, &[&(item.id as i64), &item.lease_token, &micros(delay)])
+            .await
+            .map_err(pg)?;
+        if n == 0 {
+            return Err(StoreError::lease_lost());
+        }
+        self.announce(vec![if delay.is_zero() {
+            Event::Activities
+        } else {
+            Event::Timer
+        }]);
+        Ok(())
+    }
+
+    async fn renew_activity_lease(
+        &self,
+        item: &ActivityWorkItem,
+        lease: Duration,
+    ) -> StoreResult<()> {
+        let mut conn = self.inner.pool.get().await?;
+        let s = conn.prepare(sql::RENEW_ACTIVITY).await?;
+        let n = conn
+            .client
+            .execute(&s, &[&(item.id as i64), &item.lease_token, &micros(lease)])
+            .await
+            .map_err(pg)?;
+        if n == 0 {
+            return Err(StoreError::lease_lost());
+        }
+        Ok(())
+    }
+
+    async fn release_leases(&self, owner: &WorkerId) -> StoreResult<u64> {
+        let mut conn = self.inner.pool.get().await?;
+        let s = conn.prepare(sql::RELEASE_OWNER).await?;
+        let n: i64 = conn
+            .client
+            .query_one(&s, &[&owner.as_str()])
+            .await
+            .map_err(pg)?
+            .get(0);
+        if n > 0 {
+            self.announce(vec![Event::Orchestrations, Event::Activities]);
+        }
+        Ok(n as u64)
+    }
+
+    async fn get_instance(&self, instance_id: &str) -> StoreResult<Option<InstanceState>> {
+        let mut conn = self.inner.pool.get().await?;
+        let s = conn.prepare(sql::GET_STATE).await?;
+        let row = conn
+            .client
+            .query_opt(&s, &[&instance_id])
+            .await
+            .map_err(pg)?;
+        row.map(|r| ops::read_state(&r, 0).map(|(s, _)| s))
+            .transpose()
+    }
+
+    async fn read_history(&self, instance_id: &str) -> StoreResult<Vec<HistoryEvent>> {
+        let mut conn = self.inner.pool.get().await?;
+        let s = conn.prepare(sql::READ_HISTORY).await?;
+        let rows = conn
+            .client
+            .query(&s, &[&instance_id])
+            .await
+            .map_err(pg)?;
+        rows.iter()
+            .map(|r| ops::from_json(r.get::<_, &str>(0)))
+            .collect()
+    }
+
+    async fn list_instances(
+        &self,
+        filter: &InstanceFilter,
+        page_size: usize,
+        continuation_token: Option<&str>,
+    ) -> StoreResult<Page<InstanceState>> {
+        let token = continuation_token.map(parse_token).transpose()?;
+        let (w, args) = filter_sql(filter, token.as_ref());
+        let size = page_size.clamp(1, 100_000);
+        let text = format!(
+            "SELECT {} FROM instances WHERE {w} ORDER BY created_at, id LIMIT {}",
+            sql::state_cols!(),
+            size + 1
+        );
+        let conn = self.inner.pool.get().await?;
+        let params: Vec<&(dyn ToSql + Sync)> = args
+            .iter()
+            .map(|a| &**a as &(dyn ToSql + Sync))
+            .collect();
+        let rows = conn.client.query(&text, &params).await.map_err(pg)?;
+        let mut items = rows
+            .iter()
+            .map(|r| ops::read_state(r, 0).map(|(s, _)| s))
+            .collect::<StoreResult<Vec<_>>>()?;
+        let more = items.len() > size;
+        items.truncate(size);
+        let continuation_token = if more {
+            items
+                .last()
+                .map(|s| make_token(s.created_at, &s.instance_id))
+        } else {
+            None
+        };
+        Ok(Page {
+            items,
+            continuation_token,
+        })
+    }
+
+    async fn purge_instance(&self, instance_id: &str) -> StoreResult<bool> {
+        let mut conn = self.inner.pool.get().await?;
+        let s = conn.prepare(sql::PURGE).await?;
+        let n: i64 = conn
+            .client
+            .query_one(&s, &[&instance_id])
+            .await
+            .map_err(pg)?
+            .get(0);
+        if n > 0 {
+            self.announce(vec![Event::Instance(instance_id.to_string())]);
+        }
+        Ok(n > 0)
+    }
+
+    async fn purge_instances(&self, filter: &InstanceFilter) -> StoreResult<u64> {
+        let (w, args) = filter_sql(filter, None);
+        let text = format!(
+            "WITH i AS (DELETE FROM instances WHERE {w}
+                 AND status IN ('Completed', 'Failed', 'Terminated', 'Canceled') RETURNING id),
+               h AS (DELETE FROM history WHERE instance_id IN (SELECT id FROM i)),
+               m AS (DELETE FROM messages WHERE instance_id IN (SELECT id FROM i)),
+               a AS (DELETE FROM activities WHERE instance_id IN (SELECT id FROM i))
+             SELECT id FROM i"
+        );
+        let conn = self.inner.pool.get().await?;
+        let params: Vec<&(dyn ToSql + Sync)> = args
+            .iter()
+            .map(|a| &**a as &(dyn ToSql + Sync))
+            .collect();
+        let rows = conn.client.query(&text, &params).await.map_err(pg)?;
+        let events: Vec<Event> = rows
+            .iter()
+            .map(|r| Event::Instance(r.get::<_, String>(0)))
+            .collect();
+        let n = events.len() as u64;
+        self.announce(events);
+        Ok(n)
+    }
+
+    async fn wait_for_instance(
+        &self,
+        instance_id: &str,
+        seen: Option<&InstanceState>,
+        timeout: Duration,
+    ) -> StoreResult<Option<InstanceState>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let waiter = self.inner.wakers.instance_waiter(instance_id);
+            let notified = waiter.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let state = self.get_instance(instance_id).await?;
+            if state.as_ref() != seen || tokio::time::Instant::now() >= deadline {
+                return Ok(state);
+            }
+            self.nap(notified, deadline, None).await;
+        }
+    }
+
+    async fn close(&self) -> StoreResult<()> {
+        let _ = self.inner.stop.send(true);
+        self.inner.pool.close();
+        Ok(())
+    }
+
+    fn clock(&self) -> &dyn Clock {
+        &self.inner.clock
+    }
+
+    fn fast_paths(&self) -> Option<&dyn FastPaths> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl FastPaths for PostgresStore {
+    async fn commit_orchestration_and_lease(
+        &self,
+        commit: OrchestrationCommit,
+        completed: Option<&ActivityWorkItem>,
+        direct: DirectLease<'_>,
+    ) -> StoreResult<Vec<ActivityWorkItem>> {
+        let mut conn = self.inner.pool.get().await?;
+        let d = Direct {
+            owner: direct.owner.as_str(),
+            lease: direct.lease,
+            max: direct.max,
+        };
+        let (leased, events) = ops::commit(&mut conn, &commit, completed, d, Fence::Token).await?;
+        drop(conn);
+        self.announce(events);
+        Ok(leased)
+    }
+
+    async fn commit_unleased(
+        &self,
+        commit: OrchestrationCommit,
+        execution_id: &str,
+        history_len: u64,
+        completed: &ActivityWorkItem,
+        direct: DirectLease<'_>,
+    ) -> StoreResult<Vec<ActivityWorkItem>> {
+        let mut conn = self.inner.pool.get().await?;
+        let d = Direct {
+            owner: direct.owner.as_str(),
+            lease: direct.lease,
+            max: direct.max,
+        };
+        let fence = Fence::Unleased {
+            execution_id,
+            history_len,
+        };
+        let (leased, events) = ops::commit(&mut conn, &commit, Some(completed), d, fence).await?;
+        drop(conn);
+        self.announce(events);
+        Ok(leased)
+    }
+
+    async fn lease_instance_for_result(
+        &self,
+        item: &ActivityWorkItem,
+        owner: &WorkerId,
+        lease: Duration,
+    ) -> StoreResult<Option<OrchestrationWorkItem>> {
+        self.lease_for_result(item, owner, lease).await
+    }
+
+    async fn complete_activity_and_fetch(
+        &self,
+        item: &ActivityWorkItem,
+        result: OrchestrationMessage,
+        owner: &WorkerId,
+        lease: Duration,
+    ) -> StoreResult<Option<OrchestrationWorkItem>> {
+        let body = ops::to_json(&result)?;
+        let token = random_id();
+        let mut conn = self.inner.pool.get().await?;
+        let s = conn.prepare(sql::COMPLETE_AND_LEASE).await?;
+        let msg_stmt = conn.prepare(sql::MESSAGES_IF_LEASED).await?;
+        let c = &conn.client;
+        let (aid, owner, lease, max) = (
+            item.id as i64,
+            owner.as_str(),
+            micros(lease),
+            MAX_MESSAGES_PER_WORK_ITEM as i64,
+        );
+        let p: [&(dyn ToSql + Sync); 8] = [
+            &aid,
+            &item.lease_token,
+            &result.instance_id,
+            &result.visible_at,
+            &body,
+            &token,
+            &owner,
+            &lease,
+        ];
+        let msg_p: [&(dyn ToSql + Sync); 3] = [&result.instance_id, &token, &max];
+        let (row, messages) =
+            tokio::try_join!(c.query_one(&s, &p), c.query(&msg_stmt, &msg_p))
+        .map_err(pg)?;
+        let deleted: i64 = row.get(0);
+        let queued: i64 = row.get(1);
+        if deleted == 0 {
+            return Err(StoreError::lease_lost());
+        }
+        let leased: Option<String> = row.get(2);
+        if leased.is_none() {
+            if queued > 0 {
+                self.announce(vec![Event::Orchestrations]);
+            }
+            return Ok(None);
+        }
+        let (state, history_len) = ops::read_state(&row, 2)?;
+        Ok(Some(leased_item(state, history_len, token, messages)?))
+    }
+}

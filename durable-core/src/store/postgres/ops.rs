@@ -1,0 +1,552 @@
+//! The store's operations on one pooled connection: each takes its statements from
+//! [`super::sql`] and sends independent ones together (pipelined), so most calls cost one
+//! or two round trips and a commit one transaction.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures_util::future::try_join_all;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{GenericClient, Row, Statement};
+
+use super::error::{corrupt, pg};
+use super::listen::Event;
+use super::pool::Conn;
+use super::sql;
+use crate::history::{FailureDetails, ParentInstance};
+use crate::instance::{InstanceState, NewInstance, RuntimeStatus};
+use crate::store::{
+    child_conflict_message, random_id, ActivityWorkItem, HistoryUpdate, OrchestrationCommit,
+    OrchestrationMessage, OrchestrationWorkItem, StoreError, StoreResult, WorkerId,
+    MAX_MESSAGES_PER_WORK_ITEM,
+};
+
+/// A duration as whole microseconds for SQL (saturating).
+pub(crate) fn micros(d: Duration) -> i64 {
+    d.as_micros().min(i64::MAX as u128 / 4) as i64
+}
+
+pub(crate) fn to_json<T: serde::Serialize>(v: &T) -> StoreResult<String> {
+    serde_json::to_string(v).map_err(|e| StoreError::failed(format!("cannot encode: {e}")))
+}
+
+pub(crate) fn from_json<T: serde::de::DeserializeOwned>(s: &str) -> StoreResult<T> {
+    serde_json::from_str(s).map_err(|e| corrupt(format!("a stored value does not decode: {e}")))
+}
+
+/// Prepared statements by text, for a client or a transaction on a pooled connection.
+pub(crate) struct Stmts<'a> {
+    cache: &'a mut HashMap<&'static str, Statement>,
+}
+
+impl<'a> Stmts<'a> {
+    pub fn new(cache: &'a mut HashMap<&'static str, Statement>) -> Self {
+        Self { cache }
+    }
+
+    pub async fn get(
+        &mut self,
+        c: &impl GenericClient,
+        text: &'static str,
+    ) -> StoreResult<Statement> {
+        if let Some(s) = self.cache.get(text) {
+            return Ok(s.clone());
+        }
+        let s = c.prepare(text).await.map_err(pg)?;
+        self.cache.insert(text, s.clone());
+        Ok(s)
+    }
+}
+
+/// The stored form of an activity work item (lease fields live in their own columns).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ActivityRow {
+    execution_id: String,
+    seq: u64,
+    name: String,
+    input: Option<String>,
+    attempt: u32,
+}
+
+impl From<&ActivityWorkItem> for ActivityRow {
+    fn from(a: &ActivityWorkItem) -> Self {
+        Self {
+            execution_id: a.execution_id.clone(),
+            seq: a.seq,
+            name: a.name.clone(),
+            input: a.input.clone(),
+            attempt: a.attempt,
+        }
+    }
+}
+
+/// Decodes the state columns ([`sql::state_cols`]) starting at column `at`; returns the
+/// state and the history length.
+pub(crate) fn read_state(row: &Row, at: usize) -> StoreResult<(InstanceState, u64)> {
+    let status: String = row.get(at + 4);
+    let failure: Option<String> = row.get(at + 7);
+    let parent: Option<String> = row.get(at + 11);
+    let history_len: i64 = row.get(at + 12);
+    Ok((
+        InstanceState {
+            instance_id: row.get(at),
+            execution_id: row.get(at + 1),
+            name: row.get(at + 2),
+            version: row.get(at + 3),
+            status: RuntimeStatus::parse(&status)
+                .ok_or_else(|| corrupt(format!("unknown status '{status}'")))?,
+            input: row.get(at + 5),
+            output: row.get(at + 6),
+            failure: failure
+                .map(|f| from_json::<FailureDetails>(&f))
+                .transpose()?,
+            custom_status: row.get(at + 8),
+            created_at: row.get(at + 9),
+            last_updated_at: row.get(at + 10),
+            parent: parent.map(|p| from_json::<ParentInstance>(&p)).transpose()?,
+        },
+        history_len as u64,
+    ))
+}
+
+/// The owned parameters of an instance row ($1..$12 of CREATE, REPLACE and WRITE_STATE).
+struct StateParams {
+    id: String,
+    execution_id: String,
+    name: String,
+    version: Option<String>,
+    status: &'static str,
+    input: Option<String>,
+    output: Option<String>,
+    failure: Option<String>,
+    custom_status: Option<String>,
+    created_at: DateTime<Utc>,
+    last_updated_at: DateTime<Utc>,
+    parent: Option<String>,
+}
+
+impl StateParams {
+    fn new(s: &InstanceState) -> StoreResult<Self> {
+        Ok(Self {
+            id: s.instance_id.clone(),
+            execution_id: s.execution_id.clone(),
+            name: s.name.clone(),
+            version: s.version.clone(),
+            status: s.status.as_str(),
+            input: s.input.clone(),
+            output: s.output.clone(),
+            failure: s.failure.as_ref().map(to_json).transpose()?,
+            custom_status: s.custom_status.clone(),
+            created_at: s.created_at,
+            last_updated_at: s.last_updated_at,
+            parent: s.parent.as_ref().map(to_json).transpose()?,
+        })
+    }
+
+    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        vec![
+            &self.id,
+            &self.execution_id,
+            &self.name,
+            &self.version,
+            &self.status,
+            &self.input,
+            &self.output,
+            &self.failure,
+            &self.custom_status,
+            &self.created_at,
+            &self.last_updated_at,
+            &self.parent,
+        ]
+    }
+}
+
+/// What a create did.
+pub(crate) enum Created {
+    /// Created; `delayed` when its start message waits for `start_at`.
+    Yes { delayed: bool },
+    /// An unfinished instance has the id.
+    Exists(RuntimeStatus),
+}
+
+/// Creates `n` (replacing a finished instance with its id) on `c`, inside the caller's
+/// transaction when `c` is one.
+pub(crate) async fn create(
+    c: &impl GenericClient,
+    st: &mut Stmts<'_>,
+    n: &NewInstance,
+    in_tx: bool,
+) -> StoreResult<Created> {
+    let state = StateParams::new(&n.initial_state())?;
+    let start = n.start_message();
+    let msg = to_json(&start)?;
+    let delayed = start.visible_at.is_some_and(|t| t > Utc::now());
+    let create = st.get(c, sql::CREATE).await?;
+    let mut p = state.params();
+    p.push(&start.visible_at);
+    p.push(&msg);
+    if !c.query(&create, &p).await.map_err(pg)?.is_empty() {
+        return Ok(Created::Yes { delayed });
+    }
+    // The id is taken: refuse it, or replace the finished instance under its row lock.
+    if !in_tx {
+        return Ok(Created::Exists(RuntimeStatus::Pending));
+    }
+    let status_stmt = st.get(c, sql::STATUS_FOR_UPDATE).await?;
+    let row = c
+        .query_opt(&status_stmt, &[&n.instance_id])
+        .await
+        .map_err(pg)?;
+    let Some(row) = row else {
+        // Purged in between: the row lock found nothing; the caller retries.
+        return Err(StoreError::unavailable(
+            "the instance was purged while being replaced",
+        ));
+    };
+    let status: String = row.get(0);
+    let status = RuntimeStatus::parse(&status)
+        .ok_or_else(|| corrupt(format!("unknown status '{status}'")))?;
+    if !status.is_terminal() {
+        return Ok(Created::Exists(status));
+    }
+    let (dh, dm, rep, send) = (
+        st.get(c, sql::DELETE_HISTORY).await?,
+        st.get(c, sql::DELETE_MESSAGES).await?,
+        st.get(c, sql::REPLACE).await?,
+        st.get(c, sql::SEND).await?,
+    );
+    let id = &n.instance_id;
+    let p = state.params();
+    let send_p: [&(dyn ToSql + Sync); 3] = [id, &start.visible_at, &msg];
+    let id_p: [&(dyn ToSql + Sync); 1] = [id];
+    tokio::try_join!(
+        c.execute(&dh, &id_p),
+        c.execute(&dm, &id_p),
+        c.execute(&rep, &p),
+        c.execute(&send, &send_p),
+    )
+    .map_err(pg)?;
+    Ok(Created::Yes { delayed })
+}
+
+/// Builds work items from leased rows (token + state columns from column 1 on) and their
+/// messages.
+pub(crate) fn work_items(
+    leased: Vec<(String, InstanceState, u64)>,
+    messages: Vec<Row>,
+) -> StoreResult<Vec<OrchestrationWorkItem>> {
+    let mut by_id: HashMap<String, Vec<(u64, OrchestrationMessage)>> = HashMap::new();
+    for r in messages {
+        let id: String = r.get(0);
+        let mid: i64 = r.get(1);
+        let m: String = r.get(2);
+        by_id
+            .entry(id)
+            .or_default()
+            .push((mid as u64, from_json(&m)?));
+    }
+    let mut out: Vec<OrchestrationWorkItem> = leased
+        .into_iter()
+        .map(|(token, state, history_len)| OrchestrationWorkItem {
+            instance_id: state.instance_id.clone(),
+            lease_token: token,
+            messages: by_id.remove(&state.instance_id).unwrap_or_default(),
+            state: Some(state),
+            history_len,
+        })
+        .collect();
+    // Oldest first, like the order they were picked in.
+    out.sort_by_key(|w| w.messages.first().map(|(id, _)| *id).unwrap_or(u64::MAX));
+    Ok(out)
+}
+
+/// Leases up to `max` instances with visible messages, then reads their messages in a
+/// second statement: it runs after the leases committed, so it sees every message an
+/// earlier holder consumed as gone (never hands one out twice).
+pub(crate) async fn lease_orchestrations(
+    conn: &mut Conn,
+    owner: &WorkerId,
+    lease: Duration,
+    max: usize,
+) -> StoreResult<Vec<OrchestrationWorkItem>> {
+    let Conn { client, statements } = conn;
+    let mut st = Stmts::new(statements);
+    let lease_stmt = st.get(client, sql::LEASE_INSTANCES).await?;
+    let rows = client
+        .query(
+            &lease_stmt,
+            &[&(max.clamp(1, 1000) as i64), &owner.as_str(), &micros(lease)],
+        )
+        .await
+        .map_err(pg)?;
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut leased = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let token: String = r.get(0);
+        let (state, len) = read_state(r, 1)?;
+        leased.push((token, state, len));
+    }
+    let ids: Vec<&str> = leased.iter().map(|(_, s, _)| s.instance_id.as_str()).collect();
+    let msg_stmt = st.get(client, sql::MESSAGES_OF).await?;
+    let messages = client
+        .query(&msg_stmt, &[&ids, &(MAX_MESSAGES_PER_WORK_ITEM as i64)])
+        .await
+        .map_err(pg)?;
+    work_items(leased, messages)
+}
+
+/// How a commit proves it may change the instance.
+pub(crate) enum Fence<'a> {
+    /// The lease's token.
+    Token,
+    /// No lease: the instance must be free, on this execution, with this many events and
+    /// no visible messages.
+    Unleased {
+        execution_id: &'a str,
+        history_len: u64,
+    },
+}
+
+/// Activities a commit leases straight to its worker.
+pub(crate) struct Direct<'a> {
+    pub owner: &'a str,
+    pub lease: Duration,
+    pub max: usize,
+}
+
+/// Applies a commit in one transaction; returns the activities leased directly and the
+/// notifications to send once it committed.
+pub(crate) async fn commit(
+    conn: &mut Conn,
+    c: &OrchestrationCommit,
+    completed: Option<&ActivityWorkItem>,
+    direct: Direct<'_>,
+    fence: Fence<'_>,
+) -> StoreResult<(Vec<ActivityWorkItem>, Vec<Event>)> {
+    let Conn { client, statements } = conn;
+    let mut st = Stmts::new(statements);
+    // Prepared before the transaction (cached after the first commit on a connection).
+    let fence_stmt = st.get(client, sql::FENCE).await?;
+    let has_visible = st.get(client, sql::HAS_VISIBLE).await?;
+    let tx = client.transaction().await.map_err(pg)?;
+    let id = &c.instance_id;
+    let id_p: [&(dyn ToSql + Sync); 1] = [id];
+    let (row, waiting) = match fence {
+        Fence::Token => (
+            tx.query_opt(&fence_stmt, &[id]).await.map_err(pg)?,
+            false,
+        ),
+        Fence::Unleased { .. } => {
+            // The visibility check runs after the row lock is held, on a fresh snapshot.
+            let (row, w) = tokio::try_join!(
+                tx.query_opt(&fence_stmt, &id_p),
+                tx.query_one(&has_visible, &id_p)
+            )
+            .map_err(pg)?;
+            (row, w.get::<_, bool>(0))
+        }
+    };
+    let Some(row) = row else {
+        return Err(StoreError::lease_lost());
+    };
+    let token: Option<String> = row.get(0);
+    let mut history_len: i64 = row.get(1);
+    let execution: String = row.get(2);
+    let free: bool = row.get(3);
+    match fence {
+        Fence::Token => {
+            if token.as_deref() != Some(c.lease_token.as_str()) {
+                return Err(StoreError::lease_lost());
+            }
+        }
+        Fence::Unleased {
+            execution_id,
+            history_len: expected,
+        } => {
+            if !free || waiting || execution != execution_id || history_len as u64 != expected {
+                return Err(StoreError::lease_lost());
+            }
+        }
+    }
+    let mut events = Vec::new();
+    // Statements below do not depend on each other's results: sent together.
+    let del_act = st.get(&tx, sql::DELETE_ACTIVITY).await?;
+    let del_consumed = st.get(&tx, sql::DELETE_CONSUMED).await?;
+    let del_history = st.get(&tx, sql::DELETE_HISTORY).await?;
+    let append = st.get(&tx, sql::APPEND_HISTORY).await?;
+    let write_state = st.get(&tx, sql::WRITE_STATE).await?;
+    let release = st.get(&tx, sql::RELEASE).await?;
+    let ins_act = st.get(&tx, sql::INSERT_ACTIVITIES).await?;
+    let ins_msg = st.get(&tx, sql::INSERT_MESSAGES).await?;
+
+    let completed_p = completed.map(|a| (a.id as i64, a.lease_token.clone()));
+    let consumed: Vec<i64> = c.consumed.iter().map(|m| *m as i64).collect();
+    let (replace, new_events) = match &c.history {
+        HistoryUpdate::Append(e) => (false, e),
+        HistoryUpdate::Replace(e) => (true, e),
+    };
+    let first_seq = if replace { 0 } else { history_len };
+    let event_json = new_events
+        .iter()
+        .map(to_json)
+        .collect::<StoreResult<Vec<String>>>()?;
+    history_len = first_seq + event_json.len() as i64;
+    let state = c.state.as_ref().map(StateParams::new).transpose()?;
+    let mut tokens: Vec<Option<String>> = Vec::with_capacity(c.activities.len());
+    let mut items: Vec<String> = Vec::with_capacity(c.activities.len());
+    for (i, a) in c.activities.iter().enumerate() {
+        items.push(to_json(&ActivityRow::from(a))?);
+        tokens.push((i < direct.max).then(random_id));
+    }
+    let owner = direct.owner.to_string();
+    let lease = micros(direct.lease);
+
+    let state_p: Option<Vec<&(dyn ToSql + Sync)>> = state.as_ref().map(|s| {
+        let mut p = s.params();
+        p.push(&history_len);
+        p
+    });
+    let mut jobs: Vec<(&Statement, Vec<&(dyn ToSql + Sync)>)> = Vec::new();
+    if let Some((aid, atok)) = &completed_p {
+        jobs.push((&del_act, vec![aid, atok]));
+    }
+    if !consumed.is_empty() {
+        jobs.push((&del_consumed, vec![id, &consumed]));
+    }
+    if replace {
+        jobs.push((&del_history, vec![id]));
+    }
+    if !event_json.is_empty() {
+        jobs.push((&append, vec![id, &first_seq, &event_json]));
+    }
+    match state_p {
+        Some(p) => {
+            jobs.push((&write_state, p));
+            events.push(Event::Instance(id.clone()));
+        }
+        None => jobs.push((&release, vec![id, &history_len])),
+    }
+    let act_p: Vec<&(dyn ToSql + Sync)> = vec![id, &items, &tokens, &owner, &lease];
+    let act_fut = async {
+        if items.is_empty() {
+            Ok(Vec::new())
+        } else {
+            tx.query(&ins_act, &act_p).await
+        }
+    };
+    let (counts, act_rows) = tokio::try_join!(
+        try_join_all(jobs.iter().map(|(s, p)| tx.execute(*s, p))),
+        act_fut
+    )
+    .map_err(pg)?;
+    if completed_p.is_some() && counts[0] == 0 {
+        // The completed activity's lease is gone: nothing of this commit may stay.
+        return Err(StoreError::lease_lost());
+    }
+    let mut leased = Vec::new();
+    let by_token: HashMap<String, i64> = act_rows
+        .iter()
+        .filter_map(|r| r.get::<_, Option<String>>(1).map(|t| (t, r.get::<_, i64>(0))))
+        .collect();
+    for (a, tok) in c.activities.iter().zip(&tokens) {
+        match tok {
+            Some(t) => leased.push(ActivityWorkItem {
+                id: by_token.get(t).copied().unwrap_or_default() as u64,
+                lease_token: t.clone(),
+                dequeue_count: 1,
+                ..a.clone()
+            }),
+            None => {
+                if !events.contains(&Event::Activities) {
+                    events.push(Event::Activities);
+                }
+            }
+        }
+    }
+    // Children before messages, so a message to a new child finds it.
+    let mut messages: Vec<OrchestrationMessage> = Vec::new();
+    for child in &c.new_instances {
+        match create(&tx, &mut st, child, true).await? {
+            Created::Yes { delayed } => {
+                events.push(if delayed {
+                    Event::Timer
+                } else {
+                    Event::Orchestrations
+                });
+                events.push(Event::Instance(child.instance_id.clone()));
+            }
+            Created::Exists(status) => {
+                if let Some(m) = child_conflict_message(child, status, Utc::now()) {
+                    messages.push(m);
+                }
+            }
+        }
+    }
+    messages.extend(c.messages.iter().cloned());
+    if !messages.is_empty() {
+        let targets: Vec<&str> = messages.iter().map(|m| m.instance_id.as_str()).collect();
+        let at: Vec<Option<DateTime<Utc>>> = messages.iter().map(|m| m.visible_at).collect();
+        let bodies = messages
+            .iter()
+            .map(to_json)
+            .collect::<StoreResult<Vec<String>>>()?;
+        let rows = tx
+            .query(&ins_msg, &[&targets, &at, &bodies])
+            .await
+            .map_err(pg)?;
+        for r in rows {
+            let target: String = r.get(0);
+            let delayed: bool = r.get(1);
+            let e = if delayed {
+                Event::Timer
+            } else if &target == id {
+                // Covered by the check after the commit.
+                continue;
+            } else {
+                Event::Orchestrations
+            };
+            if !events.contains(&e) {
+                events.push(e);
+            }
+        }
+    }
+    tx.commit().await.map_err(pg)?;
+    // After the commit, on a fresh snapshot: messages that came while the instance was
+    // leased (their senders' wake-ups found it held) need a worker now.
+    if client
+        .query_one(&has_visible, &[id])
+        .await
+        .map(|r| r.get::<_, bool>(0))
+        .unwrap_or(true)
+    {
+        events.push(Event::Orchestrations);
+    }
+    Ok((leased, events))
+}
+
+/// Decodes leased activity rows (id, instance_id, item, lease_token, dequeue_count).
+pub(crate) fn activity_items(rows: Vec<Row>) -> StoreResult<Vec<ActivityWorkItem>> {
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let id: i64 = r.get(0);
+        let item: String = r.get(2);
+        let row: ActivityRow = from_json(&item)?;
+        let dequeue: i32 = r.get(4);
+        out.push(ActivityWorkItem {
+            id: id as u64,
+            instance_id: r.get(1),
+            execution_id: row.execution_id,
+            seq: row.seq,
+            name: row.name,
+            input: row.input,
+            attempt: row.attempt,
+            lease_token: r.get(3),
+            dequeue_count: dequeue as u32,
+        });
+    }
+    out.sort_by_key(|a| a.id);
+    Ok(out)
+}
