@@ -80,9 +80,17 @@ pub struct PostgresStoreBuilder {
     pool_size: usize,
     poll_interval: Duration,
     connect_timeout: Duration,
+    drop_schema_on_drop: bool,
 }
 
 impl PostgresStoreBuilder {
+    /// Drops the whole schema, data included, when the last handle to the store is
+    /// dropped: for tests and benchmarks that use a throw-away schema each.
+    pub fn drop_schema_on_drop(mut self, drop: bool) -> Self {
+        self.drop_schema_on_drop = drop;
+        self
+    }
+
     /// The PostgreSQL schema holding the tables (default `durable`); created when missing.
     /// Hosts sharing work use the same schema; different schemas in one database are
     /// separate systems.
@@ -201,6 +209,7 @@ impl PostgresStoreBuilder {
                 poll: self.poll_interval,
                 stop,
                 describe: pool::describe(&config),
+                drop_schema: self.drop_schema_on_drop.then(|| config.clone()),
             }),
         }
     }
@@ -254,11 +263,35 @@ struct Inner {
     poll: Duration,
     stop: watch::Sender<bool>,
     describe: String,
+    /// Set when the schema goes with the store.
+    drop_schema: Option<Config>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
         let _ = self.stop.send(true);
+        self.pool.close();
+        if let Some(config) = self.drop_schema.take() {
+            // On a thread of its own: drop may run inside or outside a runtime.
+            let schema = self.schema.clone();
+            let dropped = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .ok()?;
+                rt.block_on(async {
+                    let client = pool::connect(&config, DEFAULT_CONNECT_TIMEOUT).await.ok()?;
+                    client
+                        .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+                        .await
+                        .ok()
+                })
+            })
+            .join();
+            if !matches!(dropped, Ok(Some(()))) {
+                tracing::warn!(schema = %self.schema, "could not drop the PostgreSQL schema");
+            }
+        }
     }
 }
 
@@ -287,6 +320,7 @@ impl PostgresStore {
             pool_size: DEFAULT_POOL_SIZE,
             poll_interval: DEFAULT_POLL_INTERVAL,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            drop_schema_on_drop: false,
         }
     }
 
@@ -954,5 +988,306 @@ impl FastPaths for PostgresStore {
         }
         let (state, history_len) = ops::read_state(&row, 2)?;
         Ok(Some(leased_item(state, history_len, token, messages)?))
+    }
+}
+
+/// The database the tests use: `DURABLE_TEST_PG`, or the local server's `test` database.
+#[cfg(test)]
+pub(crate) fn test_url() -> String {
+    std::env::var("DURABLE_TEST_PG")
+        .ok()
+        .filter(|s| !s.trim().is_empty())
+        .unwrap_or_else(|| "postgres://root@127.0.0.1:5432/test".into())
+}
+
+/// A schema name no other test uses.
+#[cfg(test)]
+pub(crate) fn test_schema() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "t_{}_{}_{nanos}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+#[cfg(test)]
+mod conformance_tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::store::conformance::Harness;
+
+    /// Each case gets a fresh schema, dropped with the store; the peer is a second store
+    /// on the same schema, as another host would open it.
+    #[derive(Default)]
+    struct Pg {
+        schema: Mutex<Option<String>>,
+    }
+
+    #[async_trait]
+    impl Harness for Pg {
+        async fn store(&self) -> Arc<dyn Store> {
+            let schema = test_schema();
+            *self.schema.lock().unwrap() = Some(schema.clone());
+            Arc::new(
+                PostgresStore::builder(test_url())
+                    .schema(schema)
+                    .pool_size(4)
+                    .drop_schema_on_drop(true)
+                    .connect()
+                    .await
+                    .expect("the test database is reachable (DURABLE_TEST_PG)"),
+            )
+        }
+
+        async fn peer(&self, _store: &Arc<dyn Store>) -> Arc<dyn Store> {
+            let schema = self.schema.lock().unwrap().clone().expect("store() first");
+            Arc::new(
+                PostgresStore::builder(test_url())
+                    .schema(schema)
+                    .pool_size(2)
+                    .connect()
+                    .await
+                    .expect("the test database is reachable"),
+            )
+        }
+    }
+
+    crate::store_conformance_tests!(Pg::default());
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::history::EventKind;
+
+    async fn open(schema: &str, drop: bool) -> Arc<PostgresStore> {
+        Arc::new(
+            PostgresStore::builder(test_url())
+                .schema(schema)
+                .pool_size(4)
+                .drop_schema_on_drop(drop)
+                .connect()
+                .await
+                .expect("the test database is reachable (DURABLE_TEST_PG)"),
+        )
+    }
+
+    fn new_instance(id: &str) -> NewInstance {
+        NewInstance {
+            instance_id: id.into(),
+            execution_id: "e".into(),
+            name: "orch".into(),
+            version: None,
+            input: None,
+            parent: None,
+            created_at: Utc::now(),
+            start_at: None,
+        }
+    }
+
+    /// Hosts racing for the same instances, with leases so short that they lapse while
+    /// episodes run and are taken over, never get a message twice: every message sent
+    /// ends up in its instance's history exactly once. (Reading the messages with the
+    /// snapshot of the statement that takes the lease fails this: a holder whose commit
+    /// lands between that snapshot and the row lock consumed messages the snapshot
+    /// still shows.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn racing_hosts_apply_every_message_exactly_once() {
+        let schema = test_schema();
+        let first = open(&schema, true).await;
+        const INSTANCES: usize = 5;
+        const PER_INSTANCE: usize = 200;
+        for i in 0..INSTANCES {
+            first.create_instance(new_instance(&format!("r{i}"))).await.unwrap();
+        }
+        let mut hosts = vec![first.clone()];
+        for _ in 0..5 {
+            hosts.push(open(&schema, false).await);
+        }
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut workers = Vec::new();
+        for (h, store) in hosts.iter().enumerate() {
+            let store = store.clone();
+            let stop = stop.clone();
+            workers.push(tokio::spawn(async move {
+                let owner = WorkerId::new(format!("host-{h}"));
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let items = store
+                        .fetch_orchestration_work(
+                            &owner,
+                            Duration::from_millis(3),
+                            2,
+                            Duration::from_millis(50),
+                        )
+                        .await
+                        .unwrap();
+                    for item in items {
+                        n += 1;
+                        // Every few episodes outlast their lease.
+                        if n % 4 == 0 {
+                            tokio::time::sleep(Duration::from_millis(4)).await;
+                        }
+                        let events = item
+                            .messages
+                            .iter()
+                            .map(|(_, m)| m.event.clone())
+                            .collect();
+                        let commit = OrchestrationCommit {
+                            instance_id: item.instance_id.clone(),
+                            lease_token: item.lease_token.clone(),
+                            consumed: item.messages.iter().map(|(id, _)| *id).collect(),
+                            history: HistoryUpdate::Append(events),
+                            state: None,
+                            activities: Vec::new(),
+                            messages: Vec::new(),
+                            new_instances: Vec::new(),
+                        };
+                        match store.commit_orchestration(commit).await {
+                            Ok(()) => {}
+                            Err(e) if e.is_lease_lost() => {}
+                            Err(e) => panic!("{e}"),
+                        }
+                    }
+                }
+            }));
+        }
+        for k in 0..PER_INSTANCE {
+            for i in 0..INSTANCES {
+                let store = &hosts[(i + k) % hosts.len()];
+                let event = HistoryEvent::new(
+                    Utc::now(),
+                    EventKind::EventRaised {
+                        name: format!("m{k}"),
+                        input: None,
+                    },
+                );
+                store
+                    .send_message(OrchestrationMessage::new(format!("r{i}"), event))
+                    .await
+                    .unwrap();
+            }
+            if k % 10 == 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        // Until every message has been applied (or the deadline).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let mut counts: HashMap<String, usize> = HashMap::new();
+        loop {
+            let mut total = 0;
+            for i in 0..INSTANCES {
+                let id = format!("r{i}");
+                let history = first.read_history(&id).await.unwrap();
+                let mut seen = HashMap::new();
+                for e in &history {
+                    if let EventKind::EventRaised { name, .. } = &e.kind {
+                        *seen.entry(name.clone()).or_insert(0) += 1;
+                    }
+                }
+                for (name, n) in &seen {
+                    assert_eq!(*n, 1, "{id}: message {name} applied {n} times");
+                }
+                counts.insert(id, seen.len());
+                total += seen.len();
+            }
+            if total == INSTANCES * PER_INSTANCE {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "applied {counts:?} of {PER_INSTANCE} each"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for w in workers {
+            w.await.unwrap();
+        }
+    }
+
+    /// Start-ups racing to create the schema both succeed, and a schema with another
+    /// application's tables or from a newer build is refused and left as it was.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn migrations_are_safe_and_refuse_foreign_or_newer_schemas() {
+        let schema = test_schema();
+        let (a, b, c) = tokio::join!(open(&schema, true), open(&schema, false), open(&schema, false));
+        a.create_instance(new_instance("x")).await.unwrap();
+        assert!(b.get_instance("x").await.unwrap().is_some());
+        drop((b, c));
+        let conn = a.inner.pool.get().await.unwrap();
+        conn.client
+            .batch_execute("INSERT INTO schema_migrations(version) VALUES (99)")
+            .await
+            .unwrap();
+        let err = PostgresStore::builder(test_url())
+            .schema(&schema)
+            .connect()
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("has version 99"), "{err}");
+        assert!(err.contains("up to 1"), "{err}");
+        drop(conn);
+        let foreign = test_schema();
+        let conn = a.inner.pool.get().await.unwrap();
+        conn.client
+            .batch_execute(&format!(
+                "CREATE SCHEMA {foreign}; CREATE TABLE {foreign}.customers(id int)"
+            ))
+            .await
+            .unwrap();
+        let err = PostgresStore::builder(test_url())
+            .schema(&foreign)
+            .connect()
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not durable's (customers)"), "{err}");
+        let left: i64 = conn
+            .client
+            .query_one(
+                "SELECT count(*) FROM information_schema.tables WHERE table_schema = $1",
+                &[&foreign],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(left, 1, "the foreign schema is left as it was");
+        conn.client
+            .batch_execute(&format!("DROP SCHEMA {foreign} CASCADE"))
+            .await
+            .unwrap();
+    }
+
+    /// Bad settings are refused with a message that says what is wrong, before anything
+    /// is written; the password never shows.
+    #[tokio::test]
+    async fn bad_settings_are_refused_clearly() {
+        let err = |r: StoreResult<PostgresStore>| r.unwrap_err().to_string();
+        let e = err(PostgresStore::builder("postgres://u:secret@127.0.0.1:1/x")
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await);
+        assert!(e.contains("cannot connect to PostgreSQL at 127.0.0.1:1/x"), "{e}");
+        assert!(!e.contains("secret"), "{e}");
+        let e = err(PostgresStore::builder("postgres://u:secret@host:port/x").connect().await);
+        assert!(e.contains("not a usable PostgreSQL URL"), "{e}");
+        assert!(!e.contains("secret"), "{e}");
+        let e = err(PostgresStore::builder(test_url()).schema("Bad-Name").connect().await);
+        assert!(e.contains("'Bad-Name' is not a usable schema name"), "{e}");
+        let e = err(PostgresStore::builder(test_url()).pool_size(0).connect().await);
+        assert!(e.contains("pool size"), "{e}");
+        assert!(is_postgres_url("postgres://h/db") && is_postgres_url("PostgreSQL://h/db"));
+        assert!(!is_postgres_url("durable.db") && !is_postgres_url("postgres.db"));
     }
 }

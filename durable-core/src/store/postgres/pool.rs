@@ -15,7 +15,7 @@ use crate::store::StoreResult;
 /// One pooled connection and the statements prepared on it.
 pub(crate) struct Conn {
     pub client: Client,
-    statements: HashMap<&'static str, Statement>,
+    pub statements: HashMap<&'static str, Statement>,
 }
 
 impl Conn {
