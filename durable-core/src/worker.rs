@@ -130,8 +130,21 @@ impl WorkerBuilder {
             orchestrations_done: watch::channel(false).0,
         });
         let mut tasks = JoinSet::new();
-        tasks.spawn(orchestration_loop(shared.clone(), shutdown_rx.clone()));
-        tasks.spawn(activity_loop(shared.clone(), shutdown_rx, direct_rx));
+        let s2 = shared.clone();
+        tasks.spawn(async move {
+            // A restarted worker with the same id takes back what its last run held at
+            // once, instead of waiting for those leases to lapse. Before any fetch, so it
+            // cannot give back leases of this run.
+            match s2.store.release_leases(&s2.id).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(released = n, worker_id = %s2.id, "took back the leases of this worker's previous run"),
+                Err(e) => tracing::warn!(error = %e, "could not release the leases of this worker's previous run; they lapse instead"),
+            }
+            tokio::join!(
+                orchestration_loop(s2.clone(), shutdown_rx.clone()),
+                activity_loop(s2, shutdown_rx, direct_rx),
+            );
+        });
         Ok(Worker {
             shared,
             shutdown: shutdown_tx,

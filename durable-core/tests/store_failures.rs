@@ -314,3 +314,31 @@ async fn an_episode_survives_a_store_outage_longer_than_the_retries() {
     // later.
     run(false, 4, 0, 0, 2).await;
 }
+
+/// A worker started with the id of a previous run takes back that run's leases at once
+/// instead of waiting for them to lapse.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_worker_takes_back_its_own_leases() {
+    let store = Arc::new(MemoryStore::new());
+    let runs = Arc::new(AtomicU32::new(0));
+    let id = WorkerId::new("worker-a");
+    let client = durable_core::DurableClient::new(store.clone());
+    let instance = client
+        .start_by_name("steps", Some("0".into()), Default::default())
+        .await
+        .unwrap();
+    // The previous run leased the instance for an hour and died.
+    let held = store
+        .fetch_orchestration_work(&id, Duration::from_secs(3600), 1, WAIT)
+        .await
+        .unwrap();
+    assert_eq!(held.len(), 1);
+    let worker = Worker::builder(store.clone())
+        .registry(registry(runs.clone()))
+        .worker_id(id)
+        .start()
+        .unwrap();
+    let state = client.wait_for_completion(&instance, WAIT).await.unwrap();
+    assert_eq!(state.status, RuntimeStatus::Completed);
+    worker.shutdown().await;
+}
