@@ -17,8 +17,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use durable_core::{
-    ActivityError, DurableClient, OrchestrationContext, OrchestrationError, Registry, Runtime,
-    RuntimeStatus, StartOptions, Store,
+    ActivityError, DurableClient, OrchestrationContext, OrchestrationError, Registry,
+    RuntimeStatus, StartOptions, Store, Worker,
 };
 use serde::{Deserialize, Serialize};
 
@@ -265,8 +265,8 @@ fn registry() -> Registry {
         .expect("registry")
 }
 
-fn runtime(store: Arc<dyn Store>, cache: usize) -> Runtime {
-    Runtime::builder(store)
+fn runtime(store: Arc<dyn Store>, cache: usize) -> Worker {
+    Worker::builder(store)
         .registry(registry())
         .cache_capacity(cache)
         .start()

@@ -412,7 +412,7 @@ pub(crate) async fn run_entity_episode(
 ) -> OrchestrationCommit {
     let mut commit = OrchestrationCommit {
         instance_id: item.instance_id.clone(),
-        lock_token: item.lock_token.clone(),
+        lease_token: item.lease_token.clone(),
         consumed: item.messages.iter().map(|(id, _)| *id).collect(),
         history: HistoryUpdate::Append(Vec::new()),
         state: None,
@@ -534,12 +534,7 @@ fn forward_lock(
         None => commit.messages.push(
             OrchestrationMessage::new(
                 owner.instance_id.clone(),
-                HistoryEvent::new(
-                    now,
-                    EventKind::EntityLockGranted {
-                        task_scheduled_id: owner.task_scheduled_id,
-                    },
-                ),
+                HistoryEvent::new(now, EventKind::EntityLockGranted { seq: owner.seq }),
             )
             .for_execution(owner.execution_id.clone()),
         ),
@@ -657,11 +652,11 @@ async fn run_operation(
     if let Some(reply) = reply_to {
         let kind = match outcome {
             Ok(result) => EventKind::EntityOperationCompleted {
-                task_scheduled_id: reply.task_scheduled_id,
+                seq: reply.seq,
                 result,
             },
             Err(failure) => EventKind::EntityOperationFailed {
-                task_scheduled_id: reply.task_scheduled_id,
+                seq: reply.seq,
                 failure,
             },
         };
@@ -694,7 +689,7 @@ pub(crate) async fn refuse_operations(
                         HistoryEvent::new(
                             now,
                             EventKind::EntityOperationFailed {
-                                task_scheduled_id: r.task_scheduled_id,
+                                seq: r.seq,
                                 failure: failure.clone(),
                             },
                         ),

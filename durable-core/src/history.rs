@@ -47,7 +47,8 @@ pub struct ParentInstance {
     /// The parent's execution id when it scheduled this child.
     pub execution_id: String,
     /// The sequence number of the `SubOrchestrationInstanceCreated` event in the parent.
-    pub task_scheduled_id: u64,
+    #[serde(rename = "task_scheduled_id")]
+    pub seq: u64,
     /// The parent's orchestrator name.
     pub name: String,
 }
@@ -56,7 +57,8 @@ pub struct ParentInstance {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct HistoryEvent {
     /// For scheduling events, the sequence number of the durable call; otherwise -1.
-    pub event_id: i64,
+    #[serde(rename = "event_id")]
+    pub seq: i64,
     /// When the event was recorded.
     pub timestamp: DateTime<Utc>,
     /// What happened.
@@ -68,7 +70,7 @@ impl HistoryEvent {
     /// An event that is not a scheduling event.
     pub fn new(timestamp: DateTime<Utc>, kind: EventKind) -> Self {
         Self {
-            event_id: -1,
+            seq: -1,
             timestamp,
             kind,
         }
@@ -77,7 +79,7 @@ impl HistoryEvent {
     /// A scheduling event carrying the sequence number `seq`.
     pub fn scheduled(seq: u64, timestamp: DateTime<Utc>, kind: EventKind) -> Self {
         Self {
-            event_id: seq as i64,
+            seq: seq as i64,
             timestamp,
             kind,
         }
@@ -151,14 +153,16 @@ pub enum EventKind {
     /// An activity completed.
     TaskCompleted {
         /// Sequence number of the matching `TaskScheduled`.
-        task_scheduled_id: u64,
+        #[serde(rename = "task_scheduled_id")]
+        seq: u64,
         /// JSON result.
         result: Option<String>,
     },
     /// An activity failed.
     TaskFailed {
         /// Sequence number of the matching `TaskScheduled`.
-        task_scheduled_id: u64,
+        #[serde(rename = "task_scheduled_id")]
+        seq: u64,
         /// Why.
         failure: FailureDetails,
     },
@@ -177,14 +181,16 @@ pub enum EventKind {
     /// A sub-orchestration completed.
     SubOrchestrationInstanceCompleted {
         /// Sequence number of the matching `SubOrchestrationInstanceCreated`.
-        task_scheduled_id: u64,
+        #[serde(rename = "task_scheduled_id")]
+        seq: u64,
         /// JSON result.
         result: Option<String>,
     },
     /// A sub-orchestration failed.
     SubOrchestrationInstanceFailed {
         /// Sequence number of the matching `SubOrchestrationInstanceCreated`.
-        task_scheduled_id: u64,
+        #[serde(rename = "task_scheduled_id")]
+        seq: u64,
         /// Why.
         failure: FailureDetails,
     },
@@ -196,7 +202,8 @@ pub enum EventKind {
     /// A durable timer fired.
     TimerFired {
         /// Sequence number of the matching `TimerCreated`.
-        timer_id: u64,
+        #[serde(rename = "timer_id")]
+        seq: u64,
         /// When it was due.
         fire_at: DateTime<Utc>,
     },
@@ -250,21 +257,24 @@ pub enum EventKind {
     /// An entity operation called by this orchestration completed.
     EntityOperationCompleted {
         /// Sequence number of the matching `EntityOperationCalled`.
-        task_scheduled_id: u64,
+        #[serde(rename = "task_scheduled_id")]
+        seq: u64,
         /// JSON result.
         result: Option<String>,
     },
     /// An entity operation called by this orchestration failed.
     EntityOperationFailed {
         /// Sequence number of the matching `EntityOperationCalled`.
-        task_scheduled_id: u64,
+        #[serde(rename = "task_scheduled_id")]
+        seq: u64,
         /// Why.
         failure: FailureDetails,
     },
     /// All locks of a critical section were granted.
     EntityLockGranted {
         /// Sequence number of the matching `EntityLockRequested`.
-        task_scheduled_id: u64,
+        #[serde(rename = "task_scheduled_id")]
+        seq: u64,
     },
     /// A message to an entity: an operation, a lock request or a lock release.
     EntityRequest {
@@ -281,7 +291,8 @@ pub struct ReplyTo {
     /// Its execution.
     pub execution_id: String,
     /// The sequence number of the call in that execution.
-    pub task_scheduled_id: u64,
+    #[serde(rename = "task_scheduled_id")]
+    pub seq: u64,
 }
 
 /// A message to an entity.
@@ -357,26 +368,14 @@ impl EventKind {
     /// For completion events, the sequence number of the call they complete.
     pub fn completes(&self) -> Option<u64> {
         match self {
-            EventKind::TaskCompleted {
-                task_scheduled_id, ..
-            }
-            | EventKind::TaskFailed {
-                task_scheduled_id, ..
-            }
-            | EventKind::SubOrchestrationInstanceCompleted {
-                task_scheduled_id, ..
-            }
-            | EventKind::SubOrchestrationInstanceFailed {
-                task_scheduled_id, ..
-            } => Some(*task_scheduled_id),
-            EventKind::EntityOperationCompleted {
-                task_scheduled_id, ..
-            }
-            | EventKind::EntityOperationFailed {
-                task_scheduled_id, ..
-            }
-            | EventKind::EntityLockGranted { task_scheduled_id } => Some(*task_scheduled_id),
-            EventKind::TimerFired { timer_id, .. } => Some(*timer_id),
+            EventKind::TaskCompleted { seq, .. }
+            | EventKind::TaskFailed { seq, .. }
+            | EventKind::SubOrchestrationInstanceCompleted { seq, .. }
+            | EventKind::SubOrchestrationInstanceFailed { seq, .. } => Some(*seq),
+            EventKind::EntityOperationCompleted { seq, .. }
+            | EventKind::EntityOperationFailed { seq, .. }
+            | EventKind::EntityLockGranted { seq } => Some(*seq),
+            EventKind::TimerFired { seq, .. } => Some(*seq),
             _ => None,
         }
     }

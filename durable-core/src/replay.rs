@@ -240,7 +240,7 @@ impl Execution {
             let mut st = ctx.state();
             for e in history {
                 if let Some(a) = Action::from_event(&e.kind) {
-                    if e.event_id >= 0 && e.event_id as usize == st.actions.len() {
+                    if e.seq >= 0 && e.seq as usize == st.actions.len() {
                         st.actions.push(a);
                     }
                 }
@@ -300,7 +300,7 @@ pub(crate) enum Source {
 fn commit_base(item: &OrchestrationWorkItem) -> OrchestrationCommit {
     OrchestrationCommit {
         instance_id: item.instance_id.clone(),
-        lock_token: item.lock_token.clone(),
+        lease_token: item.lease_token.clone(),
         consumed: item.messages.iter().map(|(id, _)| *id).collect(),
         history: HistoryUpdate::Append(Vec::new()),
         state: None,
@@ -318,11 +318,11 @@ fn parent_message(
 ) -> OrchestrationMessage {
     let kind = match outcome {
         Ok(result) => EventKind::SubOrchestrationInstanceCompleted {
-            task_scheduled_id: parent.task_scheduled_id,
+            seq: parent.seq,
             result: result.clone(),
         },
         Err(failure) => EventKind::SubOrchestrationInstanceFailed {
-            task_scheduled_id: parent.task_scheduled_id,
+            seq: parent.seq,
             failure: failure.clone(),
         },
     };
@@ -660,7 +660,7 @@ fn release_held_locks(
 fn commit_base_empty() -> OrchestrationCommit {
     OrchestrationCommit {
         instance_id: String::new(),
-        lock_token: String::new(),
+        lease_token: String::new(),
         consumed: Vec::new(),
         history: HistoryUpdate::Append(Vec::new()),
         state: None,
@@ -688,11 +688,11 @@ fn side_effects(
             id: 0,
             instance_id: state.instance_id.clone(),
             execution_id: state.execution_id.clone(),
-            task_scheduled_id: seq,
+            seq,
             name: name.clone(),
             input: input.clone(),
             attempt: *attempt,
-            lock_token: String::new(),
+            lease_token: String::new(),
             dequeue_count: 0,
         }),
         Action::Timer { fire_at } => {
@@ -703,7 +703,7 @@ fn side_effects(
                         HistoryEvent::new(
                             now,
                             EventKind::TimerFired {
-                                timer_id: seq,
+                                seq,
                                 fire_at: *fire_at,
                             },
                         ),
@@ -727,7 +727,7 @@ fn side_effects(
             parent: Some(ParentInstance {
                 instance_id: state.instance_id.clone(),
                 execution_id: state.execution_id.clone(),
-                task_scheduled_id: seq,
+                seq,
                 name: state.name.clone(),
             }),
             created_at: now,
@@ -800,7 +800,7 @@ fn reply_to(state: &InstanceState, seq: u64) -> ReplyTo {
     ReplyTo {
         instance_id: state.instance_id.clone(),
         execution_id: state.execution_id.clone(),
-        task_scheduled_id: seq,
+        seq,
     }
 }
 

@@ -1,12 +1,12 @@
-//! The worker runtime: an orchestration dispatcher and an activity dispatcher pulling work
-//! items from the store under leases, with concurrency limits, an instance cache, lease
-//! renewal for long activities, wake-ups instead of polling, and graceful shutdown.
+//! The worker: an orchestration dispatcher and an activity dispatcher pulling work items
+//! from the store under leases, with concurrency limits, an instance cache, lease renewal
+//! for long activities, waiting fetches instead of polling, retries of transient store
+//! failures, and graceful shutdown. The store's fast paths are used when it offers them.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::Utc;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tracing::Instrument;
@@ -16,15 +16,17 @@ use crate::client::DurableClient;
 use crate::error::Error;
 use crate::history::{EventKind, FailureDetails, HistoryEvent, OrchestrationMessage};
 use crate::instance::{InstanceState, RuntimeStatus};
+use crate::limits::{PayloadTooLarge, DEFAULT_MAX_PAYLOAD_BYTES};
 use crate::registry::Registry;
 use crate::replay::{run_episode, Execution, Source};
 use crate::store::{
-    ActivityWorkItem, HistoryUpdate, OrchestrationCommit, OrchestrationWorkItem, Store, StoreError,
+    ActivityWorkItem, DirectLease, HistoryUpdate, OrchestrationCommit, OrchestrationWorkItem,
+    Store, StoreError, StoreErrorKind, WorkerId,
 };
 
-/// Tuning knobs of the worker runtime.
+/// Tuning knobs of a [`Worker`].
 #[derive(Clone, Debug)]
-pub struct RuntimeOptions {
+pub struct WorkerOptions {
     /// Episodes run at once.
     pub orchestration_concurrency: usize,
     /// Activities run at once.
@@ -36,7 +38,7 @@ pub struct RuntimeOptions {
     /// Live executions kept between episodes (0 disables the cache: every episode replays
     /// the full history).
     pub cache_capacity: usize,
-    /// Longest sleep when idle (a safety net for work committed by other processes).
+    /// Longest a fetch waits for work before the dispatcher checks in again.
     pub idle_poll: Duration,
     /// How long shutdown waits for running activities before releasing them.
     pub shutdown_grace: Duration,
@@ -44,9 +46,16 @@ pub struct RuntimeOptions {
     /// worker died or lost the lease every time) is a poison message: it fails its task
     /// with a `Poison` failure instead of running again. 0 disables the check.
     pub max_activity_dequeues: u32,
+    /// The largest payload (output, custom status, activity input and result, event data)
+    /// an episode may store; over it, the instance fails with `PayloadTooLarge` (or the
+    /// activity's task does). Default 16 MiB.
+    pub max_payload_bytes: usize,
+    /// Attempts at a commit that fails with a retryable store error before the episode is
+    /// abandoned to run again later.
+    pub store_retries: u32,
 }
 
-impl Default for RuntimeOptions {
+impl Default for WorkerOptions {
     fn default() -> Self {
         Self {
             orchestration_concurrency: 64,
@@ -57,18 +66,21 @@ impl Default for RuntimeOptions {
             idle_poll: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(30),
             max_activity_dequeues: 20,
+            max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
+            store_retries: 8,
         }
     }
 }
 
-/// Builds and starts a [`Runtime`].
-pub struct RuntimeBuilder {
+/// Builds and starts a [`Worker`].
+pub struct WorkerBuilder {
     store: Arc<dyn Store>,
     registry: Option<Registry>,
-    options: RuntimeOptions,
+    options: WorkerOptions,
+    id: Option<WorkerId>,
 }
 
-impl RuntimeBuilder {
+impl WorkerBuilder {
     /// Uses this registry instead of everything registered by the macros.
     pub fn registry(mut self, registry: Registry) -> Self {
         self.registry = Some(registry);
@@ -76,8 +88,15 @@ impl RuntimeBuilder {
     }
 
     /// Sets the options.
-    pub fn options(mut self, options: RuntimeOptions) -> Self {
+    pub fn options(mut self, options: WorkerOptions) -> Self {
         self.options = options;
+        self
+    }
+
+    /// Sets the id this worker records as the owner of its leases (default:
+    /// [`WorkerId::from_env`]).
+    pub fn worker_id(mut self, id: WorkerId) -> Self {
+        self.id = Some(id);
         self
     }
 
@@ -88,7 +107,7 @@ impl RuntimeBuilder {
     }
 
     /// Starts the dispatchers on the current tokio runtime.
-    pub fn start(self) -> Result<Runtime, Error> {
+    pub fn start(self) -> Result<Worker, Error> {
         let registry = Arc::new(match self.registry {
             Some(r) => r,
             None => Registry::from_inventory()?,
@@ -96,6 +115,7 @@ impl RuntimeBuilder {
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let (direct_tx, direct_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
+            id: self.id.unwrap_or_else(WorkerId::from_env),
             store: self.store,
             registry,
             orchestration_limit: Arc::new(Semaphore::new(
@@ -110,9 +130,22 @@ impl RuntimeBuilder {
             orchestrations_done: watch::channel(false).0,
         });
         let mut tasks = JoinSet::new();
-        tasks.spawn(orchestration_loop(shared.clone(), shutdown_rx.clone()));
-        tasks.spawn(activity_loop(shared.clone(), shutdown_rx, direct_rx));
-        Ok(Runtime {
+        let s2 = shared.clone();
+        tasks.spawn(async move {
+            // A restarted worker with the same id takes back what its last run held at
+            // once, instead of waiting for those leases to lapse. Before any fetch, so it
+            // cannot give back leases of this run.
+            match s2.store.release_leases(&s2.id).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(released = n, worker_id = %s2.id, "took back the leases of this worker's previous run"),
+                Err(e) => tracing::warn!(error = %e, "could not release the leases of this worker's previous run; they lapse instead"),
+            }
+            tokio::join!(
+                orchestration_loop(s2.clone(), shutdown_rx.clone()),
+                activity_loop(s2, shutdown_rx, direct_rx),
+            );
+        });
+        Ok(Worker {
             shared,
             shutdown: shutdown_tx,
             tasks,
@@ -121,33 +154,41 @@ impl RuntimeBuilder {
 }
 
 /// A running worker: dispatches orchestration episodes and activities until shut down.
-pub struct Runtime {
+pub struct Worker {
     shared: Arc<Shared>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
 }
 
-impl std::fmt::Debug for Runtime {
+impl std::fmt::Debug for Worker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Runtime")
+        f.debug_struct("Worker")
+            .field("id", &self.shared.id)
             .field("options", &self.shared.options)
             .finish()
     }
 }
 
-impl Runtime {
+impl Worker {
     /// A builder over `store`, using every orchestrator and activity the macros registered.
-    pub fn builder(store: Arc<dyn Store>) -> RuntimeBuilder {
-        RuntimeBuilder {
+    pub fn builder(store: Arc<dyn Store>) -> WorkerBuilder {
+        WorkerBuilder {
             store,
             registry: None,
-            options: RuntimeOptions::default(),
+            options: WorkerOptions::default(),
+            id: None,
         }
     }
 
-    /// A client bound to this runtime's store and registry.
+    /// A client bound to this worker's store and registry, with its payload limit.
     pub fn client(&self) -> DurableClient {
         DurableClient::with_registry(self.shared.store.clone(), self.shared.registry.clone())
+            .with_max_payload_bytes(self.shared.options.max_payload_bytes)
+    }
+
+    /// The id this worker records as the owner of its leases.
+    pub fn id(&self) -> &WorkerId {
+        &self.shared.id
     }
 
     /// The registry in use.
@@ -161,17 +202,22 @@ impl Runtime {
     }
 
     /// Stops fetching work, lets running episodes finish, waits up to the shutdown grace
-    /// period for running activities, then releases the leases of those still running.
+    /// period for running activities, then gives back every lease this worker still holds.
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
         while self.tasks.join_next().await.is_some() {}
+        if let Err(e) = self.shared.store.release_leases(&self.shared.id).await {
+            tracing::warn!(error = %e, "could not release this worker's leases; they lapse instead");
+        }
     }
 }
 
 struct Shared {
+    /// The owner recorded with this worker's leases.
+    id: WorkerId,
     store: Arc<dyn Store>,
     registry: Arc<Registry>,
-    options: RuntimeOptions,
+    options: WorkerOptions,
     cache: Mutex<Cache>,
     running_activities: Mutex<HashMap<u64, ActivityWorkItem>>,
     /// Episodes run at once (dispatched or run straight after an activity).
@@ -189,6 +235,20 @@ struct Shared {
 impl Shared {
     fn shutting_down(&self) -> bool {
         *self.shutdown.borrow()
+    }
+
+    /// The store clock's current time: episodes, failures and results are stamped with it.
+    fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.store.clock().now()
+    }
+
+    /// Activities a commit leases to this worker: up to `max`.
+    fn direct(&self, max: usize) -> DirectLease<'_> {
+        DirectLease {
+            owner: &self.id,
+            lease: self.options.activity_lease,
+            max,
+        }
     }
 }
 
@@ -253,28 +313,6 @@ fn fetch_backoff(failures: u32) -> Duration {
     Duration::from_millis(200 << failures.saturating_sub(1).min(5)).min(Duration::from_secs(5))
 }
 
-/// Sleeps until new work is signalled, the next delayed item is due, the idle poll
-/// interval passes, or shutdown begins.
-async fn wait_for_work(
-    shared: &Shared,
-    notified: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>,
-    shutdown: &mut watch::Receiver<bool>,
-) {
-    let mut wait = shared.options.idle_poll;
-    if let Ok(Some(at)) = shared.store.next_wakeup().await {
-        let until = (at - Utc::now()).to_std().unwrap_or(Duration::ZERO);
-        wait = wait.min(until);
-    }
-    if wait.is_zero() {
-        return;
-    }
-    tokio::select! {
-        _ = notified => {}
-        _ = tokio::time::sleep(wait) => {}
-        _ = shutdown.changed() => {}
-    }
-}
-
 async fn orchestration_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     let limit = shared.orchestration_limit.clone();
     let mut running = JoinSet::new();
@@ -295,14 +333,17 @@ async fn orchestration_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<b
                 break;
             }
         }
-        let notified = shared.store.signals().orchestrations.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        match shared
-            .store
-            .fetch_orchestration_work_items(shared.options.orchestration_lease, permits.len())
-            .await
-        {
+        // Dropping a waiting fetch takes nothing, so shutdown may interrupt it.
+        let fetched = tokio::select! {
+            r = shared.store.fetch_orchestration_work(
+                &shared.id,
+                shared.options.orchestration_lease,
+                permits.len(),
+                shared.options.idle_poll,
+            ) => r,
+            _ = shutdown.changed() => continue,
+        };
+        match fetched {
             Ok(items) if !items.is_empty() => {
                 for item in items {
                     let permit = permits.pop().expect("one permit per fetched item");
@@ -313,18 +354,13 @@ async fn orchestration_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<b
                     });
                 }
             }
-            Ok(_) => {
-                drop(permits);
-                wait_for_work(&shared, notified, &mut shutdown).await;
-            }
+            Ok(_) => drop(permits),
             Err(e) => {
                 drop(permits);
                 failures += 1;
                 store_failed(&e, "fetching orchestration work failed; retrying", failures);
-                // A commit elsewhere means the store works again: try at once.
                 tokio::select! {
                     _ = tokio::time::sleep(fetch_backoff(failures)) => {}
-                    _ = notified => {}
                     _ = shutdown.changed() => {}
                 }
                 continue;
@@ -360,7 +396,7 @@ async fn process_orchestration_with(
     async {
         if crate::entity::is_entity_instance(&item.instance_id) {
             let commit =
-                crate::entity::run_entity_episode(&shared.registry, &item, Utc::now()).await;
+                crate::entity::run_entity_episode(&shared.registry, &item, shared.now()).await;
             return commit_episode(shared, &item, commit, None, completed).await;
         }
         let source = match episode_source(shared, &item).await {
@@ -369,9 +405,9 @@ async fn process_orchestration_with(
                 tracing::warn!(error = %e, "reading history failed");
                 let _ = shared
                     .store
-                    .abandon_orchestration_work_item(
+                    .abandon_orchestration(
                         &item.instance_id,
-                        &item.lock_token,
+                        &item.lease_token,
                         Duration::from_secs(1),
                     )
                     .await;
@@ -379,7 +415,7 @@ async fn process_orchestration_with(
             }
         };
         let registry = shared.registry.clone();
-        let result = run_episode(&registry, &item, source, Utc::now());
+        let result = run_episode(&registry, &item, source, shared.now());
         commit_episode(shared, &item, result.commit, result.execution, completed).await
     }
     .instrument(span)
@@ -387,7 +423,8 @@ async fn process_orchestration_with(
 }
 
 /// Commits an episode; keeps the live execution in the cache when the commit succeeded.
-/// True when the episode was committed.
+/// Payloads over the limit fail the instance (or the entity batch's operations) instead;
+/// retryable store failures are retried with backoff. True when the episode was committed.
 async fn commit_episode(
     shared: &Shared,
     item: &OrchestrationWorkItem,
@@ -395,86 +432,117 @@ async fn commit_episode(
     execution: Option<Execution>,
     completed: Option<&ActivityWorkItem>,
 ) -> bool {
+    if let Err(too_large) = crate::limits::check_commit(&commit, shared.options.max_payload_bytes) {
+        refuse_episode(shared, item, too_large).await;
+        return false;
+    }
     let status = commit.state.as_ref().map(|s| s.status);
     let state = execution.as_ref().and(commit.state.clone());
-    let mut permits = activity_permits(shared, &commit);
-    let committed = if permits.is_empty() && completed.is_none() {
-        shared
-            .store
-            .commit_orchestration(commit)
-            .await
-            .map(|()| Vec::new())
-    } else {
-        shared
-            .store
-            .commit_orchestration_and_lease(
-                commit,
-                shared.options.activity_lease,
-                permits.len(),
-                completed,
-            )
-            .await
+    let fast = shared.store.fast_paths();
+    let mut permits = match fast {
+        Some(_) => activity_permits(shared, &commit),
+        None => Vec::new(),
     };
-    {
-        match committed {
-            Ok(leased) => {
-                // Cache first: the leased activities may finish at once and look for it.
-                if let Some(exec) = execution {
-                    let mut cache = shared.cache.lock().unwrap_or_else(|e| e.into_inner());
-                    cache.put(
-                        item.instance_id.clone(),
-                        Cached { exec, state },
-                        shared.options.cache_capacity,
-                    );
+    let committed = with_retries(shared, "committing an episode failed; retrying", || {
+        let commit = commit.clone();
+        let direct = shared.direct(permits.len());
+        async move {
+            match fast {
+                Some(fast) if completed.is_some() || direct.max > 0 => {
+                    fast.commit_orchestration_and_lease(commit, completed, direct)
+                        .await
                 }
-                dispatch_leased(shared, leased, &mut permits);
-                drop(permits);
-                if let Some(status) = status.filter(|s| s.is_terminal()) {
-                    tracing::debug!(%status, "instance finished");
-                }
-                true
-            }
-            Err(StoreError::PayloadTooLarge { what, size, limit }) => {
-                let failure = FailureDetails::new(
-                    "PayloadTooLarge",
-                    format!("{what} is {size} bytes, over the limit of {limit} bytes"),
-                );
-                if crate::entity::is_entity_instance(&item.instance_id) {
-                    tracing::warn!(%failure, "entity batch refused; failing its operations");
-                    let commit = crate::entity::refuse_operations(
-                        &shared.registry,
-                        item,
-                        failure,
-                        Utc::now(),
-                    )
-                    .await;
-                    if let Err(e) = shared.store.commit_orchestration(commit).await {
-                        tracing::warn!(error = %e, "could not record the refused operations");
-                    }
-                } else {
-                    tracing::warn!(%failure, "failing instance");
-                    fail_instance(shared, item, failure).await;
-                }
-                false
-            }
-            Err(StoreError::LockLost) => {
-                tracing::debug!("lease lost; another worker owns this instance now");
-                false
-            }
-            Err(e) => {
-                store_failed(&e, "commit failed; the episode runs again later", 1);
-                let _ = shared
+                _ => shared
                     .store
-                    .abandon_orchestration_work_item(
-                        &item.instance_id,
-                        &item.lock_token,
-                        Duration::from_secs(1),
-                    )
-                    .await;
-                false
+                    .commit_orchestration(commit)
+                    .await
+                    .map(|()| Vec::new()),
             }
         }
+    })
+    .await;
+    match committed {
+        Ok(leased) => {
+            // Cache first: the leased activities may finish at once and look for it.
+            if let Some(exec) = execution {
+                let mut cache = shared.cache.lock().unwrap_or_else(|e| e.into_inner());
+                cache.put(
+                    item.instance_id.clone(),
+                    Cached { exec, state },
+                    shared.options.cache_capacity,
+                );
+            }
+            dispatch_leased(shared, leased, &mut permits);
+            drop(permits);
+            if let Some(status) = status.filter(|s| s.is_terminal()) {
+                tracing::debug!(%status, "instance finished");
+            }
+            true
+        }
+        Err(e) if e.is_lease_lost() => {
+            tracing::debug!("lease lost; another worker owns this instance now");
+            false
+        }
+        Err(e) => {
+            store_failed(&e, "commit failed; the episode runs again later", 1);
+            let _ = shared
+                .store
+                .abandon_orchestration(&item.instance_id, &item.lease_token, Duration::from_secs(1))
+                .await;
+            false
+        }
     }
+}
+
+/// An episode whose outcome is over the payload limit: the instance fails (an entity's
+/// batch fails its operations) with a `PayloadTooLarge` failure.
+async fn refuse_episode(shared: &Shared, item: &OrchestrationWorkItem, too_large: PayloadTooLarge) {
+    let failure = FailureDetails::new("PayloadTooLarge", too_large.to_string());
+    if crate::entity::is_entity_instance(&item.instance_id) {
+        tracing::warn!(%failure, "entity batch refused; failing its operations");
+        let commit =
+            crate::entity::refuse_operations(&shared.registry, item, failure, shared.now()).await;
+        if let Err(e) = with_retries(
+            shared,
+            "recording refused operations failed; retrying",
+            || shared.store.commit_orchestration(commit.clone()),
+        )
+        .await
+        {
+            tracing::warn!(error = %e, "could not record the refused operations");
+        }
+    } else {
+        tracing::warn!(%failure, "failing instance");
+        fail_instance(shared, item, failure).await;
+    }
+}
+
+/// Runs `op` until it succeeds, fails for good, or [`WorkerOptions::store_retries`]
+/// retryable failures have passed, waiting with backoff between attempts. The calls it
+/// retries are fenced by leases, so a retry after the lease lapsed is refused, never
+/// applied twice.
+async fn with_retries<T, F, Fut>(shared: &Shared, what: &str, mut op: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let mut failures = 0u32;
+    loop {
+        match op().await {
+            Err(e) if e.is_retryable() && failures < shared.options.store_retries => {
+                failures += 1;
+                store_failed(&e, what, failures);
+                tokio::time::sleep(retry_backoff(failures)).await;
+            }
+            r => return r,
+        }
+    }
+}
+
+/// The wait before retrying a call after `failures` retryable failures in a row: 50 ms,
+/// doubling up to 2 s.
+fn retry_backoff(failures: u32) -> Duration {
+    Duration::from_millis(50 << failures.saturating_sub(1).min(6)).min(Duration::from_secs(2))
 }
 
 /// Permits for the activities a commit schedules: those get leased to this worker in the
@@ -511,6 +579,7 @@ fn dispatch_leased(
 /// execution, which may have advanced in memory, is dropped from the cache).
 async fn run_unleased(
     shared: &Shared,
+    fast: &dyn crate::store::FastPaths,
     item: &ActivityWorkItem,
     outcome: &Result<Option<String>, FailureDetails>,
 ) -> bool {
@@ -538,9 +607,9 @@ async fn run_unleased(
     let history_len = exec.history_len;
     let work = OrchestrationWorkItem {
         instance_id: item.instance_id.clone(),
-        lock_token: String::new(),
+        lease_token: String::new(),
         // Not a stored message: its id matches no row.
-        messages: vec![(u64::MAX, completion_message(item, outcome.clone()))],
+        messages: vec![(u64::MAX, completion_message(shared, item, outcome.clone()))],
         state: Some(state),
         history_len,
     };
@@ -550,21 +619,23 @@ async fn run_unleased(
         &shared.registry,
         &work,
         Some(Source::Cached(exec)),
-        Utc::now(),
+        shared.now(),
     );
     drop(_enter);
+    if crate::limits::check_commit(&result.commit, shared.options.max_payload_bytes).is_err() {
+        // The leased path fails the instance for it.
+        return false;
+    }
     let new_state = result.execution.as_ref().and(result.commit.state.clone());
     let mut permits = activity_permits(shared, &result.commit);
     let execution_id = item.execution_id.clone();
-    match shared
-        .store
+    match fast
         .commit_unleased(
             result.commit,
             &execution_id,
             history_len,
             item,
-            shared.options.activity_lease,
-            permits.len(),
+            shared.direct(permits.len()),
         )
         .await
     {
@@ -628,7 +699,7 @@ async fn fail_instance(shared: &Shared, item: &OrchestrationWorkItem, failure: F
     let Some(mut state) = item.state.clone() else {
         return;
     };
-    let now = Utc::now();
+    let now = shared.now();
     state.status = RuntimeStatus::Failed;
     state.failure = Some(failure.clone());
     state.output = None;
@@ -642,7 +713,7 @@ async fn fail_instance(shared: &Shared, item: &OrchestrationWorkItem, failure: F
                 HistoryEvent::new(
                     now,
                     EventKind::SubOrchestrationInstanceFailed {
-                        task_scheduled_id: parent.task_scheduled_id,
+                        seq: parent.seq,
                         failure: failure.clone(),
                     },
                 ),
@@ -652,7 +723,7 @@ async fn fail_instance(shared: &Shared, item: &OrchestrationWorkItem, failure: F
     }
     let commit = OrchestrationCommit {
         instance_id: item.instance_id.clone(),
-        lock_token: item.lock_token.clone(),
+        lease_token: item.lease_token.clone(),
         consumed: item.messages.iter().map(|(id, _)| *id).collect(),
         history: HistoryUpdate::Append(vec![
             HistoryEvent::new(now, EventKind::OrchestratorStarted),
@@ -671,15 +742,15 @@ async fn fail_instance(shared: &Shared, item: &OrchestrationWorkItem, failure: F
         messages,
         new_instances: Vec::new(),
     };
-    if let Err(e) = shared.store.commit_orchestration(commit).await {
+    if let Err(e) = with_retries(shared, "recording a failure failed; retrying", || {
+        shared.store.commit_orchestration(commit.clone())
+    })
+    .await
+    {
         tracing::warn!(error = %e, "could not record the failure; retrying later");
         let _ = shared
             .store
-            .abandon_orchestration_work_item(
-                &item.instance_id,
-                &item.lock_token,
-                Duration::from_secs(5),
-            )
+            .abandon_orchestration(&item.instance_id, &item.lease_token, Duration::from_secs(5))
             .await;
     }
 }
@@ -733,44 +804,43 @@ async fn activity_loop(
                 break;
             }
         }
-        let notified = shared.store.signals().activities.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        match shared
-            .store
-            .fetch_activity_work_items(shared.options.activity_lease, permits.len())
-            .await
-        {
+        // Activities leased by commits arrive while the fetch waits; they come with their
+        // permits and do not mean the queue has work, so the fetch keeps waiting. Dropping a
+        // waiting fetch takes nothing, so shutdown may interrupt it.
+        let fetch = shared.store.fetch_activity_work(
+            &shared.id,
+            shared.options.activity_lease,
+            permits.len(),
+            shared.options.idle_poll,
+        );
+        tokio::pin!(fetch);
+        let fetched = loop {
+            tokio::select! {
+                r = &mut fetch => break Some(r),
+                Some((item, permit)) = direct.recv() => {
+                    spawn_activity(&shared, &mut running, item, permit);
+                    while running.try_join_next().is_some() {}
+                }
+                _ = shutdown.changed() => break None,
+            }
+        };
+        let Some(fetched) = fetched else {
+            continue;
+        };
+        match fetched {
             Ok(items) if !items.is_empty() => {
                 for item in items {
                     let permit = permits.pop().expect("one permit per fetched item");
                     spawn_activity(&shared, &mut running, item, permit);
                 }
             }
-            Ok(_) => {
-                drop(permits);
-                // Activities leased by commits arrive while waiting; they come with their
-                // permits and do not mean the queue has work, so keep waiting.
-                let wait = wait_for_work(&shared, notified, &mut shutdown);
-                tokio::pin!(wait);
-                loop {
-                    tokio::select! {
-                        _ = &mut wait => break,
-                        Some((item, permit)) = direct.recv() => {
-                            spawn_activity(&shared, &mut running, item, permit);
-                            while running.try_join_next().is_some() {}
-                        }
-                    }
-                }
-            }
+            Ok(_) => drop(permits),
             Err(e) => {
                 drop(permits);
                 failures += 1;
                 store_failed(&e, "fetching activity work failed; retrying", failures);
-                // A commit elsewhere means the store works again: try at once.
                 tokio::select! {
                     _ = tokio::time::sleep(fetch_backoff(failures)) => {}
-                    _ = notified => {}
                     _ = shutdown.changed() => {}
                 }
                 continue;
@@ -852,7 +922,7 @@ async fn run_activity(shared: &Shared, item: ActivityWorkItem) {
                     instance_id: item.instance_id.clone(),
                     execution_id: item.execution_id.clone(),
                     name: item.name.clone(),
-                    task_scheduled_id: item.task_scheduled_id,
+                    seq: item.seq,
                     attempt: item.attempt,
                     dequeue_count: item.dequeue_count,
                 };
@@ -896,22 +966,46 @@ async fn run_activity(shared: &Shared, item: ActivityWorkItem) {
 }
 
 fn completion_message(
+    shared: &Shared,
     item: &ActivityWorkItem,
     outcome: Result<Option<String>, FailureDetails>,
 ) -> OrchestrationMessage {
-    let now = Utc::now();
     let kind = match outcome {
         Ok(result) => EventKind::TaskCompleted {
-            task_scheduled_id: item.task_scheduled_id,
+            seq: item.seq,
             result,
         },
         Err(failure) => EventKind::TaskFailed {
-            task_scheduled_id: item.task_scheduled_id,
+            seq: item.seq,
             failure,
         },
     };
-    OrchestrationMessage::new(item.instance_id.clone(), HistoryEvent::new(now, kind))
-        .for_execution(item.execution_id.clone())
+    OrchestrationMessage::new(
+        item.instance_id.clone(),
+        HistoryEvent::new(shared.now(), kind),
+    )
+    .for_execution(item.execution_id.clone())
+}
+
+/// The outcome, or a `PayloadTooLarge` failure when the result is over the limit.
+fn within_limit(
+    shared: &Shared,
+    item: &ActivityWorkItem,
+    outcome: Result<Option<String>, FailureDetails>,
+) -> Result<Option<String>, FailureDetails> {
+    if let Ok(result) = &outcome {
+        if let Err(too_large) = crate::limits::check_payload(
+            || format!("result of activity '{}'", item.name),
+            result.as_deref(),
+            shared.options.max_payload_bytes,
+        ) {
+            return Err(FailureDetails::new(
+                "PayloadTooLarge",
+                too_large.to_string(),
+            ));
+        }
+    }
+    outcome
 }
 
 /// Hands an activity's outcome on. When an episode slot is free and the store can lease the
@@ -923,46 +1017,40 @@ async fn finish_activity(
     item: &ActivityWorkItem,
     outcome: Result<Option<String>, FailureDetails>,
 ) -> Option<(OrchestrationWorkItem, OwnedSemaphorePermit)> {
-    // Only successful results within the payload limit take the direct paths.
-    let direct = !shared.shutting_down()
-        && match &outcome {
-            Ok(result) => result
-                .as_ref()
-                .is_none_or(|r| r.len() <= shared.store.max_payload_bytes()),
-            Err(_) => false,
-        };
+    let outcome = within_limit(shared, item, outcome);
+    let Some(fast) = shared.store.fast_paths() else {
+        return complete_activity(shared, item, outcome, false).await;
+    };
     if waits_for_many(shared, &item.instance_id) {
         // A fan-in: let results gather so one episode takes many of them.
         return complete_activity(shared, item, outcome, false).await;
     }
-    if direct
-        && shared.store.supports_unleased_commit()
-        && run_unleased(shared, item, &outcome).await
-    {
+    // Only successful results take the direct paths.
+    if shared.shutting_down() || outcome.is_err() {
+        return complete_activity(shared, item, outcome, true).await;
+    }
+    if run_unleased(shared, fast, item, &outcome).await {
         return None;
     }
-    if direct {
-        if let Ok(permit) = shared.orchestration_limit.clone().try_acquire_owned() {
-            match shared
-                .store
-                .lease_instance_for_result(item, shared.options.orchestration_lease)
-                .await
-            {
-                Ok(Some(mut work)) => {
-                    let message = completion_message(item, outcome.clone());
-                    // Not a stored message: its id matches no row.
-                    work.messages.push((u64::MAX, message));
-                    let committed = process_orchestration_with(shared, work, Some(item)).await;
-                    drop(permit);
-                    if !committed {
-                        return complete_activity(shared, item, outcome, true).await;
-                    }
-                    return None;
+    if let Ok(permit) = shared.orchestration_limit.clone().try_acquire_owned() {
+        match fast
+            .lease_instance_for_result(item, &shared.id, shared.options.orchestration_lease)
+            .await
+        {
+            Ok(Some(mut work)) => {
+                let message = completion_message(shared, item, outcome.clone());
+                // Not a stored message: its id matches no row.
+                work.messages.push((u64::MAX, message));
+                let committed = process_orchestration_with(shared, work, Some(item)).await;
+                drop(permit);
+                if !committed {
+                    return complete_activity(shared, item, outcome, true).await;
                 }
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::debug!(error = %e, "could not lease the instance for the result");
-                }
+                return None;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::debug!(error = %e, "could not lease the instance for the result");
             }
         }
     }
@@ -979,49 +1067,55 @@ fn waits_for_many(shared: &Shared, instance_id: &str) -> bool {
     })
 }
 
-/// Records an activity's outcome. When an episode slot is free, the instance is leased in
-/// the same transaction (if no one holds it) and returned, so the caller runs the episode
-/// at once instead of waking the orchestration dispatcher.
+/// Records an activity's outcome (within the payload limit), retrying retryable store
+/// failures with backoff. With `fetch`, when an episode slot is free and the store has
+/// fast paths, the instance is leased in the same transaction (if no one holds it) and
+/// returned, so the caller runs the episode at once instead of waking the orchestration
+/// dispatcher.
 async fn complete_activity(
     shared: &Shared,
     item: &ActivityWorkItem,
     outcome: Result<Option<String>, FailureDetails>,
     fetch: bool,
 ) -> Option<(OrchestrationWorkItem, OwnedSemaphorePermit)> {
-    let permit = if shared.shutting_down() || !fetch {
-        None
-    } else {
-        shared.orchestration_limit.clone().try_acquire_owned().ok()
-    };
-    let message = completion_message(item, outcome);
-    let result = match permit {
-        Some(permit) => shared
-            .store
-            .complete_activity_and_fetch(item, message, shared.options.orchestration_lease)
-            .await
-            .map(|work| work.map(|w| (w, permit))),
-        None => shared
-            .store
-            .complete_activity(item, message)
-            .await
-            .map(|()| None),
-    };
-    match result {
-        Ok(next) => return next,
-        Err(StoreError::PayloadTooLarge { what, size, limit }) => {
-            let failure = FailureDetails::new(
-                "PayloadTooLarge",
-                format!("{what} is {size} bytes, over the limit of {limit} bytes"),
-            );
-            if let Err(e) = shared
-                .store
-                .complete_activity(item, completion_message(item, Err(failure)))
-                .await
-            {
-                tracing::warn!(error = %e, "could not record the activity failure");
-            }
+    let fast = shared.store.fast_paths().filter(|_| fetch);
+    let permit = match fast {
+        Some(_) if !shared.shutting_down() => {
+            shared.orchestration_limit.clone().try_acquire_owned().ok()
         }
-        Err(StoreError::LockLost) => {
+        _ => None,
+    };
+    let message = completion_message(shared, item, within_limit(shared, item, outcome));
+    let has_permit = permit.is_some();
+    let result = with_retries(
+        shared,
+        "recording an activity result failed; retrying",
+        || {
+            let message = message.clone();
+            async move {
+                match (fast, has_permit) {
+                    (Some(fast), true) => {
+                        fast.complete_activity_and_fetch(
+                            item,
+                            message,
+                            &shared.id,
+                            shared.options.orchestration_lease,
+                        )
+                        .await
+                    }
+                    _ => shared
+                        .store
+                        .complete_activity(item, message)
+                        .await
+                        .map(|()| None),
+                }
+            }
+        },
+    )
+    .await;
+    match result {
+        Ok(next) => return next.zip(permit),
+        Err(e) if e.kind() == StoreErrorKind::LeaseLost => {
             tracing::debug!(
                 "activity lease lost; its result was discarded (another worker ran it)"
             );

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use durable_core::store::sqlite::SqliteStore;
-use durable_core::{DurableClient, Registry, Runtime, RuntimeOptions, Store};
+use durable_core::{DurableClient, Registry, Store, Worker, WorkerOptions};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Body;
@@ -126,7 +126,7 @@ pub struct HostBuilder {
     max_connections: Option<usize>,
     max_concurrent_bodies: Option<usize>,
     registry: Option<Registry>,
-    options: RuntimeOptions,
+    options: WorkerOptions,
     routes: Vec<(Vec<String>, String, Handler, String)>,
     mount_prefix: String,
     inventory_routes: bool,
@@ -261,7 +261,7 @@ impl HostBuilder {
     }
 
     /// Worker options.
-    pub fn runtime_options(mut self, options: RuntimeOptions) -> Self {
+    pub fn worker_options(mut self, options: WorkerOptions) -> Self {
         self.options = options;
         self
     }
@@ -349,7 +349,7 @@ impl HostBuilder {
                 )));
             }
         }
-        let mut builder = Runtime::builder(store.clone()).options(self.options);
+        let mut builder = Worker::builder(store.clone()).options(self.options);
         if let Some(reg) = self.registry {
             builder = builder.registry(reg);
         }
@@ -865,7 +865,7 @@ pub struct Host {
     addr: String,
     app: Arc<App>,
     limits: ConnLimits,
-    runtime: Runtime,
+    runtime: Worker,
     db: PathBuf,
     /// The store when the host opened the SQLite file itself (checkpointed on shutdown).
     sqlite: Option<Arc<SqliteStore>>,
@@ -898,7 +898,7 @@ impl Host {
             max_connections: None,
             max_concurrent_bodies: None,
             registry: None,
-            options: RuntimeOptions::default(),
+            options: WorkerOptions::default(),
             routes: Vec::new(),
             mount_prefix: String::new(),
             inventory_routes: true,
@@ -981,7 +981,7 @@ pub struct RunningHost {
     pub addr: SocketAddr,
     routes: Vec<String>,
     app: Arc<App>,
-    runtime: Runtime,
+    runtime: Worker,
     stop: tokio::sync::watch::Sender<bool>,
     server: tokio::task::JoinHandle<()>,
     open: Arc<std::sync::atomic::AtomicUsize>,

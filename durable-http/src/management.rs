@@ -162,8 +162,8 @@ fn history_events(history: &[HistoryEvent], with_output: bool) -> Vec<Value> {
             EventKind::EntityOperationCalled { .. } => "entity",
             _ => continue,
         };
-        if e.event_id >= 0 {
-            scheduled.insert((kind, e.event_id), (i, e));
+        if e.seq >= 0 {
+            scheduled.insert((kind, e.seq), (i, e));
         }
     }
     let mut absorbed: HashSet<usize> = HashSet::new();
@@ -230,46 +230,28 @@ fn history_events(history: &[HistoryEvent], with_output: bool) -> Vec<Value> {
                 put("EntityId", json!(entity_id));
                 put("Operation", json!(operation));
             }
-            EventKind::TaskCompleted {
-                task_scheduled_id,
-                result,
-            }
-            | EventKind::SubOrchestrationInstanceCompleted {
-                task_scheduled_id,
-                result,
-            }
-            | EventKind::EntityOperationCompleted {
-                task_scheduled_id,
-                result,
-            } => {
+            EventKind::TaskCompleted { seq, result }
+            | EventKind::SubOrchestrationInstanceCompleted { seq, result }
+            | EventKind::EntityOperationCompleted { seq, result } => {
                 let kind = match &e.kind {
                     EventKind::TaskCompleted { .. } => "task",
                     EventKind::SubOrchestrationInstanceCompleted { .. } => "sub",
                     _ => "entity",
                 };
-                absorb(&mut put, kind, *task_scheduled_id);
+                absorb(&mut put, kind, *seq);
                 if with_output {
                     put("Result", json_value(result.as_deref()));
                 }
             }
-            EventKind::TaskFailed {
-                task_scheduled_id,
-                failure,
-            }
-            | EventKind::SubOrchestrationInstanceFailed {
-                task_scheduled_id,
-                failure,
-            }
-            | EventKind::EntityOperationFailed {
-                task_scheduled_id,
-                failure,
-            } => {
+            EventKind::TaskFailed { seq, failure }
+            | EventKind::SubOrchestrationInstanceFailed { seq, failure }
+            | EventKind::EntityOperationFailed { seq, failure } => {
                 let kind = match &e.kind {
                     EventKind::TaskFailed { .. } => "task",
                     EventKind::SubOrchestrationInstanceFailed { .. } => "sub",
                     _ => "entity",
                 };
-                absorb(&mut put, kind, *task_scheduled_id);
+                absorb(&mut put, kind, *seq);
                 put("Reason", json!(failure.message));
                 put("FailureDetails", failure_json(failure));
             }
@@ -662,7 +644,7 @@ async fn purge_many(client: &DurableClient, req: &HttpRequest) -> HttpResult {
         ));
     }
     if filter.created_to.is_none() {
-        filter.created_to = Some(Utc::now());
+        filter.created_to = Some(client.store().clock().now());
     }
     let n = client.purge_instances(&filter).await?;
     if n == 0 {
