@@ -112,6 +112,9 @@ inventory::collect!(HttpStartRegistration);
 pub struct HostBuilder {
     addr: String,
     db: PathBuf,
+    db_url: Option<String>,
+    db_schema: Option<String>,
+    db_poll: Option<Duration>,
     store: Option<Arc<dyn Store>>,
     key: Option<String>,
     status_prefix: String,
@@ -139,9 +142,35 @@ impl HostBuilder {
         self
     }
 
-    /// The SQLite file (default `./durable.db`, or `DURABLE_DB`).
+    /// The SQLite file (default `./durable.db`, or `DURABLE_DB` when it is not a
+    /// PostgreSQL URL).
     pub fn db(mut self, path: impl Into<PathBuf>) -> Self {
         self.db = path.into();
+        self.db_url = None;
+        self
+    }
+
+    /// A PostgreSQL database instead of the SQLite file (default `DURABLE_DB` when it is a
+    /// `postgres://` or `postgresql://` URL): any number of hosts share it. A management
+    /// key is then required ([`key`](Self::key) or `DURABLE_KEY`): hosts sharing a
+    /// database share one key, so none is generated.
+    pub fn db_url(mut self, url: impl Into<String>) -> Self {
+        self.db_url = Some(url.into());
+        self
+    }
+
+    /// The PostgreSQL schema holding durable's tables (default `durable`, or
+    /// `DURABLE_DB_SCHEMA`); created at start-up when missing.
+    pub fn db_schema(mut self, schema: impl Into<String>) -> Self {
+        self.db_schema = Some(schema.into());
+        self
+    }
+
+    /// With PostgreSQL, the longest an idle host waits without a notification before it
+    /// looks for work anyway (default 5 s, or `DURABLE_DB_POLL`): the fallback for a
+    /// notification lost while its connection was down.
+    pub fn db_poll(mut self, interval: Duration) -> Self {
+        self.db_poll = Some(interval);
         self
     }
 
@@ -300,20 +329,43 @@ impl HostBuilder {
     ///
     /// Installs a `tracing` subscriber (stderr, filter from `RUST_LOG`, default `info`)
     /// unless the application has set one. Fails when the SQLite file cannot be used:
-    /// damaged, not a durable database, not writable, or already open in another host.
+    /// damaged, not a durable database, not writable, or already open in another host;
+    /// with PostgreSQL, when the server cannot be reached, a setting is malformed, the
+    /// schema is not durable's or is newer than this build, or no key is set.
     pub fn build(self) -> Result<Host, HostError> {
         install_log_subscriber();
         let settings = Settings::resolve(&self)?;
-        let (store, sqlite): (Arc<dyn Store>, _) = match self.store {
-            Some(s) => (s, None),
-            None => {
+        // With PostgreSQL the key is shared by every host: never generated.
+        let key = match (self.key.clone(), &self.db_url) {
+            (Some(k), _) => Some(k),
+            (None, Some(_)) if self.store.is_none() => {
+                Some(env("DURABLE_KEY").ok_or_else(|| {
+                    HostError(
+                        "with PostgreSQL (DURABLE_DB=postgres://...) set DURABLE_KEY (or \
+                     HostBuilder::key): hosts sharing a database share one management key, \
+                     so none is generated"
+                            .into(),
+                    )
+                })?)
+            }
+            (None, _) => None,
+        };
+        let (store, sqlite, state): (Arc<dyn Store>, _, String) = match (&self.store, &self.db_url)
+        {
+            (Some(s), _) => (s.clone(), None, "the application's store".into()),
+            (None, Some(url)) => {
+                let (s, state) = open_postgres(url, &self)?;
+                (s, None, state)
+            }
+            (None, None) => {
                 let s =
                     Arc::new(SqliteStore::open(&self.db).map_err(|e| HostError(e.to_string()))?);
-                (s.clone(), Some(s))
+                let path = std::path::absolute(&self.db).unwrap_or_else(|_| self.db.clone());
+                (s.clone(), Some(s), path.display().to_string())
             }
         };
-        let key = match self.key {
-            Some(k) => k,
+        let key = match key {
+            Some(k) => k.trim().to_string(),
             None => load_or_create_key(&self.db)?,
         };
         if key.len() < 16 {
@@ -374,7 +426,7 @@ impl HostBuilder {
             }),
             limits: settings.conn,
             runtime,
-            db: self.db,
+            state,
             sqlite,
         })
     }
@@ -487,6 +539,55 @@ impl Settings {
             },
         })
     }
+}
+
+/// True for `postgres://` and `postgresql://` URLs, which select PostgreSQL.
+fn is_postgres_url(s: &str) -> bool {
+    let s = s.trim_start();
+    let lower = s.get(..13).unwrap_or(s).to_ascii_lowercase();
+    lower.starts_with("postgres://") || lower.starts_with("postgresql://")
+}
+
+/// Opens the PostgreSQL store the builder's settings name (schema, fallback polling);
+/// returns it with a description for the start-up message.
+#[cfg(feature = "postgres")]
+fn open_postgres(url: &str, b: &HostBuilder) -> Result<(Arc<dyn Store>, String), HostError> {
+    use durable_core::store::postgres::PostgresStore;
+    let schema = match &b.db_schema {
+        Some(s) => s.clone(),
+        None => env("DURABLE_DB_SCHEMA").unwrap_or_else(|| "durable".into()),
+    };
+    let poll = setting(
+        b.db_poll,
+        "DURABLE_DB_POLL",
+        |v| crate::status::parse_duration(v, MAX_SETTING_DURATION),
+        "a duration such as 5s, 500ms or 1m",
+    )?;
+    let mut builder = PostgresStore::builder(url).schema(schema);
+    if let Some(p) = poll {
+        if p.is_zero() {
+            return Err(HostError(
+                "the PostgreSQL poll interval (DURABLE_DB_POLL or the builder) must be more \
+                 than 0"
+                    .into(),
+            ));
+        }
+        builder = builder.poll_interval(p);
+    }
+    let store = builder
+        .open()
+        .map_err(|e| HostError(format!("cannot use the PostgreSQL database: {e}")))?;
+    let state = store.describe();
+    Ok((Arc::new(store), state))
+}
+
+#[cfg(not(feature = "postgres"))]
+fn open_postgres(_url: &str, _b: &HostBuilder) -> Result<(Arc<dyn Store>, String), HostError> {
+    Err(HostError(
+        "DURABLE_DB is a PostgreSQL URL, but this build has no PostgreSQL support (enable \
+         durable-http's `postgres` feature)"
+            .into(),
+    ))
 }
 
 /// A non-empty environment variable.
@@ -866,7 +967,8 @@ pub struct Host {
     app: Arc<App>,
     limits: ConnLimits,
     runtime: Worker,
-    db: PathBuf,
+    /// Where the state lives, for the start-up message.
+    state: String,
     /// The store when the host opened the SQLite file itself (checkpointed on shutdown).
     sqlite: Option<Arc<SqliteStore>>,
 }
@@ -881,9 +983,16 @@ impl Host {
     /// A builder with defaults from the environment (`DURABLE_ADDR`, `DURABLE_DB`,
     /// `DURABLE_KEY`, and the `DURABLE_*` variables each setter names).
     pub fn builder() -> HostBuilder {
+        let env_db = env("DURABLE_DB");
         HostBuilder {
             addr: std::env::var("DURABLE_ADDR").unwrap_or_else(|_| DEFAULT_ADDR.to_string()),
-            db: SqliteStore::default_path(),
+            db: match &env_db {
+                Some(url) if is_postgres_url(url) => PathBuf::from("durable.db"),
+                _ => SqliteStore::default_path(),
+            },
+            db_url: env_db.filter(|v| is_postgres_url(v)),
+            db_schema: None,
+            db_poll: None,
             store: None,
             key: None,
             status_prefix: "/api/instances".into(),
@@ -933,8 +1042,7 @@ impl Host {
             running.addr,
             running.routes.join(", ")
         );
-        let db = std::path::absolute(&running.db).unwrap_or_else(|_| running.db.clone());
-        eprintln!("durable: state in {}", db.display());
+        eprintln!("durable: state in {}", running.state);
         shutdown_signal().await;
         eprintln!("durable: shutting down");
         running.shutdown().await;
@@ -969,7 +1077,7 @@ impl Host {
             stop: stop_tx,
             server,
             open,
-            db: self.db,
+            state: self.state,
             sqlite: self.sqlite,
         })
     }
@@ -985,7 +1093,7 @@ pub struct RunningHost {
     stop: tokio::sync::watch::Sender<bool>,
     server: tokio::task::JoinHandle<()>,
     open: Arc<std::sync::atomic::AtomicUsize>,
-    db: PathBuf,
+    state: String,
     sqlite: Option<Arc<SqliteStore>>,
 }
 

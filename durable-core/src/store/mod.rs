@@ -16,6 +16,8 @@ use crate::instance::{InstanceFilter, InstanceState, NewInstance, Page, RuntimeS
 mod clock;
 mod error;
 pub mod memory;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 mod signals;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;

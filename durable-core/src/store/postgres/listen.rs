@@ -274,7 +274,10 @@ async fn measure_clock(
     wakers: &Wakers,
 ) -> Result<(), tokio_postgres::Error> {
     let before = Utc::now();
-    let db: DateTime<Utc> = client.query_one("SELECT clock_timestamp()", &[]).await?.get(0);
+    let db: DateTime<Utc> = client
+        .query_one("SELECT clock_timestamp()", &[])
+        .await?
+        .get(0);
     let after = Utc::now();
     let mid = before + (after - before) / 2;
     let off = (db - mid).num_microseconds().unwrap_or(0);

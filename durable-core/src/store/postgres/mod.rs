@@ -329,6 +329,14 @@ impl PostgresStore {
         Self::builder(url).connect().await
     }
 
+    /// `PostgreSQL at host:port/database, schema name` (never the password).
+    pub fn describe(&self) -> String {
+        format!(
+            "PostgreSQL at {}, schema {}",
+            self.inner.describe, self.inner.schema
+        )
+    }
+
     /// The PostgreSQL schema holding the tables.
     pub fn schema(&self) -> &str {
         &self.inner.schema
@@ -339,7 +347,10 @@ impl PostgresStore {
     pub async fn drop_schema(&self) -> StoreResult<()> {
         let conn = self.inner.pool.get().await?;
         conn.client
-            .batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.inner.schema))
+            .batch_execute(&format!(
+                "DROP SCHEMA IF EXISTS {} CASCADE",
+                self.inner.schema
+            ))
             .await
             .map_err(pg)
     }
@@ -426,11 +437,9 @@ impl PostgresStore {
             &lease,
         ];
         let msg_p: [&(dyn ToSql + Sync); 3] = [&item.instance_id, &token, &max];
-        let (rows, messages) = tokio::try_join!(
-            c.query(&lease_stmt, &lease_p),
-            c.query(&msg_stmt, &msg_p)
-        )
-        .map_err(pg)?;
+        let (rows, messages) =
+            tokio::try_join!(c.query(&lease_stmt, &lease_p), c.query(&msg_stmt, &msg_p))
+                .map_err(pg)?;
         let Some(row) = rows.first() else {
             return Ok(None);
         };
@@ -469,7 +478,11 @@ fn filter_sql(
     let mut clauses = Vec::new();
     let mut args: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
     if !filter.statuses.is_empty() {
-        let s: Vec<String> = filter.statuses.iter().map(|s| s.as_str().to_string()).collect();
+        let s: Vec<String> = filter
+            .statuses
+            .iter()
+            .map(|s| s.as_str().to_string())
+            .collect();
         args.push(Box::new(s));
         clauses.push(format!("status = ANY(${})", args.len()));
     }
@@ -654,7 +667,11 @@ impl Store for PostgresStore {
                     .client
                     .query(
                         &s,
-                        &[&(max.clamp(1, 10_000) as i64), &owner.as_str(), &micros(lease)],
+                        &[
+                            &(max.clamp(1, 10_000) as i64),
+                            &owner.as_str(),
+                            &micros(lease),
+                        ],
                     )
                     .await
                     .map_err(pg)?;
@@ -764,11 +781,7 @@ impl Store for PostgresStore {
     async fn read_history(&self, instance_id: &str) -> StoreResult<Vec<HistoryEvent>> {
         let mut conn = self.inner.pool.get().await?;
         let s = conn.prepare(sql::READ_HISTORY).await?;
-        let rows = conn
-            .client
-            .query(&s, &[&instance_id])
-            .await
-            .map_err(pg)?;
+        let rows = conn.client.query(&s, &[&instance_id]).await.map_err(pg)?;
         rows.iter()
             .map(|r| ops::from_json(r.get::<_, &str>(0)))
             .collect()
@@ -789,10 +802,8 @@ impl Store for PostgresStore {
             size + 1
         );
         let conn = self.inner.pool.get().await?;
-        let params: Vec<&(dyn ToSql + Sync)> = args
-            .iter()
-            .map(|a| &**a as &(dyn ToSql + Sync))
-            .collect();
+        let params: Vec<&(dyn ToSql + Sync)> =
+            args.iter().map(|a| &**a as &(dyn ToSql + Sync)).collect();
         let rows = conn.client.query(&text, &params).await.map_err(pg)?;
         let mut items = rows
             .iter()
@@ -839,10 +850,8 @@ impl Store for PostgresStore {
              SELECT id FROM i"
         );
         let conn = self.inner.pool.get().await?;
-        let params: Vec<&(dyn ToSql + Sync)> = args
-            .iter()
-            .map(|a| &**a as &(dyn ToSql + Sync))
-            .collect();
+        let params: Vec<&(dyn ToSql + Sync)> =
+            args.iter().map(|a| &**a as &(dyn ToSql + Sync)).collect();
         let rows = conn.client.query(&text, &params).await.map_err(pg)?;
         let events: Vec<Event> = rows
             .iter()
@@ -972,8 +981,7 @@ impl FastPaths for PostgresStore {
         ];
         let msg_p: [&(dyn ToSql + Sync); 3] = [&result.instance_id, &token, &max];
         let (row, messages) =
-            tokio::try_join!(c.query_one(&s, &p), c.query(&msg_stmt, &msg_p))
-        .map_err(pg)?;
+            tokio::try_join!(c.query_one(&s, &p), c.query(&msg_stmt, &msg_p)).map_err(pg)?;
         let deleted: i64 = row.get(0);
         let queued: i64 = row.get(1);
         if deleted == 0 {
@@ -1107,7 +1115,10 @@ mod tests {
         const INSTANCES: usize = 5;
         const PER_INSTANCE: usize = 200;
         for i in 0..INSTANCES {
-            first.create_instance(new_instance(&format!("r{i}"))).await.unwrap();
+            first
+                .create_instance(new_instance(&format!("r{i}")))
+                .await
+                .unwrap();
         }
         let mut hosts = vec![first.clone()];
         for _ in 0..5 {
@@ -1134,14 +1145,10 @@ mod tests {
                     for item in items {
                         n += 1;
                         // Every few episodes outlast their lease.
-                        if n % 4 == 0 {
+                        if n.is_multiple_of(4) {
                             tokio::time::sleep(Duration::from_millis(4)).await;
                         }
-                        let events = item
-                            .messages
-                            .iter()
-                            .map(|(_, m)| m.event.clone())
-                            .collect();
+                        let events = item.messages.iter().map(|(_, m)| m.event.clone()).collect();
                         let commit = OrchestrationCommit {
                             instance_id: item.instance_id.clone(),
                             lease_token: item.lease_token.clone(),
@@ -1176,7 +1183,7 @@ mod tests {
                     .await
                     .unwrap();
             }
-            if k % 10 == 0 {
+            if k.is_multiple_of(10) {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
@@ -1220,7 +1227,11 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn migrations_are_safe_and_refuse_foreign_or_newer_schemas() {
         let schema = test_schema();
-        let (a, b, c) = tokio::join!(open(&schema, true), open(&schema, false), open(&schema, false));
+        let (a, b, c) = tokio::join!(
+            open(&schema, true),
+            open(&schema, false),
+            open(&schema, false)
+        );
         a.create_instance(new_instance("x")).await.unwrap();
         assert!(b.get_instance("x").await.unwrap().is_some());
         drop((b, c));
@@ -1278,14 +1289,25 @@ mod tests {
             .connect_timeout(Duration::from_secs(5))
             .connect()
             .await);
-        assert!(e.contains("cannot connect to PostgreSQL at 127.0.0.1:1/x"), "{e}");
+        assert!(
+            e.contains("cannot connect to PostgreSQL at 127.0.0.1:1/x"),
+            "{e}"
+        );
         assert!(!e.contains("secret"), "{e}");
-        let e = err(PostgresStore::builder("postgres://u:secret@host:port/x").connect().await);
+        let e = err(PostgresStore::builder("postgres://u:secret@host:port/x")
+            .connect()
+            .await);
         assert!(e.contains("not a usable PostgreSQL URL"), "{e}");
         assert!(!e.contains("secret"), "{e}");
-        let e = err(PostgresStore::builder(test_url()).schema("Bad-Name").connect().await);
+        let e = err(PostgresStore::builder(test_url())
+            .schema("Bad-Name")
+            .connect()
+            .await);
         assert!(e.contains("'Bad-Name' is not a usable schema name"), "{e}");
-        let e = err(PostgresStore::builder(test_url()).pool_size(0).connect().await);
+        let e = err(PostgresStore::builder(test_url())
+            .pool_size(0)
+            .connect()
+            .await);
         assert!(e.contains("pool size"), "{e}");
         assert!(is_postgres_url("postgres://h/db") && is_postgres_url("PostgreSQL://h/db"));
         assert!(!is_postgres_url("durable.db") && !is_postgres_url("postgres.db"));

@@ -104,7 +104,9 @@ pub(crate) fn read_state(row: &Row, at: usize) -> StoreResult<(InstanceState, u6
             custom_status: row.get(at + 8),
             created_at: row.get(at + 9),
             last_updated_at: row.get(at + 10),
-            parent: parent.map(|p| from_json::<ParentInstance>(&p)).transpose()?,
+            parent: parent
+                .map(|p| from_json::<ParentInstance>(&p))
+                .transpose()?,
         },
         history_len as u64,
     ))
@@ -276,7 +278,11 @@ pub(crate) async fn lease_orchestrations(
     let rows = client
         .query(
             &lease_stmt,
-            &[&(max.clamp(1, 1000) as i64), &owner.as_str(), &micros(lease)],
+            &[
+                &(max.clamp(1, 1000) as i64),
+                &owner.as_str(),
+                &micros(lease),
+            ],
         )
         .await
         .map_err(pg)?;
@@ -289,7 +295,10 @@ pub(crate) async fn lease_orchestrations(
         let (state, len) = read_state(r, 1)?;
         leased.push((token, state, len));
     }
-    let ids: Vec<&str> = leased.iter().map(|(_, s, _)| s.instance_id.as_str()).collect();
+    let ids: Vec<&str> = leased
+        .iter()
+        .map(|(_, s, _)| s.instance_id.as_str())
+        .collect();
     let msg_stmt = st.get(client, sql::MESSAGES_OF).await?;
     let messages = client
         .query(&msg_stmt, &[&ids, &(MAX_MESSAGES_PER_WORK_ITEM as i64)])
@@ -335,10 +344,7 @@ pub(crate) async fn commit(
     let id = &c.instance_id;
     let id_p: [&(dyn ToSql + Sync); 1] = [id];
     let (row, waiting) = match fence {
-        Fence::Token => (
-            tx.query_opt(&fence_stmt, &[id]).await.map_err(pg)?,
-            false,
-        ),
+        Fence::Token => (tx.query_opt(&fence_stmt, &[id]).await.map_err(pg)?, false),
         Fence::Unleased { .. } => {
             // The visibility check runs after the row lock is held, on a fresh snapshot.
             let (row, w) = tokio::try_join!(
@@ -449,7 +455,10 @@ pub(crate) async fn commit(
     let mut leased = Vec::new();
     let by_token: HashMap<String, i64> = act_rows
         .iter()
-        .filter_map(|r| r.get::<_, Option<String>>(1).map(|t| (t, r.get::<_, i64>(0))))
+        .filter_map(|r| {
+            r.get::<_, Option<String>>(1)
+                .map(|t| (t, r.get::<_, i64>(0)))
+        })
         .collect();
     for (a, tok) in c.activities.iter().zip(&tokens) {
         match tok {

@@ -135,7 +135,12 @@ pub(crate) async fn connect(config: &Config, timeout: Duration) -> StoreResult<C
                 describe(config)
             ))
         })?
-        .map_err(|e| pg_in(format!("cannot connect to PostgreSQL at {}", describe(config)), e))?;
+        .map_err(|e| {
+            pg_in(
+                format!("cannot connect to PostgreSQL at {}", describe(config)),
+                e,
+            )
+        })?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "a PostgreSQL connection closed");
@@ -158,6 +163,8 @@ pub(crate) fn describe(config: &Config) -> String {
     let port = config.get_ports().first().copied().unwrap_or(5432);
     format!(
         "{host}:{port}/{}",
-        config.get_dbname().unwrap_or_else(|| config.get_user().unwrap_or("?"))
+        config
+            .get_dbname()
+            .unwrap_or_else(|| config.get_user().unwrap_or("?"))
     )
 }

@@ -132,7 +132,12 @@ pub async fn migrate(client: &mut Client, schema: &str) -> StoreResult<()> {
     } else if tables.is_empty() {
         0
     } else {
-        let mut shown = tables.iter().take(5).cloned().collect::<Vec<_>>().join(", ");
+        let mut shown = tables
+            .iter()
+            .take(5)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ");
         if tables.len() > 5 {
             shown.push_str(", ...");
         }
@@ -179,7 +184,15 @@ mod tests {
     fn schema_names() {
         assert!(check_schema_name("durable").is_ok());
         assert!(check_schema_name("_t_12").is_ok());
-        for bad in ["", "Durable", "a-b", "1a", "pg_x", "a;drop", &"x".repeat(49)] {
+        for bad in [
+            "",
+            "Durable",
+            "a-b",
+            "1a",
+            "pg_x",
+            "a;drop",
+            &"x".repeat(49),
+        ] {
             assert!(check_schema_name(bad).is_err(), "{bad}");
         }
         assert_eq!(MIGRATIONS.len() as i32, SCHEMA_VERSION);
