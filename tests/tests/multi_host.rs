@@ -144,7 +144,6 @@ async fn wait_all_finished(
     prefix: &str,
     expected: usize,
     deadline: Instant,
-    mut between: impl FnMut(),
 ) -> Vec<durable_core::InstanceState> {
     loop {
         let filter = InstanceFilter {
@@ -164,7 +163,6 @@ async fn wait_all_finished(
             Instant::now() < deadline,
             "{done} of {expected} '{prefix}' instances finished before the deadline"
         );
-        between();
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -193,6 +191,22 @@ async fn assert_steps_once(store: &PostgresStore, id: &str, steps: usize) {
     assert_eq!(scheduled, completed, "{id}: every step completed once");
 }
 
+/// Leases a killed host left behind, still unexpired: work only another host can finish,
+/// once they lapse.
+async fn leases_held_by(schema: &str, worker: &str) -> i64 {
+    let (client, conn) = tokio_postgres::connect(&pg_url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let q = format!(
+        "SELECT (SELECT count(*) FROM {schema}.instances WHERE lease_owner = $1
+                   AND lease_expires_at > now())
+              + (SELECT count(*) FROM {schema}.activities WHERE lease_owner = $1
+                   AND visible_at > now())"
+    );
+    client.query_one(&q, &[&worker]).await.unwrap().get(0)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_hosts_share_chains_and_a_fan_out_while_one_is_killed_over_and_over() {
     let schema = fresh_schema("chains");
@@ -202,44 +216,81 @@ async fn three_hosts_share_chains_and_a_fan_out_while_one_is_killed_over_and_ove
         HostProcess::start(&schema, &[]),
         HostProcess::start(&schema, &[]),
     ];
-    let mut victim = Some(HostProcess::start(&schema, &[]));
+    let mut incarnation = 0;
+    let victim_id = |n: u32| format!("victim-{n}");
+    let mut victim = Some(HostProcess::start(
+        &schema,
+        &[("DURABLE_WORKER_ID", &victim_id(incarnation))],
+    ));
     const CHAINS: u64 = 1000;
     const FAN: u64 = 2000;
-    client
-        .start_by_name(
-            "fan_out",
-            Some(FAN.to_string()),
-            StartOptions::with_instance_id("fan"),
-        )
-        .await
-        .unwrap();
-    for i in 0..CHAINS {
-        client
-            .start_by_name(
-                "chain5",
-                Some(i.to_string()),
-                StartOptions::with_instance_id(format!("chain-{i}")),
-            )
-            .await
-            .unwrap();
-    }
-    // Kill the third host again and again while the others work; restart it each time.
-    let mut kills = 0;
-    let mut last_kill = Instant::now();
-    let deadline = Instant::now() + Duration::from_secs(150);
-    let chains = wait_all_finished(&st, "chain-", CHAINS as usize, deadline, || {
-        if last_kill.elapsed() > Duration::from_millis(700) {
-            if let Some(v) = victim.take() {
-                v.kill();
-                kills += 1;
+    let starter = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            client
+                .start_by_name(
+                    "fan_out",
+                    Some(FAN.to_string()),
+                    StartOptions::with_instance_id("fan"),
+                )
+                .await
+                .unwrap();
+            for i in 0..CHAINS {
+                client
+                    .start_by_name(
+                        "chain5",
+                        Some(i.to_string()),
+                        StartOptions::with_instance_id(format!("chain-{i}")),
+                    )
+                    .await
+                    .unwrap();
             }
-            victim = Some(HostProcess::start(&schema, &[]));
-            last_kill = Instant::now();
+        })
+    };
+    // Kill the third host again and again while the others work, each time with the
+    // leases it held; restart it under a new worker id, so it does not take them back.
+    let mut kills = 0;
+    let mut orphaned = 0;
+    let deadline = Instant::now() + Duration::from_secs(150);
+    loop {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        if let Some(v) = victim.take() {
+            v.kill();
+            kills += 1;
+            orphaned += leases_held_by(&schema, &victim_id(incarnation)).await;
         }
-    })
-    .await;
+        let filter = InstanceFilter {
+            statuses: vec![RuntimeStatus::Pending, RuntimeStatus::Running],
+            ..Default::default()
+        };
+        let open = st
+            .list_instances(&filter, 1, None)
+            .await
+            .unwrap()
+            .items
+            .len();
+        if starter.is_finished() && open == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "instances still open at the deadline"
+        );
+        incarnation += 1;
+        victim = Some(HostProcess::start(
+            &schema,
+            &[("DURABLE_WORKER_ID", &victim_id(incarnation))],
+        ));
+    }
+    starter.await.unwrap();
     assert!(kills >= 3, "the third host was killed {kills} times");
-    let fan = wait_all_finished(&st, "fan", 1, deadline, || {}).await;
+    assert!(
+        orphaned > 0,
+        "the killed host never held a lease when killed ({kills} kills)"
+    );
+    println!("{kills} kills left {orphaned} leases to lapse and be taken over");
+    let chains = wait_all_finished(&st, "chain-", CHAINS as usize, deadline).await;
+    let fan = wait_all_finished(&st, "fan", 1, deadline).await;
     for s in &chains {
         assert_eq!(
             s.status,

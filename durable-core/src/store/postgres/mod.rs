@@ -520,7 +520,9 @@ impl Store for PostgresStore {
         let mut conn = self.inner.pool.get().await?;
         let id = instance.instance_id.clone();
         let outcome = {
-            let pool::Conn { client, statements } = &mut *conn;
+            let pool::Conn {
+                client, statements, ..
+            } = &mut *conn;
             let mut st = Stmts::new(statements);
             match ops::create(&*client, &mut st, &instance, false).await? {
                 Created::Yes { delayed } => Created::Yes { delayed },

@@ -263,47 +263,41 @@ pub(crate) fn work_items(
     Ok(out)
 }
 
-/// Leases up to `max` instances with visible messages, then reads their messages in a
-/// second statement: it runs after the leases committed, so it sees every message an
-/// earlier holder consumed as gone (never hands one out twice).
+/// Leases up to `max` instances with visible messages, and reads their messages in a
+/// second statement sent with it (one round trip): it runs after the leases committed, so
+/// it sees every message an earlier holder consumed as gone (never hands one out twice).
 pub(crate) async fn lease_orchestrations(
     conn: &mut Conn,
     owner: &WorkerId,
     lease: Duration,
     max: usize,
 ) -> StoreResult<Vec<OrchestrationWorkItem>> {
-    let Conn { client, statements } = conn;
+    let Conn {
+        client, statements, ..
+    } = conn;
     let mut st = Stmts::new(statements);
     let lease_stmt = st.get(client, sql::LEASE_INSTANCES).await?;
-    let rows = client
-        .query(
-            &lease_stmt,
-            &[
-                &(max.clamp(1, 1000) as i64),
-                &owner.as_str(),
-                &micros(lease),
-            ],
-        )
-        .await
-        .map_err(pg)?;
-    if rows.is_empty() {
-        return Ok(Vec::new());
-    }
+    let msg_stmt = st.get(client, sql::MESSAGES_OF_LEASED).await?;
+    let prefix = random_id();
+    let (max, owner, lease, per) = (
+        max.clamp(1, 1000) as i64,
+        owner.as_str(),
+        micros(lease),
+        MAX_MESSAGES_PER_WORK_ITEM as i64,
+    );
+    let lease_p: [&(dyn ToSql + Sync); 4] = [&max, &owner, &lease, &prefix];
+    let msg_p: [&(dyn ToSql + Sync); 3] = [&owner, &prefix, &per];
+    let (rows, messages) = tokio::try_join!(
+        client.query(&lease_stmt, &lease_p),
+        client.query(&msg_stmt, &msg_p)
+    )
+    .map_err(pg)?;
     let mut leased = Vec::with_capacity(rows.len());
     for r in &rows {
         let token: String = r.get(0);
         let (state, len) = read_state(r, 1)?;
         leased.push((token, state, len));
     }
-    let ids: Vec<&str> = leased
-        .iter()
-        .map(|(_, s, _)| s.instance_id.as_str())
-        .collect();
-    let msg_stmt = st.get(client, sql::MESSAGES_OF).await?;
-    let messages = client
-        .query(&msg_stmt, &[&ids, &(MAX_MESSAGES_PER_WORK_ITEM as i64)])
-        .await
-        .map_err(pg)?;
     work_items(leased, messages)
 }
 
@@ -326,8 +320,10 @@ pub(crate) struct Direct<'a> {
     pub max: usize,
 }
 
-/// Applies a commit in one transaction; returns the activities leased directly and the
-/// notifications to send once it committed.
+/// Applies a commit in one transaction: `BEGIN` goes out with the fence check, the
+/// independent writes together, `COMMIT` with the check for messages that came meanwhile,
+/// so a commit costs three round trips (four with sub-orchestrations). Returns the
+/// activities leased directly and the notifications to send.
 pub(crate) async fn commit(
     conn: &mut Conn,
     c: &OrchestrationCommit,
@@ -335,21 +331,90 @@ pub(crate) async fn commit(
     direct: Direct<'_>,
     fence: Fence<'_>,
 ) -> StoreResult<(Vec<ActivityWorkItem>, Vec<Event>)> {
-    let Conn { client, statements } = conn;
+    let Conn {
+        client,
+        statements,
+        in_tx,
+    } = conn;
     let mut st = Stmts::new(statements);
-    // Prepared before the transaction (cached after the first commit on a connection).
-    let fence_stmt = st.get(client, sql::FENCE).await?;
-    let has_visible = st.get(client, sql::HAS_VISIBLE).await?;
-    let tx = client.transaction().await.map_err(pg)?;
+    // Every statement is prepared (cached) before the transaction starts.
+    let p = Prepared {
+        fence: st.get(client, sql::FENCE).await?,
+        has_visible: st.get(client, sql::HAS_VISIBLE).await?,
+        del_act: st.get(client, sql::DELETE_ACTIVITY).await?,
+        del_consumed: st.get(client, sql::DELETE_CONSUMED).await?,
+        del_history: st.get(client, sql::DELETE_HISTORY).await?,
+        append: st.get(client, sql::APPEND_HISTORY).await?,
+        write_state: st.get(client, sql::WRITE_STATE).await?,
+        release: st.get(client, sql::RELEASE).await?,
+        ins_act: st.get(client, sql::INSERT_ACTIVITIES).await?,
+        ins_msg: st.get(client, sql::INSERT_MESSAGES).await?,
+    };
+    *in_tx = true;
+    match apply(client, &mut st, &p, c, completed, direct, fence).await {
+        Ok((leased, mut events)) => {
+            let id_p: [&(dyn ToSql + Sync); 1] = [&c.instance_id];
+            let (committed, more) = tokio::join!(
+                client.batch_execute("COMMIT"),
+                client.query_one(&p.has_visible, &id_p)
+            );
+            committed.map_err(pg)?;
+            *in_tx = false;
+            // On a snapshot after the commit: messages that came while the instance was
+            // leased (their senders' wake-ups found it held) need a worker now.
+            if more.map(|r| r.get::<_, bool>(0)).unwrap_or(true) {
+                events.push(Event::Orchestrations);
+            }
+            Ok((leased, events))
+        }
+        Err(e) => {
+            if client.batch_execute("ROLLBACK").await.is_ok() {
+                *in_tx = false;
+            }
+            Err(e)
+        }
+    }
+}
+
+/// The statements of a commit.
+struct Prepared {
+    fence: Statement,
+    has_visible: Statement,
+    del_act: Statement,
+    del_consumed: Statement,
+    del_history: Statement,
+    append: Statement,
+    write_state: Statement,
+    release: Statement,
+    ins_act: Statement,
+    ins_msg: Statement,
+}
+
+/// A commit's statements, inside the transaction it begins.
+async fn apply(
+    tx: &tokio_postgres::Client,
+    st: &mut Stmts<'_>,
+    p: &Prepared,
+    c: &OrchestrationCommit,
+    completed: Option<&ActivityWorkItem>,
+    direct: Direct<'_>,
+    fence: Fence<'_>,
+) -> StoreResult<(Vec<ActivityWorkItem>, Vec<Event>)> {
     let id = &c.instance_id;
     let id_p: [&(dyn ToSql + Sync); 1] = [id];
     let (row, waiting) = match fence {
-        Fence::Token => (tx.query_opt(&fence_stmt, &[id]).await.map_err(pg)?, false),
+        Fence::Token => {
+            let (_, row) =
+                tokio::try_join!(tx.batch_execute("BEGIN"), tx.query_opt(&p.fence, &id_p))
+                    .map_err(pg)?;
+            (row, false)
+        }
         Fence::Unleased { .. } => {
             // The visibility check runs after the row lock is held, on a fresh snapshot.
-            let (row, w) = tokio::try_join!(
-                tx.query_opt(&fence_stmt, &id_p),
-                tx.query_one(&has_visible, &id_p)
+            let (_, row, w) = tokio::try_join!(
+                tx.batch_execute("BEGIN"),
+                tx.query_opt(&p.fence, &id_p),
+                tx.query_one(&p.has_visible, &id_p)
             )
             .map_err(pg)?;
             (row, w.get::<_, bool>(0))
@@ -378,15 +443,16 @@ pub(crate) async fn commit(
         }
     }
     let mut events = Vec::new();
-    // Statements below do not depend on each other's results: sent together.
-    let del_act = st.get(&tx, sql::DELETE_ACTIVITY).await?;
-    let del_consumed = st.get(&tx, sql::DELETE_CONSUMED).await?;
-    let del_history = st.get(&tx, sql::DELETE_HISTORY).await?;
-    let append = st.get(&tx, sql::APPEND_HISTORY).await?;
-    let write_state = st.get(&tx, sql::WRITE_STATE).await?;
-    let release = st.get(&tx, sql::RELEASE).await?;
-    let ins_act = st.get(&tx, sql::INSERT_ACTIVITIES).await?;
-    let ins_msg = st.get(&tx, sql::INSERT_MESSAGES).await?;
+    // The statements below do not depend on each other's results: sent together.
+    let (del_act, del_consumed, del_history, append, write_state, release, ins_act) = (
+        &p.del_act,
+        &p.del_consumed,
+        &p.del_history,
+        &p.append,
+        &p.write_state,
+        &p.release,
+        &p.ins_act,
+    );
 
     let completed_p = completed.map(|a| (a.id as i64, a.lease_token.clone()));
     let consumed: Vec<i64> = c.consumed.iter().map(|m| *m as i64).collect();
@@ -417,35 +483,50 @@ pub(crate) async fn commit(
     });
     let mut jobs: Vec<(&Statement, Vec<&(dyn ToSql + Sync)>)> = Vec::new();
     if let Some((aid, atok)) = &completed_p {
-        jobs.push((&del_act, vec![aid, atok]));
+        jobs.push((del_act, vec![aid, atok]));
     }
     if !consumed.is_empty() {
-        jobs.push((&del_consumed, vec![id, &consumed]));
+        jobs.push((del_consumed, vec![id, &consumed]));
     }
     if replace {
-        jobs.push((&del_history, vec![id]));
+        jobs.push((del_history, vec![id]));
     }
     if !event_json.is_empty() {
-        jobs.push((&append, vec![id, &first_seq, &event_json]));
+        jobs.push((append, vec![id, &first_seq, &event_json]));
     }
     match state_p {
         Some(p) => {
-            jobs.push((&write_state, p));
+            jobs.push((write_state, p));
             events.push(Event::Instance(id.clone()));
         }
-        None => jobs.push((&release, vec![id, &history_len])),
+        None => jobs.push((release, vec![id, &history_len])),
     }
     let act_p: Vec<&(dyn ToSql + Sync)> = vec![id, &items, &tokens, &owner, &lease];
     let act_fut = async {
         if items.is_empty() {
             Ok(Vec::new())
         } else {
-            tx.query(&ins_act, &act_p).await
+            tx.query(ins_act, &act_p).await
         }
     };
-    let (counts, act_rows) = tokio::try_join!(
+    // Without children to create first, the messages go out with the rest.
+    let early = MessageParams::new(if c.new_instances.is_empty() {
+        &c.messages[..]
+    } else {
+        &[]
+    })?;
+    let early_p = early.params();
+    let msg_fut = async {
+        if early.targets.is_empty() {
+            Ok(Vec::new())
+        } else {
+            tx.query(&p.ins_msg, &early_p).await
+        }
+    };
+    let (counts, act_rows, msg_rows) = tokio::try_join!(
         try_join_all(jobs.iter().map(|(s, p)| tx.execute(*s, p))),
-        act_fut
+        act_fut,
+        msg_fut
     )
     .map_err(pg)?;
     if completed_p.is_some() && counts[0] == 0 {
@@ -475,10 +556,10 @@ pub(crate) async fn commit(
             }
         }
     }
-    // Children before messages, so a message to a new child finds it.
+    // Children before their messages, so a message to a new child finds it.
     let mut messages: Vec<OrchestrationMessage> = Vec::new();
     for child in &c.new_instances {
-        match create(&tx, &mut st, child, true).await? {
+        match create(tx, st, child, true).await? {
             Created::Yes { delayed } => {
                 events.push(if delayed {
                     Event::Timer
@@ -494,46 +575,54 @@ pub(crate) async fn commit(
             }
         }
     }
-    messages.extend(c.messages.iter().cloned());
-    if !messages.is_empty() {
-        let targets: Vec<&str> = messages.iter().map(|m| m.instance_id.as_str()).collect();
-        let at: Vec<Option<DateTime<Utc>>> = messages.iter().map(|m| m.visible_at).collect();
-        let bodies = messages
-            .iter()
-            .map(to_json)
-            .collect::<StoreResult<Vec<String>>>()?;
-        let rows = tx
-            .query(&ins_msg, &[&targets, &at, &bodies])
-            .await
-            .map_err(pg)?;
-        for r in rows {
-            let target: String = r.get(0);
-            let delayed: bool = r.get(1);
-            let e = if delayed {
-                Event::Timer
-            } else if &target == id {
-                // Covered by the check after the commit.
-                continue;
-            } else {
-                Event::Orchestrations
-            };
-            if !events.contains(&e) {
-                events.push(e);
-            }
+    let mut sent = msg_rows;
+    if !c.new_instances.is_empty() {
+        messages.extend(c.messages.iter().cloned());
+        let late = MessageParams::new(&messages)?;
+        if !late.targets.is_empty() {
+            sent = tx.query(&p.ins_msg, &late.params()).await.map_err(pg)?;
         }
     }
-    tx.commit().await.map_err(pg)?;
-    // After the commit, on a fresh snapshot: messages that came while the instance was
-    // leased (their senders' wake-ups found it held) need a worker now.
-    if client
-        .query_one(&has_visible, &[id])
-        .await
-        .map(|r| r.get::<_, bool>(0))
-        .unwrap_or(true)
-    {
-        events.push(Event::Orchestrations);
+    for r in sent {
+        let target: String = r.get(0);
+        let delayed: bool = r.get(1);
+        let e = if delayed {
+            Event::Timer
+        } else if &target == id {
+            // Covered by the check after the commit.
+            continue;
+        } else {
+            Event::Orchestrations
+        };
+        if !events.contains(&e) {
+            events.push(e);
+        }
     }
     Ok((leased, events))
+}
+
+/// The parameters of [`sql::INSERT_MESSAGES`].
+struct MessageParams {
+    targets: Vec<String>,
+    at: Vec<Option<DateTime<Utc>>>,
+    bodies: Vec<String>,
+}
+
+impl MessageParams {
+    fn new(messages: &[OrchestrationMessage]) -> StoreResult<Self> {
+        Ok(Self {
+            targets: messages.iter().map(|m| m.instance_id.clone()).collect(),
+            at: messages.iter().map(|m| m.visible_at).collect(),
+            bodies: messages
+                .iter()
+                .map(to_json)
+                .collect::<StoreResult<Vec<String>>>()?,
+        })
+    }
+
+    fn params(&self) -> [&(dyn ToSql + Sync); 3] {
+        [&self.targets, &self.at, &self.bodies]
+    }
 }
 
 /// Decodes leased activity rows (id, instance_id, item, lease_token, dequeue_count).

@@ -16,6 +16,10 @@ use crate::store::StoreResult;
 pub(crate) struct Conn {
     pub client: Client,
     pub statements: HashMap<&'static str, Statement>,
+    /// True between a `BEGIN` sent by hand and its `COMMIT`/`ROLLBACK`: a connection
+    /// dropped in that state (its caller's future was dropped, or the end failed) is
+    /// closed, never reused, so the server rolls the transaction back.
+    pub in_tx: bool,
 }
 
 impl Conn {
@@ -65,7 +69,7 @@ impl std::ops::DerefMut for Pooled<'_> {
 impl Drop for Pooled<'_> {
     fn drop(&mut self) {
         if let Some(c) = self.conn.take() {
-            if !c.client.is_closed() {
+            if !c.client.is_closed() && !c.in_tx {
                 self.pool
                     .idle
                     .lock()
@@ -112,6 +116,7 @@ impl Pool {
             conn: Some(Conn {
                 client,
                 statements: HashMap::new(),
+                in_tx: false,
             }),
             pool: self,
             _permit: permit,

@@ -40,8 +40,9 @@ pub const SEND: &str = "INSERT INTO messages(instance_id, visible_at, message)
   WHERE EXISTS (SELECT 1 FROM instances WHERE id = $1 FOR KEY SHARE)
   RETURNING visible_at > now()";
 
-/// Leases up to $1 free instances with visible messages to owner $2 for $3 microseconds;
-/// rows another fetch is leasing right now are skipped, not waited for.
+/// Leases up to $1 free instances with visible messages to owner $2 for $3 microseconds,
+/// under tokens `$4 || id` ($4 is random per call); rows another fetch is leasing right now
+/// are skipped, not waited for.
 pub const LEASE_INSTANCES: &str = concat!(
     "WITH cand AS (
     SELECT i.id AS cid FROM messages m JOIN instances i ON i.id = m.instance_id
@@ -49,20 +50,23 @@ pub const LEASE_INSTANCES: &str = concat!(
       AND (i.lease_expires_at IS NULL OR i.lease_expires_at <= now())
     ORDER BY m.visible_at, m.id LIMIT $1
     FOR UPDATE OF i SKIP LOCKED)
-  UPDATE instances SET lease_token = replace(gen_random_uuid()::text, '-', ''),
+  UPDATE instances SET lease_token = $4::text || id,
     lease_owner = $2, lease_expires_at = now() + $3::bigint * interval '1 microsecond'
   FROM (SELECT DISTINCT cid FROM cand) c WHERE id = c.cid
   RETURNING lease_token, ",
     state_cols!()
 );
 
-/// The visible messages of the instances in $1 (at most $2 each), in arrival order. Runs
-/// after the lease statement committed, so every commit of an earlier lease holder is seen.
-pub const MESSAGES_OF: &str = "SELECT instance_id, id, message FROM (
-    SELECT instance_id, id, message,
-      row_number() OVER (PARTITION BY instance_id ORDER BY id) AS n
-    FROM messages WHERE instance_id = ANY($1) AND visible_at <= now()) x
-  WHERE n <= $2 ORDER BY instance_id, id";
+/// The visible messages (at most $3 each, in arrival order) of the instances that owner $1
+/// leased with token prefix $2. Sent right behind [`LEASE_INSTANCES`], it runs after the
+/// leases committed, on a snapshot of its own: every commit of an earlier lease holder is
+/// seen, so no message it consumed is handed out again.
+pub const MESSAGES_OF_LEASED: &str = "SELECT instance_id, id, message FROM (
+    SELECT m.instance_id, m.id, m.message,
+      row_number() OVER (PARTITION BY m.instance_id ORDER BY m.id) AS n
+    FROM instances i JOIN messages m ON m.instance_id = i.id
+    WHERE i.lease_owner = $1 AND left(i.lease_token, 32) = $2 AND m.visible_at <= now()) x
+  WHERE n <= $3 ORDER BY instance_id, id";
 
 /// The visible messages of instance $1, when lease $2 holds it.
 pub const MESSAGES_IF_LEASED: &str = "SELECT id, message FROM messages
