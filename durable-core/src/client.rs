@@ -530,14 +530,6 @@ impl DurableClient {
         Ok(self.store.purge_instances(filter).await?)
     }
 
-    /// A typed handle to the entity of type `E` with this key.
-    pub fn entity<E: crate::entity::Entity>(
-        &self,
-        key: impl Into<String>,
-    ) -> crate::entity::EntityHandle<E> {
-        crate::entity::EntityHandle::new(self.clone(), key.into())
-    }
-
     /// Signals an entity operation (one-way, delivered exactly once, in order per sender).
     /// The entity is created by its first operation.
     pub async fn signal_entity(

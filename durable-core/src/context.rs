@@ -16,8 +16,8 @@ use serde::Serialize;
 
 use crate::entity::EntityId;
 use crate::error::{TaskError, TaskKind, DECODE_ERROR};
+use crate::function::{Activity, BoxFuture, Orchestrator};
 use crate::history::{EventKind, FailureDetails, HistoryEvent, ParentInstance};
-use crate::registry::{Activity, BoxFuture, Orchestrator};
 use crate::retry::RetryPolicy;
 
 /// A durable call the orchestrator made, as recorded (or to be recorded) in history.
@@ -656,7 +656,7 @@ impl OrchestrationContext {
         let input = serde_json::to_value(input);
         Box::pin(async move {
             let input = input.map_err(|e| serialize_error(TaskKind::Activity, &name, e))?;
-            crate::retry::run_with_retry(&ctx, &policy, |attempt| {
+            run_with_retry(&ctx, &policy, |attempt| {
                 ctx.call_activity_attempt::<O>(&name, &input, attempt)
             })
             .await
@@ -707,7 +707,7 @@ impl OrchestrationContext {
         Box::pin(async move {
             let input =
                 input.map_err(|e| serialize_error(TaskKind::SubOrchestration, O::NAME, e))?;
-            crate::retry::run_with_retry(&ctx, &policy, |_| {
+            run_with_retry(&ctx, &policy, |_| {
                 ctx.sub_orchestration::<O::Output>(O::NAME, O::VERSION, None, &input)
             })
             .await
@@ -927,12 +927,6 @@ impl OrchestrationContext {
             &label,
             decode_task::<T>,
         )
-    }
-
-    /// Typed calls to the entity of type `E` with this key:
-    /// `ctx.entity::<Counter>("game1").add(5).await?`.
-    pub fn entity<E: crate::entity::Entity>(&self, key: impl Into<String>) -> E::Calls {
-        E::Calls::from((self.clone(), EntityId::new(E::NAME, key)))
     }
 
     /// Signals an entity operation (one-way). Inside a critical section, entities it has
@@ -1422,5 +1416,43 @@ impl<T> Future for ContinueAsNew<T> {
     type Output = T;
     fn poll(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<T> {
         Poll::Pending
+    }
+}
+
+/// Runs `attempt_fn(attempt)` until it succeeds or the policy gives up.
+async fn run_with_retry<T, F, Fut>(
+    ctx: &OrchestrationContext,
+    policy: &RetryPolicy,
+    attempt_fn: F,
+) -> Result<T, TaskError>
+where
+    F: Fn(u32) -> Fut,
+    Fut: Future<Output = Result<T, TaskError>>,
+{
+    let started = ctx.current_utc_datetime();
+    let mut attempt = 1u32;
+    loop {
+        let err = match attempt_fn(attempt).await {
+            Ok(v) => return Ok(v),
+            Err(e) => e,
+        };
+        if let Err(msg) = policy.validate() {
+            return Err(TaskError {
+                failure: FailureDetails::new("InvalidRetryPolicy", msg),
+                ..err
+            });
+        }
+        if attempt >= policy.max_attempts || !policy.should_retry(&err) {
+            return Err(err);
+        }
+        if let Some(timeout) = policy.retry_timeout {
+            let deadline =
+                started + chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::MAX);
+            if ctx.current_utc_datetime() >= deadline {
+                return Err(err);
+            }
+        }
+        ctx.create_timer(policy.delay_after(attempt)).await;
+        attempt += 1;
     }
 }

@@ -45,6 +45,7 @@ pub mod client;
 pub mod context;
 pub mod entity;
 pub mod error;
+pub mod function;
 pub mod history;
 pub mod http;
 pub mod instance;
@@ -55,6 +56,7 @@ pub mod registry;
 mod replay;
 pub mod retry;
 pub mod store;
+pub mod typed_entity;
 pub mod worker;
 
 pub use activity::ActivityContext;
@@ -63,7 +65,7 @@ pub use context::{
     CriticalSection, DurableFuture, EventFuture, LockFuture, OrchestrationContext, TimerTarget,
 };
 pub use durable_macros::{activity, entity, orchestrator};
-pub use entity::{Entity, EntityContext, EntityHandle, EntityId, EntityMetadata, Operation};
+pub use entity::{EntityContext, EntityId, EntityMetadata, Operation};
 pub use error::{ActivityError, Error, OrchestrationError, TaskError, TaskKind};
 pub use history::{EventKind, FailureDetails, HistoryEvent};
 pub use http::{DurableHttpRequest, DurableHttpResponse};
@@ -73,6 +75,7 @@ pub use registry::{Activity, Orchestrator, Registry};
 pub use retry::RetryPolicy;
 pub use store::memory::MemoryStore;
 pub use store::{Store, WorkerId};
+pub use typed_entity::{Entity, EntityHandle};
 pub use worker::{Worker, WorkerBuilder, WorkerOptions};
 
 /// Items used by code the attribute macros generate. Not a public API.
@@ -82,7 +85,7 @@ pub mod __private {
     pub use crate::client::DurableClient;
     pub use crate::context::DurableFuture;
     pub use crate::context::OrchestrationContext;
-    pub use crate::entity::{Entity, EntityContext, EntityId, Operation};
+    pub use crate::entity::{EntityContext, EntityId, Operation};
     pub use crate::error::{Error, TaskError};
     pub use crate::history::FailureDetails;
     pub use crate::payload::{decode_input, InputType};
@@ -91,6 +94,7 @@ pub mod __private {
         Activity, ActivityRegistration, BoxFuture, EntityRegistration, OperationType, Orchestrator,
         OrchestratorRegistration, Outcome, Payload, Plain, TaskOutcome,
     };
+    pub use crate::typed_entity::Entity;
     pub use inventory;
     pub use serde;
     pub use serde_json;

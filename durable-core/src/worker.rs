@@ -18,7 +18,7 @@ use crate::history::{EventKind, FailureDetails, HistoryEvent, OrchestrationMessa
 use crate::instance::{InstanceState, RuntimeStatus};
 use crate::limits::{PayloadTooLarge, DEFAULT_MAX_PAYLOAD_BYTES};
 use crate::registry::Registry;
-use crate::replay::{run_episode, Execution, Source};
+use crate::replay::{run_episode, Episode, Execution, Inbox, Source};
 use crate::store::{
     ActivityWorkItem, DirectLease, HistoryUpdate, OrchestrationCommit, OrchestrationWorkItem,
     Store, StoreError, StoreErrorKind, WorkerId,
@@ -395,9 +395,13 @@ async fn process_orchestration_with(
     let span = tracing::info_span!("episode", instance_id = %item.instance_id, name = %name);
     async {
         if crate::entity::is_entity_instance(&item.instance_id) {
-            let commit =
-                crate::entity::run_entity_episode(&shared.registry, &item, shared.now()).await;
-            return commit_episode(shared, &item, commit, None, completed).await;
+            let episode = crate::replay::entity::run_entity_episode(
+                &shared.registry,
+                &inbox(&item),
+                shared.now(),
+            )
+            .await;
+            return commit_episode(shared, &item, commit_of(&item, episode), None, completed).await;
         }
         let source = match episode_source(shared, &item).await {
             Ok(s) => s,
@@ -415,11 +419,50 @@ async fn process_orchestration_with(
             }
         };
         let registry = shared.registry.clone();
-        let result = run_episode(&registry, &item, source, shared.now());
-        commit_episode(shared, &item, result.commit, result.execution, completed).await
+        let result = run_episode(&registry, &inbox(&item), source, shared.now());
+        let commit = commit_of(&item, result.episode);
+        commit_episode(shared, &item, commit, result.execution, completed).await
     }
     .instrument(span)
     .await
+}
+
+/// What the replay engine sees of a work item.
+fn inbox(item: &OrchestrationWorkItem) -> Inbox<'_> {
+    Inbox {
+        instance_id: &item.instance_id,
+        state: item.state.as_ref(),
+        messages: &item.messages,
+    }
+}
+
+/// The store commit of an episode run for `item`: fenced by its lease, consuming every
+/// message it carried.
+fn commit_of(item: &OrchestrationWorkItem, episode: Episode) -> OrchestrationCommit {
+    OrchestrationCommit {
+        instance_id: item.instance_id.clone(),
+        lease_token: item.lease_token.clone(),
+        consumed: item.messages.iter().map(|(id, _)| *id).collect(),
+        history: episode.history,
+        state: episode.state,
+        activities: episode
+            .activities
+            .into_iter()
+            .map(|a| ActivityWorkItem {
+                id: 0,
+                instance_id: item.instance_id.clone(),
+                execution_id: a.execution_id,
+                seq: a.seq,
+                name: a.name,
+                input: a.input,
+                attempt: a.attempt,
+                lease_token: String::new(),
+                dequeue_count: 0,
+            })
+            .collect(),
+        messages: episode.messages,
+        new_instances: episode.new_instances,
+    }
 }
 
 /// Commits an episode; keeps the live execution in the cache when the commit succeeded.
@@ -500,8 +543,14 @@ async fn refuse_episode(shared: &Shared, item: &OrchestrationWorkItem, too_large
     let failure = FailureDetails::new("PayloadTooLarge", too_large.to_string());
     if crate::entity::is_entity_instance(&item.instance_id) {
         tracing::warn!(%failure, "entity batch refused; failing its operations");
-        let commit =
-            crate::entity::refuse_operations(&shared.registry, item, failure, shared.now()).await;
+        let commit = crate::replay::entity::refuse_operations(
+            &shared.registry,
+            &inbox(item),
+            failure,
+            shared.now(),
+        )
+        .await;
+        let commit = commit_of(item, commit);
         if let Err(e) = with_retries(
             shared,
             "recording refused operations failed; retrying",
@@ -617,21 +666,22 @@ async fn run_unleased(
     let _enter = span.enter();
     let result = run_episode(
         &shared.registry,
-        &work,
+        &inbox(&work),
         Some(Source::Cached(exec)),
         shared.now(),
     );
     drop(_enter);
-    if crate::limits::check_commit(&result.commit, shared.options.max_payload_bytes).is_err() {
+    let commit = commit_of(&work, result.episode);
+    if crate::limits::check_commit(&commit, shared.options.max_payload_bytes).is_err() {
         // The leased path fails the instance for it.
         return false;
     }
-    let new_state = result.execution.as_ref().and(result.commit.state.clone());
-    let mut permits = activity_permits(shared, &result.commit);
+    let new_state = result.execution.as_ref().and(commit.state.clone());
+    let mut permits = activity_permits(shared, &commit);
     let execution_id = item.execution_id.clone();
     match fast
         .commit_unleased(
-            result.commit,
+            commit,
             &execution_id,
             history_len,
             item,
@@ -935,7 +985,7 @@ async fn run_activity(shared: &Shared, item: ActivityWorkItem) {
                         r = &mut handle => break match r {
                             Ok(outcome) => outcome,
                             Err(e) if e.is_panic() => {
-                                let msg = crate::replay::panic_message(&e.into_panic());
+                                let msg = crate::function::panic_message(&e.into_panic());
                                 Err(FailureDetails::new("Panic", format!("activity '{}' panicked: {msg}", item.name)))
                             }
                             Err(_) => Err(FailureDetails::new("Canceled", format!("activity '{}' was cancelled", item.name))),

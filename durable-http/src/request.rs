@@ -20,7 +20,7 @@ pub struct HttpRequest {
     pub(crate) body: Bytes,
     pub(crate) base_url: String,
     pub(crate) configured_base_url: Option<String>,
-    pub(crate) config: std::sync::Arc<crate::host::RequestConfig>,
+    pub(crate) config: std::sync::Arc<crate::config::RequestConfig>,
 }
 
 impl HttpRequest {
@@ -355,6 +355,11 @@ impl IntoHttpResult for HttpResponse {
     fn into_http_result(self) -> HttpResult {
         Ok(self)
     }
+}
+
+/// The host settings a request carries.
+pub(crate) fn request_config(req: &HttpRequest) -> &crate::config::RequestConfig {
+    &req.config
 }
 
 #[cfg(test)]

@@ -29,6 +29,9 @@ pub use clock::{after, Clock, ManualClock, SystemClock, WorkerId};
 pub use error::{StoreError, StoreErrorKind, StoreResult};
 pub use signals::LocalSignals;
 
+pub use crate::history::HistoryUpdate;
+pub use crate::instance::random_id;
+
 /// The most messages one orchestration work item carries. Messages past it stay queued
 /// for the next episode, so an episode and its commit stay bounded however many messages
 /// (events, entity operations) pile up for one instance.
@@ -47,15 +50,6 @@ pub struct OrchestrationWorkItem {
     pub state: Option<InstanceState>,
     /// Number of events in the current execution's history.
     pub history_len: u64,
-}
-
-/// How an episode changes the history.
-#[derive(Clone, Debug, PartialEq)]
-pub enum HistoryUpdate {
-    /// Append these events.
-    Append(Vec<HistoryEvent>),
-    /// Replace the whole history of the instance (continue-as-new, rewind).
-    Replace(Vec<HistoryEvent>),
 }
 
 /// Everything one episode changes, committed atomically or not at all.
@@ -361,9 +355,4 @@ pub fn child_conflict_message(
         OrchestrationMessage::new(parent.instance_id.clone(), event)
             .for_execution(parent.execution_id.clone()),
     )
-}
-
-/// A random 128-bit token as 32 hex characters (instance ids, lease tokens).
-pub fn random_id() -> String {
-    uuid::Uuid::new_v4().simple().to_string()
 }
