@@ -110,10 +110,10 @@ fn main() {
             .enable_all()
             .build()
             .expect("tokio runtime");
-        let db_before = postgres_cpu_ms();
+        let sampler = (store == "postgres").then(PostgresCpu::start);
         let mut row = rt.block_on(run_scenario(&scenario, &store));
-        if store == "postgres" {
-            let db = postgres_cpu_ms() - db_before;
+        if let Some(sampler) = sampler {
+            let db = sampler.stop();
             let note = format!(
                 "db CPU {db:.0} ms ({:.0} us/unit)",
                 db * 1000.0 / row.count as f64
@@ -242,21 +242,70 @@ fn bench_schema() -> String {
 /// A PostgreSQL store on `schema` (dropped with the store when `owner`); must run inside
 /// the tokio runtime.
 fn postgres_store(schema: &str, owner: bool) -> durable_core::store::postgres::PostgresStore {
+    let pool = std::env::var("DURABLE_BENCH_PG_POOL")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(durable_core::store::postgres::DEFAULT_POOL_SIZE);
     durable_core::store::postgres::PostgresStore::builder(bench_pg_url())
         .schema(schema)
+        .pool_size(pool)
         .drop_schema_on_drop(owner)
         .open()
         .expect("open PostgreSQL (DURABLE_BENCH_PG)")
 }
 
-/// CPU time (user + system) of every PostgreSQL server process on this machine so far, in
-/// milliseconds (0 when none is visible).
-fn postgres_cpu_ms() -> f64 {
+/// CPU time spent by the PostgreSQL server processes while a scenario runs: sampled every
+/// 20 ms per process, since a connection's backend exits (taking its counters along) when
+/// the scenario closes its store.
+struct PostgresCpu {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<f64>,
+}
+
+impl PostgresCpu {
+    fn start() -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            use std::collections::HashMap;
+            // pid -> (CPU when first seen, CPU when last seen); processes started during
+            // the scenario count from zero.
+            let mut seen: HashMap<u32, (f64, f64)> = postgres_processes()
+                .into_iter()
+                .map(|(pid, cpu)| (pid, (cpu, cpu)))
+                .collect();
+            loop {
+                let done = flag.load(std::sync::atomic::Ordering::Relaxed);
+                for (pid, cpu) in postgres_processes() {
+                    seen.entry(pid).or_insert((0.0, cpu)).1 = cpu;
+                }
+                if done {
+                    return seen.values().map(|(a, b)| b - a).sum();
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        Self { stop, thread }
+    }
+
+    /// Stops sampling; the CPU milliseconds spent since the start.
+    fn stop(self) -> f64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap_or(0.0)
+    }
+}
+
+/// Every PostgreSQL server process on this machine with its CPU time (user + system) so
+/// far, in milliseconds.
+fn postgres_processes() -> Vec<(u32, f64)> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
-        return 0.0;
+        return Vec::new();
     };
-    let mut total = 0.0;
+    let mut out = Vec::new();
     for entry in dir.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
         let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
         let Some((head, rest)) = stat.rsplit_once(')') else {
             continue;
@@ -271,9 +320,9 @@ fn postgres_cpu_ms() -> f64 {
                 .and_then(|v| v.parse::<f64>().ok())
                 .unwrap_or(0.0)
         };
-        total += (ticks(11) + ticks(12)) * 10.0;
+        out.push((pid, (ticks(11) + ticks(12)) * 10.0));
     }
-    total
+    out
 }
 
 /// A worker process of a multi-host scenario: runs every bench function on `schema` until

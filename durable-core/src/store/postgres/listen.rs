@@ -145,6 +145,10 @@ impl Wakers {
     }
 }
 
+/// How long the notifier gathers notifications before sending them: the most a wake-up
+/// across hosts is delayed by batching.
+const GATHER: Duration = Duration::from_millis(2);
+
 /// The channel of `schema`.
 pub(crate) fn channel(schema: &str) -> String {
     format!("{schema}_events")
@@ -236,6 +240,16 @@ pub(crate) async fn run(
         };
         let mut last_clock = Instant::now();
         loop {
+            // A short gathering window: under load, one statement carries the
+            // notifications of many commits (each NOTIFY is a transaction of its own).
+            if !wakers
+                .pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_empty()
+            {
+                tokio::time::sleep(GATHER).await;
+            }
             let batch: Vec<String> = {
                 let mut p = wakers.pending.lock().unwrap_or_else(|e| e.into_inner());
                 p.drain().map(|e| e.payload()).collect()

@@ -8,7 +8,10 @@
 //!   changes nothing and gets `LeaseLost` (fencing). Lease expiries and due times are
 //!   compared with the database's `now()`, never a host's clock.
 //! - **One transaction per commit**, its independent statements sent together (pipelined);
-//!   most other calls are one statement.
+//!   most other calls are one statement. Lease bookkeeping (taking, renewing, giving back
+//!   leases) commits without waiting for the disk (`synchronous_commit=off` on connections
+//!   of its own): losing it in a server crash only makes leases lapse, and the next
+//!   durable commit flushes it anyway. Everything acknowledged to a caller is durable.
 //! - **Wake-ups.** Commits announce new work, new timers and instance state changes with
 //!   `NOTIFY` on the schema's channel (sent after the commit, batched per host); each host
 //!   `LISTEN`s on a dedicated connection, reconnecting with backoff. Idle fetches also
@@ -99,8 +102,8 @@ impl PostgresStoreBuilder {
         self
     }
 
-    /// The most connections the store opens for its calls (default 16), besides one for
-    /// notifications.
+    /// The most connections the store opens for durable calls (default 16); lease
+    /// bookkeeping has up to half as many of its own, and notifications one.
     pub fn pool_size(mut self, n: usize) -> Self {
         self.pool_size = n;
         self
@@ -189,6 +192,15 @@ impl PostgresStoreBuilder {
     }
 
     fn start(self, config: Config) -> PostgresStore {
+        // Lease bookkeeping (taking, renewing and giving back leases) commits without
+        // waiting for the WAL to reach the disk: losing it in a server crash only makes the
+        // leases lapse or reappear, and the next durable commit flushes it anyway.
+        let mut lease_config = config.clone();
+        let options = format!(
+            "{} -c synchronous_commit=off",
+            lease_config.get_options().unwrap_or_default()
+        );
+        lease_config.options(&options);
         let wakers = Arc::new(Wakers::default());
         let (stop, stop_rx) = watch::channel(false);
         tokio::spawn(listen::run(
@@ -201,6 +213,11 @@ impl PostgresStoreBuilder {
         PostgresStore {
             inner: Arc::new(Inner {
                 pool: Pool::new(config.clone(), self.pool_size, self.connect_timeout),
+                leases: Pool::new(
+                    lease_config,
+                    self.pool_size.div_ceil(2).max(2),
+                    self.connect_timeout,
+                ),
                 clock: PgClock {
                     wakers: wakers.clone(),
                 },
@@ -256,7 +273,10 @@ impl Clock for PgClock {
 }
 
 struct Inner {
+    /// Connections for durable calls (`synchronous_commit` as the server has it).
     pool: Pool,
+    /// Connections for lease bookkeeping (`synchronous_commit=off`).
+    leases: Pool,
     wakers: Arc<Wakers>,
     clock: PgClock,
     schema: String,
@@ -271,6 +291,7 @@ impl Drop for Inner {
     fn drop(&mut self) {
         let _ = self.stop.send(true);
         self.pool.close();
+        self.leases.close();
         if let Some(config) = self.drop_schema.take() {
             // On a thread of its own: drop may run inside or outside a runtime.
             let schema = self.schema.clone();
@@ -378,7 +399,7 @@ impl PostgresStore {
     }
 
     async fn next_due(&self, text: &'static str) -> StoreResult<Option<Duration>> {
-        let mut conn = self.inner.pool.get().await?;
+        let mut conn = self.inner.leases.get().await?;
         let s = conn.prepare(text).await?;
         let secs: Option<f64> = conn.client.query_one(&s, &[]).await.map_err(pg)?.get(0);
         Ok(secs.map(|s| Duration::from_secs_f64(s.max(0.0))))
@@ -417,7 +438,7 @@ impl PostgresStore {
         owner: &WorkerId,
         lease: Duration,
     ) -> StoreResult<Option<OrchestrationWorkItem>> {
-        let mut conn = self.inner.pool.get().await?;
+        let mut conn = self.inner.leases.get().await?;
         let lease_stmt = conn.prepare(sql::LEASE_FOR_RESULT).await?;
         let msg_stmt = conn.prepare(sql::MESSAGES_IF_LEASED).await?;
         let token = random_id();
@@ -588,7 +609,7 @@ impl Store for PostgresStore {
             sql::NEXT_DUE_ORCHESTRATIONS,
             wait,
             || async {
-                let mut conn = self.inner.pool.get().await?;
+                let mut conn = self.inner.leases.get().await?;
                 ops::lease_orchestrations(&mut conn, owner, lease, max).await
             },
         )
@@ -614,7 +635,7 @@ impl Store for PostgresStore {
         lease_token: &str,
         delay: Duration,
     ) -> StoreResult<()> {
-        let mut conn = self.inner.pool.get().await?;
+        let mut conn = self.inner.leases.get().await?;
         let s = conn.prepare(sql::ABANDON_INSTANCE).await?;
         let n = conn
             .client
@@ -638,7 +659,7 @@ impl Store for PostgresStore {
         lease_token: &str,
         lease: Duration,
     ) -> StoreResult<()> {
-        let mut conn = self.inner.pool.get().await?;
+        let mut conn = self.inner.leases.get().await?;
         let s = conn.prepare(sql::RENEW_INSTANCE).await?;
         let n = conn
             .client
@@ -663,7 +684,7 @@ impl Store for PostgresStore {
             sql::NEXT_DUE_ACTIVITIES,
             wait,
             || async {
-                let mut conn = self.inner.pool.get().await?;
+                let mut conn = self.inner.leases.get().await?;
                 let s = conn.prepare(sql::LEASE_ACTIVITIES).await?;
                 let rows = conn
                     .client
@@ -717,7 +738,7 @@ impl Store for PostgresStore {
     }
 
     async fn abandon_activity(&self, item: &ActivityWorkItem, delay: Duration) -> StoreResult<()> {
-        let mut conn = self.inner.pool.get().await?;
+        let mut conn = self.inner.leases.get().await?;
         let s = conn.prepare(sql::ABANDON_ACTIVITY).await?;
         let n = conn
             .client
@@ -740,7 +761,7 @@ impl Store for PostgresStore {
         item: &ActivityWorkItem,
         lease: Duration,
     ) -> StoreResult<()> {
-        let mut conn = self.inner.pool.get().await?;
+        let mut conn = self.inner.leases.get().await?;
         let s = conn.prepare(sql::RENEW_ACTIVITY).await?;
         let n = conn
             .client
@@ -754,7 +775,7 @@ impl Store for PostgresStore {
     }
 
     async fn release_leases(&self, owner: &WorkerId) -> StoreResult<u64> {
-        let mut conn = self.inner.pool.get().await?;
+        let mut conn = self.inner.leases.get().await?;
         let s = conn.prepare(sql::RELEASE_OWNER).await?;
         let n: i64 = conn
             .client
@@ -884,9 +905,32 @@ impl Store for PostgresStore {
         }
     }
 
+    /// Reads the state once per change (the default reads it twice: once to return it,
+    /// once more to start the next wait).
+    async fn wait_for_instance_until(
+        &self,
+        instance_id: &str,
+        timeout: Duration,
+        done: &(dyn for<'s> Fn(Option<&'s InstanceState>) -> bool + Send + Sync),
+    ) -> StoreResult<Option<InstanceState>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let waiter = self.inner.wakers.instance_waiter(instance_id);
+            let notified = waiter.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let state = self.get_instance(instance_id).await?;
+            if done(state.as_ref()) || tokio::time::Instant::now() >= deadline {
+                return Ok(state);
+            }
+            self.nap(notified, deadline, None).await;
+        }
+    }
+
     async fn close(&self) -> StoreResult<()> {
         let _ = self.inner.stop.send(true);
         self.inner.pool.close();
+        self.inner.leases.close();
         Ok(())
     }
 

@@ -331,6 +331,9 @@ pub(crate) async fn commit(
     direct: Direct<'_>,
     fence: Fence<'_>,
 ) -> StoreResult<(Vec<ActivityWorkItem>, Vec<Event>)> {
+    if c.new_instances.is_empty() {
+        return commit_in_one(conn, c, completed, direct, fence).await;
+    }
     let Conn {
         client,
         statements,
@@ -374,6 +377,158 @@ pub(crate) async fn commit(
             Err(e)
         }
     }
+}
+
+/// A commit without children to create: one call of the schema's `commit_episode`
+/// function (its own transaction), sent with the check for messages that came while the
+/// instance was leased, which runs after it committed: one round trip, two statements.
+async fn commit_in_one(
+    conn: &mut Conn,
+    c: &OrchestrationCommit,
+    completed: Option<&ActivityWorkItem>,
+    direct: Direct<'_>,
+    fence: Fence<'_>,
+) -> StoreResult<(Vec<ActivityWorkItem>, Vec<Event>)> {
+    let Conn {
+        client, statements, ..
+    } = conn;
+    let mut st = Stmts::new(statements);
+    let commit_stmt = st.get(client, sql::COMMIT_EPISODE).await?;
+    let has_visible = st.get(client, sql::HAS_VISIBLE).await?;
+    let id = &c.instance_id;
+    let (token, exec, hlen) = match fence {
+        Fence::Token => (Some(c.lease_token.as_str()), "", 0i64),
+        Fence::Unleased {
+            execution_id,
+            history_len,
+        } => (None, execution_id, history_len as i64),
+    };
+    let done_id = completed.map(|a| a.id as i64);
+    let done_token = completed.map(|a| a.lease_token.as_str());
+    let consumed: Vec<i64> = c.consumed.iter().map(|m| *m as i64).collect();
+    let (replace, new_events) = match &c.history {
+        HistoryUpdate::Append(e) => (false, e),
+        HistoryUpdate::Replace(e) => (true, e),
+    };
+    let events_json = new_events
+        .iter()
+        .map(to_json)
+        .collect::<StoreResult<Vec<String>>>()?;
+    let state = c.state.as_ref().map(StateParams::new).transpose()?;
+    let status = state.as_ref().map(|s| s.status);
+    let field = |f: fn(&StateParams) -> Option<String>| state.as_ref().and_then(f);
+    let (execution_id, name, version, input, output, failure, custom, parent) = (
+        field(|s| Some(s.execution_id.clone())),
+        field(|s| Some(s.name.clone())),
+        field(|s| s.version.clone()),
+        field(|s| s.input.clone()),
+        field(|s| s.output.clone()),
+        field(|s| s.failure.clone()),
+        field(|s| s.custom_status.clone()),
+        field(|s| s.parent.clone()),
+    );
+    let created = state.as_ref().map(|s| s.created_at);
+    let updated = state.as_ref().map(|s| s.last_updated_at);
+    let mut tokens: Vec<Option<String>> = Vec::with_capacity(c.activities.len());
+    let mut items: Vec<String> = Vec::with_capacity(c.activities.len());
+    for (i, a) in c.activities.iter().enumerate() {
+        items.push(to_json(&ActivityRow::from(a))?);
+        tokens.push((i < direct.max).then(random_id));
+    }
+    let owner = direct.owner.to_string();
+    let lease = micros(direct.lease);
+    let msgs = MessageParams::new(&c.messages)?;
+    let p: [&(dyn ToSql + Sync); 27] = [
+        id,
+        &token,
+        &exec,
+        &hlen,
+        &done_id,
+        &done_token,
+        &consumed,
+        &replace,
+        &events_json,
+        &status,
+        &execution_id,
+        &name,
+        &version,
+        &input,
+        &output,
+        &failure,
+        &custom,
+        &created,
+        &updated,
+        &parent,
+        &items,
+        &tokens,
+        &owner,
+        &lease,
+        &msgs.targets,
+        &msgs.at,
+        &msgs.bodies,
+    ];
+    let id_p: [&(dyn ToSql + Sync); 1] = [id];
+    let (row, more) = tokio::join!(
+        client.query_one(&commit_stmt, &p),
+        client.query_one(&has_visible, &id_p)
+    );
+    let row = row.map_err(pg)?;
+    if !row.get::<_, bool>(0) {
+        return Err(StoreError::lease_lost());
+    }
+    let mut events = Vec::new();
+    if state.is_some() {
+        events.push(Event::Instance(id.clone()));
+    }
+    let act_ids: Option<Vec<i64>> = row.get(1);
+    let act_tokens: Option<Vec<Option<String>>> = row.get(2);
+    let by_token: HashMap<String, i64> = act_tokens
+        .unwrap_or_default()
+        .into_iter()
+        .zip(act_ids.unwrap_or_default())
+        .filter_map(|(t, i)| t.map(|t| (t, i)))
+        .collect();
+    let mut leased = Vec::new();
+    for (a, tok) in c.activities.iter().zip(&tokens) {
+        match tok {
+            Some(t) => leased.push(ActivityWorkItem {
+                id: by_token.get(t).copied().unwrap_or_default() as u64,
+                lease_token: t.clone(),
+                dequeue_count: 1,
+                ..a.clone()
+            }),
+            None => {
+                if !events.contains(&Event::Activities) {
+                    events.push(Event::Activities);
+                }
+            }
+        }
+    }
+    let sent_to: Option<Vec<String>> = row.get(3);
+    let sent_delayed: Option<Vec<bool>> = row.get(4);
+    for (target, delayed) in sent_to
+        .unwrap_or_default()
+        .into_iter()
+        .zip(sent_delayed.unwrap_or_default())
+    {
+        let e = if delayed {
+            Event::Timer
+        } else if &target == id {
+            continue;
+        } else {
+            Event::Orchestrations
+        };
+        if !events.contains(&e) {
+            events.push(e);
+        }
+    }
+    // On a snapshot after the commit: messages that came while the instance was leased
+    // (their senders' wake-ups found it held) need a worker now.
+    if more.map(|r| r.get::<_, bool>(0)).unwrap_or(true) && !events.contains(&Event::Orchestrations)
+    {
+        events.push(Event::Orchestrations);
+    }
+    Ok((leased, events))
 }
 
 /// The statements of a commit.

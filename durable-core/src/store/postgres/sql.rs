@@ -222,3 +222,9 @@ pub const PURGE: &str = "WITH i AS (DELETE FROM instances WHERE id = $1 RETURNIN
   m AS (DELETE FROM messages WHERE instance_id = $1),
   a AS (DELETE FROM activities WHERE instance_id = $1)
   SELECT count(*) FROM i";
+
+/// One episode's commit without children to create, in one statement and one implicit
+/// transaction (the `commit_episode` function of the schema): the fence, then every write.
+pub const COMMIT_EPISODE: &str = "SELECT ok, act_ids, act_tokens, sent_to, sent_delayed
+  FROM commit_episode($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
+    $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27)";
