@@ -154,6 +154,11 @@ pub(crate) fn channel(schema: &str) -> String {
     format!("{schema}_events")
 }
 
+/// The `application_name` of `schema`'s listening connection.
+pub(crate) fn listener_name(schema: &str) -> String {
+    format!("durable listener {schema}")
+}
+
 /// Runs the listener until `stop` turns true.
 pub(crate) async fn run(
     config: Config,
@@ -163,6 +168,9 @@ pub(crate) async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     let chan = channel(&schema);
+    // Named, so an operator (or a test) can tell it in pg_stat_activity.
+    let mut config = config;
+    config.application_name(&listener_name(&schema));
     let mut backoff = Duration::from_millis(100);
     loop {
         if *stop.borrow() {

@@ -1268,6 +1268,100 @@ mod tests {
         }
     }
 
+    /// A host whose listening connection is cut reconnects and hears other hosts'
+    /// changes again, without falling back to polling.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_listener_reconnects_after_its_connection_is_cut() {
+        let schema = test_schema();
+        let a = open(&schema, true).await;
+        let b = Arc::new(
+            PostgresStore::builder(test_url())
+                .schema(&schema)
+                .pool_size(2)
+                .poll_interval(Duration::from_secs(600))
+                .connect()
+                .await
+                .unwrap(),
+        );
+        a.create_instance(new_instance("x")).await.unwrap();
+        let seen = b.get_instance("x").await.unwrap();
+        let conn = a.inner.pool.get().await.unwrap();
+        let listener = listen::listener_name(&schema);
+        // Until B listens, then cut every listening connection of the schema.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let cut = loop {
+            let n: i64 = conn
+                .client
+                .query_one(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                     WHERE application_name = $1",
+                    &[&listener],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if n >= 2 || tokio::time::Instant::now() > deadline {
+                break n;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert!(cut >= 2, "both stores listen ({cut} connections found)");
+        drop(conn);
+        // A commits once both listen again; B's wait (polling every 10 minutes) hears it.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !(a
+            .inner
+            .wakers
+            .listening
+            .load(std::sync::atomic::Ordering::Relaxed)
+            && b.inner
+                .wakers
+                .listening
+                .load(std::sync::atomic::Ordering::Relaxed))
+        {
+            assert!(tokio::time::Instant::now() < deadline, "listening again");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let waiting = {
+            let b = b.clone();
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                b.wait_for_instance("x", seen.as_ref(), Duration::from_secs(60))
+                    .await
+                    .unwrap()
+            })
+        };
+        let owner = WorkerId::new("a");
+        let item = a
+            .fetch_orchestration_work(&owner, Duration::from_secs(5), 1, Duration::from_secs(5))
+            .await
+            .unwrap()
+            .pop()
+            .unwrap();
+        let mut state = item.state.clone().unwrap();
+        state.status = crate::instance::RuntimeStatus::Running;
+        a.commit_orchestration(OrchestrationCommit {
+            instance_id: "x".into(),
+            lease_token: item.lease_token.clone(),
+            consumed: item.messages.iter().map(|(id, _)| *id).collect(),
+            history: HistoryUpdate::Append(Vec::new()),
+            state: Some(state),
+            activities: Vec::new(),
+            messages: Vec::new(),
+            new_instances: Vec::new(),
+        })
+        .await
+        .unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(30), waiting)
+            .await
+            .expect("B hears the change well before its 10-minute poll")
+            .unwrap();
+        assert_eq!(
+            got.map(|s| s.status),
+            Some(crate::instance::RuntimeStatus::Running)
+        );
+    }
+
     /// Start-ups racing to create the schema both succeed, and a schema with another
     /// application's tables or from a newer build is refused and left as it was.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
