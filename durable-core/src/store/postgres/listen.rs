@@ -170,7 +170,7 @@ pub(crate) async fn run(
     let chan = channel(&schema);
     // Named, so an operator (or a test) can tell it in pg_stat_activity.
     let mut config = config;
-    config.application_name(&listener_name(&schema));
+    config.application_name(listener_name(&schema));
     let mut backoff = Duration::from_millis(100);
     loop {
         if *stop.borrow() {
