@@ -52,6 +52,9 @@ impl Event {
 pub(crate) struct Wakers {
     pub orchestrations: Notify,
     pub activities: Notify,
+    /// Fired when a delayed message or work item was stored (or notifications may have
+    /// been missed): waiting fetches read the next due time again.
+    pub timers: Notify,
     instances: Mutex<HashMap<String, Arc<Notify>>>,
     /// Notifications waiting to be sent.
     pending: Mutex<HashSet<Event>>,
@@ -110,6 +113,7 @@ impl Wakers {
             Event::Orchestrations => self.orchestrations.notify_waiters(),
             Event::Activities => self.activities.notify_waiters(),
             Event::Timer => {
+                self.timers.notify_waiters();
                 self.orchestrations.notify_waiters();
                 self.activities.notify_waiters();
             }
@@ -121,6 +125,7 @@ impl Wakers {
     }
 
     fn wake_all(&self) {
+        self.timers.notify_waiters();
         self.orchestrations.notify_waiters();
         self.activities.notify_waiters();
         self.all_instances_changed();

@@ -406,7 +406,8 @@ impl PostgresStore {
     }
 
     /// Runs `attempt` until it returns something or `wait` passes, sleeping on `notify`
-    /// and the next due time in between.
+    /// and until the next due time in between. The due time is read again only when a
+    /// timer was stored, it passed, or the poll interval ran out (not on every wake-up).
     async fn waiting<T, F, Fut>(
         &self,
         notify: &Notify,
@@ -419,16 +420,39 @@ impl PostgresStore {
         Fut: std::future::Future<Output = StoreResult<Vec<T>>>,
     {
         let deadline = tokio::time::Instant::now() + wait;
+        let mut due_at: Option<tokio::time::Instant> = None;
+        let mut read_due = true;
         loop {
             let notified = notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
+            let timer = self.inner.wakers.timers.notified();
+            tokio::pin!(timer);
+            timer.as_mut().enable();
             let items = attempt().await?;
-            if !items.is_empty() || tokio::time::Instant::now() >= deadline {
+            let now = tokio::time::Instant::now();
+            if !items.is_empty() || now >= deadline {
                 return Ok(items);
             }
-            let due = self.next_due(due_sql).await?;
-            self.nap(notified, deadline, due).await;
+            if read_due || due_at.is_some_and(|d| d <= now) {
+                due_at = self
+                    .next_due(due_sql)
+                    .await?
+                    // A little after, so the database's now() has passed it.
+                    .map(|d| tokio::time::Instant::now() + d + Duration::from_millis(1));
+                read_due = false;
+            }
+            let mut until = deadline.min(now + self.inner.poll);
+            if let Some(d) = due_at {
+                until = until.min(d);
+            }
+            // A stored timer wakes both: the timer branch first, so the due time is read.
+            tokio::select! {
+                biased;
+                _ = &mut timer => read_due = true,
+                _ = &mut notified => {}
+                _ = tokio::time::sleep_until(until) => read_due = true,
+            }
         }
     }
 
