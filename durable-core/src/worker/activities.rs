@@ -40,6 +40,7 @@ pub(super) async fn activity_loop(
     let limit = shared.activity_limit.clone();
     let mut running = JoinSet::new();
     let mut failures = 0u32;
+    let mut idle = false;
     loop {
         if *shutdown.borrow() {
             break;
@@ -63,14 +64,23 @@ pub(super) async fn activity_loop(
                 break;
             }
         }
-        // Activities leased by commits arrive while the fetch waits; they come with their
-        // permits and do not mean the queue has work, so the fetch keeps waiting. Dropping a
-        // waiting fetch takes nothing, so shutdown may interrupt it.
+        // After a fetch that found work, take what is ready without waiting; after one that
+        // found none, wait for work holding one permit (the others stay free for activities
+        // commits lease to this worker). Activities leased by commits arrive while the fetch
+        // waits; they come with their permits and do not mean the queue has work, so the
+        // fetch keeps waiting. Dropping a waiting fetch takes nothing, so shutdown may
+        // interrupt it.
+        let wait = if idle {
+            permits.truncate(1);
+            shared.options.idle_poll
+        } else {
+            Duration::ZERO
+        };
         let fetch = shared.store.fetch_activity_work(
             &shared.id,
             shared.options.activity_lease,
             permits.len(),
-            shared.options.idle_poll,
+            wait,
         );
         tokio::pin!(fetch);
         let fetched = loop {
@@ -86,6 +96,7 @@ pub(super) async fn activity_loop(
         let Some(fetched) = fetched else {
             continue;
         };
+        idle = matches!(&fetched, Ok(items) if items.is_empty());
         match fetched {
             Ok(items) if !items.is_empty() => {
                 for item in items {

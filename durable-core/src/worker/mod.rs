@@ -59,8 +59,11 @@ pub struct WorkerOptions {
     /// an episode may store; over it, the instance fails with `PayloadTooLarge` (or the
     /// activity's task does). Default 16 MiB.
     pub max_payload_bytes: usize,
-    /// Attempts at a commit that fails with a retryable store error before the episode is
-    /// abandoned to run again later.
+    /// Retries of recording an activity's result (or an instance's failure) that fails
+    /// with a retryable store error, with backoff from 50 ms, before giving up (the
+    /// activity then runs again). The result is kept meanwhile, so the activity does not
+    /// run twice. An episode whose commit fails is not retried in place: it is abandoned
+    /// and runs again from its stored messages shortly after.
     pub store_retries: u32,
 }
 

@@ -24,6 +24,7 @@ pub(super) async fn orchestration_loop(shared: Arc<Shared>, mut shutdown: watch:
     let limit = shared.orchestration_limit.clone();
     let mut running = JoinSet::new();
     let mut failures = 0u32;
+    let mut idle = false;
     loop {
         if *shutdown.borrow() {
             break;
@@ -40,16 +41,26 @@ pub(super) async fn orchestration_loop(shared: Arc<Shared>, mut shutdown: watch:
                 break;
             }
         }
-        // Dropping a waiting fetch takes nothing, so shutdown may interrupt it.
+        // After a fetch that found work, take what is ready without waiting; after one that
+        // found none, wait for work holding one permit (the others stay free for episodes
+        // run straight after activities). Dropping a waiting fetch takes nothing, so
+        // shutdown may interrupt it.
+        let wait = if idle {
+            permits.truncate(1);
+            shared.options.idle_poll
+        } else {
+            Duration::ZERO
+        };
         let fetched = tokio::select! {
             r = shared.store.fetch_orchestration_work(
                 &shared.id,
                 shared.options.orchestration_lease,
                 permits.len(),
-                shared.options.idle_poll,
+                wait,
             ) => r,
             _ = shutdown.changed() => continue,
         };
+        idle = matches!(&fetched, Ok(items) if items.is_empty());
         match fetched {
             Ok(items) if !items.is_empty() => {
                 for item in items {
@@ -174,7 +185,8 @@ pub(super) fn commit_of(item: &OrchestrationWorkItem, episode: Episode) -> Orche
 
 /// Commits an episode; keeps the live execution in the cache when the commit succeeded.
 /// Payloads over the limit fail the instance (or the entity batch's operations) instead;
-/// retryable store failures are retried with backoff. True when the episode was committed.
+/// a failed commit is abandoned, and the episode runs again. True when the episode was
+/// committed.
 pub(super) async fn commit_episode(
     shared: &Shared,
     item: &OrchestrationWorkItem,
@@ -193,24 +205,21 @@ pub(super) async fn commit_episode(
         Some(_) => activity_permits(shared, &commit),
         None => Vec::new(),
     };
-    let committed = with_retries(shared, "committing an episode failed; retrying", || {
-        let commit = commit.clone();
-        let direct = shared.direct(permits.len());
-        async move {
-            match fast {
-                Some(fast) if completed.is_some() || direct.max > 0 => {
-                    fast.commit_orchestration_and_lease(commit, completed, direct)
-                        .await
-                }
-                _ => shared
-                    .store
-                    .commit_orchestration(commit)
-                    .await
-                    .map(|()| Vec::new()),
-            }
+    // One attempt: keeping a copy of every commit for a retry in place would cost a clone
+    // of its payloads per episode. A commit that fails is abandoned below and the episode
+    // runs again from its stored messages, to the same effect.
+    let direct = shared.direct(permits.len());
+    let committed = match fast {
+        Some(fast) if completed.is_some() || direct.max > 0 => {
+            fast.commit_orchestration_and_lease(commit, completed, direct)
+                .await
         }
-    })
-    .await;
+        _ => shared
+            .store
+            .commit_orchestration(commit)
+            .await
+            .map(|()| Vec::new()),
+    };
     match committed {
         Ok(leased) => {
             // Cache first: the leased activities may finish at once and look for it.
@@ -234,10 +243,17 @@ pub(super) async fn commit_episode(
             false
         }
         Err(e) => {
-            store_failed(&e, "commit failed; the episode runs again later", 1);
+            store_failed(&e, "commit failed; the episode runs again shortly", 1);
+            // A transient failure is tried again soon; the dispatcher's fetches back off
+            // for as long as the store keeps failing.
+            let delay = if e.is_retryable() {
+                retry_backoff(1)
+            } else {
+                Duration::from_secs(1)
+            };
             let _ = shared
                 .store
-                .abandon_orchestration(&item.instance_id, &item.lease_token, Duration::from_secs(1))
+                .abandon_orchestration(&item.instance_id, &item.lease_token, delay)
                 .await;
             false
         }

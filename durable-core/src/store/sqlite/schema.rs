@@ -232,6 +232,8 @@ pub(super) fn migrate(conn: &mut Connection, what: &str) -> StoreResult<()> {
     }
     if version < 2 {
         // Version 2: a worker's hold on a work item is a lease, recorded with its owner.
+        // No index on the owner: only `release_leases` (start-up and shutdown) looks
+        // leases up by owner, and an index would cost every lease taken and given back.
         tx.execute_batch(
             "ALTER TABLE instances RENAME COLUMN lock_token TO lease_token;
             ALTER TABLE instances RENAME COLUMN locked_until TO lease_expires_at;
@@ -239,10 +241,8 @@ pub(super) fn migrate(conn: &mut Connection, what: &str) -> StoreResult<()> {
             DROP INDEX instances_locked;
             CREATE INDEX instances_leased ON instances(lease_expires_at)
                 WHERE lease_expires_at IS NOT NULL;
-            CREATE INDEX instances_owner ON instances(lease_owner) WHERE lease_owner IS NOT NULL;
             ALTER TABLE activities RENAME COLUMN lock_token TO lease_token;
-            ALTER TABLE activities ADD COLUMN lease_owner TEXT;
-            CREATE INDEX activities_owner ON activities(lease_owner) WHERE lease_owner IS NOT NULL;",
+            ALTER TABLE activities ADD COLUMN lease_owner TEXT;",
         )
         .map_err(setup)?;
     }
