@@ -128,10 +128,13 @@ async fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String)
     (status, body)
 }
 
+/// The test's own store on `schema`; the schema is dropped with it, also when the test
+/// fails (it is declared before the hosts, so they have stopped by then).
 async fn store(schema: &str) -> Arc<PostgresStore> {
     Arc::new(
         PostgresStore::builder(pg_url())
             .schema(schema)
+            .drop_schema_on_drop(true)
             .connect()
             .await
             .expect("the test database is reachable (DURABLE_TEST_PG)"),
