@@ -3,8 +3,14 @@
 //! writes JSON.
 //!
 //! ```text
-//! cargo run --release -p durable-bench -- [--store memory|sqlite|all] [--scenario NAME|all] [--json FILE]
+//! cargo run --release -p durable-bench -- [--store memory|sqlite|postgres|all] [--scenario NAME|all] [--json FILE]
 //! ```
+//!
+//! `--store postgres` uses the database `DURABLE_BENCH_PG` (default
+//! `postgres://root@127.0.0.1:5432/test`), a fresh schema per scenario, dropped after it;
+//! its rows also give the CPU time the PostgreSQL server processes spent (`db CPU`). The
+//! `hosts-1` and `hosts-3` scenarios (PostgreSQL only) run HelloSequence5 ×2,000 on one and
+//! on three worker processes sharing the schema.
 //!
 //! Each scenario runs in a child process of its own, so the reported peak RSS belongs to
 //! that scenario alone. Timings are measured here and never asserted in tests.
@@ -17,8 +23,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use durable_core::{
-    ActivityError, DurableClient, OrchestrationContext, OrchestrationError, Registry, Runtime,
-    RuntimeStatus, StartOptions, Store,
+    ActivityError, DurableClient, OrchestrationContext, OrchestrationError, Registry,
+    RuntimeStatus, StartOptions, Store, Worker,
 };
 use serde::{Deserialize, Serialize};
 
@@ -35,7 +41,12 @@ const SCENARIOS: &[&str] = &[
     "replay-10000",
     "http-start",
     "http-status",
+    "hosts-1",
+    "hosts-3",
 ];
+
+/// Scenarios that need a store shared by several processes.
+const MULTI_HOST: &[&str] = &["hosts-1", "hosts-3"];
 
 /// One measured row.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -57,7 +68,7 @@ struct Row {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: durable-bench [--store memory|sqlite|all] [--scenario NAME|all] [--json FILE]\nscenarios: {}",
+        "usage: durable-bench [--store memory|sqlite|postgres|all] [--scenario NAME|all] [--json FILE]\nscenarios: {}",
         SCENARIOS.join(", ")
     );
     std::process::exit(2)
@@ -80,6 +91,12 @@ fn main() {
                 child = true;
                 i -= 1;
             }
+            "--worker" => {
+                // A worker process of a multi-host scenario: serves the schema until its
+                // standard input closes.
+                run_worker(&value());
+                return;
+            }
             "-h" | "--help" => usage(),
             other => {
                 eprintln!("unknown argument '{other}'");
@@ -93,14 +110,27 @@ fn main() {
             .enable_all()
             .build()
             .expect("tokio runtime");
-        let row = rt.block_on(run_scenario(&scenario, &store));
+        let sampler = (store == "postgres").then(PostgresCpu::start);
+        let mut row = rt.block_on(run_scenario(&scenario, &store));
+        if let Some(sampler) = sampler {
+            let db = sampler.stop();
+            let note = format!(
+                "db CPU {db:.0} ms ({:.0} us/unit)",
+                db * 1000.0 / row.count as f64
+            );
+            row.extra = Some(match row.extra.take() {
+                Some(e) => format!("{e}; {note}"),
+                None => note,
+            });
+        }
         println!("{}", serde_json::to_string(&row).expect("row serializes"));
         return;
     }
     let stores: Vec<&str> = match store.as_str() {
-        "all" => vec!["memory", "sqlite"],
+        "all" => vec!["memory", "sqlite", "postgres"],
         "memory" => vec!["memory"],
         "sqlite" => vec!["sqlite"],
+        "postgres" => vec!["postgres"],
         _ => usage(),
     };
     let scenarios: Vec<&str> = if scenario == "all" {
@@ -114,6 +144,9 @@ fn main() {
     let mut rows = Vec::new();
     for st in &stores {
         for sc in &scenarios {
+            if MULTI_HOST.contains(sc) && *st != "postgres" {
+                continue;
+            }
             eprintln!("running {sc} on {st} ...");
             let out = std::process::Command::new(&exe)
                 .args(["--child", "--store", st, "--scenario", sc])
@@ -188,8 +221,197 @@ fn make_store(kind: &str) -> Arc<dyn Store> {
             let _ = std::fs::remove_file(&path);
             Arc::new(durable_core::store::sqlite::SqliteStore::open(&path).expect("open sqlite"))
         }
+        "postgres" => Arc::new(postgres_store(&bench_schema(), true)),
         other => panic!("unknown store {other}"),
     }
+}
+
+/// The database the PostgreSQL scenarios use.
+fn bench_pg_url() -> String {
+    std::env::var("DURABLE_BENCH_PG")
+        .ok()
+        .filter(|s| !s.trim().is_empty())
+        .unwrap_or_else(|| "postgres://root@127.0.0.1:5432/test".into())
+}
+
+/// A schema of this scenario's own.
+fn bench_schema() -> String {
+    format!("bench_{}", std::process::id())
+}
+
+/// A PostgreSQL store on `schema` (dropped with the store when `owner`); must run inside
+/// the tokio runtime.
+fn postgres_store(schema: &str, owner: bool) -> durable_core::store::postgres::PostgresStore {
+    let pool = std::env::var("DURABLE_BENCH_PG_POOL")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(durable_core::store::postgres::DEFAULT_POOL_SIZE);
+    durable_core::store::postgres::PostgresStore::builder(bench_pg_url())
+        .schema(schema)
+        .pool_size(pool)
+        .drop_schema_on_drop(owner)
+        .open()
+        .expect("open PostgreSQL (DURABLE_BENCH_PG)")
+}
+
+/// CPU time spent by the PostgreSQL server processes while a scenario runs: sampled every
+/// 20 ms per process, since a connection's backend exits (taking its counters along) when
+/// the scenario closes its store.
+struct PostgresCpu {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<f64>,
+}
+
+impl PostgresCpu {
+    fn start() -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            use std::collections::HashMap;
+            // pid -> (CPU when first seen, CPU when last seen); processes started during
+            // the scenario count from zero.
+            let mut seen: HashMap<u32, (f64, f64)> = postgres_processes()
+                .into_iter()
+                .map(|(pid, cpu)| (pid, (cpu, cpu)))
+                .collect();
+            loop {
+                let done = flag.load(std::sync::atomic::Ordering::Relaxed);
+                for (pid, cpu) in postgres_processes() {
+                    seen.entry(pid).or_insert((0.0, cpu)).1 = cpu;
+                }
+                if done {
+                    return seen.values().map(|(a, b)| b - a).sum();
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        Self { stop, thread }
+    }
+
+    /// Stops sampling; the CPU milliseconds spent since the start.
+    fn stop(self) -> f64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap_or(0.0)
+    }
+}
+
+/// Every PostgreSQL server process on this machine with its CPU time (user + system) so
+/// far, in milliseconds.
+fn postgres_processes() -> Vec<(u32, f64)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for entry in dir.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        let Some((head, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        if !head.ends_with("(postgres") {
+            continue;
+        }
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        out.push((pid, (ticks(11) + ticks(12)) * 10.0));
+    }
+    out
+}
+
+/// A worker process of a multi-host scenario: runs every bench function on `schema` until
+/// its standard input closes.
+fn run_worker(schema: &str) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    rt.block_on(async {
+        let worker = runtime(Arc::new(postgres_store(schema, false)), 20_000);
+        println!("ready");
+        let _ = tokio::task::spawn_blocking(|| {
+            let mut sink = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
+        })
+        .await;
+        worker.shutdown().await;
+    });
+}
+
+/// HelloSequence5 ×`n` started by this process (a client only) and run by `hosts` worker
+/// processes sharing one PostgreSQL schema.
+async fn multi_host_scenario(scenario: &str, hosts: usize, n: u64) -> Row {
+    use std::io::BufRead;
+    let schema = bench_schema();
+    let store = Arc::new(postgres_store(&schema, true));
+    let exe = std::env::current_exe().expect("own path");
+    let mut workers = Vec::new();
+    for _ in 0..hosts {
+        let mut child = std::process::Command::new(&exe)
+            .args(["--worker", &schema])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("worker starts");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("worker says it is ready");
+        workers.push(child);
+    }
+    let c = DurableClient::new(store.clone());
+    let t = Instant::now();
+    let mut starters = Vec::new();
+    for i in 0..64 {
+        let c = c.clone();
+        let share = n / 64 + u64::from(i < n % 64);
+        starters.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for _ in 0..share {
+                ids.push(start(&c, "hello_sequence5", "null").await);
+            }
+            ids
+        }));
+    }
+    let mut ids = Vec::with_capacity(n as usize);
+    for s in starters {
+        ids.extend(s.await.expect("starter"));
+    }
+    for id in &ids {
+        completed(&c, id).await;
+    }
+    let wall = t.elapsed();
+    for mut w in workers {
+        drop(w.stdin.take());
+        let _ = w.wait();
+    }
+    let worker_cpu = children_cpu_ms();
+    let mut r = row(scenario, "postgres", n, "orchestrations/s", wall);
+    r.extra = Some(format!(
+        "{hosts} worker processes; their CPU {worker_cpu:.0} ms ({:.0} us/orchestration)",
+        worker_cpu * 1000.0 / n as f64
+    ));
+    r
+}
+
+/// CPU time of this process's waited-for children so far (cumulative), in milliseconds.
+fn children_cpu_ms() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(13) + ticks(14)) * 10.0
 }
 
 fn registry() -> Registry {
@@ -265,8 +487,8 @@ fn registry() -> Registry {
         .expect("registry")
 }
 
-fn runtime(store: Arc<dyn Store>, cache: usize) -> Runtime {
-    Runtime::builder(store)
+fn runtime(store: Arc<dyn Store>, cache: usize) -> Worker {
+    Worker::builder(store)
         .registry(registry())
         .cache_capacity(cache)
         .start()
@@ -311,6 +533,13 @@ fn row(scenario: &str, store: &str, count: u64, unit: &str, wall: Duration) -> R
 }
 
 async fn run_scenario(scenario: &str, store_kind: &str) -> Row {
+    if let Some(hosts) = scenario.strip_prefix("hosts-") {
+        let hosts = hosts.parse().expect("host count");
+        let mut r = multi_host_scenario(scenario, hosts, 2000).await;
+        r.peak_rss_mb = peak_rss_mb();
+        r.cpu_ms = cpu_ms();
+        return r;
+    }
     let store = make_store(store_kind);
     let mut r = match scenario {
         "seq" => {

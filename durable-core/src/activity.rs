@@ -8,7 +8,7 @@ pub struct ActivityContext {
     pub(crate) instance_id: String,
     pub(crate) execution_id: String,
     pub(crate) name: String,
-    pub(crate) task_scheduled_id: u64,
+    pub(crate) seq: u64,
     pub(crate) attempt: u32,
     pub(crate) dequeue_count: u32,
 }
@@ -20,7 +20,7 @@ impl ActivityContext {
             instance_id: "test-instance".into(),
             execution_id: "test-execution".into(),
             name: name.into(),
-            task_scheduled_id: 0,
+            seq: 0,
             attempt: 1,
             dequeue_count: 1,
         }
@@ -50,9 +50,6 @@ impl ActivityContext {
     /// A key that is the same for every delivery of this task and different for every
     /// other task: `{instance}:{execution}:{sequence}`. Use it to make side effects idempotent.
     pub fn idempotency_key(&self) -> String {
-        format!(
-            "{}:{}:{}",
-            self.instance_id, self.execution_id, self.task_scheduled_id
-        )
+        format!("{}:{}:{}", self.instance_id, self.execution_id, self.seq)
     }
 }

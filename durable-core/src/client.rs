@@ -13,9 +13,10 @@ use crate::entity::{new_entity_instance, EntityId, EntityMetadata, EntityRecord}
 use crate::error::Error;
 use crate::history::{EntityRequest, EventKind, HistoryEvent, OrchestrationMessage};
 use crate::instance::{InstanceFilter, InstanceState, NewInstance, Page, RuntimeStatus};
+use crate::limits::DEFAULT_MAX_PAYLOAD_BYTES;
 use crate::payload::check_json;
 use crate::registry::{EntityEntry, Orchestrator, Registry};
-use crate::store::{random_id, Store, StoreError};
+use crate::store::{random_id, Store, StoreErrorKind};
 
 /// The longest accepted instance id, in bytes.
 pub const MAX_INSTANCE_ID_LEN: usize = 256;
@@ -135,6 +136,7 @@ impl OrchestrationStatus {
 pub struct DurableClient {
     store: Arc<dyn Store>,
     registry: Option<Arc<Registry>>,
+    max_payload: usize,
 }
 
 impl std::fmt::Debug for DurableClient {
@@ -150,6 +152,7 @@ impl DurableClient {
         Self {
             store,
             registry: None,
+            max_payload: DEFAULT_MAX_PAYLOAD_BYTES,
         }
     }
 
@@ -158,7 +161,34 @@ impl DurableClient {
         Self {
             store,
             registry: Some(registry),
+            max_payload: DEFAULT_MAX_PAYLOAD_BYTES,
         }
+    }
+
+    /// Refuses inputs and event data over `limit` bytes with [`Error::PayloadTooLarge`]
+    /// (default 16 MiB), before anything reaches the store.
+    pub fn with_max_payload_bytes(mut self, limit: usize) -> Self {
+        self.max_payload = limit;
+        self
+    }
+
+    /// The payload limit this client checks.
+    pub fn max_payload_bytes(&self) -> usize {
+        self.max_payload
+    }
+
+    /// Fails when `payload` is over the limit.
+    fn check_payload(
+        &self,
+        what: impl FnOnce() -> String,
+        payload: Option<&str>,
+    ) -> Result<(), Error> {
+        crate::limits::check_payload(what, payload, self.max_payload).map_err(Error::from)
+    }
+
+    /// The store clock's current time.
+    fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.store.clock().now()
     }
 
     /// The store this client uses.
@@ -241,7 +271,11 @@ impl DurableClient {
                 }
             }
         }
-        let now = Utc::now();
+        self.check_payload(
+            || format!("input of instance '{instance_id}'"),
+            input_json.as_deref(),
+        )?;
+        let now = self.now();
         self.store
             .create_instance(NewInstance {
                 instance_id: instance_id.clone(),
@@ -298,30 +332,19 @@ impl DurableClient {
         instance_id: &str,
         timeout: Duration,
     ) -> Result<InstanceState, Error> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let waiter = self.store.signals().instance_waiter(instance_id);
-            let notified = waiter.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let state = self.existing(instance_id).await?;
-            if state.status.is_terminal() {
-                return Ok(state);
-            }
-            let now = tokio::time::Instant::now();
-            if now >= deadline {
-                return Err(Error::Timeout(format!(
-                    "instance '{instance_id}' did not finish within {timeout:?}; it is {}",
-                    state.status
-                )));
-            }
-            // The periodic re-check covers changes committed by other processes.
-            let nap = (deadline - now).min(Duration::from_secs(1));
-            tokio::select! {
-                _ = &mut notified => {}
-                _ = tokio::time::sleep(nap) => {}
-            }
+        let finished = |s: Option<&InstanceState>| s.is_none_or(|s| s.status.is_terminal());
+        let state = self
+            .store
+            .wait_for_instance_until(instance_id, timeout, &finished)
+            .await?
+            .ok_or_else(|| Error::InstanceNotFound(instance_id.to_string()))?;
+        if state.status.is_terminal() {
+            return Ok(state);
         }
+        Err(Error::Timeout(format!(
+            "instance '{instance_id}' did not finish within {timeout:?}; it is {}",
+            state.status
+        )))
     }
 
     /// Waits for completion and decodes the output; a failed or terminated instance is an
@@ -358,11 +381,14 @@ impl DurableClient {
                 operation,
             });
         }
+        let event = HistoryEvent::new(self.now(), kind);
+        crate::limits::check_event(
+            || format!("message to instance '{instance_id}'"),
+            &event,
+            self.max_payload,
+        )?;
         self.store
-            .send_message(OrchestrationMessage::new(
-                instance_id,
-                HistoryEvent::new(Utc::now(), kind),
-            ))
+            .send_message(OrchestrationMessage::new(instance_id, event))
             .await?;
         Ok(())
     }
@@ -504,14 +530,6 @@ impl DurableClient {
         Ok(self.store.purge_instances(filter).await?)
     }
 
-    /// A typed handle to the entity of type `E` with this key.
-    pub fn entity<E: crate::entity::Entity>(
-        &self,
-        key: impl Into<String>,
-    ) -> crate::entity::EntityHandle<E> {
-        crate::entity::EntityHandle::new(self.clone(), key.into())
-    }
-
     /// Signals an entity operation (one-way, delivered exactly once, in order per sender).
     /// The entity is created by its first operation.
     pub async fn signal_entity(
@@ -565,13 +583,23 @@ impl DurableClient {
                 input = Some(inner);
             }
         }
-        let now = Utc::now();
+        self.check_payload(
+            || {
+                format!(
+                    "input of operation '{operation}' on entity '{}'",
+                    id.instance_id()
+                )
+            },
+            input.as_deref(),
+        )?;
+        let now = self.now();
         match self
             .store
             .create_instance(new_entity_instance(id, now))
             .await
         {
-            Ok(()) | Err(StoreError::InstanceExists { .. }) => {}
+            Ok(()) => {}
+            Err(e) if matches!(e.kind(), StoreErrorKind::AlreadyExists { .. }) => {}
             Err(e) => return Err(e.into()),
         }
         let mut msg = OrchestrationMessage::new(
@@ -681,7 +709,7 @@ impl DurableClient {
                                 .send_message(OrchestrationMessage::new(
                                     st.instance_id.clone(),
                                     HistoryEvent::new(
-                                        Utc::now(),
+                                        self.now(),
                                         EventKind::EntityRequest {
                                             request: EntityRequest::Unlock {
                                                 owner: owner.clone(),

@@ -5,7 +5,8 @@ use std::fmt;
 
 use crate::history::FailureDetails;
 use crate::instance::RuntimeStatus;
-use crate::store::StoreError;
+use crate::limits::PayloadTooLarge;
+use crate::store::{StoreError, StoreErrorKind};
 
 /// An activity's error. Any `std::error::Error` converts into it with `?`; plain messages
 /// with [`ActivityError::new`]. Mark failures that must not be retried with
@@ -225,7 +226,7 @@ pub enum Error {
     },
     /// The argument is malformed (bad instance id, bad JSON, bad token).
     InvalidArgument(String),
-    /// A payload is over the store's limit.
+    /// A payload is over the configured limit.
     PayloadTooLarge {
         /// What it is.
         what: String,
@@ -294,20 +295,26 @@ impl std::error::Error for Error {
 
 impl From<StoreError> for Error {
     fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::InstanceExists {
-                instance_id,
-                status,
-            } => Error::InstanceExists {
-                instance_id,
+        match e.kind() {
+            StoreErrorKind::AlreadyExists { status } => Error::InstanceExists {
+                instance_id: e.instance_id().unwrap_or_default().to_string(),
                 status,
             },
-            StoreError::NotFound(id) => Error::InstanceNotFound(id),
-            StoreError::PayloadTooLarge { what, size, limit } => {
-                Error::PayloadTooLarge { what, size, limit }
+            StoreErrorKind::NotFound => {
+                Error::InstanceNotFound(e.instance_id().unwrap_or_default().to_string())
             }
-            StoreError::Invalid(m) => Error::InvalidArgument(m),
-            other => Error::Store(other),
+            StoreErrorKind::Invalid => Error::InvalidArgument(e.message().to_string()),
+            _ => Error::Store(e),
+        }
+    }
+}
+
+impl From<PayloadTooLarge> for Error {
+    fn from(e: PayloadTooLarge) -> Self {
+        Error::PayloadTooLarge {
+            what: e.what,
+            size: e.size,
+            limit: e.limit,
         }
     }
 }

@@ -4,8 +4,6 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::instance::RuntimeStatus;
-
 /// Why a task, sub-orchestration or orchestration failed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FailureDetails {
@@ -47,7 +45,8 @@ pub struct ParentInstance {
     /// The parent's execution id when it scheduled this child.
     pub execution_id: String,
     /// The sequence number of the `SubOrchestrationInstanceCreated` event in the parent.
-    pub task_scheduled_id: u64,
+    #[serde(rename = "task_scheduled_id")]
+    pub seq: u64,
     /// The parent's orchestrator name.
     pub name: String,
 }
@@ -56,7 +55,8 @@ pub struct ParentInstance {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct HistoryEvent {
     /// For scheduling events, the sequence number of the durable call; otherwise -1.
-    pub event_id: i64,
+    #[serde(rename = "event_id")]
+    pub seq: i64,
     /// When the event was recorded.
     pub timestamp: DateTime<Utc>,
     /// What happened.
@@ -68,7 +68,7 @@ impl HistoryEvent {
     /// An event that is not a scheduling event.
     pub fn new(timestamp: DateTime<Utc>, kind: EventKind) -> Self {
         Self {
-            event_id: -1,
+            seq: -1,
             timestamp,
             kind,
         }
@@ -77,7 +77,7 @@ impl HistoryEvent {
     /// A scheduling event carrying the sequence number `seq`.
     pub fn scheduled(seq: u64, timestamp: DateTime<Utc>, kind: EventKind) -> Self {
         Self {
-            event_id: seq as i64,
+            seq: seq as i64,
             timestamp,
             kind,
         }
@@ -151,14 +151,16 @@ pub enum EventKind {
     /// An activity completed.
     TaskCompleted {
         /// Sequence number of the matching `TaskScheduled`.
-        task_scheduled_id: u64,
+        #[serde(rename = "task_scheduled_id")]
+        seq: u64,
         /// JSON result.
         result: Option<String>,
     },
     /// An activity failed.
     TaskFailed {
         /// Sequence number of the matching `TaskScheduled`.
-        task_scheduled_id: u64,
+        #[serde(rename = "task_scheduled_id")]
+        seq: u64,
         /// Why.
         failure: FailureDetails,
     },
@@ -177,14 +179,16 @@ pub enum EventKind {
     /// A sub-orchestration completed.
     SubOrchestrationInstanceCompleted {
         /// Sequence number of the matching `SubOrchestrationInstanceCreated`.
-        task_scheduled_id: u64,
+        #[serde(rename = "task_scheduled_id")]
+        seq: u64,
         /// JSON result.
         result: Option<String>,
     },
     /// A sub-orchestration failed.
     SubOrchestrationInstanceFailed {
         /// Sequence number of the matching `SubOrchestrationInstanceCreated`.
-        task_scheduled_id: u64,
+        #[serde(rename = "task_scheduled_id")]
+        seq: u64,
         /// Why.
         failure: FailureDetails,
     },
@@ -196,7 +200,8 @@ pub enum EventKind {
     /// A durable timer fired.
     TimerFired {
         /// Sequence number of the matching `TimerCreated`.
-        timer_id: u64,
+        #[serde(rename = "timer_id")]
+        seq: u64,
         /// When it was due.
         fire_at: DateTime<Utc>,
     },
@@ -250,21 +255,24 @@ pub enum EventKind {
     /// An entity operation called by this orchestration completed.
     EntityOperationCompleted {
         /// Sequence number of the matching `EntityOperationCalled`.
-        task_scheduled_id: u64,
+        #[serde(rename = "task_scheduled_id")]
+        seq: u64,
         /// JSON result.
         result: Option<String>,
     },
     /// An entity operation called by this orchestration failed.
     EntityOperationFailed {
         /// Sequence number of the matching `EntityOperationCalled`.
-        task_scheduled_id: u64,
+        #[serde(rename = "task_scheduled_id")]
+        seq: u64,
         /// Why.
         failure: FailureDetails,
     },
     /// All locks of a critical section were granted.
     EntityLockGranted {
         /// Sequence number of the matching `EntityLockRequested`.
-        task_scheduled_id: u64,
+        #[serde(rename = "task_scheduled_id")]
+        seq: u64,
     },
     /// A message to an entity: an operation, a lock request or a lock release.
     EntityRequest {
@@ -281,7 +289,8 @@ pub struct ReplyTo {
     /// Its execution.
     pub execution_id: String,
     /// The sequence number of the call in that execution.
-    pub task_scheduled_id: u64,
+    #[serde(rename = "task_scheduled_id")]
+    pub seq: u64,
 }
 
 /// A message to an entity.
@@ -357,26 +366,14 @@ impl EventKind {
     /// For completion events, the sequence number of the call they complete.
     pub fn completes(&self) -> Option<u64> {
         match self {
-            EventKind::TaskCompleted {
-                task_scheduled_id, ..
-            }
-            | EventKind::TaskFailed {
-                task_scheduled_id, ..
-            }
-            | EventKind::SubOrchestrationInstanceCompleted {
-                task_scheduled_id, ..
-            }
-            | EventKind::SubOrchestrationInstanceFailed {
-                task_scheduled_id, ..
-            } => Some(*task_scheduled_id),
-            EventKind::EntityOperationCompleted {
-                task_scheduled_id, ..
-            }
-            | EventKind::EntityOperationFailed {
-                task_scheduled_id, ..
-            }
-            | EventKind::EntityLockGranted { task_scheduled_id } => Some(*task_scheduled_id),
-            EventKind::TimerFired { timer_id, .. } => Some(*timer_id),
+            EventKind::TaskCompleted { seq, .. }
+            | EventKind::TaskFailed { seq, .. }
+            | EventKind::SubOrchestrationInstanceCompleted { seq, .. }
+            | EventKind::SubOrchestrationInstanceFailed { seq, .. } => Some(*seq),
+            EventKind::EntityOperationCompleted { seq, .. }
+            | EventKind::EntityOperationFailed { seq, .. }
+            | EventKind::EntityLockGranted { seq } => Some(*seq),
+            EventKind::TimerFired { seq, .. } => Some(*seq),
             _ => None,
         }
     }
@@ -419,5 +416,95 @@ impl OrchestrationMessage {
     pub fn visible_at(mut self, at: DateTime<Utc>) -> Self {
         self.visible_at = Some(at);
         self
+    }
+}
+
+/// How an episode changes the history.
+#[derive(Clone, Debug, PartialEq)]
+pub enum HistoryUpdate {
+    /// Append these events.
+    Append(Vec<HistoryEvent>),
+    /// Replace the whole history of the instance (continue-as-new, rewind).
+    Replace(Vec<HistoryEvent>),
+}
+
+impl Default for HistoryUpdate {
+    /// Appends nothing.
+    fn default() -> Self {
+        HistoryUpdate::Append(Vec::new())
+    }
+}
+
+/// The runtime status of an orchestration instance (Durable Functions names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum RuntimeStatus {
+    /// Created, first episode not yet run.
+    Pending,
+    /// Running (possibly waiting for timers, events or tasks).
+    Running,
+    /// Finished with an output.
+    Completed,
+    /// Transient: the execution is being replaced by a new one.
+    ContinuedAsNew,
+    /// Finished with a failure.
+    Failed,
+    /// Kept for Durable Functions API compatibility; not produced by this engine.
+    Canceled,
+    /// Stopped by a terminate request.
+    Terminated,
+    /// Paused by a suspend request; resumes on a resume request.
+    Suspended,
+}
+
+impl RuntimeStatus {
+    /// All statuses, in Durable Functions' enum order.
+    pub const ALL: [RuntimeStatus; 8] = [
+        RuntimeStatus::Running,
+        RuntimeStatus::Completed,
+        RuntimeStatus::ContinuedAsNew,
+        RuntimeStatus::Failed,
+        RuntimeStatus::Canceled,
+        RuntimeStatus::Terminated,
+        RuntimeStatus::Pending,
+        RuntimeStatus::Suspended,
+    ];
+
+    /// True for Completed, Failed, Terminated and Canceled: the instance will not run again
+    /// unless it is rewound, restarted or replaced.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            RuntimeStatus::Completed
+                | RuntimeStatus::Failed
+                | RuntimeStatus::Terminated
+                | RuntimeStatus::Canceled
+        )
+    }
+
+    /// The Durable Functions name, e.g. `"Running"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuntimeStatus::Pending => "Pending",
+            RuntimeStatus::Running => "Running",
+            RuntimeStatus::Completed => "Completed",
+            RuntimeStatus::ContinuedAsNew => "ContinuedAsNew",
+            RuntimeStatus::Failed => "Failed",
+            RuntimeStatus::Canceled => "Canceled",
+            RuntimeStatus::Terminated => "Terminated",
+            RuntimeStatus::Suspended => "Suspended",
+        }
+    }
+
+    /// Parses a Durable Functions status name, case-insensitively.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|st| st.as_str().eq_ignore_ascii_case(s.trim()))
+    }
+}
+
+impl std::fmt::Display for RuntimeStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }

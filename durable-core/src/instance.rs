@@ -5,79 +5,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::history::{FailureDetails, HistoryEvent, ParentInstance};
 
-/// The runtime status of an orchestration instance (Durable Functions names).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum RuntimeStatus {
-    /// Created, first episode not yet run.
-    Pending,
-    /// Running (possibly waiting for timers, events or tasks).
-    Running,
-    /// Finished with an output.
-    Completed,
-    /// Transient: the execution is being replaced by a new one.
-    ContinuedAsNew,
-    /// Finished with a failure.
-    Failed,
-    /// Kept for Durable Functions API compatibility; not produced by this engine.
-    Canceled,
-    /// Stopped by a terminate request.
-    Terminated,
-    /// Paused by a suspend request; resumes on a resume request.
-    Suspended,
-}
-
-impl RuntimeStatus {
-    /// All statuses, in Durable Functions' enum order.
-    pub const ALL: [RuntimeStatus; 8] = [
-        RuntimeStatus::Running,
-        RuntimeStatus::Completed,
-        RuntimeStatus::ContinuedAsNew,
-        RuntimeStatus::Failed,
-        RuntimeStatus::Canceled,
-        RuntimeStatus::Terminated,
-        RuntimeStatus::Pending,
-        RuntimeStatus::Suspended,
-    ];
-
-    /// True for Completed, Failed, Terminated and Canceled: the instance will not run again
-    /// unless it is rewound, restarted or replaced.
-    pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            RuntimeStatus::Completed
-                | RuntimeStatus::Failed
-                | RuntimeStatus::Terminated
-                | RuntimeStatus::Canceled
-        )
-    }
-
-    /// The Durable Functions name, e.g. `"Running"`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RuntimeStatus::Pending => "Pending",
-            RuntimeStatus::Running => "Running",
-            RuntimeStatus::Completed => "Completed",
-            RuntimeStatus::ContinuedAsNew => "ContinuedAsNew",
-            RuntimeStatus::Failed => "Failed",
-            RuntimeStatus::Canceled => "Canceled",
-            RuntimeStatus::Terminated => "Terminated",
-            RuntimeStatus::Suspended => "Suspended",
-        }
-    }
-
-    /// Parses a Durable Functions status name, case-insensitively.
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL
-            .into_iter()
-            .find(|st| st.as_str().eq_ignore_ascii_case(s.trim()))
-    }
-}
-
-impl std::fmt::Display for RuntimeStatus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// Re-exported here, where instances are: the status lives with the events that set it.
+pub use crate::history::RuntimeStatus;
 
 /// The stored state of an orchestration instance, as returned by status queries.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -199,4 +128,9 @@ pub struct Page<T> {
     pub items: Vec<T>,
     /// Pass this back to get the next page; None when there are no more.
     pub continuation_token: Option<String>,
+}
+
+/// A random 128-bit token as 32 hex characters (instance ids, lease tokens).
+pub fn random_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
 }

@@ -24,9 +24,9 @@
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! // A worker and a client on the in-memory store (SQLite: `store::sqlite::SqliteStore`).
-//! let runtime = durable_core::Runtime::builder(std::sync::Arc::new(durable_core::MemoryStore::new())).start()?;
-//! let id = runtime.client().start(hello_cities, vec!["Oslo".into()]).await?;
-//! let out: Vec<String> = runtime.client().wait_for_output(&id, std::time::Duration::from_secs(5)).await?;
+//! let worker = durable_core::Worker::builder(std::sync::Arc::new(durable_core::MemoryStore::new())).start()?;
+//! let id = worker.client().start(hello_cities, vec!["Oslo".into()]).await?;
+//! let out: Vec<String> = worker.client().wait_for_output(&id, std::time::Duration::from_secs(5)).await?;
 //! assert_eq!(out, ["Hello Oslo!"]);
 //! # Ok(()) }
 //! # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
@@ -34,8 +34,9 @@
 //!
 //! Modules, one per concept: [`history`] (events), [`instance`] (status and state),
 //! [`context`] (the orchestration API), [`activity`](mod@activity), [`payload`] (how JSON
-//! becomes user types), [`registry`], [`worker`] (the
-//! runtime), [`client`], [`store`] (the persistence seam and its providers).
+//! becomes user types), [`registry`], [`worker`] (dispatches episodes and activities),
+//! [`client`], [`limits`] (payload limits), [`store`] (the persistence seam and its
+//! providers).
 
 #![warn(missing_docs)]
 
@@ -44,15 +45,18 @@ pub mod client;
 pub mod context;
 pub mod entity;
 pub mod error;
+pub mod function;
 pub mod history;
 pub mod http;
 pub mod instance;
 pub mod join;
+pub mod limits;
 pub mod payload;
 pub mod registry;
 mod replay;
 pub mod retry;
 pub mod store;
+pub mod typed_entity;
 pub mod worker;
 
 pub use activity::ActivityContext;
@@ -61,7 +65,7 @@ pub use context::{
     CriticalSection, DurableFuture, EventFuture, LockFuture, OrchestrationContext, TimerTarget,
 };
 pub use durable_macros::{activity, entity, orchestrator};
-pub use entity::{Entity, EntityContext, EntityHandle, EntityId, EntityMetadata, Operation};
+pub use entity::{EntityContext, EntityId, EntityMetadata, Operation};
 pub use error::{ActivityError, Error, OrchestrationError, TaskError, TaskKind};
 pub use history::{EventKind, FailureDetails, HistoryEvent};
 pub use http::{DurableHttpRequest, DurableHttpResponse};
@@ -70,8 +74,9 @@ pub use join::{race, when_all, when_any, Either};
 pub use registry::{Activity, Orchestrator, Registry};
 pub use retry::RetryPolicy;
 pub use store::memory::MemoryStore;
-pub use store::Store;
-pub use worker::{Runtime, RuntimeOptions};
+pub use store::{Store, WorkerId};
+pub use typed_entity::{Entity, EntityHandle};
+pub use worker::{Worker, WorkerBuilder, WorkerOptions};
 
 /// Items used by code the attribute macros generate. Not a public API.
 #[doc(hidden)]
@@ -80,7 +85,7 @@ pub mod __private {
     pub use crate::client::DurableClient;
     pub use crate::context::DurableFuture;
     pub use crate::context::OrchestrationContext;
-    pub use crate::entity::{Entity, EntityContext, EntityId, Operation};
+    pub use crate::entity::{EntityContext, EntityId, Operation};
     pub use crate::error::{Error, TaskError};
     pub use crate::history::FailureDetails;
     pub use crate::payload::{decode_input, InputType};
@@ -89,6 +94,7 @@ pub mod __private {
         Activity, ActivityRegistration, BoxFuture, EntityRegistration, OperationType, Orchestrator,
         OrchestratorRegistration, Outcome, Payload, Plain, TaskOutcome,
     };
+    pub use crate::typed_entity::Entity;
     pub use inventory;
     pub use serde;
     pub use serde_json;

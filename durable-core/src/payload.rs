@@ -128,7 +128,7 @@ impl InputType {
     /// The input type `T`. (The `Payload` bound also serves the attribute macros as the
     /// compile-time check, spanned at the user's type, that `T` can travel through a
     /// history.)
-    pub const fn of<T: crate::registry::Payload>() -> Self {
+    pub const fn of<T: crate::function::Payload>() -> Self {
         Self {
             type_name: std::any::type_name::<T>,
             check: check_as::<T>,
@@ -136,7 +136,7 @@ impl InputType {
     }
 
     /// The input type of orchestrator `O`.
-    pub const fn of_orchestrator<O: crate::registry::Orchestrator>() -> Self {
+    pub const fn of_orchestrator<O: crate::function::Orchestrator>() -> Self {
         Self::of::<O::Input>()
     }
 

@@ -5,7 +5,6 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
@@ -18,11 +17,7 @@ use crate::error::Error;
 use crate::history::FailureDetails;
 use crate::payload::{decode_input, InputType};
 
-/// A boxed, sendable future.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-/// What running an orchestrator or activity yields: JSON output or a failure.
-pub type Outcome = Result<Option<String>, FailureDetails>;
+pub use crate::function::{Activity, BoxFuture, Orchestrator, Outcome, Payload};
 
 /// The type-erased entry point of an orchestrator.
 pub type OrchestratorFn =
@@ -31,53 +26,6 @@ pub type OrchestratorFn =
 /// The type-erased entry point of an activity.
 pub type ActivityFn =
     Arc<dyn Fn(ActivityContext, Option<String>) -> BoxFuture<'static, Outcome> + Send + Sync>;
-
-/// A typed handle to an activity, implemented by `#[activity]` for the unit struct that
-/// shares the function's name. Lets `ctx.call_activity(say_hello, input)` check types.
-#[diagnostic::on_unimplemented(
-    message = "`{Self}` is not an activity",
-    label = "expected a function annotated with #[activity]",
-    note = "annotate the async fn with `#[durable_core::activity]`, or call it by name with `call_activity_by_name`"
-)]
-pub trait Activity: Copy + Send + Sync + 'static {
-    /// The input type (a tuple when the function takes several inputs, `()` for none).
-    type Input: Serialize + DeserializeOwned + Send + 'static;
-    /// The success type.
-    type Output: Serialize + DeserializeOwned + Send + 'static;
-    /// The durable name.
-    const NAME: &'static str;
-}
-
-/// A typed handle to an orchestrator, implemented by `#[orchestrator]` for the unit struct
-/// that shares the function's name. Lets `client.start(hello, input)` and
-/// `ctx.call_sub_orchestrator(child, input)` check types.
-#[diagnostic::on_unimplemented(
-    message = "`{Self}` is not an orchestrator",
-    label = "expected a function annotated with #[orchestrator]",
-    note = "annotate the async fn with `#[durable_core::orchestrator]`, or start it by name with `start_by_name`"
-)]
-pub trait Orchestrator: Copy + Send + Sync + 'static {
-    /// The input type (`()` when the function takes none).
-    type Input: Serialize + DeserializeOwned + Send + 'static;
-    /// The success type.
-    type Output: Serialize + DeserializeOwned + Send + 'static;
-    /// The durable name.
-    const NAME: &'static str;
-    /// The version, if one was given.
-    const VERSION: Option<&'static str>;
-}
-
-/// A value that can travel through a history: an input, an output, an entity's state.
-/// Implemented for every `Serialize + DeserializeOwned + Send + 'static` type; the
-/// attribute macros assert it at the user's type so a missing derive is reported there.
-#[diagnostic::on_unimplemented(
-    message = "`{Self}` cannot travel through a durable history: it must implement `Serialize` and `DeserializeOwned`",
-    label = "not serializable",
-    note = "inputs, outputs and entity state are stored as JSON: add `#[derive(serde::Serialize, serde::Deserialize)]` to `{Self}` (for a type from another crate, enable its `serde` feature or wrap it)"
-)]
-pub trait Payload: Serialize + DeserializeOwned + Send + 'static {}
-
-impl<T: Serialize + DeserializeOwned + Send + 'static> Payload for T {}
 
 /// How a durable function's return value becomes a recorded outcome. Implemented for
 /// `Result<T, E>` (T serializable, E: Display) and for [`Plain`] values.

@@ -2,13 +2,10 @@
 //! call, and the waits between attempts are durable timers, so retries survive restarts.
 
 use std::fmt;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::context::OrchestrationContext;
 use crate::error::TaskError;
-use crate::history::FailureDetails;
 
 /// How often and how long to retry a failed durable call.
 ///
@@ -114,45 +111,7 @@ impl RetryPolicy {
         Duration::from_secs_f64(secs.min(max))
     }
 
-    fn should_retry(&self, e: &TaskError) -> bool {
+    pub(crate) fn should_retry(&self, e: &TaskError) -> bool {
         !e.failure.non_retriable && self.handle.as_ref().is_none_or(|h| h(e))
-    }
-}
-
-/// Runs `attempt_fn(attempt)` until it succeeds or the policy gives up.
-pub(crate) async fn run_with_retry<T, F, Fut>(
-    ctx: &OrchestrationContext,
-    policy: &RetryPolicy,
-    attempt_fn: F,
-) -> Result<T, TaskError>
-where
-    F: Fn(u32) -> Fut,
-    Fut: Future<Output = Result<T, TaskError>>,
-{
-    let started = ctx.current_utc_datetime();
-    let mut attempt = 1u32;
-    loop {
-        let err = match attempt_fn(attempt).await {
-            Ok(v) => return Ok(v),
-            Err(e) => e,
-        };
-        if let Err(msg) = policy.validate() {
-            return Err(TaskError {
-                failure: FailureDetails::new("InvalidRetryPolicy", msg),
-                ..err
-            });
-        }
-        if attempt >= policy.max_attempts || !policy.should_retry(&err) {
-            return Err(err);
-        }
-        if let Some(timeout) = policy.retry_timeout {
-            let deadline =
-                started + chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::MAX);
-            if ctx.current_utc_datetime() >= deadline {
-                return Err(err);
-            }
-        }
-        ctx.create_timer(policy.delay_after(attempt)).await;
-        attempt += 1;
     }
 }

@@ -8,14 +8,14 @@ use std::time::Duration;
 use durable_core::history::EventKind;
 use durable_core::{
     race, ActivityError, DurableClient, Either, MemoryStore, OrchestrationContext,
-    OrchestrationError, Registry, RetryPolicy, Runtime, RuntimeStatus, StartOptions, StatusOptions,
-    Store,
+    OrchestrationError, Registry, RetryPolicy, RuntimeStatus, StartOptions, StatusOptions, Store,
+    Worker,
 };
 
 const WAIT: Duration = Duration::from_secs(20);
 
 struct Harness {
-    runtime: Runtime,
+    runtime: Worker,
     client: DurableClient,
     store: Arc<MemoryStore>,
 }
@@ -25,7 +25,7 @@ fn start(registry: Registry, cache: usize) -> Harness {
 }
 
 fn start_on(store: Arc<MemoryStore>, registry: Registry, cache: usize) -> Harness {
-    let runtime = Runtime::builder(store.clone())
+    let runtime = Worker::builder(store.clone())
         .registry(registry)
         .cache_capacity(cache)
         .start()
@@ -850,13 +850,12 @@ async fn cache_on_and_off_give_identical_histories() {
             .iter()
             .map(|e| match &e.kind {
                 EventKind::TaskScheduled { name, input } => {
-                    format!("{}#{} {name} {input:?}", e.kind.type_name(), e.event_id)
+                    format!("{}#{} {name} {input:?}", e.kind.type_name(), e.seq)
                 }
-                EventKind::TaskCompleted {
-                    task_scheduled_id,
-                    result,
-                } => format!("TaskCompleted {task_scheduled_id} {result:?}"),
-                k => format!("{}#{}", k.type_name(), e.event_id),
+                EventKind::TaskCompleted { seq, result } => {
+                    format!("TaskCompleted {seq} {result:?}")
+                }
+                k => format!("{}#{}", k.type_name(), e.seq),
             })
             .collect();
         let scheduled: Vec<&String> = shape
@@ -1281,7 +1280,7 @@ async fn the_patterns_run_on_sqlite_and_survive_a_restart() {
         .unwrap()
     };
     let store = Arc::new(SqliteStore::open(&path).unwrap());
-    let rt = Runtime::builder(store).registry(reg()).start().unwrap();
+    let rt = Worker::builder(store).registry(reg()).start().unwrap();
     let client = rt.client();
     let chain = client
         .start_by_name(
@@ -1314,7 +1313,7 @@ async fn the_patterns_run_on_sqlite_and_survive_a_restart() {
 
     // A new process on the same file picks up where the last one stopped.
     let store = Arc::new(SqliteStore::open(&path).unwrap());
-    let rt = Runtime::builder(store).registry(reg()).start().unwrap();
+    let rt = Worker::builder(store).registry(reg()).start().unwrap();
     let client = rt.client();
     client
         .raise_event(&waiting, "go", &"after restart")
@@ -1367,14 +1366,14 @@ async fn an_activity_that_never_completes_becomes_poison() {
             .build()
             .unwrap()
     };
-    let options = durable_core::RuntimeOptions {
+    let options = durable_core::WorkerOptions {
         max_activity_dequeues: 2,
         shutdown_grace: Duration::ZERO,
         ..Default::default()
     };
     let store = Arc::new(MemoryStore::new());
     let run = || {
-        Runtime::builder(store.clone())
+        Worker::builder(store.clone())
             .registry(reg())
             .options(options.clone())
             .start()

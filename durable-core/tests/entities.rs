@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use durable_core::{
     DurableClient, EntityContext, EntityId, MemoryStore, Operation, OrchestrationContext,
-    OrchestrationError, Registry, Runtime, RuntimeStatus, StartOptions,
+    OrchestrationError, Registry, RuntimeStatus, StartOptions, Worker,
 };
 use serde::{Deserialize, Serialize};
 
@@ -166,9 +166,9 @@ fn registry() -> Registry {
         .unwrap()
 }
 
-fn start(cache: usize) -> (Runtime, DurableClient) {
+fn start(cache: usize) -> (Worker, DurableClient) {
     let store = Arc::new(MemoryStore::new());
-    let runtime = Runtime::builder(store)
+    let runtime = Worker::builder(store)
         .registry(registry())
         .cache_capacity(cache)
         .start()
@@ -465,8 +465,15 @@ async fn an_oversized_state_fails_the_call_and_keeps_the_old_state() {
         })
         .build()
         .unwrap();
-    let store = Arc::new(MemoryStore::with_max_payload(4096));
-    let rt = Runtime::builder(store).registry(reg).start().unwrap();
+    let store = Arc::new(MemoryStore::new());
+    let rt = Worker::builder(store)
+        .registry(reg)
+        .options(durable_core::WorkerOptions {
+            max_payload_bytes: 4096,
+            ..Default::default()
+        })
+        .start()
+        .unwrap();
     let client = rt.client();
     let small = client
         .start_by_name("grow", Some("10".into()), StartOptions::default())

@@ -8,7 +8,7 @@ use std::time::Duration;
 use durable_core::history::EventKind;
 use durable_core::{
     ActivityError, DurableClient, Error, MemoryStore, OrchestrationContext, OrchestrationError,
-    Registry, Runtime, RuntimeStatus, StartOptions, Store,
+    Registry, RuntimeStatus, StartOptions, Store, Worker,
 };
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -54,9 +54,9 @@ fn registry() -> Registry {
         .unwrap()
 }
 
-fn runtime(cache: usize) -> (Runtime, DurableClient, Arc<MemoryStore>) {
+fn runtime(cache: usize) -> (Worker, DurableClient, Arc<MemoryStore>) {
     let store = Arc::new(MemoryStore::new());
-    let runtime = Runtime::builder(store.clone())
+    let runtime = Worker::builder(store.clone())
         .registry(registry())
         .cache_capacity(cache)
         .start()

@@ -1,28 +1,22 @@
 //! The host: runs the worker and serves start endpoints, the public status endpoint and the
 //! management API over hyper, standalone or mounted inside another application.
 
-use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
 use durable_core::store::sqlite::SqliteStore;
-use durable_core::{DurableClient, Registry, Runtime, RuntimeOptions, Store};
-use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Body;
+use durable_core::{DurableClient, Registry, Store, Worker, WorkerOptions};
+use http::Method;
 
+use crate::app::{App, DurableService};
+use crate::config::{PublicStatus, RequestConfig};
 use crate::management;
-use crate::public_url::{parse_public_url, parse_trusted_proxies, BaseUrls, PeerAddr};
-use crate::request::{parse_query, HttpError, HttpRequest, HttpResponse};
+use crate::public_url::{parse_public_url, parse_trusted_proxies, BaseUrls};
+use crate::request::HttpRequest;
 use crate::router::{Handler, Match, Router};
 use crate::server::ConnLimits;
-use crate::status::PublicStatus;
 
 /// The default listen address.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:7071";
@@ -68,29 +62,6 @@ impl From<durable_core::Error> for HostError {
     }
 }
 
-/// Per-request settings start endpoints need (status prefix, Retry-After, what the
-/// public status shows).
-#[derive(Clone, Debug)]
-pub(crate) struct RequestConfig {
-    pub status_prefix: String,
-    pub retry_after: u64,
-    pub public_status: PublicStatus,
-}
-
-impl Default for RequestConfig {
-    fn default() -> Self {
-        Self {
-            status_prefix: "/api/instances".into(),
-            retry_after: 1,
-            public_status: PublicStatus::default(),
-        }
-    }
-}
-
-pub(crate) fn request_config(req: &HttpRequest) -> &RequestConfig {
-    &req.config
-}
-
 /// Link-time registration of a start endpoint, emitted by `#[http_start]`.
 pub struct HttpStartRegistration {
     /// Route pattern, e.g. `/api/hello` or `/api/status/{id}`.
@@ -112,6 +83,9 @@ inventory::collect!(HttpStartRegistration);
 pub struct HostBuilder {
     addr: String,
     db: PathBuf,
+    db_url: Option<String>,
+    db_schema: Option<String>,
+    db_poll: Option<Duration>,
     store: Option<Arc<dyn Store>>,
     key: Option<String>,
     status_prefix: String,
@@ -126,7 +100,7 @@ pub struct HostBuilder {
     max_connections: Option<usize>,
     max_concurrent_bodies: Option<usize>,
     registry: Option<Registry>,
-    options: RuntimeOptions,
+    options: WorkerOptions,
     routes: Vec<(Vec<String>, String, Handler, String)>,
     mount_prefix: String,
     inventory_routes: bool,
@@ -139,9 +113,35 @@ impl HostBuilder {
         self
     }
 
-    /// The SQLite file (default `./durable.db`, or `DURABLE_DB`).
+    /// The SQLite file (default `./durable.db`, or `DURABLE_DB` when it is not a
+    /// PostgreSQL URL).
     pub fn db(mut self, path: impl Into<PathBuf>) -> Self {
         self.db = path.into();
+        self.db_url = None;
+        self
+    }
+
+    /// A PostgreSQL database instead of the SQLite file (default `DURABLE_DB` when it is a
+    /// `postgres://` or `postgresql://` URL): any number of hosts share it. A management
+    /// key is then required ([`key`](Self::key) or `DURABLE_KEY`): hosts sharing a
+    /// database share one key, so none is generated.
+    pub fn db_url(mut self, url: impl Into<String>) -> Self {
+        self.db_url = Some(url.into());
+        self
+    }
+
+    /// The PostgreSQL schema holding durable's tables (default `durable`, or
+    /// `DURABLE_DB_SCHEMA`); created at start-up when missing.
+    pub fn db_schema(mut self, schema: impl Into<String>) -> Self {
+        self.db_schema = Some(schema.into());
+        self
+    }
+
+    /// With PostgreSQL, the longest an idle host waits without a notification before it
+    /// looks for work anyway (default 5 s, or `DURABLE_DB_POLL`): the fallback for a
+    /// notification lost while its connection was down.
+    pub fn db_poll(mut self, interval: Duration) -> Self {
+        self.db_poll = Some(interval);
         self
     }
 
@@ -261,7 +261,7 @@ impl HostBuilder {
     }
 
     /// Worker options.
-    pub fn runtime_options(mut self, options: RuntimeOptions) -> Self {
+    pub fn worker_options(mut self, options: WorkerOptions) -> Self {
         self.options = options;
         self
     }
@@ -300,20 +300,43 @@ impl HostBuilder {
     ///
     /// Installs a `tracing` subscriber (stderr, filter from `RUST_LOG`, default `info`)
     /// unless the application has set one. Fails when the SQLite file cannot be used:
-    /// damaged, not a durable database, not writable, or already open in another host.
+    /// damaged, not a durable database, not writable, or already open in another host;
+    /// with PostgreSQL, when the server cannot be reached, a setting is malformed, the
+    /// schema is not durable's or is newer than this build, or no key is set.
     pub fn build(self) -> Result<Host, HostError> {
         install_log_subscriber();
         let settings = Settings::resolve(&self)?;
-        let (store, sqlite): (Arc<dyn Store>, _) = match self.store {
-            Some(s) => (s, None),
-            None => {
+        // With PostgreSQL the key is shared by every host: never generated.
+        let key = match (self.key.clone(), &self.db_url) {
+            (Some(k), _) => Some(k),
+            (None, Some(_)) if self.store.is_none() => {
+                Some(env("DURABLE_KEY").ok_or_else(|| {
+                    HostError(
+                        "with PostgreSQL (DURABLE_DB=postgres://...) set DURABLE_KEY (or \
+                     HostBuilder::key): hosts sharing a database share one management key, \
+                     so none is generated"
+                            .into(),
+                    )
+                })?)
+            }
+            (None, _) => None,
+        };
+        let (store, sqlite, state): (Arc<dyn Store>, _, String) = match (&self.store, &self.db_url)
+        {
+            (Some(s), _) => (s.clone(), None, "the application's store".into()),
+            (None, Some(url)) => {
+                let (s, state) = open_postgres(url, &self)?;
+                (s, None, state)
+            }
+            (None, None) => {
                 let s =
                     Arc::new(SqliteStore::open(&self.db).map_err(|e| HostError(e.to_string()))?);
-                (s.clone(), Some(s))
+                let path = std::path::absolute(&self.db).unwrap_or_else(|_| self.db.clone());
+                (s.clone(), Some(s), path.display().to_string())
             }
         };
-        let key = match self.key {
-            Some(k) => k,
+        let key = match key {
+            Some(k) => k.trim().to_string(),
             None => load_or_create_key(&self.db)?,
         };
         if key.len() < 16 {
@@ -349,7 +372,7 @@ impl HostBuilder {
                 )));
             }
         }
-        let mut builder = Runtime::builder(store.clone()).options(self.options);
+        let mut builder = Worker::builder(store.clone()).options(self.options);
         if let Some(reg) = self.registry {
             builder = builder.registry(reg);
         }
@@ -374,7 +397,7 @@ impl HostBuilder {
             }),
             limits: settings.conn,
             runtime,
-            db: self.db,
+            state,
             sqlite,
         })
     }
@@ -489,6 +512,55 @@ impl Settings {
     }
 }
 
+/// True for `postgres://` and `postgresql://` URLs, which select PostgreSQL.
+fn is_postgres_url(s: &str) -> bool {
+    let s = s.trim_start();
+    let lower = s.get(..13).unwrap_or(s).to_ascii_lowercase();
+    lower.starts_with("postgres://") || lower.starts_with("postgresql://")
+}
+
+/// Opens the PostgreSQL store the builder's settings name (schema, fallback polling);
+/// returns it with a description for the start-up message.
+#[cfg(feature = "postgres")]
+fn open_postgres(url: &str, b: &HostBuilder) -> Result<(Arc<dyn Store>, String), HostError> {
+    use durable_core::store::postgres::PostgresStore;
+    let schema = match &b.db_schema {
+        Some(s) => s.clone(),
+        None => env("DURABLE_DB_SCHEMA").unwrap_or_else(|| "durable".into()),
+    };
+    let poll = setting(
+        b.db_poll,
+        "DURABLE_DB_POLL",
+        |v| crate::status::parse_duration(v, MAX_SETTING_DURATION),
+        "a duration such as 5s, 500ms or 1m",
+    )?;
+    let mut builder = PostgresStore::builder(url).schema(schema);
+    if let Some(p) = poll {
+        if p.is_zero() {
+            return Err(HostError(
+                "the PostgreSQL poll interval (DURABLE_DB_POLL or the builder) must be more \
+                 than 0"
+                    .into(),
+            ));
+        }
+        builder = builder.poll_interval(p);
+    }
+    let store = builder
+        .open()
+        .map_err(|e| HostError(format!("cannot use the PostgreSQL database: {e}")))?;
+    let state = store.describe();
+    Ok((Arc::new(store), state))
+}
+
+#[cfg(not(feature = "postgres"))]
+fn open_postgres(_url: &str, _b: &HostBuilder) -> Result<(Arc<dyn Store>, String), HostError> {
+    Err(HostError(
+        "DURABLE_DB is a PostgreSQL URL, but this build has no PostgreSQL support (enable \
+         durable-http's `postgres` feature)"
+            .into(),
+    ))
+}
+
 /// A non-empty environment variable.
 fn env(var: &str) -> Option<String> {
     std::env::var(var).ok().filter(|v| !v.trim().is_empty())
@@ -566,307 +638,15 @@ fn load_or_create_key(db: &std::path::Path) -> Result<String, HostError> {
     Ok(key)
 }
 
-/// The request handler shared by every connection.
-pub struct App {
-    client: DurableClient,
-    router: Router,
-    key: String,
-    config: Arc<RequestConfig>,
-    body_limit: usize,
-    body_read_timeout: Duration,
-    /// Permits for request bodies being read at once.
-    bodies: tokio::sync::Semaphore,
-    mount_prefix: String,
-    base: BaseUrls,
-}
-
-impl std::fmt::Debug for App {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("App")
-            .field("routes", &self.router.describe())
-            .finish()
-    }
-}
-
-/// Compares two strings in time that depends only on their lengths.
-fn constant_time_eq(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    let mut diff = (a.len() ^ b.len()) as u8 | u8::from(a.len() != b.len());
-    for i in 0..a.len().max(b.len()) {
-        diff |= a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0xff);
-    }
-    diff == 0
-}
-
-fn into_hyper(r: HttpResponse) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(r.body));
-    *resp.status_mut() = r.status;
-    for (k, v) in r.headers {
-        if let (Ok(name), Ok(value)) = (
-            http::header::HeaderName::from_bytes(k.as_bytes()),
-            http::header::HeaderValue::from_str(&v),
-        ) {
-            resp.headers_mut().append(name, value);
-        }
-    }
-    resp
-}
-
-impl App {
-    /// The client this host uses.
-    pub fn client(&self) -> &DurableClient {
-        &self.client
-    }
-
-    /// Handles one request. Mount it inside another hyper or axum application by calling
-    /// this from a handler; paths outside the mount prefix answer 404. A panic while
-    /// handling it answers 500 `{"error": ...}` and is logged.
-    ///
-    /// URLs in the answers start with the public URL when one is configured, else the
-    /// bound address ([`Host::bind`]), else they are root-relative paths. Forwarded
-    /// headers count only when the request carries a [`PeerAddr`] extension naming a
-    /// trusted proxy ([`HostBuilder::trusted_proxies`]); add it from your server's peer
-    /// address to honour them.
-    pub async fn handle<B>(&self, req: Request<B>) -> Response<Full<Bytes>>
-    where
-        B: Body<Data = Bytes> + Send,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    {
-        let method = req.method().clone();
-        let path = req.uri().path().to_string();
-        let resp = match CatchUnwind(Box::pin(self.route(req))).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => e.into_response(),
-            Err(panic) => {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "a non-text panic".into());
-                tracing::error!(%method, %path, panic = %what, "a request handler panicked");
-                HttpError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "the request failed inside the server",
-                )
-                .into_response()
-            }
-        };
-        tracing::debug!(%method, %path, status = resp.status.as_u16(), "request");
-        into_hyper(resp)
-    }
-
-    /// The request body, read within the body limit, the body read timeout and the cap
-    /// on bodies read at once.
-    async fn read_body<B>(&self, body: B) -> Result<Bytes, HttpResponse>
-    where
-        B: Body<Data = Bytes> + Send,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    {
-        if body.is_end_stream() {
-            return Ok(Bytes::new());
-        }
-        let Ok(_permit) = self.bodies.try_acquire() else {
-            tracing::warn!("refused a request body: all body read slots are taken");
-            return Err(HttpError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "too many requests are sending bodies right now; try again",
-            )
-            .into_response()
-            .with_header("retry-after", "1"));
-        };
-        let read = Limited::new(body, self.body_limit).collect();
-        match tokio::time::timeout(self.body_read_timeout, read).await {
-            Ok(Ok(b)) => Ok(b.to_bytes()),
-            Ok(Err(e)) => {
-                if e.downcast_ref::<http_body_util::LengthLimitError>()
-                    .is_some()
-                {
-                    return Err(
-                        too_large(self.body_limit.saturating_add(1), self.body_limit)
-                            .into_response(),
-                    );
-                }
-                Err(
-                    HttpError::bad_request(format!("could not read the request body: {e}"))
-                        .into_response(),
-                )
-            }
-            Err(_) => Err(HttpError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                format!(
-                    "the request body did not arrive within {} s",
-                    self.body_read_timeout.as_secs_f64()
-                ),
-            )
-            .into_response()
-            .with_header("connection", "close")),
-        }
-    }
-
-    async fn route<B>(&self, req: Request<B>) -> Result<HttpResponse, HttpError>
-    where
-        B: Body<Data = Bytes> + Send,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    {
-        let (parts, body) = req.into_parts();
-        let raw_path = parts.uri.path();
-        let Some(path) = raw_path.strip_prefix(self.mount_prefix.as_str()) else {
-            return Err(HttpError::not_found(format!("no route for {raw_path}")));
-        };
-        let path = if path.is_empty() { "/" } else { path };
-        if !path.starts_with('/') {
-            return Err(HttpError::not_found(format!("no route for {raw_path}")));
-        }
-        if let Some(answer) = crate::dashboard::serve(&parts.method, path) {
-            return answer;
-        }
-        if let Some(len) = parts
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<usize>().ok())
-        {
-            if len > self.body_limit {
-                return Err(too_large(len, self.body_limit));
-            }
-        }
-        let body = match self.read_body(body).await {
-            Ok(b) => b,
-            Err(resp) => return Ok(resp),
-        };
-        let peer = parts.extensions.get::<PeerAddr>().map(|p| p.0);
-        let base = self.base.for_request(peer, &parts.headers);
-        let mut req = HttpRequest {
-            method: parts.method.clone(),
-            path: path.to_string(),
-            params: Default::default(),
-            query: parse_query(parts.uri.query().unwrap_or("")),
-            headers: parts.headers,
-            body,
-            base_url: format!("{base}{}", self.mount_prefix),
-            configured_base_url: self
-                .base
-                .configured()
-                .map(|b| format!("{b}{}", self.mount_prefix)),
-            config: self.config.clone(),
-        };
-
-        if path == management::BASE || path.starts_with(&format!("{}/", management::BASE)) {
-            let given = req
-                .header("x-functions-key")
-                .map(str::to_string)
-                .or_else(|| req.query("code").map(str::to_string));
-            match given {
-                Some(k) if constant_time_eq(&k, &self.key) => {}
-                _ => {
-                    return Err(HttpError::new(
-                        StatusCode::UNAUTHORIZED,
-                        "missing or invalid key",
-                    ))
-                }
-            }
-            let rest = path[management::BASE.len()..]
-                .trim_start_matches('/')
-                .to_string();
-            return management::handle(&self.client, &req, &rest).await;
-        }
-        let prefix = &self.config.status_prefix;
-        let public_status = self.config.public_status != PublicStatus::Off;
-        if let Some(id) = path
-            .strip_prefix(prefix.as_str())
-            .and_then(|r| r.strip_prefix('/'))
-            .filter(|_| public_status)
-        {
-            if !id.is_empty() && !id.contains('/') {
-                if req.method != Method::GET {
-                    return Err(HttpError::new(
-                        StatusCode::METHOD_NOT_ALLOWED,
-                        "only GET is allowed here",
-                    ));
-                }
-                let id = crate::request::percent_decode(id);
-                return crate::status::public_status(&self.client, &req, &id).await;
-            }
-        }
-        match self.router.find(&req.method, path) {
-            Match::Found(route, params) => {
-                req.params = params;
-                let handler = route.handler.clone();
-                handler(self.client.clone(), req).await
-            }
-            Match::WrongMethod(allowed) => {
-                let allow: Vec<String> = allowed.iter().map(|m| m.to_string()).collect();
-                Ok(HttpError::new(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    format!("method {} is not allowed here", req.method),
-                )
-                .into_response()
-                .with_header("allow", allow.join(", ")))
-            }
-            Match::None => Err(HttpError::not_found(format!(
-                "no route for {} {path}",
-                req.method
-            ))),
-        }
-    }
-}
-
-/// Runs a future and turns a panic inside it into an `Err` with the panic's payload, so a
-/// handler's panic answers 500 instead of dropping the connection.
-struct CatchUnwind<F>(F);
-
-impl<F: Future + Unpin> Future for CatchUnwind<F> {
-    type Output = Result<F::Output, Box<dyn std::any::Any + Send>>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let inner = &mut self.get_mut().0;
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Pin::new(inner).poll(cx))) {
-            Ok(Poll::Pending) => Poll::Pending,
-            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
-            Err(panic) => Poll::Ready(Err(panic)),
-        }
-    }
-}
-
-fn too_large(size: usize, limit: usize) -> HttpError {
-    HttpError::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        format!("the request body is {size} bytes or more, over the limit of {limit} bytes"),
-    )
-}
-
-/// The host as a hyper service, for mounting in an existing hyper server (use
-/// [`HostBuilder::mount_prefix`] when it serves under a path prefix). It answers as
-/// [`App::handle`] does: it knows no peer address unless the request carries a
-/// [`PeerAddr`] extension, and the connection limits are the server's own.
-#[derive(Clone, Debug)]
-pub struct DurableService(pub Arc<App>);
-
-impl<B> hyper::service::Service<Request<B>> for DurableService
-where
-    B: Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    type Response = Response<Full<Bytes>>;
-    type Error = Infallible;
-    type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Self::Response, Infallible>> + Send>,
-    >;
-
-    fn call(&self, req: Request<B>) -> Self::Future {
-        let app = self.0.clone();
-        Box::pin(async move { Ok(app.handle(req).await) })
-    }
-}
-
 /// A configured host: the worker is running; call [`serve`](Self::serve) or
 /// [`bind`](Self::bind) to listen.
 pub struct Host {
     addr: String,
     app: Arc<App>,
     limits: ConnLimits,
-    runtime: Runtime,
-    db: PathBuf,
+    runtime: Worker,
+    /// Where the state lives, for the start-up message.
+    state: String,
     /// The store when the host opened the SQLite file itself (checkpointed on shutdown).
     sqlite: Option<Arc<SqliteStore>>,
 }
@@ -881,9 +661,16 @@ impl Host {
     /// A builder with defaults from the environment (`DURABLE_ADDR`, `DURABLE_DB`,
     /// `DURABLE_KEY`, and the `DURABLE_*` variables each setter names).
     pub fn builder() -> HostBuilder {
+        let env_db = env("DURABLE_DB");
         HostBuilder {
             addr: std::env::var("DURABLE_ADDR").unwrap_or_else(|_| DEFAULT_ADDR.to_string()),
-            db: SqliteStore::default_path(),
+            db: match &env_db {
+                Some(url) if is_postgres_url(url) => PathBuf::from("durable.db"),
+                _ => SqliteStore::default_path(),
+            },
+            db_url: env_db.filter(|v| is_postgres_url(v)),
+            db_schema: None,
+            db_poll: None,
             store: None,
             key: None,
             status_prefix: "/api/instances".into(),
@@ -898,7 +685,7 @@ impl Host {
             max_connections: None,
             max_concurrent_bodies: None,
             registry: None,
-            options: RuntimeOptions::default(),
+            options: WorkerOptions::default(),
             routes: Vec::new(),
             mount_prefix: String::new(),
             inventory_routes: true,
@@ -933,8 +720,7 @@ impl Host {
             running.addr,
             running.routes.join(", ")
         );
-        let db = std::path::absolute(&running.db).unwrap_or_else(|_| running.db.clone());
-        eprintln!("durable: state in {}", db.display());
+        eprintln!("durable: state in {}", running.state);
         shutdown_signal().await;
         eprintln!("durable: shutting down");
         running.shutdown().await;
@@ -969,7 +755,7 @@ impl Host {
             stop: stop_tx,
             server,
             open,
-            db: self.db,
+            state: self.state,
             sqlite: self.sqlite,
         })
     }
@@ -981,11 +767,11 @@ pub struct RunningHost {
     pub addr: SocketAddr,
     routes: Vec<String>,
     app: Arc<App>,
-    runtime: Runtime,
+    runtime: Worker,
     stop: tokio::sync::watch::Sender<bool>,
     server: tokio::task::JoinHandle<()>,
     open: Arc<std::sync::atomic::AtomicUsize>,
-    db: PathBuf,
+    state: String,
     sqlite: Option<Arc<SqliteStore>>,
 }
 
@@ -1057,18 +843,5 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {}
         _ = term => {}
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::constant_time_eq;
-
-    #[test]
-    fn key_comparison() {
-        assert!(constant_time_eq("abc", "abc"));
-        assert!(!constant_time_eq("abc", "abd"));
-        assert!(!constant_time_eq("abc", "abcd"));
-        assert!(!constant_time_eq("", "a"));
     }
 }

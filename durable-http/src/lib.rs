@@ -39,6 +39,8 @@
 #![warn(missing_docs)]
 
 pub mod activity;
+mod app;
+mod config;
 mod dashboard;
 mod host;
 mod management;
@@ -48,17 +50,19 @@ mod router;
 mod server;
 mod status;
 
+pub use app::App;
+pub use config::PublicStatus;
 pub use durable_core::DurableClient;
 pub use durable_macros::http_start;
 pub use host::{
-    App, Host, HostBuilder, HostError, HttpStartRegistration, RunningHost, DEFAULT_ADDR,
+    Host, HostBuilder, HostError, HttpStartRegistration, RunningHost, DEFAULT_ADDR,
     DEFAULT_BODY_LIMIT, DEFAULT_BODY_READ_TIMEOUT, DEFAULT_HEADER_READ_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONCURRENT_BODIES, DEFAULT_MAX_CONNECTIONS,
 };
 pub use management::BASE as MANAGEMENT_BASE;
 pub use public_url::PeerAddr;
 pub use request::{HttpError, HttpRequest, HttpResponse, HttpResult, IntoHttpResult};
-pub use status::{df_time, parse_wait, ClientExt, PublicStatus};
+pub use status::{df_time, parse_wait, ClientExt};
 
 /// Items used by code `#[http_start]` generates. Not a public API.
 #[doc(hidden)]

@@ -20,7 +20,7 @@ pub struct HttpRequest {
     pub(crate) body: Bytes,
     pub(crate) base_url: String,
     pub(crate) configured_base_url: Option<String>,
-    pub(crate) config: std::sync::Arc<crate::host::RequestConfig>,
+    pub(crate) config: std::sync::Arc<crate::config::RequestConfig>,
 }
 
 impl HttpRequest {
@@ -357,6 +357,11 @@ impl IntoHttpResult for HttpResponse {
     }
 }
 
+/// The host settings a request carries.
+pub(crate) fn request_config(req: &HttpRequest) -> &crate::config::RequestConfig {
+    &req.config
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -413,18 +418,17 @@ mod tests {
     /// shows the cause (it goes to the log).
     #[test]
     fn store_failures_answer_503_when_a_retry_may_pass_and_500_otherwise() {
-        use durable_core::store::{BackendError, StoreError};
+        use durable_core::store::StoreError;
         for (backend, status, retry) in [
-            (BackendError::retryable("the disk is full"), 503, Some("2")),
+            (StoreError::unavailable("the disk is full"), 503, Some("2")),
             (
-                BackendError::permanent("the database file is corrupt"),
+                StoreError::corrupt("the database file is corrupt"),
                 500,
                 None,
             ),
         ] {
-            let store = StoreError::Backend(
-                backend.with_source(std::io::Error::other("/var/lib/app/durable.db: I/O error")),
-            );
+            let store =
+                backend.with_source(std::io::Error::other("/var/lib/app/durable.db: I/O error"));
             let e = HttpError::from(durable_core::Error::from(store));
             assert_eq!(e.status.as_u16(), status);
             assert!(!e.message.contains("durable.db"), "{}", e.message);

@@ -15,7 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify, Semaphore};
 use tokio::time::Instant;
 
-use crate::host::App;
+use crate::app::App;
 use crate::public_url::PeerAddr;
 
 /// Connection limits of the standalone server.

@@ -9,6 +9,7 @@ use durable_core::{DurableClient, InstanceState, RuntimeStatus};
 use http::StatusCode;
 use serde_json::{json, Value};
 
+use crate::config::PublicStatus;
 use crate::request::{percent_encode, HttpError, HttpRequest, HttpResponse, HttpResult};
 
 /// The longest `?wait=` a status request may ask for.
@@ -68,35 +69,6 @@ pub fn parse_wait(s: &str) -> Result<Duration, HttpError> {
     })
 }
 
-/// What the public status endpoint shows ([`HostBuilder::public_status`](crate::HostBuilder::public_status),
-/// `DURABLE_PUBLIC_STATUS=full|minimal|off`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum PublicStatus {
-    /// Also the failure message of a failed instance and the reason given to terminate
-    /// one (up to 200 characters). Failure messages can carry file paths or panic text:
-    /// choose this only when they are meant for the public.
-    Full,
-    /// The default: a failed instance shows the fixed reason "the orchestration failed",
-    /// a terminated one "terminated"; the details are for the keyed management API.
-    #[default]
-    Minimal,
-    /// No public status route (it answers 404), and start answers carry only the
-    /// instance id: no `Location`, no `statusQueryGetUri`.
-    Off,
-}
-
-impl PublicStatus {
-    /// Parses `full`, `minimal` or `off` (any case).
-    pub fn parse(s: &str) -> Option<PublicStatus> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "full" => Some(PublicStatus::Full),
-            "minimal" => Some(PublicStatus::Minimal),
-            "off" => Some(PublicStatus::Off),
-            _ => None,
-        }
-    }
-}
-
 /// The reason a failed or terminated instance shows publicly: fixed texts unless the
 /// app chose [`PublicStatus::Full`].
 fn reason(state: &InstanceState, mode: PublicStatus) -> Option<String> {
@@ -145,7 +117,7 @@ pub(crate) async fn public_status(
     req: &HttpRequest,
     id: &str,
 ) -> HttpResult {
-    let cfg = crate::host::request_config(req);
+    let cfg = crate::request::request_config(req);
     durable_core::client::validate_instance_id(id).map_err(HttpError::from)?;
     let wait = req.query("wait").map(parse_wait).transpose()?;
     let mut state = client
@@ -194,7 +166,7 @@ pub trait ClientExt {
 
 impl ClientExt for DurableClient {
     fn check_status_response(&self, req: &HttpRequest, instance_id: &str) -> HttpResponse {
-        let cfg = crate::host::request_config(req);
+        let cfg = crate::request::request_config(req);
         if cfg.public_status == PublicStatus::Off {
             return HttpResponse::json(StatusCode::ACCEPTED, &json!({ "id": instance_id }));
         }
@@ -220,7 +192,7 @@ impl ClientExt for DurableClient {
             )),
             Ok(state) => Ok(HttpResponse::json(
                 StatusCode::OK,
-                &public_body(&state, crate::host::request_config(req).public_status),
+                &public_body(&state, crate::request::request_config(req).public_status),
             )),
             Err(durable_core::Error::Timeout(_)) => {
                 Ok(self.check_status_response(req, instance_id))

@@ -14,7 +14,7 @@ use durable_core::http::{DurableHttpRequest, DurableHttpResponse};
 use durable_core::registry::BoxFuture;
 use durable_core::{
     DurableClient, EventKind, HistoryEvent, MemoryStore, OrchestrationContext, OrchestrationError,
-    Registry, RetryPolicy, Runtime, RuntimeStatus, StartOptions, StatusOptions, Store,
+    Registry, RetryPolicy, RuntimeStatus, StartOptions, StatusOptions, Store, Worker,
 };
 use http::{HeaderMap, Request, Response};
 use http_body_util::{BodyExt, Full};
@@ -166,11 +166,8 @@ fn registry() -> Registry {
         .unwrap()
 }
 
-fn runtime(store: Arc<dyn Store>) -> Runtime {
-    Runtime::builder(store)
-        .registry(registry())
-        .start()
-        .unwrap()
+fn runtime(store: Arc<dyn Store>) -> Worker {
+    Worker::builder(store).registry(registry()).start().unwrap()
 }
 
 async fn start(client: &DurableClient, req: DurableHttpRequest, retry: Option<u32>) -> String {
@@ -489,7 +486,7 @@ async fn a_timeout_that_is_not_handled_fails_the_instance() {
         )
         .build()
         .unwrap();
-    let rt = Runtime::builder(Arc::new(MemoryStore::new()))
+    let rt = Worker::builder(Arc::new(MemoryStore::new()))
         .registry(reg)
         .start()
         .unwrap();
@@ -873,7 +870,7 @@ async fn fan_out_of_calls_in_parallel() {
         )
         .build()
         .unwrap();
-    let rt = Runtime::builder(Arc::new(MemoryStore::new()))
+    let rt = Worker::builder(Arc::new(MemoryStore::new()))
         .registry(reg)
         .start()
         .unwrap();

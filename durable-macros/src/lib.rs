@@ -74,7 +74,7 @@ use kind::Kind;
 /// (`say_hello("Tokyo".into()).await` in a unit test) and a typed handle for
 /// `ctx.call_activity(say_hello, input)`, which checks the input and output types at
 /// compile time; an implementation of `durable_core::Activity`; and a link-time
-/// registration, so `Runtime`/`Host` find it with no list to maintain. The function's
+/// registration, so `Worker`/`Host` find it with no list to maintain. The function's
 /// body is kept as written, renamed, inside a `const _: () = { ... };` block.
 ///
 /// ```

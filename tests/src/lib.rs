@@ -1,1 +1,3 @@
 //! Shared support for the cross-crate tests (the tests live in `tests/tests/`).
+
+pub mod layers;

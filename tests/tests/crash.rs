@@ -91,17 +91,15 @@ async fn sigkill_at_random_moments_loses_nothing() {
             match &e.kind {
                 EventKind::TaskScheduled { .. } => {
                     assert!(
-                        scheduled.insert(e.event_id),
+                        scheduled.insert(e.seq),
                         "{}: step {} scheduled twice",
                         st.instance_id,
-                        e.event_id
+                        e.seq
                     )
                 }
-                EventKind::TaskCompleted {
-                    task_scheduled_id, ..
-                } => assert!(
-                    completed.insert(*task_scheduled_id),
-                    "{}: step {task_scheduled_id} completed twice",
+                EventKind::TaskCompleted { seq, .. } => assert!(
+                    completed.insert(*seq),
+                    "{}: step {seq} completed twice",
                     st.instance_id
                 ),
                 EventKind::ExecutionStarted { .. } => starts += 1,

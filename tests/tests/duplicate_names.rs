@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use durable_core::{MemoryStore, Runtime};
+use durable_core::{MemoryStore, Worker};
 
 mod billing {
     use durable_core::{
@@ -71,7 +71,7 @@ fn location_of(needle: &str) -> String {
 
 #[tokio::test]
 async fn starting_a_runtime_with_duplicate_names_names_both_definitions() {
-    let err = match Runtime::builder(Arc::new(MemoryStore::new())).start() {
+    let err = match Worker::builder(Arc::new(MemoryStore::new())).start() {
         Ok(_) => panic!("a runtime started with duplicate durable names"),
         Err(e) => e.to_string(),
     };

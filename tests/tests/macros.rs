@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use durable_core::{
     activity, orchestrator, ActivityContext, ActivityError, MemoryStore, OrchestrationContext,
-    OrchestrationError, Registry, Runtime,
+    OrchestrationError, Registry, Worker,
 };
 use serde::{Deserialize, Serialize};
 
@@ -91,7 +91,7 @@ fn registrations_are_found_at_link_time() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn typed_handles_run_end_to_end() {
-    let rt = Runtime::builder(Arc::new(MemoryStore::new()))
+    let rt = Worker::builder(Arc::new(MemoryStore::new()))
         .start()
         .unwrap();
     let client = rt.client();
@@ -166,7 +166,7 @@ fn generated_registrations_know_their_input_types() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entity_signals_are_checked_against_the_operations() {
-    let rt = Runtime::builder(Arc::new(MemoryStore::new()))
+    let rt = Worker::builder(Arc::new(MemoryStore::new()))
         .start()
         .unwrap();
     let client = rt.client();

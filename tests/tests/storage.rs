@@ -156,7 +156,12 @@ async fn a_full_disk_fails_writes_as_retryable_and_the_store_recovers_when_space
         .await
         .unwrap();
     let work = store
-        .fetch_orchestration_work_items(Duration::from_secs(30), 10)
+        .fetch_orchestration_work(
+            &durable_core::WorkerId::new("w"),
+            Duration::from_secs(30),
+            10,
+            Duration::ZERO,
+        )
         .await
         .unwrap();
     assert!(!work.is_empty(), "the writer works again");
@@ -247,23 +252,6 @@ fn a_foreign_sqlite_file_is_refused_and_left_byte_for_byte_unchanged() {
             .unwrap();
         assert_eq!(mode, "delete", "{name} was switched to WAL");
     }
-    let _ = std::fs::remove_dir_all(&dir);
-}
-
-#[test]
-fn a_database_written_before_the_application_id_still_opens() {
-    let dir = temp("legacy");
-    let path = dir.join("t.db");
-    drop(SqliteStore::open(&path).unwrap());
-    let conn = rusqlite::Connection::open(&path).unwrap();
-    conn.execute_batch("PRAGMA application_id = 0").unwrap();
-    drop(conn);
-    drop(SqliteStore::open(&path).unwrap());
-    let conn = rusqlite::Connection::open(&path).unwrap();
-    let id: i32 = conn
-        .query_row("PRAGMA application_id", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(id, durable_core::store::sqlite::APPLICATION_ID);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -636,9 +624,9 @@ async fn the_worker_logs_the_failures_it_retries_and_finishes_once_space_returns
         .build()
         .unwrap();
     let store = Arc::new(SqliteStore::open(fs.0.join("t.db")).unwrap());
-    let rt = durable_core::Runtime::builder(store)
+    let rt = durable_core::Worker::builder(store)
         .registry(registry)
-        .options(durable_core::RuntimeOptions {
+        .options(durable_core::WorkerOptions {
             activity_lease: Duration::from_secs(2),
             orchestration_lease: Duration::from_secs(2),
             ..Default::default()

@@ -1,17 +1,40 @@
-//! The store conformance suite: the `Store` contract as executable cases. Every provider
-//! runs [`run_all`] (enable the `testing` feature to use it from another crate). Each case
-//! receives a fresh, empty store.
+//! The store conformance suite: the `Store` contract, every method and every optional
+//! capability, as executable cases. A provider implements [`Harness`] (how to get a fresh,
+//! empty store) and expands [`store_conformance_tests!`](crate::store_conformance_tests),
+//! which makes one `#[tokio::test]` per case (enable the `testing` feature to use it from
+//! another crate). Cases of a capability the store does not offer pass without checking.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use chrono::Utc;
 
 use super::*;
 use crate::history::ParentInstance;
 
+/// A short lease, so cases that wait for one to lapse stay quick.
 const LEASE: Duration = Duration::from_millis(200);
+/// The longest a case waits for something that should happen.
+const PATIENCE: Duration = Duration::from_secs(5);
+
+/// How the conformance cases get stores.
+#[async_trait]
+pub trait Harness: Send + Sync {
+    /// A fresh, empty store.
+    async fn store(&self) -> Arc<dyn Store>;
+
+    /// Another handle on the data of `store`, opened as another process would open it
+    /// (its own connections, its own wake-ups). A store owned by one process returns
+    /// `store` itself, the default.
+    async fn peer(&self, store: &Arc<dyn Store>) -> Arc<dyn Store> {
+        store.clone()
+    }
+}
+
+fn owner() -> WorkerId {
+    WorkerId::new("conformance-worker")
+}
 
 fn new_instance(id: &str) -> NewInstance {
     NewInstance {
@@ -39,7 +62,7 @@ fn event(name: &str) -> HistoryEvent {
 fn commit_for(item: &OrchestrationWorkItem) -> OrchestrationCommit {
     OrchestrationCommit {
         instance_id: item.instance_id.clone(),
-        lock_token: item.lock_token.clone(),
+        lease_token: item.lease_token.clone(),
         consumed: item.messages.iter().map(|(id, _)| *id).collect(),
         history: HistoryUpdate::Append(vec![HistoryEvent::new(
             Utc::now(),
@@ -64,28 +87,96 @@ fn activity(item: &OrchestrationWorkItem, seq: u64) -> ActivityWorkItem {
         id: 0,
         instance_id: item.instance_id.clone(),
         execution_id: st.execution_id.clone(),
-        task_scheduled_id: seq,
+        seq,
         name: "act".into(),
         input: Some("5".into()),
         attempt: 1,
-        lock_token: String::new(),
+        lease_token: String::new(),
         dequeue_count: 0,
     }
 }
 
-async fn fetch(store: &dyn Store) -> OrchestrationWorkItem {
+async fn fetch_many(store: &dyn Store, max: usize, wait: Duration) -> Vec<OrchestrationWorkItem> {
     store
-        .fetch_orchestration_work_item(LEASE)
+        .fetch_orchestration_work(&owner(), LEASE, max, wait)
         .await
         .expect("fetch works")
+}
+
+/// The next work item, waiting for it up to [`PATIENCE`].
+async fn fetch(store: &dyn Store) -> OrchestrationWorkItem {
+    fetch_many(store, 1, PATIENCE)
+        .await
+        .pop()
         .expect("a work item is ready")
 }
 
+/// True when no work item is ready now.
+async fn nothing_ready(store: &dyn Store) -> bool {
+    fetch_many(store, 1, Duration::ZERO).await.is_empty()
+}
+
+async fn fetch_activities(store: &dyn Store, max: usize) -> Vec<ActivityWorkItem> {
+    store
+        .fetch_activity_work(&owner(), LEASE, max, Duration::ZERO)
+        .await
+        .expect("fetch works")
+}
+
+/// The next activity work item, waiting for it up to [`PATIENCE`].
+async fn fetch_activity(store: &dyn Store) -> ActivityWorkItem {
+    store
+        .fetch_activity_work(&owner(), LEASE, 1, PATIENCE)
+        .await
+        .expect("fetch works")
+        .pop()
+        .expect("an activity is ready")
+}
+
 async fn drain(store: &dyn Store) {
-    while let Some(item) = store.fetch_orchestration_work_item(LEASE).await.unwrap() {
-        let mut c = commit_for(&item);
-        c.state = Some(running(&item));
-        store.commit_orchestration(c).await.unwrap();
+    loop {
+        let items = fetch_many(store, 16, Duration::ZERO).await;
+        if items.is_empty() {
+            break;
+        }
+        for item in items {
+            let mut c = commit_for(&item);
+            c.state = Some(running(&item));
+            store.commit_orchestration(c).await.unwrap();
+        }
+    }
+}
+
+/// `a`, running, with one activity scheduled; returns the activity, leased.
+async fn running_with_activity(store: &dyn Store) -> (OrchestrationWorkItem, ActivityWorkItem) {
+    store.create_instance(new_instance("a")).await.unwrap();
+    let item = fetch(store).await;
+    let mut c = commit_for(&item);
+    c.state = Some(running(&item));
+    c.activities.push(activity(&item, 0));
+    store.commit_orchestration(c).await.unwrap();
+    let a = fetch_activity(store).await;
+    (item, a)
+}
+
+fn result_of(a: &ActivityWorkItem) -> OrchestrationMessage {
+    OrchestrationMessage::new(
+        a.instance_id.clone(),
+        HistoryEvent::new(
+            Utc::now(),
+            EventKind::TaskCompleted {
+                seq: a.seq,
+                result: Some("1".into()),
+            },
+        ),
+    )
+    .for_execution(a.execution_id.clone())
+}
+
+fn assert_lease_lost<T: std::fmt::Debug>(r: StoreResult<T>, what: &str) {
+    match r {
+        Err(e) if e.kind() == StoreErrorKind::LeaseLost => {}
+        other => panic!("{what}: expected LeaseLost, got {other:?}"),
     }
 }
 
@@ -107,22 +198,16 @@ pub async fn create_and_duplicate(store: Arc<dyn Store>) {
     c.state = Some(running(&item));
     store.commit_orchestration(c).await.unwrap();
     let err = store.create_instance(new_instance("a")).await.unwrap_err();
-    assert!(
-        matches!(
-            err,
-            StoreError::InstanceExists {
-                status: RuntimeStatus::Running,
-                ..
-            }
-        ),
+    assert_eq!(
+        err.kind(),
+        StoreErrorKind::AlreadyExists {
+            status: RuntimeStatus::Running
+        },
         "{err}"
     );
+    assert_eq!(err.instance_id(), Some("a"));
     assert_eq!(store.read_history("a").await.unwrap().len(), 1);
-    assert!(store
-        .fetch_orchestration_work_item(LEASE)
-        .await
-        .unwrap()
-        .is_none());
+    assert!(nothing_ready(&*store).await);
 }
 
 /// A work item carries at most [`MAX_MESSAGES_PER_WORK_ITEM`] messages, the oldest first;
@@ -161,11 +246,7 @@ pub async fn work_items_are_bounded(store: Arc<dyn Store>) {
         .collect();
     assert_eq!(names(&rest), expected);
     store.commit_orchestration(commit_for(&rest)).await.unwrap();
-    assert!(store
-        .fetch_orchestration_work_item(LEASE)
-        .await
-        .unwrap()
-        .is_none());
+    assert!(nothing_ready(&*store).await);
 }
 
 /// A finished instance is replaced by a create with its id: fresh state and history.
@@ -191,7 +272,8 @@ pub async fn send_to_unknown(store: Arc<dyn Store>) {
         .send_message(OrchestrationMessage::new("nobody", event("e")))
         .await
         .unwrap_err();
-    assert!(matches!(err, StoreError::NotFound(_)), "{err}");
+    assert_eq!(err.kind(), StoreErrorKind::NotFound, "{err}");
+    assert_eq!(err.instance_id(), Some("nobody"));
 }
 
 /// A fetch returns every visible message in arrival order and leases the instance.
@@ -220,11 +302,7 @@ pub async fn fetch_order_and_lease(store: Arc<dyn Store>) {
         .await
         .unwrap();
     assert!(
-        store
-            .fetch_orchestration_work_item(LEASE)
-            .await
-            .unwrap()
-            .is_none(),
+        nothing_ready(&*store).await,
         "a leased instance is not handed out twice"
     );
     store.commit_orchestration(commit_for(&item)).await.unwrap();
@@ -261,7 +339,7 @@ pub async fn commit_applies_everything(store: Arc<dyn Store>) {
     child.parent = Some(ParentInstance {
         instance_id: "p".into(),
         execution_id: item.state.as_ref().unwrap().execution_id.clone(),
-        task_scheduled_id: 1,
+        seq: 1,
         name: "orch".into(),
     });
     c.new_instances.push(child);
@@ -272,7 +350,7 @@ pub async fn commit_applies_everything(store: Arc<dyn Store>) {
     let st = store.get_instance("p").await.unwrap().unwrap();
     assert_eq!(st.custom_status.as_deref(), Some("\"busy\""));
     assert_eq!(store.read_history("p").await.unwrap().len(), 2);
-    let acts = store.fetch_activity_work_items(LEASE, 10).await.unwrap();
+    let acts = fetch_activities(&*store, 10).await;
     assert_eq!(acts.len(), 1);
     assert_eq!(acts[0].dequeue_count, 1);
     assert_eq!(acts[0].input.as_deref(), Some("5"));
@@ -280,9 +358,15 @@ pub async fn commit_applies_everything(store: Arc<dyn Store>) {
     assert_eq!(child.parent.unwrap().instance_id, "p");
     assert!(store.get_instance("ghost").await.unwrap().is_none());
     let mut seen = std::collections::HashMap::new();
-    while let Some(item) = store.fetch_orchestration_work_item(LEASE).await.unwrap() {
-        seen.insert(item.instance_id.clone(), item.messages.len());
-        store.commit_orchestration(commit_for(&item)).await.unwrap();
+    loop {
+        let items = fetch_many(&*store, 16, Duration::ZERO).await;
+        if items.is_empty() {
+            break;
+        }
+        for item in items {
+            seen.insert(item.instance_id.clone(), item.messages.len());
+            store.commit_orchestration(commit_for(&item)).await.unwrap();
+        }
     }
     assert_eq!(seen.get("other"), Some(&1));
     assert_eq!(
@@ -307,7 +391,7 @@ pub async fn child_conflict_fails_parent(store: Arc<dyn Store>) {
     child.parent = Some(ParentInstance {
         instance_id: "p".into(),
         execution_id: item.state.as_ref().unwrap().execution_id.clone(),
-        task_scheduled_id: 3,
+        seq: 3,
         name: "orch".into(),
     });
     c.new_instances.push(child);
@@ -316,92 +400,161 @@ pub async fn child_conflict_fails_parent(store: Arc<dyn Store>) {
     assert_eq!(item.instance_id, "p");
     assert!(matches!(
         item.messages[0].1.event.kind,
-        EventKind::SubOrchestrationInstanceFailed {
-            task_scheduled_id: 3,
-            ..
-        }
+        EventKind::SubOrchestrationInstanceFailed { seq: 3, .. }
     ));
 }
 
-/// A commit with a stale lock token is refused and changes nothing (fencing).
+/// A commit with a stale lease token is refused and changes nothing (fencing); a lapsed
+/// lease makes the instance fetchable again, and a waiting fetch takes it when it lapses.
 pub async fn fencing(store: Arc<dyn Store>) {
     store.create_instance(new_instance("a")).await.unwrap();
     let first = fetch(&*store).await;
-    tokio::time::sleep(LEASE + Duration::from_millis(50)).await;
     let second = fetch(&*store).await;
-    assert_ne!(first.lock_token, second.lock_token);
+    assert_ne!(first.lease_token, second.lease_token);
     let mut stale = commit_for(&first);
     stale.state = Some(running(&first));
-    assert_eq!(
-        store.commit_orchestration(stale).await.unwrap_err(),
-        StoreError::LockLost
-    );
+    assert_lease_lost(store.commit_orchestration(stale).await, "stale commit");
     assert!(store.read_history("a").await.unwrap().is_empty());
     assert_eq!(
         store.get_instance("a").await.unwrap().unwrap().status,
         RuntimeStatus::Pending
     );
     let mut wrong = commit_for(&second);
-    wrong.lock_token = "not-a-token".into();
-    assert_eq!(
-        store.commit_orchestration(wrong).await.unwrap_err(),
-        StoreError::LockLost
-    );
+    wrong.lease_token = "not-a-token".into();
+    assert_lease_lost(store.commit_orchestration(wrong).await, "wrong token");
     store
         .commit_orchestration(commit_for(&second))
         .await
         .unwrap();
 }
 
-/// Abandoning releases the lease; the messages come back after the delay.
+/// Abandoning releases the lease; the messages come back after the delay; a stale token
+/// is refused.
 pub async fn abandon(store: Arc<dyn Store>) {
     store.create_instance(new_instance("a")).await.unwrap();
     let item = fetch(&*store).await;
     store
-        .abandon_orchestration_work_item("a", &item.lock_token, Duration::ZERO)
+        .abandon_orchestration("a", &item.lease_token, Duration::ZERO)
         .await
         .unwrap();
+    assert_lease_lost(
+        store
+            .abandon_orchestration("a", &item.lease_token, Duration::ZERO)
+            .await,
+        "abandoning twice",
+    );
     let item = fetch(&*store).await;
     store
-        .abandon_orchestration_work_item("a", &item.lock_token, Duration::from_millis(150))
+        .abandon_orchestration("a", &item.lease_token, Duration::from_millis(150))
         .await
         .unwrap();
-    assert!(store
-        .fetch_orchestration_work_item(LEASE)
-        .await
-        .unwrap()
-        .is_none());
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(nothing_ready(&*store).await);
     let again = fetch(&*store).await;
     assert_eq!(again.messages.len(), 1);
 }
 
-/// Delayed messages wait for their time, are reported by `next_wakeup`, and storing one
-/// signals idle dispatchers.
+/// Renewing an instance's lease keeps others from taking it past the first expiry; a stale
+/// token cannot renew.
+pub async fn renew_orchestration_lease(store: Arc<dyn Store>) {
+    store.create_instance(new_instance("a")).await.unwrap();
+    let item = fetch(&*store).await;
+    store
+        .renew_orchestration_lease("a", &item.lease_token, Duration::from_secs(60))
+        .await
+        .unwrap();
+    // Well past the first lease: still held.
+    let taken = fetch_many(&*store, 1, LEASE * 3).await;
+    assert!(taken.is_empty(), "a renewed lease is not taken over");
+    assert_lease_lost(
+        store
+            .renew_orchestration_lease("a", "not-a-token", LEASE)
+            .await,
+        "renewing with a wrong token",
+    );
+    store.commit_orchestration(commit_for(&item)).await.unwrap();
+    assert_lease_lost(
+        store
+            .renew_orchestration_lease("a", &item.lease_token, LEASE)
+            .await,
+        "renewing a released lease",
+    );
+}
+
+/// Delayed messages (timers) wait for their time on the store's clock; a fetch that is
+/// already waiting when one is stored takes it when it comes due.
 pub async fn delayed_messages(store: Arc<dyn Store>) {
     store.create_instance(new_instance("a")).await.unwrap();
     drain(&*store).await;
-    let notified = store.signals().orchestrations.notified();
-    tokio::pin!(notified);
-    notified.as_mut().enable();
-    let at = Utc::now() + chrono::Duration::milliseconds(200);
+    let waiting = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .fetch_orchestration_work(&owner(), LEASE, 1, PATIENCE)
+                .await
+        })
+    };
+    let at = store.clock().now() + chrono::Duration::milliseconds(300);
     store
         .send_message(OrchestrationMessage::new("a", event("later")).visible_at(at))
         .await
         .unwrap();
-    tokio::time::timeout(Duration::from_secs(1), notified)
+    assert!(nothing_ready(&*store).await, "not before its time");
+    let items = waiting.await.unwrap().unwrap();
+    assert_eq!(items.len(), 1, "the waiting fetch takes it when due");
+    assert_eq!(items[0].messages.len(), 1);
+    assert!(
+        store.clock().now() >= at,
+        "delivered at its time on the store's clock"
+    );
+}
+
+/// A fetch with a wait returns as soon as work arrives, and empty when none arrives in
+/// time; a fetch without a wait returns at once.
+pub async fn fetch_waits_for_work(store: Arc<dyn Store>) {
+    assert!(nothing_ready(&*store).await);
+    let started = tokio::time::Instant::now();
+    assert!(fetch_many(&*store, 1, Duration::from_millis(100))
         .await
-        .expect("storing a delayed message signals dispatchers");
-    assert!(store
-        .fetch_orchestration_work_item(LEASE)
+        .is_empty());
+    assert!(
+        started.elapsed() >= Duration::from_millis(100),
+        "waits up to `wait`"
+    );
+    let waiting = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .fetch_orchestration_work(&owner(), LEASE, 1, PATIENCE)
+                .await
+        })
+    };
+    tokio::task::yield_now().await;
+    store.create_instance(new_instance("a")).await.unwrap();
+    let items = tokio::time::timeout(PATIENCE, waiting)
         .await
+        .expect("the waiting fetch returns")
         .unwrap()
-        .is_none());
-    let wake = store.next_wakeup().await.unwrap().expect("a wake-up time");
-    assert!(wake <= at + chrono::Duration::milliseconds(1));
-    tokio::time::sleep(Duration::from_millis(250)).await;
-    let item = fetch(&*store).await;
-    assert_eq!(item.messages.len(), 1);
+        .unwrap();
+    assert_eq!(items.len(), 1, "it wakes for the new instance");
+    assert_eq!(items[0].instance_id, "a");
+}
+
+/// A fetch leases at most `max` instances, each once.
+pub async fn fetch_takes_up_to_max(store: Arc<dyn Store>) {
+    for id in ["a", "b", "c", "d", "e"] {
+        store.create_instance(new_instance(id)).await.unwrap();
+    }
+    let first = fetch_many(&*store, 3, Duration::ZERO).await;
+    assert_eq!(first.len(), 3);
+    let rest = fetch_many(&*store, 10, Duration::ZERO).await;
+    assert_eq!(rest.len(), 2);
+    let mut ids: Vec<String> = first
+        .iter()
+        .chain(&rest)
+        .map(|i| i.instance_id.clone())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["a", "b", "c", "d", "e"]);
 }
 
 /// Activity leases: complete, renew, abandon, and fencing after a takeover.
@@ -413,7 +566,7 @@ pub async fn activity_leases(store: Arc<dyn Store>) {
     c.activities.push(activity(&item, 0));
     c.activities.push(activity(&item, 1));
     store.commit_orchestration(c).await.unwrap();
-    let acts = store.fetch_activity_work_items(LEASE, 1).await.unwrap();
+    let acts = fetch_activities(&*store, 1).await;
     assert_eq!(acts.len(), 1);
     let a0 = acts[0].clone();
     let exec = item.state.as_ref().unwrap().execution_id.clone();
@@ -423,7 +576,7 @@ pub async fn activity_leases(store: Arc<dyn Store>) {
             HistoryEvent::new(
                 Utc::now(),
                 EventKind::TaskCompleted {
-                    task_scheduled_id: seq,
+                    seq,
                     result: Some("1".into()),
                 },
             ),
@@ -434,47 +587,33 @@ pub async fn activity_leases(store: Arc<dyn Store>) {
         .renew_activity_lease(&a0, Duration::from_secs(5))
         .await
         .unwrap();
-    store
-        .complete_activity(&a0, done(a0.task_scheduled_id))
-        .await
-        .unwrap();
-    assert_eq!(
-        store
-            .complete_activity(&a0, done(a0.task_scheduled_id))
-            .await
-            .unwrap_err(),
-        StoreError::LockLost,
-        "a completed item cannot complete twice"
+    store.complete_activity(&a0, done(a0.seq)).await.unwrap();
+    assert_lease_lost(
+        store.complete_activity(&a0, done(a0.seq)).await,
+        "a completed item cannot complete twice",
     );
-    let a1 = store
-        .fetch_activity_work_items(LEASE, 10)
-        .await
-        .unwrap()
-        .remove(0);
+    let a1 = fetch_activities(&*store, 10).await.remove(0);
     store.abandon_activity(&a1, Duration::ZERO).await.unwrap();
-    let a1b = store
-        .fetch_activity_work_items(LEASE, 10)
-        .await
-        .unwrap()
-        .remove(0);
+    assert_lease_lost(
+        store.abandon_activity(&a1, Duration::ZERO).await,
+        "abandoning twice",
+    );
+    let a1b = fetch_activities(&*store, 10).await.remove(0);
     assert_eq!(a1b.id, a1.id);
     assert_eq!(a1b.dequeue_count, 2);
-    tokio::time::sleep(LEASE + Duration::from_millis(50)).await;
-    let a1c = store
-        .fetch_activity_work_items(LEASE, 10)
-        .await
-        .unwrap()
-        .remove(0);
+    assert!(
+        fetch_activities(&*store, 10).await.is_empty(),
+        "leased once"
+    );
+    // Waits for the lease to lapse, then takes the item over.
+    let a1c = fetch_activity(&*store).await;
+    assert_eq!(a1c.id, a1.id);
     assert_eq!(a1c.dequeue_count, 3);
-    assert_eq!(
-        store.complete_activity(&a1b, done(1)).await.unwrap_err(),
-        StoreError::LockLost,
-        "the worker whose lease expired is fenced off"
+    assert_lease_lost(
+        store.complete_activity(&a1b, done(1)).await,
+        "the worker whose lease lapsed is fenced off",
     );
-    assert_eq!(
-        store.renew_activity_lease(&a1b, LEASE).await.unwrap_err(),
-        StoreError::LockLost
-    );
+    assert_lease_lost(store.renew_activity_lease(&a1b, LEASE).await, "stale renew");
     store.complete_activity(&a1c, done(1)).await.unwrap();
     let item = fetch(&*store).await;
     assert_eq!(item.messages.len(), 2);
@@ -574,7 +713,7 @@ pub async fn listing(store: Arc<dyn Store>) {
         .list_instances(&all, 3, Some("garbage"))
         .await
         .unwrap_err();
-    assert!(matches!(err, StoreError::Invalid(_)), "{err}");
+    assert_eq!(err.kind(), StoreErrorKind::Invalid, "{err}");
 }
 
 /// Purging one instance, and finished instances by filter.
@@ -611,93 +750,519 @@ pub async fn purging(store: Arc<dyn Store>) {
     );
 }
 
-/// Payloads over the limit are refused with their size and the limit; nothing changes.
-pub async fn payload_limit(store: Arc<dyn Store>) {
-    let limit = store.max_payload_bytes();
-    let big = format!("\"{}\"", "x".repeat(limit + 10));
-    let mut n = new_instance("big");
-    n.input = Some(big.clone());
-    match store.create_instance(n).await.unwrap_err() {
-        StoreError::PayloadTooLarge { size, limit: l, .. } => {
-            assert_eq!(size, big.len());
-            assert_eq!(l, limit);
-        }
-        other => panic!("expected PayloadTooLarge, got {other}"),
-    }
-    assert!(store.get_instance("big").await.unwrap().is_none());
+/// An abandoned activity with a delay comes back after it; a renewed activity lease
+/// outlives the first expiry.
+pub async fn activity_delay_and_renew(store: Arc<dyn Store>) {
+    let (_, a) = running_with_activity(&*store).await;
+    store
+        .renew_activity_lease(&a, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let taken = store
+        .fetch_activity_work(&owner(), LEASE, 1, LEASE * 3)
+        .await
+        .unwrap();
+    assert!(taken.is_empty(), "a renewed lease is not taken over");
+    store
+        .abandon_activity(&a, Duration::from_millis(150))
+        .await
+        .unwrap();
+    assert!(
+        fetch_activities(&*store, 1).await.is_empty(),
+        "not before the delay"
+    );
+    let again = fetch_activity(&*store).await;
+    assert_eq!(again.id, a.id);
+}
+
+/// A fetch of activities waits for work a commit schedules.
+pub async fn activity_fetch_waits(store: Arc<dyn Store>) {
     store.create_instance(new_instance("a")).await.unwrap();
+    let item = fetch(&*store).await;
+    let waiting = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .fetch_activity_work(&owner(), LEASE, 4, PATIENCE)
+                .await
+        })
+    };
+    tokio::task::yield_now().await;
+    let mut c = commit_for(&item);
+    c.activities.push(activity(&item, 0));
+    store.commit_orchestration(c).await.unwrap();
+    let got = tokio::time::timeout(PATIENCE, waiting)
+        .await
+        .expect("the waiting fetch returns")
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].dequeue_count, 1);
+}
+
+/// `release_leases` gives back exactly the leases of one owner, instances and activities,
+/// making their work visible at once.
+pub async fn release_leases(store: Arc<dyn Store>) {
+    let (_, a) = running_with_activity(&*store).await;
+    store.create_instance(new_instance("b")).await.unwrap();
+    store.create_instance(new_instance("c")).await.unwrap();
+    let mine = fetch(&*store).await;
+    let theirs = store
+        .fetch_orchestration_work(
+            &WorkerId::new("someone-else"),
+            Duration::from_secs(60),
+            1,
+            PATIENCE,
+        )
+        .await
+        .unwrap()
+        .pop()
+        .expect("a work item for the other worker");
+    assert_ne!(mine.instance_id, theirs.instance_id);
+    let n = store.release_leases(&owner()).await.unwrap();
+    assert_eq!(n, 2, "one instance and one activity");
+    assert_lease_lost(
+        store.commit_orchestration(commit_for(&mine)).await,
+        "a released instance lease",
+    );
+    assert_lease_lost(
+        store.complete_activity(&a, result_of(&a)).await,
+        "a released activity lease",
+    );
+    let again = fetch_many(&*store, 10, Duration::ZERO).await;
+    assert_eq!(again.len(), 1, "only the released instance is free");
+    assert_eq!(again[0].instance_id, mine.instance_id);
+    let act = fetch_activities(&*store, 10).await;
+    assert_eq!(act.len(), 1);
+    assert_eq!(act[0].id, a.id);
+    store
+        .commit_orchestration(commit_for(&theirs))
+        .await
+        .expect("the other worker's lease is untouched");
+    assert_eq!(
+        store
+            .release_leases(&WorkerId::new("nobody"))
+            .await
+            .unwrap(),
+        0
+    );
+}
+
+/// History reads: appended events in order, a replacement (continue-as-new) starts over,
+/// an unknown instance has none.
+pub async fn history_reads(store: Arc<dyn Store>) {
+    store.create_instance(new_instance("a")).await.unwrap();
+    let item = fetch(&*store).await;
+    let mut c = commit_for(&item);
+    if let HistoryUpdate::Append(events) = &mut c.history {
+        events.push(event("one"));
+        events.push(event("two"));
+    }
+    c.state = Some(running(&item));
+    store.commit_orchestration(c).await.unwrap();
+    let names = |h: &[HistoryEvent]| -> Vec<String> {
+        h.iter()
+            .map(|e| match &e.kind {
+                EventKind::EventRaised { name, .. } => name.clone(),
+                k => k.type_name().to_string(),
+            })
+            .collect()
+    };
+    let h = store.read_history("a").await.unwrap();
+    assert_eq!(names(&h), ["OrchestratorStarted", "one", "two"]);
+    store
+        .send_message(OrchestrationMessage::new("a", event("go")))
+        .await
+        .unwrap();
+    let item = fetch(&*store).await;
+    assert_eq!(item.history_len, 3);
+    let mut c = commit_for(&item);
+    c.history = HistoryUpdate::Replace(vec![event("fresh")]);
+    store.commit_orchestration(c).await.unwrap();
+    let h = store.read_history("a").await.unwrap();
+    assert_eq!(names(&h), ["fresh"]);
+    assert!(store.read_history("nobody").await.unwrap().is_empty());
+    assert!(store.get_instance("nobody").await.unwrap().is_none());
+}
+
+/// `wait_for_instance` returns when a commit changes the state (also one made through
+/// another handle on the same data), at once when the state already differs from what the
+/// caller saw, and with the unchanged state when the timeout passes.
+pub async fn wait_for_instance(store: Arc<dyn Store>, peer: Arc<dyn Store>) {
+    store.create_instance(new_instance("a")).await.unwrap();
+    let pending = store.get_instance("a").await.unwrap();
+    let same = store
+        .wait_for_instance("a", pending.as_ref(), Duration::from_millis(50))
+        .await
+        .unwrap();
+    assert_eq!(same, pending, "timed out: the state as it is");
+    let none_seen = store.wait_for_instance("a", None, PATIENCE).await.unwrap();
+    assert_eq!(none_seen, pending, "already different from what was seen");
+    let waiting = {
+        let store = store.clone();
+        let pending = pending.clone();
+        tokio::spawn(async move {
+            store
+                .wait_for_instance("a", pending.as_ref(), PATIENCE)
+                .await
+        })
+    };
+    tokio::task::yield_now().await;
+    let item = fetch(&*peer).await;
+    let mut c = commit_for(&item);
+    c.state = Some(running(&item));
+    peer.commit_orchestration(c).await.unwrap();
+    let changed = tokio::time::timeout(PATIENCE, waiting)
+        .await
+        .expect("the waiter returns")
+        .unwrap()
+        .unwrap()
+        .expect("the instance exists");
+    assert_eq!(changed.status, RuntimeStatus::Running);
+}
+
+/// `wait_for_instance_until` returns once its condition holds, and with the last state when
+/// the timeout passes first.
+pub async fn wait_for_instance_until(store: Arc<dyn Store>) {
+    store.create_instance(new_instance("a")).await.unwrap();
+    let finished = |s: Option<&InstanceState>| s.is_some_and(|s| s.status.is_terminal());
+    let last = store
+        .wait_for_instance_until("a", Duration::from_millis(50), &finished)
+        .await
+        .unwrap();
+    assert_eq!(last.unwrap().status, RuntimeStatus::Pending);
+    let waiting = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let finished = |s: Option<&InstanceState>| s.is_some_and(|s| s.status.is_terminal());
+            store
+                .wait_for_instance_until("a", PATIENCE, &finished)
+                .await
+        })
+    };
+    // Two changes: running (not enough), then completed.
+    let item = fetch(&*store).await;
+    let mut c = commit_for(&item);
+    c.state = Some(running(&item));
+    store.commit_orchestration(c).await.unwrap();
+    store
+        .send_message(OrchestrationMessage::new("a", event("finish")))
+        .await
+        .unwrap();
     let item = fetch(&*store).await;
     let mut c = commit_for(&item);
     let mut st = running(&item);
-    st.output = Some(big.clone());
+    st.status = RuntimeStatus::Completed;
     c.state = Some(st);
-    assert!(matches!(
-        store.commit_orchestration(c).await.unwrap_err(),
-        StoreError::PayloadTooLarge { .. }
-    ));
-    assert!(store.read_history("a").await.unwrap().is_empty());
-    let mut c = commit_for(&item);
-    c.state = Some(running(&item));
-    c.activities.push(activity(&item, 0));
     store.commit_orchestration(c).await.unwrap();
-    let a = store
-        .fetch_activity_work_items(LEASE, 1)
+    let done = tokio::time::timeout(PATIENCE, waiting)
+        .await
+        .expect("the waiter returns")
+        .unwrap()
+        .unwrap();
+    assert_eq!(done.unwrap().status, RuntimeStatus::Completed);
+}
+
+/// The store's clock reads the current time, and work items lease from it.
+pub async fn clock_reads_now(store: Arc<dyn Store>) {
+    let before = Utc::now() - chrono::Duration::seconds(5);
+    let now = store.clock().now();
+    let after_ = Utc::now() + chrono::Duration::seconds(5);
+    assert!(before <= now && now <= after_, "{now} is not about now");
+}
+
+/// Closing flushes and succeeds.
+pub async fn close(store: Arc<dyn Store>) {
+    store.create_instance(new_instance("a")).await.unwrap();
+    store.close().await.expect("close works");
+}
+
+/// [`FastPaths::commit_orchestration_and_lease`]: the commit leases up to `max` of its new
+/// activities to the caller (the rest are queued), deletes the completed activity, and a
+/// lost lease on that activity refuses the whole commit.
+pub async fn fast_commit_and_lease(store: Arc<dyn Store>) {
+    let Some(fast) = store.fast_paths() else {
+        return;
+    };
+    let (_, a) = running_with_activity(&*store).await;
+    let item = fast
+        .lease_instance_for_result(&a, &owner(), LEASE)
         .await
         .unwrap()
-        .remove(0);
-    let msg = OrchestrationMessage::new(
-        "a",
-        HistoryEvent::new(
-            Utc::now(),
-            EventKind::TaskCompleted {
-                task_scheduled_id: 0,
-                result: Some(big),
-            },
-        ),
+        .expect("the instance is free");
+    let mut c = commit_for(&item);
+    c.activities.push(activity(&item, 1));
+    c.activities.push(activity(&item, 2));
+    c.activities.push(activity(&item, 3));
+    let direct = DirectLease {
+        owner: &owner(),
+        lease: Duration::from_secs(60),
+        max: 2,
+    };
+    let leased = fast
+        .commit_orchestration_and_lease(c, Some(&a), direct)
+        .await
+        .unwrap();
+    assert_eq!(leased.len(), 2);
+    assert!(leased
+        .iter()
+        .all(|l| l.dequeue_count == 1 && !l.lease_token.is_empty()));
+    let queued = fetch_activities(&*store, 10).await;
+    assert_eq!(queued.len(), 1, "the rest are queued");
+    assert_lease_lost(
+        store.complete_activity(&a, result_of(&a)).await,
+        "the completed activity is gone",
     );
+    for l in &leased {
+        store.complete_activity(l, result_of(l)).await.unwrap();
+    }
+    // A lost activity lease refuses the commit as a whole.
+    let item = fetch(&*store).await;
+    let mut c = commit_for(&item);
+    c.state = Some({
+        let mut s = running(&item);
+        s.custom_status = Some("\"changed\"".into());
+        s
+    });
+    let direct = DirectLease {
+        owner: &owner(),
+        lease: LEASE,
+        max: 0,
+    };
+    assert_lease_lost(
+        fast.commit_orchestration_and_lease(c.clone(), Some(&a), direct)
+            .await,
+        "a lost activity lease",
+    );
+    assert_eq!(
+        store
+            .get_instance("a")
+            .await
+            .unwrap()
+            .unwrap()
+            .custom_status,
+        None,
+        "nothing changed"
+    );
+    let mut stale = c.clone();
+    stale.lease_token = "not-a-token".into();
+    assert_lease_lost(
+        fast.commit_orchestration_and_lease(stale, None, direct)
+            .await,
+        "a stale instance lease",
+    );
+    assert!(fast
+        .commit_orchestration_and_lease(c, None, direct)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+/// [`FastPaths::commit_unleased`]: a compare-and-set on execution id, history length and no
+/// waiting message; refused with nothing changed when any differs or the instance is held.
+pub async fn fast_commit_unleased(store: Arc<dyn Store>) {
+    let Some(fast) = store.fast_paths() else {
+        return;
+    };
+    let (item, a) = running_with_activity(&*store).await;
+    let exec = item.state.as_ref().unwrap().execution_id.clone();
+    let len = store.read_history("a").await.unwrap().len() as u64;
+    let direct = DirectLease {
+        owner: &owner(),
+        lease: LEASE,
+        max: 4,
+    };
+    let unleased = |extra: &str| {
+        let mut c = commit_for(&item);
+        c.lease_token = String::new();
+        c.consumed.clear();
+        c.history = HistoryUpdate::Append(vec![event(extra)]);
+        c
+    };
+    assert_lease_lost(
+        fast.commit_unleased(unleased("x"), "other-execution", len, &a, direct)
+            .await,
+        "another execution",
+    );
+    assert_lease_lost(
+        fast.commit_unleased(unleased("x"), &exec, len + 1, &a, direct)
+            .await,
+        "another history length",
+    );
+    // A waiting message refuses it.
+    store
+        .send_message(OrchestrationMessage::new("a", event("waiting")))
+        .await
+        .unwrap();
+    assert_lease_lost(
+        fast.commit_unleased(unleased("x"), &exec, len, &a, direct)
+            .await,
+        "a waiting message",
+    );
+    // A held instance refuses it.
+    let held = fetch(&*store).await;
+    assert_lease_lost(
+        fast.commit_unleased(unleased("x"), &exec, len, &a, direct)
+            .await,
+        "a held instance",
+    );
+    assert_eq!(
+        store.read_history("a").await.unwrap().len() as u64,
+        len,
+        "nothing changed"
+    );
+    let mut c = commit_for(&held);
+    c.history = HistoryUpdate::Append(Vec::new());
+    store.commit_orchestration(c).await.unwrap();
+    // In sync: it applies, deletes the activity and leases the new ones.
+    let mut c = unleased("applied");
+    c.activities.push(activity(&item, 5));
+    let leased = fast
+        .commit_unleased(c, &exec, len, &a, direct)
+        .await
+        .unwrap();
+    assert_eq!(leased.len(), 1);
+    assert_eq!(store.read_history("a").await.unwrap().len() as u64, len + 1);
+    assert_lease_lost(
+        store.complete_activity(&a, result_of(&a)).await,
+        "the completed activity is gone",
+    );
+    // Its activity lease must be held.
+    assert_lease_lost(
+        fast.commit_unleased(unleased("y"), &exec, len + 1, &a, direct)
+            .await,
+        "a lost activity lease",
+    );
+}
+
+/// [`FastPaths::lease_instance_for_result`]: leases a free instance while the activity's
+/// lease holds, records nothing; None when the instance is held or the activity's lease is
+/// lost.
+pub async fn fast_lease_instance_for_result(store: Arc<dyn Store>) {
+    let Some(fast) = store.fast_paths() else {
+        return;
+    };
+    let (_, a) = running_with_activity(&*store).await;
+    let item = fast
+        .lease_instance_for_result(&a, &owner(), LEASE)
+        .await
+        .unwrap()
+        .expect("the instance is free");
+    assert_eq!(item.instance_id, "a");
+    assert!(item.messages.is_empty(), "the result is not recorded");
+    assert!(
+        fast.lease_instance_for_result(&a, &owner(), LEASE)
+            .await
+            .unwrap()
+            .is_none(),
+        "the instance is held now"
+    );
+    assert!(nothing_ready(&*store).await);
+    store
+        .abandon_orchestration("a", &item.lease_token, Duration::ZERO)
+        .await
+        .unwrap();
+    store.abandon_activity(&a, Duration::ZERO).await.unwrap();
+    assert!(
+        fast.lease_instance_for_result(&a, &owner(), LEASE)
+            .await
+            .unwrap()
+            .is_none(),
+        "the activity's lease is gone"
+    );
+    // The activity runs again: nothing was lost.
+    assert_eq!(fetch_activity(&*store).await.id, a.id);
+}
+
+/// [`FastPaths::complete_activity_and_fetch`]: records the result and leases the free
+/// instance with it in one step; when the instance is held the result waits for the next
+/// fetch; a lost activity lease is refused.
+pub async fn fast_complete_activity_and_fetch(store: Arc<dyn Store>) {
+    let Some(fast) = store.fast_paths() else {
+        return;
+    };
+    let (item, a) = {
+        store.create_instance(new_instance("a")).await.unwrap();
+        let item = fetch(&*store).await;
+        let mut c = commit_for(&item);
+        c.state = Some(running(&item));
+        c.activities.push(activity(&item, 0));
+        c.activities.push(activity(&item, 1));
+        store.commit_orchestration(c).await.unwrap();
+        (item, fetch_activities(&*store, 2).await)
+    };
+    let _ = item;
+    let work = fast
+        .complete_activity_and_fetch(&a[0], result_of(&a[0]), &owner(), LEASE)
+        .await
+        .unwrap()
+        .expect("the instance was free");
+    assert_eq!(work.messages.len(), 1);
     assert!(matches!(
-        store.complete_activity(&a, msg).await.unwrap_err(),
-        StoreError::PayloadTooLarge { .. }
+        work.messages[0].1.event.kind,
+        EventKind::TaskCompleted { seq: 0, .. }
+    ));
+    assert_lease_lost(
+        fast.complete_activity_and_fetch(&a[0], result_of(&a[0]), &owner(), LEASE)
+            .await,
+        "completing twice",
+    );
+    // Held by the first: the second result waits.
+    assert!(fast
+        .complete_activity_and_fetch(&a[1], result_of(&a[1]), &owner(), LEASE)
+        .await
+        .unwrap()
+        .is_none());
+    store.commit_orchestration(commit_for(&work)).await.unwrap();
+    let next = fetch(&*store).await;
+    assert_eq!(next.messages.len(), 1);
+    assert!(matches!(
+        next.messages[0].1.event.kind,
+        EventKind::TaskCompleted { seq: 1, .. }
     ));
 }
 
-/// Waiters of an instance are woken when a commit changes its state.
-pub async fn instance_change_signal(store: Arc<dyn Store>) {
-    store.create_instance(new_instance("a")).await.unwrap();
-    let waiter = store.signals().instance_waiter("a");
-    let notified = waiter.notified();
-    tokio::pin!(notified);
-    notified.as_mut().enable();
-    let item = fetch(&*store).await;
-    let mut c = commit_for(&item);
-    c.state = Some(running(&item));
-    store.commit_orchestration(c).await.unwrap();
-    tokio::time::timeout(Duration::from_secs(1), notified)
-        .await
-        .expect("the waiter is woken");
-}
-
-/// Runs every case, each on a fresh store from `make`.
-pub async fn run_all<F, Fut>(make: F)
-where
-    F: Fn() -> Fut,
-    Fut: Future<Output = Arc<dyn Store>>,
-{
-    create_and_duplicate(make().await).await;
-    replace_finished_instance(make().await).await;
-    send_to_unknown(make().await).await;
-    fetch_order_and_lease(make().await).await;
-    commit_applies_everything(make().await).await;
-    child_conflict_fails_parent(make().await).await;
-    fencing(make().await).await;
-    abandon(make().await).await;
-    delayed_messages(make().await).await;
-    activity_leases(make().await).await;
-    listing(make().await).await;
-    purging(make().await).await;
-    payload_limit(make().await).await;
-    instance_change_signal(make().await).await;
-    work_items_are_bounded(make().await).await;
+/// Expands one `#[tokio::test]` per conformance case for the [`Harness`] built by `$harness`
+/// (an expression). Put it in a module of its own per provider:
+///
+/// ```ignore
+/// mod memory_conformance {
+///     durable_core::store_conformance_tests!(crate::MyHarness::new());
+/// }
+/// ```
+///
+/// The calling crate needs `tokio` with the `macros` and `rt-multi-thread` features.
+#[macro_export]
+macro_rules! store_conformance_tests {
+    ($harness:expr) => {
+        $crate::store_conformance_tests!(@cases $harness;
+            create_and_duplicate, replace_finished_instance, send_to_unknown,
+            fetch_order_and_lease, fetch_takes_up_to_max, fetch_waits_for_work,
+            work_items_are_bounded, commit_applies_everything, child_conflict_fails_parent,
+            fencing, abandon, renew_orchestration_lease, delayed_messages, activity_leases,
+            activity_delay_and_renew, activity_fetch_waits, release_leases, history_reads,
+            listing, purging, wait_for_instance_until, clock_reads_now, close,
+            fast_commit_and_lease, fast_commit_unleased, fast_lease_instance_for_result,
+            fast_complete_activity_and_fetch
+        );
+        #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn wait_for_instance() {
+            let harness = $harness;
+            let store = $crate::store::conformance::Harness::store(&harness).await;
+            let peer = $crate::store::conformance::Harness::peer(&harness, &store).await;
+            $crate::store::conformance::wait_for_instance(store, peer).await;
+        }
+    };
+    (@cases $harness:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let harness = $harness;
+                let store = $crate::store::conformance::Harness::store(&harness).await;
+                $crate::store::conformance::$case(store).await;
+            }
+        )*
+    };
 }
 
 #[cfg(test)]
@@ -705,31 +1270,57 @@ mod tests {
     use super::*;
     use crate::store::memory::MemoryStore;
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn memory_store_conforms() {
-        run_all(|| async { Arc::new(MemoryStore::with_max_payload(64 * 1024)) as Arc<dyn Store> })
-            .await;
+    struct Memory;
+
+    #[async_trait]
+    impl Harness for Memory {
+        async fn store(&self) -> Arc<dyn Store> {
+            Arc::new(MemoryStore::new())
+        }
+    }
+
+    mod memory {
+        crate::store_conformance_tests!(super::Memory);
     }
 
     #[cfg(feature = "sqlite")]
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn sqlite_store_conforms() {
-        let dir = std::env::temp_dir().join(format!("durable-conformance-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let counter = std::sync::atomic::AtomicU32::new(0);
-        run_all(|| {
-            let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let path = dir.join(format!("c{n}.db"));
-            async move {
-                Arc::new(
-                    crate::store::sqlite::SqliteStore::builder(&path)
-                        .max_payload_bytes(64 * 1024)
-                        .open()
-                        .unwrap(),
-                ) as Arc<dyn Store>
+    mod sqlite {
+        use super::*;
+        use crate::store::sqlite::SqliteStore;
+
+        /// A fresh file per store under the temporary directory, removed when the harness
+        /// is dropped.
+        pub(super) struct Sqlite {
+            dir: std::path::PathBuf,
+        }
+
+        impl Sqlite {
+            pub(super) fn new() -> Self {
+                let dir = std::env::temp_dir().join(format!(
+                    "durable-conformance-{}-{}",
+                    std::process::id(),
+                    random_id()
+                ));
+                std::fs::create_dir_all(&dir).unwrap();
+                Self { dir }
             }
-        })
-        .await;
-        let _ = std::fs::remove_dir_all(&dir);
+        }
+
+        impl Drop for Sqlite {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.dir);
+            }
+        }
+
+        #[async_trait]
+        impl Harness for Sqlite {
+            async fn store(&self) -> Arc<dyn Store> {
+                Arc::new(SqliteStore::open(self.dir.join(format!("{}.db", random_id()))).unwrap())
+            }
+        }
+
+        mod cases {
+            crate::store_conformance_tests!(super::Sqlite::new());
+        }
     }
 }

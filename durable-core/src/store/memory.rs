@@ -1,31 +1,33 @@
 //! `MemoryStore`: an in-process store for tests and for measuring the engine's own ceiling.
-//! Not durable: everything is lost when the process exits.
+//! Not durable: everything is lost when the process exits. Implements every capability,
+//! [`FastPaths`] included.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
+use super::signals::LocalSignals;
 use super::*;
 
 /// An in-memory [`Store`]. Cheap to create; share it with `Arc`.
 #[derive(Debug)]
 pub struct MemoryStore {
     inner: Mutex<Inner>,
-    signals: WorkSignals,
-    max_payload: usize,
+    signals: LocalSignals,
+    clock: Arc<dyn Clock>,
 }
 
 #[derive(Debug, Default)]
 struct Inner {
     next_id: u64,
     instances: HashMap<String, Record>,
-    /// Instances that may have visible messages and are not locked.
+    /// Instances that may have visible messages and are not leased.
     ready: VecDeque<String>,
     in_ready: HashSet<String>,
-    /// (visible at, message id, instance): delayed messages and orchestration lease expiries.
+    /// (visible at, entry id, instance): delayed messages and orchestration lease expiries.
     delayed: BTreeSet<(DateTime<Utc>, u64, String)>,
     activities: HashMap<u64, ActivityRecord>,
     activity_ready: VecDeque<u64>,
@@ -38,19 +40,31 @@ struct Record {
     state: Option<InstanceState>,
     history: Vec<HistoryEvent>,
     messages: BTreeMap<u64, OrchestrationMessage>,
-    lock: Option<(String, DateTime<Utc>)>,
+    lease: Option<Lease>,
+}
+
+/// A hold on an instance: a worker's lease (with its owner), or an abandon's delay (no
+/// owner).
+#[derive(Debug)]
+struct Lease {
+    token: String,
+    expires_at: DateTime<Utc>,
+    owner: Option<WorkerId>,
 }
 
 #[derive(Debug)]
 struct ActivityRecord {
     item: ActivityWorkItem,
-    /// Locked (leased) until, or delayed until.
+    /// Leased until, or delayed until.
     busy_until: Option<DateTime<Utc>>,
-    locked: bool,
+    /// The lease's owner while leased.
+    owner: Option<WorkerId>,
 }
 
-fn after(d: Duration) -> DateTime<Utc> {
-    Utc::now() + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+impl ActivityRecord {
+    fn leased_by(&self, item: &ActivityWorkItem) -> bool {
+        self.owner.is_some() && self.item.lease_token == item.lease_token
+    }
 }
 
 impl Default for MemoryStore {
@@ -60,23 +74,51 @@ impl Default for MemoryStore {
 }
 
 impl MemoryStore {
-    /// An empty store with the default payload limit.
+    /// An empty store on the system clock.
     pub fn new() -> Self {
-        Self::with_max_payload(DEFAULT_MAX_PAYLOAD_BYTES)
+        Self::with_clock(Arc::new(SystemClock))
     }
 
-    /// An empty store that refuses payloads over `limit` bytes.
-    pub fn with_max_payload(limit: usize) -> Self {
+    /// An empty store reading lease and timer times from `clock`.
+    pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
         Self {
             inner: Mutex::new(Inner::default()),
-            signals: WorkSignals::default(),
-            max_payload: limit,
+            signals: LocalSignals::default(),
+            clock,
         }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    /// Wakes whoever waits for what a change made visible.
+    fn wake(&self, w: Wake, instance_id: Option<&str>) {
+        if w.orchestrations {
+            self.signals.orchestrations_changed();
+        }
+        if w.activities {
+            self.signals.activities_changed();
+        }
+        for id in instance_id
+            .into_iter()
+            .chain(w.instances.iter().map(|s| s.as_str()))
+        {
+            self.signals.instance_changed(id);
+        }
+    }
+}
+
+/// What a change should wake.
+#[derive(Default)]
+struct Wake {
+    orchestrations: bool,
+    activities: bool,
+    instances: Vec<String>,
 }
 
 impl Inner {
@@ -104,13 +146,10 @@ impl Inner {
         match visible_at {
             Some(t) if t > now => {
                 self.delayed.insert((t, id, instance_id));
-                true
             }
-            _ => {
-                self.mark_ready(&instance_id);
-                true
-            }
+            _ => self.mark_ready(&instance_id),
         }
+        true
     }
 
     fn promote_due(&mut self, now: DateTime<Utc>) {
@@ -120,10 +159,8 @@ impl Inner {
             }
             let (_, _, instance_id) = self.delayed.pop_first().expect("checked non-empty");
             if let Some(rec) = self.instances.get_mut(&instance_id) {
-                if let Some((_, until)) = &rec.lock {
-                    if *until <= now {
-                        rec.lock = None;
-                    }
+                if rec.lease.as_ref().is_some_and(|l| l.expires_at <= now) {
+                    rec.lease = None;
                 }
                 self.mark_ready(&instance_id);
             }
@@ -139,10 +176,20 @@ impl Inner {
             if let Some(rec) = self.activities.get_mut(&id) {
                 if rec.busy_until == Some(t) {
                     rec.busy_until = None;
-                    rec.locked = false;
+                    rec.owner = None;
                     self.activity_ready.push_back(id);
                 }
             }
+        }
+    }
+
+    /// The earliest time delayed work or a lapsing lease makes work visible.
+    fn next_due(&self) -> Option<DateTime<Utc>> {
+        let a = self.delayed.first().map(|d| d.0);
+        let b = self.activity_delayed.first().map(|d| d.0);
+        match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 
@@ -150,10 +197,10 @@ impl Inner {
         if let Some(rec) = self.instances.get(&instance.instance_id) {
             if let Some(state) = &rec.state {
                 if !state.status.is_terminal() {
-                    return Err(StoreError::InstanceExists {
-                        instance_id: instance.instance_id.clone(),
-                        status: state.status,
-                    });
+                    return Err(StoreError::already_exists(
+                        instance.instance_id.clone(),
+                        state.status,
+                    ));
                 }
             }
         }
@@ -163,103 +210,78 @@ impl Inner {
             instance.instance_id.clone(),
             Record {
                 state: Some(instance.initial_state()),
-                history: Vec::new(),
-                messages: BTreeMap::new(),
-                lock: None,
+                ..Record::default()
             },
         );
         self.push_message(instance.start_message(), now);
         Ok(())
     }
-}
 
-#[async_trait]
-impl Store for MemoryStore {
-    async fn create_instance(&self, instance: NewInstance) -> StoreResult<()> {
-        check_payload(
-            || format!("input of instance '{}'", instance.instance_id),
-            instance.input.as_deref(),
-            self.max_payload,
-        )?;
-        let id = instance.instance_id.clone();
-        self.lock().create(instance, Utc::now())?;
-        self.signals.orchestrations.notify_one();
-        self.signals.instance_changed(&id);
-        Ok(())
-    }
-
-    async fn send_message(&self, message: OrchestrationMessage) -> StoreResult<()> {
-        check_payload(
-            || format!("message to instance '{}'", message.instance_id),
-            message_payload(&message.event),
-            self.max_payload,
-        )?;
-        let mut inner = self.lock();
-        if !inner.instances.contains_key(&message.instance_id) {
-            return Err(StoreError::NotFound(message.instance_id));
-        }
-        inner.push_message(message, Utc::now());
-        drop(inner);
-        self.signals.orchestrations.notify_one();
-        Ok(())
-    }
-
-    async fn fetch_orchestration_work_item(
-        &self,
+    /// Leases `instance_id` to `owner` when no one holds it and it has visible messages
+    /// (or `even_without_messages`), with up to [`MAX_MESSAGES_PER_WORK_ITEM`] of them.
+    fn lease_instance(
+        &mut self,
+        instance_id: &str,
+        owner: &WorkerId,
         lease: Duration,
-    ) -> StoreResult<Option<OrchestrationWorkItem>> {
-        let now = Utc::now();
-        let mut inner = self.lock();
-        inner.promote_due(now);
-        while let Some(instance_id) = inner.ready.pop_front() {
-            inner.in_ready.remove(&instance_id);
-            let Some(rec) = inner.instances.get_mut(&instance_id) else {
-                continue;
-            };
-            if let Some((_, until)) = &rec.lock {
-                if *until > now {
-                    continue;
-                }
-            }
-            let messages: Vec<(u64, OrchestrationMessage)> = rec
-                .messages
-                .iter()
-                .filter(|(_, m)| m.visible_at.is_none_or(|t| t <= now))
-                .take(MAX_MESSAGES_PER_WORK_ITEM)
-                .map(|(id, m)| (*id, m.clone()))
-                .collect();
-            if messages.is_empty() {
-                continue;
-            }
-            let token = random_id();
-            let until = after(lease);
-            rec.lock = Some((token.clone(), until));
-            let item = OrchestrationWorkItem {
-                instance_id: instance_id.clone(),
-                lock_token: token,
-                messages,
-                state: rec.state.clone(),
-                history_len: rec.history.len() as u64,
-            };
-            let id = inner.id();
-            inner.delayed.insert((until, id, instance_id));
-            return Ok(Some(item));
+        now: DateTime<Utc>,
+        even_without_messages: bool,
+    ) -> Option<OrchestrationWorkItem> {
+        let rec = self.instances.get_mut(instance_id)?;
+        if rec.lease.as_ref().is_some_and(|l| l.expires_at > now) {
+            return None;
         }
-        Ok(None)
+        let messages: Vec<(u64, OrchestrationMessage)> = rec
+            .messages
+            .iter()
+            .filter(|(_, m)| m.visible_at.is_none_or(|t| t <= now))
+            .take(MAX_MESSAGES_PER_WORK_ITEM)
+            .map(|(id, m)| (*id, m.clone()))
+            .collect();
+        if messages.is_empty() && !even_without_messages {
+            return None;
+        }
+        let token = random_id();
+        let expires_at = after(now, lease);
+        rec.lease = Some(Lease {
+            token: token.clone(),
+            expires_at,
+            owner: Some(owner.clone()),
+        });
+        let item = OrchestrationWorkItem {
+            instance_id: instance_id.to_string(),
+            lease_token: token,
+            messages,
+            state: rec.state.clone(),
+            history_len: rec.history.len() as u64,
+        };
+        let id = self.id();
+        self.delayed
+            .insert((expires_at, id, instance_id.to_string()));
+        Some(item)
     }
 
-    async fn commit_orchestration(&self, commit: OrchestrationCommit) -> StoreResult<()> {
-        check_commit_payloads(&commit, self.max_payload)?;
-        let now = Utc::now();
-        let mut inner = self.lock();
-        let rec = inner
+    /// Checks that `item`'s lease is held.
+    fn check_activity(&self, item: &ActivityWorkItem) -> StoreResult<()> {
+        match self.activities.get(&item.id) {
+            Some(rec) if rec.leased_by(item) => Ok(()),
+            _ => Err(StoreError::lease_lost()),
+        }
+    }
+
+    /// Applies a commit whose fence the caller checked; leases up to `direct.max` new
+    /// activities to `direct.owner`.
+    fn apply_commit(
+        &mut self,
+        commit: OrchestrationCommit,
+        direct: Option<DirectLease<'_>>,
+        now: DateTime<Utc>,
+        w: &mut Wake,
+    ) -> StoreResult<Vec<ActivityWorkItem>> {
+        let rec = self
             .instances
             .get_mut(&commit.instance_id)
-            .ok_or(StoreError::LockLost)?;
-        match &rec.lock {
-            Some((token, _)) if *token == commit.lock_token => {}
-            _ => return Err(StoreError::LockLost),
-        }
+            .ok_or_else(StoreError::lease_lost)?;
         for id in &commit.consumed {
             rec.messages.remove(id);
         }
@@ -267,33 +289,43 @@ impl Store for MemoryStore {
             HistoryUpdate::Append(events) => rec.history.extend(events),
             HistoryUpdate::Replace(events) => rec.history = events,
         }
-        let state_changed = commit.state.is_some();
         if let Some(state) = commit.state {
             rec.state = Some(state);
+            w.instances.push(commit.instance_id.clone());
         }
-        rec.lock = None;
-        let has_more = !rec.messages.is_empty();
-        if has_more {
-            inner.mark_ready(&commit.instance_id);
+        rec.lease = None;
+        if !rec.messages.is_empty() {
+            self.mark_ready(&commit.instance_id);
+            w.orchestrations = true;
         }
-        let mut woke_activities = false;
+        let mut leased = Vec::new();
         for mut a in commit.activities {
-            a.id = inner.id();
+            a.id = self.id();
             let id = a.id;
-            inner.activities.insert(
-                id,
-                ActivityRecord {
-                    item: a,
-                    busy_until: None,
-                    locked: false,
-                },
-            );
-            inner.activity_ready.push_back(id);
-            woke_activities = true;
+            let mut rec = ActivityRecord {
+                item: a,
+                busy_until: None,
+                owner: None,
+            };
+            match direct {
+                Some(d) if leased.len() < d.max => {
+                    let until = after(now, d.lease);
+                    rec.item.lease_token = random_id();
+                    rec.item.dequeue_count = 1;
+                    rec.busy_until = Some(until);
+                    rec.owner = Some(d.owner.clone());
+                    leased.push(rec.item.clone());
+                    self.activity_delayed.insert((until, id));
+                }
+                _ => {
+                    self.activity_ready.push_back(id);
+                    w.activities = true;
+                }
+            }
+            self.activities.insert(id, rec);
         }
-        let mut woke = has_more;
         for child in commit.new_instances {
-            let conflict = inner
+            let conflict = self
                 .instances
                 .get(&child.instance_id)
                 .and_then(|r| r.state.as_ref())
@@ -301,91 +333,194 @@ impl Store for MemoryStore {
                 .map(|s| s.status);
             match conflict {
                 Some(status) => {
-                    if let Some(msg) = child_conflict_message(&child, status) {
-                        woke |= inner.push_message(msg, now);
+                    if let Some(msg) = child_conflict_message(&child, status, now) {
+                        w.orchestrations |= self.push_message(msg, now);
                     }
                 }
                 None => {
-                    inner.create(child, now)?;
-                    woke = true;
+                    w.instances.push(child.instance_id.clone());
+                    self.create(child, now)?;
+                    w.orchestrations = true;
                 }
             }
         }
         for msg in commit.messages {
-            woke |= inner.push_message(msg, now);
+            w.orchestrations |= self.push_message(msg, now);
         }
-        drop(inner);
-        if woke {
-            self.signals.orchestrations.notify_one();
+        Ok(leased)
+    }
+
+    fn check_lease(&self, instance_id: &str, lease_token: &str) -> StoreResult<()> {
+        match self
+            .instances
+            .get(instance_id)
+            .and_then(|r| r.lease.as_ref())
+        {
+            Some(l) if l.token == lease_token && l.owner.is_some() => Ok(()),
+            _ => Err(StoreError::lease_lost()),
         }
-        if woke_activities {
-            self.signals.activities.notify_one();
-        }
-        if state_changed {
-            self.signals.instance_changed(&commit.instance_id);
-        }
+    }
+
+    fn complete_activity(
+        &mut self,
+        item: &ActivityWorkItem,
+        result: OrchestrationMessage,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        self.check_activity(item)?;
+        self.activities.remove(&item.id);
+        Ok(self.push_message(result, now))
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn create_instance(&self, instance: NewInstance) -> StoreResult<()> {
+        let id = instance.instance_id.clone();
+        self.lock().create(instance, self.now())?;
+        self.signals.orchestrations_changed();
+        self.signals.instance_changed(&id);
         Ok(())
     }
 
-    async fn abandon_orchestration_work_item(
-        &self,
-        instance_id: &str,
-        lock_token: &str,
-        delay: Duration,
-    ) -> StoreResult<()> {
+    async fn send_message(&self, message: OrchestrationMessage) -> StoreResult<()> {
         let mut inner = self.lock();
-        let Some(rec) = inner.instances.get_mut(instance_id) else {
-            return Err(StoreError::LockLost);
-        };
-        match &rec.lock {
-            Some((token, _)) if token == lock_token => {}
-            _ => return Err(StoreError::LockLost),
+        if !inner.instances.contains_key(&message.instance_id) {
+            return Err(StoreError::not_found(message.instance_id));
         }
-        if delay.is_zero() {
-            rec.lock = None;
-            inner.mark_ready(instance_id);
-            drop(inner);
-            self.signals.orchestrations.notify_one();
-        } else {
-            // Keep it locked until the delay passes; expiry makes it ready again.
-            let until = after(delay);
-            rec.lock = Some((random_id(), until));
-            let id = inner.id();
-            inner.delayed.insert((until, id, instance_id.to_string()));
-            drop(inner);
-            self.signals.orchestrations.notify_one();
-        }
+        inner.push_message(message, self.now());
+        drop(inner);
+        self.signals.orchestrations_changed();
         Ok(())
     }
 
-    async fn fetch_activity_work_items(
+    async fn fetch_orchestration_work(
         &self,
+        owner: &WorkerId,
         lease: Duration,
         max: usize,
-    ) -> StoreResult<Vec<ActivityWorkItem>> {
-        let now = Utc::now();
-        let until = after(lease);
-        let mut inner = self.lock();
-        inner.promote_due(now);
-        let mut out = Vec::new();
-        while out.len() < max {
-            let Some(id) = inner.activity_ready.pop_front() else {
-                break;
-            };
-            let Some(rec) = inner.activities.get_mut(&id) else {
-                continue;
-            };
-            if rec.locked {
-                continue;
-            }
-            rec.locked = true;
-            rec.busy_until = Some(until);
-            rec.item.lock_token = random_id();
-            rec.item.dequeue_count += 1;
-            out.push(rec.item.clone());
-            inner.activity_delayed.insert((until, id));
+        wait: Duration,
+    ) -> StoreResult<Vec<OrchestrationWorkItem>> {
+        self.signals
+            .fetch_orchestrations(self.clock.as_ref(), wait, || async {
+                let now = self.now();
+                let mut inner = self.lock();
+                inner.promote_due(now);
+                let mut out = Vec::new();
+                while out.len() < max {
+                    let Some(instance_id) = inner.ready.pop_front() else {
+                        break;
+                    };
+                    inner.in_ready.remove(&instance_id);
+                    if let Some(item) = inner.lease_instance(&instance_id, owner, lease, now, false)
+                    {
+                        out.push(item);
+                    }
+                }
+                Ok((out, inner.next_due()))
+            })
+            .await
+    }
+
+    async fn commit_orchestration(&self, commit: OrchestrationCommit) -> StoreResult<()> {
+        let now = self.now();
+        let mut w = Wake::default();
+        {
+            let mut inner = self.lock();
+            inner.check_lease(&commit.instance_id, &commit.lease_token)?;
+            inner.apply_commit(commit, None, now, &mut w)?;
         }
-        Ok(out)
+        self.wake(w, None);
+        Ok(())
+    }
+
+    async fn abandon_orchestration(
+        &self,
+        instance_id: &str,
+        lease_token: &str,
+        delay: Duration,
+    ) -> StoreResult<()> {
+        let now = self.now();
+        let mut inner = self.lock();
+        inner.check_lease(instance_id, lease_token)?;
+        if delay.is_zero() {
+            if let Some(rec) = inner.instances.get_mut(instance_id) {
+                rec.lease = None;
+            }
+            inner.mark_ready(instance_id);
+        } else {
+            // Held (by no one) until the delay passes; the expiry makes it ready again.
+            let until = after(now, delay);
+            if let Some(rec) = inner.instances.get_mut(instance_id) {
+                rec.lease = Some(Lease {
+                    token: random_id(),
+                    expires_at: until,
+                    owner: None,
+                });
+            }
+            let id = inner.id();
+            inner.delayed.insert((until, id, instance_id.to_string()));
+        }
+        drop(inner);
+        self.signals.orchestrations_changed();
+        Ok(())
+    }
+
+    async fn renew_orchestration_lease(
+        &self,
+        instance_id: &str,
+        lease_token: &str,
+        lease: Duration,
+    ) -> StoreResult<()> {
+        let until = after(self.now(), lease);
+        let mut inner = self.lock();
+        inner.check_lease(instance_id, lease_token)?;
+        if let Some(l) = inner
+            .instances
+            .get_mut(instance_id)
+            .and_then(|r| r.lease.as_mut())
+        {
+            l.expires_at = until;
+        }
+        let id = inner.id();
+        inner.delayed.insert((until, id, instance_id.to_string()));
+        Ok(())
+    }
+
+    async fn fetch_activity_work(
+        &self,
+        owner: &WorkerId,
+        lease: Duration,
+        max: usize,
+        wait: Duration,
+    ) -> StoreResult<Vec<ActivityWorkItem>> {
+        self.signals
+            .fetch_activities(self.clock.as_ref(), wait, || async {
+                let now = self.now();
+                let until = after(now, lease);
+                let mut inner = self.lock();
+                inner.promote_due(now);
+                let mut out = Vec::new();
+                while out.len() < max {
+                    let Some(id) = inner.activity_ready.pop_front() else {
+                        break;
+                    };
+                    let Some(rec) = inner.activities.get_mut(&id) else {
+                        continue;
+                    };
+                    if rec.owner.is_some() || rec.busy_until.is_some() {
+                        continue;
+                    }
+                    rec.owner = Some(owner.clone());
+                    rec.busy_until = Some(until);
+                    rec.item.lease_token = random_id();
+                    rec.item.dequeue_count += 1;
+                    out.push(rec.item.clone());
+                    inner.activity_delayed.insert((until, id));
+                }
+                Ok((out, inner.next_due()))
+            })
+            .await
     }
 
     async fn complete_activity(
@@ -393,23 +528,30 @@ impl Store for MemoryStore {
         item: &ActivityWorkItem,
         result: OrchestrationMessage,
     ) -> StoreResult<()> {
-        check_payload(
-            || format!("result of activity '{}'", item.name),
-            message_payload(&result.event),
-            self.max_payload,
-        )?;
-        let now = Utc::now();
-        let mut inner = self.lock();
-        match inner.activities.get(&item.id) {
-            Some(rec) if rec.locked && rec.item.lock_token == item.lock_token => {}
-            _ => return Err(StoreError::LockLost),
-        }
-        inner.activities.remove(&item.id);
-        let woke = inner.push_message(result, now);
-        drop(inner);
+        let woke = self.lock().complete_activity(item, result, self.now())?;
         if woke {
-            self.signals.orchestrations.notify_one();
+            self.signals.orchestrations_changed();
         }
+        Ok(())
+    }
+
+    async fn abandon_activity(&self, item: &ActivityWorkItem, delay: Duration) -> StoreResult<()> {
+        let now = self.now();
+        let mut inner = self.lock();
+        inner.check_activity(item)?;
+        let rec = inner.activities.get_mut(&item.id).expect("checked above");
+        rec.item.lease_token.clear();
+        rec.owner = None;
+        if delay.is_zero() {
+            rec.busy_until = None;
+            inner.activity_ready.push_back(item.id);
+        } else {
+            let until = after(now, delay);
+            rec.busy_until = Some(until);
+            inner.activity_delayed.insert((until, item.id));
+        }
+        drop(inner);
+        self.signals.activities_changed();
         Ok(())
     }
 
@@ -418,50 +560,57 @@ impl Store for MemoryStore {
         item: &ActivityWorkItem,
         lease: Duration,
     ) -> StoreResult<()> {
-        let until = after(lease);
+        let until = after(self.now(), lease);
         let mut inner = self.lock();
-        match inner.activities.get_mut(&item.id) {
-            Some(rec) if rec.locked && rec.item.lock_token == item.lock_token => {
-                rec.busy_until = Some(until);
-            }
-            _ => return Err(StoreError::LockLost),
+        inner.check_activity(item)?;
+        if let Some(rec) = inner.activities.get_mut(&item.id) {
+            rec.busy_until = Some(until);
         }
         inner.activity_delayed.insert((until, item.id));
         Ok(())
     }
 
-    async fn abandon_activity(&self, item: &ActivityWorkItem, delay: Duration) -> StoreResult<()> {
+    async fn release_leases(&self, owner: &WorkerId) -> StoreResult<u64> {
         let mut inner = self.lock();
-        match inner.activities.get_mut(&item.id) {
-            Some(rec) if rec.locked && rec.item.lock_token == item.lock_token => {
-                rec.item.lock_token.clear();
-                if delay.is_zero() {
-                    rec.locked = false;
-                    rec.busy_until = None;
-                    inner.activity_ready.push_back(item.id);
-                    drop(inner);
-                    self.signals.activities.notify_one();
-                } else {
-                    let until = after(delay);
-                    rec.busy_until = Some(until);
-                    inner.activity_delayed.insert((until, item.id));
-                    drop(inner);
-                    self.signals.activities.notify_one();
-                }
-                Ok(())
+        let mut released = 0u64;
+        let held: Vec<String> = inner
+            .instances
+            .iter()
+            .filter(|(_, r)| {
+                r.lease
+                    .as_ref()
+                    .is_some_and(|l| l.owner.as_ref() == Some(owner))
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in held {
+            if let Some(rec) = inner.instances.get_mut(&id) {
+                rec.lease = None;
             }
-            _ => Err(StoreError::LockLost),
+            inner.mark_ready(&id);
+            released += 1;
         }
-    }
-
-    async fn next_wakeup(&self) -> StoreResult<Option<DateTime<Utc>>> {
-        let inner = self.lock();
-        let a = inner.delayed.first().map(|d| d.0);
-        let b = inner.activity_delayed.first().map(|d| d.0);
-        Ok(match (a, b) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        })
+        let held: Vec<u64> = inner
+            .activities
+            .iter()
+            .filter(|(_, a)| a.owner.as_ref() == Some(owner))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in held {
+            if let Some(rec) = inner.activities.get_mut(&id) {
+                rec.owner = None;
+                rec.busy_until = None;
+                rec.item.lease_token.clear();
+            }
+            inner.activity_ready.push_back(id);
+            released += 1;
+        }
+        drop(inner);
+        if released > 0 {
+            self.signals.orchestrations_changed();
+            self.signals.activities_changed();
+        }
+        Ok(released)
     }
 
     async fn get_instance(&self, instance_id: &str) -> StoreResult<Option<InstanceState>> {
@@ -526,6 +675,10 @@ impl Store for MemoryStore {
                 .activities
                 .retain(|_, a| a.item.instance_id != instance_id);
         }
+        drop(inner);
+        if removed {
+            self.signals.instance_changed(instance_id);
+        }
         Ok(removed)
     }
 
@@ -545,15 +698,129 @@ impl Store for MemoryStore {
         inner
             .activities
             .retain(|_, a| !set.contains(&a.item.instance_id));
+        drop(inner);
+        for id in &ids {
+            self.signals.instance_changed(id);
+        }
         Ok(ids.len() as u64)
     }
 
-    fn signals(&self) -> &WorkSignals {
-        &self.signals
+    async fn wait_for_instance(
+        &self,
+        instance_id: &str,
+        seen: Option<&InstanceState>,
+        timeout: Duration,
+    ) -> StoreResult<Option<InstanceState>> {
+        self.signals
+            .wait_for_instance(instance_id, seen, timeout, || {
+                self.get_instance(instance_id)
+            })
+            .await
     }
 
-    fn max_payload_bytes(&self) -> usize {
-        self.max_payload
+    fn clock(&self) -> &dyn Clock {
+        self.clock.as_ref()
+    }
+
+    fn fast_paths(&self) -> Option<&dyn FastPaths> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl FastPaths for MemoryStore {
+    async fn commit_orchestration_and_lease(
+        &self,
+        commit: OrchestrationCommit,
+        completed: Option<&ActivityWorkItem>,
+        direct: DirectLease<'_>,
+    ) -> StoreResult<Vec<ActivityWorkItem>> {
+        let now = self.now();
+        let mut w = Wake::default();
+        let leased = {
+            let mut inner = self.lock();
+            inner.check_lease(&commit.instance_id, &commit.lease_token)?;
+            if let Some(a) = completed {
+                inner.check_activity(a)?;
+                inner.activities.remove(&a.id);
+            }
+            inner.apply_commit(commit, Some(direct), now, &mut w)?
+        };
+        self.wake(w, None);
+        Ok(leased)
+    }
+
+    async fn commit_unleased(
+        &self,
+        commit: OrchestrationCommit,
+        execution_id: &str,
+        history_len: u64,
+        completed: &ActivityWorkItem,
+        direct: DirectLease<'_>,
+    ) -> StoreResult<Vec<ActivityWorkItem>> {
+        let now = self.now();
+        let mut w = Wake::default();
+        let leased = {
+            let mut inner = self.lock();
+            inner.check_activity(completed)?;
+            let rec = inner
+                .instances
+                .get(&commit.instance_id)
+                .ok_or_else(StoreError::lease_lost)?;
+            let free = rec.lease.as_ref().is_none_or(|l| l.expires_at <= now);
+            let waiting = rec
+                .messages
+                .values()
+                .any(|m| m.visible_at.is_none_or(|t| t <= now));
+            let same = rec
+                .state
+                .as_ref()
+                .is_some_and(|s| s.execution_id == execution_id)
+                && rec.history.len() as u64 == history_len;
+            if !free || waiting || !same {
+                return Err(StoreError::lease_lost());
+            }
+            inner.activities.remove(&completed.id);
+            inner.apply_commit(commit, Some(direct), now, &mut w)?
+        };
+        self.wake(w, None);
+        Ok(leased)
+    }
+
+    async fn lease_instance_for_result(
+        &self,
+        item: &ActivityWorkItem,
+        owner: &WorkerId,
+        lease: Duration,
+    ) -> StoreResult<Option<OrchestrationWorkItem>> {
+        let now = self.now();
+        let mut inner = self.lock();
+        if inner.check_activity(item).is_err() {
+            return Ok(None);
+        }
+        Ok(inner.lease_instance(&item.instance_id, owner, lease, now, true))
+    }
+
+    async fn complete_activity_and_fetch(
+        &self,
+        item: &ActivityWorkItem,
+        result: OrchestrationMessage,
+        owner: &WorkerId,
+        lease: Duration,
+    ) -> StoreResult<Option<OrchestrationWorkItem>> {
+        let now = self.now();
+        let mut inner = self.lock();
+        let instance_id = result.instance_id.clone();
+        if !inner.complete_activity(item, result, now)? {
+            return Ok(None);
+        }
+        let work = inner.lease_instance(&instance_id, owner, lease, now, false);
+        drop(inner);
+        if work.is_none() {
+            // Someone else holds the instance: the result waits for its next fetch.
+            self.signals.orchestrations_changed();
+        }
+        Ok(work)
     }
 }
 
@@ -564,7 +831,7 @@ pub(crate) fn make_token(created_at: DateTime<Utc>, instance_id: &str) -> String
 
 /// Decodes a continuation token made by [`make_token`].
 pub(crate) fn parse_token(token: &str) -> StoreResult<(DateTime<Utc>, String)> {
-    let bad = || StoreError::Invalid(format!("invalid continuation token '{token}'"));
+    let bad = || StoreError::invalid(format!("invalid continuation token '{token}'"));
     let (micros, id) = token.split_once('|').ok_or_else(bad)?;
     let micros: i64 = micros.parse().map_err(|_| bad())?;
     let t = DateTime::<Utc>::from_timestamp_micros(micros).ok_or_else(bad)?;

@@ -11,7 +11,7 @@ use std::time::Duration;
 use durable_core::store::sqlite::SqliteStore;
 use durable_core::{
     ActivityContext, ActivityError, InstanceFilter, OrchestrationContext, OrchestrationError,
-    Registry, Runtime, RuntimeOptions, RuntimeStatus, StartOptions,
+    Registry, RuntimeStatus, StartOptions, Worker, WorkerOptions,
 };
 
 fn registry(log: std::path::PathBuf) -> Registry {
@@ -54,13 +54,13 @@ async fn main() {
     let mut log = db.clone().into_os_string();
     log.push(".log");
     // Short leases, so work held by a killed process comes back quickly.
-    let options = RuntimeOptions {
+    let options = WorkerOptions {
         orchestration_lease: Duration::from_secs(2),
         activity_lease: Duration::from_secs(2),
         activity_concurrency: 16,
-        ..RuntimeOptions::default()
+        ..WorkerOptions::default()
     };
-    let runtime = Runtime::builder(store.clone())
+    let runtime = Worker::builder(store.clone())
         .registry(registry(log.into()))
         .options(options)
         .start()

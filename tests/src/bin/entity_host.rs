@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use durable_core::store::sqlite::SqliteStore;
 use durable_core::{
-    DurableClient, EntityContext, EntityId, FailureDetails, Operation, Registry, Runtime,
-    RuntimeOptions,
+    DurableClient, EntityContext, EntityId, FailureDetails, Operation, Registry, Worker,
+    WorkerOptions,
 };
 use serde::{Deserialize, Serialize};
 
@@ -59,11 +59,11 @@ async fn main() {
         .iter()
         .position(|a| a == "--until")
         .map(|i| args[i + 1].parse().expect("count"));
-    let options = RuntimeOptions {
+    let options = WorkerOptions {
         orchestration_lease: Duration::from_secs(2),
-        ..RuntimeOptions::default()
+        ..WorkerOptions::default()
     };
-    let runtime = Runtime::builder(store.clone())
+    let runtime = Worker::builder(store.clone())
         .registry(registry())
         .options(options)
         .start()

@@ -1,6 +1,8 @@
-//! The replay engine. In: an instance's recorded history (or a cached live execution) and
-//! the new messages of a work item. Out: the episode's commit (new history, scheduled work,
-//! messages, new status) and the live execution to keep in the cache.
+//! The replay engine, pure: in, an instance's recorded history (or a cached live
+//! execution), its stored state and its new messages ([`Inbox`]); out, the [`Episode`]
+//! (new history, activities to schedule, messages, new instances, new state) and the live
+//! execution to keep in the cache. It knows nothing of stores: the worker turns an episode
+//! into a store commit. Entity batches are run here too ([`entity`]).
 //!
 //! History is applied one event at a time and the orchestrator is polled after each event
 //! that woke it, so every replay makes the same decisions (including `when_any` winners).
@@ -14,16 +16,17 @@ use std::task::{Context, Poll, Wake, Waker};
 use chrono::{DateTime, Utc};
 
 use crate::context::{Action, Completion, OrchestrationContext};
-use crate::entity::push_entity_message;
+use crate::function::panic_message;
 use crate::history::{
-    EntityRequest, EventKind, FailureDetails, HistoryEvent, OrchestrationMessage, ParentInstance,
-    ReplyTo,
+    EntityRequest, EventKind, FailureDetails, HistoryEvent, HistoryUpdate, OrchestrationMessage,
+    ParentInstance, ReplyTo,
 };
-use crate::instance::{InstanceState, NewInstance, RuntimeStatus};
+use crate::instance::{random_id, InstanceState, NewInstance, RuntimeStatus};
 use crate::registry::{BoxFuture, Outcome, Registry};
-use crate::store::{
-    random_id, ActivityWorkItem, HistoryUpdate, OrchestrationCommit, OrchestrationWorkItem,
-};
+
+pub(crate) mod entity;
+
+use entity::push_entity_message;
 
 #[derive(Default)]
 struct WakeFlag(AtomicBool);
@@ -240,7 +243,7 @@ impl Execution {
             let mut st = ctx.state();
             for e in history {
                 if let Some(a) = Action::from_event(&e.kind) {
-                    if e.event_id >= 0 && e.event_id as usize == st.actions.len() {
+                    if e.seq >= 0 && e.seq as usize == st.actions.len() {
                         st.actions.push(a);
                     }
                 }
@@ -272,19 +275,44 @@ impl Execution {
     }
 }
 
-pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
-    if let Some(s) = panic.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "non-string panic payload".to_string()
-    }
+/// What an episode runs on: the instance, its stored state (None when it does not exist)
+/// and its new messages with their ids (which replay ignores).
+#[derive(Clone, Copy)]
+pub(crate) struct Inbox<'a> {
+    pub instance_id: &'a str,
+    pub state: Option<&'a InstanceState>,
+    pub messages: &'a [(u64, OrchestrationMessage)],
+}
+
+/// An activity an episode schedules.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct ScheduledActivity {
+    /// The execution waiting for the result.
+    pub execution_id: String,
+    /// The sequence number of its `TaskScheduled` event.
+    pub seq: u64,
+    pub name: String,
+    pub input: Option<String>,
+    /// Attempt number under a retry policy (1 for the first).
+    pub attempt: u32,
+}
+
+/// Everything one episode changes; it consumes every message of its inbox.
+#[derive(Debug, Default)]
+pub(crate) struct Episode {
+    pub history: HistoryUpdate,
+    /// The instance's new state; None leaves it as it is.
+    pub state: Option<InstanceState>,
+    pub activities: Vec<ScheduledActivity>,
+    /// Messages to this or other instances (timers carry `visible_at`).
+    pub messages: Vec<OrchestrationMessage>,
+    /// Sub-orchestrations and entities to create.
+    pub new_instances: Vec<NewInstance>,
 }
 
 /// What an episode produced.
 pub(crate) struct EpisodeResult {
-    pub commit: OrchestrationCommit,
+    pub episode: Episode,
     /// The live execution, when it is still running and may be cached.
     pub execution: Option<Execution>,
 }
@@ -297,19 +325,6 @@ pub(crate) enum Source {
     History(Vec<HistoryEvent>),
 }
 
-fn commit_base(item: &OrchestrationWorkItem) -> OrchestrationCommit {
-    OrchestrationCommit {
-        instance_id: item.instance_id.clone(),
-        lock_token: item.lock_token.clone(),
-        consumed: item.messages.iter().map(|(id, _)| *id).collect(),
-        history: HistoryUpdate::Append(Vec::new()),
-        state: None,
-        activities: Vec::new(),
-        messages: Vec::new(),
-        new_instances: Vec::new(),
-    }
-}
-
 /// The message telling a parent its child finished.
 fn parent_message(
     parent: &ParentInstance,
@@ -318,11 +333,11 @@ fn parent_message(
 ) -> OrchestrationMessage {
     let kind = match outcome {
         Ok(result) => EventKind::SubOrchestrationInstanceCompleted {
-            task_scheduled_id: parent.task_scheduled_id,
+            seq: parent.seq,
             result: result.clone(),
         },
         Err(failure) => EventKind::SubOrchestrationInstanceFailed {
-            task_scheduled_id: parent.task_scheduled_id,
+            seq: parent.seq,
             failure: failure.clone(),
         },
     };
@@ -358,15 +373,15 @@ fn terminal_outcome(state: &InstanceState) -> Result<Option<String>, FailureDeta
 /// Runs one episode for a work item.
 pub(crate) fn run_episode(
     registry: &Registry,
-    item: &OrchestrationWorkItem,
+    item: &Inbox<'_>,
     source: Option<Source>,
     now: DateTime<Utc>,
 ) -> EpisodeResult {
-    let mut commit = commit_base(item);
-    let Some(state) = item.state.clone() else {
+    let mut commit = Episode::default();
+    let Some(state) = item.state.cloned() else {
         // Messages for an instance that does not exist (purged): drop them.
         return EpisodeResult {
-            commit,
+            episode: commit,
             execution: None,
         };
     };
@@ -399,7 +414,7 @@ pub(crate) fn run_episode(
 fn apply_messages(
     registry: &Registry,
     exec: &mut Execution,
-    item: &OrchestrationWorkItem,
+    item: &Inbox<'_>,
     state: &InstanceState,
     now: DateTime<Utc>,
 ) -> Vec<HistoryEvent> {
@@ -410,7 +425,7 @@ fn apply_messages(
         st.current_time = now;
     }
     let mut seen_completions: HashSet<u64> = HashSet::new();
-    for (_, msg) in &item.messages {
+    for (_, msg) in item.messages {
         if msg
             .execution_id
             .as_deref()
@@ -459,7 +474,7 @@ fn finish_episode(
     mut new_events: Vec<HistoryEvent>,
     replaced: Option<Vec<HistoryEvent>>,
     now: DateTime<Utc>,
-    commit: &mut OrchestrationCommit,
+    commit: &mut Episode,
 ) -> EpisodeResult {
     exec.check_replayed_all();
     let failure = exec.failure();
@@ -581,7 +596,7 @@ fn finish_episode(
         commit.history = HistoryUpdate::Replace(Vec::new());
         commit.state = Some(state);
         return EpisodeResult {
-            commit: std::mem::replace(commit, commit_base_empty()),
+            episode: std::mem::take(commit),
             execution: None,
         };
     } else {
@@ -634,9 +649,9 @@ fn finish_episode(
     };
     commit.state = Some(state);
     exec.committed_actions += if record_actions { actions.len() } else { 0 };
-    let commit = std::mem::replace(commit, commit_base_empty());
+    let commit = std::mem::take(commit);
     EpisodeResult {
-        commit,
+        episode: commit,
         execution: if finished { None } else { Some(exec) },
     }
 }
@@ -647,7 +662,7 @@ fn release_held_locks(
     exec: &Execution,
     state: &InstanceState,
     now: DateTime<Utc>,
-    commit: &mut OrchestrationCommit,
+    commit: &mut Episode,
 ) {
     let mut ids = exec.ctx.state().lock_requests.clone();
     ids.sort();
@@ -657,26 +672,13 @@ fn release_held_locks(
     }
 }
 
-fn commit_base_empty() -> OrchestrationCommit {
-    OrchestrationCommit {
-        instance_id: String::new(),
-        lock_token: String::new(),
-        consumed: Vec::new(),
-        history: HistoryUpdate::Append(Vec::new()),
-        state: None,
-        activities: Vec::new(),
-        messages: Vec::new(),
-        new_instances: Vec::new(),
-    }
-}
-
 /// The work, messages and instances a new action causes.
 fn side_effects(
     state: &InstanceState,
     action: &Action,
     seq: u64,
     now: DateTime<Utc>,
-    commit: &mut OrchestrationCommit,
+    commit: &mut Episode,
     schedule_timers: bool,
 ) {
     match action {
@@ -684,16 +686,12 @@ fn side_effects(
             name,
             input,
             attempt,
-        } => commit.activities.push(ActivityWorkItem {
-            id: 0,
-            instance_id: state.instance_id.clone(),
+        } => commit.activities.push(ScheduledActivity {
             execution_id: state.execution_id.clone(),
-            task_scheduled_id: seq,
+            seq,
             name: name.clone(),
             input: input.clone(),
             attempt: *attempt,
-            lock_token: String::new(),
-            dequeue_count: 0,
         }),
         Action::Timer { fire_at } => {
             if schedule_timers {
@@ -703,7 +701,7 @@ fn side_effects(
                         HistoryEvent::new(
                             now,
                             EventKind::TimerFired {
-                                timer_id: seq,
+                                seq,
                                 fire_at: *fire_at,
                             },
                         ),
@@ -727,7 +725,7 @@ fn side_effects(
             parent: Some(ParentInstance {
                 instance_id: state.instance_id.clone(),
                 execution_id: state.execution_id.clone(),
-                task_scheduled_id: seq,
+                seq,
                 name: state.name.clone(),
             }),
             created_at: now,
@@ -800,16 +798,11 @@ fn reply_to(state: &InstanceState, seq: u64) -> ReplyTo {
     ReplyTo {
         instance_id: state.instance_id.clone(),
         execution_id: state.execution_id.clone(),
-        task_scheduled_id: seq,
+        seq,
     }
 }
 
-fn push_unlock(
-    commit: &mut OrchestrationCommit,
-    state: &InstanceState,
-    entity_id: &str,
-    now: DateTime<Utc>,
-) {
+fn push_unlock(commit: &mut Episode, state: &InstanceState, entity_id: &str, now: DateTime<Utc>) {
     commit.messages.push(OrchestrationMessage::new(
         entity_id.to_string(),
         HistoryEvent::new(
@@ -827,11 +820,11 @@ fn push_unlock(
 /// a completed child asked to rewind reports its result to its parent again.
 fn terminal_episode(
     registry: &Registry,
-    item: &OrchestrationWorkItem,
+    item: &Inbox<'_>,
     state: InstanceState,
     source: Option<Source>,
     now: DateTime<Utc>,
-    mut commit: OrchestrationCommit,
+    mut commit: Episode,
 ) -> EpisodeResult {
     let rewind = item.messages.iter().find_map(|(_, m)| match &m.event.kind {
         EventKind::ExecutionRewound { reason } => Some(reason.clone()),
@@ -839,7 +832,7 @@ fn terminal_episode(
     });
     let Some(reason) = rewind else {
         return EpisodeResult {
-            commit,
+            episode: commit,
             execution: None,
         };
     };
@@ -850,7 +843,7 @@ fn terminal_episode(
                 .push(parent_message(parent, now, &terminal_outcome(&state)));
         }
         return EpisodeResult {
-            commit,
+            episode: commit,
             execution: None,
         };
     }

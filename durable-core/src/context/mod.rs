@@ -1,13 +1,11 @@
 //! `OrchestrationContext`: the replay-safe API an orchestrator uses for every durable call
 //! (activities, sub-orchestrations, timers, external events, time, ids, status). Each call
-//! gets a sequence number and is matched against the recorded history on replay.
+//! gets a sequence number and is matched against the recorded history on replay. The API
+//! is here; the futures it returns are in `futures`, the replay state they share in `state`.
 
-use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::marker::PhantomData;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -16,438 +14,15 @@ use serde::Serialize;
 
 use crate::entity::EntityId;
 use crate::error::{TaskError, TaskKind, DECODE_ERROR};
-use crate::history::{EventKind, FailureDetails, HistoryEvent, ParentInstance};
-use crate::registry::{Activity, BoxFuture, Orchestrator};
+use crate::function::{Activity, BoxFuture, Orchestrator};
+use crate::history::{FailureDetails, ParentInstance};
 use crate::retry::RetryPolicy;
 
-/// A durable call the orchestrator made, as recorded (or to be recorded) in history.
-#[derive(Clone, Debug, PartialEq)]
-pub(crate) enum Action {
-    Activity {
-        name: String,
-        input: Option<String>,
-        attempt: u32,
-    },
-    Timer {
-        fire_at: DateTime<Utc>,
-    },
-    SubOrchestration {
-        name: String,
-        version: Option<String>,
-        instance_id: String,
-        input: Option<String>,
-    },
-    SendEvent {
-        instance_id: String,
-        name: String,
-        input: Option<String>,
-    },
-    CallEntity {
-        entity_id: String,
-        operation: String,
-        input: Option<String>,
-        /// Sent from inside a critical section (not recorded in history).
-        in_critical_section: bool,
-    },
-    SignalEntity {
-        entity_id: String,
-        operation: String,
-        input: Option<String>,
-        at: Option<DateTime<Utc>>,
-    },
-    LockEntities {
-        entity_ids: Vec<String>,
-    },
-    UnlockEntity {
-        entity_id: String,
-    },
-}
+mod futures;
+mod state;
 
-impl Action {
-    /// The action a scheduling history event records, if it is one.
-    pub(crate) fn from_event(kind: &EventKind) -> Option<Action> {
-        Some(match kind {
-            EventKind::TaskScheduled { name, input } => Action::Activity {
-                name: name.clone(),
-                input: input.clone(),
-                attempt: 1,
-            },
-            EventKind::TimerCreated { fire_at } => Action::Timer { fire_at: *fire_at },
-            EventKind::SubOrchestrationInstanceCreated {
-                name,
-                version,
-                instance_id,
-                input,
-            } => Action::SubOrchestration {
-                name: name.clone(),
-                version: version.clone(),
-                instance_id: instance_id.clone(),
-                input: input.clone(),
-            },
-            EventKind::EventSent {
-                instance_id,
-                name,
-                input,
-            } => Action::SendEvent {
-                instance_id: instance_id.clone(),
-                name: name.clone(),
-                input: input.clone(),
-            },
-            EventKind::EntityOperationCalled {
-                entity_id,
-                operation,
-                input,
-            } => Action::CallEntity {
-                entity_id: entity_id.clone(),
-                operation: operation.clone(),
-                input: input.clone(),
-                in_critical_section: false,
-            },
-            EventKind::EntityOperationSignaled {
-                entity_id,
-                operation,
-                input,
-                scheduled_time,
-            } => Action::SignalEntity {
-                entity_id: entity_id.clone(),
-                operation: operation.clone(),
-                input: input.clone(),
-                at: *scheduled_time,
-            },
-            EventKind::EntityLockRequested { entity_ids } => Action::LockEntities {
-                entity_ids: entity_ids.clone(),
-            },
-            EventKind::EntityUnlockSent { entity_id } => Action::UnlockEntity {
-                entity_id: entity_id.clone(),
-            },
-            _ => return None,
-        })
-    }
-
-    /// The history event that records this action.
-    pub(crate) fn to_event(&self, seq: u64, now: DateTime<Utc>) -> HistoryEvent {
-        let kind = match self.clone() {
-            Action::Activity { name, input, .. } => EventKind::TaskScheduled { name, input },
-            Action::Timer { fire_at } => EventKind::TimerCreated { fire_at },
-            Action::SubOrchestration {
-                name,
-                version,
-                instance_id,
-                input,
-            } => EventKind::SubOrchestrationInstanceCreated {
-                name,
-                version,
-                instance_id,
-                input,
-            },
-            Action::SendEvent {
-                instance_id,
-                name,
-                input,
-            } => EventKind::EventSent {
-                instance_id,
-                name,
-                input,
-            },
-            Action::CallEntity {
-                entity_id,
-                operation,
-                input,
-                ..
-            } => EventKind::EntityOperationCalled {
-                entity_id,
-                operation,
-                input,
-            },
-            Action::SignalEntity {
-                entity_id,
-                operation,
-                input,
-                at,
-            } => EventKind::EntityOperationSignaled {
-                entity_id,
-                operation,
-                input,
-                scheduled_time: at,
-            },
-            Action::LockEntities { entity_ids } => EventKind::EntityLockRequested { entity_ids },
-            Action::UnlockEntity { entity_id } => EventKind::EntityUnlockSent { entity_id },
-        };
-        HistoryEvent::scheduled(seq, now, kind)
-    }
-
-    /// True when `other` is the same call (kind and target; inputs may differ).
-    fn same_call(&self, other: &Action) -> bool {
-        match (self, other) {
-            (Action::Activity { name: a, .. }, Action::Activity { name: b, .. }) => a == b,
-            (Action::Timer { .. }, Action::Timer { .. }) => true,
-            (
-                Action::SubOrchestration {
-                    name: a,
-                    instance_id: ia,
-                    ..
-                },
-                Action::SubOrchestration {
-                    name: b,
-                    instance_id: ib,
-                    ..
-                },
-            ) => a == b && ia == ib,
-            (
-                Action::SendEvent {
-                    instance_id: ia,
-                    name: a,
-                    ..
-                },
-                Action::SendEvent {
-                    instance_id: ib,
-                    name: b,
-                    ..
-                },
-            ) => a == b && ia == ib,
-            (
-                Action::CallEntity {
-                    entity_id: ia,
-                    operation: a,
-                    ..
-                },
-                Action::CallEntity {
-                    entity_id: ib,
-                    operation: b,
-                    ..
-                },
-            )
-            | (
-                Action::SignalEntity {
-                    entity_id: ia,
-                    operation: a,
-                    ..
-                },
-                Action::SignalEntity {
-                    entity_id: ib,
-                    operation: b,
-                    ..
-                },
-            ) => a == b && ia == ib,
-            (Action::LockEntities { entity_ids: a }, Action::LockEntities { entity_ids: b }) => {
-                a == b
-            }
-            (Action::UnlockEntity { entity_id: a }, Action::UnlockEntity { entity_id: b }) => {
-                a == b
-            }
-            _ => false,
-        }
-    }
-
-    /// How the history names this action.
-    pub(crate) fn recorded_name(&self) -> String {
-        match self {
-            Action::Activity { name, .. } => format!("TaskScheduled '{name}'"),
-            Action::Timer { .. } => "TimerCreated".to_string(),
-            Action::SubOrchestration {
-                name, instance_id, ..
-            } => format!("SubOrchestrationInstanceCreated '{name}' (instance '{instance_id}')"),
-            Action::SendEvent {
-                instance_id, name, ..
-            } => format!("EventSent '{name}' to '{instance_id}'"),
-            Action::CallEntity {
-                entity_id,
-                operation,
-                ..
-            } => format!("EntityOperationCalled '{operation}' on '{entity_id}'"),
-            Action::SignalEntity {
-                entity_id,
-                operation,
-                ..
-            } => format!("EntityOperationSignaled '{operation}' on '{entity_id}'"),
-            Action::LockEntities { entity_ids } => format!("EntityLockRequested {entity_ids:?}"),
-            Action::UnlockEntity { entity_id } => format!("EntityUnlockSent '{entity_id}'"),
-        }
-    }
-
-    /// How the code's call is described.
-    pub(crate) fn attempted_name(&self) -> String {
-        match self {
-            Action::Activity { name, .. } => format!("call_activity '{name}'"),
-            Action::Timer { .. } => "create_timer".to_string(),
-            Action::SubOrchestration {
-                name, instance_id, ..
-            } => format!("call_sub_orchestrator '{name}' (instance '{instance_id}')"),
-            Action::SendEvent {
-                instance_id, name, ..
-            } => format!("send_event '{name}' to '{instance_id}'"),
-            Action::CallEntity {
-                entity_id,
-                operation,
-                ..
-            } => format!("call_entity '{operation}' on '{entity_id}'"),
-            Action::SignalEntity {
-                entity_id,
-                operation,
-                ..
-            } => format!("signal_entity '{operation}' on '{entity_id}'"),
-            Action::LockEntities { entity_ids } => format!("lock {entity_ids:?}"),
-            Action::UnlockEntity { entity_id } => format!("unlock '{entity_id}'"),
-        }
-    }
-
-    /// The completion event kinds that may complete this action.
-    pub(crate) fn accepts(&self, kind: &EventKind) -> bool {
-        matches!(
-            (self, kind),
-            (Action::Activity { .. }, EventKind::TaskCompleted { .. })
-                | (Action::Activity { .. }, EventKind::TaskFailed { .. })
-                | (Action::Timer { .. }, EventKind::TimerFired { .. })
-                | (
-                    Action::SubOrchestration { .. },
-                    EventKind::SubOrchestrationInstanceCompleted { .. }
-                )
-                | (
-                    Action::SubOrchestration { .. },
-                    EventKind::SubOrchestrationInstanceFailed { .. }
-                )
-                | (
-                    Action::CallEntity { .. },
-                    EventKind::EntityOperationCompleted { .. }
-                )
-                | (
-                    Action::CallEntity { .. },
-                    EventKind::EntityOperationFailed { .. }
-                )
-                | (
-                    Action::LockEntities { .. },
-                    EventKind::EntityLockGranted { .. }
-                )
-        )
-    }
-}
-
-/// The result of a durable call as delivered by a completion event.
-#[derive(Clone, Debug)]
-pub(crate) enum Completion {
-    Ok(Option<String>),
-    Failed(FailureDetails),
-}
-
-/// Continue-as-new request.
-#[derive(Clone, Debug)]
-pub(crate) struct ContinueAsNewRequest {
-    pub input: Option<String>,
-    pub preserve_unprocessed_events: bool,
-}
-
-/// The mutable replay state of one execution, shared by the context and its futures.
-#[derive(Debug)]
-pub(crate) struct ExecutionState {
-    pub current_time: DateTime<Utc>,
-    pub is_replaying: bool,
-    pub next_seq: u64,
-    /// Every known action by sequence number: recorded ones, then new ones.
-    pub actions: Vec<Action>,
-    pub completions: HashMap<u64, Completion>,
-    pub completed: HashSet<u64>,
-    pub wakers: HashMap<u64, Waker>,
-    pub event_buffers: HashMap<String, VecDeque<Option<String>>>,
-    pub event_waiters: HashMap<String, VecDeque<u64>>,
-    pub event_results: HashMap<u64, Option<String>>,
-    pub event_wakers: HashMap<u64, Waker>,
-    pub next_waiter: u64,
-    pub custom_status: Option<String>,
-    pub continue_as_new: Option<ContinueAsNewRequest>,
-    pub nondeterminism: Option<String>,
-    pub guid_counter: u64,
-    /// Entities locked by the current critical section (once granted).
-    pub critical_section: Option<Vec<String>>,
-    /// Entities of every lock request made, granted or not, still to release at the end.
-    pub lock_requests: Vec<String>,
-    /// Entities with a call in flight inside the critical section.
-    pub entity_calls_in_flight: HashSet<String>,
-}
-
-impl ExecutionState {
-    fn new(now: DateTime<Utc>) -> Self {
-        Self {
-            current_time: now,
-            is_replaying: true,
-            next_seq: 0,
-            actions: Vec::new(),
-            completions: HashMap::new(),
-            completed: HashSet::new(),
-            wakers: HashMap::new(),
-            event_buffers: HashMap::new(),
-            event_waiters: HashMap::new(),
-            event_results: HashMap::new(),
-            event_wakers: HashMap::new(),
-            next_waiter: 0,
-            custom_status: None,
-            continue_as_new: None,
-            nondeterminism: None,
-            guid_counter: 0,
-            critical_section: None,
-            lock_requests: Vec::new(),
-            entity_calls_in_flight: HashSet::new(),
-        }
-    }
-
-    /// Delivers an external event to the oldest waiter for its name, or buffers it.
-    pub(crate) fn deliver_event(&mut self, name: &str, input: Option<String>) {
-        let key = name.to_string();
-        if let Some(waiters) = self.event_waiters.get_mut(&key) {
-            if let Some(w) = waiters.pop_front() {
-                self.event_results.insert(w, input);
-                if let Some(waker) = self.event_wakers.remove(&w) {
-                    waker.wake();
-                }
-                return;
-            }
-        }
-        self.event_buffers.entry(key).or_default().push_back(input);
-    }
-
-    /// Delivers a completion for `seq`.
-    pub(crate) fn complete(&mut self, seq: u64, c: Completion) {
-        if let Some(Action::CallEntity { entity_id, .. }) = self.actions.get(seq as usize) {
-            self.entity_calls_in_flight.remove(entity_id);
-        }
-        self.completed.insert(seq);
-        self.completions.insert(seq, c);
-        if let Some(w) = self.wakers.remove(&seq) {
-            w.wake();
-        }
-    }
-
-    /// Records a durable call, checking it against the history. Returns its sequence
-    /// number, or None when the call diverges from the history (nondeterminism).
-    fn schedule(&mut self, orchestration: &str, action: Action) -> Option<u64> {
-        if self.nondeterminism.is_some() {
-            return None;
-        }
-        let seq = self.next_seq;
-        if let Some(recorded) = self.actions.get(seq as usize) {
-            if !recorded.same_call(&action) {
-                self.nondeterminism = Some(format!(
-                    "non-deterministic orchestration '{orchestration}': at sequence number {seq} the history recorded {} but the code now attempted {}; was the orchestrator changed while this instance was running? Deploy changed code under a new orchestrator version instead",
-                    recorded.recorded_name(),
-                    action.attempted_name()
-                ));
-                return None;
-            }
-        } else {
-            self.actions.push(action);
-        }
-        self.next_seq += 1;
-        Some(seq)
-    }
-}
-
-pub(crate) struct ContextInner {
-    pub instance_id: String,
-    pub execution_id: String,
-    pub name: String,
-    pub version: Option<String>,
-    pub parent: Option<ParentInstance>,
-    pub state: Mutex<ExecutionState>,
-}
+pub use futures::{ContinueAsNew, CriticalSection, DurableFuture, EventFuture, LockFuture};
+pub(crate) use state::{Action, Completion, ContextInner, ContinueAsNewRequest, ExecutionState};
 
 /// The orchestration context: every durable operation of an orchestrator goes through it.
 ///
@@ -656,7 +231,7 @@ impl OrchestrationContext {
         let input = serde_json::to_value(input);
         Box::pin(async move {
             let input = input.map_err(|e| serialize_error(TaskKind::Activity, &name, e))?;
-            crate::retry::run_with_retry(&ctx, &policy, |attempt| {
+            run_with_retry(&ctx, &policy, |attempt| {
                 ctx.call_activity_attempt::<O>(&name, &input, attempt)
             })
             .await
@@ -707,7 +282,7 @@ impl OrchestrationContext {
         Box::pin(async move {
             let input =
                 input.map_err(|e| serialize_error(TaskKind::SubOrchestration, O::NAME, e))?;
-            crate::retry::run_with_retry(&ctx, &policy, |_| {
+            run_with_retry(&ctx, &policy, |_| {
                 ctx.sub_orchestration::<O::Output>(O::NAME, O::VERSION, None, &input)
             })
             .await
@@ -929,12 +504,6 @@ impl OrchestrationContext {
         )
     }
 
-    /// Typed calls to the entity of type `E` with this key:
-    /// `ctx.entity::<Counter>("game1").add(5).await?`.
-    pub fn entity<E: crate::entity::Entity>(&self, key: impl Into<String>) -> E::Calls {
-        E::Calls::from((self.clone(), EntityId::new(E::NAME, key)))
-    }
-
     /// Signals an entity operation (one-way). Inside a critical section, entities it has
     /// locked cannot be signalled (call them instead).
     pub fn signal_entity(
@@ -1114,76 +683,6 @@ fn invalid(kind: TaskKind, name: &str, e: crate::error::Error) -> TaskError {
     }
 }
 
-/// The future of [`OrchestrationContext::lock`]: resolves to the critical section once
-/// every lock is held.
-pub struct LockFuture {
-    ctx: OrchestrationContext,
-    inner: DurableFuture<Result<(), TaskError>>,
-    ids: Vec<String>,
-}
-
-impl std::fmt::Debug for LockFuture {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LockFuture")
-            .field("entities", &self.ids)
-            .finish()
-    }
-}
-
-impl Future for LockFuture {
-    type Output = Result<CriticalSection, TaskError>;
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = &mut *self;
-        match Pin::new(&mut this.inner).poll(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Ready(Ok(())) => {
-                this.ctx.state().critical_section = Some(this.ids.clone());
-                Poll::Ready(Ok(CriticalSection {
-                    ctx: this.ctx.clone(),
-                    ids: std::mem::take(&mut this.ids),
-                    released: false,
-                }))
-            }
-        }
-    }
-}
-
-/// Holds entity locks; dropping it (or calling [`release`](Self::release)) releases them.
-pub struct CriticalSection {
-    ctx: OrchestrationContext,
-    ids: Vec<String>,
-    released: bool,
-}
-
-impl std::fmt::Debug for CriticalSection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CriticalSection")
-            .field("entities", &self.ids)
-            .finish()
-    }
-}
-
-impl CriticalSection {
-    /// Releases the locks now.
-    pub fn release(mut self) {
-        self.release_now();
-    }
-
-    fn release_now(&mut self) {
-        if !self.released {
-            self.released = true;
-            self.ctx.release_locks(&self.ids);
-        }
-    }
-}
-
-impl Drop for CriticalSection {
-    fn drop(&mut self) {
-        self.release_now();
-    }
-}
-
 fn serialize_error(kind: TaskKind, name: &str, e: serde_json::Error) -> TaskError {
     TaskError {
         kind,
@@ -1202,7 +701,7 @@ fn serialize(
         .map_err(|e| serialize_error(kind, name, e))
 }
 
-fn decode_task<O: DeserializeOwned>(
+pub(crate) fn decode_task<O: DeserializeOwned>(
     c: Completion,
     kind: TaskKind,
     name: &str,
@@ -1233,194 +732,40 @@ fn decode_task<O: DeserializeOwned>(
     }
 }
 
-enum FutureState<T> {
-    Pending { seq: u64 },
-    Ready(Option<T>),
-    Never,
-}
-
-/// The future of one durable call (activity, sub-orchestration, timer). The call is
-/// recorded when the future is created, so several can run in parallel (fan-out).
-pub struct DurableFuture<T> {
-    ctx: OrchestrationContext,
-    state: FutureState<T>,
-    kind: TaskKind,
-    name: String,
-    decode: fn(Completion, TaskKind, &str) -> T,
-}
-
-impl<T> std::fmt::Debug for DurableFuture<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DurableFuture")
-            .field("name", &self.name)
-            .finish()
-    }
-}
-
-impl<T> DurableFuture<T> {
-    fn pending(
-        ctx: OrchestrationContext,
-        seq: u64,
-        kind: TaskKind,
-        name: &str,
-        decode: fn(Completion, TaskKind, &str) -> T,
-    ) -> Self {
-        Self {
-            ctx,
-            state: FutureState::Pending { seq },
-            kind,
-            name: name.to_string(),
-            decode,
+/// Runs `attempt_fn(attempt)` until it succeeds or the policy gives up.
+async fn run_with_retry<T, F, Fut>(
+    ctx: &OrchestrationContext,
+    policy: &RetryPolicy,
+    attempt_fn: F,
+) -> Result<T, TaskError>
+where
+    F: Fn(u32) -> Fut,
+    Fut: Future<Output = Result<T, TaskError>>,
+{
+    let started = ctx.current_utc_datetime();
+    let mut attempt = 1u32;
+    loop {
+        let err = match attempt_fn(attempt).await {
+            Ok(v) => return Ok(v),
+            Err(e) => e,
+        };
+        if let Err(msg) = policy.validate() {
+            return Err(TaskError {
+                failure: FailureDetails::new("InvalidRetryPolicy", msg),
+                ..err
+            });
         }
-    }
-
-    fn ready(ctx: OrchestrationContext, value: T) -> Self {
-        Self {
-            ctx,
-            state: FutureState::Ready(Some(value)),
-            kind: TaskKind::Activity,
-            name: String::new(),
-            decode: |_, _, _| unreachable!("a ready future is never decoded"),
+        if attempt >= policy.max_attempts || !policy.should_retry(&err) {
+            return Err(err);
         }
-    }
-
-    fn never(ctx: OrchestrationContext) -> Self {
-        Self {
-            ctx,
-            state: FutureState::Never,
-            kind: TaskKind::Activity,
-            name: String::new(),
-            decode: |_, _, _| unreachable!("a diverged call never completes"),
-        }
-    }
-
-    /// The sequence number of this call, when it was recorded.
-    pub fn sequence_number(&self) -> Option<u64> {
-        match self.state {
-            FutureState::Pending { seq } => Some(seq),
-            _ => None,
-        }
-    }
-}
-
-impl<T> Unpin for DurableFuture<T> {}
-
-impl<T> Future for DurableFuture<T> {
-    type Output = T;
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
-        let this = &mut *self;
-        match &mut this.state {
-            FutureState::Ready(v) => {
-                Poll::Ready(v.take().expect("DurableFuture polled after completion"))
-            }
-            FutureState::Never => Poll::Pending,
-            FutureState::Pending { seq } => {
-                let seq = *seq;
-                let mut st = this.ctx.state();
-                match st.completions.remove(&seq) {
-                    Some(c) => {
-                        drop(st);
-                        this.state = FutureState::Ready(None);
-                        Poll::Ready((this.decode)(c, this.kind, &this.name))
-                    }
-                    None => {
-                        st.wakers.insert(seq, cx.waker().clone());
-                        Poll::Pending
-                    }
-                }
+        if let Some(timeout) = policy.retry_timeout {
+            let deadline =
+                started + chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::MAX);
+            if ctx.current_utc_datetime() >= deadline {
+                return Err(err);
             }
         }
-    }
-}
-
-impl<T> Drop for DurableFuture<T> {
-    fn drop(&mut self) {
-        if let FutureState::Pending { seq } = self.state {
-            let mut st = self.ctx.state();
-            st.wakers.remove(&seq);
-        }
-    }
-}
-
-/// The future of an external event wait. Dropping it before it completes withdraws the
-/// wait; an event it had already received goes back to the front of the buffer.
-pub struct EventFuture<T> {
-    ctx: OrchestrationContext,
-    id: u64,
-    name: String,
-    done: bool,
-    _out: PhantomData<fn() -> T>,
-}
-
-impl<T> std::fmt::Debug for EventFuture<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EventFuture")
-            .field("name", &self.name)
-            .finish()
-    }
-}
-
-impl<T> Unpin for EventFuture<T> {}
-
-impl<T: DeserializeOwned> Future for EventFuture<T> {
-    type Output = Result<T, TaskError>;
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = &mut *self;
-        if this.done {
-            return Poll::Pending;
-        }
-        let mut st = this.ctx.state();
-        match st.event_results.remove(&this.id) {
-            Some(input) => {
-                drop(st);
-                this.done = true;
-                Poll::Ready(decode_task(
-                    Completion::Ok(input),
-                    TaskKind::ExternalEvent,
-                    &this.name,
-                ))
-            }
-            None => {
-                st.event_wakers.insert(this.id, cx.waker().clone());
-                Poll::Pending
-            }
-        }
-    }
-}
-
-impl<T> Drop for EventFuture<T> {
-    fn drop(&mut self) {
-        if self.done {
-            return;
-        }
-        let mut st = self.ctx.state();
-        st.event_wakers.remove(&self.id);
-        if let Some(input) = st.event_results.remove(&self.id) {
-            st.event_buffers
-                .entry(self.name.clone())
-                .or_default()
-                .push_front(input);
-        } else if let Some(waiters) = st.event_waiters.get_mut(&self.name) {
-            waiters.retain(|w| *w != self.id);
-        }
-    }
-}
-
-/// The future returned by [`OrchestrationContext::continue_as_new`]: it never completes;
-/// the engine ends the execution and starts the next one.
-pub struct ContinueAsNew<T> {
-    _out: PhantomData<fn() -> T>,
-}
-
-impl<T> std::fmt::Debug for ContinueAsNew<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ContinueAsNew")
-    }
-}
-
-impl<T> Future for ContinueAsNew<T> {
-    type Output = T;
-    fn poll(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<T> {
-        Poll::Pending
+        ctx.create_timer(policy.delay_after(attempt)).await;
+        attempt += 1;
     }
 }

@@ -1,0 +1,230 @@
+//! The statements, prepared once per connection. Tables are unqualified: each connection's
+//! `search_path` is the store's schema. Every time comparison uses the database's `now()`.
+
+/// The columns an instance's state is read from, in the order [`super::ops::read_state`]
+/// decodes them.
+macro_rules! state_cols {
+    () => {
+        "id, execution_id, name, version, status, input, output, failure, custom_status, \
+         created_at, last_updated_at, parent, history_len"
+    };
+}
+pub(crate) use state_cols;
+
+/// A new instance and its start message, when no instance has the id (one statement).
+pub const CREATE: &str = "WITH ins AS (
+    INSERT INTO instances(id, execution_id, name, version, status, input, output, failure,
+        custom_status, created_at, last_updated_at, parent, history_len)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 0)
+    ON CONFLICT (id) DO NOTHING RETURNING id)
+  INSERT INTO messages(instance_id, visible_at, message)
+  SELECT id, coalesce($13::timestamptz, now()), $14 FROM ins RETURNING id";
+
+/// The status of an instance, locked for replacing it.
+pub const STATUS_FOR_UPDATE: &str = "SELECT status FROM instances WHERE id = $1 FOR UPDATE";
+
+/// Overwrites a finished instance with a new one (no lease, empty history).
+pub const REPLACE: &str = "UPDATE instances SET execution_id = $2, name = $3, version = $4,
+    status = $5, input = $6, output = $7, failure = $8, custom_status = $9, created_at = $10,
+    last_updated_at = $11, parent = $12, lease_token = NULL, lease_owner = NULL,
+    lease_expires_at = NULL, history_len = 0
+  WHERE id = $1";
+
+pub const DELETE_HISTORY: &str = "DELETE FROM history WHERE instance_id = $1";
+pub const DELETE_MESSAGES: &str = "DELETE FROM messages WHERE instance_id = $1";
+
+/// One message, only to an existing instance (kept from being purged until commit).
+/// Returns whether it is delayed.
+pub const SEND: &str = "INSERT INTO messages(instance_id, visible_at, message)
+  SELECT $1, coalesce($2::timestamptz, now()), $3
+  WHERE EXISTS (SELECT 1 FROM instances WHERE id = $1 FOR KEY SHARE)
+  RETURNING visible_at > now()";
+
+/// Leases up to $1 free instances with visible messages to owner $2 for $3 microseconds,
+/// under tokens `$4 || id` ($4 is random per call); rows another fetch is leasing right now
+/// are skipped, not waited for.
+pub const LEASE_INSTANCES: &str = concat!(
+    "WITH cand AS (
+    SELECT i.id AS cid FROM messages m JOIN instances i ON i.id = m.instance_id
+    WHERE m.visible_at <= now()
+      AND (i.lease_expires_at IS NULL OR i.lease_expires_at <= now())
+    ORDER BY m.visible_at, m.id LIMIT $1
+    FOR UPDATE OF i SKIP LOCKED)
+  UPDATE instances SET lease_token = $4::text || id,
+    lease_owner = $2, lease_expires_at = now() + $3::bigint * interval '1 microsecond'
+  FROM (SELECT DISTINCT cid FROM cand) c WHERE id = c.cid
+  RETURNING lease_token, ",
+    state_cols!()
+);
+
+/// The visible messages (at most $3 each, in arrival order) of the instances that owner $1
+/// leased with token prefix $2. Sent right behind [`LEASE_INSTANCES`], it runs after the
+/// leases committed, on a snapshot of its own: every commit of an earlier lease holder is
+/// seen, so no message it consumed is handed out again.
+pub const MESSAGES_OF_LEASED: &str = "SELECT instance_id, id, message FROM (
+    SELECT m.instance_id, m.id, m.message,
+      row_number() OVER (PARTITION BY m.instance_id ORDER BY m.id) AS n
+    FROM instances i JOIN messages m ON m.instance_id = i.id
+    WHERE i.lease_owner = $1 AND left(i.lease_token, 32) = $2 AND m.visible_at <= now()) x
+  WHERE n <= $3 ORDER BY instance_id, id";
+
+/// The visible messages of instance $1, when lease $2 holds it.
+pub const MESSAGES_IF_LEASED: &str = "SELECT id, message FROM messages
+  WHERE instance_id = $1 AND visible_at <= now()
+    AND EXISTS (SELECT 1 FROM instances WHERE id = $1 AND lease_token = $2)
+  ORDER BY id LIMIT $3";
+
+/// The instance row a commit checks its fence against, locked (not against the key share
+/// locks of messages sent to it).
+pub const FENCE: &str = "SELECT lease_token, history_len, execution_id,
+    (lease_expires_at IS NULL OR lease_expires_at <= now()) AS free
+  FROM instances WHERE id = $1 FOR NO KEY UPDATE";
+
+/// Whether instance $1 has visible messages.
+pub const HAS_VISIBLE: &str =
+    "SELECT EXISTS (SELECT 1 FROM messages WHERE instance_id = $1 AND visible_at <= now())";
+
+pub const DELETE_ACTIVITY: &str = "DELETE FROM activities WHERE id = $1 AND lease_token = $2";
+
+pub const DELETE_CONSUMED: &str = "DELETE FROM messages WHERE instance_id = $1 AND id = ANY($2)";
+
+pub const APPEND_HISTORY: &str = "INSERT INTO history(instance_id, seq, event)
+  SELECT $1, $2 + t.o - 1, t.e FROM unnest($3::text[]) WITH ORDINALITY AS t(e, o)";
+
+/// Writes the state an episode produced and releases the lease.
+pub const WRITE_STATE: &str = "UPDATE instances SET execution_id = $2, name = $3, version = $4,
+    status = $5, input = $6, output = $7, failure = $8, custom_status = $9, created_at = $10,
+    last_updated_at = $11, parent = $12, lease_token = NULL, lease_owner = NULL,
+    lease_expires_at = NULL, history_len = $13
+  WHERE id = $1";
+
+/// Releases the lease, keeping the state.
+pub const RELEASE: &str = "UPDATE instances SET lease_token = NULL, lease_owner = NULL,
+    lease_expires_at = NULL, history_len = $2 WHERE id = $1";
+
+/// Queues activities; those with a token are leased at once to owner $4 for $5 µs.
+pub const INSERT_ACTIVITIES: &str = "INSERT INTO activities(instance_id, item, lease_token,
+    lease_owner, visible_at, dequeue_count)
+  SELECT $1, t.item, t.tok,
+    CASE WHEN t.tok IS NULL THEN NULL ELSE $4::text END,
+    CASE WHEN t.tok IS NULL THEN now() ELSE now() + $5::bigint * interval '1 microsecond' END,
+    CASE WHEN t.tok IS NULL THEN 0 ELSE 1 END
+  FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS t(item, tok, o) ORDER BY t.o
+  RETURNING id, lease_token";
+
+/// Messages to existing instances (others are dropped); returns where each went and
+/// whether it is delayed.
+pub const INSERT_MESSAGES: &str = "INSERT INTO messages(instance_id, visible_at, message)
+  SELECT t.i, coalesce(t.v, now()), t.m
+  FROM unnest($1::text[], $2::timestamptz[], $3::text[]) WITH ORDINALITY AS t(i, v, m, o)
+  WHERE EXISTS (SELECT 1 FROM instances x WHERE x.id = t.i FOR KEY SHARE)
+  ORDER BY t.o
+  RETURNING instance_id, visible_at > now()";
+
+/// Leases instance $1 to owner $5 with token $4 for $6 µs when it is free and activity
+/// $2 is still leased with token $3.
+pub const LEASE_FOR_RESULT: &str = concat!(
+    "UPDATE instances SET lease_token = $4, lease_owner = $5,
+    lease_expires_at = now() + $6::bigint * interval '1 microsecond'
+  WHERE id = $1 AND (lease_expires_at IS NULL OR lease_expires_at <= now())
+    AND EXISTS (SELECT 1 FROM activities WHERE id = $2 AND lease_token = $3)
+  RETURNING ",
+    state_cols!()
+);
+
+/// Deletes activity $1 (fenced by token $2) and queues its result for instance $3 when it
+/// exists; returns (deleted, queued).
+pub const COMPLETE: &str = "WITH d AS (
+    DELETE FROM activities WHERE id = $1 AND lease_token = $2 RETURNING 1),
+  ins AS (INSERT INTO messages(instance_id, visible_at, message)
+    SELECT $3, coalesce($4::timestamptz, now()), $5
+    WHERE EXISTS (SELECT 1 FROM d)
+      AND EXISTS (SELECT 1 FROM instances WHERE id = $3 FOR KEY SHARE)
+    RETURNING 1)
+  SELECT (SELECT count(*) FROM d), (SELECT count(*) FROM ins)";
+
+/// [`COMPLETE`], then leases the instance to owner $7 with token $6 for $8 µs when free.
+pub const COMPLETE_AND_LEASE: &str = concat!(
+    "WITH d AS (
+    DELETE FROM activities WHERE id = $1 AND lease_token = $2 RETURNING 1),
+  ins AS (INSERT INTO messages(instance_id, visible_at, message)
+    SELECT $3, coalesce($4::timestamptz, now()), $5
+    WHERE EXISTS (SELECT 1 FROM d)
+      AND EXISTS (SELECT 1 FROM instances WHERE id = $3 FOR KEY SHARE)
+    RETURNING 1),
+  l AS (UPDATE instances SET lease_token = $6, lease_owner = $7,
+      lease_expires_at = now() + $8::bigint * interval '1 microsecond'
+    WHERE id = $3 AND (lease_expires_at IS NULL OR lease_expires_at <= now())
+      AND EXISTS (SELECT 1 FROM ins)
+    RETURNING ",
+    state_cols!(),
+    ")
+  SELECT (SELECT count(*) FROM d), (SELECT count(*) FROM ins), l.* FROM (SELECT 1) AS one
+  LEFT JOIN l ON true"
+);
+
+pub const RENEW_INSTANCE: &str = "UPDATE instances
+  SET lease_expires_at = now() + $3::bigint * interval '1 microsecond'
+  WHERE id = $1 AND lease_token = $2";
+
+/// Gives up a lease; with a delay the instance stays hidden (under a token no one holds).
+pub const ABANDON_INSTANCE: &str = "UPDATE instances SET
+    lease_token = CASE WHEN $3::bigint = 0 THEN NULL
+      ELSE replace(gen_random_uuid()::text, '-', '') END,
+    lease_owner = NULL,
+    lease_expires_at = CASE WHEN $3::bigint = 0 THEN NULL
+      ELSE now() + $3::bigint * interval '1 microsecond' END
+  WHERE id = $1 AND lease_token = $2";
+
+/// Leases up to $1 visible activity work items to owner $2 for $3 µs.
+pub const LEASE_ACTIVITIES: &str = "WITH c AS (
+    SELECT id AS cid FROM activities WHERE visible_at <= now()
+    ORDER BY visible_at, id LIMIT $1 FOR UPDATE SKIP LOCKED)
+  UPDATE activities SET lease_token = replace(gen_random_uuid()::text, '-', ''),
+    lease_owner = $2, visible_at = now() + $3::bigint * interval '1 microsecond',
+    dequeue_count = dequeue_count + 1
+  FROM c WHERE id = c.cid
+  RETURNING id, instance_id, item, lease_token, dequeue_count";
+
+pub const RENEW_ACTIVITY: &str = "UPDATE activities
+  SET visible_at = now() + $3::bigint * interval '1 microsecond'
+  WHERE id = $1 AND lease_token = $2";
+
+pub const ABANDON_ACTIVITY: &str = "UPDATE activities
+  SET visible_at = now() + $3::bigint * interval '1 microsecond', lease_token = NULL,
+    lease_owner = NULL
+  WHERE id = $1 AND lease_token = $2";
+
+/// Gives back every lease of owner $1; returns how many.
+pub const RELEASE_OWNER: &str = "WITH a AS (
+    UPDATE instances SET lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
+    WHERE lease_owner = $1 RETURNING 1),
+  b AS (UPDATE activities SET lease_token = NULL, lease_owner = NULL, visible_at = now()
+    WHERE lease_owner = $1 RETURNING 1)
+  SELECT (SELECT count(*) FROM a) + (SELECT count(*) FROM b)";
+
+/// Seconds until the next delayed message or instance lease comes due, if any.
+pub const NEXT_DUE_ORCHESTRATIONS: &str = "SELECT extract(epoch FROM least(
+    (SELECT min(visible_at) FROM messages WHERE visible_at > now()),
+    (SELECT min(lease_expires_at) FROM instances WHERE lease_expires_at > now())) - now())::float8";
+
+/// Seconds until the next delayed or leased activity work item comes due, if any.
+pub const NEXT_DUE_ACTIVITIES: &str = "SELECT extract(epoch FROM
+    (SELECT min(visible_at) FROM activities WHERE visible_at > now()) - now())::float8";
+
+pub const GET_STATE: &str = concat!("SELECT ", state_cols!(), " FROM instances WHERE id = $1");
+
+pub const READ_HISTORY: &str = "SELECT event FROM history WHERE instance_id = $1 ORDER BY seq";
+
+/// Deletes an instance with everything it has; returns 1 when it existed.
+pub const PURGE: &str = "WITH i AS (DELETE FROM instances WHERE id = $1 RETURNING 1),
+  h AS (DELETE FROM history WHERE instance_id = $1),
+  m AS (DELETE FROM messages WHERE instance_id = $1),
+  a AS (DELETE FROM activities WHERE instance_id = $1)
+  SELECT count(*) FROM i";
+
+/// One episode's commit without children to create, in one statement and one implicit
+/// transaction (the `commit_episode` function of the schema): the fence, then every write.
+pub const COMMIT_EPISODE: &str = "SELECT ok, act_ids, act_tokens, sent_to, sent_delayed
+  FROM commit_episode($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
+    $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27)";

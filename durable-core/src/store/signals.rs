@@ -1,0 +1,151 @@
+//! Waiting for a single-process store: in-process [`LocalSignals`] fired by commits, and
+//! the fetch and instance waits built on them. For providers owned by one process (memory,
+//! SQLite); a provider shared by several processes waits on its backend instead.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::Notify;
+
+use super::{Clock, StoreResult};
+use crate::instance::InstanceState;
+
+/// Wake-ups a single-process store fires when it commits, so waiting fetches and waiting
+/// clients react at once instead of polling.
+#[derive(Debug, Default)]
+pub struct LocalSignals {
+    orchestrations: Notify,
+    activities: Notify,
+    instance_waiters: Mutex<HashMap<String, Arc<Notify>>>,
+}
+
+impl LocalSignals {
+    /// Orchestration messages became visible, or a delayed one (a timer) was stored.
+    pub fn orchestrations_changed(&self) {
+        self.orchestrations.notify_waiters();
+    }
+
+    /// Activity work items became visible, or a delayed retry was stored.
+    pub fn activities_changed(&self) {
+        self.activities.notify_waiters();
+    }
+
+    /// The stored state of `instance_id` changed.
+    pub fn instance_changed(&self, instance_id: &str) {
+        let notify = {
+            let mut map = self
+                .instance_waiters
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            map.remove(instance_id)
+        };
+        if let Some(n) = notify {
+            n.notify_waiters();
+        }
+    }
+
+    fn instance_waiter(&self, instance_id: &str) -> Arc<Notify> {
+        let mut map = self
+            .instance_waiters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        map.entry(instance_id.to_string()).or_default().clone()
+    }
+
+    /// Runs `attempt` until it returns work or `wait` passes. `attempt` returns the work it
+    /// leased and, when none, the store-clock time delayed work next comes due; between
+    /// attempts this sleeps until then, until `wait` ends, or until a commit signals work.
+    pub async fn fetch_orchestrations<T, F, Fut>(
+        &self,
+        clock: &dyn Clock,
+        wait: Duration,
+        attempt: F,
+    ) -> StoreResult<Vec<T>>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = StoreResult<(Vec<T>, Option<DateTime<Utc>>)>>,
+    {
+        fetch_waiting(&self.orchestrations, clock, wait, attempt).await
+    }
+
+    /// [`fetch_orchestrations`](Self::fetch_orchestrations) for activity work items.
+    pub async fn fetch_activities<T, F, Fut>(
+        &self,
+        clock: &dyn Clock,
+        wait: Duration,
+        attempt: F,
+    ) -> StoreResult<Vec<T>>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = StoreResult<(Vec<T>, Option<DateTime<Utc>>)>>,
+    {
+        fetch_waiting(&self.activities, clock, wait, attempt).await
+    }
+
+    /// Waits until `read` returns a state different from `seen`, or `timeout` passes;
+    /// returns the last state read.
+    pub async fn wait_for_instance<F, Fut>(
+        &self,
+        instance_id: &str,
+        seen: Option<&InstanceState>,
+        timeout: Duration,
+        mut read: F,
+    ) -> StoreResult<Option<InstanceState>>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = StoreResult<Option<InstanceState>>>,
+    {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let waiter = self.instance_waiter(instance_id);
+            let notified = waiter.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let state = read().await?;
+            if state.as_ref() != seen || tokio::time::Instant::now() >= deadline {
+                return Ok(state);
+            }
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
+        }
+    }
+}
+
+async fn fetch_waiting<T, F, Fut>(
+    notify: &Notify,
+    clock: &dyn Clock,
+    wait: Duration,
+    mut attempt: F,
+) -> StoreResult<Vec<T>>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = StoreResult<(Vec<T>, Option<DateTime<Utc>>)>>,
+{
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let notified = notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let attempted_at = clock.now();
+        let (items, next_due) = attempt().await?;
+        let now = tokio::time::Instant::now();
+        if !items.is_empty() || now >= deadline {
+            return Ok(items);
+        }
+        let mut nap = deadline - now;
+        // Work that was due when the attempt ran and was not taken is not takeable (a lapsed
+        // lease on an instance with nothing to do): only later due times shorten the nap.
+        if let Some(due) = next_due.filter(|d| *d > attempted_at) {
+            nap = nap.min((due - clock.now()).to_std().unwrap_or(Duration::ZERO));
+        }
+        tokio::select! {
+            _ = &mut notified => {}
+            _ = tokio::time::sleep(nap) => {}
+        }
+    }
+}

@@ -1,0 +1,821 @@
+//! The store's operations as SQL, each a function over a connection: run by the writer
+//! thread inside a batch's transaction (writes, which report what they woke in a [`Wake`])
+//! or on a reader connection (reads). Times are store-clock Unix microseconds.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::writer::Wake;
+use super::{from_json, from_micros, micros, sql, to_json};
+use crate::history::{FailureDetails, OrchestrationMessage, ParentInstance};
+use crate::instance::{InstanceFilter, InstanceState, NewInstance, RuntimeStatus};
+use crate::store::{
+    child_conflict_message, random_id, ActivityWorkItem, HistoryUpdate, OrchestrationCommit,
+    OrchestrationWorkItem, StoreError, StoreResult, WorkerId, MAX_MESSAGES_PER_WORK_ITEM,
+};
+
+/// `now + d` in microseconds, saturating.
+pub(super) fn plus(now: i64, d: Duration) -> i64 {
+    now.saturating_add(d.as_micros().min(i64::MAX as u128 / 2) as i64)
+}
+
+/// Where a commit's new activities go: up to `max` leased to `owner` for `lease`.
+pub(super) struct Direct {
+    pub owner: WorkerId,
+    pub lease: Duration,
+    pub max: usize,
+}
+
+/// How a commit proves it may change the instance.
+pub(super) enum Fence<'a> {
+    /// The lease's token.
+    Token,
+    /// No lease: the instance must be free, on this execution, with this many events and
+    /// no waiting messages.
+    Unleased {
+        execution_id: &'a str,
+        history_len: u64,
+    },
+}
+
+pub(super) fn exists(conn: &Connection, id: &str) -> StoreResult<bool> {
+    conn.prepare_cached("SELECT 1 FROM instances WHERE id = ?1")
+        .and_then(|mut s| s.exists(params![id]))
+        .map_err(sql)
+}
+
+fn status_of(conn: &Connection, id: &str) -> StoreResult<Option<RuntimeStatus>> {
+    let s: Option<String> = conn
+        .prepare_cached("SELECT status FROM instances WHERE id = ?1")
+        .and_then(|mut s| s.query_row(params![id], |r| r.get(0)).optional())
+        .map_err(sql)?;
+    Ok(s.and_then(|s| RuntimeStatus::parse(&s)))
+}
+
+pub(super) fn purge(conn: &Connection, id: &str) -> StoreResult<bool> {
+    let n = conn
+        .execute("DELETE FROM instances WHERE id = ?1", params![id])
+        .map_err(sql)?;
+    conn.execute("DELETE FROM history WHERE instance_id = ?1", params![id])
+        .map_err(sql)?;
+    conn.execute("DELETE FROM messages WHERE instance_id = ?1", params![id])
+        .map_err(sql)?;
+    conn.execute("DELETE FROM activities WHERE instance_id = ?1", params![id])
+        .map_err(sql)?;
+    Ok(n > 0)
+}
+
+pub(super) fn create(conn: &Connection, n: &NewInstance, w: &mut Wake) -> StoreResult<()> {
+    if let Some(status) = status_of(conn, &n.instance_id)? {
+        if !status.is_terminal() {
+            return Err(StoreError::already_exists(n.instance_id.clone(), status));
+        }
+        conn.execute(
+            "DELETE FROM history WHERE instance_id = ?1",
+            params![n.instance_id],
+        )
+        .map_err(sql)?;
+        conn.execute(
+            "DELETE FROM messages WHERE instance_id = ?1",
+            params![n.instance_id],
+        )
+        .map_err(sql)?;
+        conn.execute(
+            "DELETE FROM instances WHERE id = ?1",
+            params![n.instance_id],
+        )
+        .map_err(sql)?;
+    }
+    write_state(conn, &n.initial_state(), 0, WriteState::Insert)?;
+    insert_message(conn, &n.start_message(), w)?;
+    w.instances.push(n.instance_id.clone());
+    Ok(())
+}
+
+/// Inserts or updates an instance row; a new row has no lease.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum WriteState {
+    Insert,
+    /// Every column.
+    Update,
+    /// Every column but the indexed `status` and `created_at`, which did not change (their
+    /// index entries stay untouched).
+    UpdateUnindexed,
+}
+
+fn write_state(
+    conn: &Connection,
+    s: &InstanceState,
+    history_len: i64,
+    mode: WriteState,
+) -> StoreResult<()> {
+    let failure = s.failure.as_ref().map(to_json).transpose()?;
+    let parent = s.parent.as_ref().map(to_json).transpose()?;
+    let sql_text = match mode {
+        WriteState::Insert => "INSERT INTO instances(id, execution_id, name, version, status, input, output, failure, custom_status,
+            created_at, last_updated_at, parent, lease_token, lease_expires_at, lease_owner, history_len)
+         VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, NULL, NULL, NULL, ?13)",
+        WriteState::Update => "UPDATE instances SET execution_id = ?2, name = ?3, version = ?4, status = ?5, input = ?6, output = ?7,
+            failure = ?8, custom_status = ?9, created_at = ?10, last_updated_at = ?11, parent = ?12,
+            lease_token = NULL, lease_expires_at = NULL, lease_owner = NULL, history_len = ?13
+         WHERE id = ?1",
+        WriteState::UpdateUnindexed => "UPDATE instances SET execution_id = ?2, name = ?3, version = ?4, input = ?6, output = ?7,
+            failure = ?8, custom_status = ?9, last_updated_at = ?11, parent = ?12,
+            lease_token = NULL, lease_expires_at = NULL, lease_owner = NULL, history_len = ?13
+         WHERE id = ?1",
+    };
+    conn.prepare_cached(sql_text)
+        .and_then(|mut st| {
+            st.execute(params![
+                s.instance_id,
+                s.execution_id,
+                s.name,
+                s.version,
+                s.status.as_str(),
+                s.input,
+                s.output,
+                failure,
+                s.custom_status,
+                micros(s.created_at),
+                micros(s.last_updated_at),
+                parent,
+                history_len,
+            ])
+        })
+        .map_err(sql)?;
+    Ok(())
+}
+
+pub(super) fn insert_message(
+    conn: &Connection,
+    m: &OrchestrationMessage,
+    w: &mut Wake,
+) -> StoreResult<()> {
+    let visible = m.visible_at.map(micros).unwrap_or(0);
+    conn.prepare_cached(
+        "INSERT INTO messages(instance_id, visible_at, message) VALUES(?1, ?2, ?3)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            m.instance_id,
+            visible,
+            to_json(m).unwrap_or_default()
+        ])
+    })
+    .map_err(sql)?;
+    w.orchestrations = true;
+    Ok(())
+}
+
+fn read_state(row: &rusqlite::Row<'_>) -> rusqlite::Result<(InstanceState, i64)> {
+    let status: String = row.get(4)?;
+    let failure: Option<String> = row.get(7)?;
+    let parent: Option<String> = row.get(11)?;
+    Ok((
+        InstanceState {
+            instance_id: row.get(0)?,
+            execution_id: row.get(1)?,
+            name: row.get(2)?,
+            version: row.get(3)?,
+            status: RuntimeStatus::parse(&status).unwrap_or(RuntimeStatus::Running),
+            input: row.get(5)?,
+            output: row.get(6)?,
+            failure: failure.and_then(|f| serde_json::from_str::<FailureDetails>(&f).ok()),
+            custom_status: row.get(8)?,
+            created_at: from_micros(row.get(9)?),
+            last_updated_at: from_micros(row.get(10)?),
+            parent: parent.and_then(|p| serde_json::from_str::<ParentInstance>(&p).ok()),
+        },
+        row.get(12)?,
+    ))
+}
+
+const STATE_COLUMNS: &str = "id, execution_id, name, version, status, input, output, failure, custom_status, created_at, last_updated_at, parent, history_len";
+
+pub(super) fn get_state(conn: &Connection, id: &str) -> StoreResult<Option<(InstanceState, i64)>> {
+    conn.prepare_cached(&format!(
+        "SELECT {STATE_COLUMNS} FROM instances WHERE id = ?1"
+    ))
+    .and_then(|mut s| s.query_row(params![id], read_state).optional())
+    .map_err(sql)
+}
+
+pub(super) fn fetch_orchestration(
+    conn: &Connection,
+    now: i64,
+    owner: &WorkerId,
+    lease: Duration,
+) -> StoreResult<Option<OrchestrationWorkItem>> {
+    let id: Option<String> = conn
+        .prepare_cached(
+            "SELECT m.instance_id FROM messages m JOIN instances i ON i.id = m.instance_id
+             WHERE m.visible_at <= ?1 AND (i.lease_expires_at IS NULL OR i.lease_expires_at <= ?1)
+             ORDER BY m.visible_at, m.id LIMIT 1",
+        )
+        .and_then(|mut s| s.query_row(params![now], |r| r.get(0)).optional())
+        .map_err(sql)?;
+    let Some(id) = id else {
+        return Ok(None);
+    };
+    lease_instance(conn, &id, now, owner, lease)
+}
+
+/// Leases an instance that no one holds, with all its visible messages.
+pub(super) fn lease_instance(
+    conn: &Connection,
+    id: &str,
+    now: i64,
+    owner: &WorkerId,
+    lease: Duration,
+) -> StoreResult<Option<OrchestrationWorkItem>> {
+    let token = random_id();
+    let n = conn
+        .prepare_cached(
+            "UPDATE instances SET lease_token = ?1, lease_expires_at = ?2, lease_owner = ?5
+             WHERE id = ?3 AND (lease_expires_at IS NULL OR lease_expires_at <= ?4)",
+        )
+        .and_then(|mut s| s.execute(params![token, plus(now, lease), id, now, owner.as_str()]))
+        .map_err(sql)?;
+    if n == 0 {
+        return Ok(None);
+    }
+    let mut stmt = conn
+        .prepare_cached("SELECT id, message FROM messages WHERE instance_id = ?1 AND visible_at <= ?2 ORDER BY id LIMIT ?3")
+        .map_err(sql)?;
+    let rows = stmt
+        .query_map(params![id, now, MAX_MESSAGES_PER_WORK_ITEM as i64], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+        })
+        .map_err(sql)?;
+    let mut messages = Vec::new();
+    for row in rows {
+        let (mid, json) = row.map_err(sql)?;
+        messages.push((mid as u64, from_json::<OrchestrationMessage>(&json)?));
+    }
+    let (state, history_len) = match get_state(conn, id)? {
+        Some((s, n)) => (Some(s), n),
+        None => (None, 0),
+    };
+    Ok(Some(OrchestrationWorkItem {
+        instance_id: id.to_string(),
+        lease_token: token,
+        messages,
+        state,
+        history_len: history_len as u64,
+    }))
+}
+
+/// Applies a commit; leases up to `max_leased` of its new activities to the caller.
+pub(super) fn commit(
+    conn: &Connection,
+    c: &OrchestrationCommit,
+    w: &mut Wake,
+    now: i64,
+    direct: Option<&Direct>,
+    completed: Option<&ActivityWorkItem>,
+    fence: Fence<'_>,
+) -> StoreResult<Vec<ActivityWorkItem>> {
+    type Current = (Option<String>, i64, String, i64, Option<i64>, String);
+    let current: Option<Current> = conn
+        .prepare_cached(
+            "SELECT lease_token, history_len, status, created_at, lease_expires_at, execution_id
+             FROM instances WHERE id = ?1",
+        )
+        .and_then(|mut s| {
+            s.query_row(params![c.instance_id], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            })
+            .optional()
+        })
+        .map_err(sql)?;
+    let Some((token, mut history_len, old_status, old_created, lease_expires_at, execution)) =
+        current
+    else {
+        return Err(StoreError::lease_lost());
+    };
+    match fence {
+        Fence::Token => {
+            if token.as_deref() != Some(c.lease_token.as_str()) {
+                return Err(StoreError::lease_lost());
+            }
+        }
+        Fence::Unleased {
+            execution_id,
+            history_len: expected,
+        } => {
+            let free = token.is_none() || lease_expires_at.is_none_or(|t| t <= now);
+            let waiting = conn
+                .prepare_cached(
+                    "SELECT 1 FROM messages WHERE instance_id = ?1 AND visible_at <= ?2 LIMIT 1",
+                )
+                .and_then(|mut s| s.exists(params![c.instance_id, now]))
+                .map_err(sql)?;
+            if !free || waiting || execution != execution_id || history_len as u64 != expected {
+                return Err(StoreError::lease_lost());
+            }
+        }
+    }
+    if let Some(a) = completed {
+        // The first write: refused with nothing written when the activity's lease is gone.
+        let n = conn
+            .prepare_cached("DELETE FROM activities WHERE id = ?1 AND lease_token = ?2")
+            .and_then(|mut s| s.execute(params![a.id as i64, a.lease_token]))
+            .map_err(sql)?;
+        if n == 0 {
+            return Err(StoreError::lease_lost());
+        }
+    }
+    {
+        let mut del = conn
+            .prepare_cached("DELETE FROM messages WHERE id = ?1 AND instance_id = ?2")
+            .map_err(sql)?;
+        for id in &c.consumed {
+            del.execute(params![*id as i64, c.instance_id])
+                .map_err(sql)?;
+        }
+    }
+    let events = match &c.history {
+        HistoryUpdate::Append(e) => e,
+        HistoryUpdate::Replace(e) => {
+            conn.execute(
+                "DELETE FROM history WHERE instance_id = ?1",
+                params![c.instance_id],
+            )
+            .map_err(sql)?;
+            history_len = 0;
+            e
+        }
+    };
+    {
+        let mut ins = conn
+            .prepare_cached("INSERT INTO history(instance_id, seq, event) VALUES(?1, ?2, ?3)")
+            .map_err(sql)?;
+        for e in events {
+            ins.execute(params![c.instance_id, history_len, to_json(e)?])
+                .map_err(sql)?;
+            history_len += 1;
+        }
+    }
+    match &c.state {
+        Some(state) => {
+            let mode =
+                if state.status.as_str() == old_status && micros(state.created_at) == old_created {
+                    WriteState::UpdateUnindexed
+                } else {
+                    WriteState::Update
+                };
+            write_state(conn, state, history_len, mode)?;
+            w.instances.push(c.instance_id.clone());
+        }
+        None => {
+            conn.prepare_cached(
+                "UPDATE instances SET lease_token = NULL, lease_expires_at = NULL, lease_owner = NULL, history_len = ?1 WHERE id = ?2",
+            )
+            .and_then(|mut s| s.execute(params![history_len, c.instance_id]))
+            .map_err(sql)?;
+        }
+    }
+    let has_more = conn
+        .prepare_cached("SELECT 1 FROM messages WHERE instance_id = ?1 LIMIT 1")
+        .and_then(|mut s| s.exists(params![c.instance_id]))
+        .map_err(sql)?;
+    w.orchestrations |= has_more;
+    let mut leased = Vec::new();
+    {
+        let mut ins = conn
+            .prepare_cached("INSERT INTO activities(instance_id, item, lease_token, lease_owner, visible_at, dequeue_count) VALUES(?1, ?2, ?3, ?4, ?5, ?6)")
+            .map_err(sql)?;
+        for a in &c.activities {
+            let row = to_json(&ActivityRow::from(a))?;
+            match direct {
+                Some(d) if leased.len() < d.max => {
+                    let token = random_id();
+                    ins.execute(params![
+                        a.instance_id,
+                        row,
+                        token,
+                        d.owner.as_str(),
+                        plus(now, d.lease),
+                        1
+                    ])
+                    .map_err(sql)?;
+                    leased.push(ActivityWorkItem {
+                        id: conn.last_insert_rowid() as u64,
+                        lease_token: token,
+                        dequeue_count: 1,
+                        ..a.clone()
+                    });
+                }
+                _ => {
+                    ins.execute(params![
+                        a.instance_id,
+                        row,
+                        None::<String>,
+                        None::<String>,
+                        0,
+                        0
+                    ])
+                    .map_err(sql)?;
+                    w.activities = true;
+                }
+            }
+        }
+    }
+    for child in &c.new_instances {
+        match status_of(conn, &child.instance_id)? {
+            Some(status) if !status.is_terminal() => {
+                if let Some(msg) = child_conflict_message(child, status, from_micros(now)) {
+                    if exists(conn, &msg.instance_id)? {
+                        insert_message(conn, &msg, w)?;
+                    }
+                }
+            }
+            _ => create(conn, child, w)?,
+        }
+    }
+    for m in &c.messages {
+        if exists(conn, &m.instance_id)? {
+            insert_message(conn, m, w)?;
+        }
+    }
+    Ok(leased)
+}
+
+/// The stored form of an activity work item (lease fields live in their own columns).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ActivityRow {
+    execution_id: String,
+    seq: u64,
+    name: String,
+    input: Option<String>,
+    attempt: u32,
+}
+
+impl From<&ActivityWorkItem> for ActivityRow {
+    fn from(a: &ActivityWorkItem) -> Self {
+        Self {
+            execution_id: a.execution_id.clone(),
+            seq: a.seq,
+            name: a.name.clone(),
+            input: a.input.clone(),
+            attempt: a.attempt,
+        }
+    }
+}
+
+pub(super) fn fetch_activities(
+    conn: &Connection,
+    now: i64,
+    owner: &WorkerId,
+    lease: Duration,
+    max: usize,
+) -> StoreResult<Vec<ActivityWorkItem>> {
+    let rows: Vec<(i64, String, String, i64)> = {
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT id, instance_id, item, dequeue_count FROM activities WHERE visible_at <= ?1 ORDER BY visible_at, id LIMIT ?2",
+            )
+            .map_err(sql)?;
+        let it = stmt
+            .query_map(params![now, max as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })
+            .map_err(sql)?;
+        it.collect::<Result<_, _>>().map_err(sql)?
+    };
+    let until = plus(now, lease);
+    let mut out = Vec::with_capacity(rows.len());
+    let mut upd = conn
+        .prepare_cached("UPDATE activities SET lease_token = ?1, lease_owner = ?5, visible_at = ?2, dequeue_count = ?3 WHERE id = ?4")
+        .map_err(sql)?;
+    for (id, instance_id, item, dequeue) in rows {
+        let row: ActivityRow = from_json(&item)?;
+        let token = random_id();
+        let dequeue_count = dequeue as u32 + 1;
+        upd.execute(params![token, until, dequeue_count, id, owner.as_str()])
+            .map_err(sql)?;
+        out.push(ActivityWorkItem {
+            id: id as u64,
+            instance_id,
+            execution_id: row.execution_id,
+            seq: row.seq,
+            name: row.name,
+            input: row.input,
+            attempt: row.attempt,
+            lease_token: token,
+            dequeue_count,
+        });
+    }
+    Ok(out)
+}
+
+pub(super) fn list(
+    conn: &Connection,
+    filter: &InstanceFilter,
+    page_size: usize,
+    token: Option<(DateTime<Utc>, String)>,
+) -> StoreResult<(Vec<InstanceState>, bool)> {
+    let mut clauses = Vec::new();
+    let mut args: Vec<rusqlite::types::Value> = Vec::new();
+    if !filter.statuses.is_empty() {
+        let marks: Vec<String> = filter
+            .statuses
+            .iter()
+            .map(|s| {
+                args.push(s.as_str().to_string().into());
+                format!("?{}", args.len())
+            })
+            .collect();
+        clauses.push(format!("status IN ({})", marks.join(",")));
+    }
+    if let Some(t) = filter.created_from {
+        args.push(micros(t).into());
+        clauses.push(format!("created_at >= ?{}", args.len()));
+    }
+    if let Some(t) = filter.created_to {
+        args.push(micros(t).into());
+        clauses.push(format!("created_at <= ?{}", args.len()));
+    }
+    if let Some(p) = &filter.instance_id_prefix {
+        args.push(p.clone().into());
+        let n = args.len();
+        clauses.push(format!("substr(id, 1, length(?{n})) = ?{n}"));
+    }
+    if let Some((t, id)) = token {
+        args.push(micros(t).into());
+        let a = args.len();
+        args.push(id.into());
+        let b = args.len();
+        clauses.push(format!(
+            "(created_at > ?{a} OR (created_at = ?{a} AND id > ?{b}))"
+        ));
+    }
+    let limit = page_size.max(1).saturating_add(1).min(i64::MAX as usize);
+    let where_sql = if clauses.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", clauses.join(" AND "))
+    };
+    let text = format!(
+        "SELECT {STATE_COLUMNS} FROM instances {where_sql} ORDER BY created_at, id LIMIT {limit}"
+    );
+    let mut stmt = conn.prepare(&text).map_err(sql)?;
+    let rows = stmt
+        .query_map(rusqlite::params_from_iter(args), read_state)
+        .map_err(sql)?;
+    let mut items: Vec<InstanceState> = Vec::new();
+    for r in rows {
+        items.push(r.map_err(sql)?.0);
+    }
+    let more = items.len() > page_size.max(1);
+    items.truncate(page_size.max(1));
+    Ok((items, more))
+}
+
+/// Enqueues a message for an existing instance.
+pub(super) fn send(conn: &Connection, m: &OrchestrationMessage, w: &mut Wake) -> StoreResult<()> {
+    if !exists(conn, &m.instance_id)? {
+        return Err(StoreError::not_found(m.instance_id.clone()));
+    }
+    insert_message(conn, m, w)
+}
+
+/// Leases up to `max` instances with visible messages.
+pub(super) fn fetch_orchestrations(
+    conn: &Connection,
+    now: i64,
+    owner: &WorkerId,
+    lease: Duration,
+    max: usize,
+) -> StoreResult<Vec<OrchestrationWorkItem>> {
+    let mut items = Vec::new();
+    while items.len() < max {
+        match fetch_orchestration(conn, now, owner, lease)? {
+            Some(i) => items.push(i),
+            None => break,
+        }
+    }
+    Ok(items)
+}
+
+/// Leases the instance of a still-leased activity (lease bookkeeping only).
+pub(super) fn lease_for_result(
+    conn: &Connection,
+    now: i64,
+    item: &ActivityWorkItem,
+    owner: &WorkerId,
+    lease: Duration,
+) -> StoreResult<Option<OrchestrationWorkItem>> {
+    let held = conn
+        .prepare_cached("SELECT 1 FROM activities WHERE id = ?1 AND lease_token = ?2")
+        .and_then(|mut s| s.exists(params![item.id as i64, item.lease_token]))
+        .map_err(sql)?;
+    if !held {
+        return Ok(None);
+    }
+    lease_instance(conn, &item.instance_id, now, owner, lease)
+}
+
+/// Releases an instance's lease; with a delay, the instance stays held (by no one) until
+/// then.
+pub(super) fn abandon_orchestration(
+    conn: &Connection,
+    now: i64,
+    id: &str,
+    token: &str,
+    delay: Duration,
+    w: &mut Wake,
+) -> StoreResult<()> {
+    let until: Option<i64> = (!delay.is_zero()).then(|| plus(now, delay));
+    let new_token: Option<String> = until.map(|_| random_id());
+    let n = conn
+        .prepare_cached(
+            "UPDATE instances SET lease_token = ?1, lease_expires_at = ?2, lease_owner = NULL
+             WHERE id = ?3 AND lease_token = ?4 AND lease_owner IS NOT NULL",
+        )
+        .and_then(|mut s| s.execute(params![new_token, until, id, token]))
+        .map_err(sql)?;
+    if n == 0 {
+        return Err(StoreError::lease_lost());
+    }
+    w.orchestrations = true;
+    Ok(())
+}
+
+/// Extends an instance's lease.
+pub(super) fn renew_orchestration(
+    conn: &Connection,
+    now: i64,
+    id: &str,
+    token: &str,
+    lease: Duration,
+) -> StoreResult<()> {
+    let n = conn
+        .prepare_cached(
+            "UPDATE instances SET lease_expires_at = ?1
+             WHERE id = ?2 AND lease_token = ?3 AND lease_owner IS NOT NULL",
+        )
+        .and_then(|mut s| s.execute(params![plus(now, lease), id, token]))
+        .map_err(sql)?;
+    if n == 0 {
+        return Err(StoreError::lease_lost());
+    }
+    Ok(())
+}
+
+/// Deletes a leased activity and enqueues its result; with `fetch`, also leases its
+/// instance when it is free.
+pub(super) fn complete_activity(
+    conn: &Connection,
+    now: i64,
+    item: &ActivityWorkItem,
+    msg: &OrchestrationMessage,
+    fetch: Option<(&WorkerId, Duration)>,
+    w: &mut Wake,
+) -> StoreResult<Option<OrchestrationWorkItem>> {
+    let n = conn
+        .prepare_cached("DELETE FROM activities WHERE id = ?1 AND lease_token = ?2")
+        .and_then(|mut s| s.execute(params![item.id as i64, item.lease_token]))
+        .map_err(sql)?;
+    if n == 0 {
+        return Err(StoreError::lease_lost());
+    }
+    if !exists(conn, &msg.instance_id)? {
+        return Ok(None);
+    }
+    insert_message(conn, msg, w)?;
+    if let Some((owner, lease)) = fetch {
+        if let Some(work) = lease_instance(conn, &msg.instance_id, now, owner, lease)? {
+            // The caller runs the episode; no dispatcher needs waking for it.
+            w.orchestrations = false;
+            return Ok(Some(work));
+        }
+    }
+    Ok(None)
+}
+
+/// Extends an activity's lease.
+pub(super) fn renew_activity(
+    conn: &Connection,
+    now: i64,
+    item: &ActivityWorkItem,
+    lease: Duration,
+) -> StoreResult<()> {
+    let n = conn
+        .prepare_cached("UPDATE activities SET visible_at = ?1 WHERE id = ?2 AND lease_token = ?3")
+        .and_then(|mut s| s.execute(params![plus(now, lease), item.id as i64, item.lease_token]))
+        .map_err(sql)?;
+    if n == 0 {
+        return Err(StoreError::lease_lost());
+    }
+    Ok(())
+}
+
+/// Releases an activity's lease; visible again after `delay`.
+pub(super) fn abandon_activity(
+    conn: &Connection,
+    now: i64,
+    item: &ActivityWorkItem,
+    delay: Duration,
+    w: &mut Wake,
+) -> StoreResult<()> {
+    let n = conn
+        .prepare_cached(
+            "UPDATE activities SET visible_at = ?1, lease_token = NULL, lease_owner = NULL
+             WHERE id = ?2 AND lease_token = ?3",
+        )
+        .and_then(|mut s| s.execute(params![plus(now, delay), item.id as i64, item.lease_token]))
+        .map_err(sql)?;
+    if n == 0 {
+        return Err(StoreError::lease_lost());
+    }
+    w.activities = true;
+    Ok(())
+}
+
+/// Gives back every lease `owner` holds; returns how many.
+pub(super) fn release_leases(
+    conn: &Connection,
+    now: i64,
+    owner: &WorkerId,
+    w: &mut Wake,
+) -> StoreResult<u64> {
+    let instances = conn
+        .prepare_cached(
+            "UPDATE instances SET lease_token = NULL, lease_expires_at = NULL, lease_owner = NULL
+             WHERE lease_owner = ?1",
+        )
+        .and_then(|mut s| s.execute(params![owner.as_str()]))
+        .map_err(sql)?;
+    let activities = conn
+        .prepare_cached(
+            "UPDATE activities SET lease_token = NULL, lease_owner = NULL, visible_at = ?2
+             WHERE lease_owner = ?1",
+        )
+        .and_then(|mut s| s.execute(params![owner.as_str(), now]))
+        .map_err(sql)?;
+    w.orchestrations |= instances > 0;
+    w.activities |= activities > 0;
+    Ok((instances + activities) as u64)
+}
+
+/// Deletes every finished instance matching `filter`; returns how many.
+pub(super) fn purge_many(
+    conn: &Connection,
+    filter: &InstanceFilter,
+    w: &mut Wake,
+) -> StoreResult<u64> {
+    let ids: Vec<String> = list(conn, filter, usize::MAX / 2, None)?
+        .0
+        .into_iter()
+        .filter(|s| s.status.is_terminal())
+        .map(|s| s.instance_id)
+        .collect();
+    for id in &ids {
+        purge(conn, id)?;
+    }
+    w.instances.extend(ids.iter().cloned());
+    Ok(ids.len() as u64)
+}
+
+/// The earliest store-clock time after `now` at which delayed work or a lapsing lease
+/// makes work visible.
+pub(super) fn next_due(conn: &Connection, now: i64) -> StoreResult<Option<DateTime<Utc>>> {
+    let t: Option<i64> = conn
+        .prepare_cached(
+            "SELECT MIN(t) FROM (
+                SELECT MIN(visible_at) AS t FROM messages WHERE visible_at > ?1
+                UNION ALL SELECT MIN(lease_expires_at) FROM instances WHERE lease_expires_at > ?1
+                UNION ALL SELECT MIN(visible_at) FROM activities WHERE visible_at > ?1)",
+        )
+        .and_then(|mut s| s.query_row(params![now], |r| r.get(0)))
+        .map_err(sql)?;
+    Ok(t.map(from_micros))
+}
+
+/// The history of the instance's current execution, in order.
+pub(super) fn read_history(
+    conn: &Connection,
+    id: &str,
+) -> StoreResult<Vec<crate::history::HistoryEvent>> {
+    let mut stmt = conn
+        .prepare_cached("SELECT event FROM history WHERE instance_id = ?1 ORDER BY seq")
+        .map_err(sql)?;
+    let rows = stmt
+        .query_map(params![id], |r| r.get::<_, String>(0))
+        .map_err(sql)?;
+    let mut out = Vec::new();
+    for r in rows {
+        out.push(from_json(&r.map_err(sql)?)?);
+    }
+    Ok(out)
+}

@@ -1,0 +1,210 @@
+//! Tests of what is particular to SQLite (the shared contract is in the conformance suite).
+
+use super::*;
+use rusqlite::Connection;
+
+fn temp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("durable-sqlite-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join("t.db")
+}
+
+#[test]
+fn pragmas_are_in_effect_and_newer_schemas_refused() {
+    let path = temp("pragmas");
+    let store = SqliteStore::open(&path).unwrap();
+    drop(store);
+    let conn = Connection::open(&path).unwrap();
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+    conn.execute_batch("PRAGMA user_version = 99").unwrap();
+    drop(conn);
+    let err = SqliteStore::open(&path).unwrap_err().to_string();
+    assert!(err.contains("schema version 99"), "{err}");
+    assert!(err.contains("up to 2"), "{err}");
+    let conn = Connection::open(&path).unwrap();
+    let v: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, 99, "a newer file is left unaltered");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_survives_reopening() {
+    let path = temp("reopen");
+    {
+        let store = SqliteStore::open(&path).unwrap();
+        store
+            .create_instance(NewInstance {
+                instance_id: "keep".into(),
+                execution_id: "e".into(),
+                name: "orch".into(),
+                version: Some("2".into()),
+                input: Some("[1,2]".into()),
+                parent: None,
+                created_at: Utc::now(),
+                start_at: None,
+            })
+            .await
+            .unwrap();
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    let st = store.get_instance("keep").await.unwrap().unwrap();
+    assert_eq!(st.input.as_deref(), Some("[1,2]"));
+    assert_eq!(st.version.as_deref(), Some("2"));
+    let item = store
+        .fetch_orchestration_work(
+            &WorkerId::new("w"),
+            Duration::from_secs(1),
+            1,
+            Duration::ZERO,
+        )
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    assert_eq!(item.messages.len(), 1);
+}
+
+fn new_instance(id: &str) -> NewInstance {
+    NewInstance {
+        instance_id: id.into(),
+        execution_id: random_id(),
+        name: "orch".into(),
+        version: None,
+        input: None,
+        parent: None,
+        created_at: Utc::now(),
+        start_at: None,
+    }
+}
+
+/// SQLite rolls the whole transaction back when a statement finds the database full:
+/// the batch then fails as a whole, and no request of it runs outside the transaction
+/// (committed while its caller hears of a failure).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_sqlite_rolled_back_fails_as_a_whole() {
+    let path = temp("rolled-back");
+    drop(SqliteStore::open(&path).unwrap());
+    let conn = Connection::open(&path).unwrap();
+    let pages: i64 = conn
+        .query_row("PRAGMA page_count", [], |r| r.get(0))
+        .unwrap();
+    conn.execute_batch(&format!("PRAGMA max_page_count={}", pages + 4))
+        .unwrap();
+    let (tx, rx) = mpsc::channel::<Box<dyn Job>>();
+    let mut replies = Vec::new();
+    for (id, size) in [("a", 10), ("big", 200_000), ("c", 10)] {
+        let mut n = new_instance(id);
+        n.input = Some("x".repeat(size));
+        let (job, answer) = Typed::request(Durability::Durable, move |conn, _, w| {
+            ops::create(conn, &n, w)
+        });
+        tx.send(job).unwrap();
+        replies.push(answer);
+    }
+    // All three are waiting: the writer takes them as one batch.
+    let writer = std::thread::spawn(move || {
+        writer::writer_loop(
+            conn,
+            rx,
+            Arc::new(LocalSignals::default()),
+            Arc::new(SystemClock),
+            Synchronous::Full,
+        )
+    });
+    for answer in replies {
+        let e = answer.await.unwrap().expect_err("the batch failed");
+        assert!(e.is_retryable(), "{e}");
+        assert!(e.to_string().contains("full"), "{e}");
+    }
+    drop(tx);
+    writer.join().unwrap();
+    let conn = Connection::open(&path).unwrap();
+    let n: i64 = conn
+        .query_row("SELECT COUNT(*) FROM instances", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 0, "nothing of the failed batch was committed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_share_commits() {
+    let path = temp("group");
+    let store = Arc::new(
+        SqliteStore::builder(&path)
+            .synchronous(Synchronous::Normal)
+            .open()
+            .unwrap(),
+    );
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let s = store.clone();
+        tasks.push(tokio::spawn(async move {
+            s.create_instance(NewInstance {
+                instance_id: format!("i{i}"),
+                execution_id: "e".into(),
+                name: "orch".into(),
+                version: None,
+                input: None,
+                parent: None,
+                created_at: Utc::now(),
+                start_at: None,
+            })
+            .await
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let page = store
+        .list_instances(&InstanceFilter::default(), 1000, None)
+        .await
+        .unwrap();
+    assert_eq!(page.items.len(), 200);
+}
+
+/// A version 1 file from before the application id (leases called locks, no owners) opens:
+/// it is migrated to the current version, keeps its instances and gets the application id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_1_file_without_the_application_id_is_migrated() {
+    let path = temp("legacy");
+    {
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(schema::SCHEMA_V1).unwrap();
+        conn.execute_batch(
+            "INSERT INTO instances(id, execution_id, name, status, created_at, last_updated_at,
+                lock_token, locked_until, history_len)
+             VALUES('old', 'e', 'orch', 'Running', 1, 1, 'token', 1, 0);
+             INSERT INTO messages(instance_id, visible_at, message) VALUES('old', 0, '{}');
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    let st = store.get_instance("old").await.unwrap().unwrap();
+    assert_eq!(st.status, RuntimeStatus::Running);
+    drop(store);
+    let conn = Connection::open(&path).unwrap();
+    let id: i32 = conn
+        .query_row("PRAGMA application_id", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(id, APPLICATION_ID);
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, SCHEMA_VERSION);
+    let owner: Option<String> = conn
+        .query_row(
+            "SELECT lease_owner FROM instances WHERE id = 'old' AND lease_token = 'token'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        owner, None,
+        "the lease columns were renamed, the owner added"
+    );
+}

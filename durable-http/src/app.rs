@@ -1,0 +1,329 @@
+//! The request handler every connection shares: in, an HTTP request (and the peer it
+//! came from); out, the answer of the route it names: the dashboard, the keyed
+//! management API, the public status endpoint or a generated start endpoint. Also the
+//! handler as a hyper service ([`DurableService`]) for mounting in another server.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use durable_core::DurableClient;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Body;
+
+use crate::config::{PublicStatus, RequestConfig};
+use crate::management;
+use crate::public_url::{BaseUrls, PeerAddr};
+use crate::request::{parse_query, HttpError, HttpRequest, HttpResponse};
+use crate::router::{Match, Router};
+
+/// The request handler shared by every connection.
+pub struct App {
+    pub(crate) client: DurableClient,
+    pub(crate) router: Router,
+    pub(crate) key: String,
+    pub(crate) config: Arc<RequestConfig>,
+    pub(crate) body_limit: usize,
+    pub(crate) body_read_timeout: Duration,
+    /// Permits for request bodies being read at once.
+    pub(crate) bodies: tokio::sync::Semaphore,
+    pub(crate) mount_prefix: String,
+    pub(crate) base: BaseUrls,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("routes", &self.router.describe())
+            .finish()
+    }
+}
+
+/// Compares two strings in time that depends only on their lengths.
+fn constant_time_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let mut diff = (a.len() ^ b.len()) as u8 | u8::from(a.len() != b.len());
+    for i in 0..a.len().max(b.len()) {
+        diff |= a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0xff);
+    }
+    diff == 0
+}
+
+fn into_hyper(r: HttpResponse) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(r.body));
+    *resp.status_mut() = r.status;
+    for (k, v) in r.headers {
+        if let (Ok(name), Ok(value)) = (
+            http::header::HeaderName::from_bytes(k.as_bytes()),
+            http::header::HeaderValue::from_str(&v),
+        ) {
+            resp.headers_mut().append(name, value);
+        }
+    }
+    resp
+}
+
+impl App {
+    /// The client this host uses.
+    pub fn client(&self) -> &DurableClient {
+        &self.client
+    }
+
+    /// Handles one request. Mount it inside another hyper or axum application by calling
+    /// this from a handler; paths outside the mount prefix answer 404. A panic while
+    /// handling it answers 500 `{"error": ...}` and is logged.
+    ///
+    /// URLs in the answers start with the public URL when one is configured, else the
+    /// bound address ([`Host::bind`](crate::Host::bind)), else they are root-relative paths. Forwarded
+    /// headers count only when the request carries a [`PeerAddr`] extension naming a
+    /// trusted proxy ([`HostBuilder::trusted_proxies`](crate::HostBuilder::trusted_proxies)); add it from your server's peer
+    /// address to honour them.
+    pub async fn handle<B>(&self, req: Request<B>) -> Response<Full<Bytes>>
+    where
+        B: Body<Data = Bytes> + Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        let resp = match CatchUnwind(Box::pin(self.route(req))).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => e.into_response(),
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a non-text panic".into());
+                tracing::error!(%method, %path, panic = %what, "a request handler panicked");
+                HttpError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the request failed inside the server",
+                )
+                .into_response()
+            }
+        };
+        tracing::debug!(%method, %path, status = resp.status.as_u16(), "request");
+        into_hyper(resp)
+    }
+
+    /// The request body, read within the body limit, the body read timeout and the cap
+    /// on bodies read at once.
+    async fn read_body<B>(&self, body: B) -> Result<Bytes, HttpResponse>
+    where
+        B: Body<Data = Bytes> + Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        if body.is_end_stream() {
+            return Ok(Bytes::new());
+        }
+        let Ok(_permit) = self.bodies.try_acquire() else {
+            tracing::warn!("refused a request body: all body read slots are taken");
+            return Err(HttpError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many requests are sending bodies right now; try again",
+            )
+            .into_response()
+            .with_header("retry-after", "1"));
+        };
+        let read = Limited::new(body, self.body_limit).collect();
+        match tokio::time::timeout(self.body_read_timeout, read).await {
+            Ok(Ok(b)) => Ok(b.to_bytes()),
+            Ok(Err(e)) => {
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some()
+                {
+                    return Err(
+                        too_large(self.body_limit.saturating_add(1), self.body_limit)
+                            .into_response(),
+                    );
+                }
+                Err(
+                    HttpError::bad_request(format!("could not read the request body: {e}"))
+                        .into_response(),
+                )
+            }
+            Err(_) => Err(HttpError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body did not arrive within {} s",
+                    self.body_read_timeout.as_secs_f64()
+                ),
+            )
+            .into_response()
+            .with_header("connection", "close")),
+        }
+    }
+
+    async fn route<B>(&self, req: Request<B>) -> Result<HttpResponse, HttpError>
+    where
+        B: Body<Data = Bytes> + Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let (parts, body) = req.into_parts();
+        let raw_path = parts.uri.path();
+        let Some(path) = raw_path.strip_prefix(self.mount_prefix.as_str()) else {
+            return Err(HttpError::not_found(format!("no route for {raw_path}")));
+        };
+        let path = if path.is_empty() { "/" } else { path };
+        if !path.starts_with('/') {
+            return Err(HttpError::not_found(format!("no route for {raw_path}")));
+        }
+        if let Some(answer) = crate::dashboard::serve(&parts.method, path) {
+            return answer;
+        }
+        if let Some(len) = parts
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok())
+        {
+            if len > self.body_limit {
+                return Err(too_large(len, self.body_limit));
+            }
+        }
+        let body = match self.read_body(body).await {
+            Ok(b) => b,
+            Err(resp) => return Ok(resp),
+        };
+        let peer = parts.extensions.get::<PeerAddr>().map(|p| p.0);
+        let base = self.base.for_request(peer, &parts.headers);
+        let mut req = HttpRequest {
+            method: parts.method.clone(),
+            path: path.to_string(),
+            params: Default::default(),
+            query: parse_query(parts.uri.query().unwrap_or("")),
+            headers: parts.headers,
+            body,
+            base_url: format!("{base}{}", self.mount_prefix),
+            configured_base_url: self
+                .base
+                .configured()
+                .map(|b| format!("{b}{}", self.mount_prefix)),
+            config: self.config.clone(),
+        };
+
+        if path == management::BASE || path.starts_with(&format!("{}/", management::BASE)) {
+            let given = req
+                .header("x-functions-key")
+                .map(str::to_string)
+                .or_else(|| req.query("code").map(str::to_string));
+            match given {
+                Some(k) if constant_time_eq(&k, &self.key) => {}
+                _ => {
+                    return Err(HttpError::new(
+                        StatusCode::UNAUTHORIZED,
+                        "missing or invalid key",
+                    ))
+                }
+            }
+            let rest = path[management::BASE.len()..]
+                .trim_start_matches('/')
+                .to_string();
+            return management::handle(&self.client, &req, &rest).await;
+        }
+        let prefix = &self.config.status_prefix;
+        let public_status = self.config.public_status != PublicStatus::Off;
+        if let Some(id) = path
+            .strip_prefix(prefix.as_str())
+            .and_then(|r| r.strip_prefix('/'))
+            .filter(|_| public_status)
+        {
+            if !id.is_empty() && !id.contains('/') {
+                if req.method != Method::GET {
+                    return Err(HttpError::new(
+                        StatusCode::METHOD_NOT_ALLOWED,
+                        "only GET is allowed here",
+                    ));
+                }
+                let id = crate::request::percent_decode(id);
+                return crate::status::public_status(&self.client, &req, &id).await;
+            }
+        }
+        match self.router.find(&req.method, path) {
+            Match::Found(route, params) => {
+                req.params = params;
+                let handler = route.handler.clone();
+                handler(self.client.clone(), req).await
+            }
+            Match::WrongMethod(allowed) => {
+                let allow: Vec<String> = allowed.iter().map(|m| m.to_string()).collect();
+                Ok(HttpError::new(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    format!("method {} is not allowed here", req.method),
+                )
+                .into_response()
+                .with_header("allow", allow.join(", ")))
+            }
+            Match::None => Err(HttpError::not_found(format!(
+                "no route for {} {path}",
+                req.method
+            ))),
+        }
+    }
+}
+
+/// Runs a future and turns a panic inside it into an `Err` with the panic's payload, so a
+/// handler's panic answers 500 instead of dropping the connection.
+struct CatchUnwind<F>(F);
+
+impl<F: Future + Unpin> Future for CatchUnwind<F> {
+    type Output = Result<F::Output, Box<dyn std::any::Any + Send>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = &mut self.get_mut().0;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Pin::new(inner).poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
+            Err(panic) => Poll::Ready(Err(panic)),
+        }
+    }
+}
+
+fn too_large(size: usize, limit: usize) -> HttpError {
+    HttpError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("the request body is {size} bytes or more, over the limit of {limit} bytes"),
+    )
+}
+
+/// The host as a hyper service, for mounting in an existing hyper server (use
+/// [`HostBuilder::mount_prefix`] when it serves under a path prefix). It answers as
+/// [`App::handle`] does: it knows no peer address unless the request carries a
+/// [`PeerAddr`] extension, and the connection limits are the server's own.
+#[derive(Clone, Debug)]
+pub struct DurableService(pub Arc<App>);
+
+impl<B> hyper::service::Service<Request<B>> for DurableService
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Infallible>> + Send>,
+    >;
+
+    fn call(&self, req: Request<B>) -> Self::Future {
+        let app = self.0.clone();
+        Box::pin(async move { Ok(app.handle(req).await) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn key_comparison() {
+        assert!(constant_time_eq("abc", "abc"));
+        assert!(!constant_time_eq("abc", "abd"));
+        assert!(!constant_time_eq("abc", "abcd"));
+        assert!(!constant_time_eq("", "a"));
+    }
+}
