@@ -57,7 +57,7 @@ pub use durable_macros::http_start;
 pub use host::{
     Host, HostBuilder, HostError, HttpStartRegistration, RunningHost, DEFAULT_ADDR,
     DEFAULT_BODY_LIMIT, DEFAULT_BODY_READ_TIMEOUT, DEFAULT_HEADER_READ_TIMEOUT,
-    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONCURRENT_BODIES, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONCURRENT_BODIES, DEFAULT_MAX_CONNECTIONS, MIN_KEY_LEN,
 };
 pub use management::BASE as MANAGEMENT_BASE;
 pub use public_url::PeerAddr;
