@@ -470,7 +470,7 @@ fn registry() -> Registry {
                 for _ in 0..n {
                     v = ctx.call_activity_by_name("add_one", &v).await?;
                 }
-                ctx.set_custom_status(&"steps done");
+                ctx.set_custom_status("steps done");
                 let _: () = ctx.wait_for_external_event("finish").await?;
                 Ok::<_, OrchestrationError>(v)
             },

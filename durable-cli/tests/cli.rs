@@ -61,7 +61,7 @@ fn registry() -> Registry {
             },
         )
         .orchestrator("wait", |ctx: OrchestrationContext, _: ()| async move {
-            ctx.set_custom_status(&"waiting for go");
+            ctx.set_custom_status("waiting for go");
             let v: Value = ctx.wait_for_external_event("go").await?;
             Ok::<_, OrchestrationError>(v)
         })

@@ -540,9 +540,9 @@ async fn custom_status_is_visible_while_running() {
     for_both_cache_modes(|cache| async move {
         let reg = Registry::builder()
             .orchestrator("staged", |ctx: OrchestrationContext, _: ()| async move {
-                ctx.set_custom_status(&serde_json::json!({"stage": "review"}));
+                ctx.set_custom_status(serde_json::json!({"stage": "review"}));
                 let _: () = ctx.wait_for_external_event("next").await?;
-                ctx.set_custom_status(&"done");
+                ctx.set_custom_status("done");
                 Ok::<_, OrchestrationError>(())
             })
             .build()

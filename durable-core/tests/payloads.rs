@@ -40,7 +40,7 @@ fn registry() -> Registry {
                     Ok(n) => return Ok::<_, OrchestrationError>((n, rejected)),
                     Err(e) if e.is_decode_error() => {
                         rejected.push(e.failure.message.clone());
-                        ctx.set_custom_status(&rejected.len());
+                        ctx.set_custom_status(rejected.len());
                     }
                     Err(e) => return Err(e.into()),
                 }

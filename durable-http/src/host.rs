@@ -41,6 +41,9 @@ const MAX_SETTING_COUNT: usize = 1 << 30;
 /// Errors starting or running the host.
 pub struct HostError(pub String);
 
+/// The least number of characters a management key must have.
+pub const MIN_KEY_LEN: usize = 16;
+
 /// The message alone: `main` returning this error prints `Error: <message>`.
 impl std::fmt::Debug for HostError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -152,7 +155,8 @@ impl HostBuilder {
     }
 
     /// The management key (default `DURABLE_KEY`, else generated once and kept next to
-    /// the database as `<db>.key`).
+    /// the database as `<db>.key`). It must be at least 16 characters long (surrounding
+    /// whitespace is not counted); a shorter one makes [`build`](Self::build) fail.
     pub fn key(mut self, key: impl Into<String>) -> Self {
         self.key = Some(key.into());
         self
@@ -339,10 +343,12 @@ impl HostBuilder {
             Some(k) => k.trim().to_string(),
             None => load_or_create_key(&self.db)?,
         };
-        if key.len() < 16 {
-            return Err(HostError(
-                "the management key must be at least 16 characters".into(),
-            ));
+        let key_len = key.chars().count();
+        if key_len < MIN_KEY_LEN {
+            return Err(HostError(format!(
+                "the management key (DURABLE_KEY or HostBuilder::key) must be at least \
+                 {MIN_KEY_LEN} characters; the one given has {key_len}"
+            )));
         }
         let mut router = Router::default();
         if self.inventory_routes {

@@ -172,7 +172,18 @@ pub(crate) fn percent_encode(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, SEGMENT).to_string()
 }
 
-/// A response from a start endpoint.
+/// A response from a start endpoint. The status type is re-exported as
+/// [`durable_http::StatusCode`](crate::StatusCode) (and the whole `http` crate as
+/// [`durable_http::http`](crate::http)), so no direct `http` dependency is needed:
+///
+/// ```
+/// use durable_http::{HttpResponse, StatusCode};
+///
+/// let resp = HttpResponse::json(StatusCode::CONFLICT, &serde_json::json!({ "error": "busy" }))
+///     .with_header("retry-after", "5");
+/// assert_eq!(resp.status(), StatusCode::CONFLICT);
+/// assert_eq!(resp.status(), durable_http::http::StatusCode::CONFLICT);
+/// ```
 #[derive(Clone, Debug)]
 pub struct HttpResponse {
     pub(crate) status: StatusCode,

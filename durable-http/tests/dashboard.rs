@@ -62,7 +62,7 @@ fn registry() -> Registry {
         .orchestrator(
             "approval",
             |ctx: OrchestrationContext, _doc: Value| async move {
-                ctx.set_custom_status(&"waiting for approval");
+                ctx.set_custom_status("waiting for approval");
                 let decision: Value = ctx.wait_for_external_event("approved").await?;
                 Ok::<_, OrchestrationError>(decision)
             },

@@ -49,7 +49,7 @@ fn registry() -> Registry {
             },
         )
         .orchestrator("wait", |ctx: OrchestrationContext, _: ()| async move {
-            ctx.set_custom_status(&"waiting");
+            ctx.set_custom_status("waiting");
             let v: Value = ctx.wait_for_external_event("go").await?;
             Ok::<_, OrchestrationError>(v)
         })
@@ -1616,4 +1616,24 @@ async fn a_bulk_purge_with_an_unknown_status_purges_nothing() {
     .await;
     assert_eq!((r.status, r.body), (200, json!({"instancesDeleted": 2})));
     h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_management_key_is_a_startup_error_naming_the_setting_and_lengths() {
+    let err = Host::builder()
+        .addr("127.0.0.1:0")
+        .store(Arc::new(MemoryStore::new()))
+        .key("short-secret")
+        .registry(registry())
+        .without_registered_routes()
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("DURABLE_KEY"), "{err}");
+    assert!(err.contains("at least 16 characters"), "{err}");
+    assert!(err.contains("has 12"), "{err}");
+    assert!(
+        !err.contains("short-secret"),
+        "the key itself is never shown: {err}"
+    );
 }

@@ -415,9 +415,20 @@ impl OrchestrationContext {
         });
     }
 
-    /// Sets the custom status shown by status queries (any serializable value).
-    pub fn set_custom_status(&self, status: &impl Serialize) {
-        let json = serde_json::to_string(status).ok();
+    /// Sets the custom status shown by status queries (any serializable value, by value
+    /// or by reference):
+    ///
+    /// ```
+    /// # use durable_core::OrchestrationContext;
+    /// # fn stages(ctx: &OrchestrationContext, stage: String) {
+    /// ctx.set_custom_status("Received");
+    /// ctx.set_custom_status(format!("processing {stage}"));
+    /// ctx.set_custom_status(&stage);
+    /// ctx.set_custom_status(serde_json::json!({ "stage": stage }));
+    /// # }
+    /// ```
+    pub fn set_custom_status(&self, status: impl Serialize) {
+        let json = serde_json::to_string(&status).ok();
         self.state().custom_status = json;
     }
 
