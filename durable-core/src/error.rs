@@ -8,8 +8,9 @@ use crate::instance::RuntimeStatus;
 use crate::limits::PayloadTooLarge;
 use crate::store::{StoreError, StoreErrorKind};
 
-/// An activity's error. Any `std::error::Error` converts into it with `?`; plain messages
-/// with [`ActivityError::new`]. Mark failures that must not be retried with
+/// An activity's error. Any `std::error::Error`, `String` or `&str` converts into it with
+/// `?` (`Err(format!("order {id} not found"))?`); plain messages also with
+/// [`ActivityError::new`]. Mark failures that must not be retried with
 /// [`ActivityError::non_retriable`].
 pub struct ActivityError {
     details: FailureDetails,
@@ -41,9 +42,22 @@ impl ActivityError {
     }
 }
 
-impl<E: std::error::Error + Send + Sync + 'static> From<E> for ActivityError {
+/// Any error, and plain messages (`String`, `&str`): `Err(format!("..."))?` and
+/// `ActivityError::from("...")` work as `?` on an error does. An error keeps its type's
+/// name as the failure's error type and its source as the details; a message is an
+/// `ActivityError`.
+impl<E> From<E> for ActivityError
+where
+    E: Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+{
     fn from(e: E) -> Self {
-        let mut details = FailureDetails::new(short_type_name::<E>(), e.to_string());
+        let name = short_type_name::<E>();
+        let error_type = match name.as_str() {
+            "String" | "&str" | "Cow" | "Box" => "ActivityError".to_string(),
+            _ => name,
+        };
+        let e = e.into();
+        let mut details = FailureDetails::new(error_type, e.to_string());
         if let Some(src) = e.source() {
             details.details = Some(src.to_string());
         }
@@ -325,4 +339,45 @@ fn short_type_name<T: ?Sized>() -> String {
     let full = std::any::type_name::<T>();
     let base = full.split('<').next().unwrap_or(full);
     base.rsplit("::").next().unwrap_or(base).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fails_with_message(flag: bool) -> Result<u32, ActivityError> {
+        if flag {
+            Err("plain message")?;
+        }
+        Err(format!("formatted {}", 7))?
+    }
+
+    #[test]
+    fn messages_convert_into_activity_errors() {
+        let e = ActivityError::from(format!("order {} not found", 42));
+        assert_eq!(e.details().error_type, "ActivityError");
+        assert_eq!(e.details().message, "order 42 not found");
+        let e = ActivityError::from("no stock");
+        assert_eq!(e.details().error_type, "ActivityError");
+        assert_eq!(e.details().message, "no stock");
+        assert_eq!(
+            fails_with_message(true).unwrap_err().to_string(),
+            "plain message"
+        );
+        assert_eq!(
+            fails_with_message(false).unwrap_err().to_string(),
+            "formatted 7"
+        );
+    }
+
+    #[test]
+    fn errors_keep_their_type_name_and_source() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "missing file");
+        let e = ActivityError::from(io);
+        assert_eq!(e.details().error_type, "Error");
+        assert_eq!(e.details().message, "missing file");
+        let parse = "x".parse::<u32>().unwrap_err();
+        let e = ActivityError::from(parse);
+        assert_eq!(e.details().error_type, "ParseIntError");
+    }
 }
