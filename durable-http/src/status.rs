@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use durable_core::{DurableClient, InstanceState, RuntimeStatus};
+use durable_core::{
+    DurableClient, InstanceState, OrchestrationStatus, RuntimeStatus, StatusOptions,
+};
 use http::StatusCode;
 use serde_json::{json, Value};
 
@@ -162,9 +164,44 @@ pub trait ClientExt {
         instance_id: &str,
         timeout: Duration,
     ) -> impl std::future::Future<Output = HttpResult> + Send;
+
+    /// The instance's status for a custom status route: `?` on the result answers `404`
+    /// when no instance has this id, including an id no instance could have (empty, too
+    /// long, control characters), and the store's errors as the host does (`503` when
+    /// retrying may help, `500` otherwise).
+    ///
+    /// ```no_run
+    /// # use durable_core::{DurableClient, StatusOptions};
+    /// # use durable_http::{ClientExt, HttpRequest, HttpResponse, HttpResult, StatusCode};
+    /// async fn order_status(client: DurableClient, req: HttpRequest) -> HttpResult {
+    ///     let id = req.param("id").unwrap_or_default();
+    ///     let status = client.status_or_not_found(id, StatusOptions::default()).await?;
+    ///     let progress = status.custom_status::<serde_json::Value>().ok().flatten();
+    ///     Ok(HttpResponse::json(StatusCode::OK, &progress))
+    /// }
+    /// ```
+    fn status_or_not_found(
+        &self,
+        instance_id: &str,
+        options: StatusOptions,
+    ) -> impl std::future::Future<Output = Result<OrchestrationStatus, HttpError>> + Send;
 }
 
 impl ClientExt for DurableClient {
+    async fn status_or_not_found(
+        &self,
+        instance_id: &str,
+        options: StatusOptions,
+    ) -> Result<OrchestrationStatus, HttpError> {
+        match self.get_status(instance_id, options).await {
+            Ok(Some(status)) => Ok(status),
+            Ok(None) | Err(durable_core::Error::InvalidArgument(_)) => {
+                Err(HttpError::not_found("no instance has this id"))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
     fn check_status_response(&self, req: &HttpRequest, instance_id: &str) -> HttpResponse {
         let cfg = crate::request::request_config(req);
         if cfg.public_status == PublicStatus::Off {
@@ -205,6 +242,19 @@ impl ClientExt for DurableClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_missing_or_impossible_instance_id_is_a_404() {
+        let store = std::sync::Arc::new(durable_core::MemoryStore::new());
+        let client = DurableClient::new(store);
+        for id in ["no-such-instance", "", "bad\nid"] {
+            let err = client
+                .status_or_not_found(id, StatusOptions::default())
+                .await
+                .unwrap_err();
+            assert_eq!(err.status, StatusCode::NOT_FOUND, "{id:?}");
+        }
+    }
 
     #[test]
     fn waits_parse_and_cap() {
