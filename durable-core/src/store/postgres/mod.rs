@@ -376,6 +376,22 @@ impl PostgresStore {
             .map_err(pg)
     }
 
+    /// Runs a statement fenced by a lease on the lease connection: no row changed means
+    /// the lease was taken over.
+    async fn fenced_update(
+        &self,
+        statement: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> StoreResult<()> {
+        let mut conn = self.inner.leases.get().await?;
+        let s = conn.prepare(statement).await?;
+        let n = conn.client.execute(&s, params).await.map_err(pg)?;
+        if n == 0 {
+            return Err(StoreError::lease_lost());
+        }
+        Ok(())
+    }
+
     fn announce(&self, events: Vec<Event>) {
         self.inner.wakers.announce(events);
     }
@@ -659,16 +675,11 @@ impl Store for PostgresStore {
         lease_token: &str,
         delay: Duration,
     ) -> StoreResult<()> {
-        let mut conn = self.inner.leases.get().await?;
-        let s = conn.prepare(sql::ABANDON_INSTANCE).await?;
-        let n = conn
-            .client
-            .execute(&s, &[&instance_id, &lease_token, &micros(delay)])
-            .await
-            .map_err(pg)?;
-        if n == 0 {
-            return Err(StoreError::lease_lost());
-        }
+        self.fenced_update(
+            sql::ABANDON_INSTANCE,
+            &[&instance_id, &lease_token, &micros(delay)],
+        )
+        .await?;
         self.announce(vec![if delay.is_zero() {
             Event::Orchestrations
         } else {
@@ -683,16 +694,11 @@ impl Store for PostgresStore {
         lease_token: &str,
         lease: Duration,
     ) -> StoreResult<()> {
-        let mut conn = self.inner.leases.get().await?;
-        let s = conn.prepare(sql::RENEW_INSTANCE).await?;
-        let n = conn
-            .client
-            .execute(&s, &[&instance_id, &lease_token, &micros(lease)])
-            .await
-            .map_err(pg)?;
-        if n == 0 {
-            return Err(StoreError::lease_lost());
-        }
+        self.fenced_update(
+            sql::RENEW_INSTANCE,
+            &[&instance_id, &lease_token, &micros(lease)],
+        )
+        .await?;
         Ok(())
     }
 
@@ -762,16 +768,11 @@ impl Store for PostgresStore {
     }
 
     async fn abandon_activity(&self, item: &ActivityWorkItem, delay: Duration) -> StoreResult<()> {
-        let mut conn = self.inner.leases.get().await?;
-        let s = conn.prepare(sql::ABANDON_ACTIVITY).await?;
-        let n = conn
-            .client
-            .execute(&s, &[&(item.id as i64), &item.lease_token, &micros(delay)])
-            .await
-            .map_err(pg)?;
-        if n == 0 {
-            return Err(StoreError::lease_lost());
-        }
+        self.fenced_update(
+            sql::ABANDON_ACTIVITY,
+            &[&(item.id as i64), &item.lease_token, &micros(delay)],
+        )
+        .await?;
         self.announce(vec![if delay.is_zero() {
             Event::Activities
         } else {
@@ -785,16 +786,11 @@ impl Store for PostgresStore {
         item: &ActivityWorkItem,
         lease: Duration,
     ) -> StoreResult<()> {
-        let mut conn = self.inner.leases.get().await?;
-        let s = conn.prepare(sql::RENEW_ACTIVITY).await?;
-        let n = conn
-            .client
-            .execute(&s, &[&(item.id as i64), &item.lease_token, &micros(lease)])
-            .await
-            .map_err(pg)?;
-        if n == 0 {
-            return Err(StoreError::lease_lost());
-        }
+        self.fenced_update(
+            sql::RENEW_ACTIVITY,
+            &[&(item.id as i64), &item.lease_token, &micros(lease)],
+        )
+        .await?;
         Ok(())
     }
 
