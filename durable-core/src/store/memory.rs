@@ -718,6 +718,19 @@ impl Store for MemoryStore {
             .await
     }
 
+    async fn wait_for_instance_until(
+        &self,
+        instance_id: &str,
+        timeout: Duration,
+        done: &(dyn for<'s> Fn(Option<&'s InstanceState>) -> bool + Send + Sync),
+    ) -> StoreResult<Option<InstanceState>> {
+        self.signals
+            .wait_for_instance_until(instance_id, timeout, done, || {
+                self.get_instance(instance_id)
+            })
+            .await
+    }
+
     fn clock(&self) -> &dyn Clock {
         self.clock.as_ref()
     }

@@ -92,6 +92,23 @@ impl LocalSignals {
         instance_id: &str,
         seen: Option<&InstanceState>,
         timeout: Duration,
+        read: F,
+    ) -> StoreResult<Option<InstanceState>>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = StoreResult<Option<InstanceState>>>,
+    {
+        self.wait_for_instance_until(instance_id, timeout, &|s| s != seen, read)
+            .await
+    }
+
+    /// Waits until `read` returns a state `done` accepts, or `timeout` passes; returns the
+    /// last state read. Reads once at the start and once per change of the instance.
+    pub async fn wait_for_instance_until<F, Fut>(
+        &self,
+        instance_id: &str,
+        timeout: Duration,
+        done: &(dyn for<'s> Fn(Option<&'s InstanceState>) -> bool + Send + Sync),
         mut read: F,
     ) -> StoreResult<Option<InstanceState>>
     where
@@ -100,12 +117,13 @@ impl LocalSignals {
     {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
+            // Registered before the read, so a change committed after it still wakes us.
             let waiter = self.instance_waiter(instance_id);
             let notified = waiter.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             let state = read().await?;
-            if state.as_ref() != seen || tokio::time::Instant::now() >= deadline {
+            if done(state.as_ref()) || tokio::time::Instant::now() >= deadline {
                 return Ok(state);
             }
             tokio::select! {

@@ -623,6 +623,19 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn wait_for_instance_until(
+        &self,
+        instance_id: &str,
+        timeout: Duration,
+        done: &(dyn for<'s> Fn(Option<&'s InstanceState>) -> bool + Send + Sync),
+    ) -> StoreResult<Option<InstanceState>> {
+        self.signals
+            .wait_for_instance_until(instance_id, timeout, done, || {
+                self.get_instance(instance_id)
+            })
+            .await
+    }
+
     async fn close(&self) -> StoreResult<()> {
         self.checkpoint().await
     }
