@@ -56,6 +56,8 @@ pub mod registry;
 mod replay;
 pub mod retry;
 pub mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod typed_entity;
 pub mod worker;
 

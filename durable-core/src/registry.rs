@@ -232,6 +232,12 @@ impl Registry {
         self.activities.get(name)
     }
 
+    /// Puts `entry` in place of the activity of the same name (or adds it).
+    #[cfg(any(test, feature = "testing"))]
+    pub(crate) fn replace_activity(&mut self, entry: ActivityEntry) {
+        self.activities.insert(entry.name.clone(), entry);
+    }
+
     /// The entity for `name` (case-insensitive).
     pub fn entity(&self, name: &str) -> Option<&EntityEntry> {
         self.entities.get(&name.to_lowercase())
@@ -335,20 +341,7 @@ impl RegistryBuilder {
         F: Fn(ActivityContext, I) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = R> + Send + 'static,
     {
-        let f = Arc::new(f);
-        let label = format!("activity '{name}'");
-        self.activities.push(ActivityEntry {
-            name: name.to_string(),
-            invoke: Arc::new(move |ctx, input| {
-                let f = f.clone();
-                let label = label.clone();
-                Box::pin(async move {
-                    let input: I = decode_input(&label, input.as_deref())?;
-                    f(ctx, input).await.into_outcome()
-                })
-            }),
-            location: format!("{name} (registered at run time)"),
-        });
+        self.activities.push(activity_entry(name, f));
         self
     }
 
@@ -431,6 +424,30 @@ impl RegistryBuilder {
                 dups.join("; ")
             )))
         }
+    }
+}
+
+/// An activity entry running the closure `f` with typed input.
+pub(crate) fn activity_entry<I, R, F, Fut>(name: &str, f: F) -> ActivityEntry
+where
+    I: DeserializeOwned + Send + 'static,
+    R: TaskOutcome,
+    F: Fn(ActivityContext, I) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = R> + Send + 'static,
+{
+    let f = Arc::new(f);
+    let label = format!("activity '{name}'");
+    ActivityEntry {
+        name: name.to_string(),
+        invoke: Arc::new(move |ctx, input| {
+            let f = f.clone();
+            let label = label.clone();
+            Box::pin(async move {
+                let input: I = decode_input(&label, input.as_deref())?;
+                f(ctx, input).await.into_outcome()
+            })
+        }),
+        location: format!("{name} (registered at run time)"),
     }
 }
 

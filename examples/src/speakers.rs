@@ -103,6 +103,9 @@ pub async fn notify_speaker(email: String, outcome: String) -> Result<(), Activi
     Ok(())
 }
 
+/// How long the committee deliberates before it decides.
+pub const COMMITTEE_DELIBERATION: Duration = Duration::from_secs(3 * 86_400);
+
 /// Chains the stages; custom status shows the current stage.
 #[orchestrator]
 pub async fn call_for_speakers(
@@ -116,8 +119,9 @@ pub async fn call_for_speakers(
             "Validating" => ctx.call_activity(validate_submission, s.clone()).await?,
             "InContentReview" => ctx.call_activity(review_content, s.clone()).await?,
             _ => {
-                // Committees take their time: a durable timer, not a sleep.
-                ctx.create_timer(Duration::from_millis(200)).await;
+                // Committees take their time (they meet after three days): a durable
+                // timer, not a sleep; tests run it in virtual time.
+                ctx.create_timer(COMMITTEE_DELIBERATION).await;
                 ctx.call_activity(committee_decision, s.clone()).await?
             }
         };

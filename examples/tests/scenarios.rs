@@ -2,12 +2,15 @@
 
 use std::time::Duration;
 
+use durable_core::testing::VirtualTime;
 use durable_examples::query_job;
 use durable_http::RunningHost;
 use serde_json::{json, Value};
 
 mod support;
-use support::{call, host, path_of};
+use support::{call, host, host_in, path_of};
+
+const DAY: Duration = Duration::from_secs(86_400);
 
 /// Polls a status URL the way a client would: follow Location while 202.
 async fn poll(h: &RunningHost, location: &str) -> Value {
@@ -49,7 +52,9 @@ async fn hello_cities() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn call_for_speakers_moves_through_its_stages() {
-    let h = host().await;
+    // The committee deliberates for three days, in virtual time.
+    let time = VirtualTime::new();
+    let h = host_in(&time).await;
     let good = json!({"speaker": "Ada", "email": "ada@example.com", "title": "Durable workflows in Rust",
                       "abstract": "How deterministic replay lets long work survive crashes"});
     let (status, headers, _) = call(&h, "POST", "/api/submissions", &good.to_string()).await;
@@ -58,14 +63,34 @@ async fn call_for_speakers_moves_through_its_stages() {
     let location = headers["location"].to_str().unwrap().to_string();
     let path = path_of(&h, &location);
     // While the committee deliberates, the custom status names the stage.
+    time.idle().await.unwrap();
     let (status, _, body) = call(&h, "GET", &path, "").await;
-    if status == 202 && body["runtimeStatus"] == "Running" {
-        assert!(body["customStatus"].is_string(), "{body}");
-    }
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(
+        (&body["runtimeStatus"], &body["customStatus"]),
+        (&json!("Running"), &json!("WithCommittee"))
+    );
+    // Two days on, still deliberating; on the third, the decision.
+    time.advance(2 * DAY).await.unwrap();
+    let (status, _, body) = call(&h, "GET", &path, "").await;
+    assert_eq!(
+        (status, &body["customStatus"]),
+        (202, &json!("WithCommittee"))
+    );
+    time.advance(DAY).await.unwrap();
     let done = poll(&h, &location).await;
     assert_eq!(done["customStatus"], "Approved");
     assert_eq!(done["output"]["outcome"], "Approved");
     assert_eq!(done["output"]["reviews"].as_array().unwrap().len(), 3);
+    let (Some(created), Some(updated)) = (
+        done["createdTime"].as_str(),
+        done["lastUpdatedTime"].as_str(),
+    ) else {
+        panic!("{done}")
+    };
+    let took = chrono::DateTime::parse_from_rfc3339(updated).unwrap()
+        - chrono::DateTime::parse_from_rfc3339(created).unwrap();
+    assert_eq!(took, chrono::Duration::days(3));
 
     let weak = json!({"speaker": "Bob", "email": "bob@example.com", "title": "Blockchain", "abstract": "short"});
     let (_, headers, _) = call(&h, "POST", "/api/submissions", &weak.to_string()).await;

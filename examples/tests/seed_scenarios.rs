@@ -3,11 +3,15 @@
 
 use std::time::Duration;
 
+use durable_core::testing::VirtualTime;
 use durable_http::RunningHost;
 use serde_json::{json, Value};
 
 mod support;
-use support::{call, host, inspect, path_of, KEY};
+use support::{call, host, host_in, inspect, path_of, KEY};
+
+const HOUR: Duration = Duration::from_secs(3_600);
+const DAY: Duration = Duration::from_secs(86_400);
 
 async fn start(h: &RunningHost, path: &str, body: &str) -> String {
     let (status, headers, resp) = call(h, "POST", path, body).await;
@@ -38,6 +42,13 @@ async fn until(h: &RunningHost, path: &str, what: &str, cond: impl Fn(&Value) ->
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     panic!("{what}: never happened");
+}
+
+/// The custom status of the instance behind `status_path`, read once.
+async fn custom_status(h: &RunningHost, status_path: &str) -> Value {
+    let (status, _, body) = call(h, "GET", status_path, "").await;
+    assert_eq!(status, 202, "{body}");
+    body["customStatus"].clone()
 }
 
 async fn mailbox(h: &RunningHost, to: &str) -> Vec<Value> {
@@ -138,7 +149,9 @@ async fn fan_out_fan_in_processes_every_task() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_monitor_checks_alerts_continues_as_new_and_stops() {
-    let h = host().await;
+    // Hourly checks for a day, in virtual time.
+    let time = VirtualTime::new();
+    let h = host_in(&time).await;
     let health = "/api/demo/services/billing-test/health";
     let (status, _, body) = call(&h, "GET", health, "").await;
     assert_eq!((status, &body["status"]), (200, &json!("healthy")));
@@ -146,31 +159,31 @@ async fn the_monitor_checks_alerts_continues_as_new_and_stops() {
     let status_path = start(
         &h,
         "/api/monitors",
-        &json!({"url": url, "intervalSeconds": 1}).to_string(),
+        &json!({"url": url, "intervalSeconds": 3600}).to_string(),
     )
     .await;
-    let s = until(&h, &status_path, "a first check", |b| {
-        b["customStatus"]["checks"].as_u64() >= Some(1)
-    })
-    .await;
-    assert_eq!(s["customStatus"]["lastCheck"], "up");
+    time.idle().await.unwrap();
+    let s = custom_status(&h, &status_path).await;
+    assert_eq!((&s["checks"], &s["lastCheck"]), (&json!(1), &json!("up")));
+    time.advance(HOUR).await.unwrap();
+    assert_eq!(custom_status(&h, &status_path).await["checks"], 2);
 
     // The service goes down: one alert, however many checks see it down.
     let (status, _, _) = call(&h, "PUT", health, r#"{"healthy": false}"#).await;
     assert_eq!(status, 200);
-    let down = until(&h, &status_path, "a check seeing it down", |b| {
-        b["customStatus"]["lastCheck"] == "down"
-    })
-    .await;
-    assert_eq!(down["customStatus"]["alerts"], 1);
-    assert_eq!(down["customStatus"]["detail"], "answered 503");
-    let checks_when_down = down["customStatus"]["checks"].as_u64().unwrap();
-    until(&h, &status_path, "another check while down", |b| {
-        // Between cycles (a new execution each) the last check stays visible.
-        assert!(b["customStatus"].is_object(), "{b}");
-        b["customStatus"]["checks"].as_u64() > Some(checks_when_down)
-    })
-    .await;
+    time.advance(HOUR).await.unwrap();
+    let down = custom_status(&h, &status_path).await;
+    assert_eq!(
+        (&down["checks"], &down["lastCheck"], &down["alerts"]),
+        (&json!(3), &json!("down"), &json!(1))
+    );
+    assert_eq!(down["detail"], "answered 503");
+    time.advance(5 * HOUR).await.unwrap();
+    let still_down = custom_status(&h, &status_path).await;
+    assert_eq!(
+        (&still_down["checks"], &still_down["alerts"]),
+        (&json!(8), &json!(1))
+    );
     let ops = mailbox(&h, "ops@example.com").await;
     let about_us: Vec<&Value> = ops
         .iter()
@@ -179,11 +192,15 @@ async fn the_monitor_checks_alerts_continues_as_new_and_stops() {
     assert_eq!(about_us.len(), 1);
     assert_eq!(about_us[0]["subject"], format!("{url} is down"));
 
+    // Back up, and the rest of the day passes: a check every hour.
     call(&h, "PUT", health, r#"{"healthy": true}"#).await;
-    until(&h, &status_path, "the recovery", |b| {
-        b["customStatus"]["lastCheck"] == "up"
-    })
-    .await;
+    time.advance(17 * HOUR).await.unwrap();
+    let s = custom_status(&h, &status_path).await;
+    assert_eq!(
+        (&s["checks"], &s["lastCheck"], &s["alerts"]),
+        (&json!(25), &json!("up"), &json!(1))
+    );
+    let checks_when_stopped = s["checks"].as_u64().unwrap();
 
     // Each cycle is a new execution: the history stays short.
     let id = status_path.rsplit('/').next().unwrap().to_string();
@@ -206,7 +223,7 @@ async fn the_monitor_checks_alerts_continues_as_new_and_stops() {
     assert_eq!(done["runtimeStatus"], "Completed");
     assert_eq!(done["output"]["alerts"], 1);
     assert_eq!(done["output"]["last"], "up");
-    assert!(done["output"]["checks"].as_u64().unwrap() > checks_when_down);
+    assert_eq!(done["output"]["checks"].as_u64(), Some(checks_when_stopped));
     let recovered: Vec<Value> = mailbox(&h, "ops@example.com")
         .await
         .into_iter()
@@ -238,39 +255,34 @@ async fn the_monitor_checks_alerts_continues_as_new_and_stops() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn approvals_wait_for_a_decision_or_time_out() {
-    let h = host().await;
+    // Approvers get a week, in virtual time.
+    let time = VirtualTime::new();
+    let h = host_in(&time).await;
     let request = |doc: &str, approver: &str, timeout: u64| {
         json!({"document": doc, "approver": approver, "timeoutSeconds": timeout}).to_string()
     };
-    // Approved through the link in the mail.
+    let week = 7 * 86_400;
+    // Approved through the link in the mail, three days later.
     let status_path = start(
         &h,
         "/api/approvals",
-        &request("Q3 budget", "boss-a@corp.test", 600),
+        &request("Q3 budget", "boss-a@corp.test", week),
     )
     .await;
-    let mail = until(
-        &h,
-        "/api/mailbox?to=boss-a@corp.test",
-        "the approval mail",
-        |b| b.as_array().is_some_and(|a| !a.is_empty()),
-    )
-    .await[0]
-        .clone();
+    time.idle().await.unwrap();
+    let mail = mailbox(&h, "boss-a@corp.test").await[0].clone();
     assert_eq!(mail["subject"], "Approval needed: Q3 budget");
     let approve = path_of(&h, mail["links"][0].as_str().unwrap());
     let reject = path_of(&h, mail["links"][1].as_str().unwrap());
     assert!(approve.ends_with("/approve") && reject.ends_with("/reject"));
-    // The status follows the mail in the next episode.
-    until(&h, &status_path, "awaiting approval", |b| {
-        b["customStatus"] == "AwaitingApproval"
-    })
-    .await;
     let (status, _, s) = call(&h, "GET", &status_path, "").await;
     assert_eq!(
         (status, &s["customStatus"]),
         (202, &json!("AwaitingApproval"))
     );
+    time.advance(3 * DAY).await.unwrap();
+    let (status, _, s) = call(&h, "GET", &status_path, "").await;
+    assert_eq!((status, &s["runtimeStatus"]), (202, &json!("Running")));
     let (status, _, body) = call(&h, "GET", &approve, "").await;
     assert_eq!((status, &body["decision"]), (202, &json!("approve")));
     let done = finish(&h, &status_path).await;
@@ -298,17 +310,11 @@ async fn approvals_wait_for_a_decision_or_time_out() {
     let status_path = start(
         &h,
         "/api/approvals",
-        &request("New logo", "boss-b@corp.test", 600),
+        &request("New logo", "boss-b@corp.test", week),
     )
     .await;
-    let mail = until(
-        &h,
-        "/api/mailbox?to=boss-b@corp.test",
-        "the approval mail",
-        |b| b.as_array().is_some_and(|a| !a.is_empty()),
-    )
-    .await[0]
-        .clone();
+    time.idle().await.unwrap();
+    let mail = mailbox(&h, "boss-b@corp.test").await[0].clone();
     let (status, _, _) = call(
         &h,
         "POST",
@@ -322,13 +328,20 @@ async fn approvals_wait_for_a_decision_or_time_out() {
         "Rejected"
     );
 
-    // Nobody answers: the timer wins.
+    // Nobody answers: after a week less an hour it still waits; then the timer wins.
     let status_path = start(
         &h,
         "/api/approvals",
-        &request("Holiday", "boss-c@corp.test", 1),
+        &request("Holiday", "boss-c@corp.test", week),
     )
     .await;
+    time.advance(7 * DAY - HOUR).await.unwrap();
+    let (status, _, s) = call(&h, "GET", &status_path, "").await;
+    assert_eq!(
+        (status, &s["customStatus"]),
+        (202, &json!("AwaitingApproval"))
+    );
+    time.advance(HOUR).await.unwrap();
     assert_eq!(
         finish(&h, &status_path).await["output"]["outcome"],
         "TimedOut"
