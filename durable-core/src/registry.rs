@@ -227,6 +227,25 @@ impl Registry {
         }
     }
 
+    /// The orchestrator an execution recorded with `version` replays on: exactly that
+    /// version. An execution recorded without one replays on the unversioned registration;
+    /// only when none is registered (a history written before versions were resolved at
+    /// start) on the newest.
+    pub fn recorded_orchestrator(
+        &self,
+        name: &str,
+        version: Option<&str>,
+    ) -> Option<&OrchestratorEntry> {
+        let entries = self.orchestrators.get(name)?;
+        match version {
+            Some(_) => self.orchestrator(name, version),
+            None => entries
+                .iter()
+                .find(|e| e.version.is_none())
+                .or(entries.last()),
+        }
+    }
+
     /// The activity for `name`.
     pub fn activity(&self, name: &str) -> Option<&ActivityEntry> {
         self.activities.get(name)
@@ -307,7 +326,31 @@ impl RegistryBuilder {
     }
 
     /// Registers an orchestrator written as a closure or function with typed input.
-    pub fn orchestrator<I, R, F, Fut>(mut self, name: &str, f: F) -> Self
+    pub fn orchestrator<I, R, F, Fut>(self, name: &str, f: F) -> Self
+    where
+        I: Payload,
+        R: TaskOutcome,
+        F: Fn(OrchestrationContext, I) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = R> + Send + 'static,
+    {
+        self.push_orchestrator(name, None, f)
+    }
+
+    /// Registers one version of an orchestrator written as a closure or function, like
+    /// `#[orchestrator(version = "...")]`: several versions of one name live side by side,
+    /// new instances start on the newest and each instance replays on the version it
+    /// started with.
+    pub fn orchestrator_version<I, R, F, Fut>(self, name: &str, version: &str, f: F) -> Self
+    where
+        I: Payload,
+        R: TaskOutcome,
+        F: Fn(OrchestrationContext, I) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = R> + Send + 'static,
+    {
+        self.push_orchestrator(name, Some(version), f)
+    }
+
+    fn push_orchestrator<I, R, F, Fut>(mut self, name: &str, version: Option<&str>, f: F) -> Self
     where
         I: Payload,
         R: TaskOutcome,
@@ -318,7 +361,7 @@ impl RegistryBuilder {
         let label = format!("orchestrator '{name}'");
         self.orchestrators.push(OrchestratorEntry {
             name: name.to_string(),
-            version: None,
+            version: version.map(str::to_string),
             invoke: Arc::new(move |ctx, input| {
                 let f = f.clone();
                 let label = label.clone();

@@ -141,7 +141,7 @@ impl Execution {
                     return;
                 }
                 self.started = true;
-                match registry.orchestrator(name, version.as_deref()) {
+                match registry.recorded_orchestrator(name, version.as_deref()) {
                     Some(entry) => {
                         self.future = Some((entry.invoke)(self.ctx.clone(), input.clone()));
                         self.flag.0.store(true, Ordering::Release);
@@ -389,6 +389,22 @@ pub(crate) fn run_episode(
     if state.status.is_terminal() {
         return terminal_episode(registry, item, state, source, now, commit);
     }
+    let mut state = state;
+    let starting = match &source {
+        Some(Source::Cached(_)) => false,
+        Some(Source::History(h)) => !h
+            .iter()
+            .any(|e| matches!(e.kind, EventKind::ExecutionStarted { .. })),
+        None => true,
+    };
+    if starting && state.version.is_none() {
+        // Started without a version (by a client that knows no registry): the execution
+        // runs on the newest version and records it, so it keeps replaying on that one
+        // after newer versions are registered.
+        state.version = registry
+            .orchestrator(&state.name, None)
+            .and_then(|e| e.version.clone());
+    }
 
     let (mut exec, replaced) = match source {
         Some(Source::Cached(exec)) => (exec, None),
@@ -455,6 +471,11 @@ fn apply_messages(
         }
         let mut ev = ev.clone();
         ev.timestamp = now;
+        if let EventKind::ExecutionStarted { version, .. } = &mut ev.kind {
+            if version.is_none() {
+                version.clone_from(&state.version);
+            }
+        }
         if let EventKind::ExecutionTerminated { .. } = ev.kind {
             new_events.push(ev.clone());
             exec.apply(registry, &ev);
