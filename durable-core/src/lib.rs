@@ -54,6 +54,7 @@ pub mod limits;
 pub mod payload;
 pub mod registry;
 mod replay;
+pub mod replayer;
 pub mod retry;
 pub mod store;
 #[cfg(feature = "testing")]

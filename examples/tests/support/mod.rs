@@ -14,6 +14,7 @@ use durable_examples as _;
 pub const KEY: &str = "scenario-test-key-0123456789";
 
 /// A host on an ephemeral loopback port serving every example, on a memory store.
+#[allow(dead_code)] // not every test binary runs in real time
 pub async fn host() -> RunningHost {
     host_on(Arc::new(durable_core::MemoryStore::new())).await
 }
