@@ -243,10 +243,10 @@ pub async fn approval_workflow(
         reject: link("reject"),
     };
     ctx.call_activity(send_approval_email, mail).await?;
-    ctx.set_custom_status(&json!({"file": input.file, "state": "AwaitingDecision"}));
+    ctx.set_custom_status(json!({"file": input.file, "state": "AwaitingDecision"}));
     let mut timer = ctx.create_timer(Duration::from_secs(input.timeout_seconds));
     let decision = decision_before(&ctx, &mut timer, |e| {
-        ctx.set_custom_status(&json!({
+        ctx.set_custom_status(json!({
             "file": input.file, "state": "AwaitingDecision", "ignored": e.to_string()
         }))
     })
@@ -273,7 +273,7 @@ pub async fn approval_workflow(
         )
         .await?;
     let outcome = if approved { "Approved" } else { "Rejected" };
-    ctx.set_custom_status(&json!({"file": input.file, "state": outcome}));
+    ctx.set_custom_status(json!({"file": input.file, "state": outcome}));
     Ok(RequestOutcome {
         file: input.file,
         outcome: outcome.into(),

@@ -114,7 +114,7 @@ pub async fn call_for_speakers(
 ) -> Result<Decision, OrchestrationError> {
     let mut reviews = Vec::new();
     for stage in ["Validating", "InContentReview", "WithCommittee"] {
-        ctx.set_custom_status(&stage);
+        ctx.set_custom_status(stage);
         let review = match stage {
             "Validating" => ctx.call_activity(validate_submission, s.clone()).await?,
             "InContentReview" => ctx.call_activity(review_content, s.clone()).await?,
@@ -136,7 +136,7 @@ pub async fn call_for_speakers(
     } else {
         "Rejected"
     };
-    ctx.set_custom_status(&outcome);
+    ctx.set_custom_status(outcome);
     ctx.call_activity(notify_speaker, (s.email.clone(), outcome.to_string()))
         .await?;
     Ok(Decision {

@@ -11,6 +11,7 @@ mod support;
 use support::{call, host, host_in, path_of};
 
 const DAY: Duration = Duration::from_secs(86_400);
+const MINUTE: Duration = Duration::from_secs(60);
 
 /// Polls a status URL the way a client would: follow Location while 202.
 async fn poll(h: &RunningHost, location: &str) -> Value {
@@ -111,7 +112,8 @@ async fn query_job_validates_runs_the_query_and_reports() {
     // The activity reads QUERY_JOB_DB; this test binary sets it once, before any job runs.
     std::env::set_var("QUERY_JOB_DB", &db);
     query_job::seed_audit_rows(&db).unwrap();
-    let h = host().await;
+    let time = VirtualTime::new();
+    let h = host_in(&time).await;
     for (q, msg) in [
         ("", "Empty start date."),
         ("?s=10/08/2021", "Empty end date."),
@@ -137,17 +139,45 @@ async fn query_job_validates_runs_the_query_and_reports() {
     )
     .unwrap();
     assert!(expected > 0);
-    let mut last = Value::Null;
-    for _ in 0..2000 {
-        let (status, _, body) = call(&h, "GET", &path, "").await;
-        assert_eq!(status, 200);
-        if body["status"] == "Completed" {
-            last = body;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    // Thirteen weekly chunks, a minute apart: twelve minutes of virtual time.
+    time.idle().await.unwrap();
+    let (status, _, body) = call(&h, "GET", &path, "").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["status"], "Running");
+    assert_eq!(
+        body["progress"],
+        json!({"chunksDone": 1, "chunks": 13, "percent": 7, "through": "2021-02-16",
+               "found": body["progress"]["found"]})
+    );
+    time.advance(5 * MINUTE).await.unwrap();
+    let (_, _, body) = call(&h, "GET", &path, "").await;
+    assert_eq!(body["status"], "Running");
+    assert_eq!(
+        (
+            &body["progress"]["chunksDone"],
+            &body["progress"]["percent"]
+        ),
+        (&json!(6), &json!(46))
+    );
+    assert_eq!(body["progress"]["through"], "2021-03-23");
+    let found_so_far = body["progress"]["found"].as_u64().unwrap();
+    assert!(found_so_far > 0 && found_so_far < expected as u64, "{body}");
+    time.advance(7 * MINUTE - Duration::from_secs(1))
+        .await
+        .unwrap();
+    let (_, _, body) = call(&h, "GET", &path, "").await;
+    assert_eq!(
+        (&body["status"], &body["progress"]["chunksDone"]),
+        (&json!("Running"), &json!(12))
+    );
+    time.advance(Duration::from_secs(1)).await.unwrap();
+    let (_, _, last) = call(&h, "GET", &path, "").await;
+    assert_eq!(last["status"], "Completed");
     assert_eq!(last["result"], json!(expected));
+    assert_eq!(
+        (&last["progress"]["percent"], &last["progress"]["found"]),
+        (&json!(100), &json!(expected))
+    );
     let (status, _, body) = call(&h, "GET", "/api/status/unknown-job", "").await;
     assert_eq!(
         (status, body["error"].as_str()),
