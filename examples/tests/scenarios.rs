@@ -246,3 +246,68 @@ async fn bank_transfers_keep_the_total() {
     assert_eq!(total, 3000);
     h.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn your_own_app_from_the_readme() {
+    // The README's requests, one by one.
+    let time = VirtualTime::new();
+    let h = host_in(&time).await;
+    let (status, headers, _) =
+        call(&h, "POST", "/api/expenses", r#"{"who":"ada","cents":4200}"#).await;
+    assert_eq!(status, 202);
+    let id = headers["location"]
+        .to_str()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_string();
+    time.idle().await.unwrap();
+    let (status, _, body) = call(&h, "GET", &format!("/api/expenses/{id}/stage"), "").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body,
+        json!({"id": id, "stage": "WaitingForManager", "runtimeStatus": "Running"})
+    );
+    let host = h.addr.to_string();
+    let (status, _, body) = support::call_with(
+        &h,
+        "POST",
+        &format!("/runtime/webhooks/durabletask/instances/{id}/raiseEvent/decision"),
+        &[
+            ("host", host.as_str()),
+            ("x-functions-key", support::KEY),
+            ("content-type", "application/json"),
+        ],
+        "true",
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    time.idle().await.unwrap();
+    let (_, _, body) = call(&h, "GET", &format!("/api/expenses/{id}/stage"), "").await;
+    assert_eq!(
+        (&body["stage"], &body["runtimeStatus"]),
+        (&json!("Approved"), &json!("Completed"))
+    );
+
+    // Nobody decides within a week: rejected. A bad body, an unknown id.
+    let (_, headers, _) = call(&h, "POST", "/api/expenses", r#"{"who":"bo","cents":1}"#).await;
+    let stage = format!(
+        "/api/expenses/{}/stage",
+        headers["location"]
+            .to_str()
+            .unwrap()
+            .rsplit('/')
+            .next()
+            .unwrap()
+    );
+    time.advance(7 * DAY).await.unwrap();
+    let (_, _, body) = call(&h, "GET", &stage, "").await;
+    assert_eq!(body["stage"], "Rejected");
+    let (status, _, body) = call(&h, "POST", "/api/expenses", r#"{"who":"bo"}"#).await;
+    assert_eq!(status, 400);
+    assert!(body["error"].as_str().unwrap().contains("cents"), "{body}");
+    let (status, _, _) = call(&h, "GET", "/api/expenses/no-such-id/stage", "").await;
+    assert_eq!(status, 404);
+    h.shutdown().await;
+}
