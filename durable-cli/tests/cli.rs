@@ -375,7 +375,8 @@ async fn show_prints_status_and_history_and_export_has_the_internal_history() {
     );
 
     // The engine's own events: scheduling events with their inputs, episode markers.
-    let export = durable(&h, &["history", "export", "h1"]).await.ok().json();
+    let exported = durable(&h, &["history", "export", "h1"]).await.ok();
+    let export = exported.json();
     assert_eq!(export["instanceId"], "h1");
     let events = export["historyEvents"].as_array().unwrap();
     let kinds: Vec<&str> = events
@@ -408,6 +409,31 @@ async fn show_prints_status_and_history_and_export_has_the_internal_history() {
         .history
         .unwrap();
     assert_eq!(parsed, real, "the export is the stored history");
+
+    // The export replays on the same code, and not on code that changed the call order.
+    let replayed = durable_core::replayer::Replayer::new(registry())
+        .replay_json(&exported.stdout)
+        .unwrap();
+    assert_eq!((replayed.name.as_str(), replayed.finished), ("hello", true));
+    let changed = Registry::builder()
+        .orchestrator(
+            "hello",
+            |ctx: OrchestrationContext, _cities: Vec<String>| async move {
+                ctx.create_timer(Duration::from_millis(20)).await;
+                Ok::<_, OrchestrationError>(())
+            },
+        )
+        .build()
+        .unwrap();
+    let err = durable_core::replayer::Replayer::new(changed)
+        .replay_json(&exported.stdout)
+        .unwrap_err();
+    assert!(
+        err.to_string().starts_with(
+            "instance 'h1': non-deterministic orchestration 'hello': at sequence number 0 the history recorded TaskScheduled 'say_hello' but the code now attempted create_timer"
+        ),
+        "{err}"
+    );
 
     durable(&h, &["show", "nope"])
         .await

@@ -61,7 +61,27 @@ pub trait Orchestrator: Copy + Send + Sync + 'static {
 )]
 pub trait Payload: Serialize + DeserializeOwned + Send + 'static {}
 
+#[diagnostic::do_not_recommend]
 impl<T: Serialize + DeserializeOwned + Send + 'static> Payload for T {}
+
+/// `T` itself, when it is a [`Payload`]. The attribute macros name input types through
+/// `<T as Checked>::Type`: for a type that cannot travel through a history, that one
+/// projection fails with [`Payload`]'s message and every later use of the type is left
+/// unreported, so the mistake is reported once, in words about histories.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot travel through a durable history: it must implement `Serialize` and `DeserializeOwned`",
+    label = "not serializable",
+    note = "inputs, outputs and entity state are stored as JSON: add `#[derive(serde::Serialize, serde::Deserialize)]` to `{Self}` (for a type from another crate, enable its `serde` feature or wrap it)"
+)]
+pub trait Checked {
+    /// `Self`.
+    type Type: Payload;
+}
+
+#[diagnostic::do_not_recommend]
+impl<T: Payload> Checked for T {
+    type Type = T;
+}
 
 /// The message of a panic caught while running user code.
 pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {

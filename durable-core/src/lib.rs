@@ -54,8 +54,11 @@ pub mod limits;
 pub mod payload;
 pub mod registry;
 mod replay;
+pub mod replayer;
 pub mod retry;
 pub mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod typed_entity;
 pub mod worker;
 
@@ -87,8 +90,11 @@ pub mod __private {
     pub use crate::context::OrchestrationContext;
     pub use crate::entity::{EntityContext, EntityId, Operation};
     pub use crate::error::{Error, TaskError};
+    pub use crate::function::Checked;
     pub use crate::history::FailureDetails;
-    pub use crate::payload::{decode_input, InputType};
+    pub use crate::payload::{
+        decode_activity_input, decode_input, decode_orchestrator_input, InputType,
+    };
     pub use crate::registry::{encode, failure_of};
     pub use crate::registry::{
         Activity, ActivityRegistration, BoxFuture, EntityRegistration, OperationType, Orchestrator,

@@ -55,6 +55,24 @@ pub fn decode_input<T: DeserializeOwned>(
     })
 }
 
+/// Decodes the input of the activity `A` (generated code: the bound comes from the trait,
+/// so a type unfit for a history is reported once, where the macro checks it).
+pub fn decode_activity_input<A: crate::function::Activity>(
+    what: &str,
+    payload: Option<&str>,
+) -> Result<A::Input, FailureDetails> {
+    decode_input(what, payload)
+}
+
+/// Decodes the input of the orchestrator `O` (generated code, like
+/// [`decode_activity_input`]).
+pub fn decode_orchestrator_input<O: crate::function::Orchestrator>(
+    what: &str,
+    payload: Option<&str>,
+) -> Result<O::Input, FailureDetails> {
+    decode_input(what, payload)
+}
+
 /// Checks that `text` is one well-formed JSON value no deeper than `serde_json`'s
 /// recursion limit, without building it in memory.
 pub fn check_json(text: &str) -> Result<(), serde_json::Error> {

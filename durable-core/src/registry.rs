@@ -227,9 +227,34 @@ impl Registry {
         }
     }
 
+    /// The orchestrator an execution recorded with `version` replays on: exactly that
+    /// version. An execution recorded without one replays on the unversioned registration;
+    /// only when none is registered (a history written before versions were resolved at
+    /// start) on the newest.
+    pub fn recorded_orchestrator(
+        &self,
+        name: &str,
+        version: Option<&str>,
+    ) -> Option<&OrchestratorEntry> {
+        let entries = self.orchestrators.get(name)?;
+        match version {
+            Some(_) => self.orchestrator(name, version),
+            None => entries
+                .iter()
+                .find(|e| e.version.is_none())
+                .or(entries.last()),
+        }
+    }
+
     /// The activity for `name`.
     pub fn activity(&self, name: &str) -> Option<&ActivityEntry> {
         self.activities.get(name)
+    }
+
+    /// Puts `entry` in place of the activity of the same name (or adds it).
+    #[cfg(any(test, feature = "testing"))]
+    pub(crate) fn replace_activity(&mut self, entry: ActivityEntry) {
+        self.activities.insert(entry.name.clone(), entry);
     }
 
     /// The entity for `name` (case-insensitive).
@@ -301,7 +326,31 @@ impl RegistryBuilder {
     }
 
     /// Registers an orchestrator written as a closure or function with typed input.
-    pub fn orchestrator<I, R, F, Fut>(mut self, name: &str, f: F) -> Self
+    pub fn orchestrator<I, R, F, Fut>(self, name: &str, f: F) -> Self
+    where
+        I: Payload,
+        R: TaskOutcome,
+        F: Fn(OrchestrationContext, I) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = R> + Send + 'static,
+    {
+        self.push_orchestrator(name, None, f)
+    }
+
+    /// Registers one version of an orchestrator written as a closure or function, like
+    /// `#[orchestrator(version = "...")]`: several versions of one name live side by side,
+    /// new instances start on the newest and each instance replays on the version it
+    /// started with.
+    pub fn orchestrator_version<I, R, F, Fut>(self, name: &str, version: &str, f: F) -> Self
+    where
+        I: Payload,
+        R: TaskOutcome,
+        F: Fn(OrchestrationContext, I) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = R> + Send + 'static,
+    {
+        self.push_orchestrator(name, Some(version), f)
+    }
+
+    fn push_orchestrator<I, R, F, Fut>(mut self, name: &str, version: Option<&str>, f: F) -> Self
     where
         I: Payload,
         R: TaskOutcome,
@@ -312,7 +361,7 @@ impl RegistryBuilder {
         let label = format!("orchestrator '{name}'");
         self.orchestrators.push(OrchestratorEntry {
             name: name.to_string(),
-            version: None,
+            version: version.map(str::to_string),
             invoke: Arc::new(move |ctx, input| {
                 let f = f.clone();
                 let label = label.clone();
@@ -335,20 +384,7 @@ impl RegistryBuilder {
         F: Fn(ActivityContext, I) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = R> + Send + 'static,
     {
-        let f = Arc::new(f);
-        let label = format!("activity '{name}'");
-        self.activities.push(ActivityEntry {
-            name: name.to_string(),
-            invoke: Arc::new(move |ctx, input| {
-                let f = f.clone();
-                let label = label.clone();
-                Box::pin(async move {
-                    let input: I = decode_input(&label, input.as_deref())?;
-                    f(ctx, input).await.into_outcome()
-                })
-            }),
-            location: format!("{name} (registered at run time)"),
-        });
+        self.activities.push(activity_entry(name, f));
         self
     }
 
@@ -431,6 +467,30 @@ impl RegistryBuilder {
                 dups.join("; ")
             )))
         }
+    }
+}
+
+/// An activity entry running the closure `f` with typed input.
+pub(crate) fn activity_entry<I, R, F, Fut>(name: &str, f: F) -> ActivityEntry
+where
+    I: DeserializeOwned + Send + 'static,
+    R: TaskOutcome,
+    F: Fn(ActivityContext, I) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = R> + Send + 'static,
+{
+    let f = Arc::new(f);
+    let label = format!("activity '{name}'");
+    ActivityEntry {
+        name: name.to_string(),
+        invoke: Arc::new(move |ctx, input| {
+            let f = f.clone();
+            let label = label.clone();
+            Box::pin(async move {
+                let input: I = decode_input(&label, input.as_deref())?;
+                f(ctx, input).await.into_outcome()
+            })
+        }),
+        location: format!("{name} (registered at run time)"),
     }
 }
 

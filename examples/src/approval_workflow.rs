@@ -1,10 +1,12 @@
 //! The approval workflow (seed 000, second half): requests are files.
 //!
 //! A file dropped into `requests/` (under `APPROVAL_DIR`, default `./approval-workflow`)
-//! starts one `approval_workflow` instance: it writes the approval "email" into
-//! `outbox/<instance>.html` with an approve and a reject link, then waits for whichever
-//! comes first, the approver's click or a durable timer (`APPROVAL_TIMEOUT_SECS`, default
-//! one day; a timeout rejects). Then it moves the file to `approved/` or `rejected/`.
+//! starts one `approval_workflow` instance: it mails the approver an approve and a reject
+//! link over SMTP (to the server `APPROVAL_SMTP` names, with [`lettre`]; a copy goes to
+//! `outbox/<instance>.html`, the only copy when no server is configured), then waits for
+//! whichever comes first, the approver's click or a durable timer (`APPROVAL_TIMEOUT_SECS`,
+//! default one day; a timeout rejects). Then it moves the file to `approved/` or
+//! `rejected/`.
 //!
 //! The links hit `GET /api/approval-requests/{id}/approve` (or `/reject`), which checks
 //! the instance is an `approval_workflow` still waiting before raising the event: 404 for
@@ -52,13 +54,57 @@ pub struct WorkflowConfig {
     pub approver: String,
     /// How often `requests/` is scanned.
     pub scan_every: Duration,
+    /// The SMTP server approval mail goes to; None writes it to the outbox only.
+    pub smtp: Option<SmtpServer>,
+}
+
+/// An SMTP server to send approval mail through (plain SMTP, as to a local relay).
+/// Credentials, when the server wants them, come from `APPROVAL_SMTP_USER` and
+/// `APPROVAL_SMTP_PASSWORD` when the mail is sent, never through a history.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SmtpServer {
+    /// Host name or address.
+    pub host: String,
+    /// Port (25, or 587 for submission).
+    pub port: u16,
+    /// The sender address.
+    pub from: String,
+}
+
+impl SmtpServer {
+    /// Parses `host:port` (the port defaults to 25).
+    pub fn parse(server: &str, from: &str) -> Result<Self, String> {
+        let server = server.trim();
+        let (host, port) = match server.rsplit_once(':') {
+            Some((h, p)) => (
+                h,
+                p.parse::<u16>()
+                    .ok()
+                    .filter(|p| *p > 0)
+                    .ok_or_else(|| format!("APPROVAL_SMTP '{server}': '{p}' is not a port"))?,
+            ),
+            None => (server, 25),
+        };
+        if host.is_empty() || host.contains(['/', ' ']) {
+            return Err(format!("APPROVAL_SMTP '{server}' is not host:port"));
+        }
+        from.parse::<lettre::message::Mailbox>()
+            .map_err(|e| format!("APPROVAL_MAIL_FROM '{from}': {e}"))?;
+        Ok(Self {
+            host: host.to_string(),
+            port,
+            from: from.to_string(),
+        })
+    }
 }
 
 impl WorkflowConfig {
     /// From the environment: `APPROVAL_DIR` (default `./approval-workflow`),
     /// `APPROVAL_BASE_URL` (default the host's `DURABLE_PUBLIC_URL`, else `http://` +
     /// `DURABLE_ADDR`: configuration, never a request's headers), `APPROVAL_TIMEOUT_SECS`
-    /// (default 86400), `APPROVER` (default `approver@example.com`).
+    /// (default 86400), `APPROVER` (default `approver@example.com`), `APPROVAL_SMTP`
+    /// (`host:port` of the SMTP server; unset: outbox only) and `APPROVAL_MAIL_FROM`
+    /// (default `approvals@example.com`).
     pub fn from_env() -> Result<Self, String> {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
         let timeout = match var("APPROVAL_TIMEOUT_SECS") {
@@ -71,6 +117,10 @@ impl WorkflowConfig {
             None => 86_400,
         };
         let addr = var("DURABLE_ADDR").unwrap_or_else(|| durable_http::DEFAULT_ADDR.to_string());
+        let from = var("APPROVAL_MAIL_FROM").unwrap_or_else(|| "approvals@example.com".into());
+        let smtp = var("APPROVAL_SMTP")
+            .map(|s| SmtpServer::parse(&s, &from))
+            .transpose()?;
         Ok(WorkflowConfig {
             root: var("APPROVAL_DIR")
                 .map(PathBuf::from)
@@ -82,6 +132,7 @@ impl WorkflowConfig {
             timeout: Duration::from_secs(timeout),
             approver: var("APPROVER").unwrap_or_else(|| "approver@example.com".into()),
             scan_every: Duration::from_millis(500),
+            smtp,
         })
     }
 
@@ -108,6 +159,9 @@ pub struct RequestInput {
     pub base_url: String,
     /// Seconds to wait for the decision.
     pub timeout_seconds: u64,
+    /// Where the approval mail goes (None: the outbox only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smtp: Option<SmtpServer>,
 }
 
 /// How a request ended.
@@ -139,6 +193,9 @@ pub struct ApprovalEmail {
     pub approve: String,
     /// The reject link.
     pub reject: String,
+    /// The SMTP server to send it through (None: the outbox only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smtp: Option<SmtpServer>,
 }
 
 /// A move of a request to its final folder.
@@ -166,11 +223,64 @@ fn check_name(file: &str) -> Result<(), ActivityError> {
     Ok(())
 }
 
-/// `SendApprovalEmail`: writes `outbox/<instance>.html` (atomically: written aside, then
-/// renamed into place).
+/// The approval mail as sent over SMTP: plain text, one link a line.
+pub fn approval_message(
+    mail: &ApprovalEmail,
+    from: &str,
+) -> Result<lettre::Message, ActivityError> {
+    let mailbox = |a: &str, what: &str| {
+        a.parse::<lettre::message::Mailbox>()
+            .map_err(|e| ActivityError::non_retriable(format!("{what} '{a}': {e}")))
+    };
+    lettre::Message::builder()
+        .from(mailbox(from, "sender")?)
+        .to(mailbox(&mail.to, "approver")?)
+        .subject(format!("Approval request: {}", mail.file))
+        .header(lettre::message::header::ContentType::TEXT_PLAIN)
+        .body(format!(
+            "A new request, {file}, is waiting for your decision.\r\n\r\n\
+             Approve: {approve}\r\n\
+             Reject: {reject}\r\n",
+            file = mail.file,
+            approve = mail.approve,
+            reject = mail.reject,
+        ))
+        .map_err(|e| ActivityError::non_retriable(format!("cannot build the mail: {e}")))
+}
+
+/// Sends `message` through `server` (credentials from `APPROVAL_SMTP_USER` and
+/// `APPROVAL_SMTP_PASSWORD` when set). A refused or unreachable server fails the attempt;
+/// the orchestration retries it.
+async fn send_smtp(server: &SmtpServer, message: lettre::Message) -> Result<(), ActivityError> {
+    use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+    let mut transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&server.host)
+        .port(server.port)
+        .timeout(Some(Duration::from_secs(30)));
+    if let (Ok(user), Ok(password)) = (
+        std::env::var("APPROVAL_SMTP_USER"),
+        std::env::var("APPROVAL_SMTP_PASSWORD"),
+    ) {
+        transport = transport.credentials(
+            lettre::transport::smtp::authentication::Credentials::new(user, password),
+        );
+    }
+    transport
+        .build()
+        .send(message)
+        .await
+        .map_err(|e| ActivityError::new(format!("SMTP {}:{}: {e}", server.host, server.port)))?;
+    Ok(())
+}
+
+/// `SendApprovalEmail`: mails the approver through the configured SMTP server, and writes
+/// a copy to `outbox/<instance>.html` (atomically: written aside, then renamed into
+/// place). Activities run at least once: a retry after a lost result may mail twice.
 #[activity(name = "SendApprovalEmail")]
 pub async fn send_approval_email(mail: ApprovalEmail) -> Result<String, ActivityError> {
     check_name(&mail.file)?;
+    if let Some(server) = &mail.smtp {
+        send_smtp(server, approval_message(&mail, &server.from)?).await?;
+    }
     let outbox = Path::new(&mail.root).join(OUTBOX);
     tokio::fs::create_dir_all(&outbox).await?;
     let file = html_escape(&mail.file);
@@ -241,12 +351,16 @@ pub async fn approval_workflow(
         file: input.file.clone(),
         approve: link("approve"),
         reject: link("reject"),
+        smtp: input.smtp.clone(),
     };
-    ctx.call_activity(send_approval_email, mail).await?;
-    ctx.set_custom_status(&json!({"file": input.file, "state": "AwaitingDecision"}));
+    // A mail server that is briefly down is retried on durable timers.
+    let retry = durable_core::RetryPolicy::new(5, Duration::from_secs(30));
+    ctx.call_activity_with_retry(send_approval_email, &retry, mail)
+        .await?;
+    ctx.set_custom_status(json!({"file": input.file, "state": "AwaitingDecision"}));
     let mut timer = ctx.create_timer(Duration::from_secs(input.timeout_seconds));
     let decision = decision_before(&ctx, &mut timer, |e| {
-        ctx.set_custom_status(&json!({
+        ctx.set_custom_status(json!({
             "file": input.file, "state": "AwaitingDecision", "ignored": e.to_string()
         }))
     })
@@ -273,7 +387,7 @@ pub async fn approval_workflow(
         )
         .await?;
     let outcome = if approved { "Approved" } else { "Rejected" };
-    ctx.set_custom_status(&json!({"file": input.file, "state": outcome}));
+    ctx.set_custom_status(json!({"file": input.file, "state": outcome}));
     Ok(RequestOutcome {
         file: input.file,
         outcome: outcome.into(),
@@ -342,6 +456,7 @@ pub async fn scan_once(
             approver: cfg.approver.clone(),
             base_url: cfg.base_url.clone(),
             timeout_seconds: cfg.timeout.as_secs().max(1),
+            smtp: cfg.smtp.clone(),
         };
         match client
             .start_with(
@@ -388,6 +503,23 @@ mod tests {
         assert_ne!(a, instance_id_for("cat.jpg", 11, 5));
         assert_ne!(a, instance_id_for("dog.jpg", 10, 5));
         assert!(durable_core::client::validate_instance_id(&a).is_ok());
+    }
+
+    #[test]
+    fn smtp_servers_are_host_and_port() {
+        let s = SmtpServer::parse("mail.test:2525", "a@b.test").unwrap();
+        assert_eq!((s.host.as_str(), s.port), ("mail.test", 2525));
+        assert_eq!(SmtpServer::parse("mail.test", "a@b.test").unwrap().port, 25);
+        for (server, from, why) in [
+            ("mail.test:0", "a@b.test", "is not a port"),
+            ("mail.test:smtp", "a@b.test", "is not a port"),
+            (":25", "a@b.test", "is not host:port"),
+            ("mail test:25", "a@b.test", "is not host:port"),
+            ("mail.test:25", "nobody", "APPROVAL_MAIL_FROM 'nobody'"),
+        ] {
+            let e = SmtpServer::parse(server, from).unwrap_err();
+            assert!(e.contains(why), "{server} {from}: {e}");
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod bank;
 pub mod common;
 pub mod counter;
 pub mod durable_search;
+pub mod expenses;
 pub mod hello;
 pub mod order_processing;
 pub mod query_job;

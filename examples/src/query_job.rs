@@ -1,10 +1,14 @@
 //! The async query job: `GET /api/submit/query?s=dd/mm/yyyy&e=dd/mm/yyyy` validates the
 //! dates with the same messages as the original service, starts an orchestration that
 //! runs a real query (distinct certified ids in a date range) against a SQLite table of
-//! audit rows, and answers `{"statusUri": ...}`. `GET /api/status/{id}` answers
-//! `{"id", "status", "result"}` or 404 `Job not found`.
+//! audit rows, and answers `{"statusUri": ...}`. The job is long: it reads the range a
+//! week at a time, one chunk a minute, with its progress in the custom status.
+//! `GET /api/status/{id}` answers `{"id", "status", "result", "progress"}` or 404
+//! `Job not found`.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use chrono::NaiveDate;
 use durable_core::Orchestrator;
@@ -85,21 +89,107 @@ pub fn count_certified(path: &std::path::Path, range: &Range) -> rusqlite::Resul
     )
 }
 
-/// Runs the query (on the blocking pool: SQLite calls block).
-#[activity]
-pub async fn query_audit_rows(range: Range) -> Result<i64, ActivityError> {
-    let path = audit_db();
-    let n = tokio::task::spawn_blocking(move || count_certified(&path, &range)).await??;
-    Ok(n)
+/// The distinct certified ids in the range (one chunk of a job's query).
+pub fn certified_ids(path: &std::path::Path, range: &Range) -> rusqlite::Result<Vec<String>> {
+    let conn = rusqlite::Connection::open(path)?;
+    let mut q = conn.prepare(
+        "SELECT DISTINCT identification_number FROM audit
+         WHERE partition_key >= ?1 AND partition_key <= ?2 AND cert_number <> ''
+         ORDER BY identification_number",
+    )?;
+    let ids = q
+        .query_map(rusqlite::params![range.start, range.end], |r| r.get(0))?
+        .collect();
+    ids
 }
 
-/// Waits for the query.
+/// Days of audit rows one chunk of a job reads.
+pub const CHUNK_DAYS: i64 = 7;
+
+/// The pause between chunks: the audit store serves one chunk query a minute, so a
+/// three-month job runs for a quarter of an hour.
+pub const CHUNK_PAUSE: Duration = Duration::from_secs(60);
+
+/// The chunks of `range`: consecutive spans of [`CHUNK_DAYS`] days (the last one shorter).
+pub fn chunks(range: &Range) -> Result<Vec<Range>, String> {
+    let parse = |d: &str| {
+        NaiveDate::parse_from_str(d, "%Y-%m-%d")
+            .map_err(|_| format!("'{d}' is not a YYYY-MM-DD date"))
+    };
+    let (start, end) = (parse(&range.start)?, parse(&range.end)?);
+    if end < start {
+        return Err(format!(
+            "the range {} to {} is empty",
+            range.start, range.end
+        ));
+    }
+    let mut out = Vec::new();
+    let mut from = start;
+    while from <= end {
+        let to = (from + chrono::Duration::days(CHUNK_DAYS - 1)).min(end);
+        out.push(Range {
+            start: from.format("%Y-%m-%d").to_string(),
+            end: to.format("%Y-%m-%d").to_string(),
+        });
+        from = to + chrono::Duration::days(1);
+    }
+    Ok(out)
+}
+
+/// How far a job is, in its custom status.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Progress {
+    /// Chunks queried.
+    pub chunks_done: usize,
+    /// Chunks in the job.
+    pub chunks: usize,
+    /// `chunks_done` of `chunks`, in percent.
+    pub percent: usize,
+    /// The last day queried so far.
+    pub through: String,
+    /// Distinct certified ids found so far.
+    pub found: usize,
+}
+
+/// Queries one chunk (on the blocking pool: SQLite calls block).
+#[activity]
+pub async fn query_audit_chunk(range: Range) -> Result<Vec<String>, ActivityError> {
+    let path = audit_db();
+    let ids = tokio::task::spawn_blocking(move || certified_ids(&path, &range)).await??;
+    Ok(ids)
+}
+
+/// Runs the query chunk by chunk, a minute apart, reporting its progress in the custom
+/// status; the result is the number of distinct certified ids in the whole range.
 #[orchestrator]
 pub async fn query_orchestrator(
     ctx: OrchestrationContext,
     range: Range,
 ) -> Result<i64, OrchestrationError> {
-    Ok(ctx.call_activity(query_audit_rows, range).await?)
+    let chunks = chunks(&range).map_err(OrchestrationError::new)?;
+    let mut ids = BTreeSet::new();
+    let mut progress = Progress {
+        chunks_done: 0,
+        chunks: chunks.len(),
+        percent: 0,
+        through: String::new(),
+        found: 0,
+    };
+    ctx.set_custom_status(&progress);
+    for (i, chunk) in chunks.into_iter().enumerate() {
+        if i > 0 {
+            ctx.create_timer(CHUNK_PAUSE).await;
+        }
+        let through = chunk.end.clone();
+        ids.extend(ctx.call_activity(query_audit_chunk, chunk).await?);
+        progress.chunks_done = i + 1;
+        progress.percent = progress.chunks_done * 100 / progress.chunks;
+        progress.through = through;
+        progress.found = ids.len();
+        ctx.set_custom_status(&progress);
+    }
+    Ok(ids.len() as i64)
 }
 
 fn bad(msg: &str) -> HttpError {
@@ -163,8 +253,9 @@ pub async fn job_status(client: DurableClient, req: HttpRequest) -> HttpResult {
         Err(e) => return Err(e.into()),
     };
     let result: Option<serde_json::Value> = status.output().unwrap_or(None);
+    let progress: Option<serde_json::Value> = status.custom_status().unwrap_or(None);
     Ok(HttpResponse::json(
         StatusCode::OK,
-        &json!({ "id": id, "status": status.status().as_str(), "result": result }),
+        &json!({ "id": id, "status": status.status().as_str(), "result": result, "progress": progress }),
     ))
 }

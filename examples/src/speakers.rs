@@ -103,6 +103,9 @@ pub async fn notify_speaker(email: String, outcome: String) -> Result<(), Activi
     Ok(())
 }
 
+/// How long the committee deliberates before it decides.
+pub const COMMITTEE_DELIBERATION: Duration = Duration::from_secs(3 * 86_400);
+
 /// Chains the stages; custom status shows the current stage.
 #[orchestrator]
 pub async fn call_for_speakers(
@@ -111,13 +114,14 @@ pub async fn call_for_speakers(
 ) -> Result<Decision, OrchestrationError> {
     let mut reviews = Vec::new();
     for stage in ["Validating", "InContentReview", "WithCommittee"] {
-        ctx.set_custom_status(&stage);
+        ctx.set_custom_status(stage);
         let review = match stage {
             "Validating" => ctx.call_activity(validate_submission, s.clone()).await?,
             "InContentReview" => ctx.call_activity(review_content, s.clone()).await?,
             _ => {
-                // Committees take their time: a durable timer, not a sleep.
-                ctx.create_timer(Duration::from_millis(200)).await;
+                // Committees take their time (they meet after three days): a durable
+                // timer, not a sleep; tests run it in virtual time.
+                ctx.create_timer(COMMITTEE_DELIBERATION).await;
                 ctx.call_activity(committee_decision, s.clone()).await?
             }
         };
@@ -132,7 +136,7 @@ pub async fn call_for_speakers(
     } else {
         "Rejected"
     };
-    ctx.set_custom_status(&outcome);
+    ctx.set_custom_status(outcome);
     ctx.call_activity(notify_speaker, (s.email.clone(), outcome.to_string()))
         .await?;
     Ok(Decision {

@@ -2,12 +2,16 @@
 
 use std::time::Duration;
 
+use durable_core::testing::VirtualTime;
 use durable_examples::query_job;
 use durable_http::RunningHost;
 use serde_json::{json, Value};
 
 mod support;
-use support::{call, host, path_of};
+use support::{call, host, host_in, path_of};
+
+const DAY: Duration = Duration::from_secs(86_400);
+const MINUTE: Duration = Duration::from_secs(60);
 
 /// Polls a status URL the way a client would: follow Location while 202.
 async fn poll(h: &RunningHost, location: &str) -> Value {
@@ -49,7 +53,9 @@ async fn hello_cities() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn call_for_speakers_moves_through_its_stages() {
-    let h = host().await;
+    // The committee deliberates for three days, in virtual time.
+    let time = VirtualTime::new();
+    let h = host_in(&time).await;
     let good = json!({"speaker": "Ada", "email": "ada@example.com", "title": "Durable workflows in Rust",
                       "abstract": "How deterministic replay lets long work survive crashes"});
     let (status, headers, _) = call(&h, "POST", "/api/submissions", &good.to_string()).await;
@@ -58,14 +64,34 @@ async fn call_for_speakers_moves_through_its_stages() {
     let location = headers["location"].to_str().unwrap().to_string();
     let path = path_of(&h, &location);
     // While the committee deliberates, the custom status names the stage.
+    time.idle().await.unwrap();
     let (status, _, body) = call(&h, "GET", &path, "").await;
-    if status == 202 && body["runtimeStatus"] == "Running" {
-        assert!(body["customStatus"].is_string(), "{body}");
-    }
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(
+        (&body["runtimeStatus"], &body["customStatus"]),
+        (&json!("Running"), &json!("WithCommittee"))
+    );
+    // Two days on, still deliberating; on the third, the decision.
+    time.advance(2 * DAY).await.unwrap();
+    let (status, _, body) = call(&h, "GET", &path, "").await;
+    assert_eq!(
+        (status, &body["customStatus"]),
+        (202, &json!("WithCommittee"))
+    );
+    time.advance(DAY).await.unwrap();
     let done = poll(&h, &location).await;
     assert_eq!(done["customStatus"], "Approved");
     assert_eq!(done["output"]["outcome"], "Approved");
     assert_eq!(done["output"]["reviews"].as_array().unwrap().len(), 3);
+    let (Some(created), Some(updated)) = (
+        done["createdTime"].as_str(),
+        done["lastUpdatedTime"].as_str(),
+    ) else {
+        panic!("{done}")
+    };
+    let took = chrono::DateTime::parse_from_rfc3339(updated).unwrap()
+        - chrono::DateTime::parse_from_rfc3339(created).unwrap();
+    assert_eq!(took, chrono::Duration::days(3));
 
     let weak = json!({"speaker": "Bob", "email": "bob@example.com", "title": "Blockchain", "abstract": "short"});
     let (_, headers, _) = call(&h, "POST", "/api/submissions", &weak.to_string()).await;
@@ -86,7 +112,8 @@ async fn query_job_validates_runs_the_query_and_reports() {
     // The activity reads QUERY_JOB_DB; this test binary sets it once, before any job runs.
     std::env::set_var("QUERY_JOB_DB", &db);
     query_job::seed_audit_rows(&db).unwrap();
-    let h = host().await;
+    let time = VirtualTime::new();
+    let h = host_in(&time).await;
     for (q, msg) in [
         ("", "Empty start date."),
         ("?s=10/08/2021", "Empty end date."),
@@ -112,17 +139,45 @@ async fn query_job_validates_runs_the_query_and_reports() {
     )
     .unwrap();
     assert!(expected > 0);
-    let mut last = Value::Null;
-    for _ in 0..2000 {
-        let (status, _, body) = call(&h, "GET", &path, "").await;
-        assert_eq!(status, 200);
-        if body["status"] == "Completed" {
-            last = body;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    // Thirteen weekly chunks, a minute apart: twelve minutes of virtual time.
+    time.idle().await.unwrap();
+    let (status, _, body) = call(&h, "GET", &path, "").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["status"], "Running");
+    assert_eq!(
+        body["progress"],
+        json!({"chunksDone": 1, "chunks": 13, "percent": 7, "through": "2021-02-16",
+               "found": body["progress"]["found"]})
+    );
+    time.advance(5 * MINUTE).await.unwrap();
+    let (_, _, body) = call(&h, "GET", &path, "").await;
+    assert_eq!(body["status"], "Running");
+    assert_eq!(
+        (
+            &body["progress"]["chunksDone"],
+            &body["progress"]["percent"]
+        ),
+        (&json!(6), &json!(46))
+    );
+    assert_eq!(body["progress"]["through"], "2021-03-23");
+    let found_so_far = body["progress"]["found"].as_u64().unwrap();
+    assert!(found_so_far > 0 && found_so_far < expected as u64, "{body}");
+    time.advance(7 * MINUTE - Duration::from_secs(1))
+        .await
+        .unwrap();
+    let (_, _, body) = call(&h, "GET", &path, "").await;
+    assert_eq!(
+        (&body["status"], &body["progress"]["chunksDone"]),
+        (&json!("Running"), &json!(12))
+    );
+    time.advance(Duration::from_secs(1)).await.unwrap();
+    let (_, _, last) = call(&h, "GET", &path, "").await;
+    assert_eq!(last["status"], "Completed");
     assert_eq!(last["result"], json!(expected));
+    assert_eq!(
+        (&last["progress"]["percent"], &last["progress"]["found"]),
+        (&json!(100), &json!(expected))
+    );
     let (status, _, body) = call(&h, "GET", "/api/status/unknown-job", "").await;
     assert_eq!(
         (status, body["error"].as_str()),
@@ -189,5 +244,70 @@ async fn bank_transfers_keep_the_total() {
         total += body["balance"].as_i64().unwrap();
     }
     assert_eq!(total, 3000);
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn your_own_app_from_the_readme() {
+    // The README's requests, one by one.
+    let time = VirtualTime::new();
+    let h = host_in(&time).await;
+    let (status, headers, _) =
+        call(&h, "POST", "/api/expenses", r#"{"who":"ada","cents":4200}"#).await;
+    assert_eq!(status, 202);
+    let id = headers["location"]
+        .to_str()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_string();
+    time.idle().await.unwrap();
+    let (status, _, body) = call(&h, "GET", &format!("/api/expenses/{id}/stage"), "").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body,
+        json!({"id": id, "stage": "WaitingForManager", "runtimeStatus": "Running"})
+    );
+    let host = h.addr.to_string();
+    let (status, _, body) = support::call_with(
+        &h,
+        "POST",
+        &format!("/runtime/webhooks/durabletask/instances/{id}/raiseEvent/decision"),
+        &[
+            ("host", host.as_str()),
+            ("x-functions-key", support::KEY),
+            ("content-type", "application/json"),
+        ],
+        "true",
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    time.idle().await.unwrap();
+    let (_, _, body) = call(&h, "GET", &format!("/api/expenses/{id}/stage"), "").await;
+    assert_eq!(
+        (&body["stage"], &body["runtimeStatus"]),
+        (&json!("Approved"), &json!("Completed"))
+    );
+
+    // Nobody decides within a week: rejected. A bad body, an unknown id.
+    let (_, headers, _) = call(&h, "POST", "/api/expenses", r#"{"who":"bo","cents":1}"#).await;
+    let stage = format!(
+        "/api/expenses/{}/stage",
+        headers["location"]
+            .to_str()
+            .unwrap()
+            .rsplit('/')
+            .next()
+            .unwrap()
+    );
+    time.advance(7 * DAY).await.unwrap();
+    let (_, _, body) = call(&h, "GET", &stage, "").await;
+    assert_eq!(body["stage"], "Rejected");
+    let (status, _, body) = call(&h, "POST", "/api/expenses", r#"{"who":"bo"}"#).await;
+    assert_eq!(status, 400);
+    assert!(body["error"].as_str().unwrap().contains("cents"), "{body}");
+    let (status, _, _) = call(&h, "GET", "/api/expenses/no-such-id/stage", "").await;
+    assert_eq!(status, 404);
     h.shutdown().await;
 }

@@ -3,11 +3,15 @@
 
 use std::time::Duration;
 
+use durable_core::testing::VirtualTime;
 use durable_http::RunningHost;
 use serde_json::{json, Value};
 
 mod support;
-use support::{call, host, inspect, path_of, KEY};
+use support::{call, host, host_in, inspect, path_of, KEY};
+
+const HOUR: Duration = Duration::from_secs(3_600);
+const DAY: Duration = Duration::from_secs(86_400);
 
 async fn start(h: &RunningHost, path: &str, body: &str) -> String {
     let (status, headers, resp) = call(h, "POST", path, body).await;
@@ -38,6 +42,13 @@ async fn until(h: &RunningHost, path: &str, what: &str, cond: impl Fn(&Value) ->
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     panic!("{what}: never happened");
+}
+
+/// The custom status of the instance behind `status_path`, read once.
+async fn custom_status(h: &RunningHost, status_path: &str) -> Value {
+    let (status, _, body) = call(h, "GET", status_path, "").await;
+    assert_eq!(status, 202, "{body}");
+    body["customStatus"].clone()
 }
 
 async fn mailbox(h: &RunningHost, to: &str) -> Vec<Value> {
@@ -138,7 +149,9 @@ async fn fan_out_fan_in_processes_every_task() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_monitor_checks_alerts_continues_as_new_and_stops() {
-    let h = host().await;
+    // Hourly checks for a day, in virtual time.
+    let time = VirtualTime::new();
+    let h = host_in(&time).await;
     let health = "/api/demo/services/billing-test/health";
     let (status, _, body) = call(&h, "GET", health, "").await;
     assert_eq!((status, &body["status"]), (200, &json!("healthy")));
@@ -146,31 +159,31 @@ async fn the_monitor_checks_alerts_continues_as_new_and_stops() {
     let status_path = start(
         &h,
         "/api/monitors",
-        &json!({"url": url, "intervalSeconds": 1}).to_string(),
+        &json!({"url": url, "intervalSeconds": 3600}).to_string(),
     )
     .await;
-    let s = until(&h, &status_path, "a first check", |b| {
-        b["customStatus"]["checks"].as_u64() >= Some(1)
-    })
-    .await;
-    assert_eq!(s["customStatus"]["lastCheck"], "up");
+    time.idle().await.unwrap();
+    let s = custom_status(&h, &status_path).await;
+    assert_eq!((&s["checks"], &s["lastCheck"]), (&json!(1), &json!("up")));
+    time.advance(HOUR).await.unwrap();
+    assert_eq!(custom_status(&h, &status_path).await["checks"], 2);
 
     // The service goes down: one alert, however many checks see it down.
     let (status, _, _) = call(&h, "PUT", health, r#"{"healthy": false}"#).await;
     assert_eq!(status, 200);
-    let down = until(&h, &status_path, "a check seeing it down", |b| {
-        b["customStatus"]["lastCheck"] == "down"
-    })
-    .await;
-    assert_eq!(down["customStatus"]["alerts"], 1);
-    assert_eq!(down["customStatus"]["detail"], "answered 503");
-    let checks_when_down = down["customStatus"]["checks"].as_u64().unwrap();
-    until(&h, &status_path, "another check while down", |b| {
-        // Between cycles (a new execution each) the last check stays visible.
-        assert!(b["customStatus"].is_object(), "{b}");
-        b["customStatus"]["checks"].as_u64() > Some(checks_when_down)
-    })
-    .await;
+    time.advance(HOUR).await.unwrap();
+    let down = custom_status(&h, &status_path).await;
+    assert_eq!(
+        (&down["checks"], &down["lastCheck"], &down["alerts"]),
+        (&json!(3), &json!("down"), &json!(1))
+    );
+    assert_eq!(down["detail"], "answered 503");
+    time.advance(5 * HOUR).await.unwrap();
+    let still_down = custom_status(&h, &status_path).await;
+    assert_eq!(
+        (&still_down["checks"], &still_down["alerts"]),
+        (&json!(8), &json!(1))
+    );
     let ops = mailbox(&h, "ops@example.com").await;
     let about_us: Vec<&Value> = ops
         .iter()
@@ -179,11 +192,15 @@ async fn the_monitor_checks_alerts_continues_as_new_and_stops() {
     assert_eq!(about_us.len(), 1);
     assert_eq!(about_us[0]["subject"], format!("{url} is down"));
 
+    // Back up, and the rest of the day passes: a check every hour.
     call(&h, "PUT", health, r#"{"healthy": true}"#).await;
-    until(&h, &status_path, "the recovery", |b| {
-        b["customStatus"]["lastCheck"] == "up"
-    })
-    .await;
+    time.advance(17 * HOUR).await.unwrap();
+    let s = custom_status(&h, &status_path).await;
+    assert_eq!(
+        (&s["checks"], &s["lastCheck"], &s["alerts"]),
+        (&json!(25), &json!("up"), &json!(1))
+    );
+    let checks_when_stopped = s["checks"].as_u64().unwrap();
 
     // Each cycle is a new execution: the history stays short.
     let id = status_path.rsplit('/').next().unwrap().to_string();
@@ -206,7 +223,7 @@ async fn the_monitor_checks_alerts_continues_as_new_and_stops() {
     assert_eq!(done["runtimeStatus"], "Completed");
     assert_eq!(done["output"]["alerts"], 1);
     assert_eq!(done["output"]["last"], "up");
-    assert!(done["output"]["checks"].as_u64().unwrap() > checks_when_down);
+    assert_eq!(done["output"]["checks"].as_u64(), Some(checks_when_stopped));
     let recovered: Vec<Value> = mailbox(&h, "ops@example.com")
         .await
         .into_iter()
@@ -238,39 +255,34 @@ async fn the_monitor_checks_alerts_continues_as_new_and_stops() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn approvals_wait_for_a_decision_or_time_out() {
-    let h = host().await;
+    // Approvers get a week, in virtual time.
+    let time = VirtualTime::new();
+    let h = host_in(&time).await;
     let request = |doc: &str, approver: &str, timeout: u64| {
         json!({"document": doc, "approver": approver, "timeoutSeconds": timeout}).to_string()
     };
-    // Approved through the link in the mail.
+    let week = 7 * 86_400;
+    // Approved through the link in the mail, three days later.
     let status_path = start(
         &h,
         "/api/approvals",
-        &request("Q3 budget", "boss-a@corp.test", 600),
+        &request("Q3 budget", "boss-a@corp.test", week),
     )
     .await;
-    let mail = until(
-        &h,
-        "/api/mailbox?to=boss-a@corp.test",
-        "the approval mail",
-        |b| b.as_array().is_some_and(|a| !a.is_empty()),
-    )
-    .await[0]
-        .clone();
+    time.idle().await.unwrap();
+    let mail = mailbox(&h, "boss-a@corp.test").await[0].clone();
     assert_eq!(mail["subject"], "Approval needed: Q3 budget");
     let approve = path_of(&h, mail["links"][0].as_str().unwrap());
     let reject = path_of(&h, mail["links"][1].as_str().unwrap());
     assert!(approve.ends_with("/approve") && reject.ends_with("/reject"));
-    // The status follows the mail in the next episode.
-    until(&h, &status_path, "awaiting approval", |b| {
-        b["customStatus"] == "AwaitingApproval"
-    })
-    .await;
     let (status, _, s) = call(&h, "GET", &status_path, "").await;
     assert_eq!(
         (status, &s["customStatus"]),
         (202, &json!("AwaitingApproval"))
     );
+    time.advance(3 * DAY).await.unwrap();
+    let (status, _, s) = call(&h, "GET", &status_path, "").await;
+    assert_eq!((status, &s["runtimeStatus"]), (202, &json!("Running")));
     let (status, _, body) = call(&h, "GET", &approve, "").await;
     assert_eq!((status, &body["decision"]), (202, &json!("approve")));
     let done = finish(&h, &status_path).await;
@@ -298,17 +310,11 @@ async fn approvals_wait_for_a_decision_or_time_out() {
     let status_path = start(
         &h,
         "/api/approvals",
-        &request("New logo", "boss-b@corp.test", 600),
+        &request("New logo", "boss-b@corp.test", week),
     )
     .await;
-    let mail = until(
-        &h,
-        "/api/mailbox?to=boss-b@corp.test",
-        "the approval mail",
-        |b| b.as_array().is_some_and(|a| !a.is_empty()),
-    )
-    .await[0]
-        .clone();
+    time.idle().await.unwrap();
+    let mail = mailbox(&h, "boss-b@corp.test").await[0].clone();
     let (status, _, _) = call(
         &h,
         "POST",
@@ -322,13 +328,20 @@ async fn approvals_wait_for_a_decision_or_time_out() {
         "Rejected"
     );
 
-    // Nobody answers: the timer wins.
+    // Nobody answers: after a week less an hour it still waits; then the timer wins.
     let status_path = start(
         &h,
         "/api/approvals",
-        &request("Holiday", "boss-c@corp.test", 1),
+        &request("Holiday", "boss-c@corp.test", week),
     )
     .await;
+    time.advance(7 * DAY - HOUR).await.unwrap();
+    let (status, _, s) = call(&h, "GET", &status_path, "").await;
+    assert_eq!(
+        (status, &s["customStatus"]),
+        (202, &json!("AwaitingApproval"))
+    );
+    time.advance(HOUR).await.unwrap();
     assert_eq!(
         finish(&h, &status_path).await["output"]["outcome"],
         "TimedOut"
@@ -607,6 +620,7 @@ mod files {
             timeout,
             approver: "cat-boss@furry.test".into(),
             scan_every: Duration::from_millis(20),
+            smtp: None,
         };
         cfg.ensure_dirs().unwrap();
         cfg
@@ -614,7 +628,8 @@ mod files {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn dropped_files_are_approved_or_rejected_by_link_or_by_timeout() {
-        let h = host().await;
+        let time = VirtualTime::new();
+        let h = host_in(&time).await;
         let root = temp_root("links");
         let watcher = spawn_watcher(h.client(), config(&h, &root, Duration::from_secs(600)));
         drop_request(&root, "whiskers.jpg", "meow");
@@ -691,14 +706,22 @@ mod files {
         );
         watcher.abort();
 
-        // Nobody answers: the timeout rejects.
+        // Nobody answers for a week: the timeout rejects.
         let root2 = temp_root("timeout");
-        let watcher = spawn_watcher(h.client(), config(&h, &root2, Duration::from_secs(1)));
+        let watcher = spawn_watcher(h.client(), config(&h, &root2, 7 * DAY));
         drop_request(&root2, "garfield.gif", "lasagna");
         let (approve, _) = email_for(&root2, "garfield.gif").await;
-        let done = finish(&h, &format!("/api/instances/{}", instance_of(&approve))).await;
+        let status_garfield = format!("/api/instances/{}", instance_of(&approve));
+        time.advance(7 * DAY - HOUR).await.unwrap();
+        let (status, _, s) = call(&h, "GET", &status_garfield, "").await;
+        assert_eq!(
+            (status, &s["customStatus"]["state"]),
+            (202, &json!("AwaitingDecision"))
+        );
+        time.advance(HOUR).await.unwrap();
+        let done = finish(&h, &status_garfield).await;
         assert_eq!(done["output"]["outcome"], "Rejected");
-        assert_eq!(done["output"]["reason"], "no decision within 1 s");
+        assert_eq!(done["output"]["reason"], "no decision within 604800 s");
         assert!(root2.join("rejected/garfield.gif").exists());
         let (status, _, _) = call(&h, "GET", &path_of(&h, &approve), "").await;
         assert_eq!(status, 410);
@@ -706,5 +729,235 @@ mod files {
         h.shutdown().await;
         let _ = std::fs::remove_dir_all(&root);
         let _ = std::fs::remove_dir_all(&root2);
+    }
+
+    /// A mail received by [`smtp_sink`].
+    #[derive(Debug)]
+    struct Mail {
+        from: String,
+        to: Vec<String>,
+        /// The message as sent (headers and body), soft line breaks of quoted-printable
+        /// bodies joined and `=XX` escapes decoded.
+        text: String,
+    }
+
+    /// Decodes quoted-printable text (RFC 2045), enough for a mail's ASCII body.
+    fn unquote(qp: &str) -> String {
+        let joined = qp.replace("=\r\n", "");
+        let bytes = joined.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            if bytes[i] == b'=' && i + 2 < bytes.len() {
+                if let Ok(b) = u8::from_str_radix(&joined[i + 1..i + 3], 16) {
+                    out.push(b);
+                    i += 3;
+                    continue;
+                }
+            }
+            out.push(bytes[i]);
+            i += 1;
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// A local SMTP server that accepts every mail and hands it over the channel: the
+    /// approver's mailbox in the test.
+    async fn smtp_sink() -> (
+        std::net::SocketAddr,
+        tokio::sync::mpsc::UnboundedReceiver<Mail>,
+    ) {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let (r, mut w) = stream.into_split();
+                    let mut r = BufReader::new(r);
+                    w.write_all(b"220 sink.test ESMTP\r\n").await.unwrap();
+                    let (mut from, mut to) = (String::new(), Vec::new());
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        if r.read_line(&mut line).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let cmd = line.trim_end().to_string();
+                        let upper = cmd.to_ascii_uppercase();
+                        let reply: &[u8] = if upper.starts_with("EHLO") || upper.starts_with("HELO")
+                        {
+                            b"250 sink.test\r\n"
+                        } else if upper.starts_with("MAIL FROM:") {
+                            from = cmd[10..].trim().to_string();
+                            b"250 OK\r\n"
+                        } else if upper.starts_with("RCPT TO:") {
+                            to.push(cmd[8..].trim().to_string());
+                            b"250 OK\r\n"
+                        } else if upper == "DATA" {
+                            w.write_all(b"354 go ahead\r\n").await.unwrap();
+                            let mut data = String::new();
+                            loop {
+                                line.clear();
+                                if r.read_line(&mut line).await.unwrap_or(0) == 0 {
+                                    return;
+                                }
+                                if line == ".\r\n" {
+                                    break;
+                                }
+                                // Dot-stuffing (RFC 5321 4.5.2).
+                                data.push_str(line.strip_prefix('.').unwrap_or(&line));
+                            }
+                            let mail = Mail {
+                                from: std::mem::take(&mut from),
+                                to: std::mem::take(&mut to),
+                                text: unquote(&data),
+                            };
+                            let _ = tx.send(mail);
+                            b"250 queued\r\n"
+                        } else if upper == "QUIT" {
+                            let _ = w.write_all(b"221 bye\r\n").await;
+                            return;
+                        } else if upper == "RSET" || upper == "NOOP" {
+                            b"250 OK\r\n"
+                        } else {
+                            b"502 not implemented\r\n"
+                        };
+                        w.write_all(reply).await.unwrap();
+                    }
+                });
+            }
+        });
+        (addr, rx)
+    }
+
+    /// The link after `label` in a mail's text.
+    fn link_in(mail: &Mail, label: &str) -> String {
+        let at = mail
+            .text
+            .find(label)
+            .unwrap_or_else(|| panic!("{label} in {mail:?}"));
+        mail.text[at + label.len()..]
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn approval_mail_goes_out_over_smtp_and_its_link_decides() {
+        let time = VirtualTime::new();
+        let h = host_in(&time).await;
+        let (smtp, mut inbox) = smtp_sink().await;
+        let root = temp_root("smtp");
+        let mut cfg = config(&h, &root, 7 * DAY);
+        cfg.smtp = Some(
+            durable_examples::approval_workflow::SmtpServer::parse(
+                &smtp.to_string(),
+                "approvals@cattery.test",
+            )
+            .unwrap(),
+        );
+        let watcher = spawn_watcher(h.client(), cfg);
+        drop_request(&root, "felix.png", "purr");
+        let mail = tokio::time::timeout(Duration::from_secs(30), inbox.recv())
+            .await
+            .expect("the approval mail within 30 s")
+            .unwrap();
+        assert_eq!(mail.from, "<approvals@cattery.test>");
+        assert_eq!(mail.to, ["<cat-boss@furry.test>"]);
+        assert!(
+            mail.text.contains("Subject: Approval request: felix.png"),
+            "{mail:?}"
+        );
+        assert!(mail.text.contains("To: cat-boss@furry.test"), "{mail:?}");
+        let approve = link_in(&mail, "Approve: ");
+        assert!(
+            approve.starts_with(&h.url()) && approve.ends_with("/approve"),
+            "{approve}"
+        );
+        let status_felix = format!("/api/instances/{}", instance_of(&approve));
+
+        // Three days later, the approver follows the link.
+        time.advance(3 * DAY).await.unwrap();
+        let (status, _, s) = call(&h, "GET", &status_felix, "").await;
+        assert_eq!(
+            (status, &s["customStatus"]["state"]),
+            (202, &json!("AwaitingDecision"))
+        );
+        let (status, _, _) = call(&h, "GET", &path_of(&h, &approve), "").await;
+        assert_eq!(status, 202);
+        let done = finish(&h, &status_felix).await;
+        assert_eq!(done["output"]["outcome"], "Approved");
+        assert_eq!(
+            std::fs::read_to_string(root.join("approved/felix.png")).unwrap(),
+            "purr"
+        );
+
+        // The next request is rejected through the link in its mail.
+        drop_request(&root, "grumpy.png", "no");
+        let mail = tokio::time::timeout(Duration::from_secs(30), inbox.recv())
+            .await
+            .expect("the second mail")
+            .unwrap();
+        let reject = link_in(&mail, "Reject: ");
+        let (status, _, _) = call(&h, "POST", &path_of(&h, &reject), "").await;
+        assert_eq!(status, 202);
+        let done = finish(&h, &format!("/api/instances/{}", instance_of(&reject))).await;
+        assert_eq!(done["output"]["outcome"], "Rejected");
+        assert_eq!(done["output"]["reason"], "rejected by cat-boss@furry.test");
+        watcher.abort();
+        h.shutdown().await;
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_mail_server_that_is_down_is_retried_on_durable_timers() {
+        let time = VirtualTime::new();
+        let h = host_in(&time).await;
+        // A port nobody listens on (bound, then released).
+        let down = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let root = temp_root("smtp-down");
+        let mut cfg = config(&h, &root, 7 * DAY);
+        cfg.smtp = Some(
+            durable_examples::approval_workflow::SmtpServer::parse(&down.to_string(), "a@b.test")
+                .unwrap(),
+        );
+        let client = h.client();
+        std::fs::write(root.join("requests/kitty.png"), "mew").unwrap();
+        let started = durable_examples::approval_workflow::scan_once(&client, &cfg)
+            .await
+            .unwrap();
+        let id = started[0].clone();
+        // Five attempts, thirty seconds apart in virtual time, then the instance fails.
+        let status_path = format!("/api/instances/{id}");
+        time.advance(Duration::from_secs(600)).await.unwrap();
+        let done = finish(&h, &status_path).await;
+        assert_eq!(done["runtimeStatus"], "Failed", "{done}");
+        let history = client
+            .get_status(
+                &id,
+                durable_core::StatusOptions {
+                    show_input: false,
+                    show_history: true,
+                },
+            )
+            .await
+            .unwrap()
+            .unwrap()
+            .history
+            .unwrap();
+        let failures = history
+            .iter()
+            .filter(|e| matches!(e.kind, durable_core::EventKind::TaskFailed { .. }))
+            .count();
+        assert_eq!(failures, 5);
+        h.shutdown().await;
+        let _ = std::fs::remove_dir_all(&root);
     }
 }

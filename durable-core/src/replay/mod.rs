@@ -141,7 +141,7 @@ impl Execution {
                     return;
                 }
                 self.started = true;
-                match registry.orchestrator(name, version.as_deref()) {
+                match registry.recorded_orchestrator(name, version.as_deref()) {
                     Some(entry) => {
                         self.future = Some((entry.invoke)(self.ctx.clone(), input.clone()));
                         self.flag.0.store(true, Ordering::Release);
@@ -264,6 +264,10 @@ impl Execution {
         if st.nondeterminism.is_some() || self.result.is_none() {
             return;
         }
+        // Code that is not registered made no calls: say that, not that it skipped them.
+        if matches!(&self.result, Some(Err(f)) if f.error_type == "UnknownOrchestrator") {
+            return;
+        }
         let made = st.next_seq as usize;
         if made < self.committed_actions {
             let missing = st.actions[made].recorded_name();
@@ -272,6 +276,32 @@ impl Execution {
                 self.ctx.name()
             ));
         }
+    }
+}
+
+/// What replaying a recorded history re-made, for the replayer (`crate::replayer`).
+pub(crate) struct Rerun {
+    /// The nondeterminism replay detected, in the engine's own words.
+    pub nondeterminism: Option<String>,
+    /// The orchestrator's outcome when the code finished within the history.
+    pub result: Option<Outcome>,
+    /// The code continued as new within the history.
+    pub continued_as_new: bool,
+    /// The history ends in a termination (the code was stopped, not finished).
+    pub terminated: bool,
+}
+
+/// Replays `history` of the execution described by `state` on `registry`'s code, as a
+/// worker would before an episode, and reports what it found.
+pub(crate) fn rerun(registry: &Registry, state: &InstanceState, history: &[HistoryEvent]) -> Rerun {
+    let exec = Execution::replay(registry, state, history);
+    exec.check_replayed_all();
+    let st = exec.ctx.state();
+    Rerun {
+        nondeterminism: st.nondeterminism.clone(),
+        result: exec.result.clone(),
+        continued_as_new: st.continue_as_new.is_some(),
+        terminated: exec.terminated.is_some(),
     }
 }
 
@@ -389,6 +419,22 @@ pub(crate) fn run_episode(
     if state.status.is_terminal() {
         return terminal_episode(registry, item, state, source, now, commit);
     }
+    let mut state = state;
+    let starting = match &source {
+        Some(Source::Cached(_)) => false,
+        Some(Source::History(h)) => !h
+            .iter()
+            .any(|e| matches!(e.kind, EventKind::ExecutionStarted { .. })),
+        None => true,
+    };
+    if starting && state.version.is_none() {
+        // Started without a version (by a client that knows no registry): the execution
+        // runs on the newest version and records it, so it keeps replaying on that one
+        // after newer versions are registered.
+        state.version = registry
+            .orchestrator(&state.name, None)
+            .and_then(|e| e.version.clone());
+    }
 
     let (mut exec, replaced) = match source {
         Some(Source::Cached(exec)) => (exec, None),
@@ -455,6 +501,11 @@ fn apply_messages(
         }
         let mut ev = ev.clone();
         ev.timestamp = now;
+        if let EventKind::ExecutionStarted { version, .. } = &mut ev.kind {
+            if version.is_none() {
+                version.clone_from(&state.version);
+            }
+        }
         if let EventKind::ExecutionTerminated { .. } = ev.kind {
             new_events.push(ev.clone());
             exec.apply(registry, &ev);

@@ -1,16 +1,30 @@
 //! Time and identity for leases: the [`Clock`] a store reads lease expiries and timer due
 //! times from, and the [`WorkerId`] it records as a lease's owner.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
+use tokio::sync::Notify;
+
+/// The future [`Clock::sleep_until`] returns.
+pub type ClockSleep<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
 
 /// Where a store (and the worker running on it) reads the current time. Lease expiries,
 /// timer due times and episode times all come from the store's clock, so hosts sharing one
-/// database agree on them.
+/// database agree on them, and a test moving a [`ManualClock`] moves the whole engine.
 pub trait Clock: Send + Sync + std::fmt::Debug {
     /// The current time.
     fn now(&self) -> DateTime<Utc>;
+
+    /// Resolves once [`now`](Self::now) reads `at` or later. It may resolve early (callers
+    /// read the clock again); waiting stores use it to sleep until their next timer comes
+    /// due. The default sleeps for the wall-clock time between now and `at`.
+    fn sleep_until(&self, at: DateTime<Utc>) -> ClockSleep<'_> {
+        let wait = (at - self.now()).to_std().unwrap_or_default();
+        Box::pin(tokio::time::sleep(wait))
+    }
 }
 
 /// The system's wall clock.
@@ -23,10 +37,13 @@ impl Clock for SystemClock {
     }
 }
 
-/// A clock that moves only when told to (tests of leases and timers).
+/// A clock that moves only when told to: virtual time for tests of leases and timers
+/// (see `durable_core::testing`). Moving it wakes whoever sleeps on it
+/// ([`Clock::sleep_until`]), so a store's waiting fetches see timers that came due at once.
 #[derive(Debug)]
 pub struct ManualClock {
     now: Mutex<DateTime<Utc>>,
+    moved: Notify,
 }
 
 impl ManualClock {
@@ -34,24 +51,43 @@ impl ManualClock {
     pub fn new(start: DateTime<Utc>) -> Self {
         Self {
             now: Mutex::new(start),
+            moved: Notify::new(),
         }
     }
 
-    /// Moves the clock forward by `by`.
+    /// Moves the clock forward by `by` (saturating).
     pub fn advance(&self, by: std::time::Duration) {
-        let mut now = self.now.lock().unwrap_or_else(|e| e.into_inner());
-        *now += chrono::Duration::from_std(by).unwrap_or(chrono::Duration::MAX);
+        {
+            let mut now = self.now.lock().unwrap_or_else(|e| e.into_inner());
+            *now = after(*now, by);
+        }
+        self.moved.notify_waiters();
     }
 
     /// Sets the clock to `at`.
     pub fn set(&self, at: DateTime<Utc>) {
         *self.now.lock().unwrap_or_else(|e| e.into_inner()) = at;
+        self.moved.notify_waiters();
     }
 }
 
 impl Clock for ManualClock {
     fn now(&self) -> DateTime<Utc> {
         *self.now.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn sleep_until(&self, at: DateTime<Utc>) -> ClockSleep<'_> {
+        Box::pin(async move {
+            loop {
+                let moved = self.moved.notified();
+                tokio::pin!(moved);
+                moved.as_mut().enable();
+                if self.now() >= at {
+                    return;
+                }
+                moved.await;
+            }
+        })
     }
 }
 

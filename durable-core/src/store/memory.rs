@@ -113,6 +113,51 @@ impl MemoryStore {
     }
 }
 
+/// Where a store's work stands, for a test environment driving virtual time.
+#[cfg(any(test, feature = "testing"))]
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Pending {
+    /// Work is visible now or held by a worker: an episode or an activity may still run.
+    pub busy: bool,
+    /// The earliest time delayed work (a durable timer, a retry, an abandoned item's delay)
+    /// becomes visible; lease expiries of held work are not counted.
+    pub next_due: Option<DateTime<Utc>>,
+}
+
+#[cfg(any(test, feature = "testing"))]
+impl MemoryStore {
+    /// Where work stands at the clock's current time.
+    pub(crate) fn pending(&self) -> Pending {
+        let now = self.now();
+        let inner = self.lock();
+        let mut busy = false;
+        let mut next_due: Option<DateTime<Utc>> = None;
+        let mut due = |t: DateTime<Utc>| next_due = Some(next_due.map_or(t, |n| n.min(t)));
+        for rec in inner.instances.values() {
+            let held = rec.lease.as_ref().filter(|l| l.expires_at > now);
+            match held {
+                Some(l) if l.owner.is_some() => busy = true,
+                Some(l) if !rec.messages.is_empty() => due(l.expires_at),
+                _ => {}
+            }
+            for m in rec.messages.values() {
+                match m.visible_at {
+                    Some(t) if t > now => due(t),
+                    _ if held.is_none() => busy = true,
+                    _ => {}
+                }
+            }
+        }
+        for rec in inner.activities.values() {
+            match rec.busy_until {
+                Some(t) if rec.owner.is_none() && t > now => due(t),
+                _ => busy = true,
+            }
+        }
+        Pending { busy, next_due }
+    }
+}
+
 /// What a change should wake.
 #[derive(Default)]
 struct Wake {

@@ -25,7 +25,7 @@ pub mod sqlite;
 #[cfg(any(test, feature = "testing"))]
 pub mod conformance;
 
-pub use clock::{after, Clock, ManualClock, SystemClock, WorkerId};
+pub use clock::{after, Clock, ClockSleep, ManualClock, SystemClock, WorkerId};
 pub use error::{StoreError, StoreErrorKind, StoreResult};
 pub use signals::LocalSignals;
 

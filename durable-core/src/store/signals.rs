@@ -155,15 +155,20 @@ where
         if !items.is_empty() || now >= deadline {
             return Ok(items);
         }
-        let mut nap = deadline - now;
         // Work that was due when the attempt ran and was not taken is not takeable (a lapsed
-        // lease on an instance with nothing to do): only later due times shorten the nap.
-        if let Some(due) = next_due.filter(|d| *d > attempted_at) {
-            nap = nap.min((due - clock.now()).to_std().unwrap_or(Duration::ZERO));
-        }
+        // lease on an instance with nothing to do): only later due times end the nap early.
+        // The due time is on the store's clock, which may be virtual: sleep on the clock.
+        let due = next_due.filter(|d| *d > attempted_at);
+        let until_due = async {
+            match due {
+                Some(d) => clock.sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = &mut notified => {}
-            _ = tokio::time::sleep(nap) => {}
+            _ = tokio::time::sleep_until(deadline) => {}
+            _ = until_due => {}
         }
     }
 }

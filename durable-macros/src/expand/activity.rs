@@ -13,6 +13,7 @@ pub fn expand(f: Function) -> TokenStream {
         &f,
         quote!(::durable_core::__private::ActivityContext),
         &label,
+        quote!(decode_activity_input),
     );
     let ident = &f.item.sig.ident;
     let (inner_fn, input_ty, output_ty, decode_and_call, asserts, deref) = (
@@ -23,13 +24,17 @@ pub fn expand(f: Function) -> TokenStream {
         &c.asserts,
         &c.deref,
     );
+    let future = quote::quote_spanned! {c.body_span=>
+        ::std::boxed::Box::pin(async move { #decode_and_call })
+    };
+    let input_item = quote::quote_spanned! {c.body_span=> type Input = #input_ty; };
     let body = quote! {
         #inner_fn
         #deref
         #asserts
         #[automatically_derived]
         impl ::durable_core::__private::Activity for #ident {
-            type Input = #input_ty;
+            #input_item
             type Output = #output_ty;
             const NAME: &'static str = #name;
         }
@@ -37,7 +42,7 @@ pub fn expand(f: Function) -> TokenStream {
             __durable_context: ::durable_core::__private::ActivityContext,
             __durable_input: ::core::option::Option<::std::string::String>,
         ) -> ::durable_core::__private::BoxFuture<'static, ::durable_core::__private::Outcome> {
-            ::std::boxed::Box::pin(async move { #decode_and_call })
+            #future
         }
         ::durable_core::__private::inventory::submit! {
             ::durable_core::__private::ActivityRegistration {

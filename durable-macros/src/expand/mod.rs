@@ -36,6 +36,12 @@ pub(crate) fn assert_payload(ty: &Type) -> TokenStream {
     }
 }
 
+/// `ty` named through `Checked`, spanned at the user's type: a type that cannot travel
+/// through a history is reported there once, and its other uses are not reported again.
+pub(crate) fn checked(ty: &Type) -> TokenStream {
+    quote_spanned! {ty.span()=> <#ty as ::durable_core::__private::Checked>::Type }
+}
+
 /// A compile-time assertion, spanned at the user's return type, that it can be recorded
 /// as an outcome (`Result<T, E>` with a serializable `T`, or a serializable value).
 pub(crate) fn assert_outcome(ret: &Type, is_result: bool) -> TokenStream {
@@ -58,11 +64,21 @@ pub(crate) struct Common {
     pub input_ty: TokenStream,
     pub output_ty: TokenStream,
     pub decode_and_call: TokenStream,
+    /// Where the generated future is spanned: the input type of a one-input function, so
+    /// a type unfit for a history is reported there once (the future holds the input).
+    pub body_span: proc_macro2::Span,
     pub asserts: TokenStream,
     pub deref: TokenStream,
 }
 
-pub(crate) fn common(f: &Function, ctx_ty: TokenStream, label: &str) -> Common {
+/// `decode` names the generic decoder of the kind (`decode_activity_input`, ...), called
+/// with the function's unit struct.
+pub(crate) fn common(
+    f: &Function,
+    ctx_ty: TokenStream,
+    label: &str,
+    decode: TokenStream,
+) -> Common {
     let item = &f.item;
     let vis = &item.vis;
     let ident = &item.sig.ident;
@@ -82,13 +98,14 @@ pub(crate) fn common(f: &Function, ctx_ty: TokenStream, label: &str) -> Common {
 
     let input_types: Vec<&Type> = f.inputs.iter().map(|(_, t)| t).collect();
     let input_names: Vec<&syn::Ident> = f.inputs.iter().map(|(i, _)| i).collect();
+    let checked_types: Vec<TokenStream> = input_types.iter().map(|t| checked(t)).collect();
     let input_ty = match input_types.len() {
         0 => quote!(()),
         1 => {
-            let t = input_types[0];
+            let t = &checked_types[0];
             quote!(#t)
         }
-        _ => quote!((#(#input_types),*)),
+        _ => quote!((#(#checked_types),*)),
     };
     let ret = &f.ret;
     let output_ty = if f.ret_is_result {
@@ -106,14 +123,18 @@ pub(crate) fn common(f: &Function, ctx_ty: TokenStream, label: &str) -> Common {
         0 => quote! {
             let () = ::durable_core::__private::decode_input::<()>(#label, __durable_input.as_deref())?;
         },
+        // The types come from the trait impl (`type Input`), checked there once.
+        // Spanned at the type, so a type unfit for a history is reported there once.
         1 => {
             let n = input_names[0];
-            let t = input_types[0];
-            quote! { let #n: #t = ::durable_core::__private::decode_input(#label, __durable_input.as_deref())?; }
+            let decode_call = quote_spanned! {input_types[0].span()=>
+                ::durable_core::__private::#decode::<#ident>(#label, __durable_input.as_deref())
+            };
+            quote! { let #n = #decode_call?; }
         }
         _ => quote! {
-            let (#(#input_names),*): (#(#input_types),*) =
-                ::durable_core::__private::decode_input(#label, __durable_input.as_deref())?;
+            let (#(#input_names),*) =
+                ::durable_core::__private::#decode::<#ident>(#label, __durable_input.as_deref())?;
         },
     };
     let outcome = if f.ret_is_result {
@@ -132,11 +153,11 @@ pub(crate) fn common(f: &Function, ctx_ty: TokenStream, label: &str) -> Common {
         #outcome
     };
 
-    let input_asserts: Vec<TokenStream> = input_types.iter().map(|t| assert_payload(t)).collect();
+    // Inputs are checked through `Checked` where they are used (above): once, at the type
+    // of a one-input function, at the attribute with several (the message names the type).
     let out_assert = assert_outcome(ret, f.ret_is_result);
     let asserts = quote! {
         const _: fn() = || {
-            #(#input_asserts)*
             #out_assert
         };
     };
@@ -162,9 +183,14 @@ pub(crate) fn common(f: &Function, ctx_ty: TokenStream, label: &str) -> Common {
         #[derive(Clone, Copy, Debug)]
         #vis struct #ident;
     };
+    let body_span = match input_types.as_slice() {
+        [one] => one.span(),
+        _ => proc_macro2::Span::call_site(),
+    };
     Common {
         outer,
         inner_fn,
+        body_span,
         input_ty,
         output_ty,
         decode_and_call,

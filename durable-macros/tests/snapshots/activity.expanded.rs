@@ -40,25 +40,17 @@ const _: () = {
     }
     const _: fn() = || {
         {
-            fn __durable_assert_payload<T: ::durable_core::__private::Payload>() {}
-            __durable_assert_payload::<i64>();
-        }
-        {
-            fn __durable_assert_payload<T: ::durable_core::__private::Payload>() {}
-            __durable_assert_payload::<i64>();
-        }
-        {
-            fn __durable_assert_payload<T: ::durable_core::__private::Payload>() {}
-            __durable_assert_payload::<i64>();
-        }
-        {
             fn __durable_assert_outcome<T: ::durable_core::__private::TaskOutcome>() {}
             __durable_assert_outcome::<Result<i64, ActivityError>>();
         }
     };
     #[automatically_derived]
     impl ::durable_core::__private::Activity for add {
-        type Input = (i64, i64, i64);
+        type Input = (
+            <i64 as ::durable_core::__private::Checked>::Type,
+            <i64 as ::durable_core::__private::Checked>::Type,
+            <i64 as ::durable_core::__private::Checked>::Type,
+        );
         type Output = <Result<
             i64,
             ActivityError,
@@ -74,10 +66,9 @@ const _: () = {
     > {
         ::std::boxed::Box::pin(async move {
             let __durable_ctx = __durable_context;
-            let (a, b, c): (i64, i64, i64) = ::durable_core::__private::decode_input(
-                "activity 'add_numbers'",
-                __durable_input.as_deref(),
-            )?;
+            let (a, b, c) = ::durable_core::__private::decode_activity_input::<
+                add,
+            >("activity 'add_numbers'", __durable_input.as_deref())?;
             ::durable_core::__private::TaskOutcome::into_outcome(
                 __durable_add(__durable_ctx, a, b, c).await,
             )

@@ -27,14 +27,10 @@ const _: () = {
             fn __durable_assert_payload<T: ::durable_core::__private::Payload>() {}
             __durable_assert_payload::<String>();
         }
-        {
-            fn __durable_assert_payload<T: ::durable_core::__private::Payload>() {}
-            __durable_assert_payload::<String>();
-        }
     };
     #[automatically_derived]
     impl ::durable_core::__private::Activity for say_hello {
-        type Input = String;
+        type Input = <String as ::durable_core::__private::Checked>::Type;
         type Output = String;
         const NAME: &'static str = "say_hello";
     }
@@ -47,10 +43,9 @@ const _: () = {
     > {
         ::std::boxed::Box::pin(async move {
             let _ = __durable_context;
-            let city: String = ::durable_core::__private::decode_input(
-                "activity 'say_hello'",
-                __durable_input.as_deref(),
-            )?;
+            let city = ::durable_core::__private::decode_activity_input::<
+                say_hello,
+            >("activity 'say_hello'", __durable_input.as_deref())?;
             ::durable_core::__private::TaskOutcome::into_outcome(
                 ::durable_core::__private::Plain(__durable_say_hello(city).await),
             )

@@ -39,17 +39,13 @@ const _: () = {
     }
     const _: fn() = || {
         {
-            fn __durable_assert_payload<T: ::durable_core::__private::Payload>() {}
-            __durable_assert_payload::<Vec<String>>();
-        }
-        {
             fn __durable_assert_outcome<T: ::durable_core::__private::TaskOutcome>() {}
             __durable_assert_outcome::<Result<Vec<String>, OrchestrationError>>();
         }
     };
     #[automatically_derived]
     impl ::durable_core::__private::Orchestrator for hello_cities {
-        type Input = Vec<String>;
+        type Input = <Vec<String> as ::durable_core::__private::Checked>::Type;
         type Output = <Result<
             Vec<String>,
             OrchestrationError,
@@ -68,10 +64,9 @@ const _: () = {
     > {
         ::std::boxed::Box::pin(async move {
             let __durable_ctx = __durable_context;
-            let cities: Vec<String> = ::durable_core::__private::decode_input(
-                "orchestrator 'greeter'",
-                __durable_input.as_deref(),
-            )?;
+            let cities = ::durable_core::__private::decode_orchestrator_input::<
+                hello_cities,
+            >("orchestrator 'greeter'", __durable_input.as_deref())?;
             ::durable_core::__private::TaskOutcome::into_outcome(
                 __durable_hello_cities(__durable_ctx, cities).await,
             )

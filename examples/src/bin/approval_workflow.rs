@@ -1,5 +1,6 @@
 //! The file-based approval workflow: drop files into ./approval-workflow/requests
-//! (APPROVAL_DIR), open the email written to outbox/, click approve or reject (or wait
+//! (APPROVAL_DIR), open the email (sent through the SMTP server APPROVAL_SMTP names, e.g.
+//! `localhost:25`, and copied to outbox/), click approve or reject (or wait
 //! APPROVAL_TIMEOUT_SECS), and the file moves to approved/ or rejected/.
 //!
 //! ```sh

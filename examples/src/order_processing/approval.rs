@@ -139,10 +139,10 @@ pub async fn approval(
         reject: link("reject"),
     };
     ctx.call_activity(send_approval_request, mail).await?;
-    ctx.set_custom_status(&"AwaitingApproval");
+    ctx.set_custom_status("AwaitingApproval");
     let mut timeout = ctx.create_timer(Duration::from_secs(r.timeout_seconds));
     let decision = decision_before(&ctx, &mut timeout, |e| {
-        ctx.set_custom_status(&format!(
+        ctx.set_custom_status(format!(
             "AwaitingApproval (ignored a malformed decision: {e})"
         ))
     })
@@ -152,7 +152,7 @@ pub async fn approval(
         Some(_) => "Rejected",
         None => "TimedOut",
     };
-    ctx.set_custom_status(&outcome);
+    ctx.set_custom_status(outcome);
     let outcome = ApprovalOutcome {
         document: r.document,
         outcome: outcome.into(),

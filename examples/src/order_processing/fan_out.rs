@@ -24,7 +24,7 @@ pub async fn fan_out_fan_in(
     ctx: OrchestrationContext,
     tasks: Vec<String>,
 ) -> Result<Vec<String>, OrchestrationError> {
-    ctx.set_custom_status(&format!("processing {} tasks", tasks.len()));
+    ctx.set_custom_status(format!("processing {} tasks", tasks.len()));
     let parallel: Vec<_> = tasks
         .into_iter()
         .map(|t| ctx.call_activity(process_task, t))

@@ -134,7 +134,7 @@ pub async fn monitor(
 ) -> Result<MonitorState, OrchestrationError> {
     // A new execution starts with no custom status: show the last check meanwhile.
     if state.checks > 0 {
-        ctx.set_custom_status(&state.status());
+        ctx.set_custom_status(state.status());
     }
     let check = ctx
         .call_http(
@@ -165,7 +165,7 @@ pub async fn monitor(
     state.last = Some(now.into());
     state.detail = Some(detail);
     state.checked_at = Some(ctx.current_utc_datetime().to_rfc3339());
-    ctx.set_custom_status(&state.status());
+    ctx.set_custom_status(state.status());
     let next = ctx.create_timer(Duration::from_secs(state.interval_seconds));
     let stop = ctx.wait_for_external_event::<serde_json::Value>("stop");
     match race(stop, next).await {

@@ -207,31 +207,31 @@ pub async fn process_order(
         failed_step: Some(step.into()),
         note,
     };
-    ctx.set_custom_status(&"ValidateOrder");
+    ctx.set_custom_status("ValidateOrder");
     let valid = ctx.call_activity(validate_order, order.clone()).await?;
     if !valid.passed {
-        ctx.set_custom_status(&"Failed");
+        ctx.set_custom_status("Failed");
         return Ok(failed("ValidateOrder", valid.note));
     }
-    ctx.set_custom_status(&"CheckInventory");
+    ctx.set_custom_status("CheckInventory");
     let stock = ctx.call_activity(check_inventory, order.clone()).await?;
     if !stock.passed {
-        ctx.set_custom_status(&"Failed");
+        ctx.set_custom_status("Failed");
         return Ok(failed("CheckInventory", stock.note));
     }
-    ctx.set_custom_status(&"ProcessPayment");
+    ctx.set_custom_status("ProcessPayment");
     let payment = ctx.call_activity(process_payment, order.clone()).await?;
     if !payment.passed {
-        ctx.set_custom_status(&"Failed");
+        ctx.set_custom_status("Failed");
         return Ok(failed("ProcessPayment", payment.note));
     }
-    ctx.set_custom_status(&"SendConfirmationEmail");
+    ctx.set_custom_status("SendConfirmationEmail");
     ctx.call_activity(
         send_confirmation_email,
         (order.clone(), payment.note.clone()),
     )
     .await?;
-    ctx.set_custom_status(&"Completed");
+    ctx.set_custom_status("Completed");
     Ok(OrderOutcome {
         order_id: order.id.clone(),
         message: "Order processed successfully!".into(),

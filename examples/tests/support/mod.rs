@@ -14,10 +14,23 @@ use durable_examples as _;
 pub const KEY: &str = "scenario-test-key-0123456789";
 
 /// A host on an ephemeral loopback port serving every example, on a memory store.
+#[allow(dead_code)] // not every test binary runs in real time
 pub async fn host() -> RunningHost {
+    host_on(Arc::new(durable_core::MemoryStore::new())).await
+}
+
+/// A host serving every example on a memory store in virtual time: its timers fire when
+/// the test moves `time`.
+#[allow(dead_code)] // not every test binary waits for timers
+pub async fn host_in(time: &durable_core::testing::VirtualTime) -> RunningHost {
+    host_on(time.store()).await
+}
+
+/// A host on an ephemeral loopback port serving every example, on `store`.
+pub async fn host_on(store: Arc<dyn durable_core::Store>) -> RunningHost {
     Host::builder()
         .addr("127.0.0.1:0")
-        .store(Arc::new(durable_core::MemoryStore::new()))
+        .store(store)
         .key(KEY)
         .build()
         .unwrap()
