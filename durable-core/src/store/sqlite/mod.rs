@@ -26,8 +26,11 @@
 //! # Opening
 //! Opening takes `<db>.lock` (one store per file, across processes), then, before writing
 //! anything, refuses a file that cannot be written, that is not durable's (its
-//! `application_id`, or tables of its own) or that fails `PRAGMA quick_check`. Closing
-//! (dropping the store) checkpoints the WAL into the file and empties it.
+//! `application_id`, or tables of its own) or that fails `PRAGMA quick_check`. Since the
+//! lock proves that no other process has the file, every lease found in it was left by a
+//! process that died: opening gives them all back, so a restart after a crash runs that
+//! work at once instead of after the leases lapse. Closing (dropping the store)
+//! checkpoints the WAL into the file and empties it.
 //!
 //! # Waiting and time
 //! Waiting fetches and instance waiters wake on in-process signals the writer fires after
@@ -321,6 +324,14 @@ impl SqliteStore {
             })?;
         let sync = b.synchronous;
         schema::migrate(&mut conn, &what)?;
+        // `<db>.lock` proves no other process has the file, so every lease in it was left
+        // by one that is gone (killed, crashed): its work is given back at once instead of
+        // waiting for the leases to lapse.
+        let released = ops::release_all_leases(&conn, micros(b.clock.now()))
+            .map_err(|e| e.context(format!("cannot release the leases left in {what}")))?;
+        if released > 0 {
+            tracing::info!(released, file = %what, "gave back the leases a previous process left behind");
+        }
         let open_reader = || -> StoreResult<Connection> {
             let reader = Connection::open_with_flags(
                 &b.path,

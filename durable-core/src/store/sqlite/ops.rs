@@ -768,6 +768,27 @@ pub(super) fn release_leases(
     Ok((instances + activities) as u64)
 }
 
+/// Gives back every lease anyone holds (not the holds of delayed abandons, which have no
+/// owner); returns how many. For opening: the store holds the file alone, so every lease
+/// found then was left by a process that is gone.
+pub(super) fn release_all_leases(conn: &Connection, now: i64) -> StoreResult<u64> {
+    let instances = conn
+        .execute(
+            "UPDATE instances SET lease_token = NULL, lease_expires_at = NULL, lease_owner = NULL
+             WHERE lease_owner IS NOT NULL",
+            [],
+        )
+        .map_err(sql)?;
+    let activities = conn
+        .execute(
+            "UPDATE activities SET lease_token = NULL, lease_owner = NULL, visible_at = ?1
+             WHERE lease_owner IS NOT NULL",
+            params![now],
+        )
+        .map_err(sql)?;
+    Ok((instances + activities) as u64)
+}
+
 /// Deletes every finished instance matching `filter`; returns how many.
 pub(super) fn purge_many(
     conn: &Connection,
