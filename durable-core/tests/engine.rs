@@ -1409,3 +1409,72 @@ async fn an_activity_that_never_completes_becomes_poison() {
     assert_eq!(STARTED.load(Ordering::SeqCst), 2);
     rt.shutdown().await;
 }
+
+/// An orchestration whose work item keeps going to workers that die before committing
+/// (simulated: taken by a worker id that never commits, then released as a restart
+/// would) fails with `Poison` once over `max_orchestration_dequeues`, without running its
+/// code again; under the limit it runs as usual, and the count starts over at each commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_orchestration_that_keeps_crashing_its_worker_is_poison() {
+    use durable_core::store::WorkerId;
+    static RAN: AtomicU32 = AtomicU32::new(0);
+    let reg = || {
+        hello_registry()
+            .orchestrator("counted", |ctx: OrchestrationContext, _: ()| async move {
+                if !ctx.is_replaying() {
+                    RAN.fetch_add(1, Ordering::SeqCst);
+                }
+                let s: String = ctx.call_activity_by_name("say_hello", &"x").await?;
+                Ok::<_, OrchestrationError>(s)
+            })
+            .build()
+            .unwrap()
+    };
+    let dead = WorkerId::new("crashing-worker");
+    for (max, poisoned) in [(3u32, true), (4, false)] {
+        RAN.store(0, Ordering::SeqCst);
+        let store = Arc::new(MemoryStore::new());
+        let client = DurableClient::with_registry(store.clone(), Arc::new(reg()));
+        let id = client
+            .start_by_name("counted", None, StartOptions::default())
+            .await
+            .unwrap();
+        for n in 1..=3 {
+            let item = store
+                .fetch_orchestration_work(&dead, Duration::from_secs(60), 1, WAIT)
+                .await
+                .unwrap()
+                .pop()
+                .expect("the instance's work item");
+            assert_eq!(item.dequeue_count, n);
+            assert_eq!(store.release_leases(&dead).await.unwrap(), 1);
+        }
+        let rt = Worker::builder(store.clone())
+            .registry(reg())
+            .options(durable_core::WorkerOptions {
+                max_orchestration_dequeues: max,
+                ..Default::default()
+            })
+            .start()
+            .unwrap();
+        let st = client.wait_for_completion(&id, WAIT).await.unwrap();
+        if poisoned {
+            assert_eq!(st.status, RuntimeStatus::Failed, "max {max}");
+            let failure = st.failure.unwrap();
+            assert_eq!(failure.error_type, "Poison");
+            assert!(
+                failure
+                    .message
+                    .contains("'counted' was handed to a worker 4 times"),
+                "{failure}"
+            );
+            assert_eq!(RAN.load(Ordering::SeqCst), 0, "its code never ran");
+        } else {
+            // The fourth hand-out is within the limit; the episodes after it commit, so
+            // the count starts over and the later steps are never near the limit.
+            assert_eq!(st.status, RuntimeStatus::Completed, "max {max}: {st:?}");
+            assert_eq!(st.output.as_deref(), Some("\"Hello x!\""));
+        }
+        rt.shutdown().await;
+    }
+}

@@ -50,6 +50,11 @@ pub struct OrchestrationWorkItem {
     pub state: Option<InstanceState>,
     /// Number of events in the current execution's history.
     pub history_len: u64,
+    /// How many times the instance has been handed to a worker since its last commit, this
+    /// time included; hand-outs given back by
+    /// [`abandon_orchestration`](Store::abandon_orchestration) do not count. Above 1, the
+    /// workers it went to died or lost the lease before committing (a poison candidate).
+    pub dequeue_count: u32,
 }
 
 /// Everything one episode changes, committed atomically or not at all.
@@ -139,7 +144,8 @@ pub trait Store: Send + Sync + 'static {
     async fn commit_orchestration(&self, commit: OrchestrationCommit) -> StoreResult<()>;
 
     /// Releases an instance's lease without consuming anything; its messages become visible
-    /// again after `delay`. Fenced by `lease_token`.
+    /// again after `delay`. The hand-out does not count in the next work item's
+    /// `dequeue_count`. Fenced by `lease_token`.
     async fn abandon_orchestration(
         &self,
         instance_id: &str,

@@ -55,6 +55,12 @@ pub struct WorkerOptions {
     /// worker died or lost the lease every time) is a poison message: it fails its task
     /// with a `Poison` failure instead of running again. 0 disables the check.
     pub max_activity_dequeues: u32,
+    /// An orchestration work item handed out more often than this since its instance's last
+    /// commit (its episode took the worker down, hung past its lease or lost it every
+    /// time) is a poison message: the instance fails with a `Poison` failure instead of
+    /// running the episode again. Work items given back on purpose (a failed commit,
+    /// shutdown) do not count. Entities are not checked. 0 disables the check.
+    pub max_orchestration_dequeues: u32,
     /// The largest payload (output, custom status, activity input and result, event data)
     /// an episode may store; over it, the instance fails with `PayloadTooLarge` (or the
     /// activity's task does). Default 16 MiB.
@@ -78,6 +84,7 @@ impl Default for WorkerOptions {
             idle_poll: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(30),
             max_activity_dequeues: 20,
+            max_orchestration_dequeues: 20,
             max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
             store_retries: 8,
         }

@@ -83,6 +83,12 @@ impl From<&ActivityWorkItem> for ActivityRow {
 
 /// Decodes the state columns ([`sql::state_cols`]) starting at column `at`; returns the
 /// state and the history length.
+/// The hand-out count a leasing statement returns after the state columns read from `at`.
+pub(crate) fn dequeue_count(row: &Row, at: usize) -> u32 {
+    let n: i32 = row.get(at + 13);
+    u32::try_from(n).unwrap_or(0)
+}
+
 pub(crate) fn read_state(row: &Row, at: usize) -> StoreResult<(InstanceState, u64)> {
     let status: String = row.get(at + 4);
     let failure: Option<String> = row.get(at + 7);
@@ -232,10 +238,10 @@ pub(crate) async fn create(
     Ok(Created::Yes { delayed })
 }
 
-/// Builds work items from leased rows (token + state columns from column 1 on) and their
-/// messages.
+/// Builds work items from leased rows (token, state columns from column 1 on, hand-out
+/// count) and their messages.
 pub(crate) fn work_items(
-    leased: Vec<(String, InstanceState, u64)>,
+    leased: Vec<(String, InstanceState, u64, u32)>,
     messages: Vec<Row>,
 ) -> StoreResult<Vec<OrchestrationWorkItem>> {
     let mut by_id: HashMap<String, Vec<(u64, OrchestrationMessage)>> = HashMap::new();
@@ -250,13 +256,16 @@ pub(crate) fn work_items(
     }
     let mut out: Vec<OrchestrationWorkItem> = leased
         .into_iter()
-        .map(|(token, state, history_len)| OrchestrationWorkItem {
-            instance_id: state.instance_id.clone(),
-            lease_token: token,
-            messages: by_id.remove(&state.instance_id).unwrap_or_default(),
-            state: Some(state),
-            history_len,
-        })
+        .map(
+            |(token, state, history_len, dequeue_count)| OrchestrationWorkItem {
+                instance_id: state.instance_id.clone(),
+                lease_token: token,
+                messages: by_id.remove(&state.instance_id).unwrap_or_default(),
+                state: Some(state),
+                history_len,
+                dequeue_count,
+            },
+        )
         .collect();
     // Oldest first, like the order they were picked in.
     out.sort_by_key(|w| w.messages.first().map(|(id, _)| *id).unwrap_or(u64::MAX));
@@ -296,7 +305,7 @@ pub(crate) async fn lease_orchestrations(
     for r in &rows {
         let token: String = r.get(0);
         let (state, len) = read_state(r, 1)?;
-        leased.push((token, state, len));
+        leased.push((token, state, len, dequeue_count(r, 1)));
     }
     work_items(leased, messages)
 }

@@ -42,12 +42,13 @@
 //! requests), `ops` (the SQL of each operation), and this module (the [`Store`] and
 //! [`FastPaths`] implementations).
 //!
-//! # Schema (version 2; `PRAGMA user_version`, `PRAGMA application_id` = "DRBL")
+//! # Schema (version 3; `PRAGMA user_version`, `PRAGMA application_id` = "DRBL")
 //! Times are Unix microseconds (UTC). JSON columns hold serde_json text.
 //! ```sql
 //! instances(id TEXT PRIMARY KEY, execution_id, name, version, status TEXT,  -- 'Running', ...
 //!           input, output, failure JSON, custom_status, created_at, last_updated_at,
-//!           parent JSON, lease_token, lease_expires_at, lease_owner, history_len)
+//!           parent JSON, lease_token, lease_expires_at, lease_owner, history_len,
+//!           dequeue_count)                        -- hand-outs since the last commit
 //! history(instance_id, seq, event JSON)           -- the current execution's events, in order
 //! messages(id INTEGER PRIMARY KEY, instance_id, visible_at, message JSON)   -- inbox; timers have a future visible_at
 //! activities(id INTEGER PRIMARY KEY, instance_id, item JSON, lease_token, lease_owner,

@@ -119,11 +119,13 @@ fn write_state(
          VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, NULL, NULL, NULL, ?13)",
         WriteState::Update => "UPDATE instances SET execution_id = ?2, name = ?3, version = ?4, status = ?5, input = ?6, output = ?7,
             failure = ?8, custom_status = ?9, created_at = ?10, last_updated_at = ?11, parent = ?12,
-            lease_token = NULL, lease_expires_at = NULL, lease_owner = NULL, history_len = ?13
+            lease_token = NULL, lease_expires_at = NULL, lease_owner = NULL, history_len = ?13,
+            dequeue_count = 0
          WHERE id = ?1",
         WriteState::UpdateUnindexed => "UPDATE instances SET execution_id = ?2, name = ?3, version = ?4, input = ?6, output = ?7,
             failure = ?8, custom_status = ?9, last_updated_at = ?11, parent = ?12,
-            lease_token = NULL, lease_expires_at = NULL, lease_owner = NULL, history_len = ?13
+            lease_token = NULL, lease_expires_at = NULL, lease_owner = NULL, history_len = ?13,
+            dequeue_count = 0
          WHERE id = ?1",
     };
     conn.prepare_cached(sql_text)
@@ -231,16 +233,24 @@ pub(super) fn lease_instance(
     lease: Duration,
 ) -> StoreResult<Option<OrchestrationWorkItem>> {
     let token = random_id();
-    let n = conn
+    let dequeue_count: Option<i64> = conn
         .prepare_cached(
-            "UPDATE instances SET lease_token = ?1, lease_expires_at = ?2, lease_owner = ?5
-             WHERE id = ?3 AND (lease_expires_at IS NULL OR lease_expires_at <= ?4)",
+            "UPDATE instances SET lease_token = ?1, lease_expires_at = ?2, lease_owner = ?5,
+                dequeue_count = dequeue_count + 1
+             WHERE id = ?3 AND (lease_expires_at IS NULL OR lease_expires_at <= ?4)
+             RETURNING dequeue_count",
         )
-        .and_then(|mut s| s.execute(params![token, plus(now, lease), id, now, owner.as_str()]))
+        .and_then(|mut s| {
+            s.query_row(
+                params![token, plus(now, lease), id, now, owner.as_str()],
+                |r| r.get(0),
+            )
+            .optional()
+        })
         .map_err(sql)?;
-    if n == 0 {
+    let Some(dequeue_count) = dequeue_count else {
         return Ok(None);
-    }
+    };
     let mut stmt = conn
         .prepare_cached("SELECT id, message FROM messages WHERE instance_id = ?1 AND visible_at <= ?2 ORDER BY id LIMIT ?3")
         .map_err(sql)?;
@@ -264,6 +274,7 @@ pub(super) fn lease_instance(
         messages,
         state,
         history_len: history_len as u64,
+        dequeue_count: u32::try_from(dequeue_count).unwrap_or(u32::MAX),
     }))
 }
 
@@ -378,7 +389,7 @@ pub(super) fn commit(
         }
         None => {
             conn.prepare_cached(
-                "UPDATE instances SET lease_token = NULL, lease_expires_at = NULL, lease_owner = NULL, history_len = ?1 WHERE id = ?2",
+                "UPDATE instances SET lease_token = NULL, lease_expires_at = NULL, lease_owner = NULL, history_len = ?1, dequeue_count = 0 WHERE id = ?2",
             )
             .and_then(|mut s| s.execute(params![history_len, c.instance_id]))
             .map_err(sql)?;
@@ -639,7 +650,8 @@ pub(super) fn abandon_orchestration(
     let new_token: Option<String> = until.map(|_| random_id());
     let n = conn
         .prepare_cached(
-            "UPDATE instances SET lease_token = ?1, lease_expires_at = ?2, lease_owner = NULL
+            "UPDATE instances SET lease_token = ?1, lease_expires_at = ?2, lease_owner = NULL,
+                dequeue_count = max(dequeue_count - 1, 0)
              WHERE id = ?3 AND lease_token = ?4 AND lease_owner IS NOT NULL",
         )
         .and_then(|mut s| s.execute(params![new_token, until, id, token]))

@@ -24,7 +24,7 @@ fn pragmas_are_in_effect_and_newer_schemas_refused() {
     drop(conn);
     let err = SqliteStore::open(&path).unwrap_err().to_string();
     assert!(err.contains("schema version 99"), "{err}");
-    assert!(err.contains("up to 2"), "{err}");
+    assert!(err.contains(&format!("up to {SCHEMA_VERSION}")), "{err}");
     let conn = Connection::open(&path).unwrap();
     let v: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
