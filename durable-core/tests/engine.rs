@@ -1478,3 +1478,160 @@ async fn an_orchestration_that_keeps_crashing_its_worker_is_poison() {
         rt.shutdown().await;
     }
 }
+
+fn parent_close_registry() -> Registry {
+    use durable_core::SubOrchestrationOptions;
+    Registry::builder()
+        .orchestrator("quick", |_ctx: OrchestrationContext, n: i64| async move {
+            Ok::<_, OrchestrationError>(n)
+        })
+        // Waits for "go"; with `nest`, starts a waiter of its own and waits for it instead.
+        .orchestrator(
+            "waiter",
+            |ctx: OrchestrationContext, nest: bool| async move {
+                let v: i64 = if nest {
+                    ctx.call_sub_orchestrator_by_name("waiter", None, &false)
+                        .await?
+                } else {
+                    ctx.wait_for_external_event("go").await?
+                };
+                Ok::<_, OrchestrationError>(v)
+            },
+        )
+        .orchestrator("parent", |ctx: OrchestrationContext, _: ()| async move {
+            let id = ctx.instance_id().to_string();
+            let with_id = |suffix: &str| SubOrchestrationOptions {
+                instance_id: Some(format!("{id}-{suffix}")),
+                ..Default::default()
+            };
+            let done: i64 = ctx
+                .call_sub_orchestrator_by_name_with_options("quick", &1, &with_id("done"))
+                .await?;
+            let kept = SubOrchestrationOptions {
+                instance_id: Some(format!("{id}-kept")),
+                ..SubOrchestrationOptions::abandon_on_parent_close()
+            };
+            let waits = vec![
+                ctx.call_sub_orchestrator_by_name_with_options::<i64>(
+                    "waiter",
+                    &true,
+                    &with_id("child"),
+                ),
+                ctx.call_sub_orchestrator_by_name_with_options::<i64>("waiter", &false, &kept),
+            ];
+            let mut sum = done;
+            for r in ctx.when_all(waits).await {
+                sum += r?;
+            }
+            Ok::<_, OrchestrationError>(sum)
+        })
+        .build()
+        .unwrap()
+}
+
+/// Parent-close policy: terminating a parent terminates its unfinished children and their
+/// children, not those started with `ParentClosePolicy::Abandon` (which run on) and not
+/// those already finished; purging it purges the same tree and leaves the abandoned child.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminating_or_purging_a_parent_closes_its_children_unless_abandoned() {
+    for cache in [1000, 0] {
+        let h = start(parent_close_registry(), cache);
+        let c = &h.client;
+        let p = c
+            .start_by_name("parent", None, StartOptions::default())
+            .await
+            .unwrap();
+        let (child, grandchild, kept, done) = (
+            format!("{p}-child"),
+            format!("{p}-child:0000"),
+            format!("{p}-kept"),
+            format!("{p}-done"),
+        );
+        for id in [&child, &grandchild, &kept] {
+            state_when(c, id, |s| s.status == RuntimeStatus::Running).await;
+        }
+        assert_eq!(
+            c.get_state(&done).await.unwrap().unwrap().status,
+            RuntimeStatus::Completed
+        );
+        c.terminate(&p, Some("enough")).await.unwrap();
+        let st = state_when(c, &grandchild, |s| s.status.is_terminal()).await;
+        assert_eq!(st.status, RuntimeStatus::Terminated);
+        let st = c.get_state(&child).await.unwrap().unwrap();
+        assert_eq!(st.status, RuntimeStatus::Terminated);
+        assert!(
+            st.output.as_deref().is_some_and(
+                |o| o.contains(&format!("parent instance '{p}' was terminated: enough"))
+            ),
+            "{:?}",
+            st.output
+        );
+        assert_eq!(
+            c.get_state(&p).await.unwrap().unwrap().status,
+            RuntimeStatus::Terminated
+        );
+        assert_eq!(
+            c.get_state(&done).await.unwrap().unwrap().status,
+            RuntimeStatus::Completed,
+            "a finished child is left as it was"
+        );
+        // The abandoned child still runs: it takes its event and completes.
+        assert_eq!(
+            c.get_state(&kept).await.unwrap().unwrap().status,
+            RuntimeStatus::Running
+        );
+        c.raise_event(&kept, "go", &5i64).await.unwrap();
+        let st = c.wait_for_completion(&kept, WAIT).await.unwrap();
+        assert_eq!(st.status, RuntimeStatus::Completed);
+
+        assert!(c.purge(&p).await.unwrap());
+        for id in [&p, &child, &grandchild, &done] {
+            assert!(
+                c.get_state(id).await.unwrap().is_none(),
+                "{id} is purged with its parent"
+            );
+        }
+        assert!(
+            c.get_state(&kept).await.unwrap().is_some(),
+            "the abandoned child stays"
+        );
+        h.runtime.shutdown().await;
+    }
+}
+
+/// Purging a parent leaves an instance that took a child's id since (another parent's or
+/// none), and refuses a parent that is still running, changing nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purging_a_parent_leaves_reused_child_ids_and_refuses_running_parents() {
+    let h = start(parent_close_registry(), 1000);
+    let c = &h.client;
+    let p = c
+        .start_by_name("parent", None, StartOptions::default())
+        .await
+        .unwrap();
+    let child = format!("{p}-child");
+    state_when(c, &child, |s| s.status == RuntimeStatus::Running).await;
+    assert!(c.purge(&p).await.is_err(), "a running parent is refused");
+    assert!(c.get_state(&child).await.unwrap().is_some());
+    c.terminate(&p, None).await.unwrap();
+    state_when(c, &child, |s| s.status.is_terminal()).await;
+    // The finished child's id is taken by a new, unrelated instance.
+    c.start_by_name(
+        "quick",
+        Some("7".into()),
+        StartOptions::with_instance_id(&child),
+    )
+    .await
+    .unwrap();
+    state_when(c, &child, |s| s.status == RuntimeStatus::Completed).await;
+    state_when(c, &p, |s| s.status.is_terminal()).await;
+    assert!(c.purge(&p).await.unwrap());
+    assert!(c.get_state(&p).await.unwrap().is_none());
+    let st = c
+        .get_state(&child)
+        .await
+        .unwrap()
+        .expect("not the parent's child any more");
+    assert_eq!(st.output.as_deref(), Some("7"));
+    h.runtime.shutdown().await;
+}

@@ -22,6 +22,39 @@ mod futures;
 mod state;
 
 pub use futures::{ContinueAsNew, CriticalSection, DurableFuture, EventFuture, LockFuture};
+
+/// What happens to a running sub-orchestration when its parent is terminated or purged.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ParentClosePolicy {
+    /// Terminating the parent terminates the child (and so on down its own children);
+    /// purging the parent purges the child. The default.
+    #[default]
+    Terminate,
+    /// The child is left alone: it runs on when the parent is terminated and stays when
+    /// the parent is purged. Its outcome then goes nowhere.
+    Abandon,
+}
+
+/// Options of one sub-orchestration call
+/// ([`OrchestrationContext::call_sub_orchestrator_with_options`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SubOrchestrationOptions {
+    /// The child's instance id (default: derived from this instance's id and the call's
+    /// sequence number).
+    pub instance_id: Option<String>,
+    /// What happens to the child when this instance is terminated or purged.
+    pub parent_close: ParentClosePolicy,
+}
+
+impl SubOrchestrationOptions {
+    /// Options that leave the child running when the parent is terminated or purged.
+    pub fn abandon_on_parent_close() -> Self {
+        Self {
+            parent_close: ParentClosePolicy::Abandon,
+            ..Self::default()
+        }
+    }
+}
 pub(crate) use state::{Action, Completion, ContextInner, ContinueAsNewRequest, ExecutionState};
 
 /// The orchestration context: every durable operation of an orchestrator goes through it.
@@ -248,6 +281,27 @@ impl OrchestrationContext {
         self.sub_orchestration(O::NAME, O::VERSION, None, &input)
     }
 
+    /// Starts a sub-orchestration with [`SubOrchestrationOptions`] (its instance id, what
+    /// happens to it when this instance is terminated or purged) and waits for its output.
+    pub fn call_sub_orchestrator_with_options<O: Orchestrator>(
+        &self,
+        _orchestrator: O,
+        input: O::Input,
+        options: &SubOrchestrationOptions,
+    ) -> DurableFuture<Result<O::Output, TaskError>> {
+        self.sub_orchestration_with(O::NAME, O::VERSION, options, &input)
+    }
+
+    /// Starts a sub-orchestration by name with [`SubOrchestrationOptions`].
+    pub fn call_sub_orchestrator_by_name_with_options<T: DeserializeOwned>(
+        &self,
+        name: &str,
+        input: &impl Serialize,
+        options: &SubOrchestrationOptions,
+    ) -> DurableFuture<Result<T, TaskError>> {
+        self.sub_orchestration_with(name, None, options, input)
+    }
+
     /// Starts a sub-orchestration with a chosen instance id.
     pub fn call_sub_orchestrator_with_id<O: Orchestrator>(
         &self,
@@ -296,6 +350,20 @@ impl OrchestrationContext {
         instance_id: Option<&str>,
         input: &(impl Serialize + ?Sized),
     ) -> DurableFuture<Result<T, TaskError>> {
+        let options = SubOrchestrationOptions {
+            instance_id: instance_id.map(str::to_string),
+            ..SubOrchestrationOptions::default()
+        };
+        self.sub_orchestration_with(name, version, &options, input)
+    }
+
+    fn sub_orchestration_with<T: DeserializeOwned>(
+        &self,
+        name: &str,
+        version: Option<&str>,
+        options: &SubOrchestrationOptions,
+        input: &(impl Serialize + ?Sized),
+    ) -> DurableFuture<Result<T, TaskError>> {
         if self.state().critical_section.is_some() {
             return DurableFuture::ready(
                 self.clone(),
@@ -310,8 +378,8 @@ impl OrchestrationContext {
             Ok(i) => i,
             Err(e) => return DurableFuture::ready(self.clone(), Err(e)),
         };
-        let child_id = match instance_id {
-            Some(id) => id.to_string(),
+        let child_id = match &options.instance_id {
+            Some(id) => id.clone(),
             None => {
                 let seq = self.state().next_seq;
                 format!("{}:{seq:04X}", self.inner.instance_id)
@@ -323,6 +391,7 @@ impl OrchestrationContext {
                 version: version.map(str::to_string),
                 instance_id: child_id,
                 input,
+                abandon_on_parent_close: options.parent_close == ParentClosePolicy::Abandon,
             },
             TaskKind::SubOrchestration,
             name,

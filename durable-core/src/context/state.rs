@@ -26,6 +26,8 @@ pub(crate) enum Action {
         version: Option<String>,
         instance_id: String,
         input: Option<String>,
+        /// Left running when the parent is terminated or purged.
+        abandon_on_parent_close: bool,
     },
     SendEvent {
         instance_id: String,
@@ -68,11 +70,13 @@ impl Action {
                 version,
                 instance_id,
                 input,
+                abandon_on_parent_close,
             } => Action::SubOrchestration {
                 name: name.clone(),
                 version: version.clone(),
                 instance_id: instance_id.clone(),
                 input: input.clone(),
+                abandon_on_parent_close: *abandon_on_parent_close,
             },
             EventKind::EventSent {
                 instance_id,
@@ -124,11 +128,13 @@ impl Action {
                 version,
                 instance_id,
                 input,
+                abandon_on_parent_close,
             } => EventKind::SubOrchestrationInstanceCreated {
                 name,
                 version,
                 instance_id,
                 input,
+                abandon_on_parent_close,
             },
             Action::SendEvent {
                 instance_id,

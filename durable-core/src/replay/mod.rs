@@ -509,6 +509,7 @@ fn finish_episode(
             },
         ));
         parent_outcome = Some(terminal_outcome(&state));
+        terminate_children(&exec, &state, reason.as_deref(), now, commit);
     } else if let Some(f) = failure {
         record_actions = false;
         state.status = RuntimeStatus::Failed;
@@ -656,6 +657,44 @@ fn finish_episode(
     }
 }
 
+/// Parent-close policy on termination: every sub-orchestration this execution started
+/// (recorded in history) that has not finished and was not started with
+/// [`ParentClosePolicy::Abandon`](crate::context::ParentClosePolicy::Abandon) is sent a
+/// termination; each terminated child does the same for its own children.
+fn terminate_children(
+    exec: &Execution,
+    state: &InstanceState,
+    reason: Option<&str>,
+    now: DateTime<Utc>,
+    commit: &mut Episode,
+) {
+    let st = exec.ctx.state();
+    for (seq, a) in st.actions[..exec.committed_actions].iter().enumerate() {
+        let Action::SubOrchestration {
+            instance_id,
+            abandon_on_parent_close: false,
+            ..
+        } = a
+        else {
+            continue;
+        };
+        if st.completed.contains(&(seq as u64)) {
+            continue;
+        }
+        let why = match reason {
+            Some(r) => format!(
+                "parent instance '{}' was terminated: {r}",
+                state.instance_id
+            ),
+            None => format!("parent instance '{}' was terminated", state.instance_id),
+        };
+        commit.messages.push(OrchestrationMessage::new(
+            instance_id.clone(),
+            HistoryEvent::new(now, EventKind::ExecutionTerminated { reason: Some(why) }),
+        ));
+    }
+}
+
 /// Releases every entity lock the execution requested and still holds (or may yet be
 /// granted), because the execution ended.
 fn release_held_locks(
@@ -716,6 +755,7 @@ fn side_effects(
             version,
             instance_id,
             input,
+            ..
         } => commit.new_instances.push(NewInstance {
             instance_id: instance_id.clone(),
             execution_id: random_id(),
