@@ -1,6 +1,6 @@
 //! `ActivityContext`: what an activity execution knows about itself (instance, attempt,
-//! idempotency key). Activities run at least once; use the key to make side effects
-//! idempotent.
+//! idempotency key) and whether its result is still wanted. Activities run at least once;
+//! use the key to make side effects idempotent.
 
 /// Context passed to an activity that asks for it as its first parameter.
 #[derive(Clone, Debug)]
@@ -11,6 +11,8 @@ pub struct ActivityContext {
     pub(crate) seq: u64,
     pub(crate) attempt: u32,
     pub(crate) dequeue_count: u32,
+    /// Set by the worker when the result is no longer wanted; None outside a worker.
+    pub(crate) cancel: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl ActivityContext {
@@ -23,6 +25,7 @@ impl ActivityContext {
             seq: 0,
             attempt: 1,
             dequeue_count: 1,
+            cancel: None,
         }
     }
 
@@ -45,6 +48,35 @@ impl ActivityContext {
     /// crash or an expired lease: activities run at least once).
     pub fn dequeue_count(&self) -> u32 {
         self.dequeue_count
+    }
+
+    /// Resolves when the result of this execution is no longer wanted, so a well-behaved
+    /// activity can stop early (and return anything: its result is then dropped or
+    /// refused). That is the case when the orchestration instance is no longer running
+    /// the execution that scheduled it (terminated, failed, completed, continued as new,
+    /// or purged) or when this worker lost the activity's lease (another worker runs it
+    /// now). The worker looks at the instance every
+    /// [`WorkerOptions::activity_cancel_poll`](crate::WorkerOptions::activity_cancel_poll)
+    /// and at the lease when renewing it, so this comes that late at worst.
+    ///
+    /// Best effort: nothing forces an activity to stop; an activity whose orchestration
+    /// merely stopped waiting for it (the losing branch of `when_any`, a timer that won a
+    /// race) is not told, since that is not recorded; and outside a worker
+    /// ([`for_test`](Self::for_test)) this never resolves.
+    pub async fn cancelled(&self) {
+        match &self.cancel {
+            Some(rx) => {
+                let mut rx = rx.clone();
+                // An error means the worker dropped its side: the activity is over anyway.
+                let _ = rx.wait_for(|c| *c).await;
+            }
+            None => std::future::pending().await,
+        }
+    }
+
+    /// True once [`cancelled`](Self::cancelled) has resolved.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.as_ref().is_some_and(|rx| *rx.borrow())
     }
 
     /// A key that is the same for every delivery of this task and different for every

@@ -1635,3 +1635,159 @@ async fn purging_a_parent_leaves_reused_child_ids_and_refuses_running_parents() 
     assert_eq!(st.output.as_deref(), Some("7"));
     h.runtime.shutdown().await;
 }
+
+/// An activity learns through `ActivityContext::cancelled` that its result is no longer
+/// wanted once its instance is terminated, and stops early; one whose instance still
+/// waits is not told, and runs to the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_activity_learns_its_result_is_no_longer_wanted() {
+    static RUNNING: AtomicU32 = AtomicU32::new(0);
+    static STOPPED_EARLY: AtomicU32 = AtomicU32::new(0);
+    let reg = Registry::builder()
+        // Works for up to `ms` milliseconds, stopping early when told.
+        .activity(
+            "long",
+            |ctx: durable_core::ActivityContext, ms: u64| async move {
+                RUNNING.fetch_add(1, Ordering::SeqCst);
+                tokio::select! {
+                    _ = ctx.cancelled() => {
+                        assert!(ctx.is_cancelled());
+                        STOPPED_EARLY.fetch_add(1, Ordering::SeqCst);
+                        Err(ActivityError::from("stopped: result no longer wanted"))
+                    }
+                    _ = tokio::time::sleep(Duration::from_millis(ms)) => Ok(ctx.is_cancelled()),
+                }
+            },
+        )
+        .orchestrator(
+            "calls_long",
+            |ctx: OrchestrationContext, ms: u64| async move {
+                let cancelled: bool = ctx.call_activity_by_name("long", &ms).await?;
+                Ok::<_, OrchestrationError>(cancelled)
+            },
+        )
+        .build()
+        .unwrap();
+    let store = Arc::new(MemoryStore::new());
+    let rt = Worker::builder(store.clone())
+        .registry(reg)
+        .options(durable_core::WorkerOptions {
+            activity_cancel_poll: Duration::from_millis(20),
+            shutdown_grace: Duration::ZERO,
+            ..Default::default()
+        })
+        .start()
+        .unwrap();
+    let c = rt.client();
+    // Still wanted: runs to the end, never told otherwise.
+    let id = c
+        .start_by_name("calls_long", Some("200".into()), StartOptions::default())
+        .await
+        .unwrap();
+    let st = c.wait_for_completion(&id, WAIT).await.unwrap();
+    assert_eq!(st.status, RuntimeStatus::Completed);
+    assert_eq!(st.output.as_deref(), Some("false"));
+    assert_eq!(STOPPED_EARLY.load(Ordering::SeqCst), 0);
+    // Terminated while its activity runs (for up to ten minutes): the activity stops.
+    let id = c
+        .start_by_name("calls_long", Some("600000".into()), StartOptions::default())
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while RUNNING.load(Ordering::SeqCst) < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "activity never started"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    c.terminate(&id, Some("not needed")).await.unwrap();
+    while STOPPED_EARLY.load(Ordering::SeqCst) < 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the activity was never told"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        c.get_state(&id).await.unwrap().unwrap().status,
+        RuntimeStatus::Terminated
+    );
+    rt.shutdown().await;
+}
+
+/// Outside a worker nothing cancels: `cancelled` never resolves.
+#[tokio::test]
+async fn a_test_context_is_never_cancelled() {
+    let ctx = durable_core::ActivityContext::for_test("x");
+    assert!(!ctx.is_cancelled());
+    let r = tokio::time::timeout(Duration::from_millis(20), ctx.cancelled()).await;
+    assert!(r.is_err());
+}
+
+/// A worker that loses a running activity's lease (here: released under it, as when it
+/// lapsed and another worker took it) tells the activity at its next renewal, even with
+/// the instance check off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_activity_whose_lease_is_lost_is_told() {
+    static STARTED: AtomicU32 = AtomicU32::new(0);
+    static TOLD: AtomicU32 = AtomicU32::new(0);
+    let reg = Registry::builder()
+        .activity(
+            "waits",
+            |ctx: durable_core::ActivityContext, _: ()| async move {
+                if STARTED.fetch_add(1, Ordering::SeqCst) == 0 {
+                    ctx.cancelled().await;
+                    TOLD.fetch_add(1, Ordering::SeqCst);
+                }
+                Ok::<_, ActivityError>(ctx.dequeue_count())
+            },
+        )
+        .orchestrator(
+            "calls_waits",
+            |ctx: OrchestrationContext, _: ()| async move {
+                let n: u32 = ctx.call_activity_by_name("waits", &()).await?;
+                Ok::<_, OrchestrationError>(n)
+            },
+        )
+        .build()
+        .unwrap();
+    let store = Arc::new(MemoryStore::new());
+    let rt = Worker::builder(store.clone())
+        .registry(reg)
+        .options(durable_core::WorkerOptions {
+            activity_cancel_poll: Duration::ZERO,
+            activity_lease: Duration::from_millis(300),
+            shutdown_grace: Duration::ZERO,
+            ..Default::default()
+        })
+        .start()
+        .unwrap();
+    let c = rt.client();
+    let id = c
+        .start_by_name("calls_waits", None, StartOptions::default())
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while STARTED.load(Ordering::SeqCst) < 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "activity never started"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(store.release_leases(rt.id()).await.unwrap() >= 1);
+    // The released activity runs again (dequeue 2) and completes the instance; the first
+    // run is told at its next renewal.
+    let st = c.wait_for_completion(&id, WAIT).await.unwrap();
+    assert_eq!(st.status, RuntimeStatus::Completed, "{st:?}");
+    assert_eq!(st.output.as_deref(), Some("2"));
+    while TOLD.load(Ordering::SeqCst) < 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the first run was never told"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    rt.shutdown().await;
+}

@@ -188,6 +188,7 @@ pub(super) async fn run_activity(shared: &Shared, item: ActivityWorkItem) {
                 format!("activity '{}' is not registered in this worker", item.name),
             )),
             Some(entry) => {
+                let (cancel, cancelled) = tokio::sync::watch::channel(false);
                 let ctx = ActivityContext {
                     instance_id: item.instance_id.clone(),
                     execution_id: item.execution_id.clone(),
@@ -195,10 +196,18 @@ pub(super) async fn run_activity(shared: &Shared, item: ActivityWorkItem) {
                     seq: item.seq,
                     attempt: item.attempt,
                     dequeue_count: item.dequeue_count,
+                    cancel: Some(cancelled),
                 };
                 let fut = (entry.invoke)(ctx, item.input.clone());
                 let handle = tokio::spawn(fut);
-                let renew_every = shared.options.activity_lease / 3;
+                let renew_every = (shared.options.activity_lease / 3).max(Duration::from_millis(1));
+                let poll = shared.options.activity_cancel_poll;
+                let start = tokio::time::Instant::now();
+                let mut renew = tokio::time::interval_at(start + renew_every, renew_every);
+                renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let every = poll.max(Duration::from_millis(1));
+                let mut check = tokio::time::interval_at(start + every, every);
+                check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 tokio::pin!(handle);
                 loop {
                     tokio::select! {
@@ -210,9 +219,19 @@ pub(super) async fn run_activity(shared: &Shared, item: ActivityWorkItem) {
                             }
                             Err(_) => Err(FailureDetails::new("Canceled", format!("activity '{}' was cancelled", item.name))),
                         },
-                        _ = tokio::time::sleep(renew_every) => {
+                        _ = renew.tick() => {
                             if let Err(e) = shared.store.renew_activity_lease(&item, shared.options.activity_lease).await {
                                 tracing::warn!(error = %e, "could not renew the activity lease");
+                                if e.is_lease_lost() && !*cancel.borrow() {
+                                    tracing::info!("the activity's lease was lost; telling it its result is no longer wanted");
+                                    cancel.send_replace(true);
+                                }
+                            }
+                        }
+                        _ = check.tick(), if !poll.is_zero() && !*cancel.borrow() => {
+                            if !still_wanted(shared, &item).await {
+                                tracing::info!("the instance no longer runs this execution; telling the activity its result is no longer wanted");
+                                cancel.send_replace(true);
                             }
                         }
                     }
@@ -233,6 +252,16 @@ pub(super) async fn run_activity(shared: &Shared, item: ActivityWorkItem) {
     }
     .instrument(span)
     .await
+}
+
+/// False when the instance no longer runs the execution that scheduled `item` (it
+/// finished, continued as new or was purged). A failed read says nothing: true.
+async fn still_wanted(shared: &Shared, item: &ActivityWorkItem) -> bool {
+    match shared.store.get_instance(&item.instance_id).await {
+        Ok(Some(st)) => st.execution_id == item.execution_id && !st.status.is_terminal(),
+        Ok(None) => false,
+        Err(_) => true,
+    }
 }
 
 pub(super) fn completion_message(

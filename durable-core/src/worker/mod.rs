@@ -49,6 +49,12 @@ pub struct WorkerOptions {
     pub cache_capacity: usize,
     /// Longest a fetch waits for work before the dispatcher checks in again.
     pub idle_poll: Duration,
+    /// How often a running activity's worker checks that its result is still wanted (the
+    /// instance still runs the execution that scheduled it), telling the activity through
+    /// [`ActivityContext::cancelled`](crate::ActivityContext::cancelled) when not. One
+    /// instance read per running activity per interval; `Duration::ZERO` disables the
+    /// check (a lost lease still cancels). Default 2 s.
+    pub activity_cancel_poll: Duration,
     /// How long shutdown waits for running activities before releasing them.
     pub shutdown_grace: Duration,
     /// An activity work item handed out more often than this without completing (its
@@ -82,6 +88,7 @@ impl Default for WorkerOptions {
             activity_lease: Duration::from_secs(60),
             cache_capacity: 10_000,
             idle_poll: Duration::from_secs(1),
+            activity_cancel_poll: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(30),
             max_activity_dequeues: 20,
             max_orchestration_dequeues: 20,
