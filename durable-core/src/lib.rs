@@ -62,7 +62,7 @@ pub mod worker;
 pub use activity::ActivityContext;
 pub use client::{DurableClient, OrchestrationStatus, StartOptions, StatusOptions};
 pub use context::{
-    CriticalSection, DurableFuture, EventFuture, LockFuture, OrchestrationContext,
+    ActivityOptions, CriticalSection, DurableFuture, EventFuture, LockFuture, OrchestrationContext,
     ParentClosePolicy, SubOrchestrationOptions, TimerTarget,
 };
 pub use durable_macros::{activity, entity, orchestrator};

@@ -1791,3 +1791,112 @@ async fn an_activity_whose_lease_is_lost_is_told() {
     }
     rt.shutdown().await;
 }
+
+fn timeout_registry() -> Registry {
+    use durable_core::ActivityOptions;
+    Registry::builder()
+        // Never finishes on its first attempt; answers at once on later ones.
+        .activity(
+            "hangs_once",
+            |ctx: durable_core::ActivityContext, _: ()| async move {
+                if ctx.attempt() == 1 {
+                    std::future::pending::<()>().await;
+                }
+                Ok::<_, ActivityError>(ctx.attempt())
+            },
+        )
+        .orchestrator(
+            "bounded",
+            |ctx: OrchestrationContext, (ms, attempts): (u64, u32)| async move {
+                let mut options = ActivityOptions::start_to_close(Duration::from_millis(ms));
+                if attempts > 1 {
+                    options =
+                        options.with_retry(RetryPolicy::new(attempts, Duration::from_millis(10)));
+                }
+                match ctx
+                    .call_activity_by_name_with_options::<u32>("hangs_once", &(), &options)
+                    .await
+                {
+                    Ok(attempt) => {
+                        Ok::<_, OrchestrationError>(format!("done on attempt {attempt}"))
+                    }
+                    Err(e) if e.is_timeout() => Ok(format!("timed out: {}", e.failure.message)),
+                    Err(e) => Err(e.into()),
+                }
+            },
+        )
+        .build()
+        .unwrap()
+}
+
+/// A start-to-close timeout is measured on the store's clock: a hung activity is stopped
+/// when the clock passes it (not before), and the orchestration sees a typed timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_activity_times_out_on_the_store_clock() {
+    let clock = Arc::new(durable_core::store::ManualClock::new(chrono::Utc::now()));
+    let store = Arc::new(MemoryStore::with_clock(clock.clone()));
+    let rt = Worker::builder(store.clone())
+        .registry(timeout_registry())
+        .start()
+        .unwrap();
+    let c = rt.client();
+    // Ten seconds on the store's clock, which stands still until moved.
+    let id = c
+        .start_by_name("bounded", Some("[10000,1]".into()), StartOptions::default())
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let h = store.read_history(&id).await.unwrap();
+        if h.iter()
+            .any(|e| matches!(e.kind, EventKind::TaskScheduled { .. }))
+        {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never scheduled");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Nine seconds: not yet (the instance is still running after several deadline checks).
+    clock.advance(Duration::from_secs(9));
+    let early = c.wait_for_completion(&id, Duration::from_millis(300)).await;
+    assert!(
+        matches!(early, Err(durable_core::Error::Timeout(_))),
+        "{early:?}"
+    );
+    clock.advance(Duration::from_secs(2));
+    let st = c.wait_for_completion(&id, WAIT).await.unwrap();
+    assert_eq!(st.status, RuntimeStatus::Completed, "{st:?}");
+    let out = st.output.unwrap();
+    assert!(
+        out.contains("timed out: activity 'hangs_once' did not finish within 10s of starting"),
+        "{out}"
+    );
+    rt.shutdown().await;
+}
+
+/// A timed-out attempt is retried by the call's retry policy; the next attempt succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_out_attempt_is_retried() {
+    let h = start(timeout_registry(), 1000);
+    let id = h
+        .client
+        .start_by_name("bounded", Some("[200,3]".into()), StartOptions::default())
+        .await
+        .unwrap();
+    let st = h.client.wait_for_completion(&id, WAIT).await.unwrap();
+    assert_eq!(st.status, RuntimeStatus::Completed, "{st:?}");
+    assert_eq!(st.output.as_deref(), Some("\"done on attempt 2\""));
+    let failed: Vec<_> = h
+        .store
+        .read_history(&id)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|e| match e.kind {
+            EventKind::TaskFailed { failure, .. } => Some(failure.error_type),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(failed, vec!["Timeout".to_string()]);
+    h.runtime.shutdown().await;
+}

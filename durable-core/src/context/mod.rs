@@ -23,6 +23,36 @@ mod state;
 
 pub use futures::{ContinueAsNew, CriticalSection, DurableFuture, EventFuture, LockFuture};
 
+/// Options of one activity call
+/// ([`OrchestrationContext::call_activity_with_options`]).
+#[derive(Clone, Debug, Default)]
+pub struct ActivityOptions {
+    /// Longest an attempt may run, from when a worker starts it, measured on the store's
+    /// clock. When it passes, the worker stops the activity (its `cancelled()` resolves,
+    /// then it is aborted at its next await; code that blocks a thread cannot be stopped)
+    /// and the attempt fails with a `Timeout` failure ([`TaskError::is_timeout`]), which
+    /// `retry` retries like any failure. None: no limit.
+    pub start_to_close: Option<std::time::Duration>,
+    /// Retries of failed attempts (timeouts included); None: one attempt.
+    pub retry: Option<RetryPolicy>,
+}
+
+impl ActivityOptions {
+    /// One attempt, with this start-to-close timeout.
+    pub fn start_to_close(timeout: std::time::Duration) -> Self {
+        Self {
+            start_to_close: Some(timeout),
+            retry: None,
+        }
+    }
+
+    /// The same options, retrying under `policy`.
+    pub fn with_retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = Some(policy);
+        self
+    }
+}
+
 /// What happens to a running sub-orchestration when its parent is terminated or purged.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ParentClosePolicy {
@@ -224,6 +254,16 @@ impl OrchestrationContext {
         input: &(impl Serialize + ?Sized),
         attempt: u32,
     ) -> DurableFuture<Result<O, TaskError>> {
+        self.call_activity_attempt_within(name, input, attempt, None)
+    }
+
+    fn call_activity_attempt_within<O: DeserializeOwned>(
+        &self,
+        name: &str,
+        input: &(impl Serialize + ?Sized),
+        attempt: u32,
+        start_to_close: Option<std::time::Duration>,
+    ) -> DurableFuture<Result<O, TaskError>> {
         let input = match serialize(TaskKind::Activity, name, input) {
             Ok(i) => i,
             Err(e) => return DurableFuture::ready(self.clone(), Err(e)),
@@ -233,11 +273,68 @@ impl OrchestrationContext {
                 name: name.to_string(),
                 input,
                 attempt,
+                start_to_close,
             },
             TaskKind::Activity,
             name,
             decode_task::<O>,
         )
+    }
+
+    /// Calls an activity with [`ActivityOptions`]: a start-to-close timeout per attempt
+    /// (a `Timeout` failure, [`TaskError::is_timeout`], when it passes) and retries.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use durable_core::{activity, orchestrator, ActivityOptions, OrchestrationContext, OrchestrationError};
+    /// # #[activity]
+    /// # async fn charge(order: String) -> String { order }
+    /// # #[orchestrator]
+    /// # async fn pay(ctx: OrchestrationContext) -> Result<String, OrchestrationError> {
+    /// let options = ActivityOptions::start_to_close(Duration::from_secs(30));
+    /// match ctx.call_activity_with_options(charge, "A1".to_string(), &options).await {
+    ///     Ok(receipt) => Ok(receipt),
+    ///     Err(e) if e.is_timeout() => Ok("charge pending".to_string()),
+    ///     Err(e) => Err(e.into()),
+    /// }
+    /// # }
+    /// ```
+    pub fn call_activity_with_options<A: Activity>(
+        &self,
+        _activity: A,
+        input: A::Input,
+        options: &ActivityOptions,
+    ) -> BoxFuture<'static, Result<A::Output, TaskError>> {
+        self.call_activity_by_name_with_options(A::NAME, &input, options)
+    }
+
+    /// Calls an activity by name with [`ActivityOptions`].
+    pub fn call_activity_by_name_with_options<O: DeserializeOwned + Send + 'static>(
+        &self,
+        name: &str,
+        input: &impl Serialize,
+        options: &ActivityOptions,
+    ) -> BoxFuture<'static, Result<O, TaskError>> {
+        let ctx = self.clone();
+        let name = name.to_string();
+        let options = options.clone();
+        let input = serde_json::to_value(input);
+        Box::pin(async move {
+            let input = input.map_err(|e| serialize_error(TaskKind::Activity, &name, e))?;
+            let timeout = options.start_to_close;
+            match &options.retry {
+                Some(policy) => {
+                    run_with_retry(&ctx, policy, |attempt| {
+                        ctx.call_activity_attempt_within::<O>(&name, &input, attempt, timeout)
+                    })
+                    .await
+                }
+                None => {
+                    ctx.call_activity_attempt_within::<O>(&name, &input, 1, timeout)
+                        .await
+                }
+            }
+        })
     }
 
     /// Calls an activity, retrying failures according to `policy`. Waits between attempts

@@ -17,6 +17,8 @@ pub(crate) enum Action {
         name: String,
         input: Option<String>,
         attempt: u32,
+        /// Start-to-close timeout of this attempt (not recorded in history).
+        start_to_close: Option<std::time::Duration>,
     },
     Timer {
         fire_at: DateTime<Utc>,
@@ -63,6 +65,7 @@ impl Action {
                 name: name.clone(),
                 input: input.clone(),
                 attempt: 1,
+                start_to_close: None,
             },
             EventKind::TimerCreated { fire_at } => Action::Timer { fire_at: *fire_at },
             EventKind::SubOrchestrationInstanceCreated {

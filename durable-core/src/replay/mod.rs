@@ -295,6 +295,8 @@ pub(crate) struct ScheduledActivity {
     pub input: Option<String>,
     /// Attempt number under a retry policy (1 for the first).
     pub attempt: u32,
+    /// Start-to-close timeout of the attempt.
+    pub start_to_close: Option<std::time::Duration>,
 }
 
 /// Everything one episode changes; it consumes every message of its inbox.
@@ -725,12 +727,14 @@ fn side_effects(
             name,
             input,
             attempt,
+            start_to_close,
         } => commit.activities.push(ScheduledActivity {
             execution_id: state.execution_id.clone(),
             seq,
             name: name.clone(),
             input: input.clone(),
             attempt: *attempt,
+            start_to_close: *start_to_close,
         }),
         Action::Timer { fire_at } => {
             if schedule_timers {

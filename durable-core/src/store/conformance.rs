@@ -93,6 +93,7 @@ fn activity(item: &OrchestrationWorkItem, seq: u64) -> ActivityWorkItem {
         attempt: 1,
         lease_token: String::new(),
         dequeue_count: 0,
+        start_to_close: None,
     }
 }
 
@@ -472,6 +473,28 @@ pub async fn orchestration_dequeue_count(store: Arc<dyn Store>) {
         1,
         "a commit that keeps the state starts it over too"
     );
+}
+
+/// An activity's start-to-close timeout is kept with its work item, to the microsecond;
+/// an item without one has none.
+pub async fn activity_timeout_is_kept(store: Arc<dyn Store>) {
+    store.create_instance(new_instance("a")).await.unwrap();
+    let item = fetch(&*store).await;
+    let mut c = commit_for(&item);
+    c.state = Some(running(&item));
+    let mut timed = activity(&item, 0);
+    timed.start_to_close = Some(Duration::from_micros(1_500_001));
+    c.activities.push(timed);
+    c.activities.push(activity(&item, 1));
+    store.commit_orchestration(c).await.unwrap();
+    let mut got = fetch_activities(&*store, 10).await;
+    got.sort_by_key(|a| a.seq);
+    assert_eq!(got.len(), 2);
+    assert_eq!(
+        got[0].start_to_close,
+        Some(Duration::from_micros(1_500_001))
+    );
+    assert_eq!(got[1].start_to_close, None);
 }
 
 /// Abandoning releases the lease; the messages come back after the delay; a stale token
@@ -1285,7 +1308,7 @@ macro_rules! store_conformance_tests {
             create_and_duplicate, replace_finished_instance, send_to_unknown,
             fetch_order_and_lease, fetch_takes_up_to_max, fetch_waits_for_work,
             work_items_are_bounded, commit_applies_everything, child_conflict_fails_parent,
-            fencing, orchestration_dequeue_count, abandon, renew_orchestration_lease, delayed_messages, activity_leases,
+            fencing, orchestration_dequeue_count, activity_timeout_is_kept, abandon, renew_orchestration_lease, delayed_messages, activity_leases,
             activity_delay_and_renew, activity_fetch_waits, release_leases, history_reads,
             listing, purging, wait_for_instance_until, clock_reads_now, close,
             fast_commit_and_lease, fast_commit_unleased, fast_lease_instance_for_result,

@@ -101,6 +101,10 @@ pub struct ActivityWorkItem {
     pub lease_token: String,
     /// How many times this item has been handed to a worker, this time included.
     pub dequeue_count: u32,
+    /// The start-to-close timeout of this attempt: the worker running it stops it and
+    /// fails the task with a `Timeout` failure once this much store-clock time has passed
+    /// since it started. None: no limit.
+    pub start_to_close: Option<Duration>,
 }
 
 /// Persistence for instances, histories, queues and leases.

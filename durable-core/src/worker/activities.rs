@@ -208,6 +208,15 @@ pub(super) async fn run_activity(shared: &Shared, item: ActivityWorkItem) {
                 let every = poll.max(Duration::from_millis(1));
                 let mut check = tokio::time::interval_at(start + every, every);
                 check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                // The start-to-close deadline is on the store's clock, looked at often.
+                let limit = item.start_to_close;
+                let deadline = limit.map(|d| crate::store::after(shared.now(), d));
+                let step = limit
+                    .unwrap_or(DEADLINE_CHECK)
+                    .min(DEADLINE_CHECK)
+                    .max(Duration::from_millis(1));
+                let mut timer = tokio::time::interval_at(start + step, step);
+                timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 tokio::pin!(handle);
                 loop {
                     tokio::select! {
@@ -226,6 +235,22 @@ pub(super) async fn run_activity(shared: &Shared, item: ActivityWorkItem) {
                                     tracing::info!("the activity's lease was lost; telling it its result is no longer wanted");
                                     cancel.send_replace(true);
                                 }
+                            }
+                        }
+                        _ = timer.tick(), if deadline.is_some() => {
+                            if deadline.is_some_and(|t| shared.now() >= t) {
+                                tracing::warn!(timeout = ?limit, "the activity ran past its start-to-close timeout; stopping it");
+                                cancel.send_replace(true);
+                                handle.abort();
+                                break Err(FailureDetails::new(
+                                    "Timeout",
+                                    format!(
+                                        "activity '{}' did not finish within {:?} of starting (its start-to-close timeout; attempt {})",
+                                        item.name,
+                                        limit.unwrap_or_default(),
+                                        item.attempt
+                                    ),
+                                ));
                             }
                         }
                         _ = check.tick(), if !poll.is_zero() && !*cancel.borrow() => {
@@ -253,6 +278,10 @@ pub(super) async fn run_activity(shared: &Shared, item: ActivityWorkItem) {
     .instrument(span)
     .await
 }
+
+/// How often a running activity with a start-to-close timeout compares the store's clock
+/// with its deadline (at most; sooner for shorter timeouts).
+const DEADLINE_CHECK: Duration = Duration::from_millis(50);
 
 /// False when the instance no longer runs the execution that scheduled `item` (it
 /// finished, continued as new or was purged). A failed read says nothing: true.

@@ -200,6 +200,7 @@ pub(super) fn commit_of(item: &OrchestrationWorkItem, episode: Episode) -> Orche
                 attempt: a.attempt,
                 lease_token: String::new(),
                 dequeue_count: 0,
+                start_to_close: a.start_to_close,
             })
             .collect(),
         messages: episode.messages,

@@ -67,6 +67,8 @@ struct ActivityRow {
     name: String,
     input: Option<String>,
     attempt: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    start_to_close_us: Option<u64>,
 }
 
 impl From<&ActivityWorkItem> for ActivityRow {
@@ -77,18 +79,21 @@ impl From<&ActivityWorkItem> for ActivityRow {
             name: a.name.clone(),
             input: a.input.clone(),
             attempt: a.attempt,
+            start_to_close_us: a
+                .start_to_close
+                .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
         }
     }
 }
 
-/// Decodes the state columns ([`sql::state_cols`]) starting at column `at`; returns the
-/// state and the history length.
 /// The hand-out count a leasing statement returns after the state columns read from `at`.
 pub(crate) fn dequeue_count(row: &Row, at: usize) -> u32 {
     let n: i32 = row.get(at + 13);
     u32::try_from(n).unwrap_or(0)
 }
 
+/// Decodes the state columns ([`sql::state_cols`]) starting at column `at`; returns the
+/// state and the history length.
 pub(crate) fn read_state(row: &Row, at: usize) -> StoreResult<(InstanceState, u64)> {
     let status: String = row.get(at + 4);
     let failure: Option<String> = row.get(at + 7);
@@ -805,6 +810,7 @@ pub(crate) fn activity_items(rows: Vec<Row>) -> StoreResult<Vec<ActivityWorkItem
             name: row.name,
             input: row.input,
             attempt: row.attempt,
+            start_to_close: row.start_to_close_us.map(Duration::from_micros),
             lease_token: r.get(3),
             dequeue_count: dequeue as u32,
         });

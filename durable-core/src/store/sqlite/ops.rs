@@ -469,6 +469,8 @@ struct ActivityRow {
     name: String,
     input: Option<String>,
     attempt: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    start_to_close_us: Option<u64>,
 }
 
 impl From<&ActivityWorkItem> for ActivityRow {
@@ -479,6 +481,9 @@ impl From<&ActivityWorkItem> for ActivityRow {
             name: a.name.clone(),
             input: a.input.clone(),
             attempt: a.attempt,
+            start_to_close_us: a
+                .start_to_close
+                .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
         }
     }
 }
@@ -522,6 +527,7 @@ pub(super) fn fetch_activities(
             name: row.name,
             input: row.input,
             attempt: row.attempt,
+            start_to_close: row.start_to_close_us.map(Duration::from_micros),
             lease_token: token,
             dequeue_count,
         });

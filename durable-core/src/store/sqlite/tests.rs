@@ -249,6 +249,7 @@ async fn opening_gives_back_the_leases_a_dead_process_left() {
                     attempt: 1,
                     lease_token: String::new(),
                     dequeue_count: 0,
+                    start_to_close: None,
                 }],
                 messages: Vec::new(),
                 new_instances: Vec::new(),
