@@ -1825,8 +1825,99 @@ fn timeout_registry() -> Registry {
                 }
             },
         )
+        // The whole call within `total` ms, attempts of `attempt` ms (0: unbounded), retried.
+        .orchestrator(
+            "bounded_total",
+            |ctx: OrchestrationContext, (total, attempt): (u64, u64)| async move {
+                let mut options = ActivityOptions::default()
+                    .with_schedule_to_close(Duration::from_millis(total))
+                    .with_retry(RetryPolicy::new(3, Duration::from_millis(10)));
+                if attempt > 0 {
+                    options.start_to_close = Some(Duration::from_millis(attempt));
+                }
+                match ctx
+                    .call_activity_by_name_with_options::<u32>("hangs_once", &(), &options)
+                    .await
+                {
+                    Ok(attempt) => {
+                        Ok::<_, OrchestrationError>(format!("done on attempt {attempt}"))
+                    }
+                    Err(e) if e.is_timeout() => Ok(format!("timed out: {}", e.failure.message)),
+                    Err(e) => Err(e.into()),
+                }
+            },
+        )
         .build()
         .unwrap()
+}
+
+/// A schedule-to-close timeout bounds the whole call with a durable timer: it fails the
+/// call when the store's clock passes it, and does not when the call finishes in time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedule_to_close_timeout_bounds_the_whole_call() {
+    let clock = Arc::new(durable_core::store::ManualClock::new(chrono::Utc::now()));
+    let store = Arc::new(MemoryStore::with_clock(clock.clone()));
+    let rt = Worker::builder(store.clone())
+        .registry(timeout_registry())
+        .options(durable_core::WorkerOptions {
+            // The hung attempt is still running at the end: shutdown does not wait for it.
+            shutdown_grace: Duration::ZERO,
+            ..Default::default()
+        })
+        .start()
+        .unwrap();
+    let c = rt.client();
+    let id = c
+        .start_by_name(
+            "bounded_total",
+            Some("[5000,0]".into()),
+            StartOptions::default(),
+        )
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let h = store.read_history(&id).await.unwrap();
+        if h.iter()
+            .any(|e| matches!(e.kind, EventKind::TimerCreated { .. }))
+            && h.iter()
+                .any(|e| matches!(e.kind, EventKind::TaskScheduled { .. }))
+        {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never scheduled");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    clock.advance(Duration::from_secs(6));
+    let st = c.wait_for_completion(&id, WAIT).await.unwrap();
+    assert_eq!(st.status, RuntimeStatus::Completed, "{st:?}");
+    let out = st.output.unwrap();
+    assert!(
+        out.contains(
+            "timed out: activity 'hangs_once' did not finish within 5s of being scheduled"
+        ),
+        "{out}"
+    );
+    rt.shutdown().await;
+
+    // In time: the first attempt times out after 200 ms, the second answers.
+    let h = start(timeout_registry(), 1000);
+    let id = h
+        .client
+        .start_by_name(
+            "bounded_total",
+            Some("[600000,200]".into()),
+            StartOptions::default(),
+        )
+        .await
+        .unwrap();
+    let st = h.client.wait_for_completion(&id, WAIT).await.unwrap();
+    assert_eq!(
+        st.output.as_deref(),
+        Some("\"done on attempt 2\""),
+        "{st:?}"
+    );
+    h.runtime.shutdown().await;
 }
 
 /// A start-to-close timeout is measured on the store's clock: a hung activity is stopped

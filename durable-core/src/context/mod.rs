@@ -33,6 +33,12 @@ pub struct ActivityOptions {
     /// and the attempt fails with a `Timeout` failure ([`TaskError::is_timeout`]), which
     /// `retry` retries like any failure. None: no limit.
     pub start_to_close: Option<std::time::Duration>,
+    /// Longest the whole call may take, every attempt and the waits between them
+    /// included, from when the orchestration makes it; measured with a durable timer (on
+    /// the store's clock). When it passes first, the call fails with a `Timeout` failure
+    /// ([`TaskError::is_timeout`]), not retried. The attempt then running is not stopped
+    /// by this (give it a `start_to_close` too); its result is ignored. None: no limit.
+    pub schedule_to_close: Option<std::time::Duration>,
     /// Retries of failed attempts (timeouts included); None: one attempt.
     pub retry: Option<RetryPolicy>,
 }
@@ -42,8 +48,14 @@ impl ActivityOptions {
     pub fn start_to_close(timeout: std::time::Duration) -> Self {
         Self {
             start_to_close: Some(timeout),
-            retry: None,
+            ..Self::default()
         }
+    }
+
+    /// The same options, with a schedule-to-close timeout on the whole call.
+    pub fn with_schedule_to_close(mut self, timeout: std::time::Duration) -> Self {
+        self.schedule_to_close = Some(timeout);
+        self
     }
 
     /// The same options, retrying under `policy`.
@@ -281,8 +293,9 @@ impl OrchestrationContext {
         )
     }
 
-    /// Calls an activity with [`ActivityOptions`]: a start-to-close timeout per attempt
-    /// (a `Timeout` failure, [`TaskError::is_timeout`], when it passes) and retries.
+    /// Calls an activity with [`ActivityOptions`]: a start-to-close timeout per attempt, a
+    /// schedule-to-close timeout on the whole call (either fails with a `Timeout`
+    /// failure, [`TaskError::is_timeout`]) and retries.
     ///
     /// ```
     /// # use std::time::Duration;
@@ -322,17 +335,41 @@ impl OrchestrationContext {
         Box::pin(async move {
             let input = input.map_err(|e| serialize_error(TaskKind::Activity, &name, e))?;
             let timeout = options.start_to_close;
-            match &options.retry {
-                Some(policy) => {
-                    run_with_retry(&ctx, policy, |attempt| {
-                        ctx.call_activity_attempt_within::<O>(&name, &input, attempt, timeout)
-                    })
-                    .await
-                }
-                None => {
-                    ctx.call_activity_attempt_within::<O>(&name, &input, 1, timeout)
-                        .await
-                }
+            let call: BoxFuture<'static, Result<O, TaskError>> = {
+                let (ctx, name, retry) = (ctx.clone(), name.clone(), options.retry.clone());
+                Box::pin(async move {
+                    match &retry {
+                        Some(policy) => {
+                            run_with_retry(&ctx, policy, |attempt| {
+                                ctx.call_activity_attempt_within::<O>(
+                                    &name, &input, attempt, timeout,
+                                )
+                            })
+                            .await
+                        }
+                        None => {
+                            ctx.call_activity_attempt_within::<O>(&name, &input, 1, timeout)
+                                .await
+                        }
+                    }
+                })
+            };
+            let Some(limit) = options.schedule_to_close else {
+                return call.await;
+            };
+            match crate::join::race(call, ctx.create_timer(limit)).await {
+                crate::join::Either::Left(r) => r,
+                crate::join::Either::Right(()) => Err(TaskError {
+                    kind: TaskKind::Activity,
+                    name: name.clone(),
+                    failure: FailureDetails::new(
+                        "Timeout",
+                        format!(
+                            "activity '{name}' did not finish within {limit:?} of being \
+                             scheduled (its schedule-to-close timeout)"
+                        ),
+                    ),
+                }),
             }
         })
     }
