@@ -31,7 +31,8 @@ pub struct ActivityOptions {
     /// clock. When it passes, the worker stops the activity (its `cancelled()` resolves,
     /// then it is aborted at its next await; code that blocks a thread cannot be stopped)
     /// and the attempt fails with a `Timeout` failure ([`TaskError::is_timeout`]), which
-    /// `retry` retries like any failure. None: no limit.
+    /// `retry` retries like any failure. None: the activity's default
+    /// (`#[activity(timeout = "30s")]`), else no limit.
     pub start_to_close: Option<std::time::Duration>,
     /// Longest the whole call may take, every attempt and the waits between them
     /// included, from when the orchestration makes it; measured with a durable timer (on

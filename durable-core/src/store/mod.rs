@@ -103,7 +103,8 @@ pub struct ActivityWorkItem {
     pub dequeue_count: u32,
     /// The start-to-close timeout of this attempt: the worker running it stops it and
     /// fails the task with a `Timeout` failure once this much store-clock time has passed
-    /// since it started. None: no limit.
+    /// since it started. None: the activity's default (`#[activity(timeout = "...")]`), if
+    /// any.
     pub start_to_close: Option<Duration>,
 }
 

@@ -208,8 +208,9 @@ pub(super) async fn run_activity(shared: &Shared, item: ActivityWorkItem) {
                 let every = poll.max(Duration::from_millis(1));
                 let mut check = tokio::time::interval_at(start + every, every);
                 check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                // The start-to-close deadline is on the store's clock, looked at often.
-                let limit = item.start_to_close;
+                // The start-to-close deadline (the call's, else the activity's default) is
+                // on the store's clock, looked at often.
+                let limit = item.start_to_close.or(entry.start_to_close);
                 let deadline = limit.map(|d| crate::store::after(shared.now(), d));
                 let step = limit
                     .unwrap_or(DEADLINE_CHECK)
