@@ -13,6 +13,17 @@ pub struct ActivityContext {
     pub(crate) dequeue_count: u32,
     /// Set by the worker when the result is no longer wanted; None outside a worker.
     pub(crate) cancel: Option<tokio::sync::watch::Receiver<bool>>,
+    /// Where heartbeats go (the worker watches it); None outside a worker.
+    pub(crate) beats: Option<std::sync::Arc<tokio::sync::watch::Sender<Beat>>>,
+    /// The heartbeat details the previous attempt of this call left when it timed out.
+    pub(crate) previous_details: Option<String>,
+}
+
+/// The latest heartbeat of a running activity: how many so far, and their last details.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Beat {
+    pub(crate) count: u64,
+    pub(crate) details: Option<String>,
 }
 
 impl ActivityContext {
@@ -26,6 +37,8 @@ impl ActivityContext {
             attempt: 1,
             dequeue_count: 1,
             cancel: None,
+            beats: None,
+            previous_details: None,
         }
     }
 
@@ -72,6 +85,34 @@ impl ActivityContext {
             }
             None => std::future::pending().await,
         }
+    }
+
+    /// Tells the worker this attempt is alive and making progress, resetting its heartbeat
+    /// timeout ([`ActivityOptions::heartbeat_timeout`](crate::ActivityOptions::heartbeat_timeout)),
+    /// and keeps `details` as its latest progress: if the attempt then times out, its
+    /// `Timeout` failure carries them (`FailureDetails::details`, JSON) to the
+    /// orchestration, and the call's next attempt reads them with
+    /// [`last_heartbeat_details`](Self::last_heartbeat_details). Cheap (no store write),
+    /// so heartbeats are not shown in the instance's status and do not survive a worker
+    /// crash. Details that do not serialize are dropped (the beat still counts). Outside a
+    /// worker it does nothing.
+    pub fn heartbeat(&self, details: &impl serde::Serialize) {
+        if let Some(beats) = &self.beats {
+            let details = serde_json::to_string(details).ok();
+            beats.send_modify(|b| {
+                b.count += 1;
+                if details.is_some() {
+                    b.details = details;
+                }
+            });
+        }
+    }
+
+    /// The heartbeat details the previous attempt of this call left when it timed out
+    /// (under a retry policy), decoded; None on a first attempt, after another kind of
+    /// failure, or when they do not decode as `T`.
+    pub fn last_heartbeat_details<T: serde::de::DeserializeOwned>(&self) -> Option<T> {
+        serde_json::from_str(self.previous_details.as_deref()?).ok()
     }
 
     /// True once [`cancelled`](Self::cancelled) has resolved.

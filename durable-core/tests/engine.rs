@@ -1991,3 +1991,89 @@ async fn a_timed_out_attempt_is_retried() {
     assert_eq!(failed, vec!["Timeout".to_string()]);
     h.runtime.shutdown().await;
 }
+
+fn heartbeat_registry() -> Registry {
+    use durable_core::ActivityOptions;
+    Registry::builder()
+        // Beats `{"done": n}` for n = 1..=steps, 20 ms apart, then finishes, or (with
+        // `stall`, on its first attempt) goes quiet forever. A later attempt starts from
+        // what the last one reported.
+        .activity(
+            "beats",
+            |ctx: durable_core::ActivityContext, (steps, stall): (u32, bool)| async move {
+                let from = ctx
+                    .last_heartbeat_details::<serde_json::Value>()
+                    .and_then(|v| v["done"].as_u64())
+                    .unwrap_or(0) as u32;
+                for n in from + 1..=steps {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    ctx.heartbeat(&serde_json::json!({ "done": n }));
+                }
+                if stall && ctx.attempt() == 1 {
+                    std::future::pending::<()>().await;
+                }
+                Ok::<_, ActivityError>(format!("attempt {} from {from}", ctx.attempt()))
+            },
+        )
+        .orchestrator(
+            "beating",
+            |ctx: OrchestrationContext, (steps, stall, attempts): (u32, bool, u32)| async move {
+                let mut options =
+                    ActivityOptions::default().with_heartbeat_timeout(Duration::from_millis(300));
+                if attempts > 1 {
+                    options =
+                        options.with_retry(RetryPolicy::new(attempts, Duration::from_millis(10)));
+                }
+                match ctx
+                    .call_activity_by_name_with_options::<String>(
+                        "beats",
+                        &(steps, stall),
+                        &options,
+                    )
+                    .await
+                {
+                    Ok(s) => Ok::<_, OrchestrationError>(s),
+                    Err(e) if e.is_timeout() => Ok(format!(
+                        "{} | {}",
+                        e.failure.message,
+                        e.failure.details.unwrap_or_default()
+                    )),
+                    Err(e) => Err(e.into()),
+                }
+            },
+        )
+        .build()
+        .unwrap()
+}
+
+/// Heartbeats: an activity that keeps beating runs past its heartbeat timeout; one that
+/// goes quiet is stopped with a `Timeout` carrying its last details, and the call's next
+/// attempt resumes from them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_keep_an_activity_alive_and_carry_its_progress() {
+    let h = start(heartbeat_registry(), 1000);
+    let run = |input: &'static str| {
+        let c = h.client.clone();
+        async move {
+            let id = c
+                .start_by_name("beating", Some(input.into()), StartOptions::default())
+                .await
+                .unwrap();
+            let st = c.wait_for_completion(&id, WAIT).await.unwrap();
+            assert_eq!(st.status, RuntimeStatus::Completed, "{st:?}");
+            serde_json::from_str::<String>(&st.output.unwrap()).unwrap()
+        }
+    };
+    // 30 beats, 20 ms apart: about 600 ms, twice the heartbeat timeout.
+    assert_eq!(run("[30,false,1]").await, "attempt 1 from 0");
+    // Quiet after 3 beats, no retry: the timeout carries the last details.
+    let out = run("[3,true,1]").await;
+    assert!(
+        out.starts_with("activity 'beats' sent no heartbeat for 300ms"),
+        "{out}"
+    );
+    assert!(out.ends_with(r#"| {"done":3}"#), "{out}");
+    // With a retry, the second attempt starts from where the first got to.
+    assert_eq!(run("[5,true,2]").await, "attempt 2 from 5");
+    h.runtime.shutdown().await;
+}

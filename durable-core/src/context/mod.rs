@@ -34,6 +34,12 @@ pub struct ActivityOptions {
     /// `retry` retries like any failure. None: the activity's default
     /// (`#[activity(timeout = "30s")]`), else no limit.
     pub start_to_close: Option<std::time::Duration>,
+    /// Longest an attempt may go without a heartbeat (`ActivityContext::heartbeat`), from
+    /// when it starts or its last heartbeat, on the store's clock. When it passes, the
+    /// attempt is stopped like at its `start_to_close` and fails with a `Timeout` failure
+    /// whose `details` are the last heartbeat's; the call's next attempt reads them with
+    /// `ActivityContext::last_heartbeat_details`. None: no limit.
+    pub heartbeat_timeout: Option<std::time::Duration>,
     /// Longest the whole call may take, every attempt and the waits between them
     /// included, from when the orchestration makes it; measured with a durable timer (on
     /// the store's clock). When it passes first, the call fails with a `Timeout` failure
@@ -53,6 +59,12 @@ impl ActivityOptions {
         }
     }
 
+    /// The same options, with a heartbeat timeout on each attempt.
+    pub fn with_heartbeat_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.heartbeat_timeout = Some(timeout);
+        self
+    }
+
     /// The same options, with a schedule-to-close timeout on the whole call.
     pub fn with_schedule_to_close(mut self, timeout: std::time::Duration) -> Self {
         self.schedule_to_close = Some(timeout);
@@ -64,6 +76,14 @@ impl ActivityOptions {
         self.retry = Some(policy);
         self
     }
+}
+
+/// The limits one activity attempt is scheduled with.
+#[derive(Clone, Debug, Default)]
+struct AttemptLimits {
+    start_to_close: Option<std::time::Duration>,
+    heartbeat_timeout: Option<std::time::Duration>,
+    heartbeat_details: Option<String>,
 }
 
 /// What happens to a running sub-orchestration when its parent is terminated or purged.
@@ -267,7 +287,7 @@ impl OrchestrationContext {
         input: &(impl Serialize + ?Sized),
         attempt: u32,
     ) -> DurableFuture<Result<O, TaskError>> {
-        self.call_activity_attempt_within(name, input, attempt, None)
+        self.call_activity_attempt_within(name, input, attempt, AttemptLimits::default())
     }
 
     fn call_activity_attempt_within<O: DeserializeOwned>(
@@ -275,7 +295,7 @@ impl OrchestrationContext {
         name: &str,
         input: &(impl Serialize + ?Sized),
         attempt: u32,
-        start_to_close: Option<std::time::Duration>,
+        limits: AttemptLimits,
     ) -> DurableFuture<Result<O, TaskError>> {
         let input = match serialize(TaskKind::Activity, name, input) {
             Ok(i) => i,
@@ -286,7 +306,9 @@ impl OrchestrationContext {
                 name: name.to_string(),
                 input,
                 attempt,
-                start_to_close,
+                start_to_close: limits.start_to_close,
+                heartbeat_timeout: limits.heartbeat_timeout,
+                heartbeat_details: limits.heartbeat_details,
             },
             TaskKind::Activity,
             name,
@@ -335,23 +357,39 @@ impl OrchestrationContext {
         let input = serde_json::to_value(input);
         Box::pin(async move {
             let input = input.map_err(|e| serialize_error(TaskKind::Activity, &name, e))?;
-            let timeout = options.start_to_close;
+            let (start_to_close, heartbeat_timeout) =
+                (options.start_to_close, options.heartbeat_timeout);
             let call: BoxFuture<'static, Result<O, TaskError>> = {
                 let (ctx, name, retry) = (ctx.clone(), name.clone(), options.retry.clone());
                 Box::pin(async move {
+                    // The heartbeat details a timed-out attempt left, for the next one.
+                    let left = Arc::new(Mutex::new(None::<String>));
+                    let attempt_fn = |attempt: u32| {
+                        let limits = AttemptLimits {
+                            start_to_close,
+                            heartbeat_timeout,
+                            heartbeat_details: left
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .clone(),
+                        };
+                        let call =
+                            ctx.call_activity_attempt_within::<O>(&name, &input, attempt, limits);
+                        let left = left.clone();
+                        async move {
+                            let r = call.await;
+                            if let Err(e) = &r {
+                                if e.is_timeout() {
+                                    *left.lock().unwrap_or_else(|e| e.into_inner()) =
+                                        e.failure.details.clone();
+                                }
+                            }
+                            r
+                        }
+                    };
                     match &retry {
-                        Some(policy) => {
-                            run_with_retry(&ctx, policy, |attempt| {
-                                ctx.call_activity_attempt_within::<O>(
-                                    &name, &input, attempt, timeout,
-                                )
-                            })
-                            .await
-                        }
-                        None => {
-                            ctx.call_activity_attempt_within::<O>(&name, &input, 1, timeout)
-                                .await
-                        }
+                        Some(policy) => run_with_retry(&ctx, policy, attempt_fn).await,
+                        None => attempt_fn(1).await,
                     }
                 })
             };

@@ -19,6 +19,10 @@ pub(crate) enum Action {
         attempt: u32,
         /// Start-to-close timeout of this attempt (not recorded in history).
         start_to_close: Option<std::time::Duration>,
+        /// Heartbeat timeout of this attempt (not recorded in history).
+        heartbeat_timeout: Option<std::time::Duration>,
+        /// The previous attempt's last heartbeat details (not recorded in history).
+        heartbeat_details: Option<String>,
     },
     Timer {
         fire_at: DateTime<Utc>,
@@ -66,6 +70,8 @@ impl Action {
                 input: input.clone(),
                 attempt: 1,
                 start_to_close: None,
+                heartbeat_timeout: None,
+                heartbeat_details: None,
             },
             EventKind::TimerCreated { fire_at } => Action::Timer { fire_at: *fire_at },
             EventKind::SubOrchestrationInstanceCreated {

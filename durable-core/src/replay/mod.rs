@@ -297,6 +297,10 @@ pub(crate) struct ScheduledActivity {
     pub attempt: u32,
     /// Start-to-close timeout of the attempt.
     pub start_to_close: Option<std::time::Duration>,
+    /// Heartbeat timeout of the attempt.
+    pub heartbeat_timeout: Option<std::time::Duration>,
+    /// The previous attempt's last heartbeat details.
+    pub heartbeat_details: Option<String>,
 }
 
 /// Everything one episode changes; it consumes every message of its inbox.
@@ -728,6 +732,8 @@ fn side_effects(
             input,
             attempt,
             start_to_close,
+            heartbeat_timeout,
+            heartbeat_details,
         } => commit.activities.push(ScheduledActivity {
             execution_id: state.execution_id.clone(),
             seq,
@@ -735,6 +741,8 @@ fn side_effects(
             input: input.clone(),
             attempt: *attempt,
             start_to_close: *start_to_close,
+            heartbeat_timeout: *heartbeat_timeout,
+            heartbeat_details: heartbeat_details.clone(),
         }),
         Action::Timer { fire_at } => {
             if schedule_timers {

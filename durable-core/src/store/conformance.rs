@@ -94,6 +94,8 @@ fn activity(item: &OrchestrationWorkItem, seq: u64) -> ActivityWorkItem {
         lease_token: String::new(),
         dequeue_count: 0,
         start_to_close: None,
+        heartbeat_timeout: None,
+        heartbeat_details: None,
     }
 }
 
@@ -475,8 +477,8 @@ pub async fn orchestration_dequeue_count(store: Arc<dyn Store>) {
     );
 }
 
-/// An activity's start-to-close timeout is kept with its work item, to the microsecond;
-/// an item without one has none.
+/// An activity's timeouts and heartbeat details are kept with its work item (times to the
+/// microsecond); an item without them has none.
 pub async fn activity_timeout_is_kept(store: Arc<dyn Store>) {
     store.create_instance(new_instance("a")).await.unwrap();
     let item = fetch(&*store).await;
@@ -484,6 +486,8 @@ pub async fn activity_timeout_is_kept(store: Arc<dyn Store>) {
     c.state = Some(running(&item));
     let mut timed = activity(&item, 0);
     timed.start_to_close = Some(Duration::from_micros(1_500_001));
+    timed.heartbeat_timeout = Some(Duration::from_millis(250));
+    timed.heartbeat_details = Some("{\"done\":3}".into());
     c.activities.push(timed);
     c.activities.push(activity(&item, 1));
     store.commit_orchestration(c).await.unwrap();
@@ -494,7 +498,11 @@ pub async fn activity_timeout_is_kept(store: Arc<dyn Store>) {
         got[0].start_to_close,
         Some(Duration::from_micros(1_500_001))
     );
+    assert_eq!(got[0].heartbeat_timeout, Some(Duration::from_millis(250)));
+    assert_eq!(got[0].heartbeat_details.as_deref(), Some("{\"done\":3}"));
     assert_eq!(got[1].start_to_close, None);
+    assert_eq!(got[1].heartbeat_timeout, None);
+    assert_eq!(got[1].heartbeat_details, None);
 }
 
 /// Abandoning releases the lease; the messages come back after the delay; a stale token

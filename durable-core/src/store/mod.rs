@@ -106,6 +106,13 @@ pub struct ActivityWorkItem {
     /// since it started. None: the activity's default (`#[activity(timeout = "...")]`), if
     /// any.
     pub start_to_close: Option<Duration>,
+    /// The heartbeat timeout of this attempt: the worker stops it and fails the task with
+    /// a `Timeout` failure once this much store-clock time passes without a heartbeat
+    /// (`ActivityContext::heartbeat`). None: no limit.
+    pub heartbeat_timeout: Option<Duration>,
+    /// The heartbeat details (JSON) the previous attempt of this call left when it timed
+    /// out, for this one to resume from (`ActivityContext::last_heartbeat_details`).
+    pub heartbeat_details: Option<String>,
 }
 
 /// Persistence for instances, histories, queues and leases.

@@ -189,6 +189,7 @@ pub(super) async fn run_activity(shared: &Shared, item: ActivityWorkItem) {
             )),
             Some(entry) => {
                 let (cancel, cancelled) = tokio::sync::watch::channel(false);
+                let (beat_tx, mut beats) = tokio::sync::watch::channel(crate::activity::Beat::default());
                 let ctx = ActivityContext {
                     instance_id: item.instance_id.clone(),
                     execution_id: item.execution_id.clone(),
@@ -197,6 +198,8 @@ pub(super) async fn run_activity(shared: &Shared, item: ActivityWorkItem) {
                     attempt: item.attempt,
                     dequeue_count: item.dequeue_count,
                     cancel: Some(cancelled),
+                    beats: Some(std::sync::Arc::new(beat_tx)),
+                    previous_details: item.heartbeat_details.clone(),
                 };
                 let fut = (entry.invoke)(ctx, item.input.clone());
                 let handle = tokio::spawn(fut);
@@ -212,8 +215,12 @@ pub(super) async fn run_activity(shared: &Shared, item: ActivityWorkItem) {
                 // on the store's clock, looked at often.
                 let limit = item.start_to_close.or(entry.start_to_close);
                 let deadline = limit.map(|d| crate::store::after(shared.now(), d));
+                // The heartbeat deadline moves with each heartbeat.
+                let beat_limit = item.heartbeat_timeout;
+                let mut last_beat = shared.now();
                 let step = limit
                     .unwrap_or(DEADLINE_CHECK)
+                    .min(beat_limit.unwrap_or(DEADLINE_CHECK))
                     .min(DEADLINE_CHECK)
                     .max(Duration::from_millis(1));
                 let mut timer = tokio::time::interval_at(start + step, step);
@@ -238,12 +245,31 @@ pub(super) async fn run_activity(shared: &Shared, item: ActivityWorkItem) {
                                 }
                             }
                         }
-                        _ = timer.tick(), if deadline.is_some() => {
-                            if deadline.is_some_and(|t| shared.now() >= t) {
+                        _ = timer.tick(), if deadline.is_some() || beat_limit.is_some() => {
+                            let now = shared.now();
+                            if beats.has_changed().unwrap_or(false) {
+                                beats.borrow_and_update();
+                                last_beat = now;
+                            }
+                            if let Some(h) = beat_limit.filter(|h| now >= crate::store::after(last_beat, *h)) {
+                                tracing::warn!(timeout = ?h, "the activity went past its heartbeat timeout; stopping it");
+                                cancel.send_replace(true);
+                                handle.abort();
+                                let mut failure = FailureDetails::new(
+                                    "Timeout",
+                                    format!(
+                                        "activity '{}' sent no heartbeat for {h:?} (its heartbeat timeout; attempt {})",
+                                        item.name, item.attempt
+                                    ),
+                                );
+                                failure.details = beats.borrow().details.clone();
+                                break Err(failure);
+                            }
+                            if deadline.is_some_and(|t| now >= t) {
                                 tracing::warn!(timeout = ?limit, "the activity ran past its start-to-close timeout; stopping it");
                                 cancel.send_replace(true);
                                 handle.abort();
-                                break Err(FailureDetails::new(
+                                let mut failure = FailureDetails::new(
                                     "Timeout",
                                     format!(
                                         "activity '{}' did not finish within {:?} of starting (its start-to-close timeout; attempt {})",
@@ -251,7 +277,9 @@ pub(super) async fn run_activity(shared: &Shared, item: ActivityWorkItem) {
                                         limit.unwrap_or_default(),
                                         item.attempt
                                     ),
-                                ));
+                                );
+                                failure.details = beats.borrow().details.clone();
+                                break Err(failure);
                             }
                         }
                         _ = check.tick(), if !poll.is_zero() && !*cancel.borrow() => {

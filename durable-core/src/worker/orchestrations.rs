@@ -201,6 +201,8 @@ pub(super) fn commit_of(item: &OrchestrationWorkItem, episode: Episode) -> Orche
                 lease_token: String::new(),
                 dequeue_count: 0,
                 start_to_close: a.start_to_close,
+                heartbeat_timeout: a.heartbeat_timeout,
+                heartbeat_details: a.heartbeat_details,
             })
             .collect(),
         messages: episode.messages,

@@ -471,6 +471,10 @@ struct ActivityRow {
     attempt: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     start_to_close_us: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    heartbeat_timeout_us: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    heartbeat_details: Option<String>,
 }
 
 impl From<&ActivityWorkItem> for ActivityRow {
@@ -484,6 +488,10 @@ impl From<&ActivityWorkItem> for ActivityRow {
             start_to_close_us: a
                 .start_to_close
                 .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
+            heartbeat_timeout_us: a
+                .heartbeat_timeout
+                .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
+            heartbeat_details: a.heartbeat_details.clone(),
         }
     }
 }
@@ -528,6 +536,8 @@ pub(super) fn fetch_activities(
             input: row.input,
             attempt: row.attempt,
             start_to_close: row.start_to_close_us.map(Duration::from_micros),
+            heartbeat_timeout: row.heartbeat_timeout_us.map(Duration::from_micros),
+            heartbeat_details: row.heartbeat_details,
             lease_token: token,
             dequeue_count,
         });

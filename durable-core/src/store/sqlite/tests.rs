@@ -250,6 +250,8 @@ async fn opening_gives_back_the_leases_a_dead_process_left() {
                     lease_token: String::new(),
                     dequeue_count: 0,
                     start_to_close: None,
+                    heartbeat_timeout: None,
+                    heartbeat_details: None,
                 }],
                 messages: Vec::new(),
                 new_instances: Vec::new(),
