@@ -15,6 +15,11 @@
 //! Each scenario runs in a child process of its own, so the reported peak RSS belongs to
 //! that scenario alone. Timings are measured here and never asserted in tests.
 //!
+//! The `recovery` scenario (SQLite only) kills a worker process with SIGKILL while 300
+//! HelloSequence5 instances run (activities taking a second each, under the default
+//! one-minute activity lease), then reopens the file and measures how long the restarted
+//! worker (whose activities take no time) takes to finish them all.
+//!
 //! The `http-*` scenarios serve a real [`durable_http::Host`] on an ephemeral loopback port
 //! and drive it with a built-in load generator: a fixed number of keep-alive HTTP/1.1
 //! connections, each sending its share of a bounded number of requests one after the other.
@@ -43,6 +48,7 @@ const SCENARIOS: &[&str] = &[
     "http-status",
     "hosts-1",
     "hosts-3",
+    "recovery",
 ];
 
 /// Scenarios that need a store shared by several processes.
@@ -90,6 +96,12 @@ fn main() {
             "--child" => {
                 child = true;
                 i -= 1;
+            }
+            "--recovery-host" => {
+                // The process the recovery scenario kills: starts its instances on the
+                // SQLite file, says so, and works until killed.
+                run_recovery_host(&value());
+                return;
             }
             "--worker" => {
                 // A worker process of a multi-host scenario: serves the schema until its
@@ -145,6 +157,9 @@ fn main() {
     for st in &stores {
         for sc in &scenarios {
             if MULTI_HOST.contains(sc) && *st != "postgres" {
+                continue;
+            }
+            if *sc == "recovery" && *st != "sqlite" {
                 continue;
             }
             eprintln!("running {sc} on {st} ...");
@@ -344,6 +359,94 @@ fn run_worker(schema: &str) {
     });
 }
 
+/// Instances the recovery scenario has in flight when it kills their worker.
+const RECOVERY_INSTANCES: u64 = 300;
+
+/// How long `say_hello_paced` takes: long in the process the recovery scenario kills (so
+/// the kill finds activities running), nothing after the restart (so what is measured is
+/// the recovery, not the work).
+static PACE_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The worker process the recovery scenario kills: default options (one-minute activity
+/// leases), [`RECOVERY_INSTANCES`] paced HelloSequence5 instances started on `db`, each
+/// activity taking a second.
+fn run_recovery_host(db: &str) {
+    PACE_MS.store(1000, std::sync::atomic::Ordering::Relaxed);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    rt.block_on(async {
+        let store = durable_core::store::sqlite::SqliteStore::open(db).expect("open sqlite");
+        let worker = runtime(Arc::new(store), 20_000);
+        let c = worker.client();
+        for _ in 0..RECOVERY_INSTANCES {
+            start(&c, "hello_sequence5_paced", "null").await;
+        }
+        println!("started");
+        std::future::pending::<()>().await;
+    });
+}
+
+/// SIGKILL with work in flight, then a restart on the same SQLite file: the time from
+/// reopening the file to the last instance completed.
+async fn recovery_scenario() -> Row {
+    use std::io::BufRead;
+    let dir = std::env::temp_dir().join(format!("durable-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let db = dir.join("recovery.db");
+    for ext in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{ext}", db.display()));
+    }
+    let exe = std::env::current_exe().expect("own path");
+    let mut host = std::process::Command::new(&exe)
+        .arg("--recovery-host")
+        .arg(&db)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("host starts");
+    let mut line = String::new();
+    std::io::BufReader::new(host.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("host says it started");
+    // Mid-flight: activities running under their leases, the rest queued.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    host.kill().expect("SIGKILL");
+    host.wait().expect("host exits");
+    let t = Instant::now();
+    let store: Arc<dyn Store> =
+        Arc::new(durable_core::store::sqlite::SqliteStore::open(&db).expect("reopen sqlite"));
+    let running = store
+        .list_instances(&durable_core::InstanceFilter::default(), 10_000, None)
+        .await
+        .expect("list")
+        .items
+        .into_iter()
+        .filter(|s| !s.status.is_terminal())
+        .map(|s| s.instance_id)
+        .collect::<Vec<_>>();
+    let rt = runtime(store, 20_000);
+    let c = rt.client();
+    for id in &running {
+        completed(&c, id).await;
+    }
+    let wall = t.elapsed();
+    let mut r = row(
+        "recovery",
+        "sqlite",
+        running.len() as u64,
+        "orchestrations/s",
+        wall,
+    );
+    r.extra = Some(format!(
+        "{} of {RECOVERY_INSTANCES} instances unfinished at SIGKILL; wall = reopen to all done",
+        running.len()
+    ));
+    rt.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    r
+}
+
 /// HelloSequence5 ×`n` started by this process (a client only) and run by `hosts` worker
 /// processes sharing one PostgreSQL schema.
 async fn multi_host_scenario(scenario: &str, hosts: usize, n: u64) -> Row {
@@ -419,6 +522,11 @@ fn registry() -> Registry {
         .activity("say_hello", |_ctx, name: String| async move {
             Ok::<_, ActivityError>(format!("Hello {name}!"))
         })
+        .activity("say_hello_paced", |_ctx, name: String| async move {
+            let pace = PACE_MS.load(std::sync::atomic::Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(pace)).await;
+            Ok::<_, ActivityError>(format!("Hello {name}!"))
+        })
         .activity("add_one", |_ctx, n: u64| async move {
             Ok::<_, ActivityError>(n + 1)
         })
@@ -432,6 +540,19 @@ fn registry() -> Registry {
                 for city in ["Tokyo", "Seattle", "London", "Paris", "Cairo"] {
                     out.push(
                         ctx.call_activity_by_name::<String>("say_hello", &city)
+                            .await?,
+                    );
+                }
+                Ok::<_, OrchestrationError>(out)
+            },
+        )
+        .orchestrator(
+            "hello_sequence5_paced",
+            |ctx: OrchestrationContext, _: ()| async move {
+                let mut out = Vec::with_capacity(5);
+                for city in ["Tokyo", "Seattle", "London", "Paris", "Cairo"] {
+                    out.push(
+                        ctx.call_activity_by_name::<String>("say_hello_paced", &city)
                             .await?,
                     );
                 }
@@ -536,6 +657,12 @@ async fn run_scenario(scenario: &str, store_kind: &str) -> Row {
     if let Some(hosts) = scenario.strip_prefix("hosts-") {
         let hosts = hosts.parse().expect("host count");
         let mut r = multi_host_scenario(scenario, hosts, 2000).await;
+        r.peak_rss_mb = peak_rss_mb();
+        r.cpu_ms = cpu_ms();
+        return r;
+    }
+    if scenario == "recovery" {
+        let mut r = recovery_scenario().await;
         r.peak_rss_mb = peak_rss_mb();
         r.cpu_ms = cpu_ms();
         return r;

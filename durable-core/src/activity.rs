@@ -1,6 +1,6 @@
 //! `ActivityContext`: what an activity execution knows about itself (instance, attempt,
-//! idempotency key). Activities run at least once; use the key to make side effects
-//! idempotent.
+//! idempotency key) and whether its result is still wanted. Activities run at least once;
+//! use the key to make side effects idempotent.
 
 /// Context passed to an activity that asks for it as its first parameter.
 #[derive(Clone, Debug)]
@@ -11,6 +11,19 @@ pub struct ActivityContext {
     pub(crate) seq: u64,
     pub(crate) attempt: u32,
     pub(crate) dequeue_count: u32,
+    /// Set by the worker when the result is no longer wanted; None outside a worker.
+    pub(crate) cancel: Option<tokio::sync::watch::Receiver<bool>>,
+    /// Where heartbeats go (the worker watches it); None outside a worker.
+    pub(crate) beats: Option<std::sync::Arc<tokio::sync::watch::Sender<Beat>>>,
+    /// The heartbeat details the previous attempt of this call left when it timed out.
+    pub(crate) previous_details: Option<String>,
+}
+
+/// The latest heartbeat of a running activity: how many so far, and their last details.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Beat {
+    pub(crate) count: u64,
+    pub(crate) details: Option<String>,
 }
 
 impl ActivityContext {
@@ -23,6 +36,9 @@ impl ActivityContext {
             seq: 0,
             attempt: 1,
             dequeue_count: 1,
+            cancel: None,
+            beats: None,
+            previous_details: None,
         }
     }
 
@@ -45,6 +61,63 @@ impl ActivityContext {
     /// crash or an expired lease: activities run at least once).
     pub fn dequeue_count(&self) -> u32 {
         self.dequeue_count
+    }
+
+    /// Resolves when the result of this execution is no longer wanted, so a well-behaved
+    /// activity can stop early (and return anything: its result is then dropped or
+    /// refused). That is the case when the orchestration instance is no longer running
+    /// the execution that scheduled it (terminated, failed, completed, continued as new,
+    /// or purged) or when this worker lost the activity's lease (another worker runs it
+    /// now). The worker looks at the instance every
+    /// [`WorkerOptions::activity_cancel_poll`](crate::WorkerOptions::activity_cancel_poll)
+    /// and at the lease when renewing it, so this comes that late at worst.
+    ///
+    /// Best effort: nothing forces an activity to stop; an activity whose orchestration
+    /// merely stopped waiting for it (the losing branch of `when_any`, a timer that won a
+    /// race) is not told, since that is not recorded; and outside a worker
+    /// ([`for_test`](Self::for_test)) this never resolves.
+    pub async fn cancelled(&self) {
+        match &self.cancel {
+            Some(rx) => {
+                let mut rx = rx.clone();
+                // An error means the worker dropped its side: the activity is over anyway.
+                let _ = rx.wait_for(|c| *c).await;
+            }
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Tells the worker this attempt is alive and making progress, resetting its heartbeat
+    /// timeout ([`ActivityOptions::heartbeat_timeout`](crate::ActivityOptions::heartbeat_timeout)),
+    /// and keeps `details` as its latest progress: if the attempt then times out, its
+    /// `Timeout` failure carries them (`FailureDetails::details`, JSON) to the
+    /// orchestration, and the call's next attempt reads them with
+    /// [`last_heartbeat_details`](Self::last_heartbeat_details). Cheap (no store write),
+    /// so heartbeats are not shown in the instance's status and do not survive a worker
+    /// crash. Details that do not serialize are dropped (the beat still counts). Outside a
+    /// worker it does nothing.
+    pub fn heartbeat(&self, details: &impl serde::Serialize) {
+        if let Some(beats) = &self.beats {
+            let details = serde_json::to_string(details).ok();
+            beats.send_modify(|b| {
+                b.count += 1;
+                if details.is_some() {
+                    b.details = details;
+                }
+            });
+        }
+    }
+
+    /// The heartbeat details the previous attempt of this call left when it timed out
+    /// (under a retry policy), decoded; None on a first attempt, after another kind of
+    /// failure, or when they do not decode as `T`.
+    pub fn last_heartbeat_details<T: serde::de::DeserializeOwned>(&self) -> Option<T> {
+        serde_json::from_str(self.previous_details.as_deref()?).ok()
+    }
+
+    /// True once [`cancelled`](Self::cancelled) has resolved.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.as_ref().is_some_and(|rx| *rx.borrow())
     }
 
     /// A key that is the same for every delivery of this task and different for every

@@ -436,6 +436,10 @@ impl DurableClient {
     }
 
     /// Terminates a running, pending or suspended instance.
+    ///
+    /// Parent-close policy: its episode that records the termination also terminates the
+    /// sub-orchestrations it started that have not finished (and they theirs), except those
+    /// started with [`ParentClosePolicy::Abandon`](crate::ParentClosePolicy::Abandon).
     pub async fn terminate(&self, instance_id: &str, reason: Option<&str>) -> Result<(), Error> {
         self.send_control(
             instance_id,
@@ -511,6 +515,11 @@ impl DurableClient {
     }
 
     /// Deletes a finished instance and its history. Returns false when it does not exist.
+    ///
+    /// Parent-close policy: the sub-orchestrations its current execution started go with
+    /// it, finished or not (and theirs in turn), except those started with
+    /// [`ParentClosePolicy::Abandon`](crate::ParentClosePolicy::Abandon) and ids that now
+    /// belong to an instance of another parent.
     pub async fn purge(&self, instance_id: &str) -> Result<bool, Error> {
         let Some(state) = self.store.get_instance(instance_id).await? else {
             return Ok(false);
@@ -522,7 +531,42 @@ impl DurableClient {
                 operation: "purge",
             });
         }
-        Ok(self.store.purge_instance(instance_id).await?)
+        let mut pending = self.children_to_purge(instance_id).await?;
+        let purged = self.store.purge_instance(instance_id).await?;
+        let mut seen = std::collections::HashSet::from([instance_id.to_string()]);
+        while let Some((parent, child)) = pending.pop() {
+            if !seen.insert(child.clone()) {
+                continue;
+            }
+            let Some(st) = self.store.get_instance(&child).await? else {
+                continue;
+            };
+            if st.parent.as_ref().is_none_or(|p| p.instance_id != parent) {
+                continue;
+            }
+            pending.extend(self.children_to_purge(&child).await?);
+            self.store.purge_instance(&child).await?;
+        }
+        Ok(purged)
+    }
+
+    /// (parent, child) for each sub-orchestration the current execution of `parent`
+    /// started without [`ParentClosePolicy::Abandon`](crate::ParentClosePolicy::Abandon).
+    async fn children_to_purge(&self, parent: &str) -> Result<Vec<(String, String)>, Error> {
+        Ok(self
+            .store
+            .read_history(parent)
+            .await?
+            .into_iter()
+            .filter_map(|e| match e.kind {
+                EventKind::SubOrchestrationInstanceCreated {
+                    instance_id,
+                    abandon_on_parent_close: false,
+                    ..
+                } => Some((parent.to_string(), instance_id)),
+                _ => None,
+            })
+            .collect())
     }
 
     /// Deletes every finished instance matching the filter; returns how many.

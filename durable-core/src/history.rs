@@ -175,6 +175,10 @@ pub enum EventKind {
         instance_id: String,
         /// JSON input.
         input: Option<String>,
+        /// The child keeps running when this instance is terminated or purged
+        /// ([`ParentClosePolicy::Abandon`](crate::context::ParentClosePolicy::Abandon)).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        abandon_on_parent_close: bool,
     },
     /// A sub-orchestration completed.
     SubOrchestrationInstanceCompleted {

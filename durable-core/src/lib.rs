@@ -65,7 +65,8 @@ pub mod worker;
 pub use activity::ActivityContext;
 pub use client::{DurableClient, OrchestrationStatus, StartOptions, StatusOptions};
 pub use context::{
-    CriticalSection, DurableFuture, EventFuture, LockFuture, OrchestrationContext, TimerTarget,
+    ActivityOptions, CriticalSection, DurableFuture, EventFuture, LockFuture, OrchestrationContext,
+    ParentClosePolicy, SubOrchestrationOptions, TimerTarget,
 };
 pub use durable_macros::{activity, entity, orchestrator};
 pub use entity::{EntityContext, EntityId, EntityMetadata, Operation};

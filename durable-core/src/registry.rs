@@ -114,6 +114,8 @@ pub struct ActivityRegistration {
     pub name: &'static str,
     /// Entry point.
     pub invoke: fn(ActivityContext, Option<String>) -> BoxFuture<'static, Outcome>,
+    /// The default start-to-close timeout (`timeout = "..."`), in milliseconds.
+    pub start_to_close_ms: Option<u64>,
     /// `module::path` and `file:line` of the definition, for duplicate-name errors.
     pub location: &'static str,
 }
@@ -179,6 +181,9 @@ pub struct ActivityEntry {
     pub name: String,
     /// Entry point.
     pub invoke: ActivityFn,
+    /// The start-to-close timeout of calls that set none
+    /// ([`ActivityOptions::start_to_close`](crate::ActivityOptions::start_to_close)).
+    pub start_to_close: Option<std::time::Duration>,
     /// Where it was defined.
     pub location: String,
 }
@@ -319,6 +324,7 @@ impl RegistryBuilder {
             self.activities.push(ActivityEntry {
                 name: r.name.to_string(),
                 invoke: Arc::new(invoke),
+                start_to_close: r.start_to_close_ms.map(std::time::Duration::from_millis),
                 location: r.location.to_string(),
             });
         }
@@ -490,6 +496,7 @@ where
                 f(ctx, input).await.into_outcome()
             })
         }),
+        start_to_close: None,
         location: format!("{name} (registered at run time)"),
     }
 }

@@ -1409,3 +1409,671 @@ async fn an_activity_that_never_completes_becomes_poison() {
     assert_eq!(STARTED.load(Ordering::SeqCst), 2);
     rt.shutdown().await;
 }
+
+/// An orchestration whose work item keeps going to workers that die before committing
+/// (simulated: taken by a worker id that never commits, then released as a restart
+/// would) fails with `Poison` once over `max_orchestration_dequeues`, without running its
+/// code again; under the limit it runs as usual, and the count starts over at each commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_orchestration_that_keeps_crashing_its_worker_is_poison() {
+    use durable_core::store::WorkerId;
+    static RAN: AtomicU32 = AtomicU32::new(0);
+    let reg = || {
+        hello_registry()
+            .orchestrator("counted", |ctx: OrchestrationContext, _: ()| async move {
+                if !ctx.is_replaying() {
+                    RAN.fetch_add(1, Ordering::SeqCst);
+                }
+                let s: String = ctx.call_activity_by_name("say_hello", &"x").await?;
+                Ok::<_, OrchestrationError>(s)
+            })
+            .build()
+            .unwrap()
+    };
+    let dead = WorkerId::new("crashing-worker");
+    for (max, poisoned) in [(3u32, true), (4, false)] {
+        RAN.store(0, Ordering::SeqCst);
+        let store = Arc::new(MemoryStore::new());
+        let client = DurableClient::with_registry(store.clone(), Arc::new(reg()));
+        let id = client
+            .start_by_name("counted", None, StartOptions::default())
+            .await
+            .unwrap();
+        for n in 1..=3 {
+            let item = store
+                .fetch_orchestration_work(&dead, Duration::from_secs(60), 1, WAIT)
+                .await
+                .unwrap()
+                .pop()
+                .expect("the instance's work item");
+            assert_eq!(item.dequeue_count, n);
+            assert_eq!(store.release_leases(&dead).await.unwrap(), 1);
+        }
+        let rt = Worker::builder(store.clone())
+            .registry(reg())
+            .options(durable_core::WorkerOptions {
+                max_orchestration_dequeues: max,
+                ..Default::default()
+            })
+            .start()
+            .unwrap();
+        let st = client.wait_for_completion(&id, WAIT).await.unwrap();
+        if poisoned {
+            assert_eq!(st.status, RuntimeStatus::Failed, "max {max}");
+            let failure = st.failure.unwrap();
+            assert_eq!(failure.error_type, "Poison");
+            assert!(
+                failure
+                    .message
+                    .contains("'counted' was handed to a worker 4 times"),
+                "{failure}"
+            );
+            assert_eq!(RAN.load(Ordering::SeqCst), 0, "its code never ran");
+        } else {
+            // The fourth hand-out is within the limit; the episodes after it commit, so
+            // the count starts over and the later steps are never near the limit.
+            assert_eq!(st.status, RuntimeStatus::Completed, "max {max}: {st:?}");
+            assert_eq!(st.output.as_deref(), Some("\"Hello x!\""));
+        }
+        rt.shutdown().await;
+    }
+}
+
+fn parent_close_registry() -> Registry {
+    use durable_core::SubOrchestrationOptions;
+    Registry::builder()
+        .orchestrator("quick", |_ctx: OrchestrationContext, n: i64| async move {
+            Ok::<_, OrchestrationError>(n)
+        })
+        // Waits for "go"; with `nest`, starts a waiter of its own and waits for it instead.
+        .orchestrator(
+            "waiter",
+            |ctx: OrchestrationContext, nest: bool| async move {
+                let v: i64 = if nest {
+                    ctx.call_sub_orchestrator_by_name("waiter", None, &false)
+                        .await?
+                } else {
+                    ctx.wait_for_external_event("go").await?
+                };
+                Ok::<_, OrchestrationError>(v)
+            },
+        )
+        .orchestrator("parent", |ctx: OrchestrationContext, _: ()| async move {
+            let id = ctx.instance_id().to_string();
+            let with_id = |suffix: &str| SubOrchestrationOptions {
+                instance_id: Some(format!("{id}-{suffix}")),
+                ..Default::default()
+            };
+            let done: i64 = ctx
+                .call_sub_orchestrator_by_name_with_options("quick", &1, &with_id("done"))
+                .await?;
+            let kept = SubOrchestrationOptions {
+                instance_id: Some(format!("{id}-kept")),
+                ..SubOrchestrationOptions::abandon_on_parent_close()
+            };
+            let waits = vec![
+                ctx.call_sub_orchestrator_by_name_with_options::<i64>(
+                    "waiter",
+                    &true,
+                    &with_id("child"),
+                ),
+                ctx.call_sub_orchestrator_by_name_with_options::<i64>("waiter", &false, &kept),
+            ];
+            let mut sum = done;
+            for r in ctx.when_all(waits).await {
+                sum += r?;
+            }
+            Ok::<_, OrchestrationError>(sum)
+        })
+        .build()
+        .unwrap()
+}
+
+/// Parent-close policy: terminating a parent terminates its unfinished children and their
+/// children, not those started with `ParentClosePolicy::Abandon` (which run on) and not
+/// those already finished; purging it purges the same tree and leaves the abandoned child.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminating_or_purging_a_parent_closes_its_children_unless_abandoned() {
+    for cache in [1000, 0] {
+        let h = start(parent_close_registry(), cache);
+        let c = &h.client;
+        let p = c
+            .start_by_name("parent", None, StartOptions::default())
+            .await
+            .unwrap();
+        let (child, grandchild, kept, done) = (
+            format!("{p}-child"),
+            format!("{p}-child:0000"),
+            format!("{p}-kept"),
+            format!("{p}-done"),
+        );
+        for id in [&child, &grandchild, &kept] {
+            state_when(c, id, |s| s.status == RuntimeStatus::Running).await;
+        }
+        assert_eq!(
+            c.get_state(&done).await.unwrap().unwrap().status,
+            RuntimeStatus::Completed
+        );
+        c.terminate(&p, Some("enough")).await.unwrap();
+        let st = state_when(c, &grandchild, |s| s.status.is_terminal()).await;
+        assert_eq!(st.status, RuntimeStatus::Terminated);
+        let st = c.get_state(&child).await.unwrap().unwrap();
+        assert_eq!(st.status, RuntimeStatus::Terminated);
+        assert!(
+            st.output.as_deref().is_some_and(
+                |o| o.contains(&format!("parent instance '{p}' was terminated: enough"))
+            ),
+            "{:?}",
+            st.output
+        );
+        assert_eq!(
+            c.get_state(&p).await.unwrap().unwrap().status,
+            RuntimeStatus::Terminated
+        );
+        assert_eq!(
+            c.get_state(&done).await.unwrap().unwrap().status,
+            RuntimeStatus::Completed,
+            "a finished child is left as it was"
+        );
+        // The abandoned child still runs: it takes its event and completes.
+        assert_eq!(
+            c.get_state(&kept).await.unwrap().unwrap().status,
+            RuntimeStatus::Running
+        );
+        c.raise_event(&kept, "go", &5i64).await.unwrap();
+        let st = c.wait_for_completion(&kept, WAIT).await.unwrap();
+        assert_eq!(st.status, RuntimeStatus::Completed);
+
+        assert!(c.purge(&p).await.unwrap());
+        for id in [&p, &child, &grandchild, &done] {
+            assert!(
+                c.get_state(id).await.unwrap().is_none(),
+                "{id} is purged with its parent"
+            );
+        }
+        assert!(
+            c.get_state(&kept).await.unwrap().is_some(),
+            "the abandoned child stays"
+        );
+        h.runtime.shutdown().await;
+    }
+}
+
+/// Purging a parent leaves an instance that took a child's id since (another parent's or
+/// none), and refuses a parent that is still running, changing nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purging_a_parent_leaves_reused_child_ids_and_refuses_running_parents() {
+    let h = start(parent_close_registry(), 1000);
+    let c = &h.client;
+    let p = c
+        .start_by_name("parent", None, StartOptions::default())
+        .await
+        .unwrap();
+    let child = format!("{p}-child");
+    state_when(c, &child, |s| s.status == RuntimeStatus::Running).await;
+    assert!(c.purge(&p).await.is_err(), "a running parent is refused");
+    assert!(c.get_state(&child).await.unwrap().is_some());
+    c.terminate(&p, None).await.unwrap();
+    state_when(c, &child, |s| s.status.is_terminal()).await;
+    // The finished child's id is taken by a new, unrelated instance.
+    c.start_by_name(
+        "quick",
+        Some("7".into()),
+        StartOptions::with_instance_id(&child),
+    )
+    .await
+    .unwrap();
+    state_when(c, &child, |s| s.status == RuntimeStatus::Completed).await;
+    state_when(c, &p, |s| s.status.is_terminal()).await;
+    assert!(c.purge(&p).await.unwrap());
+    assert!(c.get_state(&p).await.unwrap().is_none());
+    let st = c
+        .get_state(&child)
+        .await
+        .unwrap()
+        .expect("not the parent's child any more");
+    assert_eq!(st.output.as_deref(), Some("7"));
+    h.runtime.shutdown().await;
+}
+
+/// An activity learns through `ActivityContext::cancelled` that its result is no longer
+/// wanted once its instance is terminated, and stops early; one whose instance still
+/// waits is not told, and runs to the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_activity_learns_its_result_is_no_longer_wanted() {
+    static RUNNING: AtomicU32 = AtomicU32::new(0);
+    static STOPPED_EARLY: AtomicU32 = AtomicU32::new(0);
+    let reg = Registry::builder()
+        // Works for up to `ms` milliseconds, stopping early when told.
+        .activity(
+            "long",
+            |ctx: durable_core::ActivityContext, ms: u64| async move {
+                RUNNING.fetch_add(1, Ordering::SeqCst);
+                tokio::select! {
+                    _ = ctx.cancelled() => {
+                        assert!(ctx.is_cancelled());
+                        STOPPED_EARLY.fetch_add(1, Ordering::SeqCst);
+                        Err(ActivityError::from("stopped: result no longer wanted"))
+                    }
+                    _ = tokio::time::sleep(Duration::from_millis(ms)) => Ok(ctx.is_cancelled()),
+                }
+            },
+        )
+        .orchestrator(
+            "calls_long",
+            |ctx: OrchestrationContext, ms: u64| async move {
+                let cancelled: bool = ctx.call_activity_by_name("long", &ms).await?;
+                Ok::<_, OrchestrationError>(cancelled)
+            },
+        )
+        .build()
+        .unwrap();
+    let store = Arc::new(MemoryStore::new());
+    let rt = Worker::builder(store.clone())
+        .registry(reg)
+        .options(durable_core::WorkerOptions {
+            activity_cancel_poll: Duration::from_millis(20),
+            shutdown_grace: Duration::ZERO,
+            ..Default::default()
+        })
+        .start()
+        .unwrap();
+    let c = rt.client();
+    // Still wanted: runs to the end, never told otherwise.
+    let id = c
+        .start_by_name("calls_long", Some("200".into()), StartOptions::default())
+        .await
+        .unwrap();
+    let st = c.wait_for_completion(&id, WAIT).await.unwrap();
+    assert_eq!(st.status, RuntimeStatus::Completed);
+    assert_eq!(st.output.as_deref(), Some("false"));
+    assert_eq!(STOPPED_EARLY.load(Ordering::SeqCst), 0);
+    // Terminated while its activity runs (for up to ten minutes): the activity stops.
+    let id = c
+        .start_by_name("calls_long", Some("600000".into()), StartOptions::default())
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while RUNNING.load(Ordering::SeqCst) < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "activity never started"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    c.terminate(&id, Some("not needed")).await.unwrap();
+    while STOPPED_EARLY.load(Ordering::SeqCst) < 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the activity was never told"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        c.get_state(&id).await.unwrap().unwrap().status,
+        RuntimeStatus::Terminated
+    );
+    rt.shutdown().await;
+}
+
+/// Outside a worker nothing cancels: `cancelled` never resolves.
+#[tokio::test]
+async fn a_test_context_is_never_cancelled() {
+    let ctx = durable_core::ActivityContext::for_test("x");
+    assert!(!ctx.is_cancelled());
+    let r = tokio::time::timeout(Duration::from_millis(20), ctx.cancelled()).await;
+    assert!(r.is_err());
+}
+
+/// A worker that loses a running activity's lease (here: released under it, as when it
+/// lapsed and another worker took it) tells the activity at its next renewal, even with
+/// the instance check off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_activity_whose_lease_is_lost_is_told() {
+    static STARTED: AtomicU32 = AtomicU32::new(0);
+    static TOLD: AtomicU32 = AtomicU32::new(0);
+    let reg = Registry::builder()
+        .activity(
+            "waits",
+            |ctx: durable_core::ActivityContext, _: ()| async move {
+                if STARTED.fetch_add(1, Ordering::SeqCst) == 0 {
+                    ctx.cancelled().await;
+                    TOLD.fetch_add(1, Ordering::SeqCst);
+                }
+                Ok::<_, ActivityError>(ctx.dequeue_count())
+            },
+        )
+        .orchestrator(
+            "calls_waits",
+            |ctx: OrchestrationContext, _: ()| async move {
+                let n: u32 = ctx.call_activity_by_name("waits", &()).await?;
+                Ok::<_, OrchestrationError>(n)
+            },
+        )
+        .build()
+        .unwrap();
+    let store = Arc::new(MemoryStore::new());
+    let rt = Worker::builder(store.clone())
+        .registry(reg)
+        .options(durable_core::WorkerOptions {
+            activity_cancel_poll: Duration::ZERO,
+            activity_lease: Duration::from_millis(300),
+            shutdown_grace: Duration::ZERO,
+            ..Default::default()
+        })
+        .start()
+        .unwrap();
+    let c = rt.client();
+    let id = c
+        .start_by_name("calls_waits", None, StartOptions::default())
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while STARTED.load(Ordering::SeqCst) < 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "activity never started"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(store.release_leases(rt.id()).await.unwrap() >= 1);
+    // The released activity runs again (dequeue 2) and completes the instance; the first
+    // run is told at its next renewal.
+    let st = c.wait_for_completion(&id, WAIT).await.unwrap();
+    assert_eq!(st.status, RuntimeStatus::Completed, "{st:?}");
+    assert_eq!(st.output.as_deref(), Some("2"));
+    while TOLD.load(Ordering::SeqCst) < 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the first run was never told"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    rt.shutdown().await;
+}
+
+fn timeout_registry() -> Registry {
+    use durable_core::ActivityOptions;
+    Registry::builder()
+        // Never finishes on its first attempt; answers at once on later ones.
+        .activity(
+            "hangs_once",
+            |ctx: durable_core::ActivityContext, _: ()| async move {
+                if ctx.attempt() == 1 {
+                    std::future::pending::<()>().await;
+                }
+                Ok::<_, ActivityError>(ctx.attempt())
+            },
+        )
+        .orchestrator(
+            "bounded",
+            |ctx: OrchestrationContext, (ms, attempts): (u64, u32)| async move {
+                let mut options = ActivityOptions::start_to_close(Duration::from_millis(ms));
+                if attempts > 1 {
+                    options =
+                        options.with_retry(RetryPolicy::new(attempts, Duration::from_millis(10)));
+                }
+                match ctx
+                    .call_activity_by_name_with_options::<u32>("hangs_once", &(), &options)
+                    .await
+                {
+                    Ok(attempt) => {
+                        Ok::<_, OrchestrationError>(format!("done on attempt {attempt}"))
+                    }
+                    Err(e) if e.is_timeout() => Ok(format!("timed out: {}", e.failure.message)),
+                    Err(e) => Err(e.into()),
+                }
+            },
+        )
+        // The whole call within `total` ms, attempts of `attempt` ms (0: unbounded), retried.
+        .orchestrator(
+            "bounded_total",
+            |ctx: OrchestrationContext, (total, attempt): (u64, u64)| async move {
+                let mut options = ActivityOptions::default()
+                    .with_schedule_to_close(Duration::from_millis(total))
+                    .with_retry(RetryPolicy::new(3, Duration::from_millis(10)));
+                if attempt > 0 {
+                    options.start_to_close = Some(Duration::from_millis(attempt));
+                }
+                match ctx
+                    .call_activity_by_name_with_options::<u32>("hangs_once", &(), &options)
+                    .await
+                {
+                    Ok(attempt) => {
+                        Ok::<_, OrchestrationError>(format!("done on attempt {attempt}"))
+                    }
+                    Err(e) if e.is_timeout() => Ok(format!("timed out: {}", e.failure.message)),
+                    Err(e) => Err(e.into()),
+                }
+            },
+        )
+        .build()
+        .unwrap()
+}
+
+/// A schedule-to-close timeout bounds the whole call with a durable timer: it fails the
+/// call when the store's clock passes it, and does not when the call finishes in time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedule_to_close_timeout_bounds_the_whole_call() {
+    let clock = Arc::new(durable_core::store::ManualClock::new(chrono::Utc::now()));
+    let store = Arc::new(MemoryStore::with_clock(clock.clone()));
+    let rt = Worker::builder(store.clone())
+        .registry(timeout_registry())
+        .options(durable_core::WorkerOptions {
+            // The hung attempt is still running at the end: shutdown does not wait for it.
+            shutdown_grace: Duration::ZERO,
+            ..Default::default()
+        })
+        .start()
+        .unwrap();
+    let c = rt.client();
+    let id = c
+        .start_by_name(
+            "bounded_total",
+            Some("[5000,0]".into()),
+            StartOptions::default(),
+        )
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let h = store.read_history(&id).await.unwrap();
+        if h.iter()
+            .any(|e| matches!(e.kind, EventKind::TimerCreated { .. }))
+            && h.iter()
+                .any(|e| matches!(e.kind, EventKind::TaskScheduled { .. }))
+        {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never scheduled");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    clock.advance(Duration::from_secs(6));
+    let st = c.wait_for_completion(&id, WAIT).await.unwrap();
+    assert_eq!(st.status, RuntimeStatus::Completed, "{st:?}");
+    let out = st.output.unwrap();
+    assert!(
+        out.contains(
+            "timed out: activity 'hangs_once' did not finish within 5s of being scheduled"
+        ),
+        "{out}"
+    );
+    rt.shutdown().await;
+
+    // In time: the first attempt times out after 200 ms, the second answers.
+    let h = start(timeout_registry(), 1000);
+    let id = h
+        .client
+        .start_by_name(
+            "bounded_total",
+            Some("[600000,200]".into()),
+            StartOptions::default(),
+        )
+        .await
+        .unwrap();
+    let st = h.client.wait_for_completion(&id, WAIT).await.unwrap();
+    assert_eq!(
+        st.output.as_deref(),
+        Some("\"done on attempt 2\""),
+        "{st:?}"
+    );
+    h.runtime.shutdown().await;
+}
+
+/// A start-to-close timeout is measured on the store's clock: a hung activity is stopped
+/// when the clock passes it (not before), and the orchestration sees a typed timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_activity_times_out_on_the_store_clock() {
+    let clock = Arc::new(durable_core::store::ManualClock::new(chrono::Utc::now()));
+    let store = Arc::new(MemoryStore::with_clock(clock.clone()));
+    let rt = Worker::builder(store.clone())
+        .registry(timeout_registry())
+        .start()
+        .unwrap();
+    let c = rt.client();
+    // Ten seconds on the store's clock, which stands still until moved.
+    let id = c
+        .start_by_name("bounded", Some("[10000,1]".into()), StartOptions::default())
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let h = store.read_history(&id).await.unwrap();
+        if h.iter()
+            .any(|e| matches!(e.kind, EventKind::TaskScheduled { .. }))
+        {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never scheduled");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Nine seconds: not yet (the instance is still running after several deadline checks).
+    clock.advance(Duration::from_secs(9));
+    let early = c.wait_for_completion(&id, Duration::from_millis(300)).await;
+    assert!(
+        matches!(early, Err(durable_core::Error::Timeout(_))),
+        "{early:?}"
+    );
+    clock.advance(Duration::from_secs(2));
+    let st = c.wait_for_completion(&id, WAIT).await.unwrap();
+    assert_eq!(st.status, RuntimeStatus::Completed, "{st:?}");
+    let out = st.output.unwrap();
+    assert!(
+        out.contains("timed out: activity 'hangs_once' did not finish within 10s of starting"),
+        "{out}"
+    );
+    rt.shutdown().await;
+}
+
+/// A timed-out attempt is retried by the call's retry policy; the next attempt succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_out_attempt_is_retried() {
+    let h = start(timeout_registry(), 1000);
+    let id = h
+        .client
+        .start_by_name("bounded", Some("[200,3]".into()), StartOptions::default())
+        .await
+        .unwrap();
+    let st = h.client.wait_for_completion(&id, WAIT).await.unwrap();
+    assert_eq!(st.status, RuntimeStatus::Completed, "{st:?}");
+    assert_eq!(st.output.as_deref(), Some("\"done on attempt 2\""));
+    let failed: Vec<_> = h
+        .store
+        .read_history(&id)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|e| match e.kind {
+            EventKind::TaskFailed { failure, .. } => Some(failure.error_type),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(failed, vec!["Timeout".to_string()]);
+    h.runtime.shutdown().await;
+}
+
+fn heartbeat_registry() -> Registry {
+    use durable_core::ActivityOptions;
+    Registry::builder()
+        // Beats `{"done": n}` for n = 1..=steps, 20 ms apart, then finishes, or (with
+        // `stall`, on its first attempt) goes quiet forever. A later attempt starts from
+        // what the last one reported.
+        .activity(
+            "beats",
+            |ctx: durable_core::ActivityContext, (steps, stall): (u32, bool)| async move {
+                let from = ctx
+                    .last_heartbeat_details::<serde_json::Value>()
+                    .and_then(|v| v["done"].as_u64())
+                    .unwrap_or(0) as u32;
+                for n in from + 1..=steps {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    ctx.heartbeat(&serde_json::json!({ "done": n }));
+                }
+                if stall && ctx.attempt() == 1 {
+                    std::future::pending::<()>().await;
+                }
+                Ok::<_, ActivityError>(format!("attempt {} from {from}", ctx.attempt()))
+            },
+        )
+        .orchestrator(
+            "beating",
+            |ctx: OrchestrationContext, (steps, stall, attempts): (u32, bool, u32)| async move {
+                let mut options =
+                    ActivityOptions::default().with_heartbeat_timeout(Duration::from_millis(300));
+                if attempts > 1 {
+                    options =
+                        options.with_retry(RetryPolicy::new(attempts, Duration::from_millis(10)));
+                }
+                match ctx
+                    .call_activity_by_name_with_options::<String>(
+                        "beats",
+                        &(steps, stall),
+                        &options,
+                    )
+                    .await
+                {
+                    Ok(s) => Ok::<_, OrchestrationError>(s),
+                    Err(e) if e.is_timeout() => Ok(format!(
+                        "{} | {}",
+                        e.failure.message,
+                        e.failure.details.unwrap_or_default()
+                    )),
+                    Err(e) => Err(e.into()),
+                }
+            },
+        )
+        .build()
+        .unwrap()
+}
+
+/// Heartbeats: an activity that keeps beating runs past its heartbeat timeout; one that
+/// goes quiet is stopped with a `Timeout` carrying its last details, and the call's next
+/// attempt resumes from them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_keep_an_activity_alive_and_carry_its_progress() {
+    let h = start(heartbeat_registry(), 1000);
+    let run = |input: &'static str| {
+        let c = h.client.clone();
+        async move {
+            let id = c
+                .start_by_name("beating", Some(input.into()), StartOptions::default())
+                .await
+                .unwrap();
+            let st = c.wait_for_completion(&id, WAIT).await.unwrap();
+            assert_eq!(st.status, RuntimeStatus::Completed, "{st:?}");
+            serde_json::from_str::<String>(&st.output.unwrap()).unwrap()
+        }
+    };
+    // 30 beats, 20 ms apart: about 600 ms, twice the heartbeat timeout.
+    assert_eq!(run("[30,false,1]").await, "attempt 1 from 0");
+    // Quiet after 3 beats, no retry: the timeout carries the last details.
+    let out = run("[3,true,1]").await;
+    assert!(
+        out.starts_with("activity 'beats' sent no heartbeat for 300ms"),
+        "{out}"
+    );
+    assert!(out.ends_with(r#"| {"done":3}"#), "{out}");
+    // With a retry, the second attempt starts from where the first got to.
+    assert_eq!(run("[5,true,2]").await, "attempt 2 from 5");
+    h.runtime.shutdown().await;
+}

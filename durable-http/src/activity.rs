@@ -336,6 +336,8 @@ inventory::submit! {
     durable_core::registry::ActivityRegistration {
         name: HTTP_ACTIVITY,
         invoke,
+        // The request's own `timeout` bounds the call.
+        start_to_close_ms: None,
         location: "durable_http::activity (built in)",
     }
 }

@@ -14,7 +14,7 @@ impl Kind {
     /// The option keys this attribute accepts, listed in "unknown option" messages.
     pub fn accepted_options(self) -> &'static [&'static str] {
         match self {
-            Kind::Activity => &["name"],
+            Kind::Activity => &["name", "timeout"],
             Kind::Orchestrator => &["name", "version"],
             Kind::HttpStart => &["route", "method", "methods"],
             Kind::Entity => &["name"],

@@ -64,9 +64,11 @@ use kind::Kind;
 /// anywhere but first (or another kind's context); references, `impl Trait` and patterns
 /// as inputs; `impl Trait` as the return type.
 ///
-/// Option: `name = "..."`, the durable name (default: the function's name). Keep it
+/// Options: `name = "..."`, the durable name (default: the function's name). Keep it
 /// stable: it is recorded in histories. Two definitions of one name in a binary are a
-/// startup error naming both.
+/// startup error naming both. `timeout = "30s"` (a whole number and `ms`, `s`, `m` or
+/// `h`), the start-to-close timeout of calls that set none in their `ActivityOptions`:
+/// an attempt running longer is stopped and fails with a `Timeout` failure.
 ///
 /// # What it generates
 ///
@@ -85,7 +87,7 @@ use kind::Kind;
 ///     Ok(format!("Hello {city}!"))
 /// }
 ///
-/// #[activity(name = "add_numbers")]
+/// #[activity(name = "add_numbers", timeout = "30s")]
 /// async fn add(ctx: ActivityContext, a: i64, b: i64) -> i64 {
 ///     let _ = ctx.attempt();
 ///     a + b

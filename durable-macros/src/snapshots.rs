@@ -103,7 +103,7 @@ fn activity() {
     check(
         "activity",
         Kind::Activity,
-        quote!(name = "add_numbers"),
+        quote!(name = "add_numbers", timeout = "30s"),
         quote! {
             /// Adds three numbers.
             pub async fn add(ctx: ActivityContext, a: i64, b: i64, c: i64) -> Result<i64, ActivityError> {

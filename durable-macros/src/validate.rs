@@ -22,6 +22,8 @@ pub struct Function {
     pub item: ItemFn,
     pub name: String,
     pub version: Option<String>,
+    /// An activity's default start-to-close timeout (`timeout = "30s"`), in milliseconds.
+    pub timeout_ms: Option<u64>,
     /// The context parameter, when the function takes one.
     pub ctx: Option<Ident>,
     pub inputs: Vec<(Ident, Type)>,
@@ -114,15 +116,17 @@ fn last_segment(ty: &Type) -> Option<String> {
     }
 }
 
-/// The `name = "..."` option (and `version` for orchestrators); unknown keys are errors.
+/// The `name = "..."` option (and `version` for orchestrators, `timeout` for activities,
+/// in milliseconds); unknown keys are errors.
 fn name_and_version(
     kind: Kind,
     args: Args,
     default: String,
     errors: &mut Vec<syn::Error>,
-) -> (String, Option<String>) {
+) -> (String, Option<String>, Option<u64>) {
     let mut name = default;
     let mut version = None;
+    let mut timeout = None;
     for opt in args.opts {
         let key = opt.key.to_string();
         let value = opt.value.value();
@@ -154,10 +158,35 @@ fn name_and_version(
                 }
                 version = Some(value);
             }
+            ("timeout", Kind::Activity) => match parse_duration_ms(&value) {
+                Some(ms) => timeout = Some(ms),
+                None => errors.push(syn::Error::new_spanned(
+                    &opt.value,
+                    "a timeout is a whole number above 0 followed by ms, s, m or h, e.g. timeout = \"30s\"",
+                )),
+            },
             _ => errors.push(unknown_option(kind, &opt.key)),
         }
     }
-    (name, version)
+    (name, version, timeout)
+}
+
+/// `"250ms"`, `"30s"`, `"5m"`, `"2h"` in milliseconds; None for anything else, zero, or
+/// more than a year.
+fn parse_duration_ms(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let digits = s.find(|c: char| !c.is_ascii_digit())?;
+    let (n, unit) = s.split_at(digits);
+    let n: u64 = n.parse().ok()?;
+    let scale = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return None,
+    };
+    let ms = n.checked_mul(scale)?;
+    (ms > 0 && ms <= 366 * 24 * 3_600_000).then_some(ms)
 }
 
 fn unknown_option(kind: Kind, key: &Ident) -> syn::Error {
@@ -228,7 +257,8 @@ fn durable_fn(
     errors: &mut Vec<syn::Error>,
 ) -> Option<Function> {
     let start = errors.len();
-    let (name, version) = name_and_version(kind, args, item.sig.ident.to_string(), errors);
+    let (name, version, timeout_ms) =
+        name_and_version(kind, args, item.sig.ident.to_string(), errors);
     let sig = &item.sig;
     check_signature(kind, sig, errors);
 
@@ -349,6 +379,7 @@ fn durable_fn(
         item,
         name,
         version,
+        timeout_ms,
         ctx,
         inputs,
         ret,
@@ -454,7 +485,7 @@ fn http_start(args: Args, item: ItemFn, errors: &mut Vec<syn::Error>) -> Option<
 fn entity_fn(args: Args, item: ItemFn, errors: &mut Vec<syn::Error>) -> Option<EntityFn> {
     let kind = Kind::Entity;
     let start = errors.len();
-    let (name, _) = name_and_version(kind, args, item.sig.ident.to_string(), errors);
+    let (name, _, _) = name_and_version(kind, args, item.sig.ident.to_string(), errors);
     let sig = &item.sig;
     check_signature(kind, sig, errors);
     if let Some(FnArg::Receiver(r)) = sig.inputs.first() {
@@ -502,7 +533,7 @@ fn entity_impl(args: Args, item: ItemImpl, errors: &mut Vec<syn::Error>) -> Opti
         ));
     }
     let default = type_name.as_ref().map(Ident::to_string).unwrap_or_default();
-    let (name, _) = name_and_version(kind, args, default, errors);
+    let (name, _, _) = name_and_version(kind, args, default, errors);
     if !item.generics.params.is_empty() || item.generics.where_clause.is_some() {
         errors.push(syn::Error::new(
             item.generics.span(),
@@ -655,5 +686,32 @@ fn type_ident_deref(ty: &Type) -> Option<String> {
     match ty {
         Type::Reference(r) => type_ident_deref(&r.elem),
         other => last_segment(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration_ms;
+
+    #[test]
+    fn timeouts() {
+        assert_eq!(parse_duration_ms("250ms"), Some(250));
+        assert_eq!(parse_duration_ms("30s"), Some(30_000));
+        assert_eq!(parse_duration_ms(" 5m "), Some(300_000));
+        assert_eq!(parse_duration_ms("2h"), Some(7_200_000));
+        for bad in [
+            "",
+            "s",
+            "0s",
+            "30",
+            "30 s",
+            "1.5s",
+            "-1s",
+            "30sec",
+            "9999999999999999999h",
+            "9000h",
+        ] {
+            assert_eq!(parse_duration_ms(bad), None, "{bad:?}");
+        }
     }
 }

@@ -1,8 +1,11 @@
 //! Crash safety on SQLite: a real worker process is killed with SIGKILL at random moments
 //! while 200 five-step instances run, restarted each time, and must still finish every
-//! instance exactly once per orchestration step.
+//! instance exactly once per orchestration step. And recovery: a process killed with
+//! activities in flight under long leases is restarted and finishes everything within
+//! seconds, not after the leases lapse.
 
 use std::collections::HashSet;
+use std::io::BufRead;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -123,5 +126,105 @@ async fn sigkill_at_random_moments_loses_nothing() {
         INSTANCES * 5,
         executions - distinct.len()
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The store, opened after the host has gone, has every instance completed.
+async fn all_completed(db: &std::path::Path, instances: usize) {
+    let store = SqliteStore::open(db).unwrap();
+    let page = store
+        .list_instances(&InstanceFilter::default(), 10_000, None)
+        .await
+        .unwrap();
+    assert_eq!(page.items.len(), instances);
+    for st in &page.items {
+        assert_eq!(st.status, RuntimeStatus::Completed, "{}", st.instance_id);
+        assert_eq!(
+            st.output.as_deref(),
+            Some("\"12345\""),
+            "{}",
+            st.instance_id
+        );
+    }
+}
+
+/// SIGKILL while activities run under one-minute leases, then a restart: the new process
+/// finds the dead one's leases when it opens the file (which it holds alone) and gives
+/// them back at once, so everything finishes within two seconds instead of after the
+/// leases lapse.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_after_sigkill_finishes_within_seconds() {
+    const N: usize = 40;
+    let dir = std::env::temp_dir().join(format!("durable-recovery-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("recovery.db");
+    let log = dir.join("recovery.db.log");
+    let exe = env!("CARGO_BIN_EXE_crash_host");
+    let mut child = Command::new(exe)
+        .arg(&db)
+        .arg(N.to_string())
+        .args(["--lease-secs", "60", "--step-ms", "400"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("host starts");
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "started");
+    // Kill once a full set of activities is running (each takes 400 ms).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let running = std::fs::read_to_string(&log)
+            .map(|l| l.lines().count())
+            .unwrap_or(0);
+        if running >= 16 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "activities never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().expect("SIGKILL");
+    child.wait().unwrap();
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let held: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM activities WHERE lease_owner IS NOT NULL",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    drop(conn);
+    assert!(
+        held > 0,
+        "the killed process held activity leases (one minute long)"
+    );
+
+    let started = Instant::now();
+    let mut child = Command::new(exe)
+        .arg(&db)
+        .arg(N.to_string())
+        .args(["--until-done", "--lease-secs", "60", "--step-ms", "5"])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("host restarts");
+    let deadline = started + Duration::from_secs(2);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("the restarted host had not finished after two seconds ({held} activity leases were left by the killed one)");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(status.success(), "restarted host failed: {status}");
+    println!(
+        "restart finished {N} instances in {:?} ({held} activity leases left by the killed process)",
+        started.elapsed()
+    );
+    all_completed(&db, N).await;
     let _ = std::fs::remove_dir_all(&dir);
 }

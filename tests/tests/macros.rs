@@ -206,3 +206,39 @@ async fn entity_signals_are_checked_against_the_operations() {
     }
     rt.shutdown().await;
 }
+
+/// Hangs unless told to stop; its default start-to-close timeout is 200 ms.
+#[activity(timeout = "200ms")]
+async fn hangs_by_default(ctx: ActivityContext) -> Result<u8, ActivityError> {
+    ctx.cancelled().await;
+    Err("stopped".into())
+}
+
+#[orchestrator]
+async fn uses_the_default_timeout(ctx: OrchestrationContext) -> Result<String, OrchestrationError> {
+    // The activity's default applies; a call's own start_to_close would replace it.
+    match ctx.call_activity(hangs_by_default, ()).await {
+        Ok(v) => Ok(format!("answered {v}")),
+        Err(e) if e.is_timeout() => Ok(e.failure.message),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `#[activity(timeout = "...")]` is the start-to-close timeout of calls that set none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_activity_timeout_attribute_bounds_calls_without_their_own() {
+    let rt = Worker::builder(Arc::new(MemoryStore::new()))
+        .start()
+        .unwrap();
+    let client = rt.client();
+    let id = client.start(uses_the_default_timeout, ()).await.unwrap();
+    let out: String = client
+        .wait_for_output(&id, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert!(
+        out.starts_with("activity 'hangs_by_default' did not finish within 200ms of starting"),
+        "{out}"
+    );
+    rt.shutdown().await;
+}

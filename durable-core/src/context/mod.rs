@@ -22,6 +22,102 @@ mod futures;
 mod state;
 
 pub use futures::{ContinueAsNew, CriticalSection, DurableFuture, EventFuture, LockFuture};
+
+/// Options of one activity call
+/// ([`OrchestrationContext::call_activity_with_options`]).
+#[derive(Clone, Debug, Default)]
+pub struct ActivityOptions {
+    /// Longest an attempt may run, from when a worker starts it, measured on the store's
+    /// clock. When it passes, the worker stops the activity (its `cancelled()` resolves,
+    /// then it is aborted at its next await; code that blocks a thread cannot be stopped)
+    /// and the attempt fails with a `Timeout` failure ([`TaskError::is_timeout`]), which
+    /// `retry` retries like any failure. None: the activity's default
+    /// (`#[activity(timeout = "30s")]`), else no limit.
+    pub start_to_close: Option<std::time::Duration>,
+    /// Longest an attempt may go without a heartbeat (`ActivityContext::heartbeat`), from
+    /// when it starts or its last heartbeat, on the store's clock. When it passes, the
+    /// attempt is stopped like at its `start_to_close` and fails with a `Timeout` failure
+    /// whose `details` are the last heartbeat's; the call's next attempt reads them with
+    /// `ActivityContext::last_heartbeat_details`. None: no limit.
+    pub heartbeat_timeout: Option<std::time::Duration>,
+    /// Longest the whole call may take, every attempt and the waits between them
+    /// included, from when the orchestration makes it; measured with a durable timer (on
+    /// the store's clock). When it passes first, the call fails with a `Timeout` failure
+    /// ([`TaskError::is_timeout`]), not retried. The attempt then running is not stopped
+    /// by this (give it a `start_to_close` too); its result is ignored. None: no limit.
+    pub schedule_to_close: Option<std::time::Duration>,
+    /// Retries of failed attempts (timeouts included); None: one attempt.
+    pub retry: Option<RetryPolicy>,
+}
+
+impl ActivityOptions {
+    /// One attempt, with this start-to-close timeout.
+    pub fn start_to_close(timeout: std::time::Duration) -> Self {
+        Self {
+            start_to_close: Some(timeout),
+            ..Self::default()
+        }
+    }
+
+    /// The same options, with a heartbeat timeout on each attempt.
+    pub fn with_heartbeat_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.heartbeat_timeout = Some(timeout);
+        self
+    }
+
+    /// The same options, with a schedule-to-close timeout on the whole call.
+    pub fn with_schedule_to_close(mut self, timeout: std::time::Duration) -> Self {
+        self.schedule_to_close = Some(timeout);
+        self
+    }
+
+    /// The same options, retrying under `policy`.
+    pub fn with_retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = Some(policy);
+        self
+    }
+}
+
+/// The limits one activity attempt is scheduled with.
+#[derive(Clone, Debug, Default)]
+struct AttemptLimits {
+    start_to_close: Option<std::time::Duration>,
+    heartbeat_timeout: Option<std::time::Duration>,
+    heartbeat_details: Option<String>,
+}
+
+/// What happens to a running sub-orchestration when its parent is terminated or purged.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ParentClosePolicy {
+    /// Terminating the parent terminates the child (and so on down its own children);
+    /// purging the parent purges the child. The default.
+    #[default]
+    Terminate,
+    /// The child is left alone: it runs on when the parent is terminated and stays when
+    /// the parent is purged. Its outcome then goes nowhere.
+    Abandon,
+}
+
+/// Options of one sub-orchestration call
+/// ([`OrchestrationContext::call_sub_orchestrator_with_options`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SubOrchestrationOptions {
+    /// The child's instance id (default: derived from this instance's id and the call's
+    /// sequence number).
+    pub instance_id: Option<String>,
+    /// What happens to the child when this instance is terminated or purged.
+    pub parent_close: ParentClosePolicy,
+}
+
+impl SubOrchestrationOptions {
+    /// Options that leave the child running when the parent is terminated or purged.
+    pub fn abandon_on_parent_close() -> Self {
+        Self {
+            parent_close: ParentClosePolicy::Abandon,
+            ..Self::default()
+        }
+    }
+}
 pub(crate) use state::{Action, Completion, ContextInner, ContinueAsNewRequest, ExecutionState};
 
 /// The orchestration context: every durable operation of an orchestrator goes through it.
@@ -191,6 +287,16 @@ impl OrchestrationContext {
         input: &(impl Serialize + ?Sized),
         attempt: u32,
     ) -> DurableFuture<Result<O, TaskError>> {
+        self.call_activity_attempt_within(name, input, attempt, AttemptLimits::default())
+    }
+
+    fn call_activity_attempt_within<O: DeserializeOwned>(
+        &self,
+        name: &str,
+        input: &(impl Serialize + ?Sized),
+        attempt: u32,
+        limits: AttemptLimits,
+    ) -> DurableFuture<Result<O, TaskError>> {
         let input = match serialize(TaskKind::Activity, name, input) {
             Ok(i) => i,
             Err(e) => return DurableFuture::ready(self.clone(), Err(e)),
@@ -200,11 +306,111 @@ impl OrchestrationContext {
                 name: name.to_string(),
                 input,
                 attempt,
+                start_to_close: limits.start_to_close,
+                heartbeat_timeout: limits.heartbeat_timeout,
+                heartbeat_details: limits.heartbeat_details,
             },
             TaskKind::Activity,
             name,
             decode_task::<O>,
         )
+    }
+
+    /// Calls an activity with [`ActivityOptions`]: a start-to-close timeout per attempt, a
+    /// schedule-to-close timeout on the whole call (either fails with a `Timeout`
+    /// failure, [`TaskError::is_timeout`]) and retries.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use durable_core::{activity, orchestrator, ActivityOptions, OrchestrationContext, OrchestrationError};
+    /// # #[activity]
+    /// # async fn charge(order: String) -> String { order }
+    /// # #[orchestrator]
+    /// # async fn pay(ctx: OrchestrationContext) -> Result<String, OrchestrationError> {
+    /// let options = ActivityOptions::start_to_close(Duration::from_secs(30));
+    /// match ctx.call_activity_with_options(charge, "A1".to_string(), &options).await {
+    ///     Ok(receipt) => Ok(receipt),
+    ///     Err(e) if e.is_timeout() => Ok("charge pending".to_string()),
+    ///     Err(e) => Err(e.into()),
+    /// }
+    /// # }
+    /// ```
+    pub fn call_activity_with_options<A: Activity>(
+        &self,
+        _activity: A,
+        input: A::Input,
+        options: &ActivityOptions,
+    ) -> BoxFuture<'static, Result<A::Output, TaskError>> {
+        self.call_activity_by_name_with_options(A::NAME, &input, options)
+    }
+
+    /// Calls an activity by name with [`ActivityOptions`].
+    pub fn call_activity_by_name_with_options<O: DeserializeOwned + Send + 'static>(
+        &self,
+        name: &str,
+        input: &impl Serialize,
+        options: &ActivityOptions,
+    ) -> BoxFuture<'static, Result<O, TaskError>> {
+        let ctx = self.clone();
+        let name = name.to_string();
+        let options = options.clone();
+        let input = serde_json::to_value(input);
+        Box::pin(async move {
+            let input = input.map_err(|e| serialize_error(TaskKind::Activity, &name, e))?;
+            let (start_to_close, heartbeat_timeout) =
+                (options.start_to_close, options.heartbeat_timeout);
+            let call: BoxFuture<'static, Result<O, TaskError>> = {
+                let (ctx, name, retry) = (ctx.clone(), name.clone(), options.retry.clone());
+                Box::pin(async move {
+                    // The heartbeat details a timed-out attempt left, for the next one.
+                    let left = Arc::new(Mutex::new(None::<String>));
+                    let attempt_fn = |attempt: u32| {
+                        let limits = AttemptLimits {
+                            start_to_close,
+                            heartbeat_timeout,
+                            heartbeat_details: left
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .clone(),
+                        };
+                        let call =
+                            ctx.call_activity_attempt_within::<O>(&name, &input, attempt, limits);
+                        let left = left.clone();
+                        async move {
+                            let r = call.await;
+                            if let Err(e) = &r {
+                                if e.is_timeout() {
+                                    *left.lock().unwrap_or_else(|e| e.into_inner()) =
+                                        e.failure.details.clone();
+                                }
+                            }
+                            r
+                        }
+                    };
+                    match &retry {
+                        Some(policy) => run_with_retry(&ctx, policy, attempt_fn).await,
+                        None => attempt_fn(1).await,
+                    }
+                })
+            };
+            let Some(limit) = options.schedule_to_close else {
+                return call.await;
+            };
+            match crate::join::race(call, ctx.create_timer(limit)).await {
+                crate::join::Either::Left(r) => r,
+                crate::join::Either::Right(()) => Err(TaskError {
+                    kind: TaskKind::Activity,
+                    name: name.clone(),
+                    failure: FailureDetails::new(
+                        "Timeout",
+                        format!(
+                            "activity '{name}' did not finish within {limit:?} of being \
+                             scheduled (its schedule-to-close timeout)"
+                        ),
+                    ),
+                }),
+            }
+        })
     }
 
     /// Calls an activity, retrying failures according to `policy`. Waits between attempts
@@ -246,6 +452,27 @@ impl OrchestrationContext {
         input: O::Input,
     ) -> DurableFuture<Result<O::Output, TaskError>> {
         self.sub_orchestration(O::NAME, O::VERSION, None, &input)
+    }
+
+    /// Starts a sub-orchestration with [`SubOrchestrationOptions`] (its instance id, what
+    /// happens to it when this instance is terminated or purged) and waits for its output.
+    pub fn call_sub_orchestrator_with_options<O: Orchestrator>(
+        &self,
+        _orchestrator: O,
+        input: O::Input,
+        options: &SubOrchestrationOptions,
+    ) -> DurableFuture<Result<O::Output, TaskError>> {
+        self.sub_orchestration_with(O::NAME, O::VERSION, options, &input)
+    }
+
+    /// Starts a sub-orchestration by name with [`SubOrchestrationOptions`].
+    pub fn call_sub_orchestrator_by_name_with_options<T: DeserializeOwned>(
+        &self,
+        name: &str,
+        input: &impl Serialize,
+        options: &SubOrchestrationOptions,
+    ) -> DurableFuture<Result<T, TaskError>> {
+        self.sub_orchestration_with(name, None, options, input)
     }
 
     /// Starts a sub-orchestration with a chosen instance id.
@@ -296,6 +523,20 @@ impl OrchestrationContext {
         instance_id: Option<&str>,
         input: &(impl Serialize + ?Sized),
     ) -> DurableFuture<Result<T, TaskError>> {
+        let options = SubOrchestrationOptions {
+            instance_id: instance_id.map(str::to_string),
+            ..SubOrchestrationOptions::default()
+        };
+        self.sub_orchestration_with(name, version, &options, input)
+    }
+
+    fn sub_orchestration_with<T: DeserializeOwned>(
+        &self,
+        name: &str,
+        version: Option<&str>,
+        options: &SubOrchestrationOptions,
+        input: &(impl Serialize + ?Sized),
+    ) -> DurableFuture<Result<T, TaskError>> {
         if self.state().critical_section.is_some() {
             return DurableFuture::ready(
                 self.clone(),
@@ -310,8 +551,8 @@ impl OrchestrationContext {
             Ok(i) => i,
             Err(e) => return DurableFuture::ready(self.clone(), Err(e)),
         };
-        let child_id = match instance_id {
-            Some(id) => id.to_string(),
+        let child_id = match &options.instance_id {
+            Some(id) => id.clone(),
             None => {
                 let seq = self.state().next_seq;
                 format!("{}:{seq:04X}", self.inner.instance_id)
@@ -323,6 +564,7 @@ impl OrchestrationContext {
                 version: version.map(str::to_string),
                 instance_id: child_id,
                 input,
+                abandon_on_parent_close: options.parent_close == ParentClosePolicy::Abandon,
             },
             TaskKind::SubOrchestration,
             name,

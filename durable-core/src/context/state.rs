@@ -17,6 +17,12 @@ pub(crate) enum Action {
         name: String,
         input: Option<String>,
         attempt: u32,
+        /// Start-to-close timeout of this attempt (not recorded in history).
+        start_to_close: Option<std::time::Duration>,
+        /// Heartbeat timeout of this attempt (not recorded in history).
+        heartbeat_timeout: Option<std::time::Duration>,
+        /// The previous attempt's last heartbeat details (not recorded in history).
+        heartbeat_details: Option<String>,
     },
     Timer {
         fire_at: DateTime<Utc>,
@@ -26,6 +32,8 @@ pub(crate) enum Action {
         version: Option<String>,
         instance_id: String,
         input: Option<String>,
+        /// Left running when the parent is terminated or purged.
+        abandon_on_parent_close: bool,
     },
     SendEvent {
         instance_id: String,
@@ -61,6 +69,9 @@ impl Action {
                 name: name.clone(),
                 input: input.clone(),
                 attempt: 1,
+                start_to_close: None,
+                heartbeat_timeout: None,
+                heartbeat_details: None,
             },
             EventKind::TimerCreated { fire_at } => Action::Timer { fire_at: *fire_at },
             EventKind::SubOrchestrationInstanceCreated {
@@ -68,11 +79,13 @@ impl Action {
                 version,
                 instance_id,
                 input,
+                abandon_on_parent_close,
             } => Action::SubOrchestration {
                 name: name.clone(),
                 version: version.clone(),
                 instance_id: instance_id.clone(),
                 input: input.clone(),
+                abandon_on_parent_close: *abandon_on_parent_close,
             },
             EventKind::EventSent {
                 instance_id,
@@ -124,11 +137,13 @@ impl Action {
                 version,
                 instance_id,
                 input,
+                abandon_on_parent_close,
             } => EventKind::SubOrchestrationInstanceCreated {
                 name,
                 version,
                 instance_id,
                 input,
+                abandon_on_parent_close,
             },
             Action::SendEvent {
                 instance_id,

@@ -325,6 +325,12 @@ pub(crate) struct ScheduledActivity {
     pub input: Option<String>,
     /// Attempt number under a retry policy (1 for the first).
     pub attempt: u32,
+    /// Start-to-close timeout of the attempt.
+    pub start_to_close: Option<std::time::Duration>,
+    /// Heartbeat timeout of the attempt.
+    pub heartbeat_timeout: Option<std::time::Duration>,
+    /// The previous attempt's last heartbeat details.
+    pub heartbeat_details: Option<String>,
 }
 
 /// Everything one episode changes; it consumes every message of its inbox.
@@ -560,6 +566,7 @@ fn finish_episode(
             },
         ));
         parent_outcome = Some(terminal_outcome(&state));
+        terminate_children(&exec, &state, reason.as_deref(), now, commit);
     } else if let Some(f) = failure {
         record_actions = false;
         state.status = RuntimeStatus::Failed;
@@ -707,6 +714,44 @@ fn finish_episode(
     }
 }
 
+/// Parent-close policy on termination: every sub-orchestration this execution started
+/// (recorded in history) that has not finished and was not started with
+/// [`ParentClosePolicy::Abandon`](crate::context::ParentClosePolicy::Abandon) is sent a
+/// termination; each terminated child does the same for its own children.
+fn terminate_children(
+    exec: &Execution,
+    state: &InstanceState,
+    reason: Option<&str>,
+    now: DateTime<Utc>,
+    commit: &mut Episode,
+) {
+    let st = exec.ctx.state();
+    for (seq, a) in st.actions[..exec.committed_actions].iter().enumerate() {
+        let Action::SubOrchestration {
+            instance_id,
+            abandon_on_parent_close: false,
+            ..
+        } = a
+        else {
+            continue;
+        };
+        if st.completed.contains(&(seq as u64)) {
+            continue;
+        }
+        let why = match reason {
+            Some(r) => format!(
+                "parent instance '{}' was terminated: {r}",
+                state.instance_id
+            ),
+            None => format!("parent instance '{}' was terminated", state.instance_id),
+        };
+        commit.messages.push(OrchestrationMessage::new(
+            instance_id.clone(),
+            HistoryEvent::new(now, EventKind::ExecutionTerminated { reason: Some(why) }),
+        ));
+    }
+}
+
 /// Releases every entity lock the execution requested and still holds (or may yet be
 /// granted), because the execution ended.
 fn release_held_locks(
@@ -737,12 +782,18 @@ fn side_effects(
             name,
             input,
             attempt,
+            start_to_close,
+            heartbeat_timeout,
+            heartbeat_details,
         } => commit.activities.push(ScheduledActivity {
             execution_id: state.execution_id.clone(),
             seq,
             name: name.clone(),
             input: input.clone(),
             attempt: *attempt,
+            start_to_close: *start_to_close,
+            heartbeat_timeout: *heartbeat_timeout,
+            heartbeat_details: heartbeat_details.clone(),
         }),
         Action::Timer { fire_at } => {
             if schedule_timers {
@@ -767,6 +818,7 @@ fn side_effects(
             version,
             instance_id,
             input,
+            ..
         } => commit.new_instances.push(NewInstance {
             instance_id: instance_id.clone(),
             execution_id: random_id(),

@@ -93,6 +93,9 @@ fn activity(item: &OrchestrationWorkItem, seq: u64) -> ActivityWorkItem {
         attempt: 1,
         lease_token: String::new(),
         dequeue_count: 0,
+        start_to_close: None,
+        heartbeat_timeout: None,
+        heartbeat_details: None,
     }
 }
 
@@ -426,6 +429,80 @@ pub async fn fencing(store: Arc<dyn Store>) {
         .commit_orchestration(commit_for(&second))
         .await
         .unwrap();
+}
+
+/// Orchestration work items count their hand-outs since the instance's last commit: a
+/// lease that lapsed or was released (its worker died) counts, an abandoned hand-out does
+/// not, and a commit starts the count over.
+pub async fn orchestration_dequeue_count(store: Arc<dyn Store>) {
+    store.create_instance(new_instance("a")).await.unwrap();
+    let first = fetch(&*store).await;
+    assert_eq!(first.dequeue_count, 1);
+    // The lease lapses (a fetch waits for it).
+    let second = fetch(&*store).await;
+    assert_eq!(second.dequeue_count, 2, "a lapsed lease counts");
+    store.release_leases(&owner()).await.unwrap();
+    let third = fetch(&*store).await;
+    assert_eq!(third.dequeue_count, 3, "a released lease counts");
+    store
+        .abandon_orchestration("a", &third.lease_token, Duration::ZERO)
+        .await
+        .unwrap();
+    let fourth = fetch(&*store).await;
+    assert_eq!(
+        fourth.dequeue_count, 3,
+        "an abandoned hand-out does not count"
+    );
+    let mut c = commit_for(&fourth);
+    c.state = Some(running(&fourth));
+    store.commit_orchestration(c).await.unwrap();
+    store
+        .send_message(OrchestrationMessage::new("a", event("e")))
+        .await
+        .unwrap();
+    let fifth = fetch(&*store).await;
+    assert_eq!(fifth.dequeue_count, 1, "a commit starts the count over");
+    store
+        .commit_orchestration(commit_for(&fifth))
+        .await
+        .unwrap();
+    store
+        .send_message(OrchestrationMessage::new("a", event("e")))
+        .await
+        .unwrap();
+    assert_eq!(
+        fetch(&*store).await.dequeue_count,
+        1,
+        "a commit that keeps the state starts it over too"
+    );
+}
+
+/// An activity's timeouts and heartbeat details are kept with its work item (times to the
+/// microsecond); an item without them has none.
+pub async fn activity_timeout_is_kept(store: Arc<dyn Store>) {
+    store.create_instance(new_instance("a")).await.unwrap();
+    let item = fetch(&*store).await;
+    let mut c = commit_for(&item);
+    c.state = Some(running(&item));
+    let mut timed = activity(&item, 0);
+    timed.start_to_close = Some(Duration::from_micros(1_500_001));
+    timed.heartbeat_timeout = Some(Duration::from_millis(250));
+    timed.heartbeat_details = Some("{\"done\":3}".into());
+    c.activities.push(timed);
+    c.activities.push(activity(&item, 1));
+    store.commit_orchestration(c).await.unwrap();
+    let mut got = fetch_activities(&*store, 10).await;
+    got.sort_by_key(|a| a.seq);
+    assert_eq!(got.len(), 2);
+    assert_eq!(
+        got[0].start_to_close,
+        Some(Duration::from_micros(1_500_001))
+    );
+    assert_eq!(got[0].heartbeat_timeout, Some(Duration::from_millis(250)));
+    assert_eq!(got[0].heartbeat_details.as_deref(), Some("{\"done\":3}"));
+    assert_eq!(got[1].start_to_close, None);
+    assert_eq!(got[1].heartbeat_timeout, None);
+    assert_eq!(got[1].heartbeat_details, None);
 }
 
 /// Abandoning releases the lease; the messages come back after the delay; a stale token
@@ -1239,7 +1316,7 @@ macro_rules! store_conformance_tests {
             create_and_duplicate, replace_finished_instance, send_to_unknown,
             fetch_order_and_lease, fetch_takes_up_to_max, fetch_waits_for_work,
             work_items_are_bounded, commit_applies_everything, child_conflict_fails_parent,
-            fencing, abandon, renew_orchestration_lease, delayed_messages, activity_leases,
+            fencing, orchestration_dequeue_count, activity_timeout_is_kept, abandon, renew_orchestration_lease, delayed_messages, activity_leases,
             activity_delay_and_renew, activity_fetch_waits, release_leases, history_reads,
             listing, purging, wait_for_instance_until, clock_reads_now, close,
             fast_commit_and_lease, fast_commit_unleased, fast_lease_instance_for_result,

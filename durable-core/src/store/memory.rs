@@ -41,6 +41,8 @@ struct Record {
     history: Vec<HistoryEvent>,
     messages: BTreeMap<u64, OrchestrationMessage>,
     lease: Option<Lease>,
+    /// Hand-outs since the last commit, not counting those given back by an abandon.
+    dequeue_count: u32,
 }
 
 /// A hold on an instance: a worker's lease (with its owner), or an abandon's delay (no
@@ -293,12 +295,14 @@ impl Inner {
             expires_at,
             owner: Some(owner.clone()),
         });
+        rec.dequeue_count = rec.dequeue_count.saturating_add(1);
         let item = OrchestrationWorkItem {
             instance_id: instance_id.to_string(),
             lease_token: token,
             messages,
             state: rec.state.clone(),
             history_len: rec.history.len() as u64,
+            dequeue_count: rec.dequeue_count,
         };
         let id = self.id();
         self.delayed
@@ -339,6 +343,7 @@ impl Inner {
             w.instances.push(commit.instance_id.clone());
         }
         rec.lease = None;
+        rec.dequeue_count = 0;
         if !rec.messages.is_empty() {
             self.mark_ready(&commit.instance_id);
             w.orchestrations = true;
@@ -488,6 +493,10 @@ impl Store for MemoryStore {
         let now = self.now();
         let mut inner = self.lock();
         inner.check_lease(instance_id, lease_token)?;
+        if let Some(rec) = inner.instances.get_mut(instance_id) {
+            // Given back, not lost: this hand-out does not count towards poison.
+            rec.dequeue_count = rec.dequeue_count.saturating_sub(1);
+        }
         if delay.is_zero() {
             if let Some(rec) = inner.instances.get_mut(instance_id) {
                 rec.lease = None;

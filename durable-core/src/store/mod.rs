@@ -50,6 +50,11 @@ pub struct OrchestrationWorkItem {
     pub state: Option<InstanceState>,
     /// Number of events in the current execution's history.
     pub history_len: u64,
+    /// How many times the instance has been handed to a worker since its last commit, this
+    /// time included; hand-outs given back by
+    /// [`abandon_orchestration`](Store::abandon_orchestration) do not count. Above 1, the
+    /// workers it went to died or lost the lease before committing (a poison candidate).
+    pub dequeue_count: u32,
 }
 
 /// Everything one episode changes, committed atomically or not at all.
@@ -96,6 +101,18 @@ pub struct ActivityWorkItem {
     pub lease_token: String,
     /// How many times this item has been handed to a worker, this time included.
     pub dequeue_count: u32,
+    /// The start-to-close timeout of this attempt: the worker running it stops it and
+    /// fails the task with a `Timeout` failure once this much store-clock time has passed
+    /// since it started. None: the activity's default (`#[activity(timeout = "...")]`), if
+    /// any.
+    pub start_to_close: Option<Duration>,
+    /// The heartbeat timeout of this attempt: the worker stops it and fails the task with
+    /// a `Timeout` failure once this much store-clock time passes without a heartbeat
+    /// (`ActivityContext::heartbeat`). None: no limit.
+    pub heartbeat_timeout: Option<Duration>,
+    /// The heartbeat details (JSON) the previous attempt of this call left when it timed
+    /// out, for this one to resume from (`ActivityContext::last_heartbeat_details`).
+    pub heartbeat_details: Option<String>,
 }
 
 /// Persistence for instances, histories, queues and leases.
@@ -139,7 +156,8 @@ pub trait Store: Send + Sync + 'static {
     async fn commit_orchestration(&self, commit: OrchestrationCommit) -> StoreResult<()>;
 
     /// Releases an instance's lease without consuming anything; its messages become visible
-    /// again after `delay`. Fenced by `lease_token`.
+    /// again after `delay`. The hand-out does not count in the next work item's
+    /// `dequeue_count`. Fenced by `lease_token`.
     async fn abandon_orchestration(
         &self,
         instance_id: &str,

@@ -188,6 +188,8 @@ pub(super) async fn run_activity(shared: &Shared, item: ActivityWorkItem) {
                 format!("activity '{}' is not registered in this worker", item.name),
             )),
             Some(entry) => {
+                let (cancel, cancelled) = tokio::sync::watch::channel(false);
+                let (beat_tx, mut beats) = tokio::sync::watch::channel(crate::activity::Beat::default());
                 let ctx = ActivityContext {
                     instance_id: item.instance_id.clone(),
                     execution_id: item.execution_id.clone(),
@@ -195,10 +197,34 @@ pub(super) async fn run_activity(shared: &Shared, item: ActivityWorkItem) {
                     seq: item.seq,
                     attempt: item.attempt,
                     dequeue_count: item.dequeue_count,
+                    cancel: Some(cancelled),
+                    beats: Some(std::sync::Arc::new(beat_tx)),
+                    previous_details: item.heartbeat_details.clone(),
                 };
                 let fut = (entry.invoke)(ctx, item.input.clone());
                 let handle = tokio::spawn(fut);
-                let renew_every = shared.options.activity_lease / 3;
+                let renew_every = (shared.options.activity_lease / 3).max(Duration::from_millis(1));
+                let poll = shared.options.activity_cancel_poll;
+                let start = tokio::time::Instant::now();
+                let mut renew = tokio::time::interval_at(start + renew_every, renew_every);
+                renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let every = poll.max(Duration::from_millis(1));
+                let mut check = tokio::time::interval_at(start + every, every);
+                check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                // The start-to-close deadline (the call's, else the activity's default) is
+                // on the store's clock, looked at often.
+                let limit = item.start_to_close.or(entry.start_to_close);
+                let deadline = limit.map(|d| crate::store::after(shared.now(), d));
+                // The heartbeat deadline moves with each heartbeat.
+                let beat_limit = item.heartbeat_timeout;
+                let mut last_beat = shared.now();
+                let step = limit
+                    .unwrap_or(DEADLINE_CHECK)
+                    .min(beat_limit.unwrap_or(DEADLINE_CHECK))
+                    .min(DEADLINE_CHECK)
+                    .max(Duration::from_millis(1));
+                let mut timer = tokio::time::interval_at(start + step, step);
+                timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 tokio::pin!(handle);
                 loop {
                     tokio::select! {
@@ -210,9 +236,56 @@ pub(super) async fn run_activity(shared: &Shared, item: ActivityWorkItem) {
                             }
                             Err(_) => Err(FailureDetails::new("Canceled", format!("activity '{}' was cancelled", item.name))),
                         },
-                        _ = tokio::time::sleep(renew_every) => {
+                        _ = renew.tick() => {
                             if let Err(e) = shared.store.renew_activity_lease(&item, shared.options.activity_lease).await {
                                 tracing::warn!(error = %e, "could not renew the activity lease");
+                                if e.is_lease_lost() && !*cancel.borrow() {
+                                    tracing::info!("the activity's lease was lost; telling it its result is no longer wanted");
+                                    cancel.send_replace(true);
+                                }
+                            }
+                        }
+                        _ = timer.tick(), if deadline.is_some() || beat_limit.is_some() => {
+                            let now = shared.now();
+                            if beats.has_changed().unwrap_or(false) {
+                                beats.borrow_and_update();
+                                last_beat = now;
+                            }
+                            if let Some(h) = beat_limit.filter(|h| now >= crate::store::after(last_beat, *h)) {
+                                tracing::warn!(timeout = ?h, "the activity went past its heartbeat timeout; stopping it");
+                                cancel.send_replace(true);
+                                handle.abort();
+                                let mut failure = FailureDetails::new(
+                                    "Timeout",
+                                    format!(
+                                        "activity '{}' sent no heartbeat for {h:?} (its heartbeat timeout; attempt {})",
+                                        item.name, item.attempt
+                                    ),
+                                );
+                                failure.details = beats.borrow().details.clone();
+                                break Err(failure);
+                            }
+                            if deadline.is_some_and(|t| now >= t) {
+                                tracing::warn!(timeout = ?limit, "the activity ran past its start-to-close timeout; stopping it");
+                                cancel.send_replace(true);
+                                handle.abort();
+                                let mut failure = FailureDetails::new(
+                                    "Timeout",
+                                    format!(
+                                        "activity '{}' did not finish within {:?} of starting (its start-to-close timeout; attempt {})",
+                                        item.name,
+                                        limit.unwrap_or_default(),
+                                        item.attempt
+                                    ),
+                                );
+                                failure.details = beats.borrow().details.clone();
+                                break Err(failure);
+                            }
+                        }
+                        _ = check.tick(), if !poll.is_zero() && !*cancel.borrow() => {
+                            if !still_wanted(shared, &item).await {
+                                tracing::info!("the instance no longer runs this execution; telling the activity its result is no longer wanted");
+                                cancel.send_replace(true);
                             }
                         }
                     }
@@ -233,6 +306,20 @@ pub(super) async fn run_activity(shared: &Shared, item: ActivityWorkItem) {
     }
     .instrument(span)
     .await
+}
+
+/// How often a running activity with a start-to-close timeout compares the store's clock
+/// with its deadline (at most; sooner for shorter timeouts).
+const DEADLINE_CHECK: Duration = Duration::from_millis(50);
+
+/// False when the instance no longer runs the execution that scheduled `item` (it
+/// finished, continued as new or was purged). A failed read says nothing: true.
+async fn still_wanted(shared: &Shared, item: &ActivityWorkItem) -> bool {
+    match shared.store.get_instance(&item.instance_id).await {
+        Ok(Some(st)) => st.execution_id == item.execution_id && !st.status.is_terminal(),
+        Ok(None) => false,
+        Err(_) => true,
+    }
 }
 
 pub(super) fn completion_message(

@@ -49,6 +49,8 @@ pub(super) async fn run_unleased(
         messages: vec![(u64::MAX, completion_message(shared, item, outcome.clone()))],
         state: Some(state),
         history_len,
+        // The instance was not handed out: this worker ran it from its cache.
+        dequeue_count: 0,
     };
     let span = tracing::info_span!("episode", instance_id = %work.instance_id);
     let _enter = span.enter();

@@ -49,12 +49,24 @@ pub struct WorkerOptions {
     pub cache_capacity: usize,
     /// Longest a fetch waits for work before the dispatcher checks in again.
     pub idle_poll: Duration,
+    /// How often a running activity's worker checks that its result is still wanted (the
+    /// instance still runs the execution that scheduled it), telling the activity through
+    /// [`ActivityContext::cancelled`](crate::ActivityContext::cancelled) when not. One
+    /// instance read per running activity per interval; `Duration::ZERO` disables the
+    /// check (a lost lease still cancels). Default 2 s.
+    pub activity_cancel_poll: Duration,
     /// How long shutdown waits for running activities before releasing them.
     pub shutdown_grace: Duration,
     /// An activity work item handed out more often than this without completing (its
     /// worker died or lost the lease every time) is a poison message: it fails its task
     /// with a `Poison` failure instead of running again. 0 disables the check.
     pub max_activity_dequeues: u32,
+    /// An orchestration work item handed out more often than this since its instance's last
+    /// commit (its episode took the worker down, hung past its lease or lost it every
+    /// time) is a poison message: the instance fails with a `Poison` failure instead of
+    /// running the episode again. Work items given back on purpose (a failed commit,
+    /// shutdown) do not count. Entities are not checked. 0 disables the check.
+    pub max_orchestration_dequeues: u32,
     /// The largest payload (output, custom status, activity input and result, event data)
     /// an episode may store; over it, the instance fails with `PayloadTooLarge` (or the
     /// activity's task does). Default 16 MiB.
@@ -76,8 +88,10 @@ impl Default for WorkerOptions {
             activity_lease: Duration::from_secs(60),
             cache_capacity: 10_000,
             idle_poll: Duration::from_secs(1),
+            activity_cancel_poll: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(30),
             max_activity_dequeues: 20,
+            max_orchestration_dequeues: 20,
             max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
             store_retries: 8,
         }

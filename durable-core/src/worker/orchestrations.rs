@@ -121,6 +121,11 @@ pub(super) async fn process_orchestration_with(
             .await;
             return commit_episode(shared, &item, commit_of(&item, episode), None, completed).await;
         }
+        if let Some(failure) = poison(shared, &item) {
+            tracing::error!(%failure, dequeue_count = item.dequeue_count, "failing a poison instance");
+            fail_instance(shared, &item, failure).await;
+            return false;
+        }
         let source = match episode_source(shared, &item).await {
             Ok(s) => s,
             Err(e) => {
@@ -143,6 +148,25 @@ pub(super) async fn process_orchestration_with(
     }
     .instrument(span)
     .await
+}
+
+/// The `Poison` failure of a running orchestration whose work item was handed out more
+/// than [`WorkerOptions::max_orchestration_dequeues`] times since its last commit.
+fn poison(shared: &Shared, item: &OrchestrationWorkItem) -> Option<FailureDetails> {
+    let max = shared.options.max_orchestration_dequeues;
+    let state = item.state.as_ref()?;
+    if max == 0 || item.dequeue_count <= max || state.status.is_terminal() {
+        return None;
+    }
+    Some(FailureDetails::new(
+        "Poison",
+        format!(
+            "the episode of orchestration '{}' was handed to a worker {} times without \
+             committing (the worker died, hung past its lease or lost it each time); the \
+             instance is failed instead of run again",
+            state.name, item.dequeue_count
+        ),
+    ))
 }
 
 /// What the replay engine sees of a work item.
@@ -176,6 +200,9 @@ pub(super) fn commit_of(item: &OrchestrationWorkItem, episode: Episode) -> Orche
                 attempt: a.attempt,
                 lease_token: String::new(),
                 dequeue_count: 0,
+                start_to_close: a.start_to_close,
+                heartbeat_timeout: a.heartbeat_timeout,
+                heartbeat_details: a.heartbeat_details,
             })
             .collect(),
         messages: episode.messages,

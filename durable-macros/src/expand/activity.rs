@@ -16,6 +16,10 @@ pub fn expand(f: Function) -> TokenStream {
         quote!(decode_activity_input),
     );
     let ident = &f.item.sig.ident;
+    let timeout = match f.timeout_ms {
+        Some(ms) => quote!(::core::option::Option::Some(#ms)),
+        None => quote!(::core::option::Option::None),
+    };
     let (inner_fn, input_ty, output_ty, decode_and_call, asserts, deref) = (
         &c.inner_fn,
         &c.input_ty,
@@ -48,6 +52,7 @@ pub fn expand(f: Function) -> TokenStream {
             ::durable_core::__private::ActivityRegistration {
                 name: #name,
                 invoke: __durable_invoke,
+                start_to_close_ms: #timeout,
                 location: ::core::concat!(::core::module_path!(), "::", ::core::stringify!(#ident), " at ", ::core::file!(), ":", ::core::line!()),
             }
         }

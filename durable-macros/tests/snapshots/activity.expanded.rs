@@ -76,7 +76,8 @@ const _: () = {
     }
     ::durable_core::__private::inventory::submit! {
         ::durable_core::__private::ActivityRegistration { name : "add_numbers", invoke :
-        __durable_invoke, location : ::core::concat!(::core::module_path!(), "::",
-        ::core::stringify!(add), " at ", ::core::file!(), ":", ::core::line!()), }
+        __durable_invoke, start_to_close_ms : ::core::option::Option::Some(30000u64),
+        location : ::core::concat!(::core::module_path!(), "::", ::core::stringify!(add),
+        " at ", ::core::file!(), ":", ::core::line!()), }
     }
 };

@@ -53,7 +53,8 @@ const _: () = {
     }
     ::durable_core::__private::inventory::submit! {
         ::durable_core::__private::ActivityRegistration { name : "say_hello", invoke :
-        __durable_invoke, location : ::core::concat!(::core::module_path!(), "::",
-        ::core::stringify!(say_hello), " at ", ::core::file!(), ":", ::core::line!()), }
+        __durable_invoke, start_to_close_ms : ::core::option::Option::None, location :
+        ::core::concat!(::core::module_path!(), "::", ::core::stringify!(say_hello),
+        " at ", ::core::file!(), ":", ::core::line!()), }
     }
 };

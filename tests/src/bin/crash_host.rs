@@ -1,8 +1,10 @@
 //! A worker process for the crash test: runs a 5-activity sequence for 200 instances on a
 //! SQLite file. The test kills it with SIGKILL at random moments and starts it again.
 //!
-//! Usage: `crash_host <db-path> <instances> [--until-done]`. Every activity execution
-//! appends its idempotency key to `<db-path>.log`, so re-executions can be counted.
+//! Usage: `crash_host <db-path> <instances> [--until-done] [--lease-secs N] [--step-ms N]`
+//! (leases default to 2 s, so work held by a killed process comes back quickly; each step
+//! takes 30 ms by default). Every activity execution appends its idempotency key to
+//! `<db-path>.log`, so re-executions can be counted.
 
 use std::io::Write;
 use std::sync::Arc;
@@ -14,7 +16,7 @@ use durable_core::{
     Registry, RuntimeStatus, StartOptions, Worker, WorkerOptions,
 };
 
-fn registry(log: std::path::PathBuf) -> Registry {
+fn registry(log: std::path::PathBuf, step: Duration) -> Registry {
     Registry::builder()
         .activity(
             "step",
@@ -28,7 +30,7 @@ fn registry(log: std::path::PathBuf) -> Registry {
                     // One write call per line, so a kill never leaves half a line.
                     f.write_all(format!("{}\n", ctx.idempotency_key()).as_bytes())?;
                     // Some work, so kills land mid-activity too.
-                    tokio::time::sleep(Duration::from_millis(30)).await;
+                    tokio::time::sleep(step).await;
                     Ok::<_, ActivityError>(format!("{acc}{n}"))
                 }
             },
@@ -50,18 +52,25 @@ async fn main() {
     let db = std::path::PathBuf::from(&args[1]);
     let instances: u32 = args[2].parse().expect("instance count");
     let until_done = args.iter().any(|a| a == "--until-done");
+    let flag = |name: &str, default: u64| -> u64 {
+        args.iter()
+            .position(|a| a == name)
+            .map(|i| args[i + 1].parse().expect("a number after the flag"))
+            .unwrap_or(default)
+    };
+    let lease = Duration::from_secs(flag("--lease-secs", 2));
+    let step = Duration::from_millis(flag("--step-ms", 30));
     let store = Arc::new(SqliteStore::open(&db).expect("open store"));
     let mut log = db.clone().into_os_string();
     log.push(".log");
-    // Short leases, so work held by a killed process comes back quickly.
     let options = WorkerOptions {
-        orchestration_lease: Duration::from_secs(2),
-        activity_lease: Duration::from_secs(2),
+        orchestration_lease: lease,
+        activity_lease: lease,
         activity_concurrency: 16,
         ..WorkerOptions::default()
     };
     let runtime = Worker::builder(store.clone())
-        .registry(registry(log.into()))
+        .registry(registry(log.into(), step))
         .options(options)
         .start()
         .expect("runtime");

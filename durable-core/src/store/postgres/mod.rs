@@ -20,11 +20,11 @@
 //! - **Schema.** Tables live in their own PostgreSQL schema (default `durable`); versioned
 //!   migrations run at start-up under an advisory lock, so hosts may start together.
 //!
-//! # Tables (schema version 1)
+//! # Tables (schema version 2)
 //! ```sql
 //! instances(id PRIMARY KEY, execution_id, name, version, status, input, output, failure,
 //!           custom_status, created_at, last_updated_at, parent, lease_token, lease_owner,
-//!           lease_expires_at, history_len)
+//!           lease_expires_at, history_len, dequeue_count)  -- hand-outs since the last commit
 //! history(instance_id, seq, event)                 -- the current execution's events
 //! messages(id identity, instance_id, visible_at, message)     -- inbox; timers are future visible_at
 //! activities(id identity, instance_id, item, lease_token, lease_owner, visible_at, dequeue_count)
@@ -505,7 +505,14 @@ impl PostgresStore {
             return Ok(None);
         };
         let (state, history_len) = ops::read_state(row, 0)?;
-        Ok(Some(leased_item(state, history_len, token, messages)?))
+        let dequeue_count = ops::dequeue_count(row, 0);
+        Ok(Some(leased_item(
+            state,
+            history_len,
+            dequeue_count,
+            token,
+            messages,
+        )?))
     }
 }
 
@@ -513,6 +520,7 @@ impl PostgresStore {
 fn leased_item(
     state: InstanceState,
     history_len: u64,
+    dequeue_count: u32,
     token: String,
     messages: Vec<tokio_postgres::Row>,
 ) -> StoreResult<OrchestrationWorkItem> {
@@ -528,6 +536,7 @@ fn leased_item(
         messages: out,
         state: Some(state),
         history_len,
+        dequeue_count,
     })
 }
 
@@ -1061,7 +1070,14 @@ impl FastPaths for PostgresStore {
             return Ok(None);
         }
         let (state, history_len) = ops::read_state(&row, 2)?;
-        Ok(Some(leased_item(state, history_len, token, messages)?))
+        let dequeue_count = ops::dequeue_count(&row, 2);
+        Ok(Some(leased_item(
+            state,
+            history_len,
+            dequeue_count,
+            token,
+            messages,
+        )?))
     }
 }
 
@@ -1407,7 +1423,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("has version 99"), "{err}");
-        assert!(err.contains("up to 1"), "{err}");
+        assert!(err.contains(&format!("up to {SCHEMA_VERSION}")), "{err}");
         drop(conn);
         let foreign = test_schema();
         let conn = a.inner.pool.get().await.unwrap();

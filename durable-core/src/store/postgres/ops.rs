@@ -67,6 +67,12 @@ struct ActivityRow {
     name: String,
     input: Option<String>,
     attempt: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    start_to_close_us: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    heartbeat_timeout_us: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    heartbeat_details: Option<String>,
 }
 
 impl From<&ActivityWorkItem> for ActivityRow {
@@ -77,8 +83,21 @@ impl From<&ActivityWorkItem> for ActivityRow {
             name: a.name.clone(),
             input: a.input.clone(),
             attempt: a.attempt,
+            start_to_close_us: a
+                .start_to_close
+                .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
+            heartbeat_timeout_us: a
+                .heartbeat_timeout
+                .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
+            heartbeat_details: a.heartbeat_details.clone(),
         }
     }
+}
+
+/// The hand-out count a leasing statement returns after the state columns read from `at`.
+pub(crate) fn dequeue_count(row: &Row, at: usize) -> u32 {
+    let n: i32 = row.get(at + 13);
+    u32::try_from(n).unwrap_or(0)
 }
 
 /// Decodes the state columns ([`sql::state_cols`]) starting at column `at`; returns the
@@ -232,10 +251,10 @@ pub(crate) async fn create(
     Ok(Created::Yes { delayed })
 }
 
-/// Builds work items from leased rows (token + state columns from column 1 on) and their
-/// messages.
+/// Builds work items from leased rows (token, state columns from column 1 on, hand-out
+/// count) and their messages.
 pub(crate) fn work_items(
-    leased: Vec<(String, InstanceState, u64)>,
+    leased: Vec<(String, InstanceState, u64, u32)>,
     messages: Vec<Row>,
 ) -> StoreResult<Vec<OrchestrationWorkItem>> {
     let mut by_id: HashMap<String, Vec<(u64, OrchestrationMessage)>> = HashMap::new();
@@ -250,13 +269,16 @@ pub(crate) fn work_items(
     }
     let mut out: Vec<OrchestrationWorkItem> = leased
         .into_iter()
-        .map(|(token, state, history_len)| OrchestrationWorkItem {
-            instance_id: state.instance_id.clone(),
-            lease_token: token,
-            messages: by_id.remove(&state.instance_id).unwrap_or_default(),
-            state: Some(state),
-            history_len,
-        })
+        .map(
+            |(token, state, history_len, dequeue_count)| OrchestrationWorkItem {
+                instance_id: state.instance_id.clone(),
+                lease_token: token,
+                messages: by_id.remove(&state.instance_id).unwrap_or_default(),
+                state: Some(state),
+                history_len,
+                dequeue_count,
+            },
+        )
         .collect();
     // Oldest first, like the order they were picked in.
     out.sort_by_key(|w| w.messages.first().map(|(id, _)| *id).unwrap_or(u64::MAX));
@@ -296,7 +318,7 @@ pub(crate) async fn lease_orchestrations(
     for r in &rows {
         let token: String = r.get(0);
         let (state, len) = read_state(r, 1)?;
-        leased.push((token, state, len));
+        leased.push((token, state, len, dequeue_count(r, 1)));
     }
     work_items(leased, messages)
 }
@@ -796,6 +818,9 @@ pub(crate) fn activity_items(rows: Vec<Row>) -> StoreResult<Vec<ActivityWorkItem
             name: row.name,
             input: row.input,
             attempt: row.attempt,
+            start_to_close: row.start_to_close_us.map(Duration::from_micros),
+            heartbeat_timeout: row.heartbeat_timeout_us.map(Duration::from_micros),
+            heartbeat_details: row.heartbeat_details,
             lease_token: r.get(3),
             dequeue_count: dequeue as u32,
         });

@@ -9,7 +9,7 @@ use crate::store::StoreError;
 use crate::store::StoreResult;
 
 /// The newest schema version this build understands.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// The migrations, in order: version `i + 1` is `MIGRATIONS[i]`. A released migration is
 /// never edited; a change is a new one.
@@ -130,6 +130,102 @@ const MIGRATIONS: &[&str] = &[
         ELSE
             UPDATE instances SET lease_token = NULL, lease_owner = NULL,
                 lease_expires_at = NULL,
+                history_len = first_seq + coalesce(cardinality(p_events), 0)
+              WHERE id = p_id;
+        END IF;
+        IF cardinality(p_items) > 0 THEN
+            WITH ins AS (
+                INSERT INTO activities(instance_id, item, lease_token, lease_owner, visible_at,
+                    dequeue_count)
+                SELECT p_id, t.item, t.tok,
+                  CASE WHEN t.tok IS NULL THEN NULL ELSE p_owner END,
+                  CASE WHEN t.tok IS NULL THEN now()
+                    ELSE now() + p_lease * interval '1 microsecond' END,
+                  CASE WHEN t.tok IS NULL THEN 0 ELSE 1 END
+                FROM unnest(p_items, p_tokens) WITH ORDINALITY AS t(item, tok, o)
+                ORDER BY t.o
+                RETURNING id, lease_token)
+            SELECT array_agg(id), array_agg(lease_token) INTO act_ids, act_tokens FROM ins;
+        END IF;
+        IF cardinality(p_targets) > 0 THEN
+            WITH m AS (
+                INSERT INTO messages(instance_id, visible_at, message)
+                SELECT t.i, coalesce(t.v, now()), t.m
+                FROM unnest(p_targets, p_at, p_bodies) WITH ORDINALITY AS t(i, v, m, o)
+                WHERE EXISTS (SELECT 1 FROM instances x WHERE x.id = t.i FOR KEY SHARE)
+                ORDER BY t.o
+                RETURNING instance_id, visible_at > now() AS delayed)
+            SELECT array_agg(instance_id), array_agg(delayed) INTO sent_to, sent_delayed FROM m;
+        END IF;
+        ok := true;
+    END
+    $fn$;",
+    // 2: instances count their hand-outs since the last commit (poison episodes); a
+    // commit resets the count.
+    "ALTER TABLE instances ADD COLUMN dequeue_count integer NOT NULL DEFAULT 0;
+    CREATE OR REPLACE FUNCTION commit_episode(
+        p_id text, p_token text, p_exec text, p_hlen bigint,
+        p_done_id bigint, p_done_token text,
+        p_consumed bigint[], p_replace boolean, p_events text[],
+        p_status text, p_execution_id text, p_name text, p_version text, p_input text,
+        p_output text, p_failure text, p_custom text, p_created timestamptz,
+        p_updated timestamptz, p_parent text,
+        p_items text[], p_tokens text[], p_owner text, p_lease bigint,
+        p_targets text[], p_at timestamptz[], p_bodies text[],
+        OUT ok boolean, OUT act_ids bigint[], OUT act_tokens text[],
+        OUT sent_to text[], OUT sent_delayed boolean[])
+    LANGUAGE plpgsql SET search_path FROM CURRENT AS $fn$
+    DECLARE
+        cur record;
+        first_seq bigint;
+    BEGIN
+        ok := false;
+        SELECT lease_token, history_len, execution_id,
+               (lease_expires_at IS NULL OR lease_expires_at <= now()) AS free
+          INTO cur FROM instances WHERE id = p_id FOR NO KEY UPDATE;
+        IF NOT FOUND THEN
+            RETURN;
+        END IF;
+        IF p_token IS NOT NULL THEN
+            IF cur.lease_token IS DISTINCT FROM p_token THEN
+                RETURN;
+            END IF;
+        ELSIF NOT cur.free OR cur.execution_id <> p_exec OR cur.history_len <> p_hlen
+            OR EXISTS (SELECT 1 FROM messages WHERE instance_id = p_id AND visible_at <= now())
+        THEN
+            RETURN;
+        END IF;
+        IF p_done_id IS NOT NULL THEN
+            DELETE FROM activities WHERE id = p_done_id AND lease_token = p_done_token;
+            IF NOT FOUND THEN
+                RETURN;
+            END IF;
+        END IF;
+        IF cardinality(p_consumed) > 0 THEN
+            DELETE FROM messages WHERE instance_id = p_id AND id = ANY(p_consumed);
+        END IF;
+        IF p_replace THEN
+            DELETE FROM history WHERE instance_id = p_id;
+            first_seq := 0;
+        ELSE
+            first_seq := cur.history_len;
+        END IF;
+        IF cardinality(p_events) > 0 THEN
+            INSERT INTO history(instance_id, seq, event)
+              SELECT p_id, first_seq + t.o - 1, t.e
+              FROM unnest(p_events) WITH ORDINALITY AS t(e, o);
+        END IF;
+        IF p_status IS NOT NULL THEN
+            UPDATE instances SET execution_id = p_execution_id, name = p_name,
+                version = p_version, status = p_status, input = p_input, output = p_output,
+                failure = p_failure, custom_status = p_custom, created_at = p_created,
+                last_updated_at = p_updated, parent = p_parent, lease_token = NULL,
+                lease_owner = NULL, lease_expires_at = NULL, dequeue_count = 0,
+                history_len = first_seq + coalesce(cardinality(p_events), 0)
+              WHERE id = p_id;
+        ELSE
+            UPDATE instances SET lease_token = NULL, lease_owner = NULL,
+                lease_expires_at = NULL, dequeue_count = 0,
                 history_len = first_seq + coalesce(cardinality(p_events), 0)
               WHERE id = p_id;
         END IF;

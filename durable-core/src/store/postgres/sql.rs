@@ -11,6 +11,14 @@ macro_rules! state_cols {
 }
 pub(crate) use state_cols;
 
+/// The state columns and the hand-out count, returned by the statements that lease an
+/// instance.
+macro_rules! leased_cols {
+    () => {
+        concat!(state_cols!(), ", dequeue_count")
+    };
+}
+
 /// A new instance and its start message, when no instance has the id (one statement).
 pub const CREATE: &str = "WITH ins AS (
     INSERT INTO instances(id, execution_id, name, version, status, input, output, failure,
@@ -27,7 +35,7 @@ pub const STATUS_FOR_UPDATE: &str = "SELECT status FROM instances WHERE id = $1 
 pub const REPLACE: &str = "UPDATE instances SET execution_id = $2, name = $3, version = $4,
     status = $5, input = $6, output = $7, failure = $8, custom_status = $9, created_at = $10,
     last_updated_at = $11, parent = $12, lease_token = NULL, lease_owner = NULL,
-    lease_expires_at = NULL, history_len = 0
+    lease_expires_at = NULL, history_len = 0, dequeue_count = 0
   WHERE id = $1";
 
 pub const DELETE_HISTORY: &str = "DELETE FROM history WHERE instance_id = $1";
@@ -51,10 +59,11 @@ pub const LEASE_INSTANCES: &str = concat!(
     ORDER BY m.visible_at, m.id LIMIT $1
     FOR UPDATE OF i SKIP LOCKED)
   UPDATE instances SET lease_token = $4::text || id,
-    lease_owner = $2, lease_expires_at = now() + $3::bigint * interval '1 microsecond'
+    lease_owner = $2, lease_expires_at = now() + $3::bigint * interval '1 microsecond',
+    dequeue_count = dequeue_count + 1
   FROM (SELECT DISTINCT cid FROM cand) c WHERE id = c.cid
   RETURNING lease_token, ",
-    state_cols!()
+    leased_cols!()
 );
 
 /// The visible messages (at most $3 each, in arrival order) of the instances that owner $1
@@ -95,12 +104,12 @@ pub const APPEND_HISTORY: &str = "INSERT INTO history(instance_id, seq, event)
 pub const WRITE_STATE: &str = "UPDATE instances SET execution_id = $2, name = $3, version = $4,
     status = $5, input = $6, output = $7, failure = $8, custom_status = $9, created_at = $10,
     last_updated_at = $11, parent = $12, lease_token = NULL, lease_owner = NULL,
-    lease_expires_at = NULL, history_len = $13
+    lease_expires_at = NULL, history_len = $13, dequeue_count = 0
   WHERE id = $1";
 
 /// Releases the lease, keeping the state.
 pub const RELEASE: &str = "UPDATE instances SET lease_token = NULL, lease_owner = NULL,
-    lease_expires_at = NULL, history_len = $2 WHERE id = $1";
+    lease_expires_at = NULL, history_len = $2, dequeue_count = 0 WHERE id = $1";
 
 /// Queues activities; those with a token are leased at once to owner $4 for $5 µs.
 pub const INSERT_ACTIVITIES: &str = "INSERT INTO activities(instance_id, item, lease_token,
@@ -125,11 +134,12 @@ pub const INSERT_MESSAGES: &str = "INSERT INTO messages(instance_id, visible_at,
 /// $2 is still leased with token $3.
 pub const LEASE_FOR_RESULT: &str = concat!(
     "UPDATE instances SET lease_token = $4, lease_owner = $5,
-    lease_expires_at = now() + $6::bigint * interval '1 microsecond'
+    lease_expires_at = now() + $6::bigint * interval '1 microsecond',
+    dequeue_count = dequeue_count + 1
   WHERE id = $1 AND (lease_expires_at IS NULL OR lease_expires_at <= now())
     AND EXISTS (SELECT 1 FROM activities WHERE id = $2 AND lease_token = $3)
   RETURNING ",
-    state_cols!()
+    leased_cols!()
 );
 
 /// Deletes activity $1 (fenced by token $2) and queues its result for instance $3 when it
@@ -153,11 +163,12 @@ pub const COMPLETE_AND_LEASE: &str = concat!(
       AND EXISTS (SELECT 1 FROM instances WHERE id = $3 FOR KEY SHARE)
     RETURNING 1),
   l AS (UPDATE instances SET lease_token = $6, lease_owner = $7,
-      lease_expires_at = now() + $8::bigint * interval '1 microsecond'
+      lease_expires_at = now() + $8::bigint * interval '1 microsecond',
+      dequeue_count = dequeue_count + 1
     WHERE id = $3 AND (lease_expires_at IS NULL OR lease_expires_at <= now())
       AND EXISTS (SELECT 1 FROM ins)
     RETURNING ",
-    state_cols!(),
+    leased_cols!(),
     ")
   SELECT (SELECT count(*) FROM d), (SELECT count(*) FROM ins), l.* FROM (SELECT 1) AS one
   LEFT JOIN l ON true"
@@ -168,7 +179,9 @@ pub const RENEW_INSTANCE: &str = "UPDATE instances
   WHERE id = $1 AND lease_token = $2";
 
 /// Gives up a lease; with a delay the instance stays hidden (under a token no one holds).
+/// The hand-out was given back, so it does not count.
 pub const ABANDON_INSTANCE: &str = "UPDATE instances SET
+    dequeue_count = greatest(dequeue_count - 1, 0),
     lease_token = CASE WHEN $3::bigint = 0 THEN NULL
       ELSE replace(gen_random_uuid()::text, '-', '') END,
     lease_owner = NULL,

@@ -26,8 +26,11 @@
 //! # Opening
 //! Opening takes `<db>.lock` (one store per file, across processes), then, before writing
 //! anything, refuses a file that cannot be written, that is not durable's (its
-//! `application_id`, or tables of its own) or that fails `PRAGMA quick_check`. Closing
-//! (dropping the store) checkpoints the WAL into the file and empties it.
+//! `application_id`, or tables of its own) or that fails `PRAGMA quick_check`. Since the
+//! lock proves that no other process has the file, every lease found in it was left by a
+//! process that died: opening gives them all back, so a restart after a crash runs that
+//! work at once instead of after the leases lapse. Closing (dropping the store)
+//! checkpoints the WAL into the file and empties it.
 //!
 //! # Waiting and time
 //! Waiting fetches and instance waiters wake on in-process signals the writer fires after
@@ -39,12 +42,13 @@
 //! requests), `ops` (the SQL of each operation), and this module (the [`Store`] and
 //! [`FastPaths`] implementations).
 //!
-//! # Schema (version 2; `PRAGMA user_version`, `PRAGMA application_id` = "DRBL")
+//! # Schema (version 3; `PRAGMA user_version`, `PRAGMA application_id` = "DRBL")
 //! Times are Unix microseconds (UTC). JSON columns hold serde_json text.
 //! ```sql
 //! instances(id TEXT PRIMARY KEY, execution_id, name, version, status TEXT,  -- 'Running', ...
 //!           input, output, failure JSON, custom_status, created_at, last_updated_at,
-//!           parent JSON, lease_token, lease_expires_at, lease_owner, history_len)
+//!           parent JSON, lease_token, lease_expires_at, lease_owner, history_len,
+//!           dequeue_count)                        -- hand-outs since the last commit
 //! history(instance_id, seq, event JSON)           -- the current execution's events, in order
 //! messages(id INTEGER PRIMARY KEY, instance_id, visible_at, message JSON)   -- inbox; timers have a future visible_at
 //! activities(id INTEGER PRIMARY KEY, instance_id, item JSON, lease_token, lease_owner,
@@ -321,6 +325,14 @@ impl SqliteStore {
             })?;
         let sync = b.synchronous;
         schema::migrate(&mut conn, &what)?;
+        // `<db>.lock` proves no other process has the file, so every lease in it was left
+        // by one that is gone (killed, crashed): its work is given back at once instead of
+        // waiting for the leases to lapse.
+        let released = ops::release_all_leases(&conn, micros(b.clock.now()))
+            .map_err(|e| e.context(format!("cannot release the leases left in {what}")))?;
+        if released > 0 {
+            tracing::info!(released, file = %what, "gave back the leases a previous process left behind");
+        }
         let open_reader = || -> StoreResult<Connection> {
             let reader = Connection::open_with_flags(
                 &b.path,

@@ -119,11 +119,13 @@ fn write_state(
          VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, NULL, NULL, NULL, ?13)",
         WriteState::Update => "UPDATE instances SET execution_id = ?2, name = ?3, version = ?4, status = ?5, input = ?6, output = ?7,
             failure = ?8, custom_status = ?9, created_at = ?10, last_updated_at = ?11, parent = ?12,
-            lease_token = NULL, lease_expires_at = NULL, lease_owner = NULL, history_len = ?13
+            lease_token = NULL, lease_expires_at = NULL, lease_owner = NULL, history_len = ?13,
+            dequeue_count = 0
          WHERE id = ?1",
         WriteState::UpdateUnindexed => "UPDATE instances SET execution_id = ?2, name = ?3, version = ?4, input = ?6, output = ?7,
             failure = ?8, custom_status = ?9, last_updated_at = ?11, parent = ?12,
-            lease_token = NULL, lease_expires_at = NULL, lease_owner = NULL, history_len = ?13
+            lease_token = NULL, lease_expires_at = NULL, lease_owner = NULL, history_len = ?13,
+            dequeue_count = 0
          WHERE id = ?1",
     };
     conn.prepare_cached(sql_text)
@@ -231,16 +233,24 @@ pub(super) fn lease_instance(
     lease: Duration,
 ) -> StoreResult<Option<OrchestrationWorkItem>> {
     let token = random_id();
-    let n = conn
+    let dequeue_count: Option<i64> = conn
         .prepare_cached(
-            "UPDATE instances SET lease_token = ?1, lease_expires_at = ?2, lease_owner = ?5
-             WHERE id = ?3 AND (lease_expires_at IS NULL OR lease_expires_at <= ?4)",
+            "UPDATE instances SET lease_token = ?1, lease_expires_at = ?2, lease_owner = ?5,
+                dequeue_count = dequeue_count + 1
+             WHERE id = ?3 AND (lease_expires_at IS NULL OR lease_expires_at <= ?4)
+             RETURNING dequeue_count",
         )
-        .and_then(|mut s| s.execute(params![token, plus(now, lease), id, now, owner.as_str()]))
+        .and_then(|mut s| {
+            s.query_row(
+                params![token, plus(now, lease), id, now, owner.as_str()],
+                |r| r.get(0),
+            )
+            .optional()
+        })
         .map_err(sql)?;
-    if n == 0 {
+    let Some(dequeue_count) = dequeue_count else {
         return Ok(None);
-    }
+    };
     let mut stmt = conn
         .prepare_cached("SELECT id, message FROM messages WHERE instance_id = ?1 AND visible_at <= ?2 ORDER BY id LIMIT ?3")
         .map_err(sql)?;
@@ -264,6 +274,7 @@ pub(super) fn lease_instance(
         messages,
         state,
         history_len: history_len as u64,
+        dequeue_count: u32::try_from(dequeue_count).unwrap_or(u32::MAX),
     }))
 }
 
@@ -378,7 +389,7 @@ pub(super) fn commit(
         }
         None => {
             conn.prepare_cached(
-                "UPDATE instances SET lease_token = NULL, lease_expires_at = NULL, lease_owner = NULL, history_len = ?1 WHERE id = ?2",
+                "UPDATE instances SET lease_token = NULL, lease_expires_at = NULL, lease_owner = NULL, history_len = ?1, dequeue_count = 0 WHERE id = ?2",
             )
             .and_then(|mut s| s.execute(params![history_len, c.instance_id]))
             .map_err(sql)?;
@@ -458,6 +469,12 @@ struct ActivityRow {
     name: String,
     input: Option<String>,
     attempt: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    start_to_close_us: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    heartbeat_timeout_us: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    heartbeat_details: Option<String>,
 }
 
 impl From<&ActivityWorkItem> for ActivityRow {
@@ -468,6 +485,13 @@ impl From<&ActivityWorkItem> for ActivityRow {
             name: a.name.clone(),
             input: a.input.clone(),
             attempt: a.attempt,
+            start_to_close_us: a
+                .start_to_close
+                .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
+            heartbeat_timeout_us: a
+                .heartbeat_timeout
+                .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
+            heartbeat_details: a.heartbeat_details.clone(),
         }
     }
 }
@@ -511,6 +535,9 @@ pub(super) fn fetch_activities(
             name: row.name,
             input: row.input,
             attempt: row.attempt,
+            start_to_close: row.start_to_close_us.map(Duration::from_micros),
+            heartbeat_timeout: row.heartbeat_timeout_us.map(Duration::from_micros),
+            heartbeat_details: row.heartbeat_details,
             lease_token: token,
             dequeue_count,
         });
@@ -639,7 +666,8 @@ pub(super) fn abandon_orchestration(
     let new_token: Option<String> = until.map(|_| random_id());
     let n = conn
         .prepare_cached(
-            "UPDATE instances SET lease_token = ?1, lease_expires_at = ?2, lease_owner = NULL
+            "UPDATE instances SET lease_token = ?1, lease_expires_at = ?2, lease_owner = NULL,
+                dequeue_count = max(dequeue_count - 1, 0)
              WHERE id = ?3 AND lease_token = ?4 AND lease_owner IS NOT NULL",
         )
         .and_then(|mut s| s.execute(params![new_token, until, id, token]))
@@ -765,6 +793,27 @@ pub(super) fn release_leases(
         .map_err(sql)?;
     w.orchestrations |= instances > 0;
     w.activities |= activities > 0;
+    Ok((instances + activities) as u64)
+}
+
+/// Gives back every lease anyone holds (not the holds of delayed abandons, which have no
+/// owner); returns how many. For opening: the store holds the file alone, so every lease
+/// found then was left by a process that is gone.
+pub(super) fn release_all_leases(conn: &Connection, now: i64) -> StoreResult<u64> {
+    let instances = conn
+        .execute(
+            "UPDATE instances SET lease_token = NULL, lease_expires_at = NULL, lease_owner = NULL
+             WHERE lease_owner IS NOT NULL",
+            [],
+        )
+        .map_err(sql)?;
+    let activities = conn
+        .execute(
+            "UPDATE activities SET lease_token = NULL, lease_owner = NULL, visible_at = ?1
+             WHERE lease_owner IS NOT NULL",
+            params![now],
+        )
+        .map_err(sql)?;
     Ok((instances + activities) as u64)
 }
 

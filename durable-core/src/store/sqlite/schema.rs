@@ -10,7 +10,7 @@ use super::{failed, sql, sql_in, Synchronous};
 use crate::store::{StoreError, StoreResult};
 
 /// The newest schema version this build understands.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// The tables of schema version 1 (leases were called locks then); version 2 migrates them.
 pub(super) const SCHEMA_V1: &str = "CREATE TABLE instances(
@@ -243,6 +243,14 @@ pub(super) fn migrate(conn: &mut Connection, what: &str) -> StoreResult<()> {
                 WHERE lease_expires_at IS NOT NULL;
             ALTER TABLE activities RENAME COLUMN lock_token TO lease_token;
             ALTER TABLE activities ADD COLUMN lease_owner TEXT;",
+        )
+        .map_err(setup)?;
+    }
+    if version < 3 {
+        // Version 3: instances count their hand-outs since the last commit (poison
+        // episodes); a commit resets the count.
+        tx.execute_batch(
+            "ALTER TABLE instances ADD COLUMN dequeue_count INTEGER NOT NULL DEFAULT 0;",
         )
         .map_err(setup)?;
     }

@@ -24,7 +24,7 @@ fn pragmas_are_in_effect_and_newer_schemas_refused() {
     drop(conn);
     let err = SqliteStore::open(&path).unwrap_err().to_string();
     assert!(err.contains("schema version 99"), "{err}");
-    assert!(err.contains("up to 2"), "{err}");
+    assert!(err.contains(&format!("up to {SCHEMA_VERSION}")), "{err}");
     let conn = Connection::open(&path).unwrap();
     let v: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
@@ -206,5 +206,97 @@ async fn a_version_1_file_without_the_application_id_is_migrated() {
     assert_eq!(
         owner, None,
         "the lease columns were renamed, the owner added"
+    );
+}
+
+/// A process killed while holding leases leaves them in the file; the next store to open
+/// it (the lock proves that process is gone) gives them back at once, whoever held them,
+/// while a delayed abandon keeps its delay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opening_gives_back_the_leases_a_dead_process_left() {
+    let path = temp("dead-leases");
+    let dead = WorkerId::new("dead-process");
+    let hour = Duration::from_secs(3600);
+    let (activity_id, held) = {
+        let store = SqliteStore::open(&path).unwrap();
+        store.create_instance(new_instance("a")).await.unwrap();
+        let item = store
+            .fetch_orchestration_work(&dead, hour, 1, Duration::ZERO)
+            .await
+            .unwrap()
+            .pop()
+            .unwrap();
+        let mut st = item.state.clone().unwrap();
+        st.status = RuntimeStatus::Running;
+        let execution_id = st.execution_id.clone();
+        store
+            .commit_orchestration(OrchestrationCommit {
+                instance_id: "a".into(),
+                lease_token: item.lease_token.clone(),
+                consumed: item.messages.iter().map(|(id, _)| *id).collect(),
+                history: HistoryUpdate::Append(vec![HistoryEvent::new(
+                    Utc::now(),
+                    EventKind::OrchestratorStarted,
+                )]),
+                state: Some(st),
+                activities: vec![ActivityWorkItem {
+                    id: 0,
+                    instance_id: "a".into(),
+                    execution_id,
+                    seq: 0,
+                    name: "act".into(),
+                    input: None,
+                    attempt: 1,
+                    lease_token: String::new(),
+                    dequeue_count: 0,
+                    start_to_close: None,
+                    heartbeat_timeout: None,
+                    heartbeat_details: None,
+                }],
+                messages: Vec::new(),
+                new_instances: Vec::new(),
+            })
+            .await
+            .unwrap();
+        let act = store
+            .fetch_activity_work(&dead, hour, 1, Duration::ZERO)
+            .await
+            .unwrap()
+            .pop()
+            .unwrap();
+        // `b` is leased and then abandoned with a delay: that hold has no owner and stays.
+        store.create_instance(new_instance("b")).await.unwrap();
+        store.create_instance(new_instance("held")).await.unwrap();
+        let mut items = store
+            .fetch_orchestration_work(&dead, hour, 2, Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(items.len(), 2);
+        items.sort_by(|x, y| x.instance_id.cmp(&y.instance_id));
+        store
+            .abandon_orchestration("b", &items[0].lease_token, hour)
+            .await
+            .unwrap();
+        // The process "dies" holding the activity and `held`.
+        (act.id, items[1].instance_id.clone())
+    };
+    let store = SqliteStore::open(&path).unwrap();
+    let other = WorkerId::new("new-process");
+    let acts = store
+        .fetch_activity_work(&other, hour, 10, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(acts.len(), 1, "the dead process's activity is free at once");
+    assert_eq!(acts[0].id, activity_id);
+    assert_eq!(acts[0].dequeue_count, 2);
+    let items = store
+        .fetch_orchestration_work(&other, hour, 10, Duration::ZERO)
+        .await
+        .unwrap();
+    let ids: Vec<&str> = items.iter().map(|i| i.instance_id.as_str()).collect();
+    assert_eq!(
+        ids,
+        vec![held.as_str()],
+        "the held instance is free at once; the abandoned one keeps its delay"
     );
 }

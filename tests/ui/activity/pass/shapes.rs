@@ -28,6 +28,9 @@ async fn three(ctx: ActivityContext, a: u8, b: String, c: Vec<i32>) -> Result<us
 #[activity]
 async fn unit_return(_x: u32) {}
 
+#[activity(name = "bounded", timeout = "250ms")]
+async fn bounded(_x: u32) {}
+
 fn main() {
     let _ = (none, one, three, unit_return);
 }
