@@ -51,6 +51,7 @@ pub mod http;
 pub mod instance;
 pub mod join;
 pub mod limits;
+pub mod metrics;
 pub mod payload;
 pub mod registry;
 mod replay;

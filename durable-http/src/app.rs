@@ -18,8 +18,9 @@ use hyper::body::Body;
 
 use crate::config::{PublicStatus, RequestConfig};
 use crate::management;
+use crate::metrics::HostMetrics;
 use crate::public_url::{BaseUrls, PeerAddr};
-use crate::request::{parse_query, HttpError, HttpRequest, HttpResponse};
+use crate::request::{into_hyper, parse_query, HttpError, HttpRequest, HttpResponse};
 use crate::router::{Match, Router};
 
 /// The request handler shared by every connection.
@@ -34,6 +35,9 @@ pub struct App {
     pub(crate) bodies: tokio::sync::Semaphore,
     pub(crate) mount_prefix: String,
     pub(crate) base: BaseUrls,
+    pub(crate) metrics: Arc<HostMetrics>,
+    /// The public status route's pattern, for the metrics.
+    pub(crate) status_route: String,
 }
 
 impl std::fmt::Debug for App {
@@ -54,24 +58,16 @@ fn constant_time_eq(a: &str, b: &str) -> bool {
     diff == 0
 }
 
-fn into_hyper(r: HttpResponse) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(r.body));
-    *resp.status_mut() = r.status;
-    for (k, v) in r.headers {
-        if let (Ok(name), Ok(value)) = (
-            http::header::HeaderName::from_bytes(k.as_bytes()),
-            http::header::HeaderValue::from_str(&v),
-        ) {
-            resp.headers_mut().append(name, value);
-        }
-    }
-    resp
-}
-
 impl App {
     /// The client this host uses.
     pub fn client(&self) -> &DurableClient {
         &self.client
+    }
+
+    /// The host's metrics in the Prometheus text format, as `/metrics` answers them: for
+    /// an application that serves them on a route of its own choosing.
+    pub async fn metrics_text(&self) -> String {
+        self.metrics.render().await
     }
 
     /// Handles one request. Mount it inside another hyper or axum application by calling
@@ -88,9 +84,11 @@ impl App {
         B: Body<Data = Bytes> + Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        let started = std::time::Instant::now();
         let method = req.method().clone();
         let path = req.uri().path().to_string();
-        let resp = match CatchUnwind(Box::pin(self.route(req))).await {
+        let mut route = RouteName::Unmatched;
+        let resp = match CatchUnwind(Box::pin(self.route(req, &mut route))).await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => e.into_response(),
             Err(panic) => {
@@ -108,6 +106,14 @@ impl App {
             }
         };
         tracing::debug!(%method, %path, status = resp.status.as_u16(), "request");
+        let route = match &route {
+            RouteName::Static(s) => s,
+            RouteName::Status => self.status_route.as_str(),
+            RouteName::Start(p) => p.as_str(),
+            RouteName::Unmatched => "unmatched",
+        };
+        self.metrics
+            .request(route, &method, resp.status, started.elapsed());
         into_hyper(resp)
     }
 
@@ -159,7 +165,11 @@ impl App {
         }
     }
 
-    async fn route<B>(&self, req: Request<B>) -> Result<HttpResponse, HttpError>
+    async fn route<B>(
+        &self,
+        req: Request<B>,
+        route: &mut RouteName,
+    ) -> Result<HttpResponse, HttpError>
     where
         B: Body<Data = Bytes> + Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -174,7 +184,26 @@ impl App {
             return Err(HttpError::not_found(format!("no route for {raw_path}")));
         }
         if let Some(answer) = crate::dashboard::serve(&parts.method, path) {
+            *route = RouteName::Static("/dashboard/{file}");
             return answer;
+        }
+        if path == crate::metrics::PATH {
+            *route = RouteName::Static(crate::metrics::PATH);
+            if !self.key_matches(&parts.headers, parts.uri.query()) {
+                return Err(HttpError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "missing or invalid key",
+                ));
+            }
+            if parts.method != Method::GET {
+                return Ok(HttpError::new(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "only GET is allowed here",
+                )
+                .into_response()
+                .with_header("allow", "GET"));
+            }
+            return Ok(self.metrics.response().await);
         }
         if let Some(len) = parts
             .headers
@@ -208,6 +237,10 @@ impl App {
         };
 
         if path == management::BASE || path.starts_with(&format!("{}/", management::BASE)) {
+            let rest = path[management::BASE.len()..]
+                .trim_start_matches('/')
+                .to_string();
+            *route = RouteName::Static(management::route_pattern(&rest));
             let given = req
                 .header("x-functions-key")
                 .map(str::to_string)
@@ -221,9 +254,6 @@ impl App {
                     ))
                 }
             }
-            let rest = path[management::BASE.len()..]
-                .trim_start_matches('/')
-                .to_string();
             return management::handle(&self.client, &req, &rest).await;
         }
         let prefix = &self.config.status_prefix;
@@ -234,6 +264,7 @@ impl App {
             .filter(|_| public_status)
         {
             if !id.is_empty() && !id.contains('/') {
+                *route = RouteName::Status;
                 if req.method != Method::GET {
                     return Err(HttpError::new(
                         StatusCode::METHOD_NOT_ALLOWED,
@@ -245,12 +276,14 @@ impl App {
             }
         }
         match self.router.find(&req.method, path) {
-            Match::Found(route, params) => {
+            Match::Found(found, params) => {
+                *route = RouteName::Start(found.pattern.clone());
                 req.params = params;
-                let handler = route.handler.clone();
+                let handler = found.handler.clone();
                 handler(self.client.clone(), req).await
             }
-            Match::WrongMethod(allowed) => {
+            Match::WrongMethod(allowed, pattern) => {
+                *route = RouteName::Start(pattern);
                 let allow: Vec<String> = allowed.iter().map(|m| m.to_string()).collect();
                 Ok(HttpError::new(
                     StatusCode::METHOD_NOT_ALLOWED,
@@ -265,6 +298,42 @@ impl App {
             ))),
         }
     }
+}
+
+impl App {
+    /// True when the request carries the management key: in `x-functions-key`, as
+    /// `Authorization: Bearer <key>` (what a Prometheus scrape configuration sends), or in
+    /// the `code` query parameter.
+    fn key_matches(&self, headers: &http::HeaderMap, query: Option<&str>) -> bool {
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let given = header("x-functions-key")
+            .map(str::to_string)
+            .or_else(|| {
+                header("authorization")
+                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .map(|k| k.trim().to_string())
+            })
+            .or_else(|| {
+                parse_query(query.unwrap_or(""))
+                    .into_iter()
+                    .find(|(k, _)| k == "code")
+                    .map(|(_, v)| v)
+            });
+        given.is_some_and(|k| constant_time_eq(&k, &self.key))
+    }
+}
+
+/// Which route answered a request, for the metrics: a pattern, never the raw path.
+#[derive(Debug)]
+pub(crate) enum RouteName {
+    /// A fixed route of the host (dashboard, metrics, a management route).
+    Static(&'static str),
+    /// The public status endpoint.
+    Status,
+    /// A start endpoint, by its pattern.
+    Start(String),
+    /// No route.
+    Unmatched,
 }
 
 /// Runs a future and turns a panic inside it into an `Err` with the panic's payload, so a

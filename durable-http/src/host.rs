@@ -13,6 +13,7 @@ use http::Method;
 use crate::app::{App, DurableService};
 use crate::config::{PublicStatus, RequestConfig};
 use crate::management;
+use crate::metrics::HostMetrics;
 use crate::public_url::{parse_public_url, parse_trusted_proxies, BaseUrls};
 use crate::request::HttpRequest;
 use crate::router::{Handler, Match, Router};
@@ -107,6 +108,7 @@ pub struct HostBuilder {
     routes: Vec<(Vec<String>, String, Handler, String)>,
     mount_prefix: String,
     inventory_routes: bool,
+    metrics_addr: Option<String>,
 }
 
 impl HostBuilder {
@@ -277,6 +279,15 @@ impl HostBuilder {
         self
     }
 
+    /// Also serves `GET /metrics` without a key on a separate listener at this address
+    /// (default `DURABLE_METRICS_ADDR`; none by default), e.g. `127.0.0.1:9464` or an
+    /// address on a private network only the Prometheus server reaches. The host's own
+    /// listener serves `/metrics` in any case, with the management key.
+    pub fn metrics_addr(mut self, addr: impl Into<String>) -> Self {
+        self.metrics_addr = Some(addr.into());
+        self
+    }
+
     /// Leaves out the `#[http_start]` endpoints registered by the macros.
     pub fn without_registered_routes(mut self) -> Self {
         self.inventory_routes = false;
@@ -370,7 +381,7 @@ impl HostBuilder {
             management::BASE,
             crate::dashboard::PATH,
         ] {
-            if let Match::Found(..) | Match::WrongMethod(_) =
+            if let Match::Found(..) | Match::WrongMethod(..) =
                 router.find(&Method::GET, &format!("{reserved}/x"))
             {
                 return Err(HostError(format!(
@@ -378,12 +389,22 @@ impl HostBuilder {
                 )));
             }
         }
+        if let Match::Found(..) | Match::WrongMethod(..) =
+            router.find(&Method::GET, crate::metrics::PATH)
+        {
+            return Err(HostError(format!(
+                "a start endpoint collides with the reserved route {}",
+                crate::metrics::PATH
+            )));
+        }
         let mut builder = Worker::builder(store.clone()).options(self.options);
         if let Some(reg) = self.registry {
             builder = builder.registry(reg);
         }
         let runtime = builder.start()?;
         let client = runtime.client();
+        let metrics = Arc::new(HostMetrics::new(runtime.metrics().clone(), store.clone()));
+        let status_route = format!("{}/{{id}}", self.status_prefix);
         Ok(Host {
             addr: self.addr,
             app: Arc::new(App {
@@ -400,7 +421,10 @@ impl HostBuilder {
                 bodies: tokio::sync::Semaphore::new(settings.max_concurrent_bodies),
                 mount_prefix: self.mount_prefix,
                 base: settings.base,
+                metrics,
+                status_route,
             }),
+            metrics_addr: self.metrics_addr.or_else(|| env("DURABLE_METRICS_ADDR")),
             limits: settings.conn,
             runtime,
             state,
@@ -648,6 +672,7 @@ fn load_or_create_key(db: &std::path::Path) -> Result<String, HostError> {
 /// [`bind`](Self::bind) to listen.
 pub struct Host {
     addr: String,
+    metrics_addr: Option<String>,
     app: Arc<App>,
     limits: ConnLimits,
     runtime: Worker,
@@ -695,6 +720,7 @@ impl Host {
             routes: Vec::new(),
             mount_prefix: String::new(),
             inventory_routes: true,
+            metrics_addr: None,
         }
     }
 
@@ -746,6 +772,24 @@ impl Host {
         self.app.base.set_bound(addr);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let metrics = match &self.metrics_addr {
+            Some(at) => {
+                let listener = tokio::net::TcpListener::bind(at)
+                    .await
+                    .map_err(|e| HostError(format!("cannot listen for metrics on {at}: {e}")))?;
+                let bound = listener
+                    .local_addr()
+                    .map_err(|e| HostError(e.to_string()))?;
+                let task = tokio::spawn(crate::server::serve_metrics(
+                    listener,
+                    self.app.metrics.clone(),
+                    self.limits.header_read_timeout,
+                    stop_rx.clone(),
+                ));
+                Some((bound, task))
+            }
+            None => None,
+        };
         let server = tokio::spawn(crate::server::serve(
             listener,
             self.app.clone(),
@@ -753,8 +797,11 @@ impl Host {
             open.clone(),
             stop_rx,
         ));
+        let (metrics_addr, metrics_server) = metrics.unzip();
         Ok(RunningHost {
             addr,
+            metrics_addr,
+            metrics_server,
             routes: self.app.router.describe(),
             app: self.app,
             runtime: self.runtime,
@@ -771,6 +818,10 @@ impl Host {
 pub struct RunningHost {
     /// The bound address.
     pub addr: SocketAddr,
+    /// The bound address of the separate metrics listener, when one was configured
+    /// ([`HostBuilder::metrics_addr`]).
+    pub metrics_addr: Option<SocketAddr>,
+    metrics_server: Option<tokio::task::JoinHandle<()>>,
     routes: Vec<String>,
     app: Arc<App>,
     runtime: Worker,
@@ -822,6 +873,9 @@ impl RunningHost {
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         let _ = self.server.await;
+        if let Some(metrics) = self.metrics_server {
+            let _ = metrics.await;
+        }
         self.runtime.shutdown().await;
         if let Some(store) = self.sqlite {
             if let Err(e) = store.checkpoint().await {

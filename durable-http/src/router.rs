@@ -25,7 +25,7 @@ pub(crate) struct Route {
     methods: Vec<Method>,
     segments: Vec<Segment>,
     pub(crate) handler: Handler,
-    pattern: String,
+    pub(crate) pattern: String,
     location: String,
 }
 
@@ -38,8 +38,9 @@ pub(crate) struct Router {
 /// The outcome of matching a request.
 pub(crate) enum Match<'a> {
     Found(&'a Route, HashMap<String, String>),
-    /// The path exists, but not for this method; the allowed methods.
-    WrongMethod(Vec<Method>),
+    /// The path exists, but not for this method; the allowed methods and the pattern of
+    /// the first route the path matched.
+    WrongMethod(Vec<Method>, String),
     None,
 }
 
@@ -122,6 +123,7 @@ impl Router {
     pub(crate) fn find(&self, method: &Method, path: &str) -> Match<'_> {
         let parts: Vec<&str> = split(path).collect();
         let mut allowed = Vec::new();
+        let mut pattern = None;
         for r in &self.routes {
             if r.segments.len() != parts.len() {
                 continue;
@@ -141,11 +143,11 @@ impl Router {
                 return Match::Found(r, params);
             }
             allowed.extend(r.methods.iter().cloned());
+            pattern.get_or_insert_with(|| r.pattern.clone());
         }
-        if allowed.is_empty() {
-            Match::None
-        } else {
-            Match::WrongMethod(allowed)
+        match pattern {
+            Some(p) if !allowed.is_empty() => Match::WrongMethod(allowed, p),
+            _ => Match::None,
         }
     }
 
@@ -181,7 +183,7 @@ mod tests {
         }
         assert!(matches!(
             r.find(&Method::DELETE, "/api/status/x"),
-            Match::WrongMethod(_)
+            Match::WrongMethod(..)
         ));
         assert!(matches!(r.find(&Method::GET, "/api/other"), Match::None));
         assert!(r.add(&["GET"], "api/x", h(), "d").is_err());

@@ -174,6 +174,8 @@ pub(super) async fn run_activity(shared: &Shared, item: ActivityWorkItem) {
         dequeue_count = item.dequeue_count
     );
     async {
+        let lease = shared.metrics.activity_item();
+        let started = std::time::Instant::now();
         let max = shared.options.max_activity_dequeues;
         let outcome = match shared.registry.activity(&item.name) {
             _ if max > 0 && item.dequeue_count > max => Err(FailureDetails::new(
@@ -219,7 +221,14 @@ pub(super) async fn run_activity(shared: &Shared, item: ActivityWorkItem) {
                 }
             }
         };
+        shared.metrics.activity(
+            &shared.registry,
+            &item.name,
+            outcome.is_ok(),
+            started.elapsed(),
+        );
         let next = finish_activity(shared, &item, outcome).await;
+        drop(lease);
         shared
             .running_activities
             .lock()
@@ -298,6 +307,7 @@ pub(super) async fn complete_activity(
     };
     let message = completion_message(shared, item, within_limit(shared, item, outcome));
     let has_permit = permit.is_some();
+    let started = std::time::Instant::now();
     let result = with_retries(
         shared,
         "recording an activity result failed; retrying",
@@ -324,6 +334,11 @@ pub(super) async fn complete_activity(
         },
     )
     .await;
+    shared.metrics.commit(
+        crate::metrics::CommitOp::ActivityResult,
+        started.elapsed(),
+        0,
+    );
     match result {
         Ok(next) => return next.zip(permit),
         Err(e) if e.kind() == StoreErrorKind::LeaseLost => {

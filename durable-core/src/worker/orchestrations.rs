@@ -111,8 +111,10 @@ pub(super) async fn process_orchestration_with(
         .map(|s| s.name.clone())
         .unwrap_or_default();
     let span = tracing::info_span!("episode", instance_id = %item.instance_id, name = %name);
+    let _lease = shared.metrics.orchestration_item(&item, shared.now());
     async {
         if crate::entity::is_entity_instance(&item.instance_id) {
+            shared.metrics.episode_source(true, None);
             let episode = crate::replay::entity::run_entity_episode(
                 &shared.registry,
                 &inbox(&item),
@@ -136,6 +138,7 @@ pub(super) async fn process_orchestration_with(
                 return false;
             }
         };
+        shared.metrics.episode_source(false, source.as_ref());
         let registry = shared.registry.clone();
         let result = run_episode(&registry, &inbox(&item), source, shared.now());
         let commit = commit_of(&item, result.episode);
@@ -209,6 +212,7 @@ pub(super) async fn commit_episode(
     // of its payloads per episode. A commit that fails is abandoned below and the episode
     // runs again from its stored messages, to the same effect.
     let direct = shared.direct(permits.len());
+    let measured = shared.metrics.episode_commit(&shared.registry, &commit);
     let committed = match fast {
         Some(fast) if completed.is_some() || direct.max > 0 => {
             fast.commit_orchestration_and_lease(commit, completed, direct)
@@ -220,6 +224,10 @@ pub(super) async fn commit_episode(
             .await
             .map(|()| Vec::new()),
     };
+    match &committed {
+        Ok(_) => shared.metrics.committed(measured),
+        Err(_) => shared.metrics.commit_failed(measured),
+    }
     match committed {
         Ok(leased) => {
             // Cache first: the leased activities may finish at once and look for it.
