@@ -11,6 +11,7 @@ pub struct ActivityContext {
     pub(crate) seq: u64,
     pub(crate) attempt: u32,
     pub(crate) dequeue_count: u32,
+    pub(crate) trace_parent: Option<crate::trace::TraceParent>,
 }
 
 impl ActivityContext {
@@ -23,7 +24,14 @@ impl ActivityContext {
             seq: 0,
             attempt: 1,
             dequeue_count: 1,
+            trace_parent: None,
         }
+    }
+
+    /// The trace context of the instance that scheduled this activity (from the
+    /// `traceparent` its start carried), to pass on with requests the activity makes.
+    pub fn trace_parent(&self) -> Option<crate::trace::TraceParent> {
+        self.trace_parent
     }
 
     /// The orchestration instance that scheduled this activity.

@@ -57,6 +57,7 @@ pub mod registry;
 mod replay;
 pub mod retry;
 pub mod store;
+pub mod trace;
 pub mod typed_entity;
 pub mod worker;
 

@@ -88,7 +88,14 @@ impl App {
         let method = req.method().clone();
         let path = req.uri().path().to_string();
         let mut route = RouteName::Unmatched;
-        let resp = match CatchUnwind(Box::pin(self.route(req, &mut route))).await {
+        // Instances this request starts continue its trace; a malformed header is ignored.
+        let trace = req
+            .headers()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .and_then(durable_core::trace::TraceParent::parse);
+        let routed = CatchUnwind(Box::pin(self.route(req, &mut route)));
+        let resp = match durable_core::trace::scope(trace, routed).await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => e.into_response(),
             Err(panic) => {

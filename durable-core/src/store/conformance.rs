@@ -46,6 +46,7 @@ fn new_instance(id: &str) -> NewInstance {
         parent: None,
         created_at: Utc::now(),
         start_at: None,
+        trace_parent: None,
     }
 }
 
@@ -93,6 +94,7 @@ fn activity(item: &OrchestrationWorkItem, seq: u64) -> ActivityWorkItem {
         attempt: 1,
         lease_token: String::new(),
         dequeue_count: 0,
+        trace_parent: None,
     }
 }
 

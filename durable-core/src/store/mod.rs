@@ -96,6 +96,8 @@ pub struct ActivityWorkItem {
     pub lease_token: String,
     /// How many times this item has been handed to a worker, this time included.
     pub dequeue_count: u32,
+    /// The W3C `traceparent` of the instance that scheduled it.
+    pub trace_parent: Option<String>,
 }
 
 /// Persistence for instances, histories, queues and leases.

@@ -171,7 +171,12 @@ pub(super) async fn run_activity(shared: &Shared, item: ActivityWorkItem) {
         instance_id = %item.instance_id,
         name = %item.name,
         attempt = item.attempt,
-        dequeue_count = item.dequeue_count
+        dequeue_count = item.dequeue_count,
+        trace_id = tracing::field::Empty
+    );
+    crate::trace::attach(
+        &span,
+        crate::trace::stored(item.trace_parent.as_deref()).as_ref(),
     );
     async {
         let lease = shared.metrics.activity_item();
@@ -197,9 +202,11 @@ pub(super) async fn run_activity(shared: &Shared, item: ActivityWorkItem) {
                     seq: item.seq,
                     attempt: item.attempt,
                     dequeue_count: item.dequeue_count,
+                    trace_parent: crate::trace::stored(item.trace_parent.as_deref()),
                 };
                 let fut = (entry.invoke)(ctx, item.input.clone());
-                let handle = tokio::spawn(fut);
+                // In the activity's span, so what it logs and calls is in its trace.
+                let handle = tokio::spawn(fut.in_current_span());
                 let renew_every = shared.options.activity_lease / 3;
                 tokio::pin!(handle);
                 loop {

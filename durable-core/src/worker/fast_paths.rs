@@ -50,7 +50,15 @@ pub(super) async fn run_unleased(
         state: Some(state),
         history_len,
     };
-    let span = tracing::info_span!("episode", instance_id = %work.instance_id);
+    let span = tracing::info_span!(
+        "episode",
+        instance_id = %work.instance_id,
+        trace_id = tracing::field::Empty
+    );
+    crate::trace::attach(
+        &span,
+        crate::trace::stored(exec.trace_parent.as_deref()).as_ref(),
+    );
     let _enter = span.enter();
     shared
         .metrics

@@ -110,10 +110,11 @@ pub(super) async fn process_orchestration_with(
         .as_ref()
         .map(|s| s.name.clone())
         .unwrap_or_default();
-    let span = tracing::info_span!("episode", instance_id = %item.instance_id, name = %name);
     let _lease = shared.metrics.orchestration_item(&item, shared.now());
-    async {
-        if crate::entity::is_entity_instance(&item.instance_id) {
+    if crate::entity::is_entity_instance(&item.instance_id) {
+        // A batch of operations, each a span in its sender's trace.
+        let span = tracing::info_span!("episode", instance_id = %item.instance_id, name = %name);
+        return async {
             shared.metrics.episode_source(true, None);
             let episode = crate::replay::entity::run_entity_episode(
                 &shared.registry,
@@ -121,23 +122,32 @@ pub(super) async fn process_orchestration_with(
                 shared.now(),
             )
             .await;
-            return commit_episode(shared, &item, commit_of(&item, episode), None, completed).await;
+            commit_episode(shared, &item, commit_of(&item, episode), None, completed).await
         }
-        let source = match episode_source(shared, &item).await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "reading history failed");
-                let _ = shared
-                    .store
-                    .abandon_orchestration(
-                        &item.instance_id,
-                        &item.lease_token,
-                        Duration::from_secs(1),
-                    )
-                    .await;
-                return false;
-            }
-        };
+        .instrument(span)
+        .await;
+    }
+    let source = match episode_source(shared, &item).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(instance_id = %item.instance_id, error = %e, "reading history failed");
+            let _ = shared
+                .store
+                .abandon_orchestration(&item.instance_id, &item.lease_token, Duration::from_secs(1))
+                .await;
+            return false;
+        }
+    };
+    // The span's trace parent must be set before it is entered: it comes from the
+    // execution's start, in the messages, the cached execution or the history.
+    let span = tracing::info_span!(
+        "episode",
+        instance_id = %item.instance_id,
+        name = %name,
+        trace_id = tracing::field::Empty
+    );
+    crate::trace::attach(&span, episode_trace(&item, source.as_ref()).as_ref());
+    async {
         shared.metrics.episode_source(false, source.as_ref());
         let registry = shared.registry.clone();
         let result = run_episode(&registry, &inbox(&item), source, shared.now());
@@ -146,6 +156,31 @@ pub(super) async fn process_orchestration_with(
     }
     .instrument(span)
     .await
+}
+
+/// The trace context of an episode: from the `ExecutionStarted` among its messages (a
+/// new execution), else from the execution it continues (cached or replayed).
+fn episode_trace(
+    item: &crate::store::OrchestrationWorkItem,
+    source: Option<&crate::replay::Source>,
+) -> Option<crate::trace::TraceParent> {
+    use crate::history::EventKind;
+    let started = |e: &crate::history::HistoryEvent| match &e.kind {
+        EventKind::ExecutionStarted { trace_parent, .. } => Some(trace_parent.clone()),
+        _ => None,
+    };
+    let value = item
+        .messages
+        .iter()
+        .rev()
+        .find_map(|(_, m)| started(&m.event))
+        .or_else(|| match source {
+            Some(crate::replay::Source::Cached(exec)) => Some(exec.trace_parent.clone()),
+            Some(crate::replay::Source::History(h)) => h.iter().find_map(started),
+            None => None,
+        })
+        .flatten();
+    crate::trace::stored(value.as_deref())
 }
 
 /// What the replay engine sees of a work item.
@@ -179,6 +214,7 @@ pub(super) fn commit_of(item: &OrchestrationWorkItem, episode: Episode) -> Orche
                 attempt: a.attempt,
                 lease_token: String::new(),
                 dequeue_count: 0,
+                trace_parent: a.trace_parent,
             })
             .collect(),
         messages: episode.messages,

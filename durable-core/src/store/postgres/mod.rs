@@ -1176,6 +1176,7 @@ mod tests {
             parent: None,
             created_at: Utc::now(),
             start_at: None,
+            trace_parent: None,
         }
     }
 

@@ -67,6 +67,8 @@ struct ActivityRow {
     name: String,
     input: Option<String>,
     attempt: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    trace_parent: Option<String>,
 }
 
 impl From<&ActivityWorkItem> for ActivityRow {
@@ -77,6 +79,7 @@ impl From<&ActivityWorkItem> for ActivityRow {
             name: a.name.clone(),
             input: a.input.clone(),
             attempt: a.attempt,
+            trace_parent: a.trace_parent.clone(),
         }
     }
 }
@@ -796,6 +799,7 @@ pub(crate) fn activity_items(rows: Vec<Row>) -> StoreResult<Vec<ActivityWorkItem
             name: row.name,
             input: row.input,
             attempt: row.attempt,
+            trace_parent: row.trace_parent,
             lease_token: r.get(3),
             dequeue_count: dequeue as u32,
         });

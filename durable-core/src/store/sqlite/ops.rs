@@ -478,6 +478,8 @@ struct ActivityRow {
     name: String,
     input: Option<String>,
     attempt: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    trace_parent: Option<String>,
 }
 
 impl From<&ActivityWorkItem> for ActivityRow {
@@ -488,6 +490,7 @@ impl From<&ActivityWorkItem> for ActivityRow {
             name: a.name.clone(),
             input: a.input.clone(),
             attempt: a.attempt,
+            trace_parent: a.trace_parent.clone(),
         }
     }
 }
@@ -531,6 +534,7 @@ pub(super) fn fetch_activities(
             name: row.name,
             input: row.input,
             attempt: row.attempt,
+            trace_parent: row.trace_parent,
             lease_token: token,
             dequeue_count,
         });

@@ -47,6 +47,7 @@ async fn state_survives_reopening() {
                 parent: None,
                 created_at: Utc::now(),
                 start_at: None,
+                trace_parent: None,
             })
             .await
             .unwrap();
@@ -79,6 +80,7 @@ fn new_instance(id: &str) -> NewInstance {
         parent: None,
         created_at: Utc::now(),
         start_at: None,
+        trace_parent: None,
     }
 }
 
@@ -152,6 +154,7 @@ async fn concurrent_writes_share_commits() {
                 parent: None,
                 created_at: Utc::now(),
                 start_at: None,
+                trace_parent: None,
             })
             .await
         }));
