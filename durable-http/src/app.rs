@@ -16,12 +16,12 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Body;
 
-use crate::config::{PublicStatus, RequestConfig};
+use crate::config::RequestConfig;
 use crate::management;
 use crate::metrics::HostMetrics;
 use crate::public_url::{BaseUrls, PeerAddr};
 use crate::request::{into_hyper, parse_query, HttpError, HttpRequest, HttpResponse};
-use crate::router::{Match, Router};
+use crate::router::{Match, Router, Target};
 
 /// The request handler shared by every connection.
 pub struct App {
@@ -190,27 +190,47 @@ impl App {
         if !path.starts_with('/') {
             return Err(HttpError::not_found(format!("no route for {raw_path}")));
         }
-        if let Some(answer) = crate::dashboard::serve(&parts.method, path) {
-            *route = RouteName::Static("/dashboard/{file}");
-            return answer;
-        }
-        if path == crate::metrics::PATH {
-            *route = RouteName::Static(crate::metrics::PATH);
-            if !self.key_matches(&parts.headers, parts.uri.query()) {
-                return Err(HttpError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "missing or invalid key",
-                ));
+        let found = self.router.find(&parts.method, path);
+        *route = match &found {
+            Match::Found(r, params) => match r.target {
+                Target::Start(_) => RouteName::Start(r.pattern.clone()),
+                Target::Status => RouteName::Status,
+                Target::Management => RouteName::Static(management::route_pattern(
+                    params.get("rest").map_or("", String::as_str),
+                )),
+                Target::Dashboard => RouteName::Static("/dashboard/{file}"),
+                Target::Metrics => RouteName::Static(crate::metrics::PATH),
+            },
+            Match::WrongMethod(_, pattern) => RouteName::Start(pattern.clone()),
+            Match::None => RouteName::Unmatched,
+        };
+        // The routes that answer without reading a body.
+        if let Match::Found(r, _) = &found {
+            match r.target {
+                Target::Dashboard => {
+                    return crate::dashboard::serve(&parts.method, path).unwrap_or_else(|| {
+                        Err(HttpError::not_found(format!("no route for {raw_path}")))
+                    });
+                }
+                Target::Metrics => {
+                    if !self.key_matches(&parts.headers, parts.uri.query()) {
+                        return Err(HttpError::new(
+                            StatusCode::UNAUTHORIZED,
+                            "missing or invalid key",
+                        ));
+                    }
+                    if parts.method != Method::GET {
+                        return Ok(HttpError::new(
+                            StatusCode::METHOD_NOT_ALLOWED,
+                            "only GET is allowed here",
+                        )
+                        .into_response()
+                        .with_header("allow", "GET"));
+                    }
+                    return Ok(self.metrics.response().await);
+                }
+                _ => {}
             }
-            if parts.method != Method::GET {
-                return Ok(HttpError::new(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    "only GET is allowed here",
-                )
-                .into_response()
-                .with_header("allow", "GET"));
-            }
-            return Ok(self.metrics.response().await);
         }
         if let Some(len) = parts
             .headers
@@ -242,55 +262,49 @@ impl App {
                 .map(|b| format!("{b}{}", self.mount_prefix)),
             config: self.config.clone(),
         };
-
-        if path == management::BASE || path.starts_with(&format!("{}/", management::BASE)) {
-            let rest = path[management::BASE.len()..]
-                .trim_start_matches('/')
-                .to_string();
-            *route = RouteName::Static(management::route_pattern(&rest));
-            let given = req
-                .header("x-functions-key")
-                .map(str::to_string)
-                .or_else(|| req.query("code").map(str::to_string));
-            match given {
-                Some(k) if constant_time_eq(&k, &self.key) => {}
-                _ => {
-                    return Err(HttpError::new(
-                        StatusCode::UNAUTHORIZED,
-                        "missing or invalid key",
-                    ))
+        match found {
+            Match::Found(found, mut params) => match &found.target {
+                Target::Management => {
+                    let rest = params.remove("rest").unwrap_or_default();
+                    let given = req
+                        .header("x-functions-key")
+                        .map(str::to_string)
+                        .or_else(|| req.query("code").map(str::to_string));
+                    match given {
+                        Some(k) if constant_time_eq(&k, &self.key) => {}
+                        _ => {
+                            return Err(HttpError::new(
+                                StatusCode::UNAUTHORIZED,
+                                "missing or invalid key",
+                            ))
+                        }
+                    }
+                    management::handle(&self.client, &req, &rest).await
                 }
-            }
-            return management::handle(&self.client, &req, &rest).await;
-        }
-        let prefix = &self.config.status_prefix;
-        let public_status = self.config.public_status != PublicStatus::Off;
-        if let Some(id) = path
-            .strip_prefix(prefix.as_str())
-            .and_then(|r| r.strip_prefix('/'))
-            .filter(|_| public_status)
-        {
-            if !id.is_empty() && !id.contains('/') {
-                *route = RouteName::Status;
-                if req.method != Method::GET {
-                    return Err(HttpError::new(
-                        StatusCode::METHOD_NOT_ALLOWED,
-                        "only GET is allowed here",
-                    ));
+                Target::Status => {
+                    if req.method != Method::GET {
+                        return Ok(HttpError::new(
+                            StatusCode::METHOD_NOT_ALLOWED,
+                            "only GET is allowed here",
+                        )
+                        .into_response()
+                        .with_header("allow", "GET"));
+                    }
+                    let id = params.remove("id").unwrap_or_default();
+                    crate::status::public_status(&self.client, &req, &id).await
                 }
-                let id = crate::request::percent_decode(id);
-                return crate::status::public_status(&self.client, &req, &id).await;
-            }
-        }
-        match self.router.find(&req.method, path) {
-            Match::Found(found, params) => {
-                *route = RouteName::Start(found.pattern.clone());
-                req.params = params;
-                let handler = found.handler.clone();
-                handler(self.client.clone(), req).await
-            }
-            Match::WrongMethod(allowed, pattern) => {
-                *route = RouteName::Start(pattern);
+                Target::Start(handler) => {
+                    req.params = params;
+                    let handler = handler.clone();
+                    handler(self.client.clone(), req).await
+                }
+                // Answered above.
+                Target::Dashboard | Target::Metrics => Err(HttpError::not_found(format!(
+                    "no route for {} {path}",
+                    req.method
+                ))),
+            },
+            Match::WrongMethod(allowed, _) => {
                 let allow: Vec<String> = allowed.iter().map(|m| m.to_string()).collect();
                 Ok(HttpError::new(
                     StatusCode::METHOD_NOT_ALLOWED,

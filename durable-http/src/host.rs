@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use durable_core::store::sqlite::SqliteStore;
 use durable_core::{DurableClient, Registry, Store, Worker, WorkerOptions};
-use http::Method;
 
 use crate::app::{App, DurableService};
 use crate::config::{PublicStatus, RequestConfig};
@@ -16,7 +15,7 @@ use crate::management;
 use crate::metrics::HostMetrics;
 use crate::public_url::{parse_public_url, parse_trusted_proxies, BaseUrls};
 use crate::request::HttpRequest;
-use crate::router::{Handler, Match, Router};
+use crate::router::{Handler, Router, Target};
 use crate::server::ConnLimits;
 
 /// The default listen address.
@@ -361,41 +360,65 @@ impl HostBuilder {
                  {MIN_KEY_LEN} characters; the one given has {key_len}"
             )));
         }
+        // One table for every route: the host's own first, so a start route colliding
+        // with one is refused naming it.
         let mut router = Router::default();
+        let public_status = settings.public_status != PublicStatus::Off;
+        let host_routes = [
+            (crate::dashboard::PATH.to_string(), Target::Dashboard),
+            (
+                format!("{}/{{*file}}", crate::dashboard::PATH),
+                Target::Dashboard,
+            ),
+            (crate::metrics::PATH.to_string(), Target::Metrics),
+            (management::BASE.to_string(), Target::Management),
+            (
+                format!("{}/{{*rest}}", management::BASE),
+                Target::Management,
+            ),
+        ];
+        for (pattern, target) in host_routes {
+            router.add_host_route(&pattern, target).map_err(HostError)?;
+        }
+        if public_status {
+            router
+                .add_host_route(&format!("{}/{{id}}", self.status_prefix), Target::Status)
+                .map_err(|e| HostError(format!("the public status prefix: {e}")))?;
+        }
+        let mut start_routes: Vec<(Vec<String>, String, Handler, String)> = Vec::new();
         if self.inventory_routes {
             for r in inventory::iter::<HttpStartRegistration> {
                 let f = r.handler;
-                router
-                    .add(r.methods, r.route, Arc::new(f), r.location)
-                    .map_err(HostError)?;
+                start_routes.push((
+                    r.methods.iter().map(|m| m.to_string()).collect(),
+                    r.route.to_string(),
+                    Arc::new(f),
+                    r.location.to_string(),
+                ));
             }
         }
-        for (methods, pattern, handler, location) in self.routes {
+        start_routes.extend(self.routes);
+        for (methods, pattern, handler, location) in start_routes {
+            // Nothing under the management API, the dashboard or the metrics, even where
+            // the table would prefer a literal route over the host's catch-all.
+            let segments: Vec<&str> = pattern.split('/').filter(|s| !s.is_empty()).collect();
+            for reserved in [
+                management::BASE,
+                crate::dashboard::PATH,
+                crate::metrics::PATH,
+            ] {
+                let prefix: Vec<&str> = reserved.split('/').filter(|s| !s.is_empty()).collect();
+                if segments.starts_with(&prefix) {
+                    return Err(HostError(format!(
+                        "the start endpoint {pattern} ({location}) collides with the host's \
+                         routes under {reserved}"
+                    )));
+                }
+            }
             let m: Vec<&str> = methods.iter().map(String::as_str).collect();
             router
                 .add(&m, &pattern, handler, &location)
                 .map_err(HostError)?;
-        }
-        for reserved in [
-            self.status_prefix.as_str(),
-            management::BASE,
-            crate::dashboard::PATH,
-        ] {
-            if let Match::Found(..) | Match::WrongMethod(..) =
-                router.find(&Method::GET, &format!("{reserved}/x"))
-            {
-                return Err(HostError(format!(
-                    "a start endpoint collides with the reserved routes under {reserved}"
-                )));
-            }
-        }
-        if let Match::Found(..) | Match::WrongMethod(..) =
-            router.find(&Method::GET, crate::metrics::PATH)
-        {
-            return Err(HostError(format!(
-                "a start endpoint collides with the reserved route {}",
-                crate::metrics::PATH
-            )));
         }
         let mut builder = Worker::builder(store.clone()).options(self.options);
         if let Some(reg) = self.registry {
