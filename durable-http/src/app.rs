@@ -381,7 +381,8 @@ fn too_large(size: usize, limit: usize) -> HttpError {
     )
 }
 
-/// The host as a hyper service, for mounting in an existing hyper server (use
+/// The host as a hyper service (and a tower one), for mounting in an existing hyper or
+/// axum server (use
 /// [`HostBuilder::mount_prefix`] when it serves under a path prefix). It answers as
 /// [`App::handle`] does: it knows no peer address unless the request carries a
 /// [`PeerAddr`] extension, and the connection limits are the server's own.
@@ -402,6 +403,28 @@ where
     fn call(&self, req: Request<B>) -> Self::Future {
         let app = self.0.clone();
         Box::pin(async move { Ok(app.handle(req).await) })
+    }
+}
+
+/// The same service for tower stacks (axum's `Router::nest_service` or
+/// `fallback_service`, tower layers of the application's own): always ready, never fails.
+impl<B> tower_service::Service<Request<B>> for DurableService
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Infallible>> + Send>,
+    >;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        hyper::service::Service::call(self, req)
     }
 }
 

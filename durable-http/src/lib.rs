@@ -37,7 +37,7 @@
 //!
 //! To mount it inside another application, build the host with
 //! [`HostBuilder::mount_prefix`], then either serve [`Host::service`] (a
-//! `hyper::service::Service`) on your own connections, or call [`App::handle`] (from
+//! `hyper::service::Service` and a `tower_service::Service`) on your own connections, or call [`App::handle`] (from
 //! [`Host::app`]) from an axum or hyper handler for the paths under the prefix.
 
 #![warn(missing_docs)]

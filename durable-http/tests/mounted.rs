@@ -251,6 +251,36 @@ async fn a_mounted_host_answers_as_the_standalone_one_does() {
     }
 }
 
+/// As a tower service (what axum's `nest_service` takes), with the application's own
+/// request body type.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_is_a_tower_service_too() {
+    use tower_service::Service;
+    let host = builder().mount_prefix("/durable").build().unwrap();
+    let mut service = host.service();
+    std::future::poll_fn(|cx| Service::<http::Request<Full<Bytes>>>::poll_ready(&mut service, cx))
+        .await
+        .unwrap();
+    let req = http::Request::builder()
+        .uri("/durable/runtime/webhooks/durabletask/instances")
+        .header("x-functions-key", KEY)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = service.call(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let req = http::Request::builder()
+        .uri("/durable/runtime/webhooks/durabletask/instances")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let resp = service.call(req).await.unwrap();
+    assert_eq!(resp.status(), 401);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(
+        serde_json::from_slice::<Value>(&body).unwrap()["error"],
+        "missing or invalid key"
+    );
+}
+
 #[tokio::test]
 async fn start_routes_under_host_routes_or_colliding_are_refused() {
     let ok = |_c: durable_http::DurableClient, _r: durable_http::HttpRequest| async {
