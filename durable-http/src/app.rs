@@ -15,6 +15,7 @@ use durable_core::DurableClient;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Body;
+use tracing::Instrument;
 
 use crate::config::RequestConfig;
 use crate::management;
@@ -94,8 +95,18 @@ impl App {
             .get("traceparent")
             .and_then(|v| v.to_str().ok())
             .and_then(durable_core::trace::TraceParent::parse);
+        // A span per request, in the caller's trace when it sent one.
+        let span = tracing::info_span!(
+            "http_request",
+            method = %method,
+            route = tracing::field::Empty,
+            status = tracing::field::Empty,
+            trace_id = tracing::field::Empty
+        );
+        durable_core::trace::attach(&span, trace.as_ref());
         let routed = CatchUnwind(Box::pin(self.route(req, &mut route)));
-        let resp = match durable_core::trace::scope(trace, routed).await {
+        let scoped = durable_core::trace::scope(trace, routed).instrument(span.clone());
+        let resp = match scoped.await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => e.into_response(),
             Err(panic) => {
@@ -119,6 +130,8 @@ impl App {
             RouteName::Start(p) => p.as_str(),
             RouteName::Unmatched => "unmatched",
         };
+        span.record("route", route);
+        span.record("status", resp.status.as_u16());
         self.metrics
             .request(route, &method, resp.status, started.elapsed());
         into_hyper(resp)

@@ -215,6 +215,25 @@ async fn a_start_requests_traceparent_parents_the_instances_spans() {
     let remote = SpanId::from_hex(PARENT).unwrap();
     let in_trace = |s: &&SpanData| s.span_context.trace_id() == trace;
 
+    // The start request is a span in the caller's trace, named by its route.
+    let requests: Vec<_> = named(&spans, "http_request")
+        .into_iter()
+        .filter(in_trace)
+        .collect();
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    assert_eq!(requests[0].parent_span_id, remote);
+    let attribute = |s: &SpanData, key: &str| {
+        s.attributes
+            .iter()
+            .find(|kv| kv.key.as_str() == key)
+            .map(|kv| kv.value.to_string())
+    };
+    assert_eq!(
+        attribute(requests[0], "route").as_deref(),
+        Some("/api/traced")
+    );
+    assert_eq!(attribute(requests[0], "status").as_deref(), Some("202"));
+
     // Every episode of the traced instance is a child of the caller's span.
     let episodes: Vec<_> = named(&spans, "episode")
         .into_iter()
