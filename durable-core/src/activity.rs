@@ -11,6 +11,7 @@ pub struct ActivityContext {
     pub(crate) seq: u64,
     pub(crate) attempt: u32,
     pub(crate) dequeue_count: u32,
+    pub(crate) trace_parent: Option<crate::trace::TraceParent>,
     /// Set by the worker when the result is no longer wanted; None outside a worker.
     pub(crate) cancel: Option<tokio::sync::watch::Receiver<bool>>,
     /// Where heartbeats go (the worker watches it); None outside a worker.
@@ -39,7 +40,14 @@ impl ActivityContext {
             cancel: None,
             beats: None,
             previous_details: None,
+            trace_parent: None,
         }
+    }
+
+    /// The trace context of the instance that scheduled this activity (from the
+    /// `traceparent` its start carried), to pass on with requests the activity makes.
+    pub fn trace_parent(&self) -> Option<crate::trace::TraceParent> {
+        self.trace_parent
     }
 
     /// The orchestration instance that scheduled this activity.

@@ -67,6 +67,11 @@ pub struct StartOptions {
     /// The orchestrator version (default: the newest registered, or the one the typed
     /// handle names).
     pub version: Option<String>,
+    /// The trace the instance's spans continue (default: the [`trace::scope`] the start
+    /// runs in, such as an HTTP request's `traceparent`).
+    ///
+    /// [`trace::scope`]: crate::trace::scope
+    pub trace_parent: Option<crate::trace::TraceParent>,
 }
 
 impl StartOptions {
@@ -286,6 +291,10 @@ impl DurableClient {
                 parent: None,
                 created_at: now,
                 start_at: options.start_at,
+                trace_parent: options
+                    .trace_parent
+                    .or_else(crate::trace::current)
+                    .map(|t| t.to_string()),
             })
             .await?;
         tracing::debug!(instance_id = %instance_id, name, "instance started");
@@ -509,6 +518,7 @@ impl DurableClient {
                 instance_id: id,
                 start_at: None,
                 version: state.version.clone(),
+                trace_parent: None,
             },
         )
         .await
@@ -656,6 +666,7 @@ impl DurableClient {
                         input,
                         reply_to: None,
                         lock_owner: None,
+                        trace_parent: crate::trace::current().map(|t| t.to_string()),
                     },
                 },
             ),

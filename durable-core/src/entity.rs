@@ -356,5 +356,6 @@ pub(crate) fn new_entity_instance(id: &EntityId, now: DateTime<Utc>) -> NewInsta
         parent: None,
         created_at: now,
         start_at: None,
+        trace_parent: None,
     }
 }

@@ -104,6 +104,9 @@ pub enum EventKind {
         /// The parent, for a sub-orchestration.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         parent: Option<ParentInstance>,
+        /// The W3C `traceparent` of the start, parent of the instance's spans.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        trace_parent: Option<String>,
     },
     /// The execution ended.
     ExecutionCompleted {
@@ -313,6 +316,9 @@ pub enum EntityRequest {
         /// The sending orchestration, when it sends from inside a critical section.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         lock_owner: Option<String>,
+        /// The sender's W3C `traceparent`, parent of the operation's span.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        trace_parent: Option<String>,
     },
     /// Acquire this entity's lock for `owner`, then pass the request on to the next entity
     /// of `entity_ids` (or grant the critical section when this is the last one).

@@ -56,6 +56,9 @@ pub struct NewInstance {
     pub created_at: DateTime<Utc>,
     /// Do not run before this time (scheduled start).
     pub start_at: Option<DateTime<Utc>>,
+    /// The W3C `traceparent` the instance's spans continue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_parent: Option<String>,
 }
 
 impl NewInstance {
@@ -68,6 +71,7 @@ impl NewInstance {
                 version: self.version.clone(),
                 input: self.input.clone(),
                 parent: self.parent.clone(),
+                trace_parent: self.trace_parent.clone(),
             },
         );
         let mut msg = crate::history::OrchestrationMessage::new(self.instance_id.clone(), event)

@@ -51,6 +51,7 @@ pub mod http;
 pub mod instance;
 pub mod join;
 pub mod limits;
+pub mod metrics;
 pub mod payload;
 pub mod registry;
 mod replay;
@@ -59,6 +60,7 @@ pub mod retry;
 pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod trace;
 pub mod typed_entity;
 pub mod worker;
 

@@ -240,6 +240,7 @@ impl Replayer {
                 version,
                 input,
                 parent,
+                ..
             } => Some((e.timestamp, name, version, input, parent)),
             _ => None,
         });

@@ -20,8 +20,13 @@ use durable_core::http::{
     DurableHttpRequest, DurableHttpResponse, DEFAULT_TIMEOUT, HTTP_ACTIVITY, RETRIABLE_STATUS,
 };
 use durable_core::registry::{BoxFuture, Outcome};
+use durable_core::trace::TraceParent;
 use durable_core::{ActivityContext, FailureDetails};
 use http::header::{HeaderName, HeaderValue};
+use tracing::Instrument;
+
+/// The W3C trace context header.
+const TRACEPARENT: &str = "traceparent";
 use http_body_util::{BodyExt, Full, Limited};
 
 /// The largest response body the activity keeps: 8 MiB (bodies are recorded in history).
@@ -203,6 +208,15 @@ fn header(name: &str, value: &str) -> Result<(HeaderName, HeaderValue), FailureD
 /// `TokenSourceFailed`, `TransportError`, `Timeout`, `ResponseTooLarge`, and
 /// [`RETRIABLE_STATUS`] for a status listed in the request's `retry_status_codes`.
 pub async fn execute(req: DurableHttpRequest) -> Result<DurableHttpResponse, FailureDetails> {
+    send(req, durable_core::trace::current()).await
+}
+
+/// [`execute`], sending `traceparent` on in `trace` (a child span of it) unless the
+/// request sets that header itself.
+async fn send(
+    req: DurableHttpRequest,
+    trace: Option<TraceParent>,
+) -> Result<DurableHttpResponse, FailureDetails> {
     req.validate().map_err(|m| fatal("InvalidArgument", m))?;
     if cfg!(not(feature = "tls")) && req.url.starts_with("https://") {
         return Err(fatal(
@@ -224,6 +238,14 @@ pub async fn execute(req: DurableHttpRequest) -> Result<DurableHttpResponse, Fai
     for (k, v) in &req.headers {
         let (n, v) = header(k, v)?;
         request.headers_mut().insert(n, v);
+    }
+    if let Some(parent) = trace {
+        if !request.headers().contains_key(TRACEPARENT) {
+            let sent = durable_core::trace::outgoing(&tracing::Span::current(), &parent);
+            if let Ok(v) = HeaderValue::from_str(&sent.to_string()) {
+                request.headers_mut().insert(TRACEPARENT, v);
+            }
+        }
     }
     if let Some(name) = &req.token_source {
         let source = sources()
@@ -323,11 +345,27 @@ fn resolve_location(base: &str, location: &str) -> String {
         .unwrap_or_else(|_| location.to_string())
 }
 
-fn invoke(_ctx: ActivityContext, input: Option<String>) -> BoxFuture<'static, Outcome> {
+fn invoke(ctx: ActivityContext, input: Option<String>) -> BoxFuture<'static, Outcome> {
     Box::pin(async move {
         let req: DurableHttpRequest =
             durable_core::payload::decode_input("activity 'durable::http'", input.as_deref())?;
-        let resp = execute(req).await?;
+        // A span of its own in the instance's trace, child of the activity's; the URL's
+        // host only (a query may carry secrets).
+        let host = url::Url::parse(&req.url)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_string))
+            .unwrap_or_default();
+        let span = tracing::info_span!(
+            "call_http",
+            method = %req.method,
+            host = %host,
+            trace_id = tracing::field::Empty
+        );
+        let trace = ctx.trace_parent();
+        if let Some(t) = &trace {
+            span.record("trace_id", tracing::field::display(t.trace_id()));
+        }
+        let resp = send(req, trace).instrument(span).await?;
         durable_core::registry::encode(&resp)
     })
 }

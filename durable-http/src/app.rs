@@ -15,12 +15,14 @@ use durable_core::DurableClient;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Body;
+use tracing::Instrument;
 
-use crate::config::{PublicStatus, RequestConfig};
+use crate::config::RequestConfig;
 use crate::management;
+use crate::metrics::HostMetrics;
 use crate::public_url::{BaseUrls, PeerAddr};
-use crate::request::{parse_query, HttpError, HttpRequest, HttpResponse};
-use crate::router::{Match, Router};
+use crate::request::{into_hyper, parse_query, HttpError, HttpRequest, HttpResponse};
+use crate::router::{Match, Router, Target};
 
 /// The request handler shared by every connection.
 pub struct App {
@@ -34,6 +36,9 @@ pub struct App {
     pub(crate) bodies: tokio::sync::Semaphore,
     pub(crate) mount_prefix: String,
     pub(crate) base: BaseUrls,
+    pub(crate) metrics: Arc<HostMetrics>,
+    /// The public status route's pattern, for the metrics.
+    pub(crate) status_route: String,
 }
 
 impl std::fmt::Debug for App {
@@ -54,24 +59,16 @@ fn constant_time_eq(a: &str, b: &str) -> bool {
     diff == 0
 }
 
-fn into_hyper(r: HttpResponse) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(r.body));
-    *resp.status_mut() = r.status;
-    for (k, v) in r.headers {
-        if let (Ok(name), Ok(value)) = (
-            http::header::HeaderName::from_bytes(k.as_bytes()),
-            http::header::HeaderValue::from_str(&v),
-        ) {
-            resp.headers_mut().append(name, value);
-        }
-    }
-    resp
-}
-
 impl App {
     /// The client this host uses.
     pub fn client(&self) -> &DurableClient {
         &self.client
+    }
+
+    /// The host's metrics in the Prometheus text format, as `/metrics` answers them: for
+    /// an application that serves them on a route of its own choosing.
+    pub async fn metrics_text(&self) -> String {
+        self.metrics.render().await
     }
 
     /// Handles one request. Mount it inside another hyper or axum application by calling
@@ -88,9 +85,28 @@ impl App {
         B: Body<Data = Bytes> + Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        let started = std::time::Instant::now();
         let method = req.method().clone();
         let path = req.uri().path().to_string();
-        let resp = match CatchUnwind(Box::pin(self.route(req))).await {
+        let mut route = RouteName::Unmatched;
+        // Instances this request starts continue its trace; a malformed header is ignored.
+        let trace = req
+            .headers()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .and_then(durable_core::trace::TraceParent::parse);
+        // A span per request, in the caller's trace when it sent one.
+        let span = tracing::info_span!(
+            "http_request",
+            method = %method,
+            route = tracing::field::Empty,
+            status = tracing::field::Empty,
+            trace_id = tracing::field::Empty
+        );
+        durable_core::trace::attach(&span, trace.as_ref());
+        let routed = CatchUnwind(Box::pin(self.route(req, &mut route)));
+        let scoped = durable_core::trace::scope(trace, routed).instrument(span.clone());
+        let resp = match scoped.await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => e.into_response(),
             Err(panic) => {
@@ -108,6 +124,16 @@ impl App {
             }
         };
         tracing::debug!(%method, %path, status = resp.status.as_u16(), "request");
+        let route = match &route {
+            RouteName::Static(s) => s,
+            RouteName::Status => self.status_route.as_str(),
+            RouteName::Start(p) => p.as_str(),
+            RouteName::Unmatched => "unmatched",
+        };
+        span.record("route", route);
+        span.record("status", resp.status.as_u16());
+        self.metrics
+            .request(route, &method, resp.status, started.elapsed());
         into_hyper(resp)
     }
 
@@ -159,7 +185,11 @@ impl App {
         }
     }
 
-    async fn route<B>(&self, req: Request<B>) -> Result<HttpResponse, HttpError>
+    async fn route<B>(
+        &self,
+        req: Request<B>,
+        route: &mut RouteName,
+    ) -> Result<HttpResponse, HttpError>
     where
         B: Body<Data = Bytes> + Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -173,8 +203,47 @@ impl App {
         if !path.starts_with('/') {
             return Err(HttpError::not_found(format!("no route for {raw_path}")));
         }
-        if let Some(answer) = crate::dashboard::serve(&parts.method, path) {
-            return answer;
+        let found = self.router.find(&parts.method, path);
+        *route = match &found {
+            Match::Found(r, params) => match r.target {
+                Target::Start(_) => RouteName::Start(r.pattern.clone()),
+                Target::Status => RouteName::Status,
+                Target::Management => RouteName::Static(management::route_pattern(
+                    params.get("rest").map_or("", String::as_str),
+                )),
+                Target::Dashboard => RouteName::Static("/dashboard/{file}"),
+                Target::Metrics => RouteName::Static(crate::metrics::PATH),
+            },
+            Match::WrongMethod(_, pattern) => RouteName::Start(pattern.clone()),
+            Match::None => RouteName::Unmatched,
+        };
+        // The routes that answer without reading a body.
+        if let Match::Found(r, _) = &found {
+            match r.target {
+                Target::Dashboard => {
+                    return crate::dashboard::serve(&parts.method, path).unwrap_or_else(|| {
+                        Err(HttpError::not_found(format!("no route for {raw_path}")))
+                    });
+                }
+                Target::Metrics => {
+                    if !self.key_matches(&parts.headers, parts.uri.query()) {
+                        return Err(HttpError::new(
+                            StatusCode::UNAUTHORIZED,
+                            "missing or invalid key",
+                        ));
+                    }
+                    if parts.method != Method::GET {
+                        return Ok(HttpError::new(
+                            StatusCode::METHOD_NOT_ALLOWED,
+                            "only GET is allowed here",
+                        )
+                        .into_response()
+                        .with_header("allow", "GET"));
+                    }
+                    return Ok(self.metrics.response().await);
+                }
+                _ => {}
+            }
         }
         if let Some(len) = parts
             .headers
@@ -206,51 +275,49 @@ impl App {
                 .map(|b| format!("{b}{}", self.mount_prefix)),
             config: self.config.clone(),
         };
-
-        if path == management::BASE || path.starts_with(&format!("{}/", management::BASE)) {
-            let given = req
-                .header("x-functions-key")
-                .map(str::to_string)
-                .or_else(|| req.query("code").map(str::to_string));
-            match given {
-                Some(k) if constant_time_eq(&k, &self.key) => {}
-                _ => {
-                    return Err(HttpError::new(
-                        StatusCode::UNAUTHORIZED,
-                        "missing or invalid key",
-                    ))
+        match found {
+            Match::Found(found, mut params) => match &found.target {
+                Target::Management => {
+                    let rest = params.remove("rest").unwrap_or_default();
+                    let given = req
+                        .header("x-functions-key")
+                        .map(str::to_string)
+                        .or_else(|| req.query("code").map(str::to_string));
+                    match given {
+                        Some(k) if constant_time_eq(&k, &self.key) => {}
+                        _ => {
+                            return Err(HttpError::new(
+                                StatusCode::UNAUTHORIZED,
+                                "missing or invalid key",
+                            ))
+                        }
+                    }
+                    management::handle(&self.client, &req, &rest).await
                 }
-            }
-            let rest = path[management::BASE.len()..]
-                .trim_start_matches('/')
-                .to_string();
-            return management::handle(&self.client, &req, &rest).await;
-        }
-        let prefix = &self.config.status_prefix;
-        let public_status = self.config.public_status != PublicStatus::Off;
-        if let Some(id) = path
-            .strip_prefix(prefix.as_str())
-            .and_then(|r| r.strip_prefix('/'))
-            .filter(|_| public_status)
-        {
-            if !id.is_empty() && !id.contains('/') {
-                if req.method != Method::GET {
-                    return Err(HttpError::new(
-                        StatusCode::METHOD_NOT_ALLOWED,
-                        "only GET is allowed here",
-                    ));
+                Target::Status => {
+                    if req.method != Method::GET {
+                        return Ok(HttpError::new(
+                            StatusCode::METHOD_NOT_ALLOWED,
+                            "only GET is allowed here",
+                        )
+                        .into_response()
+                        .with_header("allow", "GET"));
+                    }
+                    let id = params.remove("id").unwrap_or_default();
+                    crate::status::public_status(&self.client, &req, &id).await
                 }
-                let id = crate::request::percent_decode(id);
-                return crate::status::public_status(&self.client, &req, &id).await;
-            }
-        }
-        match self.router.find(&req.method, path) {
-            Match::Found(route, params) => {
-                req.params = params;
-                let handler = route.handler.clone();
-                handler(self.client.clone(), req).await
-            }
-            Match::WrongMethod(allowed) => {
+                Target::Start(handler) => {
+                    req.params = params;
+                    let handler = handler.clone();
+                    handler(self.client.clone(), req).await
+                }
+                // Answered above.
+                Target::Dashboard | Target::Metrics => Err(HttpError::not_found(format!(
+                    "no route for {} {path}",
+                    req.method
+                ))),
+            },
+            Match::WrongMethod(allowed, _) => {
                 let allow: Vec<String> = allowed.iter().map(|m| m.to_string()).collect();
                 Ok(HttpError::new(
                     StatusCode::METHOD_NOT_ALLOWED,
@@ -265,6 +332,42 @@ impl App {
             ))),
         }
     }
+}
+
+impl App {
+    /// True when the request carries the management key: in `x-functions-key`, as
+    /// `Authorization: Bearer <key>` (what a Prometheus scrape configuration sends), or in
+    /// the `code` query parameter.
+    fn key_matches(&self, headers: &http::HeaderMap, query: Option<&str>) -> bool {
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let given = header("x-functions-key")
+            .map(str::to_string)
+            .or_else(|| {
+                header("authorization")
+                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .map(|k| k.trim().to_string())
+            })
+            .or_else(|| {
+                parse_query(query.unwrap_or(""))
+                    .into_iter()
+                    .find(|(k, _)| k == "code")
+                    .map(|(_, v)| v)
+            });
+        given.is_some_and(|k| constant_time_eq(&k, &self.key))
+    }
+}
+
+/// Which route answered a request, for the metrics: a pattern, never the raw path.
+#[derive(Debug)]
+pub(crate) enum RouteName {
+    /// A fixed route of the host (dashboard, metrics, a management route).
+    Static(&'static str),
+    /// The public status endpoint.
+    Status,
+    /// A start endpoint, by its pattern.
+    Start(String),
+    /// No route.
+    Unmatched,
 }
 
 /// Runs a future and turns a panic inside it into an `Err` with the panic's payload, so a
@@ -291,7 +394,8 @@ fn too_large(size: usize, limit: usize) -> HttpError {
     )
 }
 
-/// The host as a hyper service, for mounting in an existing hyper server (use
+/// The host as a hyper service (and a tower one), for mounting in an existing hyper or
+/// axum server (use
 /// [`HostBuilder::mount_prefix`] when it serves under a path prefix). It answers as
 /// [`App::handle`] does: it knows no peer address unless the request carries a
 /// [`PeerAddr`] extension, and the connection limits are the server's own.
@@ -312,6 +416,28 @@ where
     fn call(&self, req: Request<B>) -> Self::Future {
         let app = self.0.clone();
         Box::pin(async move { Ok(app.handle(req).await) })
+    }
+}
+
+/// The same service for tower stacks (axum's `Router::nest_service` or
+/// `fallback_service`, tower layers of the application's own): always ready, never fails.
+impl<B> tower_service::Service<Request<B>> for DurableService
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Infallible>> + Send>,
+    >;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        hyper::service::Service::call(self, req)
     }
 }
 

@@ -8,14 +8,14 @@ use std::time::Duration;
 
 use durable_core::store::sqlite::SqliteStore;
 use durable_core::{DurableClient, Registry, Store, Worker, WorkerOptions};
-use http::Method;
 
 use crate::app::{App, DurableService};
 use crate::config::{PublicStatus, RequestConfig};
 use crate::management;
+use crate::metrics::HostMetrics;
 use crate::public_url::{parse_public_url, parse_trusted_proxies, BaseUrls};
 use crate::request::HttpRequest;
-use crate::router::{Handler, Match, Router};
+use crate::router::{Handler, Router, Target};
 use crate::server::ConnLimits;
 
 /// The default listen address.
@@ -107,6 +107,7 @@ pub struct HostBuilder {
     routes: Vec<(Vec<String>, String, Handler, String)>,
     mount_prefix: String,
     inventory_routes: bool,
+    metrics_addr: Option<String>,
 }
 
 impl HostBuilder {
@@ -277,6 +278,15 @@ impl HostBuilder {
         self
     }
 
+    /// Also serves `GET /metrics` without a key on a separate listener at this address
+    /// (default `DURABLE_METRICS_ADDR`; none by default), e.g. `127.0.0.1:9464` or an
+    /// address on a private network only the Prometheus server reaches. The host's own
+    /// listener serves `/metrics` in any case, with the management key.
+    pub fn metrics_addr(mut self, addr: impl Into<String>) -> Self {
+        self.metrics_addr = Some(addr.into());
+        self
+    }
+
     /// Leaves out the `#[http_start]` endpoints registered by the macros.
     pub fn without_registered_routes(mut self) -> Self {
         self.inventory_routes = false;
@@ -350,33 +360,65 @@ impl HostBuilder {
                  {MIN_KEY_LEN} characters; the one given has {key_len}"
             )));
         }
+        // One table for every route: the host's own first, so a start route colliding
+        // with one is refused naming it.
         let mut router = Router::default();
+        let public_status = settings.public_status != PublicStatus::Off;
+        let host_routes = [
+            (crate::dashboard::PATH.to_string(), Target::Dashboard),
+            (
+                format!("{}/{{*file}}", crate::dashboard::PATH),
+                Target::Dashboard,
+            ),
+            (crate::metrics::PATH.to_string(), Target::Metrics),
+            (management::BASE.to_string(), Target::Management),
+            (
+                format!("{}/{{*rest}}", management::BASE),
+                Target::Management,
+            ),
+        ];
+        for (pattern, target) in host_routes {
+            router.add_host_route(&pattern, target).map_err(HostError)?;
+        }
+        if public_status {
+            router
+                .add_host_route(&format!("{}/{{id}}", self.status_prefix), Target::Status)
+                .map_err(|e| HostError(format!("the public status prefix: {e}")))?;
+        }
+        let mut start_routes: Vec<(Vec<String>, String, Handler, String)> = Vec::new();
         if self.inventory_routes {
             for r in inventory::iter::<HttpStartRegistration> {
                 let f = r.handler;
-                router
-                    .add(r.methods, r.route, Arc::new(f), r.location)
-                    .map_err(HostError)?;
+                start_routes.push((
+                    r.methods.iter().map(|m| m.to_string()).collect(),
+                    r.route.to_string(),
+                    Arc::new(f),
+                    r.location.to_string(),
+                ));
             }
         }
-        for (methods, pattern, handler, location) in self.routes {
+        start_routes.extend(self.routes);
+        for (methods, pattern, handler, location) in start_routes {
+            // Nothing under the management API, the dashboard or the metrics, even where
+            // the table would prefer a literal route over the host's catch-all.
+            let segments: Vec<&str> = pattern.split('/').filter(|s| !s.is_empty()).collect();
+            for reserved in [
+                management::BASE,
+                crate::dashboard::PATH,
+                crate::metrics::PATH,
+            ] {
+                let prefix: Vec<&str> = reserved.split('/').filter(|s| !s.is_empty()).collect();
+                if segments.starts_with(&prefix) {
+                    return Err(HostError(format!(
+                        "the start endpoint {pattern} ({location}) collides with the host's \
+                         routes under {reserved}"
+                    )));
+                }
+            }
             let m: Vec<&str> = methods.iter().map(String::as_str).collect();
             router
                 .add(&m, &pattern, handler, &location)
                 .map_err(HostError)?;
-        }
-        for reserved in [
-            self.status_prefix.as_str(),
-            management::BASE,
-            crate::dashboard::PATH,
-        ] {
-            if let Match::Found(..) | Match::WrongMethod(_) =
-                router.find(&Method::GET, &format!("{reserved}/x"))
-            {
-                return Err(HostError(format!(
-                    "a start endpoint collides with the reserved routes under {reserved}"
-                )));
-            }
         }
         let mut builder = Worker::builder(store.clone()).options(self.options);
         if let Some(reg) = self.registry {
@@ -384,6 +426,8 @@ impl HostBuilder {
         }
         let runtime = builder.start()?;
         let client = runtime.client();
+        let metrics = Arc::new(HostMetrics::new(runtime.metrics().clone(), store.clone()));
+        let status_route = format!("{}/{{id}}", self.status_prefix);
         Ok(Host {
             addr: self.addr,
             app: Arc::new(App {
@@ -400,7 +444,10 @@ impl HostBuilder {
                 bodies: tokio::sync::Semaphore::new(settings.max_concurrent_bodies),
                 mount_prefix: self.mount_prefix,
                 base: settings.base,
+                metrics,
+                status_route,
             }),
+            metrics_addr: self.metrics_addr.or_else(|| env("DURABLE_METRICS_ADDR")),
             limits: settings.conn,
             runtime,
             state,
@@ -648,6 +695,7 @@ fn load_or_create_key(db: &std::path::Path) -> Result<String, HostError> {
 /// [`bind`](Self::bind) to listen.
 pub struct Host {
     addr: String,
+    metrics_addr: Option<String>,
     app: Arc<App>,
     limits: ConnLimits,
     runtime: Worker,
@@ -695,6 +743,7 @@ impl Host {
             routes: Vec::new(),
             mount_prefix: String::new(),
             inventory_routes: true,
+            metrics_addr: None,
         }
     }
 
@@ -746,6 +795,24 @@ impl Host {
         self.app.base.set_bound(addr);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let metrics = match &self.metrics_addr {
+            Some(at) => {
+                let listener = tokio::net::TcpListener::bind(at)
+                    .await
+                    .map_err(|e| HostError(format!("cannot listen for metrics on {at}: {e}")))?;
+                let bound = listener
+                    .local_addr()
+                    .map_err(|e| HostError(e.to_string()))?;
+                let task = tokio::spawn(crate::server::serve_metrics(
+                    listener,
+                    self.app.metrics.clone(),
+                    self.limits.header_read_timeout,
+                    stop_rx.clone(),
+                ));
+                Some((bound, task))
+            }
+            None => None,
+        };
         let server = tokio::spawn(crate::server::serve(
             listener,
             self.app.clone(),
@@ -753,8 +820,11 @@ impl Host {
             open.clone(),
             stop_rx,
         ));
+        let (metrics_addr, metrics_server) = metrics.unzip();
         Ok(RunningHost {
             addr,
+            metrics_addr,
+            metrics_server,
             routes: self.app.router.describe(),
             app: self.app,
             runtime: self.runtime,
@@ -771,6 +841,10 @@ impl Host {
 pub struct RunningHost {
     /// The bound address.
     pub addr: SocketAddr,
+    /// The bound address of the separate metrics listener, when one was configured
+    /// ([`HostBuilder::metrics_addr`]).
+    pub metrics_addr: Option<SocketAddr>,
+    metrics_server: Option<tokio::task::JoinHandle<()>>,
     routes: Vec<String>,
     app: Arc<App>,
     runtime: Worker,
@@ -822,6 +896,9 @@ impl RunningHost {
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         let _ = self.server.await;
+        if let Some(metrics) = self.metrics_server {
+            let _ = metrics.await;
+        }
         self.runtime.shutdown().await;
         if let Some(store) = self.sqlite {
             if let Err(e) = store.checkpoint().await {

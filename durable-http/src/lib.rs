@@ -10,6 +10,10 @@
 //!   shapes (instances and entities);
 //! - the operator dashboard at `/dashboard/` (assets embedded in the binary; the page
 //!   signs in with the management key and uses only the management API);
+//! - the metrics at `/metrics` in the OpenMetrics text format Prometheus scrapes (keyed,
+//!   or without a key on a listener of its own: [`HostBuilder::metrics_addr`]), with the
+//!   worker's instruments ([`durable_core::metrics`]) and requests by route pattern and
+//!   status;
 //! - the built-in activity behind `ctx.call_http` ([`activity`]). Its HTTP client is
 //!   hyper-util's pooled HTTP/1.1 client; `https://` goes through rustls with the *ring*
 //!   provider and the Mozilla roots of `webpki-roots` (cargo feature `tls`, on by
@@ -33,7 +37,7 @@
 //!
 //! To mount it inside another application, build the host with
 //! [`HostBuilder::mount_prefix`], then either serve [`Host::service`] (a
-//! `hyper::service::Service`) on your own connections, or call [`App::handle`] (from
+//! `hyper::service::Service` and a `tower_service::Service`) on your own connections, or call [`App::handle`] (from
 //! [`Host::app`]) from an axum or hyper handler for the paths under the prefix.
 
 #![warn(missing_docs)]
@@ -44,6 +48,7 @@ mod config;
 mod dashboard;
 mod host;
 mod management;
+mod metrics;
 mod public_url;
 mod request;
 mod router;

@@ -373,6 +373,22 @@ pub(crate) fn request_config(req: &HttpRequest) -> &crate::config::RequestConfig
     &req.config
 }
 
+/// The response as hyper sends it; headers whose name or value is not valid HTTP are left
+/// out.
+pub(crate) fn into_hyper(r: HttpResponse) -> http::Response<http_body_util::Full<Bytes>> {
+    let mut resp = http::Response::new(http_body_util::Full::new(r.body));
+    *resp.status_mut() = r.status;
+    for (k, v) in r.headers {
+        if let (Ok(name), Ok(value)) = (
+            http::header::HeaderName::from_bytes(k.as_bytes()),
+            http::header::HeaderValue::from_str(&v),
+        ) {
+            resp.headers_mut().append(name, value);
+        }
+    }
+    resp
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,5 +1,11 @@
-//! The start-endpoint routing table: routes with `{param}` segments, collected from
-//! `#[http_start]` registrations and manual ones; colliding routes are refused at startup.
+//! The host's one routing table, on `matchit`: the start endpoints (collected from
+//! `#[http_start]` registrations and manual ones), the public status route, the
+//! management API, the dashboard and the metrics. Routes with `{param}` segments; host
+//! routes end in a `{*rest}` catch-all. Colliding routes are refused at startup, naming
+//! both definitions; a start route under a host route is refused too.
+//!
+//! Paths are matched with empty segments dropped (`/api//x/` is `/api/x`), parameters are
+//! percent-decoded, and the matched route's pattern names the request in the metrics.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,32 +20,57 @@ use crate::request::{HttpRequest, HttpResult};
 pub type Handler =
     Arc<dyn Fn(DurableClient, HttpRequest) -> BoxFuture<'static, HttpResult> + Send + Sync>;
 
+/// What answers a route.
+#[derive(Clone)]
+pub(crate) enum Target {
+    /// A start endpoint.
+    Start(Handler),
+    /// The public status endpoint (`{id}`).
+    Status,
+    /// The management API (`{*rest}` after its base).
+    Management,
+    /// The dashboard's files.
+    Dashboard,
+    /// `/metrics`.
+    Metrics,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Segment {
     Literal(String),
     Param(String),
+    CatchAll(String),
 }
 
+/// One route: its target, for which methods (none: any, the target checks), its
+/// parameters' names in order, and where it was defined.
 #[derive(Clone)]
 pub(crate) struct Route {
     methods: Vec<Method>,
-    segments: Vec<Segment>,
-    pub(crate) handler: Handler,
-    pattern: String,
+    /// Parameter names in order, and whether each is a catch-all (kept as sent).
+    params: Vec<(String, bool)>,
+    pub(crate) target: Target,
+    pub(crate) pattern: String,
     location: String,
 }
 
 /// The routing table.
 #[derive(Clone, Default)]
 pub(crate) struct Router {
-    routes: Vec<Route>,
+    /// Normalized patterns (parameters named by position) to an index in `paths`.
+    tree: matchit::Router<usize>,
+    /// The routes of each normalized pattern, one per method set.
+    paths: Vec<Vec<Route>>,
+    /// Normalized pattern to index, to add methods to a pattern already in the tree.
+    shapes: HashMap<String, usize>,
 }
 
 /// The outcome of matching a request.
 pub(crate) enum Match<'a> {
     Found(&'a Route, HashMap<String, String>),
-    /// The path exists, but not for this method; the allowed methods.
-    WrongMethod(Vec<Method>),
+    /// The path exists, but not for this method; the allowed methods and the pattern of
+    /// the route the path matched.
+    WrongMethod(Vec<Method>, String),
     None,
 }
 
@@ -47,18 +78,29 @@ fn split(path: &str) -> impl Iterator<Item = &str> {
     path.split('/').filter(|s| !s.is_empty())
 }
 
-/// Parses a route pattern like `/api/status/{id}`.
-fn parse_pattern(pattern: &str) -> Result<Vec<Segment>, String> {
+/// Parses a route pattern like `/api/status/{id}` (host routes may end in `{*rest}`).
+fn parse_pattern(pattern: &str, catch_all: bool) -> Result<Vec<Segment>, String> {
     if !pattern.starts_with('/') {
         return Err(format!("route '{pattern}' must start with '/'"));
     }
-    split(pattern)
-        .map(|s| {
+    let parts: Vec<&str> = split(pattern).collect();
+    parts
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
             if let Some(name) = s.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                let (name, all) = match name.strip_prefix('*') {
+                    Some(n) if catch_all && i + 1 == parts.len() => (n, true),
+                    _ => (name, false),
+                };
                 if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
                     return Err(format!("route '{pattern}' has an invalid parameter '{s}'"));
                 }
-                Ok(Segment::Param(name.to_string()))
+                Ok(if all {
+                    Segment::CatchAll(name.to_string())
+                } else {
+                    Segment::Param(name.to_string())
+                })
             } else if s.contains(['{', '}']) {
                 Err(format!(
                     "route '{pattern}': a segment is either literal or a whole {{param}}"
@@ -70,9 +112,27 @@ fn parse_pattern(pattern: &str) -> Result<Vec<Segment>, String> {
         .collect()
 }
 
+/// The pattern with its parameters named by position, as the tree holds it: two routes
+/// of the same shape share one entry whatever their parameters are called.
+fn normalized(segments: &[Segment]) -> String {
+    let mut out = String::new();
+    for (i, s) in segments.iter().enumerate() {
+        out.push('/');
+        match s {
+            Segment::Literal(l) => out.push_str(l),
+            Segment::Param(_) => out.push_str(&format!("{{p{i}}}")),
+            Segment::CatchAll(_) => out.push_str("{*rest}"),
+        }
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    out
+}
+
 impl Router {
-    /// Adds a route; a route with the same method and shape as an existing one is an error
-    /// naming both definitions.
+    /// Adds a start endpoint; a route with the same method and shape as an existing one
+    /// is an error naming both definitions, and so is one under a host route.
     pub(crate) fn add(
         &mut self,
         methods: &[&str],
@@ -80,7 +140,6 @@ impl Router {
         handler: Handler,
         location: &str,
     ) -> Result<(), String> {
-        let segments = parse_pattern(pattern)?;
         let mut parsed = Vec::new();
         for m in methods {
             let method = Method::from_bytes(m.to_ascii_uppercase().as_bytes())
@@ -90,69 +149,123 @@ impl Router {
         if parsed.is_empty() {
             return Err(format!("route '{pattern}' needs at least one method"));
         }
-        let shape = |segs: &[Segment]| -> Vec<String> {
-            segs.iter()
-                .map(|s| match s {
-                    Segment::Literal(l) => l.clone(),
-                    Segment::Param(_) => "{}".to_string(),
-                })
-                .collect()
+        self.insert(parsed, pattern, Target::Start(handler), location, false)
+    }
+
+    /// Adds one of the host's own routes, for every method (its target checks them).
+    pub(crate) fn add_host_route(&mut self, pattern: &str, target: Target) -> Result<(), String> {
+        self.insert(Vec::new(), pattern, target, "the host's own routes", true)
+    }
+
+    fn insert(
+        &mut self,
+        methods: Vec<Method>,
+        pattern: &str,
+        target: Target,
+        location: &str,
+        catch_all: bool,
+    ) -> Result<(), String> {
+        let segments = parse_pattern(pattern, catch_all)?;
+        let params = segments
+            .iter()
+            .filter_map(|s| match s {
+                Segment::Param(n) => Some((n.clone(), false)),
+                Segment::CatchAll(n) => Some((n.clone(), true)),
+                Segment::Literal(_) => None,
+            })
+            .collect();
+        let shape = normalized(&segments);
+        let route = Route {
+            methods,
+            params,
+            target,
+            pattern: pattern.to_string(),
+            location: location.to_string(),
         };
-        for r in &self.routes {
-            if shape(&r.segments) == shape(&segments) {
-                if let Some(m) = parsed.iter().find(|m| r.methods.contains(m)) {
+        if let Some(&i) = self.shapes.get(&shape) {
+            for r in &self.paths[i] {
+                let overlap = if r.methods.is_empty() || route.methods.is_empty() {
+                    r.methods.first().or(route.methods.first()).cloned()
+                } else {
+                    route
+                        .methods
+                        .iter()
+                        .find(|m| r.methods.contains(m))
+                        .cloned()
+                };
+                if r.methods.is_empty() || route.methods.is_empty() || overlap.is_some() {
+                    let m = overlap.map(|m| format!("{m} ")).unwrap_or_default();
                     return Err(format!(
-                        "routes collide: {m} {pattern} ({location}) and {m} {} ({})",
-                        r.pattern, r.location
+                        "routes collide: {m}{} ({}) and {m}{} ({})",
+                        route.pattern, route.location, r.pattern, r.location
                     ));
                 }
             }
+            self.paths[i].push(route);
+            return Ok(());
         }
-        self.routes.push(Route {
-            methods: parsed,
-            segments,
-            handler,
-            pattern: pattern.to_string(),
-            location: location.to_string(),
-        });
+        let i = self.paths.len();
+        self.tree.insert(shape.clone(), i).map_err(|e| match e {
+            matchit::InsertError::Conflict { with } => {
+                let other = self.shapes.get(&with).and_then(|&j| self.paths[j].first());
+                match other {
+                    Some(o) => format!(
+                        "routes collide: {} ({}) and {} ({})",
+                        route.pattern, route.location, o.pattern, o.location
+                    ),
+                    None => format!("routes collide: {} ({})", route.pattern, route.location),
+                }
+            }
+            e => format!("route '{}' ({}): {e}", route.pattern, route.location),
+        })?;
+        self.shapes.insert(shape, i);
+        self.paths.push(vec![route]);
         Ok(())
     }
 
     /// Finds the route for a method and path.
     pub(crate) fn find(&self, method: &Method, path: &str) -> Match<'_> {
-        let parts: Vec<&str> = split(path).collect();
-        let mut allowed = Vec::new();
-        for r in &self.routes {
-            if r.segments.len() != parts.len() {
-                continue;
-            }
-            let mut params = HashMap::new();
-            let ok = r.segments.iter().zip(&parts).all(|(seg, part)| match seg {
-                Segment::Literal(l) => l == part,
-                Segment::Param(name) => {
-                    params.insert(name.clone(), crate::request::percent_decode(part));
-                    true
-                }
-            });
-            if !ok {
-                continue;
-            }
-            if r.methods.contains(method) {
-                return Match::Found(r, params);
-            }
-            allowed.extend(r.methods.iter().cloned());
+        let mut norm = String::with_capacity(path.len());
+        for s in split(path) {
+            norm.push('/');
+            norm.push_str(s);
         }
-        if allowed.is_empty() {
-            Match::None
-        } else {
-            Match::WrongMethod(allowed)
+        if norm.is_empty() {
+            norm.push('/');
         }
+        let Ok(m) = self.tree.at(&norm) else {
+            return Match::None;
+        };
+        let routes = &self.paths[*m.value];
+        let Some(route) = routes
+            .iter()
+            .find(|r| r.methods.is_empty() || r.methods.contains(method))
+        else {
+            let allowed = routes.iter().flat_map(|r| r.methods.clone()).collect();
+            return Match::WrongMethod(allowed, routes[0].pattern.clone());
+        };
+        let params = route
+            .params
+            .iter()
+            .zip(m.params.iter())
+            .map(|((name, all), (_, value))| {
+                let value = if *all {
+                    value.to_string()
+                } else {
+                    crate::request::percent_decode(value)
+                };
+                (name.clone(), value)
+            })
+            .collect();
+        Match::Found(route, params)
     }
 
-    /// Every route as `METHOD pattern`, for the startup log.
+    /// Every start route as `METHOD pattern`, for the startup log.
     pub(crate) fn describe(&self) -> Vec<String> {
-        self.routes
+        self.paths
             .iter()
+            .flatten()
+            .filter(|r| matches!(r.target, Target::Start(_)))
             .flat_map(|r| r.methods.iter().map(move |m| format!("{m} {}", r.pattern)))
             .collect()
     }
@@ -181,10 +294,66 @@ mod tests {
         }
         assert!(matches!(
             r.find(&Method::DELETE, "/api/status/x"),
-            Match::WrongMethod(_)
+            Match::WrongMethod(..)
         ));
         assert!(matches!(r.find(&Method::GET, "/api/other"), Match::None));
         assert!(r.add(&["GET"], "api/x", h(), "d").is_err());
         assert!(r.add(&["GET"], "/api/{x-y}", h(), "d").is_err());
+        assert!(
+            r.add(&["GET"], "/api/{*rest}", h(), "d").is_err(),
+            "no catch-all"
+        );
+    }
+
+    #[test]
+    fn routes_of_one_shape_keep_their_own_parameter_names() {
+        let mut r = Router::default();
+        r.add(&["GET"], "/jobs/{id}", h(), "a").unwrap();
+        r.add(&["DELETE"], "/jobs/{job}", h(), "b").unwrap();
+        r.add(&["GET"], "/jobs/{id}/steps/{step}", h(), "c")
+            .unwrap();
+        r.add(&["GET"], "/jobs/latest", h(), "d").unwrap();
+        match r.find(&Method::DELETE, "/jobs/7") {
+            Match::Found(route, p) => {
+                assert_eq!(route.pattern, "/jobs/{job}");
+                assert_eq!(p["job"], "7");
+            }
+            _ => panic!("no match"),
+        }
+        match r.find(&Method::GET, "//jobs/7/steps/x%2Fy/") {
+            Match::Found(_, p) => assert_eq!((p["id"].as_str(), p["step"].as_str()), ("7", "x/y")),
+            _ => panic!("no match"),
+        }
+        match r.find(&Method::GET, "/jobs/latest") {
+            Match::Found(route, _) => assert_eq!(route.pattern, "/jobs/latest"),
+            _ => panic!("no match"),
+        }
+        match r.find(&Method::PUT, "/jobs/7") {
+            Match::WrongMethod(allowed, _) => assert_eq!(allowed, [Method::GET, Method::DELETE]),
+            _ => panic!("expected 405"),
+        }
+    }
+
+    #[test]
+    fn host_routes_take_every_method_and_refuse_start_routes_of_their_shape() {
+        let mut r = Router::default();
+        r.add_host_route("/metrics", Target::Metrics).unwrap();
+        r.add_host_route("/admin/{*rest}", Target::Management)
+            .unwrap();
+        match r.find(&Method::PATCH, "/admin/a/b/c") {
+            Match::Found(route, p) => {
+                assert!(matches!(route.target, Target::Management));
+                assert_eq!(p["rest"], "a/b/c");
+            }
+            _ => panic!("no match"),
+        }
+        match r.find(&Method::GET, "/admin/a%2Fb") {
+            Match::Found(_, p) => {
+                assert_eq!(p["rest"], "a%2Fb", "a catch-all is kept as sent");
+            }
+            _ => panic!("no match"),
+        }
+        let err = r.add(&["POST"], "/metrics", h(), "x.rs:9").unwrap_err();
+        assert!(err.contains("x.rs:9") && err.contains("host"), "{err}");
     }
 }

@@ -10,13 +10,16 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use http::{Method, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify, Semaphore};
 use tokio::time::Instant;
 
 use crate::app::App;
+use crate::metrics::{HostMetrics, PATH as METRICS_PATH};
 use crate::public_url::PeerAddr;
+use crate::request::{into_hyper, HttpError};
 
 /// Connection limits of the standalone server.
 #[derive(Clone, Copy, Debug)]
@@ -334,6 +337,60 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for ConnServi
             drop(guard);
             Ok(resp)
         })
+    }
+}
+
+/// Serves `GET /metrics` without a key on `listener` until `stop` changes: the separate
+/// listener for a Prometheus server on a private network.
+pub(crate) async fn serve_metrics(
+    listener: TcpListener,
+    metrics: Arc<HostMetrics>,
+    header_timeout: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut backoff = Backoff::default();
+    loop {
+        let (stream, peer): (tokio::net::TcpStream, SocketAddr) = tokio::select! {
+            c = next_connection(|| listener.accept(), &mut backoff) => c,
+            _ = stop.changed() => break,
+        };
+        let metrics = metrics.clone();
+        let service =
+            hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                let metrics = metrics.clone();
+                async move {
+                    let resp = match (req.method(), req.uri().path()) {
+                        (&Method::GET, METRICS_PATH) => metrics.response().await,
+                        (_, METRICS_PATH) => HttpError::new(
+                            StatusCode::METHOD_NOT_ALLOWED,
+                            "only GET is allowed here",
+                        )
+                        .into_response()
+                        .with_header("allow", "GET"),
+                        (_, path) => {
+                            HttpError::not_found(format!("no route for {path}")).into_response()
+                        }
+                    };
+                    Ok::<_, std::convert::Infallible>(into_hyper(resp))
+                }
+            });
+        let mut stop = stop.clone();
+        tokio::spawn(async move {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => if let Err(e) = r {
+                    tracing::debug!(%peer, error = %e, "metrics connection ended with an error");
+                },
+                _ = stop.changed() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+                }
+            }
+        });
     }
 }
 

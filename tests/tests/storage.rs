@@ -40,6 +40,7 @@ fn instance(id: &str, input_bytes: usize) -> NewInstance {
         parent: None,
         created_at: Utc::now(),
         start_at: None,
+        trace_parent: None,
     }
 }
 

@@ -49,6 +49,7 @@ pub(crate) async fn run_entity_episode(
                 operation,
                 input,
                 reply_to,
+                trace_parent,
                 ..
             } => {
                 ran = true;
@@ -56,9 +57,12 @@ pub(crate) async fn run_entity_episode(
                     registry,
                     &id,
                     &mut record,
-                    operation,
-                    input,
-                    reply_to,
+                    Requested {
+                        operation,
+                        input,
+                        reply_to,
+                        trace_parent,
+                    },
                     now,
                     &mut commit,
                 )
@@ -162,18 +166,39 @@ pub(crate) fn push_entity_message(
     commit.messages.push(msg);
 }
 
-#[allow(clippy::too_many_arguments)]
+/// An operation request, as the entity runs it.
+struct Requested {
+    operation: String,
+    input: Option<String>,
+    reply_to: Option<ReplyTo>,
+    /// The sender's W3C `traceparent`.
+    trace_parent: Option<String>,
+}
+
 async fn run_operation(
     registry: &Registry,
     id: &EntityId,
     record: &mut EntityRecord,
-    operation: String,
-    input: Option<String>,
-    reply_to: Option<ReplyTo>,
+    request: Requested,
     now: DateTime<Utc>,
     commit: &mut Episode,
 ) {
-    let span = tracing::info_span!("entity_operation", entity = %id, operation = %operation);
+    let Requested {
+        operation,
+        input,
+        reply_to,
+        trace_parent,
+    } = request;
+    let span = tracing::info_span!(
+        "entity_operation",
+        entity = %id,
+        operation = %operation,
+        trace_id = tracing::field::Empty
+    );
+    crate::trace::attach(
+        &span,
+        crate::trace::stored(trace_parent.as_deref()).as_ref(),
+    );
     let _enter = span.enter();
     let outcome = match registry.entity(&id.name) {
         None => Err(FailureDetails::new(
@@ -202,6 +227,7 @@ async fn run_operation(
                                     input,
                                     reply_to: None,
                                     lock_owner: None,
+                                    trace_parent: trace_parent.clone(),
                                 },
                                 at,
                                 now,
@@ -217,6 +243,7 @@ async fn run_operation(
                                 parent: None,
                                 created_at: now,
                                 start_at: None,
+                                trace_parent: trace_parent.clone(),
                             });
                         }
                     }

@@ -56,6 +56,8 @@ pub(crate) struct Execution {
     pub started: bool,
     /// Actions known to be in the stored history.
     pub committed_actions: usize,
+    /// The W3C `traceparent` from the execution's `ExecutionStarted` event.
+    pub trace_parent: Option<String>,
 }
 
 impl Execution {
@@ -74,6 +76,7 @@ impl Execution {
             terminated: None,
             started: false,
             committed_actions: 0,
+            trace_parent: None,
         }
     }
 
@@ -135,12 +138,14 @@ impl Execution {
                 name,
                 version,
                 input,
+                trace_parent,
                 ..
             } => {
                 if self.started {
                     return;
                 }
                 self.started = true;
+                self.trace_parent.clone_from(trace_parent);
                 match registry.recorded_orchestrator(name, version.as_deref()) {
                     Some(entry) => {
                         self.future = Some((entry.invoke)(self.ctx.clone(), input.clone()));
@@ -331,6 +336,8 @@ pub(crate) struct ScheduledActivity {
     pub heartbeat_timeout: Option<std::time::Duration>,
     /// The previous attempt's last heartbeat details.
     pub heartbeat_details: Option<String>,
+    /// The W3C `traceparent` of the scheduling instance.
+    pub trace_parent: Option<String>,
 }
 
 /// Everything one episode changes; it consumes every message of its inbox.
@@ -626,7 +633,15 @@ fn finish_episode(
         }
         for (seq, a) in actions.iter().enumerate() {
             let seq = (exec.committed_actions + seq) as u64;
-            side_effects(&state, a, seq, now, commit, false);
+            side_effects(
+                &state,
+                exec.trace_parent.as_deref(),
+                a,
+                seq,
+                now,
+                commit,
+                false,
+            );
         }
         let start = NewInstance {
             instance_id: state.instance_id.clone(),
@@ -637,6 +652,7 @@ fn finish_episode(
             parent: state.parent.clone(),
             created_at: now,
             start_at: None,
+            trace_parent: exec.trace_parent.clone(),
         };
         commit.messages.push(start.start_message());
         for (name, input) in carried {
@@ -673,7 +689,15 @@ fn finish_episode(
         for (i, a) in actions.iter().enumerate() {
             let seq = (exec.committed_actions + i) as u64;
             new_events.push(a.to_event(seq, now));
-            side_effects(&state, a, seq, now, commit, schedule_timers);
+            side_effects(
+                &state,
+                exec.trace_parent.as_deref(),
+                a,
+                seq,
+                now,
+                commit,
+                schedule_timers,
+            );
         }
     }
     new_events.push(HistoryEvent::new(now, EventKind::OrchestratorCompleted));
@@ -769,8 +793,10 @@ fn release_held_locks(
 }
 
 /// The work, messages and instances a new action causes.
+#[allow(clippy::too_many_arguments)]
 fn side_effects(
     state: &InstanceState,
+    trace_parent: Option<&str>,
     action: &Action,
     seq: u64,
     now: DateTime<Utc>,
@@ -794,6 +820,7 @@ fn side_effects(
             start_to_close: *start_to_close,
             heartbeat_timeout: *heartbeat_timeout,
             heartbeat_details: heartbeat_details.clone(),
+            trace_parent: trace_parent.map(str::to_string),
         }),
         Action::Timer { fire_at } => {
             if schedule_timers {
@@ -833,6 +860,7 @@ fn side_effects(
             }),
             created_at: now,
             start_at: None,
+            trace_parent: trace_parent.map(str::to_string),
         }),
         Action::SendEvent {
             instance_id,
@@ -861,6 +889,7 @@ fn side_effects(
                 input: input.clone(),
                 reply_to: Some(reply_to(state, seq)),
                 lock_owner: in_critical_section.then(|| state.instance_id.clone()),
+                trace_parent: trace_parent.map(str::to_string),
             },
             None,
             now,
@@ -878,6 +907,7 @@ fn side_effects(
                 input: input.clone(),
                 reply_to: None,
                 lock_owner: None,
+                trace_parent: trace_parent.map(str::to_string),
             },
             *at,
             now,
@@ -981,6 +1011,7 @@ fn terminal_episode(
     running.failure = None;
     running.output = None;
     let mut exec = Execution::replay(registry, &running, &kept);
+    let trace_parent = exec.trace_parent.clone();
     // Re-issue every recorded call that has no completion in the kept history.
     {
         let st = exec.ctx.state();
@@ -1001,7 +1032,15 @@ fn terminal_episode(
                     ));
                 }
                 Action::SendEvent { .. } => {}
-                other => side_effects(&running, other, seq as u64, now, &mut commit, true),
+                other => side_effects(
+                    &running,
+                    trace_parent.as_deref(),
+                    other,
+                    seq as u64,
+                    now,
+                    &mut commit,
+                    true,
+                ),
             }
         }
     }

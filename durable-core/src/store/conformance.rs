@@ -46,6 +46,7 @@ fn new_instance(id: &str) -> NewInstance {
         parent: None,
         created_at: Utc::now(),
         start_at: None,
+        trace_parent: None,
     }
 }
 
@@ -96,6 +97,7 @@ fn activity(item: &OrchestrationWorkItem, seq: u64) -> ActivityWorkItem {
         start_to_close: None,
         heartbeat_timeout: None,
         heartbeat_details: None,
+        trace_parent: None,
     }
 }
 
@@ -181,6 +183,47 @@ fn assert_lease_lost<T: std::fmt::Debug>(r: StoreResult<T>, what: &str) {
         Err(e) if e.kind() == StoreErrorKind::LeaseLost => {}
         other => panic!("{what}: expected LeaseLost, got {other:?}"),
     }
+}
+
+/// `pending_work`, when the store counts it, counts instances with a due message and no
+/// lease, and activities due and not leased: leasing takes them out of the count, a
+/// delayed message is not counted before it is due.
+pub async fn pending_work_counts(store: Arc<dyn Store>) {
+    let pending = || async { store.pending_work().await.expect("pending_work works") };
+    let Some(empty) = pending().await else {
+        return;
+    };
+    assert_eq!(
+        empty,
+        PendingWork::default(),
+        "an empty store has nothing pending"
+    );
+    store.create_instance(new_instance("a")).await.unwrap();
+    store.create_instance(new_instance("b")).await.unwrap();
+    let mut later = new_instance("c");
+    later.start_at = Some(Utc::now() + chrono::Duration::hours(1));
+    store.create_instance(later).await.unwrap();
+    let two = pending().await.expect("still counted");
+    assert_eq!((two.orchestrations, two.activities), (2, 0), "{two:?}");
+    let item = fetch(store.as_ref()).await;
+    assert_eq!(
+        pending().await.unwrap().orchestrations,
+        1,
+        "a leased instance is not pending"
+    );
+    let mut c = commit_for(&item);
+    c.state = Some(running(&item));
+    c.activities.push(activity(&item, 0));
+    c.activities.push(activity(&item, 1));
+    store.commit_orchestration(c).await.unwrap();
+    let now = pending().await.unwrap();
+    assert_eq!((now.orchestrations, now.activities), (1, 2), "{now:?}");
+    fetch_activity(store.as_ref()).await;
+    assert_eq!(
+        pending().await.unwrap().activities,
+        1,
+        "a leased activity is not pending"
+    );
 }
 
 /// Creating an instance stores it as Pending and queues its start message; a second
@@ -1320,7 +1363,7 @@ macro_rules! store_conformance_tests {
             activity_delay_and_renew, activity_fetch_waits, release_leases, history_reads,
             listing, purging, wait_for_instance_until, clock_reads_now, close,
             fast_commit_and_lease, fast_commit_unleased, fast_lease_instance_for_result,
-            fast_complete_activity_and_fetch
+            fast_complete_activity_and_fetch, pending_work_counts
         );
         #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn wait_for_instance() {

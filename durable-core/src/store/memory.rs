@@ -789,6 +789,30 @@ impl Store for MemoryStore {
         self.clock.as_ref()
     }
 
+    async fn pending_work(&self) -> StoreResult<Option<PendingWork>> {
+        let now = self.now();
+        let inner = self.lock();
+        let orchestrations = inner
+            .instances
+            .values()
+            .filter(|r| r.lease.as_ref().is_none_or(|l| l.expires_at <= now))
+            .filter(|r| {
+                r.messages
+                    .values()
+                    .any(|m| m.visible_at.is_none_or(|t| t <= now))
+            })
+            .count();
+        let activities = inner
+            .activities
+            .values()
+            .filter(|a| a.busy_until.is_none_or(|t| t <= now))
+            .count();
+        Ok(Some(PendingWork {
+            orchestrations: orchestrations as u64,
+            activities: activities as u64,
+        }))
+    }
+
     fn fast_paths(&self) -> Option<&dyn FastPaths> {
         Some(self)
     }

@@ -113,6 +113,8 @@ pub struct ActivityWorkItem {
     /// The heartbeat details (JSON) the previous attempt of this call left when it timed
     /// out, for this one to resume from (`ActivityContext::last_heartbeat_details`).
     pub heartbeat_details: Option<String>,
+    /// The W3C `traceparent` of the instance that scheduled it.
+    pub trace_parent: Option<String>,
 }
 
 /// Persistence for instances, histories, queues and leases.
@@ -271,6 +273,22 @@ pub trait Store: Send + Sync + 'static {
     fn fast_paths(&self) -> Option<&dyn FastPaths> {
         None
     }
+
+    /// How much work is due now and not leased by any worker, for the
+    /// `durable_pending_work_items` metric; `None` (the default) when the store does not
+    /// count it.
+    async fn pending_work(&self) -> StoreResult<Option<PendingWork>> {
+        Ok(None)
+    }
+}
+
+/// Work due now and waiting for a worker, from [`Store::pending_work`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PendingWork {
+    /// Instances (orchestrations and entities) with a due message and no lease.
+    pub orchestrations: u64,
+    /// Activities due and not leased.
+    pub activities: u64,
 }
 
 /// Where activities a commit leases straight to the committing worker go: up to `max` of

@@ -171,9 +171,16 @@ pub(super) async fn run_activity(shared: &Shared, item: ActivityWorkItem) {
         instance_id = %item.instance_id,
         name = %item.name,
         attempt = item.attempt,
-        dequeue_count = item.dequeue_count
+        dequeue_count = item.dequeue_count,
+        trace_id = tracing::field::Empty
+    );
+    crate::trace::attach(
+        &span,
+        crate::trace::stored(item.trace_parent.as_deref()).as_ref(),
     );
     async {
+        let lease = shared.metrics.activity_item();
+        let started = std::time::Instant::now();
         let max = shared.options.max_activity_dequeues;
         let outcome = match shared.registry.activity(&item.name) {
             _ if max > 0 && item.dequeue_count > max => Err(FailureDetails::new(
@@ -200,9 +207,11 @@ pub(super) async fn run_activity(shared: &Shared, item: ActivityWorkItem) {
                     cancel: Some(cancelled),
                     beats: Some(std::sync::Arc::new(beat_tx)),
                     previous_details: item.heartbeat_details.clone(),
+                    trace_parent: crate::trace::stored(item.trace_parent.as_deref()),
                 };
                 let fut = (entry.invoke)(ctx, item.input.clone());
-                let handle = tokio::spawn(fut);
+                // In the activity's span, so what it logs and calls is in its trace.
+                let handle = tokio::spawn(fut.in_current_span());
                 let renew_every = (shared.options.activity_lease / 3).max(Duration::from_millis(1));
                 let poll = shared.options.activity_cancel_poll;
                 let start = tokio::time::Instant::now();
@@ -292,7 +301,14 @@ pub(super) async fn run_activity(shared: &Shared, item: ActivityWorkItem) {
                 }
             }
         };
+        shared.metrics.activity(
+            &shared.registry,
+            &item.name,
+            outcome.is_ok(),
+            started.elapsed(),
+        );
         let next = finish_activity(shared, &item, outcome).await;
+        drop(lease);
         shared
             .running_activities
             .lock()
@@ -385,6 +401,7 @@ pub(super) async fn complete_activity(
     };
     let message = completion_message(shared, item, within_limit(shared, item, outcome));
     let has_permit = permit.is_some();
+    let started = std::time::Instant::now();
     let result = with_retries(
         shared,
         "recording an activity result failed; retrying",
@@ -411,6 +428,11 @@ pub(super) async fn complete_activity(
         },
     )
     .await;
+    shared.metrics.commit(
+        crate::metrics::CommitOp::ActivityResult,
+        started.elapsed(),
+        0,
+    );
     match result {
         Ok(next) => return next.zip(permit),
         Err(e) if e.kind() == StoreErrorKind::LeaseLost => {

@@ -52,8 +52,19 @@ pub(super) async fn run_unleased(
         // The instance was not handed out: this worker ran it from its cache.
         dequeue_count: 0,
     };
-    let span = tracing::info_span!("episode", instance_id = %work.instance_id);
+    let span = tracing::info_span!(
+        "episode",
+        instance_id = %work.instance_id,
+        trace_id = tracing::field::Empty
+    );
+    crate::trace::attach(
+        &span,
+        crate::trace::stored(exec.trace_parent.as_deref()).as_ref(),
+    );
     let _enter = span.enter();
+    shared
+        .metrics
+        .episode(false, crate::metrics::EpisodeSource::Cached, 0);
     let result = run_episode(
         &shared.registry,
         &inbox(&work),
@@ -69,7 +80,8 @@ pub(super) async fn run_unleased(
     let new_state = result.execution.as_ref().and(commit.state.clone());
     let mut permits = activity_permits(shared, &commit);
     let execution_id = item.execution_id.clone();
-    match fast
+    let measured = shared.metrics.episode_commit(&shared.registry, &commit);
+    let committed = fast
         .commit_unleased(
             commit,
             &execution_id,
@@ -77,8 +89,12 @@ pub(super) async fn run_unleased(
             item,
             shared.direct(permits.len()),
         )
-        .await
-    {
+        .await;
+    match &committed {
+        Ok(_) => shared.metrics.committed(measured),
+        Err(_) => shared.metrics.commit_failed(measured),
+    }
+    match committed {
         Ok(leased) => {
             if let Some(exec) = result.execution {
                 shared.cache.lock().unwrap_or_else(|e| e.into_inner()).put(

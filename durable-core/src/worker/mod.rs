@@ -17,6 +17,7 @@ use crate::client::DurableClient;
 use crate::error::Error;
 use crate::instance::InstanceState;
 use crate::limits::DEFAULT_MAX_PAYLOAD_BYTES;
+use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::store::{ActivityWorkItem, DirectLease, Store, StoreError, WorkerId};
 
@@ -104,6 +105,7 @@ pub struct WorkerBuilder {
     registry: Option<Registry>,
     options: WorkerOptions,
     id: Option<WorkerId>,
+    metrics: Option<Metrics>,
 }
 
 impl WorkerBuilder {
@@ -123,6 +125,12 @@ impl WorkerBuilder {
     /// [`WorkerId::from_env`]).
     pub fn worker_id(mut self, id: WorkerId) -> Self {
         self.id = Some(id);
+        self
+    }
+
+    /// Records into these metrics (default: the worker's own, see [`Worker::metrics`]).
+    pub fn metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
         self
     }
 
@@ -154,6 +162,7 @@ impl WorkerBuilder {
             direct_activities: direct_tx,
             shutdown: shutdown_rx.clone(),
             orchestrations_done: watch::channel(false).0,
+            metrics: self.metrics.unwrap_or_default(),
         });
         let mut tasks = JoinSet::new();
         let s2 = shared.clone();
@@ -203,6 +212,7 @@ impl Worker {
             registry: None,
             options: WorkerOptions::default(),
             id: None,
+            metrics: None,
         }
     }
 
@@ -220,6 +230,12 @@ impl Worker {
     /// The registry in use.
     pub fn registry(&self) -> &Arc<Registry> {
         &self.shared.registry
+    }
+
+    /// The metrics this worker records (register them in a
+    /// [`metrics::Registry`](crate::metrics::Registry) to export them).
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
     }
 
     /// The store in use.
@@ -256,6 +272,7 @@ struct Shared {
     shutdown: watch::Receiver<bool>,
     /// Set when the orchestration dispatcher has stopped and its episodes have finished.
     orchestrations_done: watch::Sender<bool>,
+    metrics: Metrics,
 }
 
 impl Shared {

@@ -110,37 +110,50 @@ pub(super) async fn process_orchestration_with(
         .as_ref()
         .map(|s| s.name.clone())
         .unwrap_or_default();
-    let span = tracing::info_span!("episode", instance_id = %item.instance_id, name = %name);
-    async {
-        if crate::entity::is_entity_instance(&item.instance_id) {
+    let _lease = shared.metrics.orchestration_item(&item, shared.now());
+    if crate::entity::is_entity_instance(&item.instance_id) {
+        // A batch of operations, each a span in its sender's trace.
+        let span = tracing::info_span!("episode", instance_id = %item.instance_id, name = %name);
+        return async {
+            shared.metrics.episode_source(true, None);
             let episode = crate::replay::entity::run_entity_episode(
                 &shared.registry,
                 &inbox(&item),
                 shared.now(),
             )
             .await;
-            return commit_episode(shared, &item, commit_of(&item, episode), None, completed).await;
+            commit_episode(shared, &item, commit_of(&item, episode), None, completed).await
         }
-        if let Some(failure) = poison(shared, &item) {
-            tracing::error!(%failure, dequeue_count = item.dequeue_count, "failing a poison instance");
-            fail_instance(shared, &item, failure).await;
+        .instrument(span)
+        .await;
+    }
+    if let Some(failure) = poison(shared, &item) {
+        tracing::error!(instance_id = %item.instance_id, %failure, dequeue_count = item.dequeue_count, "failing a poison instance");
+        fail_instance(shared, &item, failure).await;
+        return false;
+    }
+    let source = match episode_source(shared, &item).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(instance_id = %item.instance_id, error = %e, "reading history failed");
+            let _ = shared
+                .store
+                .abandon_orchestration(&item.instance_id, &item.lease_token, Duration::from_secs(1))
+                .await;
             return false;
         }
-        let source = match episode_source(shared, &item).await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "reading history failed");
-                let _ = shared
-                    .store
-                    .abandon_orchestration(
-                        &item.instance_id,
-                        &item.lease_token,
-                        Duration::from_secs(1),
-                    )
-                    .await;
-                return false;
-            }
-        };
+    };
+    // The span's trace parent must be set before it is entered: it comes from the
+    // execution's start, in the messages, the cached execution or the history.
+    let span = tracing::info_span!(
+        "episode",
+        instance_id = %item.instance_id,
+        name = %name,
+        trace_id = tracing::field::Empty
+    );
+    crate::trace::attach(&span, episode_trace(&item, source.as_ref()).as_ref());
+    async {
+        shared.metrics.episode_source(false, source.as_ref());
         let registry = shared.registry.clone();
         let result = run_episode(&registry, &inbox(&item), source, shared.now());
         let commit = commit_of(&item, result.episode);
@@ -167,6 +180,31 @@ fn poison(shared: &Shared, item: &OrchestrationWorkItem) -> Option<FailureDetail
             state.name, item.dequeue_count
         ),
     ))
+}
+
+/// The trace context of an episode: from the `ExecutionStarted` among its messages (a
+/// new execution), else from the execution it continues (cached or replayed).
+fn episode_trace(
+    item: &crate::store::OrchestrationWorkItem,
+    source: Option<&crate::replay::Source>,
+) -> Option<crate::trace::TraceParent> {
+    use crate::history::EventKind;
+    let started = |e: &crate::history::HistoryEvent| match &e.kind {
+        EventKind::ExecutionStarted { trace_parent, .. } => Some(trace_parent.clone()),
+        _ => None,
+    };
+    let value = item
+        .messages
+        .iter()
+        .rev()
+        .find_map(|(_, m)| started(&m.event))
+        .or_else(|| match source {
+            Some(crate::replay::Source::Cached(exec)) => Some(exec.trace_parent.clone()),
+            Some(crate::replay::Source::History(h)) => h.iter().find_map(started),
+            None => None,
+        })
+        .flatten();
+    crate::trace::stored(value.as_deref())
 }
 
 /// What the replay engine sees of a work item.
@@ -203,6 +241,7 @@ pub(super) fn commit_of(item: &OrchestrationWorkItem, episode: Episode) -> Orche
                 start_to_close: a.start_to_close,
                 heartbeat_timeout: a.heartbeat_timeout,
                 heartbeat_details: a.heartbeat_details,
+                trace_parent: a.trace_parent,
             })
             .collect(),
         messages: episode.messages,
@@ -236,6 +275,7 @@ pub(super) async fn commit_episode(
     // of its payloads per episode. A commit that fails is abandoned below and the episode
     // runs again from its stored messages, to the same effect.
     let direct = shared.direct(permits.len());
+    let measured = shared.metrics.episode_commit(&shared.registry, &commit);
     let committed = match fast {
         Some(fast) if completed.is_some() || direct.max > 0 => {
             fast.commit_orchestration_and_lease(commit, completed, direct)
@@ -247,6 +287,10 @@ pub(super) async fn commit_episode(
             .await
             .map(|()| Vec::new()),
     };
+    match &committed {
+        Ok(_) => shared.metrics.committed(measured),
+        Err(_) => shared.metrics.commit_failed(measured),
+    }
     match committed {
         Ok(leased) => {
             // Cache first: the leased activities may finish at once and look for it.

@@ -40,6 +40,27 @@ pub(crate) async fn handle(client: &DurableClient, req: &HttpRequest, rest: &str
     }
 }
 
+/// The pattern of the management route `rest` (the path after [`BASE`]) names, for the
+/// metrics: a fixed string, never taken from the path.
+pub(crate) fn route_pattern(rest: &str) -> &'static str {
+    let parts: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+    let first = parts.first().map(|s| s.to_ascii_lowercase());
+    match (first.as_deref(), parts.len()) {
+        (Some("orchestrators"), 2) => "/runtime/webhooks/durabletask/orchestrators/{name}",
+        (Some("orchestrators"), 3) => "/runtime/webhooks/durabletask/orchestrators/{name}/{id}",
+        (Some("instances"), 1) => "/runtime/webhooks/durabletask/instances",
+        (Some("instances"), 2) => "/runtime/webhooks/durabletask/instances/{id}",
+        (Some("instances"), 3) => "/runtime/webhooks/durabletask/instances/{id}/{operation}",
+        (Some("instances"), 4) if parts[2].eq_ignore_ascii_case("raiseEvent") => {
+            "/runtime/webhooks/durabletask/instances/{id}/raiseEvent/{event}"
+        }
+        (Some("entities"), 1) => "/runtime/webhooks/durabletask/entities",
+        (Some("entities"), 2) => "/runtime/webhooks/durabletask/entities/{name}",
+        (Some("entities"), 3) => "/runtime/webhooks/durabletask/entities/{name}/{key}",
+        _ => "/runtime/webhooks/durabletask/unmatched",
+    }
+}
+
 /// A 4xx as `{"error": "..."}`, plus `ExceptionMessage`: the field Durable Functions'
 /// clients read from the reference system's error answers (the Python client's
 /// `start_new` raises it). Server errors take the host's usual path.

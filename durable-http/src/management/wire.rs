@@ -377,6 +377,7 @@ mod tests {
                     version: None,
                     input: None,
                     parent: None,
+                    trace_parent: None,
                 },
             ),
             HistoryEvent::scheduled(

@@ -967,6 +967,17 @@ impl Store for PostgresStore {
         &self.inner.clock
     }
 
+    async fn pending_work(&self) -> StoreResult<Option<PendingWork>> {
+        let mut conn = self.inner.pool.get().await?;
+        let s = conn.prepare(sql::PENDING_WORK).await?;
+        let row = conn.client.query_one(&s, &[]).await.map_err(pg)?;
+        let count = |i: usize| u64::try_from(row.get::<_, i64>(i)).unwrap_or(0);
+        Ok(Some(PendingWork {
+            orchestrations: count(0),
+            activities: count(1),
+        }))
+    }
+
     fn fast_paths(&self) -> Option<&dyn FastPaths> {
         Some(self)
     }
@@ -1181,6 +1192,7 @@ mod tests {
             parent: None,
             created_at: Utc::now(),
             start_at: None,
+            trace_parent: None,
         }
     }
 

@@ -73,6 +73,8 @@ struct ActivityRow {
     heartbeat_timeout_us: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     heartbeat_details: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    trace_parent: Option<String>,
 }
 
 impl From<&ActivityWorkItem> for ActivityRow {
@@ -90,6 +92,7 @@ impl From<&ActivityWorkItem> for ActivityRow {
                 .heartbeat_timeout
                 .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
             heartbeat_details: a.heartbeat_details.clone(),
+            trace_parent: a.trace_parent.clone(),
         }
     }
 }
@@ -821,6 +824,7 @@ pub(crate) fn activity_items(rows: Vec<Row>) -> StoreResult<Vec<ActivityWorkItem
             start_to_close: row.start_to_close_us.map(Duration::from_micros),
             heartbeat_timeout: row.heartbeat_timeout_us.map(Duration::from_micros),
             heartbeat_details: row.heartbeat_details,
+            trace_parent: row.trace_parent,
             lease_token: r.get(3),
             dequeue_count: dequeue as u32,
         });

@@ -241,3 +241,10 @@ pub const PURGE: &str = "WITH i AS (DELETE FROM instances WHERE id = $1 RETURNIN
 pub const COMMIT_EPISODE: &str = "SELECT ok, act_ids, act_tokens, sent_to, sent_delayed
   FROM commit_episode($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
     $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27)";
+
+/// Instances with a due message and no live lease, and activities due and not leased.
+pub const PENDING_WORK: &str = "SELECT
+    (SELECT count(DISTINCT m.instance_id) FROM messages m JOIN instances i ON i.id = m.instance_id
+     WHERE m.visible_at <= now()
+       AND (i.lease_expires_at IS NULL OR i.lease_expires_at <= now())),
+    (SELECT count(*) FROM activities WHERE visible_at <= now())";

@@ -656,6 +656,12 @@ impl Store for SqliteStore {
         self.clock.as_ref()
     }
 
+    async fn pending_work(&self) -> StoreResult<Option<PendingWork>> {
+        let now = micros(self.clock.now());
+        self.read(move |conn| ops::pending_work(conn, now).map(Some))
+            .await
+    }
+
     fn fast_paths(&self) -> Option<&dyn FastPaths> {
         Some(self)
     }

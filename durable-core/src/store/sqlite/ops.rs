@@ -13,7 +13,8 @@ use crate::history::{FailureDetails, OrchestrationMessage, ParentInstance};
 use crate::instance::{InstanceFilter, InstanceState, NewInstance, RuntimeStatus};
 use crate::store::{
     child_conflict_message, random_id, ActivityWorkItem, HistoryUpdate, OrchestrationCommit,
-    OrchestrationWorkItem, StoreError, StoreResult, WorkerId, MAX_MESSAGES_PER_WORK_ITEM,
+    OrchestrationWorkItem, PendingWork, StoreError, StoreResult, WorkerId,
+    MAX_MESSAGES_PER_WORK_ITEM,
 };
 
 /// `now + d` in microseconds, saturating.
@@ -202,6 +203,25 @@ pub(super) fn get_state(conn: &Connection, id: &str) -> StoreResult<Option<(Inst
     ))
     .and_then(|mut s| s.query_row(params![id], read_state).optional())
     .map_err(sql)
+}
+
+/// Instances with a due message and no live lease, and activities due and not leased (a
+/// leased activity is visible again only when its lease expires).
+pub(super) fn pending_work(conn: &Connection, now: i64) -> StoreResult<PendingWork> {
+    let count = |query: &str| -> StoreResult<u64> {
+        let n: i64 = conn
+            .prepare_cached(query)
+            .and_then(|mut s| s.query_row(params![now], |r| r.get(0)))
+            .map_err(sql)?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    };
+    Ok(PendingWork {
+        orchestrations: count(
+            "SELECT COUNT(DISTINCT m.instance_id) FROM messages m JOIN instances i ON i.id = m.instance_id
+             WHERE m.visible_at <= ?1 AND (i.lease_expires_at IS NULL OR i.lease_expires_at <= ?1)",
+        )?,
+        activities: count("SELECT COUNT(*) FROM activities WHERE visible_at <= ?1")?,
+    })
 }
 
 pub(super) fn fetch_orchestration(
@@ -475,6 +495,8 @@ struct ActivityRow {
     heartbeat_timeout_us: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     heartbeat_details: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    trace_parent: Option<String>,
 }
 
 impl From<&ActivityWorkItem> for ActivityRow {
@@ -492,6 +514,7 @@ impl From<&ActivityWorkItem> for ActivityRow {
                 .heartbeat_timeout
                 .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
             heartbeat_details: a.heartbeat_details.clone(),
+            trace_parent: a.trace_parent.clone(),
         }
     }
 }
@@ -538,6 +561,7 @@ pub(super) fn fetch_activities(
             start_to_close: row.start_to_close_us.map(Duration::from_micros),
             heartbeat_timeout: row.heartbeat_timeout_us.map(Duration::from_micros),
             heartbeat_details: row.heartbeat_details,
+            trace_parent: row.trace_parent,
             lease_token: token,
             dequeue_count,
         });

@@ -47,6 +47,7 @@ async fn state_survives_reopening() {
                 parent: None,
                 created_at: Utc::now(),
                 start_at: None,
+                trace_parent: None,
             })
             .await
             .unwrap();
@@ -79,6 +80,7 @@ fn new_instance(id: &str) -> NewInstance {
         parent: None,
         created_at: Utc::now(),
         start_at: None,
+        trace_parent: None,
     }
 }
 
@@ -152,6 +154,7 @@ async fn concurrent_writes_share_commits() {
                 parent: None,
                 created_at: Utc::now(),
                 start_at: None,
+                trace_parent: None,
             })
             .await
         }));
@@ -252,6 +255,7 @@ async fn opening_gives_back_the_leases_a_dead_process_left() {
                     start_to_close: None,
                     heartbeat_timeout: None,
                     heartbeat_details: None,
+                    trace_parent: None,
                 }],
                 messages: Vec::new(),
                 new_instances: Vec::new(),
