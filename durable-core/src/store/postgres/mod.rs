@@ -558,7 +558,13 @@ fn filter_sql(
     if let Some(p) = &filter.instance_id_prefix {
         args.push(Box::new(p.clone()));
         let n = args.len();
-        clauses.push(format!("left(id, length(${n})) = ${n}"));
+        clauses.push(format!(
+            "id COLLATE \"C\" >= ${n} AND left(id, length(${n})) = ${n}"
+        ));
+        if let Some(upper) = crate::store::prefix_upper_bound(p) {
+            args.push(Box::new(upper));
+            clauses.push(format!("id COLLATE \"C\" < ${}", args.len()));
+        }
     }
     if let Some((t, id)) = after {
         args.push(Box::new(*t));
@@ -1407,7 +1413,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("has version 99"), "{err}");
-        assert!(err.contains("up to 1"), "{err}");
+        assert!(err.contains(&format!("up to {SCHEMA_VERSION}")), "{err}");
         drop(conn);
         let foreign = test_schema();
         let conn = a.inner.pool.get().await.unwrap();
