@@ -23,6 +23,12 @@
 //! The `http-*` scenarios serve a real [`durable_http::Host`] on an ephemeral loopback port
 //! and drive it with a built-in load generator: a fixed number of keep-alive HTTP/1.1
 //! connections, each sending its share of a bounded number of requests one after the other.
+//! `http-hello` starts 10,000 HelloSequence5 through the host's management API and
+//! long-polls each to completion; `http-latency` starts and waits for one at a time in one
+//! request. `payload-10mib` runs orchestrations with a 10 MiB input, activity result and
+//! output. `stored-N` (SQLite only; `stored-1000` and `stored-100000` in `all`, any N from
+//! 1,000 by name) stores N completed HelloSequence5 instances and measures status reads,
+//! filtered list pages, database bytes per instance and purging by time range.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -46,10 +52,21 @@ const SCENARIOS: &[&str] = &[
     "replay-10000",
     "http-start",
     "http-status",
+    "http-hello",
+    "http-latency",
+    "payload-10mib",
+    "stored-1000",
+    "stored-100000",
     "hosts-1",
     "hosts-3",
     "recovery",
 ];
+
+/// Scenarios that fill a SQLite file directly (any `stored-N` may be named with
+/// `--scenario`, e.g. `stored-1000000`).
+fn sqlite_only(scenario: &str) -> bool {
+    scenario.starts_with("stored-") || scenario == "recovery"
+}
 
 /// Scenarios that need a store shared by several processes.
 const MULTI_HOST: &[&str] = &["hosts-1", "hosts-3"];
@@ -147,7 +164,11 @@ fn main() {
     };
     let scenarios: Vec<&str> = if scenario == "all" {
         SCENARIOS.to_vec()
-    } else if SCENARIOS.contains(&scenario.as_str()) {
+    } else if SCENARIOS.contains(&scenario.as_str())
+        || scenario
+            .strip_prefix("stored-")
+            .is_some_and(|n| n.parse::<u64>().is_ok_and(|n| n >= 1000))
+    {
         vec![scenario.as_str()]
     } else {
         usage()
@@ -159,7 +180,7 @@ fn main() {
             if MULTI_HOST.contains(sc) && *st != "postgres" {
                 continue;
             }
-            if *sc == "recovery" && *st != "sqlite" {
+            if sqlite_only(sc) && *st != "sqlite" {
                 continue;
             }
             eprintln!("running {sc} on {st} ...");
@@ -527,6 +548,9 @@ fn registry() -> Registry {
             tokio::time::sleep(Duration::from_millis(pace)).await;
             Ok::<_, ActivityError>(format!("Hello {name}!"))
         })
+        .activity("big_result", |_ctx, len: usize| async move {
+            Ok::<_, ActivityError>("r".repeat(len))
+        })
         .activity("add_one", |_ctx, n: u64| async move {
             Ok::<_, ActivityError>(n + 1)
         })
@@ -557,6 +581,15 @@ fn registry() -> Registry {
                     );
                 }
                 Ok::<_, OrchestrationError>(out)
+            },
+        )
+        .orchestrator(
+            "big",
+            |ctx: OrchestrationContext, input: String| async move {
+                let result: String = ctx
+                    .call_activity_by_name("big_result", &input.len())
+                    .await?;
+                Ok::<_, OrchestrationError>(result)
             },
         )
         .orchestrator("sequence", |ctx: OrchestrationContext, n: u64| async move {
@@ -663,6 +696,12 @@ async fn run_scenario(scenario: &str, store_kind: &str) -> Row {
     }
     if scenario == "recovery" {
         let mut r = recovery_scenario().await;
+        r.peak_rss_mb = peak_rss_mb();
+        r.cpu_ms = cpu_ms();
+        return r;
+    }
+    if let Some(n) = scenario.strip_prefix("stored-") {
+        let mut r = stored_scenario(scenario, n.parse().expect("instance count")).await;
         r.peak_rss_mb = peak_rss_mb();
         r.cpu_ms = cpu_ms();
         return r;
@@ -837,7 +876,38 @@ async fn run_scenario(scenario: &str, store_kind: &str) -> Row {
             rt.shutdown().await;
             r
         }
+        "payload-10mib" => {
+            // A 10 MiB input, a 10 MiB activity result and a 10 MiB output, one
+            // orchestration at a time.
+            const BIG: usize = 10 * 1024 * 1024;
+            let rt = runtime(store, 10);
+            let c = rt.client();
+            let input = format!("\"{}\"", "i".repeat(BIG));
+            let n = 10;
+            let mut samples = Vec::with_capacity(n);
+            let t = Instant::now();
+            for _ in 0..n {
+                let s = Instant::now();
+                let id = start(&c, "big", &input).await;
+                let st = c.wait_for_completion(&id, LONG).await.expect("finishes");
+                assert_eq!(st.status, RuntimeStatus::Completed, "{:?}", st.failure);
+                assert_eq!(st.output.map(|o| o.len()), Some(BIG + 2));
+                samples.push(s.elapsed().as_secs_f64() * 1000.0);
+            }
+            let mut r = row(
+                scenario,
+                store_kind,
+                n as u64,
+                "orchestrations/s",
+                t.elapsed(),
+            );
+            set_percentiles(&mut r, samples);
+            r.extra = Some("10 MiB input, activity result and output each, one at a time".into());
+            rt.shutdown().await;
+            r
+        }
         "http-start" | "http-status" => http_scenario(scenario, store_kind, store).await,
+        "http-hello" | "http-latency" => http_hello_scenario(scenario, store_kind, store).await,
         other => panic!("unknown scenario {other}"),
     };
     r.peak_rss_mb = peak_rss_mb();
@@ -896,11 +966,12 @@ async fn http_scenario(scenario: &str, store_kind: &str, store: Arc<dyn Store>) 
     let client = host.client();
     let r = if scenario == "http-start" {
         let n = 20_000;
-        let (wall, lat) = load(addr, n, |_| {
+        let (wall, lat) = load(addr, HTTP_CONNECTIONS, n, |_| {
             (
                 http::Method::POST,
                 "/api/start".to_string(),
                 http::StatusCode::ACCEPTED,
+                bytes::Bytes::new(),
             )
         })
         .await;
@@ -932,11 +1003,12 @@ async fn http_scenario(scenario: &str, store_kind: &str, store: Arc<dyn Store>) 
         }
         let ids = Arc::new(ids);
         let n = 100_000;
-        let (wall, lat) = load(addr, n, move |i| {
+        let (wall, lat) = load(addr, HTTP_CONNECTIONS, n, move |i| {
             (
                 http::Method::GET,
                 format!("/api/instances/{}", ids[i % ids.len()]),
                 http::StatusCode::OK,
+                bytes::Bytes::new(),
             )
         })
         .await;
@@ -951,6 +1023,232 @@ async fn http_scenario(scenario: &str, store_kind: &str, store: Arc<dyn Store>) 
     r
 }
 
+/// A host serving everything [`registry`] registers (no routes of its own), with the
+/// management API under its key; everything else as shipped.
+async fn bench_host(store: Arc<dyn Store>) -> durable_http::RunningHost {
+    durable_http::Host::builder()
+        .addr("127.0.0.1:0")
+        .store(store)
+        .key(HTTP_KEY)
+        .registry(registry())
+        .without_registered_routes()
+        .build()
+        .expect("host builds")
+        .bind()
+        .await
+        .expect("host binds")
+}
+
+/// HelloSequence5 through a real host over HTTP.
+///
+/// `http-hello`: 10,000 starts (`POST .../orchestrators/hello_sequence5/{id}` on
+/// `HTTP_CONNECTIONS` keep-alive connections, each answered `202` after its commit), then a
+/// long-poll per instance (`GET /api/instances/{id}?wait=120s`, `200` once it completed);
+/// the rate is orchestrations per second from the first start to the last completion.
+///
+/// `http-latency`: one at a time on one connection, start-and-wait in one request
+/// (`POST .../orchestrators/hello_sequence5/{id}?timeout=10`, `200` with the output);
+/// p50/p99 of 200 such requests after 20 unmeasured ones.
+async fn http_hello_scenario(scenario: &str, store_kind: &str, store: Arc<dyn Store>) -> Row {
+    const BASE: &str = "/runtime/webhooks/durabletask";
+
+    let host = bench_host(store).await;
+    let addr = host.addr;
+    let r = if scenario == "http-hello" {
+        let n = 10_000;
+        let t = Instant::now();
+        let (starts, start_lat) = load(addr, HTTP_CONNECTIONS, n, |i| {
+            (
+                http::Method::POST,
+                format!("{BASE}/orchestrators/hello_sequence5/hello-{i}?code={HTTP_KEY}"),
+                http::StatusCode::ACCEPTED,
+                bytes::Bytes::new(),
+            )
+        })
+        .await;
+        let (_, _) = load(addr, HTTP_CONNECTIONS, n, |i| {
+            (
+                http::Method::GET,
+                format!("/api/instances/hello-{i}?wait=120s"),
+                http::StatusCode::OK,
+                bytes::Bytes::new(),
+            )
+        })
+        .await;
+        let wall = t.elapsed();
+        let mut r = row(scenario, store_kind, n as u64, "orchestrations/s", wall);
+        let mut start_lat = start_lat;
+        start_lat.sort_by(|a, b| a.total_cmp(b));
+        r.extra = Some(format!(
+            "{n} starts over HTTP at {:.0} req/s (start p50 {:.2} ms), then a long-poll each; {HTTP_CONNECTIONS} keep-alive connections",
+            n as f64 / starts.as_secs_f64(),
+            start_lat.get(start_lat.len() / 2).copied().unwrap_or(0.0),
+        ));
+        r
+    } else {
+        let (warm, n) = (20, 200);
+        let request = |i: usize| {
+            (
+                http::Method::POST,
+                format!(
+                    "{BASE}/orchestrators/hello_sequence5/latency-{i}?timeout=10&pollingInterval=1&code={HTTP_KEY}"
+                ),
+                http::StatusCode::OK,
+                bytes::Bytes::new(),
+            )
+        };
+        load(addr, 1, warm, request).await;
+        let (wall, lat) = load(addr, 1, n, move |i| request(warm + i)).await;
+        let mut r = row(scenario, store_kind, n as u64, "orchestrations/s", wall);
+        set_percentiles(&mut r, lat);
+        r.extra = Some(
+            "start-and-wait in one POST (?timeout=10&pollingInterval=1), one at a time on one connection".into(),
+        );
+        r
+    };
+    host.shutdown().await;
+    r
+}
+
+/// `stored-N`: N completed HelloSequence5 instances in a SQLite file, then the cost of
+/// reading and purging them. One instance is run by a worker; its rows (instance and
+/// history, exactly as the engine wrote them) are copied N times with SQL in batches of
+/// 50,000 under ids `s00000000`.. and creation times 1 ms apart. Then, through a host on
+/// one connection: status GETs of random instances (p50/p99 of 2,000) and filtered list
+/// pages `runtimeStatus=Completed&instanceIdPrefix=sNNNNN&top=100` (each prefix matches
+/// 1,000 instances; p50 of 200, in `notes`), the database bytes per instance, and a purge
+/// of all N by creation time range (instances/s, in `notes`). The row's rate is status
+/// GETs per second.
+async fn stored_scenario(scenario: &str, n: u64) -> Row {
+    const BASE: &str = "/runtime/webhooks/durabletask";
+    assert!(n >= 1000, "stored-N needs N >= 1000");
+    let dir = std::env::temp_dir().join(format!("durable-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("stored.db");
+    let _ = std::fs::remove_file(&path);
+    {
+        let store: Arc<dyn Store> =
+            Arc::new(durable_core::store::sqlite::SqliteStore::open(&path).expect("open sqlite"));
+        let rt = runtime(store.clone(), 10);
+        let c = rt.client();
+        let id = c
+            .start_by_name(
+                "hello_sequence5",
+                Some("null".into()),
+                StartOptions {
+                    instance_id: Some("template".into()),
+                    ..StartOptions::default()
+                },
+            )
+            .await
+            .expect("start");
+        completed(&c, &id).await;
+        rt.shutdown().await;
+        store.close().await.expect("close");
+    }
+    let fill = Instant::now();
+    let path2 = path.clone();
+    tokio::task::spawn_blocking(move || fill_sqlite(&path2, n))
+        .await
+        .expect("fill");
+    let fill = fill.elapsed();
+    let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0)
+        + std::fs::metadata(path.with_extension("db-wal"))
+            .map(|m| m.len())
+            .unwrap_or(0);
+
+    let store: Arc<dyn Store> =
+        Arc::new(durable_core::store::sqlite::SqliteStore::open(&path).expect("open sqlite"));
+    let host = bench_host(store).await;
+    let addr = host.addr;
+    let pick = move |i: usize| (i as u64).wrapping_mul(2_654_435_761) % n;
+    let (wall, status) = load(addr, 1, 2000, move |i| {
+        (
+            http::Method::GET,
+            format!("/api/instances/s{:08}", pick(i)),
+            http::StatusCode::OK,
+            bytes::Bytes::new(),
+        )
+    })
+    .await;
+    let groups = n / 1000;
+    let (_, mut lists) = load(addr, 1, 200, move |i| {
+        (
+            http::Method::GET,
+            format!(
+                "{BASE}/instances?runtimeStatus=Completed&instanceIdPrefix=s{:05}&top=100&code={HTTP_KEY}",
+                (i as u64).wrapping_mul(2_654_435_761) % groups
+            ),
+            http::StatusCode::OK,
+            bytes::Bytes::new(),
+        )
+    })
+    .await;
+    lists.sort_by(|a, b| a.total_cmp(b));
+    let client = host.client();
+    let filter = durable_core::InstanceFilter {
+        created_from: Some(chrono::DateTime::<chrono::Utc>::MIN_UTC),
+        created_to: Some(chrono::Utc::now() + chrono::Duration::days(3650)),
+        ..Default::default()
+    };
+    let t = Instant::now();
+    let purged = client.purge_instances(&filter).await.expect("purge");
+    let purge = t.elapsed();
+    assert_eq!(purged, n + 1, "every stored instance purged");
+    host.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let mut r = row(scenario, "sqlite", 2000, "status GETs/s", wall);
+    set_percentiles(&mut r, status);
+    r.extra = Some(format!(
+        "{n} stored ({:.0} bytes/instance; filled in {:.1} s); list page p50 {:.2} ms, p99 {:.2} ms; purge by time range {:.0} instances/s ({:.2} s)",
+        bytes as f64 / n as f64,
+        fill.as_secs_f64(),
+        lists[lists.len() / 2],
+        lists[lists.len() * 99 / 100],
+        n as f64 / purge.as_secs_f64(),
+        purge.as_secs_f64()
+    ));
+    r
+}
+
+/// Copies the instance `template` and its history `n` times (see [`stored_scenario`]),
+/// then checkpoints the WAL into the file.
+fn fill_sqlite(path: &std::path::Path, n: u64) {
+    let mut conn = rusqlite::Connection::open(path).expect("open for filling");
+    conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL")
+        .expect("pragmas");
+    const BATCH: u64 = 50_000;
+    let mut from = 0;
+    while from < n {
+        let to = (from + BATCH).min(n);
+        let tx = conn.transaction().expect("transaction");
+        tx.execute(
+            "WITH RECURSIVE k(i) AS (SELECT ?1 UNION ALL SELECT i + 1 FROM k WHERE i + 1 < ?2)
+             INSERT INTO instances(id, execution_id, name, version, status, input, output,
+                 failure, custom_status, created_at, last_updated_at, parent, history_len)
+             SELECT printf('s%08d', k.i), execution_id, name, version, status, input, output,
+                 failure, custom_status, created_at - (?3 * 1000) + k.i * 1000,
+                 last_updated_at - (?3 * 1000) + k.i * 1000, parent, history_len
+             FROM instances, k WHERE id = 'template' ORDER BY k.i",
+            rusqlite::params![from as i64, to as i64, n as i64],
+        )
+        .expect("copy instances");
+        tx.execute(
+            "WITH RECURSIVE k(i) AS (SELECT ?1 UNION ALL SELECT i + 1 FROM k WHERE i + 1 < ?2)
+             INSERT INTO history(instance_id, seq, event)
+             SELECT printf('s%08d', k.i), seq, event
+             FROM history, k WHERE instance_id = 'template' ORDER BY k.i, seq",
+            rusqlite::params![from as i64, to as i64],
+        )
+        .expect("copy history");
+        tx.commit().expect("commit");
+        from = to;
+    }
+    conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+        .expect("checkpoint");
+}
+
 fn set_percentiles(r: &mut Row, mut samples: Vec<f64>) {
     samples.sort_by(|a, b| a.total_cmp(b));
     if samples.is_empty() {
@@ -961,12 +1259,17 @@ fn set_percentiles(r: &mut Row, mut samples: Vec<f64>) {
     r.p99_ms = Some(at(0.99));
 }
 
-/// The load generator: `HTTP_CONNECTIONS` keep-alive connections share `n` requests;
-/// `request(i)` gives the method, path and expected status of request `i`. Returns the
-/// wall time and each request's latency in milliseconds.
-async fn load<F>(addr: std::net::SocketAddr, n: usize, request: F) -> (Duration, Vec<f64>)
+/// The load generator: `connections` keep-alive connections share `n` requests;
+/// `request(i)` gives the method, path and expected status of request `i`, and its body.
+/// Returns the wall time and each request's latency in milliseconds.
+async fn load<F>(
+    addr: std::net::SocketAddr,
+    connections: usize,
+    n: usize,
+    request: F,
+) -> (Duration, Vec<f64>)
 where
-    F: Fn(usize) -> (http::Method, String, http::StatusCode) + Send + Sync + 'static,
+    F: Fn(usize) -> (http::Method, String, http::StatusCode, bytes::Bytes) + Send + Sync + 'static,
 {
     use http_body_util::{BodyExt, Full};
 
@@ -974,7 +1277,7 @@ where
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let t = Instant::now();
     let mut conns = Vec::new();
-    for _ in 0..HTTP_CONNECTIONS {
+    for _ in 0..connections {
         let request = request.clone();
         let next = next.clone();
         conns.push(tokio::spawn(async move {
@@ -991,12 +1294,13 @@ where
                 if i >= n {
                     break;
                 }
-                let (method, path, expect) = request(i);
+                let (method, path, expect, body) = request(i);
                 let req = http::Request::builder()
                     .method(method)
                     .uri(path)
                     .header(http::header::HOST, "127.0.0.1")
-                    .body(Full::new(bytes::Bytes::new()))
+                    .header(http::header::CONTENT_TYPE, "application/json")
+                    .body(Full::new(body))
                     .expect("request");
                 let s = Instant::now();
                 sender.ready().await.expect("connection ready");

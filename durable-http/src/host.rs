@@ -170,7 +170,11 @@ impl HostBuilder {
     }
 
     /// The request body limit (default 1 MiB, or `DURABLE_BODY_LIMIT` in bytes; larger
-    /// bodies get 413).
+    /// bodies get 413). Payloads may be larger (16 MiB by default, see
+    /// `WorkerOptions::max_payload_bytes`): raise this to start instances with larger
+    /// inputs over HTTP, and lower [`max_concurrent_bodies`](Self::max_concurrent_bodies)
+    /// to keep the memory bodies take bounded. The 1 MiB default keeps 64 bodies read at
+    /// once within 64 MiB.
     pub fn body_limit(mut self, bytes: usize) -> Self {
         self.body_limit = Some(bytes);
         self

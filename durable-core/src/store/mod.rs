@@ -366,6 +366,26 @@ pub trait FastPaths: Send + Sync {
     ) -> StoreResult<Option<OrchestrationWorkItem>>;
 }
 
+/// The least string greater than every string that starts with `prefix`, in byte order
+/// (which is code point order for UTF-8): the prefix with its last character raised by
+/// one, dropping trailing characters that cannot be raised. `None` when there is no such
+/// bound (an empty prefix, or one made of U+10FFFF only). With it a prefix filter becomes
+/// the index range `id >= prefix AND id < bound`.
+pub(crate) fn prefix_upper_bound(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        let next = match last as u32 + 1 {
+            0xD800 => Some('\u{E000}'),
+            n => char::from_u32(n),
+        };
+        if let Some(c) = next {
+            chars.push(c);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
+}
+
 /// The `SubOrchestrationInstanceFailed` message a parent receives when its child could not be
 /// created because an instance with the child's id is still running.
 pub fn child_conflict_message(
@@ -391,4 +411,27 @@ pub fn child_conflict_message(
         OrchestrationMessage::new(parent.instance_id.clone(), event)
             .for_execution(parent.execution_id.clone()),
     )
+}
+
+#[cfg(test)]
+mod prefix_tests {
+    use super::prefix_upper_bound;
+
+    #[test]
+    fn prefix_upper_bounds() {
+        assert_eq!(prefix_upper_bound("abc").as_deref(), Some("abd"));
+        assert_eq!(prefix_upper_bound("a\u{10FFFF}").as_deref(), Some("b"));
+        assert_eq!(
+            prefix_upper_bound("a\u{D7FF}").as_deref(),
+            Some("a\u{E000}")
+        );
+        assert_eq!(prefix_upper_bound(""), None);
+        assert_eq!(prefix_upper_bound("\u{10FFFF}\u{10FFFF}"), None);
+        // Every string with the prefix sorts below the bound, in byte order.
+        let bound = prefix_upper_bound("ab").unwrap();
+        for s in ["ab", "ab\u{10FFFF}\u{10FFFF}", "abzzzz", "ab\u{7F}"] {
+            assert!(s.as_bytes() < bound.as_bytes(), "{s:?}");
+        }
+        assert!("ac".as_bytes() >= bound.as_bytes());
+    }
 }

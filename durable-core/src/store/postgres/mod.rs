@@ -567,7 +567,13 @@ fn filter_sql(
     if let Some(p) = &filter.instance_id_prefix {
         args.push(Box::new(p.clone()));
         let n = args.len();
-        clauses.push(format!("left(id, length(${n})) = ${n}"));
+        clauses.push(format!(
+            "id COLLATE \"C\" >= ${n} AND left(id, length(${n})) = ${n}"
+        ));
+        if let Some(upper) = crate::store::prefix_upper_bound(p) {
+            args.push(Box::new(upper));
+            clauses.push(format!("id COLLATE \"C\" < ${}", args.len()));
+        }
     }
     if let Some((t, id)) = after {
         args.push(Box::new(*t));

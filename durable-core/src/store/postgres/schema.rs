@@ -9,7 +9,7 @@ use crate::store::StoreError;
 use crate::store::StoreResult;
 
 /// The newest schema version this build understands.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 
 /// The migrations, in order: version `i + 1` is `MIGRATIONS[i]`. A released migration is
 /// never edited; a change is a new one.
@@ -256,6 +256,11 @@ const MIGRATIONS: &[&str] = &[
         ok := true;
     END
     $fn$;",
+    // 3: an index on the instance id in byte order, so a listing or purge filtered by an id
+    // prefix reads the range of ids with that prefix (`id COLLATE "C" >= prefix AND
+    // id COLLATE "C" < bound`) instead of every instance: the primary key follows the
+    // database's collation, in which a prefix is not a range.
+    "CREATE INDEX IF NOT EXISTS instances_id_bytes ON instances(id COLLATE \"C\");",
 ];
 
 /// Checks a schema name: a plain lower-case identifier, so it needs no quoting anywhere

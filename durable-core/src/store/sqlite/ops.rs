@@ -56,15 +56,15 @@ fn status_of(conn: &Connection, id: &str) -> StoreResult<Option<RuntimeStatus>> 
 }
 
 pub(super) fn purge(conn: &Connection, id: &str) -> StoreResult<bool> {
-    let n = conn
-        .execute("DELETE FROM instances WHERE id = ?1", params![id])
-        .map_err(sql)?;
-    conn.execute("DELETE FROM history WHERE instance_id = ?1", params![id])
-        .map_err(sql)?;
-    conn.execute("DELETE FROM messages WHERE instance_id = ?1", params![id])
-        .map_err(sql)?;
-    conn.execute("DELETE FROM activities WHERE instance_id = ?1", params![id])
-        .map_err(sql)?;
+    let delete = |text: &str| {
+        conn.prepare_cached(text)
+            .and_then(|mut s| s.execute(params![id]))
+            .map_err(sql)
+    };
+    let n = delete("DELETE FROM instances WHERE id = ?1")?;
+    delete("DELETE FROM history WHERE instance_id = ?1")?;
+    delete("DELETE FROM messages WHERE instance_id = ?1")?;
+    delete("DELETE FROM activities WHERE instance_id = ?1")?;
     Ok(n > 0)
 }
 
@@ -569,14 +569,23 @@ pub(super) fn fetch_activities(
     Ok(out)
 }
 
-pub(super) fn list(
-    conn: &Connection,
+/// The WHERE clause (`WHERE ...` or empty) and arguments of a listing filter, after the
+/// continuation token. With an id prefix the prefix is an index range on the primary key
+/// and the other conditions are kept off their indexes (`+column`), so the cost follows the
+/// instances with that prefix, not all those stored; without one, status and creation
+/// time use the index on `(status, created_at, id)` or `(created_at, id)`, read in the
+/// listing's order.
+pub(super) fn filter_sql(
     filter: &InstanceFilter,
-    page_size: usize,
     token: Option<(DateTime<Utc>, String)>,
-) -> StoreResult<(Vec<InstanceState>, bool)> {
+) -> (String, Vec<rusqlite::types::Value>) {
     let mut clauses = Vec::new();
     let mut args: Vec<rusqlite::types::Value> = Vec::new();
+    let off = if filter.instance_id_prefix.is_some() {
+        "+"
+    } else {
+        ""
+    };
     if !filter.statuses.is_empty() {
         let marks: Vec<String> = filter
             .statuses
@@ -586,39 +595,64 @@ pub(super) fn list(
                 format!("?{}", args.len())
             })
             .collect();
-        clauses.push(format!("status IN ({})", marks.join(",")));
+        clauses.push(format!("{off}status IN ({})", marks.join(",")));
     }
     if let Some(t) = filter.created_from {
         args.push(micros(t).into());
-        clauses.push(format!("created_at >= ?{}", args.len()));
+        clauses.push(format!("{off}created_at >= ?{}", args.len()));
     }
     if let Some(t) = filter.created_to {
         args.push(micros(t).into());
-        clauses.push(format!("created_at <= ?{}", args.len()));
+        clauses.push(format!("{off}created_at <= ?{}", args.len()));
     }
     if let Some(p) = &filter.instance_id_prefix {
         args.push(p.clone().into());
         let n = args.len();
-        clauses.push(format!("substr(id, 1, length(?{n})) = ?{n}"));
+        clauses.push(format!("id >= ?{n} AND substr(id, 1, length(?{n})) = ?{n}"));
+        if let Some(upper) = crate::store::prefix_upper_bound(p) {
+            args.push(upper.into());
+            clauses.push(format!("id < ?{}", args.len()));
+        }
     }
     if let Some((t, id)) = token {
         args.push(micros(t).into());
         let a = args.len();
         args.push(id.into());
         let b = args.len();
-        clauses.push(format!(
-            "(created_at > ?{a} OR (created_at = ?{a} AND id > ?{b}))"
-        ));
+        clauses.push(format!("({off}created_at, id) > (?{a}, ?{b})"));
     }
-    let limit = page_size.max(1).saturating_add(1).min(i64::MAX as usize);
     let where_sql = if clauses.is_empty() {
         String::new()
     } else {
         format!("WHERE {}", clauses.join(" AND "))
     };
-    let text = format!(
-        "SELECT {STATE_COLUMNS} FROM instances {where_sql} ORDER BY created_at, id LIMIT {limit}"
-    );
+    (where_sql, args)
+}
+
+/// The query of a listing page (one row more than the page, to tell whether there is a
+/// next one) and its arguments.
+pub(super) fn list_sql(
+    filter: &InstanceFilter,
+    page_size: usize,
+    token: Option<(DateTime<Utc>, String)>,
+) -> (String, Vec<rusqlite::types::Value>) {
+    let (where_sql, args) = filter_sql(filter, token);
+    let limit = page_size.max(1).saturating_add(1).min(i64::MAX as usize);
+    (
+        format!(
+            "SELECT {STATE_COLUMNS} FROM instances {where_sql} ORDER BY created_at, id LIMIT {limit}"
+        ),
+        args,
+    )
+}
+
+pub(super) fn list(
+    conn: &Connection,
+    filter: &InstanceFilter,
+    page_size: usize,
+    token: Option<(DateTime<Utc>, String)>,
+) -> StoreResult<(Vec<InstanceState>, bool)> {
+    let (text, args) = list_sql(filter, page_size, token);
     let mut stmt = conn.prepare(&text).map_err(sql)?;
     let rows = stmt
         .query_map(rusqlite::params_from_iter(args), read_state)
@@ -847,11 +881,21 @@ pub(super) fn purge_many(
     filter: &InstanceFilter,
     w: &mut Wake,
 ) -> StoreResult<u64> {
-    let ids: Vec<String> = list(conn, filter, usize::MAX / 2, None)?
-        .0
+    // Ids and statuses only: no payload is read.
+    let (where_sql, args) = filter_sql(filter, None);
+    let rows: Vec<(String, String)> = conn
+        .prepare(&format!("SELECT id, status FROM instances {where_sql}"))
+        .and_then(|mut s| {
+            s.query_map(rusqlite::params_from_iter(args), |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?
+            .collect()
+        })
+        .map_err(sql)?;
+    let ids: Vec<String> = rows
         .into_iter()
-        .filter(|s| s.status.is_terminal())
-        .map(|s| s.instance_id)
+        .filter(|(_, status)| RuntimeStatus::parse(status).is_some_and(|s| s.is_terminal()))
+        .map(|(id, _)| id)
         .collect();
     for id in &ids {
         purge(conn, id)?;

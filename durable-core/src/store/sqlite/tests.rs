@@ -304,3 +304,56 @@ async fn opening_gives_back_the_leases_a_dead_process_left() {
         "the held instance is free at once; the abandoned one keeps its delay"
     );
 }
+
+/// The query plans of listing pages do not grow with the instances stored: an id prefix is
+/// a range of the primary key, a status filter reads `(status, created_at, id)` in the
+/// page's order and stops after the page (no sort of every instance with that status), and
+/// a continuation is a seek, not an offset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listing_plans_use_the_indexes() {
+    let path = temp("plans");
+    let store = SqliteStore::open(&path).unwrap();
+    let conn = Connection::open(&path).unwrap();
+    let plan = |filter: &InstanceFilter, token: Option<(chrono::DateTime<chrono::Utc>, String)>| {
+        let (text, args) = ops::list_sql(filter, 100, token);
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {text}")).unwrap();
+        let rows: Vec<String> = stmt
+            .query_map(rusqlite::params_from_iter(args), |r| r.get::<_, String>(3))
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect();
+        rows.join("; ")
+    };
+    let token = Some((chrono::Utc::now(), "x".to_string()));
+    let prefixed = InstanceFilter {
+        statuses: vec![RuntimeStatus::Completed],
+        instance_id_prefix: Some("order-17".into()),
+        ..Default::default()
+    };
+    for t in [None, token.clone()] {
+        let p = plan(&prefixed, t);
+        assert!(
+            p.contains("sqlite_autoindex_instances_1 (id>? AND id<?)"),
+            "{p}"
+        );
+    }
+    let by_status = InstanceFilter {
+        statuses: vec![RuntimeStatus::Completed],
+        ..Default::default()
+    };
+    for t in [None, token.clone()] {
+        let p = plan(&by_status, t);
+        assert!(
+            p.contains("INDEX instances_status_created (status=?"),
+            "{p}"
+        );
+        assert!(!p.contains("TEMP B-TREE"), "{p}");
+    }
+    let p = plan(&InstanceFilter::default(), token);
+    assert!(
+        p.contains("INDEX instances_created ((created_at,id)>(?,?))"),
+        "{p}"
+    );
+    assert!(!p.contains("TEMP B-TREE"), "{p}");
+    drop(store);
+}
