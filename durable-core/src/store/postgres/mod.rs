@@ -600,12 +600,13 @@ impl Store for PostgresStore {
                 client, statements, ..
             } = &mut *conn;
             let mut st = Stmts::new(statements);
-            match ops::create(&*client, &mut st, &instance, false).await? {
+            match ops::create(&*client, &mut st, &instance, false, self.inner.clock.now()).await? {
                 Created::Yes { delayed } => Created::Yes { delayed },
                 Created::Exists(_) => {
                     // Taken: decide under the row lock whether it may be replaced.
                     let tx = client.transaction().await.map_err(pg)?;
-                    let out = ops::create(&tx, &mut st, &instance, true).await?;
+                    let out =
+                        ops::create(&tx, &mut st, &instance, true, self.inner.clock.now()).await?;
                     if let Created::Yes { .. } = out {
                         tx.commit().await.map_err(pg)?;
                     }
@@ -678,7 +679,15 @@ impl Store for PostgresStore {
             lease: Duration::ZERO,
             max: 0,
         };
-        let (_, events) = ops::commit(&mut conn, &commit, None, direct, Fence::Token).await?;
+        let (_, events) = ops::commit(
+            &mut conn,
+            &commit,
+            None,
+            direct,
+            Fence::Token,
+            self.inner.clock.now(),
+        )
+        .await?;
         drop(conn);
         self.announce(events);
         Ok(())
@@ -1003,7 +1012,15 @@ impl FastPaths for PostgresStore {
             lease: direct.lease,
             max: direct.max,
         };
-        let (leased, events) = ops::commit(&mut conn, &commit, completed, d, Fence::Token).await?;
+        let (leased, events) = ops::commit(
+            &mut conn,
+            &commit,
+            completed,
+            d,
+            Fence::Token,
+            self.inner.clock.now(),
+        )
+        .await?;
         drop(conn);
         self.announce(events);
         Ok(leased)
@@ -1027,7 +1044,15 @@ impl FastPaths for PostgresStore {
             execution_id,
             history_len,
         };
-        let (leased, events) = ops::commit(&mut conn, &commit, Some(completed), d, fence).await?;
+        let (leased, events) = ops::commit(
+            &mut conn,
+            &commit,
+            Some(completed),
+            d,
+            fence,
+            self.inner.clock.now(),
+        )
+        .await?;
         drop(conn);
         self.announce(events);
         Ok(leased)

@@ -201,11 +201,12 @@ pub(crate) async fn create(
     st: &mut Stmts<'_>,
     n: &NewInstance,
     in_tx: bool,
+    now: DateTime<Utc>,
 ) -> StoreResult<Created> {
     let state = StateParams::new(&n.initial_state())?;
     let start = n.start_message();
     let msg = to_json(&start)?;
-    let delayed = start.visible_at.is_some_and(|t| t > Utc::now());
+    let delayed = start.visible_at.is_some_and(|t| t > now);
     let create = st.get(c, sql::CREATE).await?;
     let mut p = state.params();
     p.push(&start.visible_at);
@@ -355,6 +356,7 @@ pub(crate) async fn commit(
     completed: Option<&ActivityWorkItem>,
     direct: Direct<'_>,
     fence: Fence<'_>,
+    now: DateTime<Utc>,
 ) -> StoreResult<(Vec<ActivityWorkItem>, Vec<Event>)> {
     if c.new_instances.is_empty() {
         return commit_in_one(conn, c, completed, direct, fence).await;
@@ -367,6 +369,7 @@ pub(crate) async fn commit(
     let mut st = Stmts::new(statements);
     // Every statement is prepared (cached) before the transaction starts.
     let p = Prepared {
+        now,
         fence: st.get(client, sql::FENCE).await?,
         has_visible: st.get(client, sql::HAS_VISIBLE).await?,
         del_act: st.get(client, sql::DELETE_ACTIVITY).await?,
@@ -556,8 +559,9 @@ async fn commit_in_one(
     Ok((leased, events))
 }
 
-/// The statements of a commit.
+/// The statements of a commit, and the store-clock time it is made at.
 struct Prepared {
+    now: DateTime<Utc>,
     fence: Statement,
     has_visible: Statement,
     del_act: Statement,
@@ -739,7 +743,7 @@ async fn apply(
     // Children before their messages, so a message to a new child finds it.
     let mut messages: Vec<OrchestrationMessage> = Vec::new();
     for child in &c.new_instances {
-        match create(tx, st, child, true).await? {
+        match create(tx, st, child, true, p.now).await? {
             Created::Yes { delayed } => {
                 events.push(if delayed {
                     Event::Timer
@@ -749,7 +753,7 @@ async fn apply(
                 events.push(Event::Instance(child.instance_id.clone()));
             }
             Created::Exists(status) => {
-                if let Some(m) = child_conflict_message(child, status, Utc::now()) {
+                if let Some(m) = child_conflict_message(child, status, p.now) {
                     messages.push(m);
                 }
             }
