@@ -47,6 +47,7 @@ mod app;
 mod config;
 mod dashboard;
 mod host;
+pub mod layers;
 mod management;
 mod metrics;
 mod public_url;
