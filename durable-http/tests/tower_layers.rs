@@ -183,6 +183,16 @@ async fn an_app_composing_the_layers_answers_as_the_host_does() {
             "{path}"
         );
     }
+    // The host's management API takes the same forms of the key.
+    let hosts = host_answer(
+        &app,
+        "GET",
+        "/runtime/webhooks/durabletask/instances",
+        &[("authorization", bearer.as_str())],
+        "",
+    )
+    .await;
+    assert_eq!(hosts.status, 200, "{}", hosts.body);
     // A route its router marks as public passes without one.
     let own = send(&mut svc, req("GET", "/open", "/open", false, &[], "")).await;
     assert_eq!(own.status, 200);
