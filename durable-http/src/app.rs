@@ -3,21 +3,24 @@
 //! management API, the public status endpoint or a generated start endpoint. Also the
 //! handler as a hyper service ([`DurableService`]) for mounting in another server.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::Bytes;
 use durable_core::DurableClient;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Body;
-use tracing::Instrument;
+use tower_layer::Layer;
+use tower_service::Service;
 
 use crate::config::RequestConfig;
+use crate::layers::{
+    BodyLimit, BodyLimitLayer, LayerFuture, ManagementAuth, ManagementAuthLayer, MatchedRoute,
+    MetricsLayer, MetricsService, Trace, TraceLayer,
+};
 use crate::management;
 use crate::metrics::HostMetrics;
 use crate::public_url::{BaseUrls, PeerAddr};
@@ -26,14 +29,15 @@ use crate::router::{Match, Router, Target};
 
 /// The request handler shared by every connection.
 pub struct App {
+    /// This handler, for the innermost service of its layer stack.
+    pub(crate) me: Weak<App>,
     pub(crate) client: DurableClient,
     pub(crate) router: Router,
-    pub(crate) key: String,
+    /// The management key on the management API and `/metrics`.
+    pub(crate) auth: ManagementAuthLayer,
+    /// The body limit, read timeout and cap on bodies read at once.
+    pub(crate) body: BodyLimitLayer,
     pub(crate) config: Arc<RequestConfig>,
-    pub(crate) body_limit: usize,
-    pub(crate) body_read_timeout: Duration,
-    /// Permits for request bodies being read at once.
-    pub(crate) bodies: tokio::sync::Semaphore,
     pub(crate) mount_prefix: String,
     pub(crate) base: BaseUrls,
     pub(crate) metrics: Arc<HostMetrics>,
@@ -49,15 +53,8 @@ impl std::fmt::Debug for App {
     }
 }
 
-/// Compares two strings in time that depends only on their lengths.
-fn constant_time_eq(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    let mut diff = (a.len() ^ b.len()) as u8 | u8::from(a.len() != b.len());
-    for i in 0..a.len().max(b.len()) {
-        diff |= a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0xff);
-    }
-    diff == 0
-}
+/// The host's layers around its routes, outermost first.
+type Stack = MetricsService<Trace<ManagementAuth<BodyLimit<Dispatch>>>>;
 
 impl App {
     /// The client this host uses.
@@ -71,199 +68,160 @@ impl App {
         self.metrics.render().await
     }
 
+    /// A [`MetricsLayer`] that counts requests in this host's metrics, for an
+    /// application's own routes next to the host's.
+    pub fn metrics_layer(&self) -> MetricsLayer {
+        MetricsLayer::new(self.metrics.clone())
+    }
+
+    /// A [`ManagementAuthLayer`] asking for this host's management key.
+    pub fn auth_layer(&self) -> ManagementAuthLayer {
+        self.auth.clone()
+    }
+
+    /// A [`BodyLimitLayer`] with this host's body limit and read timeout, sharing its
+    /// cap on bodies read at once.
+    pub fn body_limit_layer(&self) -> BodyLimitLayer {
+        self.body.clone()
+    }
+
+    /// The host's layers around its routes, composed in this one place: metrics, trace,
+    /// management key, body limit, then the route's handler.
+    fn stack(&self, me: Arc<App>) -> Stack {
+        let routes = Dispatch(me);
+        MetricsLayer::new(self.metrics.clone()).layer(
+            TraceLayer::new().layer(self.auth.clone().layer(self.body.clone().layer(routes))),
+        )
+    }
+
     /// Handles one request. Mount it inside another hyper or axum application by calling
     /// this from a handler; paths outside the mount prefix answer 404. A panic while
     /// handling it answers 500 `{"error": ...}` and is logged.
+    ///
+    /// The request is matched to a route first (its pattern goes in a [`MatchedRoute`]
+    /// extension), then it passes the layers of [`crate::layers`]: metrics, trace,
+    /// management key (on the management API and `/metrics`), body limit.
     ///
     /// URLs in the answers start with the public URL when one is configured, else the
     /// bound address ([`Host::bind`](crate::Host::bind)), else they are root-relative paths. Forwarded
     /// headers count only when the request carries a [`PeerAddr`] extension naming a
     /// trusted proxy ([`HostBuilder::trusted_proxies`](crate::HostBuilder::trusted_proxies)); add it from your server's peer
     /// address to honour them.
-    pub async fn handle<B>(&self, req: Request<B>) -> Response<Full<Bytes>>
+    pub async fn handle<B>(&self, mut req: Request<B>) -> Response<Full<Bytes>>
     where
-        B: Body<Data = Bytes> + Send,
+        B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let started = std::time::Instant::now();
-        let method = req.method().clone();
-        let path = req.uri().path().to_string();
-        let mut route = RouteName::Unmatched;
-        // Instances this request starts continue its trace; a malformed header is ignored.
-        let trace = req
-            .headers()
-            .get("traceparent")
-            .and_then(|v| v.to_str().ok())
-            .and_then(durable_core::trace::TraceParent::parse);
-        // A span per request, in the caller's trace when it sent one.
-        let span = tracing::info_span!(
-            "http_request",
-            method = %method,
-            route = tracing::field::Empty,
-            status = tracing::field::Empty,
-            trace_id = tracing::field::Empty
-        );
-        durable_core::trace::attach(&span, trace.as_ref());
-        let routed = CatchUnwind(Box::pin(self.route(req, &mut route)));
-        let scoped = durable_core::trace::scope(trace, routed).instrument(span.clone());
-        let resp = match scoped.await {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => e.into_response(),
-            Err(panic) => {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "a non-text panic".into());
-                tracing::error!(%method, %path, panic = %what, "a request handler panicked");
-                HttpError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "the request failed inside the server",
-                )
-                .into_response()
-            }
+        let Some(me) = self.me.upgrade() else {
+            // Only reachable while the host is being dropped.
+            return into_hyper(
+                HttpError::new(StatusCode::SERVICE_UNAVAILABLE, "the host is shutting down")
+                    .into_response(),
+            );
         };
-        tracing::debug!(%method, %path, status = resp.status.as_u16(), "request");
-        let route = match &route {
-            RouteName::Static(s) => s,
-            RouteName::Status => self.status_route.as_str(),
-            RouteName::Start(p) => p.as_str(),
-            RouteName::Unmatched => "unmatched",
+        self.route(&mut req);
+        let mut stack = self.stack(me);
+        let ready = std::future::poll_fn(|cx| Service::<Request<B>>::poll_ready(&mut stack, cx));
+        let result = match ready.await {
+            Ok(()) => stack.call(req).await,
+            Err(e) => Err(e),
         };
-        span.record("route", route);
-        span.record("status", resp.status.as_u16());
-        self.metrics
-            .request(route, &method, resp.status, started.elapsed());
-        into_hyper(resp)
-    }
-
-    /// The request body, read within the body limit, the body read timeout and the cap
-    /// on bodies read at once.
-    async fn read_body<B>(&self, body: B) -> Result<Bytes, HttpResponse>
-    where
-        B: Body<Data = Bytes> + Send,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    {
-        if body.is_end_stream() {
-            return Ok(Bytes::new());
-        }
-        let Ok(_permit) = self.bodies.try_acquire() else {
-            tracing::warn!("refused a request body: all body read slots are taken");
-            return Err(HttpError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "too many requests are sending bodies right now; try again",
-            )
-            .into_response()
-            .with_header("retry-after", "1"));
-        };
-        let read = Limited::new(body, self.body_limit).collect();
-        match tokio::time::timeout(self.body_read_timeout, read).await {
-            Ok(Ok(b)) => Ok(b.to_bytes()),
-            Ok(Err(e)) => {
-                if e.downcast_ref::<http_body_util::LengthLimitError>()
-                    .is_some()
-                {
-                    return Err(
-                        too_large(self.body_limit.saturating_add(1), self.body_limit)
-                            .into_response(),
-                    );
-                }
-                Err(
-                    HttpError::bad_request(format!("could not read the request body: {e}"))
-                        .into_response(),
-                )
-            }
-            Err(_) => Err(HttpError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                format!(
-                    "the request body did not arrive within {} s",
-                    self.body_read_timeout.as_secs_f64()
-                ),
-            )
-            .into_response()
-            .with_header("connection", "close")),
+        match result {
+            Ok(resp) => resp,
+            Err(never) => match never {},
         }
     }
 
-    async fn route<B>(
-        &self,
-        req: Request<B>,
-        route: &mut RouteName,
-    ) -> Result<HttpResponse, HttpError>
-    where
-        B: Body<Data = Bytes> + Send,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    {
-        let (parts, body) = req.into_parts();
-        let raw_path = parts.uri.path();
-        let Some(path) = raw_path.strip_prefix(self.mount_prefix.as_str()) else {
-            return Err(HttpError::not_found(format!("no route for {raw_path}")));
+    /// Matches the request to a route: puts its [`MatchedRoute`] and what answers it in
+    /// its extensions.
+    fn route<B>(&self, req: &mut Request<B>) {
+        let raw_path = req.uri().path().to_string();
+        let stripped = raw_path
+            .strip_prefix(self.mount_prefix.as_str())
+            .map(|p| if p.is_empty() { "/" } else { p })
+            .filter(|p| p.starts_with('/'));
+        let Some(path) = stripped else {
+            req.extensions_mut()
+                .insert(MatchedRoute::new(MatchedRoute::UNMATCHED, false));
+            req.extensions_mut().insert(Routed {
+                raw_path,
+                path: String::new(),
+                to: RoutedTo::OutsidePrefix,
+            });
+            return;
         };
-        let path = if path.is_empty() { "/" } else { path };
-        if !path.starts_with('/') {
-            return Err(HttpError::not_found(format!("no route for {raw_path}")));
-        }
-        let found = self.router.find(&parts.method, path);
-        *route = match &found {
-            Match::Found(r, params) => match r.target {
-                Target::Start(_) => RouteName::Start(r.pattern.clone()),
-                Target::Status => RouteName::Status,
-                Target::Management => RouteName::Static(management::route_pattern(
-                    params.get("rest").map_or("", String::as_str),
-                )),
-                Target::Dashboard => RouteName::Static("/dashboard/{file}"),
-                Target::Metrics => RouteName::Static(crate::metrics::PATH),
-            },
-            Match::WrongMethod(_, pattern) => RouteName::Start(pattern.clone()),
-            Match::None => RouteName::Unmatched,
-        };
-        // The routes that answer without reading a body.
-        if let Match::Found(r, _) = &found {
-            match r.target {
-                Target::Dashboard => {
-                    return crate::dashboard::serve(&parts.method, path).unwrap_or_else(|| {
-                        Err(HttpError::not_found(format!("no route for {raw_path}")))
-                    });
-                }
-                Target::Metrics => {
-                    if !self.key_matches(&parts.headers, parts.uri.query()) {
-                        return Err(HttpError::new(
-                            StatusCode::UNAUTHORIZED,
-                            "missing or invalid key",
-                        ));
-                    }
-                    if parts.method != Method::GET {
-                        return Ok(HttpError::new(
-                            StatusCode::METHOD_NOT_ALLOWED,
-                            "only GET is allowed here",
-                        )
-                        .into_response()
-                        .with_header("allow", "GET"));
-                    }
-                    return Ok(self.metrics.response().await);
-                }
-                _ => {}
+        let path = path.to_string();
+        let (matched, to) = match self.router.find(req.method(), &path) {
+            Match::Found(r, params) => {
+                let (pattern, keyed) = match r.target {
+                    Target::Start(_) => (r.pattern.as_str(), false),
+                    Target::Status => (self.status_route.as_str(), false),
+                    Target::Management => (
+                        management::route_pattern(params.get("rest").map_or("", String::as_str)),
+                        true,
+                    ),
+                    Target::Dashboard => ("/dashboard/{file}", false),
+                    Target::Metrics => (crate::metrics::PATH, true),
+                };
+                (
+                    MatchedRoute::new(pattern, keyed),
+                    RoutedTo::Found(r.target.clone(), params),
+                )
             }
-        }
-        if let Some(len) = parts
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<usize>().ok())
-        {
-            if len > self.body_limit {
-                return Err(too_large(len, self.body_limit));
-            }
-        }
-        let body = match self.read_body(body).await {
-            Ok(b) => b,
-            Err(resp) => return Ok(resp),
+            Match::WrongMethod(allowed, pattern) => (
+                MatchedRoute::new(pattern, false),
+                RoutedTo::WrongMethod(allowed),
+            ),
+            Match::None => (
+                MatchedRoute::new(MatchedRoute::UNMATCHED, false),
+                RoutedTo::None,
+            ),
         };
+        req.extensions_mut().insert(matched);
+        req.extensions_mut().insert(Routed { raw_path, path, to });
+    }
+
+    /// Answers a routed request whose body has been read.
+    async fn answer(&self, req: Request<Full<Bytes>>) -> Result<HttpResponse, HttpError> {
+        let (mut parts, body) = req.into_parts();
+        let Some(routed) = parts.extensions.remove::<Routed>() else {
+            return Err(HttpError::not_found(format!(
+                "no route for {}",
+                parts.uri.path()
+            )));
+        };
+        let Routed { raw_path, path, to } = routed;
+        let body = match body.collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(never) => match never {},
+        };
+        match &to {
+            RoutedTo::OutsidePrefix => {
+                return Err(HttpError::not_found(format!("no route for {raw_path}")));
+            }
+            RoutedTo::Found(Target::Dashboard, _) => {
+                return crate::dashboard::serve(&parts.method, &path).unwrap_or_else(|| {
+                    Err(HttpError::not_found(format!("no route for {raw_path}")))
+                });
+            }
+            RoutedTo::Found(Target::Metrics, _) => {
+                if parts.method != Method::GET {
+                    return Ok(HttpError::new(
+                        StatusCode::METHOD_NOT_ALLOWED,
+                        "only GET is allowed here",
+                    )
+                    .into_response()
+                    .with_header("allow", "GET"));
+                }
+                return Ok(self.metrics.response().await);
+            }
+            _ => {}
+        }
         let peer = parts.extensions.get::<PeerAddr>().map(|p| p.0);
         let base = self.base.for_request(peer, &parts.headers);
         let mut req = HttpRequest {
             method: parts.method.clone(),
-            path: path.to_string(),
+            path: path.clone(),
             params: Default::default(),
             query: parse_query(parts.uri.query().unwrap_or("")),
             headers: parts.headers,
@@ -275,23 +233,11 @@ impl App {
                 .map(|b| format!("{b}{}", self.mount_prefix)),
             config: self.config.clone(),
         };
-        match found {
-            Match::Found(found, mut params) => match &found.target {
+        match to {
+            RoutedTo::Found(target, mut params) => match target {
                 Target::Management => {
+                    // The key was checked by the management key layer.
                     let rest = params.remove("rest").unwrap_or_default();
-                    let given = req
-                        .header("x-functions-key")
-                        .map(str::to_string)
-                        .or_else(|| req.query("code").map(str::to_string));
-                    match given {
-                        Some(k) if constant_time_eq(&k, &self.key) => {}
-                        _ => {
-                            return Err(HttpError::new(
-                                StatusCode::UNAUTHORIZED,
-                                "missing or invalid key",
-                            ))
-                        }
-                    }
                     management::handle(&self.client, &req, &rest).await
                 }
                 Target::Status => {
@@ -308,7 +254,6 @@ impl App {
                 }
                 Target::Start(handler) => {
                     req.params = params;
-                    let handler = handler.clone();
                     handler(self.client.clone(), req).await
                 }
                 // Answered above.
@@ -317,7 +262,7 @@ impl App {
                     req.method
                 ))),
             },
-            Match::WrongMethod(allowed, _) => {
+            RoutedTo::WrongMethod(allowed) => {
                 let allow: Vec<String> = allowed.iter().map(|m| m.to_string()).collect();
                 Ok(HttpError::new(
                     StatusCode::METHOD_NOT_ALLOWED,
@@ -326,7 +271,7 @@ impl App {
                 .into_response()
                 .with_header("allow", allow.join(", ")))
             }
-            Match::None => Err(HttpError::not_found(format!(
+            RoutedTo::None | RoutedTo::OutsidePrefix => Err(HttpError::not_found(format!(
                 "no route for {} {path}",
                 req.method
             ))),
@@ -334,64 +279,52 @@ impl App {
     }
 }
 
-impl App {
-    /// True when the request carries the management key: in `x-functions-key`, as
-    /// `Authorization: Bearer <key>` (what a Prometheus scrape configuration sends), or in
-    /// the `code` query parameter.
-    fn key_matches(&self, headers: &http::HeaderMap, query: Option<&str>) -> bool {
-        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-        let given = header("x-functions-key")
-            .map(str::to_string)
-            .or_else(|| {
-                header("authorization")
-                    .and_then(|v| v.strip_prefix("Bearer "))
-                    .map(|k| k.trim().to_string())
-            })
-            .or_else(|| {
-                parse_query(query.unwrap_or(""))
-                    .into_iter()
-                    .find(|(k, _)| k == "code")
-                    .map(|(_, v)| v)
-            });
-        given.is_some_and(|k| constant_time_eq(&k, &self.key))
-    }
+/// Where the router sent a request, as a request extension for [`Dispatch`].
+#[derive(Clone)]
+struct Routed {
+    /// The path as requested.
+    raw_path: String,
+    /// The path under the mount prefix.
+    path: String,
+    to: RoutedTo,
 }
 
-/// Which route answered a request, for the metrics: a pattern, never the raw path.
-#[derive(Debug)]
-pub(crate) enum RouteName {
-    /// A fixed route of the host (dashboard, metrics, a management route).
-    Static(&'static str),
-    /// The public status endpoint.
-    Status,
-    /// A start endpoint, by its pattern.
-    Start(String),
+#[derive(Clone)]
+enum RoutedTo {
+    /// The path is not under the mount prefix.
+    OutsidePrefix,
+    /// A route, with its parameters.
+    Found(Target, HashMap<String, String>),
+    /// The path exists, but not for this method; the methods it allows.
+    WrongMethod(Vec<Method>),
     /// No route.
-    Unmatched,
+    None,
 }
 
-/// Runs a future and turns a panic inside it into an `Err` with the panic's payload, so a
-/// handler's panic answers 500 instead of dropping the connection.
-struct CatchUnwind<F>(F);
+/// The innermost service of the host's stack: answers a routed request with its route's
+/// handler.
+#[derive(Clone)]
+struct Dispatch(Arc<App>);
 
-impl<F: Future + Unpin> Future for CatchUnwind<F> {
-    type Output = Result<F::Output, Box<dyn std::any::Any + Send>>;
+impl Service<Request<Full<Bytes>>> for Dispatch {
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = LayerFuture<Response<Full<Bytes>>, Infallible>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let inner = &mut self.get_mut().0;
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Pin::new(inner).poll(cx))) {
-            Ok(Poll::Pending) => Poll::Pending,
-            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
-            Err(panic) => Poll::Ready(Err(panic)),
-        }
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
     }
-}
 
-fn too_large(size: usize, limit: usize) -> HttpError {
-    HttpError::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        format!("the request body is {size} bytes or more, over the limit of {limit} bytes"),
-    )
+    fn call(&mut self, req: Request<Full<Bytes>>) -> Self::Future {
+        let app = self.0.clone();
+        Box::pin(async move {
+            let resp = match app.answer(req).await {
+                Ok(r) => r,
+                Err(e) => e.into_response(),
+            };
+            Ok(into_hyper(resp))
+        })
+    }
 }
 
 /// The host as a hyper service (and a tower one), for mounting in an existing hyper or
@@ -438,18 +371,5 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         hyper::service::Service::call(self, req)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::constant_time_eq;
-
-    #[test]
-    fn key_comparison() {
-        assert!(constant_time_eq("abc", "abc"));
-        assert!(!constant_time_eq("abc", "abd"));
-        assert!(!constant_time_eq("abc", "abcd"));
-        assert!(!constant_time_eq("", "a"));
     }
 }

@@ -11,6 +11,7 @@ use durable_core::{DurableClient, Registry, Store, Worker, WorkerOptions};
 
 use crate::app::{App, DurableService};
 use crate::config::{PublicStatus, RequestConfig};
+use crate::layers::{BodyLimitLayer, ManagementAuthLayer};
 use crate::management;
 use crate::metrics::HostMetrics;
 use crate::public_url::{parse_public_url, parse_trusted_proxies, BaseUrls};
@@ -434,18 +435,21 @@ impl HostBuilder {
         let status_route = format!("{}/{{id}}", self.status_prefix);
         Ok(Host {
             addr: self.addr,
-            app: Arc::new(App {
+            app: Arc::new_cyclic(|me| App {
+                me: me.clone(),
                 client,
                 router,
-                key,
+                auth: ManagementAuthLayer::new(key),
                 config: Arc::new(RequestConfig {
                     status_prefix: self.status_prefix,
                     retry_after: self.retry_after,
                     public_status: settings.public_status,
                 }),
-                body_limit: settings.body_limit,
-                body_read_timeout: settings.body_read_timeout,
-                bodies: tokio::sync::Semaphore::new(settings.max_concurrent_bodies),
+                body: BodyLimitLayer::with_slots(
+                    settings.body_limit,
+                    settings.body_read_timeout,
+                    Arc::new(tokio::sync::Semaphore::new(settings.max_concurrent_bodies)),
+                ),
                 mount_prefix: self.mount_prefix,
                 base: settings.base,
                 metrics,

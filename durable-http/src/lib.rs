@@ -38,7 +38,9 @@
 //! To mount it inside another application, build the host with
 //! [`HostBuilder::mount_prefix`], then either serve [`Host::service`] (a
 //! `hyper::service::Service` and a `tower_service::Service`) on your own connections, or call [`App::handle`] (from
-//! [`Host::app`]) from an axum or hyper handler for the paths under the prefix.
+//! [`Host::app`]) from an axum or hyper handler for the paths under the prefix. The
+//! host's key check, body limit, request span and HTTP metrics are tower layers
+//! ([`layers`]) that an application can also put around handlers of its own.
 
 #![warn(missing_docs)]
 
@@ -47,6 +49,7 @@ mod app;
 mod config;
 mod dashboard;
 mod host;
+pub mod layers;
 mod management;
 mod metrics;
 mod public_url;

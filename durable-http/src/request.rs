@@ -376,7 +376,12 @@ pub(crate) fn request_config(req: &HttpRequest) -> &crate::config::RequestConfig
 /// The response as hyper sends it; headers whose name or value is not valid HTTP are left
 /// out.
 pub(crate) fn into_hyper(r: HttpResponse) -> http::Response<http_body_util::Full<Bytes>> {
-    let mut resp = http::Response::new(http_body_util::Full::new(r.body));
+    into_response_body(r)
+}
+
+/// The response as an `http::Response` with any body type made from bytes.
+pub(crate) fn into_response_body<B: From<Bytes>>(r: HttpResponse) -> http::Response<B> {
+    let mut resp = http::Response::new(B::from(r.body));
     *resp.status_mut() = r.status;
     for (k, v) in r.headers {
         if let (Ok(name), Ok(value)) = (
