@@ -809,6 +809,32 @@ impl Store for PostgresStore {
         Ok(())
     }
 
+    async fn renew_activity_lease_with_heartbeat(
+        &self,
+        item: &ActivityWorkItem,
+        lease: Duration,
+        details: &str,
+    ) -> StoreResult<()> {
+        self.fenced_update(
+            sql::RENEW_ACTIVITY_HEARTBEAT,
+            &[
+                &(item.id as i64),
+                &item.lease_token,
+                &micros(lease),
+                &details,
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn activity_heartbeats(&self, instance_id: &str) -> StoreResult<Vec<ActivityHeartbeat>> {
+        let mut conn = self.inner.pool.get().await?;
+        let s = conn.prepare(sql::ACTIVITY_HEARTBEATS).await?;
+        let rows = conn.client.query(&s, &[&instance_id]).await.map_err(pg)?;
+        ops::activity_heartbeats(rows)
+    }
+
     async fn release_leases(&self, owner: &WorkerId) -> StoreResult<u64> {
         let mut conn = self.inner.leases.get().await?;
         let s = conn.prepare(sql::RELEASE_OWNER).await?;

@@ -558,6 +558,28 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn renew_activity_lease_with_heartbeat(
+        &self,
+        item: &ActivityWorkItem,
+        lease: Duration,
+        details: &str,
+    ) -> StoreResult<()> {
+        let item = item.clone();
+        let details = details.to_string();
+        // Lease bookkeeping durability: the details survive a process crash (the OS has
+        // them) but not always a power cut, like the lease itself.
+        self.write(Durability::LeaseOnly, move |conn, now, _| {
+            ops::renew_activity_with_heartbeat(conn, now, &item, lease, &details)
+        })
+        .await
+    }
+
+    async fn activity_heartbeats(&self, instance_id: &str) -> StoreResult<Vec<ActivityHeartbeat>> {
+        let id = instance_id.to_string();
+        self.read(move |conn| ops::activity_heartbeats(conn, &id))
+            .await
+    }
+
     async fn release_leases(&self, owner: &WorkerId) -> StoreResult<u64> {
         let owner = owner.clone();
         self.write(Durability::LeaseOnly, move |conn, now, w| {
