@@ -20,14 +20,15 @@
 //! - **Schema.** Tables live in their own PostgreSQL schema (default `durable`); versioned
 //!   migrations run at start-up under an advisory lock, so hosts may start together.
 //!
-//! # Tables (schema version 2)
+//! # Tables (schema version 4)
 //! ```sql
 //! instances(id PRIMARY KEY, execution_id, name, version, status, input, output, failure,
 //!           custom_status, created_at, last_updated_at, parent, lease_token, lease_owner,
 //!           lease_expires_at, history_len, dequeue_count)  -- hand-outs since the last commit
 //! history(instance_id, seq, event)                 -- the current execution's events
 //! messages(id identity, instance_id, visible_at, message)     -- inbox; timers are future visible_at
-//! activities(id identity, instance_id, item, lease_token, lease_owner, visible_at, dequeue_count)
+//! activities(id identity, instance_id, item, lease_token, lease_owner, visible_at, dequeue_count,
+//!            heartbeat_details)              -- latest details, stored with lease renewals
 //! schema_migrations(version, applied_at)
 //! ```
 //! Inspect with e.g. `psql -c "select id, name, status from durable.instances"`.

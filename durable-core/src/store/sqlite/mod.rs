@@ -42,7 +42,7 @@
 //! requests), `ops` (the SQL of each operation), and this module (the [`Store`] and
 //! [`FastPaths`] implementations).
 //!
-//! # Schema (version 3; `PRAGMA user_version`, `PRAGMA application_id` = "DRBL")
+//! # Schema (version 5; `PRAGMA user_version`, `PRAGMA application_id` = "DRBL")
 //! Times are Unix microseconds (UTC). JSON columns hold serde_json text.
 //! ```sql
 //! instances(id TEXT PRIMARY KEY, execution_id, name, version, status TEXT,  -- 'Running', ...
@@ -52,7 +52,8 @@
 //! history(instance_id, seq, event JSON)           -- the current execution's events, in order
 //! messages(id INTEGER PRIMARY KEY, instance_id, visible_at, message JSON)   -- inbox; timers have a future visible_at
 //! activities(id INTEGER PRIMARY KEY, instance_id, item JSON, lease_token, lease_owner,
-//!            visible_at, dequeue_count)           -- visible_at is also the lease expiry
+//!            visible_at, dequeue_count,           -- visible_at is also the lease expiry
+//!            heartbeat_details)                   -- latest details, stored with lease renewals
 //! ```
 //! Inspect with e.g. `sqlite3 durable.db "select id, name, status from instances"`.
 //! Entity instances have ids starting with `@`; their record (state, entity lock, queue) is the
