@@ -100,10 +100,12 @@ impl ActivityContext {
     /// and keeps `details` as its latest progress: if the attempt then times out, its
     /// `Timeout` failure carries them (`FailureDetails::details`, JSON) to the
     /// orchestration, and the call's next attempt reads them with
-    /// [`last_heartbeat_details`](Self::last_heartbeat_details). Cheap (no store write),
-    /// so heartbeats are not shown in the instance's status and do not survive a worker
-    /// crash. Details that do not serialize are dropped (the beat still counts). Outside a
-    /// worker it does nothing.
+    /// [`last_heartbeat_details`](Self::last_heartbeat_details). Cheap: no store write of
+    /// its own; the worker stores the latest details with its next lease renewal (every
+    /// third of [`WorkerOptions::activity_lease`](crate::WorkerOptions::activity_lease),
+    /// only when they changed), so a run of this task that starts after a worker crash or a
+    /// lost lease reads them too, minus what came after the last renewal. Details that do
+    /// not serialize are dropped (the beat still counts). Outside a worker it does nothing.
     pub fn heartbeat(&self, details: &impl serde::Serialize) {
         if let Some(beats) = &self.beats {
             let details = serde_json::to_string(details).ok();
@@ -116,9 +118,11 @@ impl ActivityContext {
         }
     }
 
-    /// The heartbeat details the previous attempt of this call left when it timed out
-    /// (under a retry policy), decoded; None on a first attempt, after another kind of
-    /// failure, or when they do not decode as `T`.
+    /// The latest heartbeat details an earlier run of this call left, decoded: those the
+    /// previous attempt had when it timed out (under a retry policy), or those an earlier
+    /// run of this same attempt stored before its worker crashed or lost the lease. None
+    /// when there are none (a first run, a retry after another kind of failure) or when
+    /// they do not decode as `T`.
     pub fn last_heartbeat_details<T: serde::de::DeserializeOwned>(&self) -> Option<T> {
         serde_json::from_str(self.previous_details.as_deref()?).ok()
     }

@@ -321,6 +321,18 @@ impl DurableClient {
         Ok(Some(OrchestrationStatus { state, history }))
     }
 
+    /// The latest heartbeat details of the instance's activity calls that are queued or
+    /// running (`ActivityContext::heartbeat`), by sequence number: its progress. Details
+    /// reach the store with the running worker's lease renewals, so they trail the
+    /// activity by up to a third of `WorkerOptions::activity_lease`. Empty when there are
+    /// none, and for stores that do not keep them.
+    pub async fn activity_heartbeats(
+        &self,
+        instance_id: &str,
+    ) -> Result<Vec<crate::store::ActivityHeartbeat>, Error> {
+        Ok(self.store.activity_heartbeats(instance_id).await?)
+    }
+
     /// The stored state of an instance (with input), or None.
     pub async fn get_state(&self, instance_id: &str) -> Result<Option<InstanceState>, Error> {
         Ok(self.store.get_instance(instance_id).await?)

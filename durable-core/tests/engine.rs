@@ -2077,3 +2077,94 @@ async fn heartbeats_keep_an_activity_alive_and_carry_its_progress() {
     assert_eq!(run("[5,true,2]").await, "attempt 2 from 5");
     h.runtime.shutdown().await;
 }
+
+/// Heartbeat details reach the store with the lease renewals: the instance's status shows
+/// the progress of its running activity, and a run of the same task that starts after its
+/// worker went away (here a shutdown whose grace period the activity outlives, which gives
+/// its lease back) resumes from them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeat_details_are_stored_shown_and_read_by_the_next_run() {
+    let registry = || {
+        Registry::builder()
+            // The first run reports `{"done": n}` for n = 1..=steps, then hangs; a later
+            // run reports where it started from.
+            .activity(
+                "progress",
+                |ctx: durable_core::ActivityContext, steps: u32| async move {
+                    let from = ctx
+                        .last_heartbeat_details::<serde_json::Value>()
+                        .and_then(|v| v["done"].as_u64())
+                        .unwrap_or(0);
+                    if ctx.dequeue_count() == 1 {
+                        for n in 1..=steps {
+                            ctx.heartbeat(&serde_json::json!({ "done": n }));
+                        }
+                        std::future::pending::<()>().await;
+                    }
+                    Ok::<_, ActivityError>(format!("run {} from {from}", ctx.dequeue_count()))
+                },
+            )
+            .orchestrator(
+                "progressing",
+                |ctx: OrchestrationContext, steps: u32| async move {
+                    Ok::<_, OrchestrationError>(
+                        ctx.call_activity_by_name::<String>("progress", &steps)
+                            .await?,
+                    )
+                },
+            )
+            .build()
+            .unwrap()
+    };
+    let options = durable_core::WorkerOptions {
+        activity_lease: Duration::from_millis(300),
+        shutdown_grace: Duration::from_millis(50),
+        ..Default::default()
+    };
+    let store = Arc::new(MemoryStore::new());
+    let first = Worker::builder(store.clone())
+        .registry(registry())
+        .options(options.clone())
+        .start()
+        .unwrap();
+    let client = first.client();
+    let id = client
+        .start_by_name("progressing", Some("3".into()), StartOptions::default())
+        .await
+        .unwrap();
+    let shown = |beats: &[durable_core::store::ActivityHeartbeat]| {
+        beats
+            .iter()
+            .map(|b| format!("{} {} {}", b.name, b.seq, b.details))
+            .collect::<Vec<_>>()
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let beats = client.activity_heartbeats(&id).await.unwrap();
+        if !beats.is_empty() {
+            assert_eq!(shown(&beats), vec!["progress 0 {\"done\":3}"]);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the heartbeat never reached the store"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    first.shutdown().await;
+    assert_eq!(
+        shown(&client.activity_heartbeats(&id).await.unwrap()),
+        vec!["progress 0 {\"done\":3}"],
+        "the details outlive the worker"
+    );
+    let second = Worker::builder(store.clone())
+        .registry(registry())
+        .options(options)
+        .start()
+        .unwrap();
+    let st = client.wait_for_completion(&id, WAIT).await.unwrap();
+    assert_eq!(st.status, RuntimeStatus::Completed, "{st:?}");
+    assert_eq!(st.output.as_deref(), Some("\"run 2 from 3\""));
+    assert!(client.activity_heartbeats(&id).await.unwrap().is_empty());
+    second.shutdown().await;
+}

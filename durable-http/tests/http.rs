@@ -1637,3 +1637,76 @@ async fn a_short_management_key_is_a_startup_error_naming_the_setting_and_length
         "the key itself is never shown: {err}"
     );
 }
+
+/// `showHeartbeats=true` adds the latest heartbeat details of the instance's running
+/// activities to its status (they reach the store with the lease renewals); without it
+/// the status has no such field, and a bad value is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_running_activities_heartbeats_on_request() {
+    let registry = Registry::builder()
+        .activity(
+            "beating",
+            |ctx: durable_core::ActivityContext, _: ()| async move {
+                ctx.heartbeat(&json!({ "done": 1 }));
+                ctx.heartbeat(&json!({ "done": 2 }));
+                ctx.cancelled().await;
+                Ok::<_, ActivityError>(())
+            },
+        )
+        .orchestrator("beat", |ctx: OrchestrationContext, _: ()| async move {
+            ctx.call_activity_by_name::<()>("beating", &()).await?;
+            Ok::<_, OrchestrationError>(())
+        })
+        .build()
+        .unwrap();
+    let h = Host::builder()
+        .addr("127.0.0.1:0")
+        .store(Arc::new(MemoryStore::new()))
+        .key(KEY)
+        .registry(registry)
+        .worker_options(durable_core::WorkerOptions {
+            activity_lease: Duration::from_millis(300),
+            activity_cancel_poll: Duration::from_millis(50),
+            shutdown_grace: Duration::from_millis(50),
+            ..Default::default()
+        })
+        .build()
+        .unwrap()
+        .bind()
+        .await
+        .unwrap();
+    let r = mgmt(&h, "POST", "orchestrators/beat/b-1", "").await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    let path = "instances/b-1?showHeartbeats=true";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let body = loop {
+        let r = mgmt(&h, "GET", path, "").await;
+        assert_eq!(r.status, 202, "{:?}", r.body);
+        if r.body["heartbeats"]
+            .as_array()
+            .is_some_and(|b| !b.is_empty())
+        {
+            break r.body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the heartbeat never showed: {:?}",
+            r.body
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(
+        body["heartbeats"],
+        json!([{ "name": "beating", "eventId": 0, "attempt": 1, "details": { "done": 2 } }])
+    );
+    let plain = mgmt(&h, "GET", "instances/b-1", "").await;
+    assert!(plain.body.get("heartbeats").is_none(), "{:?}", plain.body);
+    assert_error(
+        &mgmt(&h, "GET", "instances/b-1?showHeartbeats=maybe", "").await,
+        400,
+    );
+    let r = mgmt(&h, "POST", "instances/b-1/terminate?reason=done", "").await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    status_when(&h, "b-1", |b| b["runtimeStatus"] == "Terminated").await;
+    h.shutdown().await;
+}

@@ -548,6 +548,67 @@ pub async fn activity_timeout_is_kept(store: Arc<dyn Store>) {
     assert_eq!(got[1].heartbeat_details, None);
 }
 
+/// Heartbeat details stored with a lease renewal stay on the work item: a later hand-out
+/// (after the lease was given back, or lapsed as when its worker died) carries them in
+/// place of those it was scheduled with; a plain renewal keeps them; a stale lease stores
+/// nothing.
+pub async fn activity_heartbeat_details(store: Arc<dyn Store>) {
+    store.create_instance(new_instance("a")).await.unwrap();
+    let item = fetch(&*store).await;
+    let mut c = commit_for(&item);
+    c.state = Some(running(&item));
+    let mut scheduled = activity(&item, 0);
+    scheduled.heartbeat_details = Some("{\"done\":1}".into());
+    c.activities.push(scheduled);
+    store.commit_orchestration(c).await.unwrap();
+    let beats = |done: &str| {
+        vec![ActivityHeartbeat {
+            name: "act".into(),
+            seq: 0,
+            attempt: 1,
+            details: format!("{{\"done\":{done}}}"),
+        }]
+    };
+    assert_eq!(store.activity_heartbeats("a").await.unwrap(), beats("1"));
+    let a1 = fetch_activity(&*store).await;
+    assert_eq!(a1.heartbeat_details.as_deref(), Some("{\"done\":1}"));
+    store
+        .renew_activity_lease_with_heartbeat(&a1, LEASE, "{\"done\":2}")
+        .await
+        .unwrap();
+    assert_eq!(store.activity_heartbeats("a").await.unwrap(), beats("2"));
+    assert!(store.activity_heartbeats("b").await.unwrap().is_empty());
+    store.renew_activity_lease(&a1, LEASE).await.unwrap();
+    store.abandon_activity(&a1, Duration::ZERO).await.unwrap();
+    let a2 = fetch_activity(&*store).await;
+    assert_eq!(a2.id, a1.id);
+    assert_eq!(a2.heartbeat_details.as_deref(), Some("{\"done\":2}"));
+    assert_lease_lost(
+        store
+            .renew_activity_lease_with_heartbeat(&a1, LEASE, "{\"done\":9}")
+            .await,
+        "stale heartbeat",
+    );
+    // A short lease that lapses, as when the worker holding it dies.
+    store
+        .renew_activity_lease_with_heartbeat(&a2, Duration::from_millis(1), "{\"done\":3}")
+        .await
+        .unwrap();
+    let a3 = fetch_activity(&*store).await;
+    assert_eq!(a3.id, a1.id);
+    assert_eq!(a3.dequeue_count, 3);
+    assert_eq!(a3.heartbeat_details.as_deref(), Some("{\"done\":3}"));
+    assert_lease_lost(
+        store
+            .renew_activity_lease_with_heartbeat(&a2, LEASE, "{\"done\":9}")
+            .await,
+        "the worker whose lease lapsed is fenced off",
+    );
+    assert_eq!(store.activity_heartbeats("a").await.unwrap(), beats("3"));
+    store.complete_activity(&a3, result_of(&a3)).await.unwrap();
+    assert!(store.activity_heartbeats("a").await.unwrap().is_empty());
+}
+
 /// Abandoning releases the lease; the messages come back after the delay; a stale token
 /// is refused.
 pub async fn abandon(store: Arc<dyn Store>) {
@@ -1359,7 +1420,7 @@ macro_rules! store_conformance_tests {
             create_and_duplicate, replace_finished_instance, send_to_unknown,
             fetch_order_and_lease, fetch_takes_up_to_max, fetch_waits_for_work,
             work_items_are_bounded, commit_applies_everything, child_conflict_fails_parent,
-            fencing, orchestration_dequeue_count, activity_timeout_is_kept, abandon, renew_orchestration_lease, delayed_messages, activity_leases,
+            fencing, orchestration_dequeue_count, activity_timeout_is_kept, activity_heartbeat_details, abandon, renew_orchestration_lease, delayed_messages, activity_leases,
             activity_delay_and_renew, activity_fetch_waits, release_leases, history_reads,
             listing, purging, wait_for_instance_until, clock_reads_now, close,
             fast_commit_and_lease, fast_commit_unleased, fast_lease_instance_for_result,

@@ -624,6 +624,42 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    async fn renew_activity_lease_with_heartbeat(
+        &self,
+        item: &ActivityWorkItem,
+        lease: Duration,
+        details: &str,
+    ) -> StoreResult<()> {
+        let until = after(self.now(), lease);
+        let mut inner = self.lock();
+        inner.check_activity(item)?;
+        if let Some(rec) = inner.activities.get_mut(&item.id) {
+            rec.busy_until = Some(until);
+            rec.item.heartbeat_details = Some(details.to_string());
+        }
+        inner.activity_delayed.insert((until, item.id));
+        Ok(())
+    }
+
+    async fn activity_heartbeats(&self, instance_id: &str) -> StoreResult<Vec<ActivityHeartbeat>> {
+        let inner = self.lock();
+        let mut out: Vec<ActivityHeartbeat> = inner
+            .activities
+            .values()
+            .filter(|r| r.item.instance_id == instance_id)
+            .filter_map(|r| {
+                Some(ActivityHeartbeat {
+                    name: r.item.name.clone(),
+                    seq: r.item.seq,
+                    attempt: r.item.attempt,
+                    details: r.item.heartbeat_details.clone()?,
+                })
+            })
+            .collect();
+        out.sort_by_key(|h| h.seq);
+        Ok(out)
+    }
+
     async fn release_leases(&self, owner: &WorkerId) -> StoreResult<u64> {
         let mut inner = self.lock();
         let mut released = 0u64;

@@ -111,10 +111,27 @@ pub struct ActivityWorkItem {
     /// (`ActivityContext::heartbeat`). None: no limit.
     pub heartbeat_timeout: Option<Duration>,
     /// The heartbeat details (JSON) the previous attempt of this call left when it timed
-    /// out, for this one to resume from (`ActivityContext::last_heartbeat_details`).
+    /// out, for this one to resume from (`ActivityContext::last_heartbeat_details`); on a
+    /// later hand-out of the same item, the latest details stored with
+    /// [`Store::renew_activity_lease_with_heartbeat`] instead, when there are some.
     pub heartbeat_details: Option<String>,
     /// The W3C `traceparent` of the instance that scheduled it.
     pub trace_parent: Option<String>,
+}
+
+/// The latest heartbeat details of one activity call that is queued or running, from
+/// [`Store::activity_heartbeats`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ActivityHeartbeat {
+    /// Activity name.
+    pub name: String,
+    /// The sequence number of its `TaskScheduled` event.
+    pub seq: u64,
+    /// Attempt number under a retry policy (1 for the first).
+    pub attempt: u32,
+    /// The details (JSON): those a run of this attempt stored with a lease renewal, else
+    /// those the previous attempt left when it timed out.
+    pub details: String,
 }
 
 /// Persistence for instances, histories, queues and leases.
@@ -203,6 +220,30 @@ pub trait Store: Send + Sync + 'static {
         item: &ActivityWorkItem,
         lease: Duration,
     ) -> StoreResult<()>;
+
+    /// Extends an activity's lease like [`renew_activity_lease`](Self::renew_activity_lease)
+    /// and stores `details` (JSON) as the latest heartbeat details of its call, atomically.
+    /// A later hand-out of the same work item (after a crash or a lost lease) carries them
+    /// in [`ActivityWorkItem::heartbeat_details`], replacing those it was scheduled with.
+    /// Fenced. The default only renews the lease (the details are not kept).
+    async fn renew_activity_lease_with_heartbeat(
+        &self,
+        item: &ActivityWorkItem,
+        lease: Duration,
+        details: &str,
+    ) -> StoreResult<()> {
+        let _ = details;
+        self.renew_activity_lease(item, lease).await
+    }
+
+    /// The activity calls of `instance_id` still queued or running that have heartbeat
+    /// details ([`ActivityWorkItem::heartbeat_details`], or those a lease renewal stored),
+    /// ordered by sequence number; for showing progress in the instance's status. The
+    /// default returns none.
+    async fn activity_heartbeats(&self, instance_id: &str) -> StoreResult<Vec<ActivityHeartbeat>> {
+        let _ = instance_id;
+        Ok(Vec::new())
+    }
 
     /// Gives back every lease `owner` holds (instances and activities), making their work
     /// visible at once; returns how many. For graceful shutdown, and for a restarted worker

@@ -227,6 +227,8 @@ pub(super) async fn run_activity(shared: &Shared, item: ActivityWorkItem) {
                 // The heartbeat deadline moves with each heartbeat.
                 let beat_limit = item.heartbeat_timeout;
                 let mut last_beat = shared.now();
+                // The heartbeat details last stored with a lease renewal.
+                let mut written: Option<String> = None;
                 let step = limit
                     .unwrap_or(DEADLINE_CHECK)
                     .min(beat_limit.unwrap_or(DEADLINE_CHECK))
@@ -246,7 +248,23 @@ pub(super) async fn run_activity(shared: &Shared, item: ActivityWorkItem) {
                             Err(_) => Err(FailureDetails::new("Canceled", format!("activity '{}' was cancelled", item.name))),
                         },
                         _ = renew.tick() => {
-                            if let Err(e) = shared.store.renew_activity_lease(&item, shared.options.activity_lease).await {
+                            // The renewal carries the latest heartbeat details when they
+                            // changed since the last write: at most one write per renewal,
+                            // however often the activity beats.
+                            let fresh = beats
+                                .borrow()
+                                .details
+                                .clone()
+                                .filter(|d| written.as_deref() != Some(d.as_str()));
+                            let lease = shared.options.activity_lease;
+                            let renewed = match &fresh {
+                                Some(d) => shared.store.renew_activity_lease_with_heartbeat(&item, lease, d).await,
+                                None => shared.store.renew_activity_lease(&item, lease).await,
+                            };
+                            if renewed.is_ok() && fresh.is_some() {
+                                written = fresh;
+                            }
+                            if let Err(e) = renewed {
                                 tracing::warn!(error = %e, "could not renew the activity lease");
                                 if e.is_lease_lost() && !*cancel.borrow() {
                                     tracing::info!("the activity's lease was lost; telling it its result is no longer wanted");

@@ -221,6 +221,7 @@ async fn get_status(
     let show_history = internal_history || flag(req, "showHistory", false)?;
     let show_history_output = flag(req, "showHistoryOutput", false)?;
     let show_input = flag(req, "showInput", true)?;
+    let show_heartbeats = flag(req, "showHeartbeats", false)?;
     let internal_error_on_failure = match internal_error_on_failure {
         Some(v) => v,
         None => flag(req, "returnInternalServerErrorOnFailure", false)?,
@@ -245,6 +246,10 @@ async fn get_status(
             HistoryEvents::Reference(history_events(history, show_history_output))
         }
     });
+    if show_heartbeats {
+        let beats = client.activity_heartbeats(id).await?;
+        body.heartbeats = Some(beats.into_iter().map(HeartbeatWire::from).collect());
+    }
     let code = match status.state.status {
         RuntimeStatus::Failed if internal_error_on_failure => StatusCode::INTERNAL_SERVER_ERROR,
         s if s.is_terminal() => StatusCode::OK,

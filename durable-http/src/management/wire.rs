@@ -64,12 +64,38 @@ pub(super) enum HistoryEvents {
     Reference(Vec<EventWire>),
 }
 
+/// The latest heartbeat of one queued or running activity call (`showHeartbeats=true`).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct HeartbeatWire {
+    pub name: String,
+    /// The sequence number of its `TaskScheduled` event (`EventId` in the history).
+    pub event_id: u64,
+    pub attempt: u32,
+    /// The details the activity passed to `heartbeat`, as JSON.
+    pub details: Value,
+}
+
+impl From<durable_core::store::ActivityHeartbeat> for HeartbeatWire {
+    fn from(h: durable_core::store::ActivityHeartbeat) -> Self {
+        Self {
+            name: h.name,
+            event_id: h.seq,
+            attempt: h.attempt,
+            details: json_value(Some(&h.details)),
+        }
+    }
+}
+
 /// The status object of an instance (get status, list).
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct InstanceStatus {
     pub created_time: String,
     pub custom_status: Value,
+    /// The progress of the instance's running activities (`showHeartbeats=true`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heartbeats: Option<Vec<HeartbeatWire>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub history_events: Option<HistoryEvents>,
     pub input: Value,
@@ -95,6 +121,7 @@ impl InstanceStatus {
         Self {
             created_time: df_time(state.created_at),
             custom_status: json_value(state.custom_status.as_deref()),
+            heartbeats: None,
             history_events: None,
             input: if show_input {
                 json_value(state.input.as_deref())

@@ -20,14 +20,15 @@
 //! - **Schema.** Tables live in their own PostgreSQL schema (default `durable`); versioned
 //!   migrations run at start-up under an advisory lock, so hosts may start together.
 //!
-//! # Tables (schema version 2)
+//! # Tables (schema version 4)
 //! ```sql
 //! instances(id PRIMARY KEY, execution_id, name, version, status, input, output, failure,
 //!           custom_status, created_at, last_updated_at, parent, lease_token, lease_owner,
 //!           lease_expires_at, history_len, dequeue_count)  -- hand-outs since the last commit
 //! history(instance_id, seq, event)                 -- the current execution's events
 //! messages(id identity, instance_id, visible_at, message)     -- inbox; timers are future visible_at
-//! activities(id identity, instance_id, item, lease_token, lease_owner, visible_at, dequeue_count)
+//! activities(id identity, instance_id, item, lease_token, lease_owner, visible_at, dequeue_count,
+//!            heartbeat_details)              -- latest details, stored with lease renewals
 //! schema_migrations(version, applied_at)
 //! ```
 //! Inspect with e.g. `psql -c "select id, name, status from durable.instances"`.
@@ -816,6 +817,32 @@ impl Store for PostgresStore {
         )
         .await?;
         Ok(())
+    }
+
+    async fn renew_activity_lease_with_heartbeat(
+        &self,
+        item: &ActivityWorkItem,
+        lease: Duration,
+        details: &str,
+    ) -> StoreResult<()> {
+        self.fenced_update(
+            sql::RENEW_ACTIVITY_HEARTBEAT,
+            &[
+                &(item.id as i64),
+                &item.lease_token,
+                &micros(lease),
+                &details,
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn activity_heartbeats(&self, instance_id: &str) -> StoreResult<Vec<ActivityHeartbeat>> {
+        let mut conn = self.inner.pool.get().await?;
+        let s = conn.prepare(sql::ACTIVITY_HEARTBEATS).await?;
+        let rows = conn.client.query(&s, &[&instance_id]).await.map_err(pg)?;
+        ops::activity_heartbeats(rows)
     }
 
     async fn release_leases(&self, owner: &WorkerId) -> StoreResult<u64> {

@@ -17,9 +17,9 @@ use super::sql;
 use crate::history::{FailureDetails, ParentInstance};
 use crate::instance::{InstanceState, NewInstance, RuntimeStatus};
 use crate::store::{
-    child_conflict_message, random_id, ActivityWorkItem, HistoryUpdate, OrchestrationCommit,
-    OrchestrationMessage, OrchestrationWorkItem, StoreError, StoreResult, WorkerId,
-    MAX_MESSAGES_PER_WORK_ITEM,
+    child_conflict_message, random_id, ActivityHeartbeat, ActivityWorkItem, HistoryUpdate,
+    OrchestrationCommit, OrchestrationMessage, OrchestrationWorkItem, StoreError, StoreResult,
+    WorkerId, MAX_MESSAGES_PER_WORK_ITEM,
 };
 
 /// A duration as whole microseconds for SQL (saturating).
@@ -809,7 +809,29 @@ impl MessageParams {
     }
 }
 
-/// Decodes leased activity rows (id, instance_id, item, lease_token, dequeue_count).
+/// Decodes (item, heartbeat_details) rows into the activities with heartbeat details, by
+/// sequence.
+pub(crate) fn activity_heartbeats(rows: Vec<Row>) -> StoreResult<Vec<ActivityHeartbeat>> {
+    let mut out = Vec::new();
+    for r in rows {
+        let item: String = r.get(0);
+        let beat: Option<String> = r.get(1);
+        let row: ActivityRow = from_json(&item)?;
+        if let Some(details) = beat.or(row.heartbeat_details) {
+            out.push(ActivityHeartbeat {
+                name: row.name,
+                seq: row.seq,
+                attempt: row.attempt,
+                details,
+            });
+        }
+    }
+    out.sort_by_key(|h| h.seq);
+    Ok(out)
+}
+
+/// Decodes leased activity rows (id, instance_id, item, lease_token, dequeue_count,
+/// heartbeat_details).
 pub(crate) fn activity_items(rows: Vec<Row>) -> StoreResult<Vec<ActivityWorkItem>> {
     let mut out = Vec::with_capacity(rows.len());
     for r in rows {
@@ -817,6 +839,8 @@ pub(crate) fn activity_items(rows: Vec<Row>) -> StoreResult<Vec<ActivityWorkItem
         let item: String = r.get(2);
         let row: ActivityRow = from_json(&item)?;
         let dequeue: i32 = r.get(4);
+        // The latest heartbeat of an earlier hand-out, else the details it was scheduled with.
+        let beat: Option<String> = r.get(5);
         out.push(ActivityWorkItem {
             id: id as u64,
             instance_id: r.get(1),
@@ -827,7 +851,7 @@ pub(crate) fn activity_items(rows: Vec<Row>) -> StoreResult<Vec<ActivityWorkItem
             attempt: row.attempt,
             start_to_close: row.start_to_close_us.map(Duration::from_micros),
             heartbeat_timeout: row.heartbeat_timeout_us.map(Duration::from_micros),
-            heartbeat_details: row.heartbeat_details,
+            heartbeat_details: beat.or(row.heartbeat_details),
             trace_parent: row.trace_parent,
             lease_token: r.get(3),
             dequeue_count: dequeue as u32,

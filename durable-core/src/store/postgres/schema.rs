@@ -9,7 +9,7 @@ use crate::store::StoreError;
 use crate::store::StoreResult;
 
 /// The newest schema version this build understands.
-pub const SCHEMA_VERSION: i32 = 3;
+pub const SCHEMA_VERSION: i32 = 4;
 
 /// The migrations, in order: version `i + 1` is `MIGRATIONS[i]`. A released migration is
 /// never edited; a change is a new one.
@@ -261,6 +261,10 @@ const MIGRATIONS: &[&str] = &[
     // id COLLATE "C" < bound`) instead of every instance: the primary key follows the
     // database's collation, in which a prefix is not a range.
     "CREATE INDEX IF NOT EXISTS instances_id_bytes ON instances(id COLLATE \"C\");",
+    // 4: a running activity's latest heartbeat details, written with its lease renewals (a
+    // column of their own, so frequent writes do not rewrite the item and its input); a
+    // later hand-out of the item prefers them to the item's own.
+    "ALTER TABLE activities ADD COLUMN heartbeat_details text;",
 ];
 
 /// Checks a schema name: a plain lower-case identifier, so it needs no quoting anywhere

@@ -197,7 +197,16 @@ pub const LEASE_ACTIVITIES: &str = "WITH c AS (
     lease_owner = $2, visible_at = now() + $3::bigint * interval '1 microsecond',
     dequeue_count = dequeue_count + 1
   FROM c WHERE id = c.cid
-  RETURNING id, instance_id, item, lease_token, dequeue_count";
+  RETURNING id, instance_id, item, lease_token, dequeue_count, heartbeat_details";
+
+/// The queued or running activities of instance $1 (item, heartbeat_details).
+pub const ACTIVITY_HEARTBEATS: &str =
+    "SELECT item, heartbeat_details FROM activities WHERE instance_id = $1";
+
+/// Extends lease $2 of activity $1 to $3 µs from now and stores heartbeat details $4.
+pub const RENEW_ACTIVITY_HEARTBEAT: &str = "UPDATE activities
+  SET visible_at = now() + $3::bigint * interval '1 microsecond', heartbeat_details = $4
+  WHERE id = $1 AND lease_token = $2";
 
 pub const RENEW_ACTIVITY: &str = "UPDATE activities
   SET visible_at = now() + $3::bigint * interval '1 microsecond'

@@ -42,7 +42,7 @@
 //! requests), `ops` (the SQL of each operation), and this module (the [`Store`] and
 //! [`FastPaths`] implementations).
 //!
-//! # Schema (version 3; `PRAGMA user_version`, `PRAGMA application_id` = "DRBL")
+//! # Schema (version 5; `PRAGMA user_version`, `PRAGMA application_id` = "DRBL")
 //! Times are Unix microseconds (UTC). JSON columns hold serde_json text.
 //! ```sql
 //! instances(id TEXT PRIMARY KEY, execution_id, name, version, status TEXT,  -- 'Running', ...
@@ -52,7 +52,8 @@
 //! history(instance_id, seq, event JSON)           -- the current execution's events, in order
 //! messages(id INTEGER PRIMARY KEY, instance_id, visible_at, message JSON)   -- inbox; timers have a future visible_at
 //! activities(id INTEGER PRIMARY KEY, instance_id, item JSON, lease_token, lease_owner,
-//!            visible_at, dequeue_count)           -- visible_at is also the lease expiry
+//!            visible_at, dequeue_count,           -- visible_at is also the lease expiry
+//!            heartbeat_details)                   -- latest details, stored with lease renewals
 //! ```
 //! Inspect with e.g. `sqlite3 durable.db "select id, name, status from instances"`.
 //! Entity instances have ids starting with `@`; their record (state, entity lock, queue) is the
@@ -556,6 +557,28 @@ impl Store for SqliteStore {
             ops::renew_activity(conn, now, &item, lease)
         })
         .await
+    }
+
+    async fn renew_activity_lease_with_heartbeat(
+        &self,
+        item: &ActivityWorkItem,
+        lease: Duration,
+        details: &str,
+    ) -> StoreResult<()> {
+        let item = item.clone();
+        let details = details.to_string();
+        // Lease bookkeeping durability: the details survive a process crash (the OS has
+        // them) but not always a power cut, like the lease itself.
+        self.write(Durability::LeaseOnly, move |conn, now, _| {
+            ops::renew_activity_with_heartbeat(conn, now, &item, lease, &details)
+        })
+        .await
+    }
+
+    async fn activity_heartbeats(&self, instance_id: &str) -> StoreResult<Vec<ActivityHeartbeat>> {
+        let id = instance_id.to_string();
+        self.read(move |conn| ops::activity_heartbeats(conn, &id))
+            .await
     }
 
     async fn release_leases(&self, owner: &WorkerId) -> StoreResult<u64> {

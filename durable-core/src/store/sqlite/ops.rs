@@ -12,8 +12,8 @@ use super::{from_json, from_micros, micros, sql, to_json};
 use crate::history::{FailureDetails, OrchestrationMessage, ParentInstance};
 use crate::instance::{InstanceFilter, InstanceState, NewInstance, RuntimeStatus};
 use crate::store::{
-    child_conflict_message, random_id, ActivityWorkItem, HistoryUpdate, OrchestrationCommit,
-    OrchestrationWorkItem, PendingWork, StoreError, StoreResult, WorkerId,
+    child_conflict_message, random_id, ActivityHeartbeat, ActivityWorkItem, HistoryUpdate,
+    OrchestrationCommit, OrchestrationWorkItem, PendingWork, StoreError, StoreResult, WorkerId,
     MAX_MESSAGES_PER_WORK_ITEM,
 };
 
@@ -526,15 +526,16 @@ pub(super) fn fetch_activities(
     lease: Duration,
     max: usize,
 ) -> StoreResult<Vec<ActivityWorkItem>> {
-    let rows: Vec<(i64, String, String, i64)> = {
+    type Fetched = (i64, String, String, i64, Option<String>);
+    let rows: Vec<Fetched> = {
         let mut stmt = conn
             .prepare_cached(
-                "SELECT id, instance_id, item, dequeue_count FROM activities WHERE visible_at <= ?1 ORDER BY visible_at, id LIMIT ?2",
+                "SELECT id, instance_id, item, dequeue_count, heartbeat_details FROM activities WHERE visible_at <= ?1 ORDER BY visible_at, id LIMIT ?2",
             )
             .map_err(sql)?;
         let it = stmt
             .query_map(params![now, max as i64], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
             })
             .map_err(sql)?;
         it.collect::<Result<_, _>>().map_err(sql)?
@@ -544,7 +545,7 @@ pub(super) fn fetch_activities(
     let mut upd = conn
         .prepare_cached("UPDATE activities SET lease_token = ?1, lease_owner = ?5, visible_at = ?2, dequeue_count = ?3 WHERE id = ?4")
         .map_err(sql)?;
-    for (id, instance_id, item, dequeue) in rows {
+    for (id, instance_id, item, dequeue, beat) in rows {
         let row: ActivityRow = from_json(&item)?;
         let token = random_id();
         let dequeue_count = dequeue as u32 + 1;
@@ -560,7 +561,9 @@ pub(super) fn fetch_activities(
             attempt: row.attempt,
             start_to_close: row.start_to_close_us.map(Duration::from_micros),
             heartbeat_timeout: row.heartbeat_timeout_us.map(Duration::from_micros),
-            heartbeat_details: row.heartbeat_details,
+            // The latest heartbeat of an earlier hand-out, else the details it was
+            // scheduled with.
+            heartbeat_details: beat.or(row.heartbeat_details),
             trace_parent: row.trace_parent,
             lease_token: token,
             dequeue_count,
@@ -799,6 +802,62 @@ pub(super) fn renew_activity(
     let n = conn
         .prepare_cached("UPDATE activities SET visible_at = ?1 WHERE id = ?2 AND lease_token = ?3")
         .and_then(|mut s| s.execute(params![plus(now, lease), item.id as i64, item.lease_token]))
+        .map_err(sql)?;
+    if n == 0 {
+        return Err(StoreError::lease_lost());
+    }
+    Ok(())
+}
+
+/// The queued or running activities of `instance_id` with heartbeat details, by sequence.
+pub(super) fn activity_heartbeats(
+    conn: &Connection,
+    instance_id: &str,
+) -> StoreResult<Vec<ActivityHeartbeat>> {
+    let mut stmt = conn
+        .prepare_cached("SELECT item, heartbeat_details FROM activities WHERE instance_id = ?1")
+        .map_err(sql)?;
+    let rows: Vec<(String, Option<String>)> = stmt
+        .query_map(params![instance_id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .map_err(sql)?
+        .collect::<Result<_, _>>()
+        .map_err(sql)?;
+    let mut out = Vec::new();
+    for (item, beat) in rows {
+        let row: ActivityRow = from_json(&item)?;
+        if let Some(details) = beat.or(row.heartbeat_details) {
+            out.push(ActivityHeartbeat {
+                name: row.name,
+                seq: row.seq,
+                attempt: row.attempt,
+                details,
+            });
+        }
+    }
+    out.sort_by_key(|h| h.seq);
+    Ok(out)
+}
+
+/// Extends an activity's lease and stores its latest heartbeat details. Fenced.
+pub(super) fn renew_activity_with_heartbeat(
+    conn: &Connection,
+    now: i64,
+    item: &ActivityWorkItem,
+    lease: Duration,
+    details: &str,
+) -> StoreResult<()> {
+    let n = conn
+        .prepare_cached(
+            "UPDATE activities SET visible_at = ?1, heartbeat_details = ?4 WHERE id = ?2 AND lease_token = ?3",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                plus(now, lease),
+                item.id as i64,
+                item.lease_token,
+                details
+            ])
+        })
         .map_err(sql)?;
     if n == 0 {
         return Err(StoreError::lease_lost());

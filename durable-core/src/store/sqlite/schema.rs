@@ -10,7 +10,7 @@ use super::{failed, sql, sql_in, Synchronous};
 use crate::store::{StoreError, StoreResult};
 
 /// The newest schema version this build understands.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// The tables of schema version 1 (leases were called locks then); version 2 migrates them.
 pub(super) const SCHEMA_V1: &str = "CREATE TABLE instances(
@@ -265,6 +265,13 @@ pub(super) fn migrate(conn: &mut Connection, what: &str) -> StoreResult<()> {
             DROP INDEX IF EXISTS instances_status;",
         )
         .map_err(setup)?;
+    }
+    if version < 5 {
+        // Version 5: a running activity's latest heartbeat details, written with its lease
+        // renewals (a column of their own, so frequent writes do not rewrite the item and
+        // its input); a later hand-out of the item prefers them to the item's own.
+        tx.execute_batch("ALTER TABLE activities ADD COLUMN heartbeat_details TEXT;")
+            .map_err(setup)?;
     }
     tx.execute_batch(&format!(
         "PRAGMA application_id={APPLICATION_ID}; PRAGMA user_version={SCHEMA_VERSION}"
