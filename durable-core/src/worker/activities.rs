@@ -209,6 +209,15 @@ pub(super) async fn run_activity(shared: &Shared, item: ActivityWorkItem) {
                     previous_details: item.heartbeat_details.clone(),
                     trace_parent: crate::trace::stored(item.trace_parent.as_deref()),
                 };
+                // The start-to-close deadline (the call's, else the activity's default) is
+                // on the store's clock, looked at often; it and the heartbeat deadline count
+                // from before the activity's code runs.
+                let limit = item.start_to_close.or(entry.start_to_close);
+                let started_at = shared.now();
+                let deadline = limit.map(|d| crate::store::after(started_at, d));
+                // The heartbeat deadline moves with each heartbeat.
+                let beat_limit = item.heartbeat_timeout;
+                let mut last_beat = started_at;
                 let fut = (entry.invoke)(ctx, item.input.clone());
                 // In the activity's span, so what it logs and calls is in its trace.
                 let handle = tokio::spawn(fut.in_current_span());
@@ -220,13 +229,6 @@ pub(super) async fn run_activity(shared: &Shared, item: ActivityWorkItem) {
                 let every = poll.max(Duration::from_millis(1));
                 let mut check = tokio::time::interval_at(start + every, every);
                 check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                // The start-to-close deadline (the call's, else the activity's default) is
-                // on the store's clock, looked at often.
-                let limit = item.start_to_close.or(entry.start_to_close);
-                let deadline = limit.map(|d| crate::store::after(shared.now(), d));
-                // The heartbeat deadline moves with each heartbeat.
-                let beat_limit = item.heartbeat_timeout;
-                let mut last_beat = shared.now();
                 // The heartbeat details last stored with a lease renewal.
                 let mut written: Option<String> = None;
                 let step = limit
