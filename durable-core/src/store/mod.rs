@@ -13,6 +13,8 @@ use async_trait::async_trait;
 use crate::history::{EventKind, FailureDetails, HistoryEvent, OrchestrationMessage};
 use crate::instance::{InstanceFilter, InstanceState, NewInstance, Page, RuntimeStatus};
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod activity_row;
 mod clock;
 mod error;
 pub mod memory;

@@ -14,6 +14,7 @@ use super::error::{corrupt, pg};
 use super::listen::Event;
 use super::pool::Conn;
 use super::sql;
+use crate::store::activity_row::{ActivityRow, RowColumns};
 use crate::history::{FailureDetails, ParentInstance};
 use crate::instance::{InstanceState, NewInstance, RuntimeStatus};
 use crate::store::{
@@ -56,44 +57,6 @@ impl<'a> Stmts<'a> {
         let s = c.prepare(text).await.map_err(pg)?;
         self.cache.insert(text, s.clone());
         Ok(s)
-    }
-}
-
-/// The stored form of an activity work item (lease fields live in their own columns).
-#[derive(serde::Serialize, serde::Deserialize)]
-struct ActivityRow {
-    execution_id: String,
-    seq: u64,
-    name: String,
-    input: Option<String>,
-    attempt: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    start_to_close_us: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    heartbeat_timeout_us: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    heartbeat_details: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    trace_parent: Option<String>,
-}
-
-impl From<&ActivityWorkItem> for ActivityRow {
-    fn from(a: &ActivityWorkItem) -> Self {
-        Self {
-            execution_id: a.execution_id.clone(),
-            seq: a.seq,
-            name: a.name.clone(),
-            input: a.input.clone(),
-            attempt: a.attempt,
-            start_to_close_us: a
-                .start_to_close
-                .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
-            heartbeat_timeout_us: a
-                .heartbeat_timeout
-                .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
-            heartbeat_details: a.heartbeat_details.clone(),
-            trace_parent: a.trace_parent.clone(),
-        }
     }
 }
 
@@ -841,21 +804,13 @@ pub(crate) fn activity_items(rows: Vec<Row>) -> StoreResult<Vec<ActivityWorkItem
         let dequeue: i32 = r.get(4);
         // The latest heartbeat of an earlier hand-out, else the details it was scheduled with.
         let beat: Option<String> = r.get(5);
-        out.push(ActivityWorkItem {
+        out.push(row.into_item(RowColumns {
             id: id as u64,
             instance_id: r.get(1),
-            execution_id: row.execution_id,
-            seq: row.seq,
-            name: row.name,
-            input: row.input,
-            attempt: row.attempt,
-            start_to_close: row.start_to_close_us.map(Duration::from_micros),
-            heartbeat_timeout: row.heartbeat_timeout_us.map(Duration::from_micros),
-            heartbeat_details: beat.or(row.heartbeat_details),
-            trace_parent: row.trace_parent,
             lease_token: r.get(3),
             dequeue_count: dequeue as u32,
-        });
+            heartbeat_details: beat,
+        }));
     }
     out.sort_by_key(|a| a.id);
     Ok(out)

@@ -9,6 +9,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::writer::Wake;
 use super::{from_json, from_micros, micros, sql, to_json};
+use crate::store::activity_row::{ActivityRow, RowColumns};
 use crate::history::{FailureDetails, OrchestrationMessage, ParentInstance};
 use crate::instance::{InstanceFilter, InstanceState, NewInstance, RuntimeStatus};
 use crate::store::{
@@ -481,44 +482,6 @@ pub(super) fn commit(
     Ok(leased)
 }
 
-/// The stored form of an activity work item (lease fields live in their own columns).
-#[derive(serde::Serialize, serde::Deserialize)]
-struct ActivityRow {
-    execution_id: String,
-    seq: u64,
-    name: String,
-    input: Option<String>,
-    attempt: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    start_to_close_us: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    heartbeat_timeout_us: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    heartbeat_details: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    trace_parent: Option<String>,
-}
-
-impl From<&ActivityWorkItem> for ActivityRow {
-    fn from(a: &ActivityWorkItem) -> Self {
-        Self {
-            execution_id: a.execution_id.clone(),
-            seq: a.seq,
-            name: a.name.clone(),
-            input: a.input.clone(),
-            attempt: a.attempt,
-            start_to_close_us: a
-                .start_to_close
-                .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
-            heartbeat_timeout_us: a
-                .heartbeat_timeout
-                .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
-            heartbeat_details: a.heartbeat_details.clone(),
-            trace_parent: a.trace_parent.clone(),
-        }
-    }
-}
-
 pub(super) fn fetch_activities(
     conn: &Connection,
     now: i64,
@@ -551,23 +514,13 @@ pub(super) fn fetch_activities(
         let dequeue_count = dequeue as u32 + 1;
         upd.execute(params![token, until, dequeue_count, id, owner.as_str()])
             .map_err(sql)?;
-        out.push(ActivityWorkItem {
+        out.push(row.into_item(RowColumns {
             id: id as u64,
             instance_id,
-            execution_id: row.execution_id,
-            seq: row.seq,
-            name: row.name,
-            input: row.input,
-            attempt: row.attempt,
-            start_to_close: row.start_to_close_us.map(Duration::from_micros),
-            heartbeat_timeout: row.heartbeat_timeout_us.map(Duration::from_micros),
-            // The latest heartbeat of an earlier hand-out, else the details it was
-            // scheduled with.
-            heartbeat_details: beat.or(row.heartbeat_details),
-            trace_parent: row.trace_parent,
             lease_token: token,
             dequeue_count,
-        });
+            heartbeat_details: beat,
+        }));
     }
     Ok(out)
 }
