@@ -518,3 +518,13 @@ impl std::fmt::Display for RuntimeStatus {
         f.write_str(self.as_str())
     }
 }
+
+/// One activity call of an instance: the execution that made it and the sequence number
+/// of its `TaskScheduled` event.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ActivityCall {
+    /// The execution that made the call.
+    pub execution_id: String,
+    /// The sequence number of its `TaskScheduled` event.
+    pub seq: u64,
+}

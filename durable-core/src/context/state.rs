@@ -2,7 +2,7 @@
 //! number), their recorded completions, the events that arrived, and the flags replay
 //! reads and sets. Shared by the context, its futures and the replay engine.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 use std::task::Waker;
 
@@ -367,6 +367,13 @@ pub(crate) struct ExecutionState {
     pub lock_requests: Vec<String>,
     /// Entities with a call in flight inside the critical section.
     pub entity_calls_in_flight: HashSet<String>,
+    /// Activity calls whose futures were dropped before they completed (a `when_any`
+    /// loser, a call its schedule-to-close timeout beat), by sequence number: their
+    /// results are no longer wanted.
+    pub dropped_activities: BTreeSet<u64>,
+    /// Those of them dropped while running new events (not replaying): the episode cancels
+    /// their work. Taken by the episode.
+    pub newly_dropped: Vec<u64>,
 }
 
 impl ExecutionState {
@@ -391,6 +398,24 @@ impl ExecutionState {
             critical_section: None,
             lock_requests: Vec::new(),
             entity_calls_in_flight: HashSet::new(),
+            dropped_activities: BTreeSet::new(),
+            newly_dropped: Vec::new(),
+        }
+    }
+
+    /// Notes that the future of call `seq` was dropped; an activity call that has not
+    /// completed is no longer wanted.
+    pub(crate) fn dropped(&mut self, seq: u64) {
+        if self.completed.contains(&seq)
+            || !matches!(
+                self.actions.get(seq as usize),
+                Some(Action::Activity { .. })
+            )
+        {
+            return;
+        }
+        if self.dropped_activities.insert(seq) && !self.is_replaying {
+            self.newly_dropped.push(seq);
         }
     }
 

@@ -6,6 +6,8 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+
 use super::ActivityWorkItem;
 
 /// The stored form of an activity work item (lease fields live in their own columns).
@@ -24,6 +26,9 @@ pub(crate) struct ActivityRow {
     pub heartbeat_details: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace_parent: Option<String>,
+    /// When the store stored the item (its clock, Unix microseconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled_at_us: Option<i64>,
 }
 
 /// A duration as whole microseconds, saturating.
@@ -43,6 +48,7 @@ impl From<&ActivityWorkItem> for ActivityRow {
             heartbeat_timeout_us: a.heartbeat_timeout.map(whole_micros),
             heartbeat_details: a.heartbeat_details.clone(),
             trace_parent: a.trace_parent.clone(),
+            scheduled_at_us: a.scheduled_at.map(|t| t.timestamp_micros()),
         }
     }
 }
@@ -62,6 +68,14 @@ pub(crate) struct RowColumns {
 }
 
 impl ActivityRow {
+    /// The row of `a` as a store stores it at `now` (its clock).
+    pub(crate) fn scheduled(a: &ActivityWorkItem, now: DateTime<Utc>) -> Self {
+        Self {
+            scheduled_at_us: Some(now.timestamp_micros()),
+            ..Self::from(a)
+        }
+    }
+
     /// The work item this row and its columns make. The latest heartbeat details of an
     /// earlier hand-out win over those the item was scheduled with.
     pub(crate) fn into_item(self, cols: RowColumns) -> ActivityWorkItem {
@@ -79,6 +93,9 @@ impl ActivityRow {
             heartbeat_timeout: self.heartbeat_timeout_us.map(Duration::from_micros),
             heartbeat_details: cols.heartbeat_details.or(self.heartbeat_details),
             trace_parent: self.trace_parent,
+            scheduled_at: self
+                .scheduled_at_us
+                .and_then(DateTime::<Utc>::from_timestamp_micros),
         }
     }
 }
@@ -102,6 +119,7 @@ mod tests {
             heartbeat_timeout: None,
             heartbeat_details: Some("5".into()),
             trace_parent: None,
+            scheduled_at: None,
         }
     }
 
@@ -140,6 +158,25 @@ mod tests {
     }
 
     #[test]
+    fn scheduled_rows_carry_their_time() {
+        let at = DateTime::<Utc>::from_timestamp_micros(1_700_000_000_123_456).unwrap();
+        let json = serde_json::to_string(&ActivityRow::scheduled(&item(), at)).unwrap();
+        assert!(
+            json.ends_with(r#","scheduled_at_us":1700000000123456}"#),
+            "{json}"
+        );
+        let row: ActivityRow = serde_json::from_str(&json).unwrap();
+        let back = row.into_item(RowColumns {
+            id: 7,
+            instance_id: "i".into(),
+            lease_token: "t".into(),
+            dequeue_count: 1,
+            heartbeat_details: None,
+        });
+        assert_eq!(back.scheduled_at, Some(at));
+    }
+
+    #[test]
     fn rows_of_the_first_release_read() {
         let row: ActivityRow = serde_json::from_str(
             r#"{"execution_id":"e","seq":1,"name":"Work","input":null,"attempt":1}"#,
@@ -147,5 +184,6 @@ mod tests {
         .unwrap();
         assert_eq!(row.start_to_close_us, None);
         assert_eq!(row.trace_parent, None);
+        assert_eq!(row.scheduled_at_us, None);
     }
 }

@@ -26,7 +26,9 @@ mod cache;
 mod fast_paths;
 mod orchestrations;
 
-use activities::{activity_loop, complete_activity, completion_message, within_limit};
+use activities::{
+    activity_loop, cancel_running, complete_activity, completion_message, within_limit,
+};
 use cache::{Cache, Cached};
 use fast_paths::finish_activity;
 use orchestrations::{
@@ -159,6 +161,7 @@ impl WorkerBuilder {
             options: self.options,
             cache: Mutex::new(Cache::default()),
             running_activities: Mutex::new(HashMap::new()),
+            activity_cancels: Mutex::new(HashMap::new()),
             direct_activities: direct_tx,
             shutdown: shutdown_rx.clone(),
             orchestrations_done: watch::channel(false).0,
@@ -262,6 +265,8 @@ struct Shared {
     options: WorkerOptions,
     cache: Mutex<Cache>,
     running_activities: Mutex<HashMap<u64, ActivityWorkItem>>,
+    /// The cancellation signals of the activities running here, by work item id.
+    activity_cancels: Mutex<HashMap<u64, watch::Sender<bool>>>,
     /// Episodes run at once (dispatched or run straight after an activity).
     orchestration_limit: Arc<Semaphore>,
     /// Activities run at once (dispatched or leased by the commit that scheduled them).

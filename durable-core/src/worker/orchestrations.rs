@@ -242,10 +242,12 @@ pub(super) fn commit_of(item: &OrchestrationWorkItem, episode: Episode) -> Orche
                 heartbeat_timeout: a.heartbeat_timeout,
                 heartbeat_details: a.heartbeat_details,
                 trace_parent: a.trace_parent,
+                scheduled_at: None,
             })
             .collect(),
         messages: episode.messages,
         new_instances: episode.new_instances,
+        cancelled_activities: episode.cancelled_activities,
     }
 }
 
@@ -266,6 +268,7 @@ pub(super) async fn commit_episode(
     }
     let status = commit.state.as_ref().map(|s| s.status);
     let state = execution.as_ref().and(commit.state.clone());
+    let cancelled = commit.cancelled_activities.clone();
     let fast = shared.store.fast_paths();
     let mut permits = match fast {
         Some(_) => activity_permits(shared, &commit),
@@ -304,6 +307,7 @@ pub(super) async fn commit_episode(
             }
             dispatch_leased(shared, leased, &mut permits);
             drop(permits);
+            cancel_running(shared, &item.instance_id, &cancelled);
             if let Some(status) = status.filter(|s| s.is_terminal()) {
                 tracing::debug!(%status, "instance finished");
             }
@@ -479,6 +483,7 @@ pub(super) async fn fail_instance(
         activities: Vec::new(),
         messages,
         new_instances: Vec::new(),
+        cancelled_activities: Vec::new(),
     };
     if let Err(e) = with_retries(shared, "recording a failure failed; retrying", || {
         shared.store.commit_orchestration(commit.clone())

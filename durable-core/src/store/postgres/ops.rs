@@ -14,9 +14,9 @@ use super::error::{corrupt, pg};
 use super::listen::Event;
 use super::pool::Conn;
 use super::sql;
-use crate::store::activity_row::{ActivityRow, RowColumns};
 use crate::history::{FailureDetails, ParentInstance};
 use crate::instance::{InstanceState, NewInstance, RuntimeStatus};
+use crate::store::activity_row::{ActivityRow, RowColumns};
 use crate::store::{
     child_conflict_message, random_id, ActivityHeartbeat, ActivityWorkItem, HistoryUpdate,
     OrchestrationCommit, OrchestrationMessage, OrchestrationWorkItem, StoreError, StoreResult,
@@ -321,8 +321,10 @@ pub(crate) async fn commit(
     fence: Fence<'_>,
     now: DateTime<Utc>,
 ) -> StoreResult<(Vec<ActivityWorkItem>, Vec<Event>)> {
-    if c.new_instances.is_empty() {
-        return commit_in_one(conn, c, completed, direct, fence).await;
+    // The schema's commit function knows no cancellations: a commit with some (rare: a
+    // call the orchestration dropped) takes the transaction's path.
+    if c.new_instances.is_empty() && c.cancelled_activities.is_empty() {
+        return commit_in_one(conn, c, completed, direct, fence, now).await;
     }
     let Conn {
         client,
@@ -336,6 +338,7 @@ pub(crate) async fn commit(
         fence: st.get(client, sql::FENCE).await?,
         has_visible: st.get(client, sql::HAS_VISIBLE).await?,
         del_act: st.get(client, sql::DELETE_ACTIVITY).await?,
+        cancel_act: st.get(client, sql::CANCEL_ACTIVITIES).await?,
         del_consumed: st.get(client, sql::DELETE_CONSUMED).await?,
         del_history: st.get(client, sql::DELETE_HISTORY).await?,
         append: st.get(client, sql::APPEND_HISTORY).await?,
@@ -379,6 +382,7 @@ async fn commit_in_one(
     completed: Option<&ActivityWorkItem>,
     direct: Direct<'_>,
     fence: Fence<'_>,
+    now: DateTime<Utc>,
 ) -> StoreResult<(Vec<ActivityWorkItem>, Vec<Event>)> {
     let Conn {
         client, statements, ..
@@ -423,7 +427,7 @@ async fn commit_in_one(
     let mut tokens: Vec<Option<String>> = Vec::with_capacity(c.activities.len());
     let mut items: Vec<String> = Vec::with_capacity(c.activities.len());
     for (i, a) in c.activities.iter().enumerate() {
-        items.push(to_json(&ActivityRow::from(a))?);
+        items.push(to_json(&ActivityRow::scheduled(a, now))?);
         tokens.push((i < direct.max).then(random_id));
     }
     let owner = direct.owner.to_string();
@@ -486,6 +490,7 @@ async fn commit_in_one(
                 id: by_token.get(t).copied().unwrap_or_default() as u64,
                 lease_token: t.clone(),
                 dequeue_count: 1,
+                scheduled_at: Some(now),
                 ..a.clone()
             }),
             None => {
@@ -528,6 +533,7 @@ struct Prepared {
     fence: Statement,
     has_visible: Statement,
     del_act: Statement,
+    cancel_act: Statement,
     del_consumed: Statement,
     del_history: Statement,
     append: Statement,
@@ -617,7 +623,7 @@ async fn apply(
     let mut tokens: Vec<Option<String>> = Vec::with_capacity(c.activities.len());
     let mut items: Vec<String> = Vec::with_capacity(c.activities.len());
     for (i, a) in c.activities.iter().enumerate() {
-        items.push(to_json(&ActivityRow::from(a))?);
+        items.push(to_json(&ActivityRow::scheduled(a, p.now))?);
         tokens.push((i < direct.max).then(random_id));
     }
     let owner = direct.owner.to_string();
@@ -640,6 +646,19 @@ async fn apply(
     }
     if !event_json.is_empty() {
         jobs.push((append, vec![id, &first_seq, &event_json]));
+    }
+    let cancel_execs: Vec<&str> = c
+        .cancelled_activities
+        .iter()
+        .map(|a| a.execution_id.as_str())
+        .collect();
+    let cancel_seqs: Vec<i64> = c
+        .cancelled_activities
+        .iter()
+        .map(|a| i64::try_from(a.seq).unwrap_or(i64::MAX))
+        .collect();
+    if !cancel_seqs.is_empty() {
+        jobs.push((&p.cancel_act, vec![id, &cancel_execs, &cancel_seqs]));
     }
     match state_p {
         Some(p) => {
@@ -694,6 +713,7 @@ async fn apply(
                 id: by_token.get(t).copied().unwrap_or_default() as u64,
                 lease_token: t.clone(),
                 dequeue_count: 1,
+                scheduled_at: Some(p.now),
                 ..a.clone()
             }),
             None => {

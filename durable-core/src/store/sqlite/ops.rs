@@ -9,13 +9,13 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::writer::Wake;
 use super::{from_json, from_micros, micros, sql, to_json};
-use crate::store::activity_row::{ActivityRow, RowColumns};
 use crate::history::{FailureDetails, OrchestrationMessage, ParentInstance};
 use crate::instance::{InstanceFilter, InstanceState, NewInstance, RuntimeStatus};
+use crate::store::activity_row::{ActivityRow, RowColumns};
 use crate::store::{
-    child_conflict_message, random_id, ActivityHeartbeat, ActivityWorkItem, HistoryUpdate,
-    OrchestrationCommit, OrchestrationWorkItem, PendingWork, StoreError, StoreResult, WorkerId,
-    MAX_MESSAGES_PER_WORK_ITEM,
+    child_conflict_message, random_id, ActivityCall, ActivityHeartbeat, ActivityWorkItem,
+    HistoryUpdate, OrchestrationCommit, OrchestrationWorkItem, PendingWork, StoreError,
+    StoreResult, WorkerId, MAX_MESSAGES_PER_WORK_ITEM,
 };
 
 /// `now + d` in microseconds, saturating.
@@ -366,6 +366,7 @@ pub(super) fn commit(
             return Err(StoreError::lease_lost());
         }
     }
+    cancel_activities(conn, &c.instance_id, &c.cancelled_activities)?;
     {
         let mut del = conn
             .prepare_cached("DELETE FROM messages WHERE id = ?1 AND instance_id = ?2")
@@ -427,7 +428,7 @@ pub(super) fn commit(
             .prepare_cached("INSERT INTO activities(instance_id, item, lease_token, lease_owner, visible_at, dequeue_count) VALUES(?1, ?2, ?3, ?4, ?5, ?6)")
             .map_err(sql)?;
         for a in &c.activities {
-            let row = to_json(&ActivityRow::from(a))?;
+            let row = to_json(&ActivityRow::scheduled(a, from_micros(now)))?;
             match direct {
                 Some(d) if leased.len() < d.max => {
                     let token = random_id();
@@ -444,6 +445,7 @@ pub(super) fn commit(
                         id: conn.last_insert_rowid() as u64,
                         lease_token: token,
                         dequeue_count: 1,
+                        scheduled_at: Some(from_micros(now)),
                         ..a.clone()
                     });
                 }
@@ -480,6 +482,39 @@ pub(super) fn commit(
         }
     }
     Ok(leased)
+}
+
+/// Deletes the work items of `calls` (activity calls of `instance_id`), queued or
+/// running: the item's sequence number and execution are in its stored form, so the
+/// instance's items are read and matched.
+fn cancel_activities(
+    conn: &Connection,
+    instance_id: &str,
+    calls: &[ActivityCall],
+) -> StoreResult<()> {
+    if calls.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<(i64, String)> = conn
+        .prepare_cached("SELECT id, item FROM activities WHERE instance_id = ?1")
+        .and_then(|mut s| {
+            s.query_map(params![instance_id], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect()
+        })
+        .map_err(sql)?;
+    let mut del = conn
+        .prepare_cached("DELETE FROM activities WHERE id = ?1")
+        .map_err(sql)?;
+    for (id, item) in rows {
+        let row: ActivityRow = from_json(&item)?;
+        if calls
+            .iter()
+            .any(|c| c.seq == row.seq && c.execution_id == row.execution_id)
+        {
+            del.execute(params![id]).map_err(sql)?;
+        }
+    }
+    Ok(())
 }
 
 pub(super) fn fetch_activities(
