@@ -849,7 +849,7 @@ async fn cache_on_and_off_give_identical_histories() {
         let shape: Vec<String> = history
             .iter()
             .map(|e| match &e.kind {
-                EventKind::TaskScheduled { name, input } => {
+                EventKind::TaskScheduled { name, input, .. } => {
                     format!("{}#{} {name} {input:?}", e.kind.type_name(), e.seq)
                 }
                 EventKind::TaskCompleted { seq, result } => {
@@ -2412,5 +2412,77 @@ async fn dropped_calls_never_run_and_a_rewind_leaves_them() {
     );
     let kinds = history_kinds(&h.store, &id).await;
     assert!(kinds.iter().any(|k| k == "TaskScheduled"));
+    h.runtime.shutdown().await;
+}
+
+/// A rewind issues a failed attempt again with the timeouts its call gave (they are
+/// recorded in its `TaskScheduled` event): the hung activity times out again instead of
+/// holding the instance forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rewind_keeps_the_calls_timeouts() {
+    static RUNS: AtomicU32 = AtomicU32::new(0);
+    let reg = Registry::builder()
+        .activity(
+            "hangs",
+            |_ctx: durable_core::ActivityContext, _: ()| async move {
+                RUNS.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_secs(600)).await;
+                Ok::<_, ActivityError>(())
+            },
+        )
+        .orchestrator(
+            "bounded_call",
+            |ctx: OrchestrationContext, _: ()| async move {
+                let options =
+                    durable_core::ActivityOptions::start_to_close(Duration::from_millis(150))
+                        .with_heartbeat_timeout(Duration::from_secs(3600));
+                ctx.call_activity_by_name_with_options::<()>("hangs", &(), &options)
+                    .await?;
+                Ok::<_, OrchestrationError>(())
+            },
+        )
+        .build()
+        .unwrap();
+    let h = start(reg, 0);
+    let id = h
+        .client
+        .start_by_name("bounded_call", None, StartOptions::default())
+        .await
+        .unwrap();
+    let st = state_when(&h.client, &id, |s| s.status == RuntimeStatus::Failed).await;
+    assert!(
+        st.failure.as_ref().unwrap().message.contains("timed out")
+            || st
+                .failure
+                .as_ref()
+                .unwrap()
+                .message
+                .contains("start-to-close"),
+        "{st:?}"
+    );
+    let history = h.store.read_history(&id).await.unwrap();
+    let options = history
+        .iter()
+        .find_map(|e| match &e.kind {
+            EventKind::TaskScheduled { options, .. } => Some(options.clone()),
+            _ => None,
+        })
+        .expect("the call is recorded")
+        .expect("with its timeouts");
+    assert_eq!(options.start_to_close(), Some(Duration::from_millis(150)));
+    assert_eq!(options.heartbeat_timeout(), Some(Duration::from_secs(3600)));
+    assert_eq!(options.attempt, 1);
+    h.client.rewind(&id, Some("again")).await.unwrap();
+    // Rewound: the attempt runs again, and times out again.
+    count_reaches(&RUNS, 2, "the rewound attempt never ran").await;
+    let st = state_when(&h.client, &id, |s| s.status == RuntimeStatus::Failed).await;
+    assert!(
+        st.failure
+            .as_ref()
+            .unwrap()
+            .message
+            .contains("start-to-close"),
+        "{st:?}"
+    );
     h.runtime.shutdown().await;
 }
