@@ -2486,3 +2486,58 @@ async fn a_rewind_keeps_the_calls_timeouts() {
     );
     h.runtime.shutdown().await;
 }
+
+/// An activity registered as a closure with a default timeout
+/// (`RegistryBuilder::activity_with_timeout`) is stopped at it when the call gives none;
+/// a call's own start-to-close replaces it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closure_activity_has_a_default_timeout() {
+    let reg = Registry::builder()
+        .activity_with_timeout(
+            "hangs",
+            Duration::from_millis(150),
+            |ctx: durable_core::ActivityContext, _: ()| async move {
+                ctx.cancelled().await;
+                Err::<u8, _>(ActivityError::from("stopped"))
+            },
+        )
+        .orchestrator(
+            "calls_hangs",
+            |ctx: OrchestrationContext, own: bool| async move {
+                let r = if own {
+                    let options =
+                        durable_core::ActivityOptions::start_to_close(Duration::from_millis(300));
+                    ctx.call_activity_by_name_with_options::<u8>("hangs", &(), &options)
+                        .await
+                } else {
+                    ctx.call_activity_by_name::<u8>("hangs", &()).await
+                };
+                match r {
+                    Err(e) if e.is_timeout() => Ok::<_, OrchestrationError>(e.failure.message),
+                    other => Ok(format!("not a timeout: {other:?}")),
+                }
+            },
+        )
+        .build()
+        .unwrap();
+    let h = start(reg, 1000);
+    for (own, within) in [(false, "150ms"), (true, "300ms")] {
+        let id = h
+            .client
+            .start_by_name(
+                "calls_hangs",
+                Some(own.to_string()),
+                StartOptions::default(),
+            )
+            .await
+            .unwrap();
+        let out: String = h.client.wait_for_output(&id, WAIT).await.unwrap();
+        assert!(
+            out.starts_with(&format!(
+                "activity 'hangs' did not finish within {within} of starting"
+            )),
+            "{out}"
+        );
+    }
+    h.runtime.shutdown().await;
+}
