@@ -68,7 +68,10 @@ pub struct WorkerOptions {
     /// commit (its episode took the worker down, hung past its lease or lost it every
     /// time) is a poison message: the instance fails with a `Poison` failure instead of
     /// running the episode again. Work items given back on purpose (a failed commit,
-    /// shutdown) do not count. Entities are not checked. 0 disables the check.
+    /// shutdown) do not count. An entity's batch of operations handed out more often
+    /// than this is not run either: its calls are answered with a `Poison` failure, its
+    /// signals dropped (logged), and the entity's state stays as it was. 0 disables the
+    /// check.
     pub max_orchestration_dequeues: u32,
     /// The largest payload (output, custom status, activity input and result, event data)
     /// an episode may store; over it, the instance fails with `PayloadTooLarge` (or the

@@ -116,12 +116,26 @@ pub(super) async fn process_orchestration_with(
         let span = tracing::info_span!("episode", instance_id = %item.instance_id, name = %name);
         return async {
             shared.metrics.episode_source(true, None);
-            let episode = crate::replay::entity::run_entity_episode(
-                &shared.registry,
-                &inbox(&item),
-                shared.now(),
-            )
-            .await;
+            let episode = match entity_poison(shared, &item) {
+                Some(failure) => {
+                    tracing::error!(%failure, dequeue_count = item.dequeue_count, "refusing a poison entity batch");
+                    crate::replay::entity::refuse_operations(
+                        &shared.registry,
+                        &inbox(&item),
+                        failure,
+                        shared.now(),
+                    )
+                    .await
+                }
+                None => {
+                    crate::replay::entity::run_entity_episode(
+                        &shared.registry,
+                        &inbox(&item),
+                        shared.now(),
+                    )
+                    .await
+                }
+            };
             commit_episode(shared, &item, commit_of(&item, episode), None, completed).await
         }
         .instrument(span)
@@ -178,6 +192,28 @@ fn poison(shared: &Shared, item: &OrchestrationWorkItem) -> Option<FailureDetail
              committing (the worker died, hung past its lease or lost it each time); the \
              instance is failed instead of run again",
             state.name, item.dequeue_count
+        ),
+    ))
+}
+
+/// The `Poison` failure of an entity's batch of operations that was handed out more than
+/// [`WorkerOptions::max_orchestration_dequeues`] times since the entity's last commit: its
+/// operations are refused instead of run again.
+fn entity_poison(shared: &Shared, item: &OrchestrationWorkItem) -> Option<FailureDetails> {
+    let max = shared.options.max_orchestration_dequeues;
+    if max == 0 || item.dequeue_count <= max {
+        return None;
+    }
+    Some(FailureDetails::new(
+        "Poison",
+        format!(
+            "the batch of operations of entity '{}' was handed to a worker {} times without \
+             committing (the worker died, hung past its lease or lost it each time); its \
+             operations are failed instead of run again",
+            crate::entity::EntityId::from_instance_id(&item.instance_id)
+                .map(|e| e.to_string())
+                .unwrap_or_else(|| item.instance_id.clone()),
+            item.dequeue_count
         ),
     ))
 }
