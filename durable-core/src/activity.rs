@@ -73,16 +73,18 @@ impl ActivityContext {
 
     /// Resolves when the result of this execution is no longer wanted, so a well-behaved
     /// activity can stop early (and return anything: its result is then dropped or
-    /// refused). That is the case when the orchestration instance is no longer running
-    /// the execution that scheduled it (terminated, failed, completed, continued as new,
-    /// or purged) or when this worker lost the activity's lease (another worker runs it
-    /// now). The worker looks at the instance every
+    /// refused). That is the case when the orchestration dropped the call before it
+    /// completed (the losing branch of `when_any` or `race`, an attempt its call's
+    /// schedule-to-close timeout beat: the episode's commit deletes the work item), when
+    /// the orchestration instance is no longer running the execution that scheduled it
+    /// (terminated, failed, completed, continued as new, or purged) or when this worker
+    /// lost the activity's lease (another worker runs it now, or the call was dropped by
+    /// an episode committed elsewhere). A dropped call is told at once on the worker that
+    /// committed the episode; otherwise the worker looks at the instance every
     /// [`WorkerOptions::activity_cancel_poll`](crate::WorkerOptions::activity_cancel_poll)
     /// and at the lease when renewing it, so this comes that late at worst.
     ///
-    /// Best effort: nothing forces an activity to stop; an activity whose orchestration
-    /// merely stopped waiting for it (the losing branch of `when_any`, a timer that won a
-    /// race) is not told, since that is not recorded; and outside a worker
+    /// Best effort: nothing forces an activity to stop, and outside a worker
     /// ([`for_test`](Self::for_test)) this never resolves.
     pub async fn cancelled(&self) {
         match &self.cancel {

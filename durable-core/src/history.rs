@@ -150,6 +150,11 @@ pub enum EventKind {
         name: String,
         /// JSON input.
         input: Option<String>,
+        /// The attempt's number and timeouts, when the call gave any (absent from
+        /// histories written before they were recorded): a rewind issues the attempt again
+        /// with them.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        options: Option<TaskOptions>,
     },
     /// An activity completed.
     TaskCompleted {
@@ -516,5 +521,103 @@ impl RuntimeStatus {
 impl std::fmt::Display for RuntimeStatus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// One activity call of an instance: the execution that made it and the sequence number
+/// of its `TaskScheduled` event.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ActivityCall {
+    /// The execution that made the call.
+    pub execution_id: String,
+    /// The sequence number of its `TaskScheduled` event.
+    pub seq: u64,
+}
+
+/// How one activity attempt was scheduled beyond its name and input, recorded in its
+/// `TaskScheduled` event. Retries are not here: the orchestration's code drives them, and
+/// replays them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskOptions {
+    /// Attempt number under a retry policy (1 for the first).
+    #[serde(default = "first_attempt", skip_serializing_if = "is_first_attempt")]
+    pub attempt: u32,
+    /// The attempt's start-to-close timeout, in microseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_to_close_us: Option<u64>,
+    /// The attempt's heartbeat timeout, in microseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_timeout_us: Option<u64>,
+}
+
+fn first_attempt() -> u32 {
+    1
+}
+
+fn is_first_attempt(n: &u32) -> bool {
+    *n == 1
+}
+
+impl TaskOptions {
+    /// The options of an attempt, or None when they are all defaults (nothing to record).
+    pub fn of(
+        attempt: u32,
+        start_to_close: Option<std::time::Duration>,
+        heartbeat_timeout: Option<std::time::Duration>,
+    ) -> Option<Self> {
+        let us = |d: std::time::Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        let o = Self {
+            attempt,
+            start_to_close_us: start_to_close.map(us),
+            heartbeat_timeout_us: heartbeat_timeout.map(us),
+        };
+        (o != Self {
+            attempt: 1,
+            ..Self::default()
+        })
+        .then_some(o)
+    }
+
+    /// The start-to-close timeout.
+    pub fn start_to_close(&self) -> Option<std::time::Duration> {
+        self.start_to_close_us.map(std::time::Duration::from_micros)
+    }
+
+    /// The heartbeat timeout.
+    pub fn heartbeat_timeout(&self) -> Option<std::time::Duration> {
+        self.heartbeat_timeout_us
+            .map(std::time::Duration::from_micros)
+    }
+}
+
+#[cfg(test)]
+mod task_options_tests {
+    use super::*;
+
+    #[test]
+    fn old_histories_read_and_plain_calls_record_nothing_new() {
+        let old = r#"{"eventType":"TaskScheduled","name":"a","input":null}"#;
+        let kind: EventKind = serde_json::from_str(old).unwrap();
+        assert!(matches!(
+            kind,
+            EventKind::TaskScheduled { options: None, .. }
+        ));
+        let plain = EventKind::TaskScheduled {
+            name: "a".into(),
+            input: None,
+            options: TaskOptions::of(1, None, None),
+        };
+        assert_eq!(serde_json::to_string(&plain).unwrap(), old);
+        let timed = EventKind::TaskScheduled {
+            name: "a".into(),
+            input: None,
+            options: TaskOptions::of(2, Some(std::time::Duration::from_millis(5)), None),
+        };
+        let json = serde_json::to_string(&timed).unwrap();
+        assert_eq!(
+            json,
+            r#"{"eventType":"TaskScheduled","name":"a","input":null,"options":{"attempt":2,"start_to_close_us":5000}}"#
+        );
+        assert_eq!(serde_json::from_str::<EventKind>(&json).unwrap(), timed);
     }
 }

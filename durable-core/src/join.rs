@@ -144,8 +144,9 @@ impl<F> std::fmt::Debug for WhenAny<F> {
 }
 
 /// Waits for the first future to finish and returns its index and output; the other
-/// futures are dropped (timers cancelled, event waits withdrawn). When several are ready
-/// at once, the lowest index wins.
+/// futures are dropped (timers cancelled, event waits withdrawn, activity calls cancelled:
+/// see `ActivityContext::cancelled`). When several are ready at once, the lowest index
+/// wins.
 ///
 /// # Panics
 /// When polled with no futures.

@@ -17,7 +17,7 @@
 //! | `durable_replayed_events_total` | counter | |
 //! | `durable_activity_executions_total` | counter | `activity`, `outcome` (`completed`, `failed`) |
 //! | `durable_activity_duration_seconds` | histogram | `activity`, `outcome` |
-//! | `durable_schedule_to_start_seconds` | histogram | `kind` (`orchestration`) |
+//! | `durable_schedule_to_start_seconds` | histogram | `kind` (`orchestration`, `activity`) |
 //! | `durable_store_commit_duration_seconds` | histogram | `op` (`episode`, `activity_result`) |
 //! | `durable_store_commit_batch_size` | histogram | |
 //! | `durable_leases_held` | gauge | `kind` (`orchestration`, `activity`) |
@@ -41,7 +41,7 @@ use crate::history::{EventKind, HistoryEvent, HistoryUpdate};
 use crate::instance::RuntimeStatus;
 use crate::registry::Registry as FunctionRegistry;
 use crate::replay::Source;
-use crate::store::{OrchestrationCommit, OrchestrationWorkItem};
+use crate::store::{ActivityWorkItem, OrchestrationCommit, OrchestrationWorkItem};
 
 /// The label value for a name the registry does not know.
 pub const UNREGISTERED: &str = "unregistered";
@@ -423,8 +423,13 @@ impl Metrics {
         LeaseGuard(gauge)
     }
 
-    /// Counts an activity's lease held until the returned guard is dropped.
-    pub(crate) fn activity_item(&self) -> LeaseGuard {
+    /// Records the activity work item an attempt starts on: the delay since the store
+    /// stored it (when it says), and its lease held while the returned guard lives.
+    pub(crate) fn activity_item(&self, item: &ActivityWorkItem, now: DateTime<Utc>) -> LeaseGuard {
+        if let Some(at) = item.scheduled_at {
+            let delay = (now - at).to_std().unwrap_or(Duration::ZERO);
+            self.schedule_to_start(WorkKind::Activity, delay);
+        }
         self.lease_held(WorkKind::Activity)
     }
 

@@ -394,6 +394,45 @@ impl RegistryBuilder {
         self
     }
 
+    /// Registers an activity like [`activity`](Self::activity), with a default
+    /// start-to-close timeout like `#[activity(timeout = "30s")]`: an attempt of a call
+    /// that gives none
+    /// ([`ActivityOptions::start_to_close`](crate::ActivityOptions::start_to_close)) is
+    /// stopped after `timeout` and fails with a `Timeout` failure.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use durable_core::{ActivityContext, ActivityError, Registry};
+    /// let registry = Registry::builder()
+    ///     .activity_with_timeout("fetch", Duration::from_secs(30), |_ctx: ActivityContext, url: String| async move {
+    ///         Ok::<_, ActivityError>(url.len())
+    ///     })
+    ///     .build()
+    ///     .unwrap();
+    /// assert_eq!(
+    ///     registry.activity("fetch").unwrap().start_to_close,
+    ///     Some(Duration::from_secs(30))
+    /// );
+    /// ```
+    pub fn activity_with_timeout<I, R, F, Fut>(
+        mut self,
+        name: &str,
+        timeout: std::time::Duration,
+        f: F,
+    ) -> Self
+    where
+        I: DeserializeOwned + Send + 'static,
+        R: TaskOutcome,
+        F: Fn(ActivityContext, I) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = R> + Send + 'static,
+    {
+        self.activities.push(ActivityEntry {
+            start_to_close: Some(timeout),
+            ..activity_entry(name, f)
+        });
+        self
+    }
+
     /// Registers a function-style entity: `f(ctx, operation)` runs one operation, reading
     /// and writing the state through `ctx`; its return value answers calls.
     pub fn entity<S, R, F, Fut>(mut self, name: &str, f: F) -> Self

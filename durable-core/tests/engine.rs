@@ -849,7 +849,7 @@ async fn cache_on_and_off_give_identical_histories() {
         let shape: Vec<String> = history
             .iter()
             .map(|e| match &e.kind {
-                EventKind::TaskScheduled { name, input } => {
+                EventKind::TaskScheduled { name, input, .. } => {
                     format!("{}#{} {name} {input:?}", e.kind.type_name(), e.seq)
                 }
                 EventKind::TaskCompleted { seq, result } => {
@@ -2173,4 +2173,371 @@ async fn heartbeat_details_are_stored_shown_and_read_by_the_next_run() {
     assert_eq!(st.output.as_deref(), Some("\"run 2 from 3\""));
     assert!(client.activity_heartbeats(&id).await.unwrap().is_empty());
     second.shutdown().await;
+}
+
+/// Waits (up to [`WAIT`]) until `n` reaches `at_least`.
+async fn count_reaches(n: &AtomicU32, at_least: u32, what: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while n.load(Ordering::SeqCst) < at_least {
+        assert!(tokio::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The losing branch of `when_any` is cancelled: the long activity it dropped learns
+/// through `cancelled()` that its result is no longer wanted while the instance still
+/// runs (the instance check is off: the episode that dropped it says so), its work item
+/// is gone so it never runs again, and the instance goes on. With the cache on and off
+/// (the drop happens on a cached execution, or on one replayed from history).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_losing_branch_of_when_any_is_cancelled() {
+    static RUNS: AtomicU32 = AtomicU32::new(0);
+    static TOLD: AtomicU32 = AtomicU32::new(0);
+    for_both_cache_modes(|cache| async move {
+        RUNS.store(0, Ordering::SeqCst);
+        TOLD.store(0, Ordering::SeqCst);
+        let reg = Registry::builder()
+            .activity(
+                "long",
+                |ctx: durable_core::ActivityContext, _: ()| async move {
+                    RUNS.fetch_add(1, Ordering::SeqCst);
+                    tokio::select! {
+                        _ = ctx.cancelled() => {
+                            TOLD.fetch_add(1, Ordering::SeqCst);
+                            Err(ActivityError::from("stopped: no longer wanted"))
+                        }
+                        _ = tokio::time::sleep(Duration::from_secs(600)) => Ok(1u32),
+                    }
+                },
+            )
+            .activity(
+                "short",
+                |_ctx: durable_core::ActivityContext, _: ()| async move {
+                    // Only once the long one runs, so the race has a loser.
+                    count_reaches(&RUNS, 1, "the long activity never started").await;
+                    Ok::<_, ActivityError>(2u32)
+                },
+            )
+            .orchestrator("first_of", |ctx: OrchestrationContext, _: ()| async move {
+                let long = ctx.call_activity_by_name::<u32>("long", &());
+                let short = ctx.call_activity_by_name::<u32>("short", &());
+                let (i, r) = ctx.when_any(vec![long, short]).await;
+                let v = r?;
+                let _: String = ctx.wait_for_external_event("finish").await?;
+                Ok::<_, OrchestrationError>((i, v))
+            })
+            .build()
+            .unwrap();
+        let store = Arc::new(MemoryStore::new());
+        let rt = Worker::builder(store.clone())
+            .registry(reg)
+            .cache_capacity(cache)
+            .options(durable_core::WorkerOptions {
+                activity_cancel_poll: Duration::ZERO,
+                shutdown_grace: Duration::ZERO,
+                ..Default::default()
+            })
+            .start()
+            .unwrap();
+        let c = rt.client();
+        let id = c
+            .start_by_name("first_of", None, StartOptions::default())
+            .await
+            .unwrap();
+        count_reaches(&TOLD, 1, "the losing activity was never told").await;
+        let st = c.get_state(&id).await.unwrap().unwrap();
+        assert_eq!(
+            st.status,
+            RuntimeStatus::Running,
+            "told while still running"
+        );
+        // Its work item is gone: nothing of it is leased, queued or left to come back.
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let pending = store.pending_work().await.unwrap().unwrap();
+            if pending.activities == 0
+                && rt
+                    .metrics()
+                    .leases_held(durable_core::metrics::WorkKind::Activity)
+                    == 0
+            {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{pending:?}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(store.release_leases(rt.id()).await.unwrap(), 0);
+        c.raise_event(&id, "finish", &"now").await.unwrap();
+        let st = c.wait_for_completion(&id, WAIT).await.unwrap();
+        assert_eq!(st.status, RuntimeStatus::Completed, "{st:?}");
+        assert_eq!(st.output.as_deref(), Some("[1,2]"));
+        assert_eq!(RUNS.load(Ordering::SeqCst), 1, "the loser never ran again");
+        rt.shutdown().await;
+    })
+    .await;
+}
+
+/// An attempt beaten by its call's schedule-to-close timeout is told (`cancelled()`)
+/// while the instance goes on, and is not run again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_past_its_schedule_to_close_is_told() {
+    static RUNS: AtomicU32 = AtomicU32::new(0);
+    static TOLD: AtomicU32 = AtomicU32::new(0);
+    let reg = Registry::builder()
+        .activity(
+            "slow",
+            |ctx: durable_core::ActivityContext, _: ()| async move {
+                RUNS.fetch_add(1, Ordering::SeqCst);
+                tokio::select! {
+                    _ = ctx.cancelled() => {
+                        TOLD.fetch_add(1, Ordering::SeqCst);
+                        Err(ActivityError::from("stopped: no longer wanted"))
+                    }
+                    _ = tokio::time::sleep(Duration::from_secs(600)) => Ok(1u32),
+                }
+            },
+        )
+        .orchestrator("bounded", |ctx: OrchestrationContext, _: ()| async move {
+            let options = durable_core::ActivityOptions::default()
+                .with_schedule_to_close(Duration::from_millis(200));
+            let r = ctx
+                .call_activity_by_name_with_options::<u32>("slow", &(), &options)
+                .await;
+            let timed_out = matches!(&r, Err(e) if e.is_timeout());
+            let _: String = ctx.wait_for_external_event("finish").await?;
+            Ok::<_, OrchestrationError>(timed_out)
+        })
+        .build()
+        .unwrap();
+    let store = Arc::new(MemoryStore::new());
+    let rt = Worker::builder(store.clone())
+        .registry(reg)
+        .options(durable_core::WorkerOptions {
+            activity_cancel_poll: Duration::ZERO,
+            shutdown_grace: Duration::ZERO,
+            ..Default::default()
+        })
+        .start()
+        .unwrap();
+    let c = rt.client();
+    let id = c
+        .start_by_name("bounded", None, StartOptions::default())
+        .await
+        .unwrap();
+    count_reaches(&TOLD, 1, "the attempt was never told").await;
+    let st = c.get_state(&id).await.unwrap().unwrap();
+    assert_eq!(
+        st.status,
+        RuntimeStatus::Running,
+        "told while still running"
+    );
+    assert_eq!(store.release_leases(rt.id()).await.unwrap(), 0);
+    c.raise_event(&id, "finish", &"now").await.unwrap();
+    let st = c.wait_for_completion(&id, WAIT).await.unwrap();
+    assert_eq!(st.output.as_deref(), Some("true"), "{st:?}");
+    assert_eq!(RUNS.load(Ordering::SeqCst), 1);
+    rt.shutdown().await;
+}
+
+/// A call the orchestration drops without awaiting it is recorded but never run; a rewind
+/// does not issue a dropped call again (its result was not wanted), only the failed one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_calls_never_run_and_a_rewind_leaves_them() {
+    static DROPPED_RUNS: AtomicU32 = AtomicU32::new(0);
+    static LOSER_RUNS: AtomicU32 = AtomicU32::new(0);
+    static FLAKY_RUNS: AtomicU32 = AtomicU32::new(0);
+    let reg = Registry::builder()
+        .activity(
+            "never",
+            |_ctx: durable_core::ActivityContext, _: ()| async move {
+                DROPPED_RUNS.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, ActivityError>(())
+            },
+        )
+        .activity(
+            "loser",
+            |ctx: durable_core::ActivityContext, _: ()| async move {
+                LOSER_RUNS.fetch_add(1, Ordering::SeqCst);
+                ctx.cancelled().await;
+                Err::<u32, _>(ActivityError::from("stopped"))
+            },
+        )
+        .activity(
+            "winner",
+            |_ctx: durable_core::ActivityContext, _: ()| async move {
+                count_reaches(&LOSER_RUNS, 1, "the loser never started").await;
+                Ok::<_, ActivityError>(2u32)
+            },
+        )
+        .activity(
+            "flaky",
+            |_ctx: durable_core::ActivityContext, _: ()| async move {
+                if FLAKY_RUNS.fetch_add(1, Ordering::SeqCst) == 0 {
+                    Err(ActivityError::from("down"))
+                } else {
+                    Ok(3u32)
+                }
+            },
+        )
+        .orchestrator("drops", |ctx: OrchestrationContext, _: ()| async move {
+            drop(ctx.call_activity_by_name::<()>("never", &()));
+            let (_, won) = ctx
+                .when_any(vec![
+                    ctx.call_activity_by_name::<u32>("loser", &()),
+                    ctx.call_activity_by_name::<u32>("winner", &()),
+                ])
+                .await;
+            let v: u32 = ctx.call_activity_by_name("flaky", &()).await?;
+            Ok::<_, OrchestrationError>(won? + v)
+        })
+        .build()
+        .unwrap();
+    let h = start(reg, 0);
+    let id = h
+        .client
+        .start_by_name("drops", None, StartOptions::default())
+        .await
+        .unwrap();
+    let st = state_when(&h.client, &id, |s| s.status.is_terminal()).await;
+    assert_eq!(st.status, RuntimeStatus::Failed, "{st:?}");
+    h.client.rewind(&id, Some("fixed")).await.unwrap();
+    let st = state_when(&h.client, &id, |s| s.status == RuntimeStatus::Completed).await;
+    assert_eq!(st.output.as_deref(), Some("5"));
+    assert_eq!(FLAKY_RUNS.load(Ordering::SeqCst), 2);
+    assert_eq!(LOSER_RUNS.load(Ordering::SeqCst), 1, "the loser ran once");
+    assert_eq!(
+        DROPPED_RUNS.load(Ordering::SeqCst),
+        0,
+        "a dropped call never ran"
+    );
+    let kinds = history_kinds(&h.store, &id).await;
+    assert!(kinds.iter().any(|k| k == "TaskScheduled"));
+    h.runtime.shutdown().await;
+}
+
+/// A rewind issues a failed attempt again with the timeouts its call gave (they are
+/// recorded in its `TaskScheduled` event): the hung activity times out again instead of
+/// holding the instance forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rewind_keeps_the_calls_timeouts() {
+    static RUNS: AtomicU32 = AtomicU32::new(0);
+    let reg = Registry::builder()
+        .activity(
+            "hangs",
+            |_ctx: durable_core::ActivityContext, _: ()| async move {
+                RUNS.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_secs(600)).await;
+                Ok::<_, ActivityError>(())
+            },
+        )
+        .orchestrator(
+            "bounded_call",
+            |ctx: OrchestrationContext, _: ()| async move {
+                let options =
+                    durable_core::ActivityOptions::start_to_close(Duration::from_millis(150))
+                        .with_heartbeat_timeout(Duration::from_secs(3600));
+                ctx.call_activity_by_name_with_options::<()>("hangs", &(), &options)
+                    .await?;
+                Ok::<_, OrchestrationError>(())
+            },
+        )
+        .build()
+        .unwrap();
+    let h = start(reg, 0);
+    let id = h
+        .client
+        .start_by_name("bounded_call", None, StartOptions::default())
+        .await
+        .unwrap();
+    let st = state_when(&h.client, &id, |s| s.status == RuntimeStatus::Failed).await;
+    assert!(
+        st.failure.as_ref().unwrap().message.contains("timed out")
+            || st
+                .failure
+                .as_ref()
+                .unwrap()
+                .message
+                .contains("start-to-close"),
+        "{st:?}"
+    );
+    let history = h.store.read_history(&id).await.unwrap();
+    let options = history
+        .iter()
+        .find_map(|e| match &e.kind {
+            EventKind::TaskScheduled { options, .. } => Some(options.clone()),
+            _ => None,
+        })
+        .expect("the call is recorded")
+        .expect("with its timeouts");
+    assert_eq!(options.start_to_close(), Some(Duration::from_millis(150)));
+    assert_eq!(options.heartbeat_timeout(), Some(Duration::from_secs(3600)));
+    assert_eq!(options.attempt, 1);
+    h.client.rewind(&id, Some("again")).await.unwrap();
+    // Rewound: the attempt runs again, and times out again.
+    count_reaches(&RUNS, 2, "the rewound attempt never ran").await;
+    let st = state_when(&h.client, &id, |s| s.status == RuntimeStatus::Failed).await;
+    assert!(
+        st.failure
+            .as_ref()
+            .unwrap()
+            .message
+            .contains("start-to-close"),
+        "{st:?}"
+    );
+    h.runtime.shutdown().await;
+}
+
+/// An activity registered as a closure with a default timeout
+/// (`RegistryBuilder::activity_with_timeout`) is stopped at it when the call gives none;
+/// a call's own start-to-close replaces it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closure_activity_has_a_default_timeout() {
+    let reg = Registry::builder()
+        .activity_with_timeout(
+            "hangs",
+            Duration::from_millis(150),
+            |ctx: durable_core::ActivityContext, _: ()| async move {
+                ctx.cancelled().await;
+                Err::<u8, _>(ActivityError::from("stopped"))
+            },
+        )
+        .orchestrator(
+            "calls_hangs",
+            |ctx: OrchestrationContext, own: bool| async move {
+                let r = if own {
+                    let options =
+                        durable_core::ActivityOptions::start_to_close(Duration::from_millis(300));
+                    ctx.call_activity_by_name_with_options::<u8>("hangs", &(), &options)
+                        .await
+                } else {
+                    ctx.call_activity_by_name::<u8>("hangs", &()).await
+                };
+                match r {
+                    Err(e) if e.is_timeout() => Ok::<_, OrchestrationError>(e.failure.message),
+                    other => Ok(format!("not a timeout: {other:?}")),
+                }
+            },
+        )
+        .build()
+        .unwrap();
+    let h = start(reg, 1000);
+    for (own, within) in [(false, "150ms"), (true, "300ms")] {
+        let id = h
+            .client
+            .start_by_name(
+                "calls_hangs",
+                Some(own.to_string()),
+                StartOptions::default(),
+            )
+            .await
+            .unwrap();
+        let out: String = h.client.wait_for_output(&id, WAIT).await.unwrap();
+        assert!(
+            out.starts_with(&format!(
+                "activity 'hangs' did not finish within {within} of starting"
+            )),
+            "{out}"
+        );
+    }
+    h.runtime.shutdown().await;
 }

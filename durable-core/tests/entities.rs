@@ -501,3 +501,142 @@ async fn an_oversized_state_fails_the_call_and_keeps_the_old_state() {
     assert_eq!(state.len(), 10);
     rt.shutdown().await;
 }
+
+/// An entity's batch of operations that keeps going to workers that die before committing
+/// (simulated: taken by a worker id that never commits, then released as a restart would)
+/// is refused once over `max_orchestration_dequeues`: its operations never run, a call
+/// batched with them is answered with a `Poison` failure, and the entity works as usual
+/// afterwards (the count starts over at its commit).
+async fn poison_entity_batch(store: Arc<dyn durable_core::Store>) {
+    use durable_core::store::WorkerId;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    // Runs of `set`, counted per test (tests may share a process).
+    let sets = Arc::new(AtomicU32::new(0));
+    let reg = || {
+        let sets = sets.clone();
+        Registry::builder()
+            .entity("tally", move |ctx: EntityContext<i64>, op: Operation| {
+                let sets = sets.clone();
+                async move {
+                    if op.name == "set" {
+                        sets.fetch_add(1, Ordering::SeqCst);
+                        let n: i64 = op.input()?;
+                        ctx.set_state(&n);
+                    }
+                    let v: Result<i64, durable_core::FailureDetails> = ctx.get_state_or_default();
+                    v
+                }
+            })
+            .orchestrator(
+                "reads_tally",
+                |ctx: OrchestrationContext, _: ()| async move {
+                    let r: Result<i64, _> = ctx
+                        .call_entity(&EntityId::new("tally", "k"), "get", &())
+                        .await;
+                    Ok::<_, OrchestrationError>(match r {
+                        Ok(v) => format!("value {v}"),
+                        Err(e) => format!("{}: {}", e.failure.error_type, e.failure.message),
+                    })
+                },
+            )
+            .build()
+            .unwrap()
+    };
+    let client = DurableClient::with_registry(store.clone(), Arc::new(reg()));
+    let id = EntityId::new("tally", "k");
+    client.signal_entity(&id, "set", &1i64).await.unwrap();
+    let dead = WorkerId::new("crashing-worker");
+    for n in 1..=3 {
+        let item = store
+            .fetch_orchestration_work(&dead, Duration::from_secs(60), 1, WAIT)
+            .await
+            .unwrap()
+            .pop()
+            .expect("the entity's work item");
+        assert_eq!(item.dequeue_count, n);
+        assert_eq!(store.release_leases(&dead).await.unwrap(), 1);
+    }
+    let rt = Worker::builder(store.clone())
+        .registry(reg())
+        .options(durable_core::WorkerOptions {
+            max_orchestration_dequeues: 2,
+            shutdown_grace: Duration::ZERO,
+            ..Default::default()
+        })
+        .start()
+        .unwrap();
+    // A call sent now is answered: refused with the poison batch when it joined it, else
+    // run after it (the refused `set` left no state).
+    let reader = client
+        .start_by_name("reads_tally", None, StartOptions::default())
+        .await
+        .unwrap();
+    let out: String = client.wait_for_output(&reader, WAIT).await.unwrap();
+    assert!(
+        out == "value 0"
+            || (out.starts_with("Poison: the batch of operations of entity")
+                && out.contains("handed to a worker 3 times")),
+        "{out}"
+    );
+    assert_eq!(
+        sets.load(Ordering::SeqCst),
+        0,
+        "the poison operation never ran"
+    );
+    // The entity works again.
+    client.signal_entity(&id, "set", &5i64).await.unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let v: Option<i64> = client.read_entity_state(&id).await.unwrap();
+        if v == Some(5) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{v:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(sets.load(Ordering::SeqCst), 1);
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_entity_batch_is_refused_in_memory() {
+    poison_entity_batch(Arc::new(MemoryStore::new())).await;
+}
+
+#[cfg(feature = "sqlite")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_entity_batch_is_refused_on_sqlite() {
+    let dir = std::env::temp_dir().join(format!(
+        "durable-entity-poison-{}-{}",
+        std::process::id(),
+        durable_core::store::random_id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let store = durable_core::store::sqlite::SqliteStore::open(dir.join("p.db")).unwrap();
+    poison_entity_batch(Arc::new(store)).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// On PostgreSQL when `DURABLE_TEST_PG` names a database (skipped otherwise).
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_entity_batch_is_refused_on_postgres() {
+    let Some(url) = std::env::var("DURABLE_TEST_PG")
+        .ok()
+        .filter(|s| !s.trim().is_empty())
+    else {
+        return;
+    };
+    let schema = format!(
+        "t_ep_{}_{}",
+        std::process::id(),
+        &durable_core::store::random_id()[..12]
+    );
+    let store = durable_core::store::postgres::PostgresStore::builder(url)
+        .schema(schema)
+        .drop_schema_on_drop(true)
+        .connect()
+        .await
+        .expect("DURABLE_TEST_PG is reachable");
+    poison_entity_batch(Arc::new(store)).await;
+}

@@ -343,6 +343,17 @@ async fn scraped_values_follow_instances_activities_and_requests() {
         ) >= 4.0,
         "{text}"
     );
+    // Every activity attempt that started (3 say_hello, 1 fail) observed the delay since
+    // its work item was stored.
+    assert_eq!(
+        delta(r#"durable_schedule_to_start_seconds_count{kind="activity"}"#),
+        4.0,
+        "{text}"
+    );
+    assert!(
+        delta(r#"durable_schedule_to_start_seconds_sum{kind="activity"}"#) >= 0.0,
+        "{text}"
+    );
     assert!(
         value(
             &after,

@@ -188,6 +188,9 @@ impl<T> Drop for DurableFuture<T> {
         if let FutureState::Pending { seq } = self.state {
             let mut st = self.ctx.state();
             st.wakers.remove(&seq);
+            // A call dropped before it completed: an activity's result is no longer
+            // wanted, and the episode cancels its work.
+            st.dropped(seq);
         }
     }
 }

@@ -43,8 +43,10 @@ pub struct ActivityOptions {
     /// Longest the whole call may take, every attempt and the waits between them
     /// included, from when the orchestration makes it; measured with a durable timer (on
     /// the store's clock). When it passes first, the call fails with a `Timeout` failure
-    /// ([`TaskError::is_timeout`]), not retried. The attempt then running is not stopped
-    /// by this (give it a `start_to_close` too); its result is ignored. None: no limit.
+    /// ([`TaskError::is_timeout`]), not retried. The attempt then running is cancelled:
+    /// its `ActivityContext::cancelled()` resolves and its result is ignored, but only an
+    /// activity that watches for that stops (give it a `start_to_close` too to stop it
+    /// for sure). None: no limit.
     pub schedule_to_close: Option<std::time::Duration>,
     /// Retries of failed attempts (timeouts included); None: one attempt.
     pub retry: Option<RetryPolicy>,

@@ -2,13 +2,13 @@
 //! number), their recorded completions, the events that arrived, and the flags replay
 //! reads and sets. Shared by the context, its futures and the replay engine.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 use std::task::Waker;
 
 use chrono::{DateTime, Utc};
 
-use crate::history::{EventKind, FailureDetails, HistoryEvent, ParentInstance};
+use crate::history::{EventKind, FailureDetails, HistoryEvent, ParentInstance, TaskOptions};
 
 /// A durable call the orchestrator made, as recorded (or to be recorded) in history.
 #[derive(Clone, Debug, PartialEq)]
@@ -17,9 +17,10 @@ pub(crate) enum Action {
         name: String,
         input: Option<String>,
         attempt: u32,
-        /// Start-to-close timeout of this attempt (not recorded in history).
+        /// Start-to-close timeout of this attempt (recorded in history since
+        /// [`TaskOptions`]).
         start_to_close: Option<std::time::Duration>,
-        /// Heartbeat timeout of this attempt (not recorded in history).
+        /// Heartbeat timeout of this attempt (likewise).
         heartbeat_timeout: Option<std::time::Duration>,
         /// The previous attempt's last heartbeat details (not recorded in history).
         heartbeat_details: Option<String>,
@@ -65,12 +66,16 @@ impl Action {
     /// The action a scheduling history event records, if it is one.
     pub(crate) fn from_event(kind: &EventKind) -> Option<Action> {
         Some(match kind {
-            EventKind::TaskScheduled { name, input } => Action::Activity {
+            EventKind::TaskScheduled {
+                name,
+                input,
+                options,
+            } => Action::Activity {
                 name: name.clone(),
                 input: input.clone(),
-                attempt: 1,
-                start_to_close: None,
-                heartbeat_timeout: None,
+                attempt: options.as_ref().map_or(1, |o| o.attempt),
+                start_to_close: options.as_ref().and_then(|o| o.start_to_close()),
+                heartbeat_timeout: options.as_ref().and_then(|o| o.heartbeat_timeout()),
                 heartbeat_details: None,
             },
             EventKind::TimerCreated { fire_at } => Action::Timer { fire_at: *fire_at },
@@ -130,7 +135,18 @@ impl Action {
     /// The history event that records this action.
     pub(crate) fn to_event(&self, seq: u64, now: DateTime<Utc>) -> HistoryEvent {
         let kind = match self.clone() {
-            Action::Activity { name, input, .. } => EventKind::TaskScheduled { name, input },
+            Action::Activity {
+                name,
+                input,
+                attempt,
+                start_to_close,
+                heartbeat_timeout,
+                ..
+            } => EventKind::TaskScheduled {
+                name,
+                input,
+                options: TaskOptions::of(attempt, start_to_close, heartbeat_timeout),
+            },
             Action::Timer { fire_at } => EventKind::TimerCreated { fire_at },
             Action::SubOrchestration {
                 name,
@@ -367,6 +383,13 @@ pub(crate) struct ExecutionState {
     pub lock_requests: Vec<String>,
     /// Entities with a call in flight inside the critical section.
     pub entity_calls_in_flight: HashSet<String>,
+    /// Activity calls whose futures were dropped before they completed (a `when_any`
+    /// loser, a call its schedule-to-close timeout beat), by sequence number: their
+    /// results are no longer wanted.
+    pub dropped_activities: BTreeSet<u64>,
+    /// Those of them dropped while running new events (not replaying): the episode cancels
+    /// their work. Taken by the episode.
+    pub newly_dropped: Vec<u64>,
 }
 
 impl ExecutionState {
@@ -391,6 +414,24 @@ impl ExecutionState {
             critical_section: None,
             lock_requests: Vec::new(),
             entity_calls_in_flight: HashSet::new(),
+            dropped_activities: BTreeSet::new(),
+            newly_dropped: Vec::new(),
+        }
+    }
+
+    /// Notes that the future of call `seq` was dropped; an activity call that has not
+    /// completed is no longer wanted.
+    pub(crate) fn dropped(&mut self, seq: u64) {
+        if self.completed.contains(&seq)
+            || !matches!(
+                self.actions.get(seq as usize),
+                Some(Action::Activity { .. })
+            )
+        {
+            return;
+        }
+        if self.dropped_activities.insert(seq) && !self.is_replaying {
+            self.newly_dropped.push(seq);
         }
     }
 

@@ -18,8 +18,8 @@ use chrono::{DateTime, Utc};
 use crate::context::{Action, Completion, OrchestrationContext};
 use crate::function::panic_message;
 use crate::history::{
-    EntityRequest, EventKind, FailureDetails, HistoryEvent, HistoryUpdate, OrchestrationMessage,
-    ParentInstance, ReplyTo,
+    ActivityCall, EntityRequest, EventKind, FailureDetails, HistoryEvent, HistoryUpdate,
+    OrchestrationMessage, ParentInstance, ReplyTo,
 };
 use crate::instance::{random_id, InstanceState, NewInstance, RuntimeStatus};
 use crate::registry::{BoxFuture, Outcome, Registry};
@@ -351,6 +351,9 @@ pub(crate) struct Episode {
     pub messages: Vec<OrchestrationMessage>,
     /// Sub-orchestrations and entities to create.
     pub new_instances: Vec<NewInstance>,
+    /// Activity calls made in earlier episodes that this one dropped before they
+    /// completed: their work is cancelled.
+    pub cancelled_activities: Vec<ActivityCall>,
 }
 
 /// What an episode produced.
@@ -542,14 +545,27 @@ fn finish_episode(
 ) -> EpisodeResult {
     exec.check_replayed_all();
     let failure = exec.failure();
-    let (custom_status, continue_as_new, actions) = {
-        let st = exec.ctx.state();
+    let (custom_status, continue_as_new, actions, dropped) = {
+        let mut st = exec.ctx.state();
         (
             st.custom_status.clone(),
             st.continue_as_new.clone(),
             st.actions[exec.committed_actions..].to_vec(),
+            std::mem::take(&mut st.newly_dropped),
         )
     };
+    // Calls stored by earlier episodes are cancelled; calls this episode made and dropped
+    // at once are recorded but never scheduled.
+    let stored = exec.committed_actions as u64;
+    let unwanted = |seq: u64| seq >= stored && dropped.contains(&seq);
+    commit.cancelled_activities = dropped
+        .iter()
+        .filter(|seq| **seq < stored)
+        .map(|&seq| ActivityCall {
+            execution_id: state.execution_id.clone(),
+            seq,
+        })
+        .collect();
     state.custom_status = custom_status;
     state.last_updated_at = now;
 
@@ -633,6 +649,9 @@ fn finish_episode(
         }
         for (seq, a) in actions.iter().enumerate() {
             let seq = (exec.committed_actions + seq) as u64;
+            if unwanted(seq) {
+                continue;
+            }
             side_effects(
                 &state,
                 exec.trace_parent.as_deref(),
@@ -689,6 +708,9 @@ fn finish_episode(
         for (i, a) in actions.iter().enumerate() {
             let seq = (exec.committed_actions + i) as u64;
             new_events.push(a.to_event(seq, now));
+            if unwanted(seq) {
+                continue;
+            }
             side_effects(
                 &state,
                 exec.trace_parent.as_deref(),
@@ -1016,7 +1038,10 @@ fn terminal_episode(
     {
         let st = exec.ctx.state();
         for (seq, a) in st.actions[..exec.committed_actions].iter().enumerate() {
-            if st.completed.contains(&(seq as u64)) {
+            // Completed calls, and activity calls the code dropped (their results are
+            // not wanted), are not issued again.
+            if st.completed.contains(&(seq as u64)) || st.dropped_activities.contains(&(seq as u64))
+            {
                 continue;
             }
             match a {

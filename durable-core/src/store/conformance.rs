@@ -73,6 +73,7 @@ fn commit_for(item: &OrchestrationWorkItem) -> OrchestrationCommit {
         activities: Vec::new(),
         messages: Vec::new(),
         new_instances: Vec::new(),
+        cancelled_activities: Vec::new(),
     }
 }
 
@@ -98,6 +99,7 @@ fn activity(item: &OrchestrationWorkItem, seq: u64) -> ActivityWorkItem {
         heartbeat_timeout: None,
         heartbeat_details: None,
         trace_parent: None,
+        scheduled_at: None,
     }
 }
 
@@ -546,6 +548,179 @@ pub async fn activity_timeout_is_kept(store: Arc<dyn Store>) {
     assert_eq!(got[1].start_to_close, None);
     assert_eq!(got[1].heartbeat_timeout, None);
     assert_eq!(got[1].heartbeat_details, None);
+}
+
+/// A commit's `cancelled_activities` delete the work items of those calls, queued or
+/// running: a queued one is never handed out; a running one's renewals and result fail
+/// with `LeaseLost` and its result reaches no one. Other calls, other executions' calls
+/// and other instances' calls stay; cancelling a call without a work item does nothing.
+/// Works on both commit paths (with and without new activities and children).
+pub async fn cancelled_activities(store: Arc<dyn Store>) {
+    store.create_instance(new_instance("a")).await.unwrap();
+    store.create_instance(new_instance("b")).await.unwrap();
+    let mut items = fetch_many(&*store, 2, PATIENCE).await;
+    if items.len() < 2 {
+        items.push(fetch(&*store).await);
+    }
+    items.sort_by(|x, y| x.instance_id.cmp(&y.instance_id));
+    let (a, b) = (&items[0], &items[1]);
+    for item in [a, b] {
+        let mut c = commit_for(item);
+        c.state = Some(running(item));
+        for seq in 0..3 {
+            c.activities.push(activity(item, seq));
+        }
+        store.commit_orchestration(c).await.unwrap();
+    }
+    // a's seq 0 runs (scheduled first); the rest wait in the queue.
+    let running_a0 = fetch_activity(&*store).await;
+    assert_eq!((running_a0.instance_id.as_str(), running_a0.seq), ("a", 0));
+    store
+        .send_message(OrchestrationMessage::new("a", event("go")))
+        .await
+        .unwrap();
+    let item = fetch(&*store).await;
+    assert_eq!(item.instance_id, "a");
+    let exec = running_a0.execution_id.clone();
+    let mut c = commit_for(&item);
+    c.cancelled_activities = vec![
+        ActivityCall {
+            execution_id: exec.clone(),
+            seq: 0,
+        },
+        ActivityCall {
+            execution_id: exec.clone(),
+            seq: 1,
+        },
+        // No work item: skipped.
+        ActivityCall {
+            execution_id: exec.clone(),
+            seq: 9,
+        },
+        // Another execution's call with the same number: not this one's.
+        ActivityCall {
+            execution_id: "another".into(),
+            seq: 2,
+        },
+    ];
+    store.commit_orchestration(c).await.unwrap();
+    assert_lease_lost(
+        store.renew_activity_lease(&running_a0, LEASE).await,
+        "renewing a cancelled attempt",
+    );
+    assert_lease_lost(
+        store
+            .complete_activity(&running_a0, result_of(&running_a0))
+            .await,
+        "completing a cancelled attempt",
+    );
+    // What is left: a's seq 2 and b's three.
+    let mut left: Vec<(String, u64)> = Vec::new();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while left.len() < 4 && tokio::time::Instant::now() < deadline {
+        for got in store
+            .fetch_activity_work(&owner(), LEASE * 50, 10, Duration::from_millis(200))
+            .await
+            .unwrap()
+        {
+            left.push((got.instance_id.clone(), got.seq));
+        }
+    }
+    left.sort();
+    left.dedup();
+    assert_eq!(
+        left,
+        vec![
+            ("a".to_string(), 2),
+            ("b".to_string(), 0),
+            ("b".to_string(), 1),
+            ("b".to_string(), 2)
+        ],
+        "cancelled calls are never handed out; the others are"
+    );
+    // The completed attempt's result never reached the instance.
+    assert!(
+        nothing_ready(&*store).await,
+        "a cancelled attempt's result is not delivered"
+    );
+
+    // With new activities in the same commit (the other commit path of some stores): the
+    // cancellation applies to the items stored before it only.
+    store
+        .send_message(OrchestrationMessage::new("b", event("go")))
+        .await
+        .unwrap();
+    let item = fetch(&*store).await;
+    assert_eq!(item.instance_id, "b");
+    let mut c = commit_for(&item);
+    c.activities.push(activity(&item, 3));
+    c.new_instances.push({
+        let mut child = new_instance("b-child");
+        child.parent = Some(ParentInstance {
+            instance_id: "b".into(),
+            execution_id: item.state.as_ref().unwrap().execution_id.clone(),
+            seq: 4,
+            name: "orch".into(),
+        });
+        child
+    });
+    let exec_b = item.state.as_ref().unwrap().execution_id.clone();
+    c.cancelled_activities = vec![
+        ActivityCall {
+            execution_id: exec_b.clone(),
+            seq: 1,
+        },
+        ActivityCall {
+            execution_id: exec_b.clone(),
+            seq: 3,
+        },
+    ];
+    store.commit_orchestration(c).await.unwrap();
+    store.release_leases(&owner()).await.unwrap();
+    let mut got: Vec<u64> = Vec::new();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while got.len() < 3 && tokio::time::Instant::now() < deadline {
+        for a in store
+            .fetch_activity_work(&owner(), LEASE * 50, 10, Duration::from_millis(200))
+            .await
+            .unwrap()
+        {
+            if a.instance_id == "b" {
+                got.push(a.seq);
+            }
+        }
+    }
+    got.sort();
+    assert_eq!(
+        got,
+        vec![0, 2, 3],
+        "b's seq 1 is gone; the new seq 3 is not"
+    );
+}
+
+/// Activity work items carry the store-clock time they were stored at, on every hand-out.
+pub async fn activity_scheduled_at(store: Arc<dyn Store>) {
+    store.create_instance(new_instance("a")).await.unwrap();
+    let item = fetch(&*store).await;
+    let before = store.clock().now();
+    let mut c = commit_for(&item);
+    c.state = Some(running(&item));
+    c.activities.push(activity(&item, 0));
+    store.commit_orchestration(c).await.unwrap();
+    let after = store.clock().now();
+    let got = fetch_activity(&*store).await;
+    let at = got
+        .scheduled_at
+        .expect("a stored item says when it was stored");
+    // Times are kept to the microsecond.
+    let slack = chrono::Duration::milliseconds(1);
+    assert!(
+        at >= before - slack && at <= after + slack,
+        "{before} <= {at} <= {after}"
+    );
+    store.abandon_activity(&got, Duration::ZERO).await.unwrap();
+    let again = fetch_activity(&*store).await;
+    assert_eq!(again.scheduled_at, Some(at), "kept across hand-outs");
 }
 
 /// Heartbeat details stored with a lease renewal stay on the work item: a later hand-out
@@ -1424,7 +1599,8 @@ macro_rules! store_conformance_tests {
             activity_delay_and_renew, activity_fetch_waits, release_leases, history_reads,
             listing, purging, wait_for_instance_until, clock_reads_now, close,
             fast_commit_and_lease, fast_commit_unleased, fast_lease_instance_for_result,
-            fast_complete_activity_and_fetch, pending_work_counts
+            fast_complete_activity_and_fetch, pending_work_counts, cancelled_activities,
+            activity_scheduled_at
         );
         #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn wait_for_instance() {

@@ -348,9 +348,21 @@ impl Inner {
             self.mark_ready(&commit.instance_id);
             w.orchestrations = true;
         }
+        if !commit.cancelled_activities.is_empty() {
+            let instance_id = &commit.instance_id;
+            let cancelled = &commit.cancelled_activities;
+            // Queue entries of a removed item are skipped when they come up.
+            self.activities.retain(|_, rec| {
+                rec.item.instance_id != *instance_id
+                    || !cancelled
+                        .iter()
+                        .any(|c| c.seq == rec.item.seq && c.execution_id == rec.item.execution_id)
+            });
+        }
         let mut leased = Vec::new();
         for mut a in commit.activities {
             a.id = self.id();
+            a.scheduled_at = Some(now);
             let id = a.id;
             let mut rec = ActivityRecord {
                 item: a,

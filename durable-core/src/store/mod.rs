@@ -13,6 +13,8 @@ use async_trait::async_trait;
 use crate::history::{EventKind, FailureDetails, HistoryEvent, OrchestrationMessage};
 use crate::instance::{InstanceFilter, InstanceState, NewInstance, Page, RuntimeStatus};
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod activity_row;
 mod clock;
 mod error;
 pub mod memory;
@@ -29,7 +31,7 @@ pub use clock::{after, Clock, ClockSleep, ManualClock, SystemClock, WorkerId};
 pub use error::{StoreError, StoreErrorKind, StoreResult};
 pub use signals::LocalSignals;
 
-pub use crate::history::HistoryUpdate;
+pub use crate::history::{ActivityCall, HistoryUpdate};
 pub use crate::instance::random_id;
 
 /// The most messages one orchestration work item carries. Messages past it stay queued
@@ -78,6 +80,14 @@ pub struct OrchestrationCommit {
     /// Sub-orchestrations to create. A child whose id belongs to a running instance is not
     /// created; its parent receives a `SubOrchestrationInstanceFailed` message instead.
     pub new_instances: Vec<NewInstance>,
+    /// Activity calls of this instance whose results the orchestration no longer wants
+    /// (it dropped the call, e.g. the losing branch of `when_any`, or the call's
+    /// schedule-to-close timeout beat the attempt). Their work items stored before this
+    /// commit are deleted, queued or running alike: a queued one is never handed out, and
+    /// a running one's lease renewals and result then fail with
+    /// [`StoreErrorKind::LeaseLost`], which tells its worker to cancel it. Calls without a
+    /// work item (finished, or never stored) are skipped.
+    pub cancelled_activities: Vec<ActivityCall>,
 }
 
 /// An activity execution request, held under a lease once fetched.
@@ -117,6 +127,19 @@ pub struct ActivityWorkItem {
     pub heartbeat_details: Option<String>,
     /// The W3C `traceparent` of the instance that scheduled it.
     pub trace_parent: Option<String>,
+    /// When the store stored it (the store's clock), for the schedule-to-start delay; None
+    /// before it is stored, and for items stored by a build that did not record it.
+    pub scheduled_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl ActivityWorkItem {
+    /// The call this item is an attempt of.
+    pub fn call(&self) -> ActivityCall {
+        ActivityCall {
+            execution_id: self.execution_id.clone(),
+            seq: self.seq,
+        }
+    }
 }
 
 /// The latest heartbeat details of one activity call that is queued or running, from

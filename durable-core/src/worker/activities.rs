@@ -12,7 +12,7 @@ use tracing::Instrument;
 use super::*;
 use crate::activity::ActivityContext;
 use crate::history::{EventKind, FailureDetails, HistoryEvent, OrchestrationMessage};
-use crate::store::{ActivityWorkItem, OrchestrationWorkItem, StoreErrorKind};
+use crate::store::{ActivityCall, ActivityWorkItem, OrchestrationWorkItem, StoreErrorKind};
 
 pub(super) fn spawn_activity(
     shared: &Arc<Shared>,
@@ -179,7 +179,7 @@ pub(super) async fn run_activity(shared: &Shared, item: ActivityWorkItem) {
         crate::trace::stored(item.trace_parent.as_deref()).as_ref(),
     );
     async {
-        let lease = shared.metrics.activity_item();
+        let lease = shared.metrics.activity_item(&item, shared.now());
         let started = std::time::Instant::now();
         let max = shared.options.max_activity_dequeues;
         let outcome = match shared.registry.activity(&item.name) {
@@ -196,6 +196,11 @@ pub(super) async fn run_activity(shared: &Shared, item: ActivityWorkItem) {
             )),
             Some(entry) => {
                 let (cancel, cancelled) = tokio::sync::watch::channel(false);
+                shared
+                    .activity_cancels
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(item.id, cancel.clone());
                 let (beat_tx, mut beats) = tokio::sync::watch::channel(crate::activity::Beat::default());
                 let ctx = ActivityContext {
                     instance_id: item.instance_id.clone(),
@@ -334,6 +339,11 @@ pub(super) async fn run_activity(shared: &Shared, item: ActivityWorkItem) {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&item.id);
+        shared
+            .activity_cancels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&item.id);
         // The result's episode, when this worker got its instance in the same transaction.
         if let Some((work, permit)) = next {
             process_orchestration(shared, work).await;
@@ -342,6 +352,36 @@ pub(super) async fn run_activity(shared: &Shared, item: ActivityWorkItem) {
     }
     .instrument(span)
     .await
+}
+
+/// Tells the attempts of `calls` (activity calls of `instance_id`) running in this worker
+/// that their results are no longer wanted: a committed episode cancelled them (their work
+/// items are gone, so elsewhere the next lease renewal tells them).
+pub(super) fn cancel_running(shared: &Shared, instance_id: &str, calls: &[ActivityCall]) {
+    if calls.is_empty() {
+        return;
+    }
+    let running: Vec<u64> = shared
+        .running_activities
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .values()
+        .filter(|a| a.instance_id == instance_id && calls.contains(&a.call()))
+        .map(|a| a.id)
+        .collect();
+    let cancels = shared
+        .activity_cancels
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    for id in running {
+        if let Some(cancel) = cancels.get(&id) {
+            tracing::info!(
+                instance_id,
+                "the orchestration no longer wants this activity's result; telling it"
+            );
+            cancel.send_replace(true);
+        }
+    }
 }
 
 /// How often a running activity with a start-to-close timeout compares the store's clock

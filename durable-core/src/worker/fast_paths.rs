@@ -78,6 +78,7 @@ pub(super) async fn run_unleased(
         return false;
     }
     let new_state = result.execution.as_ref().and(commit.state.clone());
+    let cancelled = commit.cancelled_activities.clone();
     let mut permits = activity_permits(shared, &commit);
     let execution_id = item.execution_id.clone();
     let measured = shared.metrics.episode_commit(&shared.registry, &commit);
@@ -108,6 +109,7 @@ pub(super) async fn run_unleased(
             }
             dispatch_leased(shared, leased, &mut permits);
             drop(permit);
+            cancel_running(shared, &item.instance_id, &cancelled);
             true
         }
         Err(e) => {

@@ -26,7 +26,9 @@ mod cache;
 mod fast_paths;
 mod orchestrations;
 
-use activities::{activity_loop, complete_activity, completion_message, within_limit};
+use activities::{
+    activity_loop, cancel_running, complete_activity, completion_message, within_limit,
+};
 use cache::{Cache, Cached};
 use fast_paths::finish_activity;
 use orchestrations::{
@@ -66,7 +68,10 @@ pub struct WorkerOptions {
     /// commit (its episode took the worker down, hung past its lease or lost it every
     /// time) is a poison message: the instance fails with a `Poison` failure instead of
     /// running the episode again. Work items given back on purpose (a failed commit,
-    /// shutdown) do not count. Entities are not checked. 0 disables the check.
+    /// shutdown) do not count. An entity's batch of operations handed out more often
+    /// than this is not run either: its calls are answered with a `Poison` failure, its
+    /// signals dropped (logged), and the entity's state stays as it was. 0 disables the
+    /// check.
     pub max_orchestration_dequeues: u32,
     /// The largest payload (output, custom status, activity input and result, event data)
     /// an episode may store; over it, the instance fails with `PayloadTooLarge` (or the
@@ -159,6 +164,7 @@ impl WorkerBuilder {
             options: self.options,
             cache: Mutex::new(Cache::default()),
             running_activities: Mutex::new(HashMap::new()),
+            activity_cancels: Mutex::new(HashMap::new()),
             direct_activities: direct_tx,
             shutdown: shutdown_rx.clone(),
             orchestrations_done: watch::channel(false).0,
@@ -262,6 +268,8 @@ struct Shared {
     options: WorkerOptions,
     cache: Mutex<Cache>,
     running_activities: Mutex<HashMap<u64, ActivityWorkItem>>,
+    /// The cancellation signals of the activities running here, by work item id.
+    activity_cancels: Mutex<HashMap<u64, watch::Sender<bool>>>,
     /// Episodes run at once (dispatched or run straight after an activity).
     orchestration_limit: Arc<Semaphore>,
     /// Activities run at once (dispatched or leased by the commit that scheduled them).

@@ -116,12 +116,26 @@ pub(super) async fn process_orchestration_with(
         let span = tracing::info_span!("episode", instance_id = %item.instance_id, name = %name);
         return async {
             shared.metrics.episode_source(true, None);
-            let episode = crate::replay::entity::run_entity_episode(
-                &shared.registry,
-                &inbox(&item),
-                shared.now(),
-            )
-            .await;
+            let episode = match entity_poison(shared, &item) {
+                Some(failure) => {
+                    tracing::error!(%failure, dequeue_count = item.dequeue_count, "refusing a poison entity batch");
+                    crate::replay::entity::refuse_operations(
+                        &shared.registry,
+                        &inbox(&item),
+                        failure,
+                        shared.now(),
+                    )
+                    .await
+                }
+                None => {
+                    crate::replay::entity::run_entity_episode(
+                        &shared.registry,
+                        &inbox(&item),
+                        shared.now(),
+                    )
+                    .await
+                }
+            };
             commit_episode(shared, &item, commit_of(&item, episode), None, completed).await
         }
         .instrument(span)
@@ -178,6 +192,28 @@ fn poison(shared: &Shared, item: &OrchestrationWorkItem) -> Option<FailureDetail
              committing (the worker died, hung past its lease or lost it each time); the \
              instance is failed instead of run again",
             state.name, item.dequeue_count
+        ),
+    ))
+}
+
+/// The `Poison` failure of an entity's batch of operations that was handed out more than
+/// [`WorkerOptions::max_orchestration_dequeues`] times since the entity's last commit: its
+/// operations are refused instead of run again.
+fn entity_poison(shared: &Shared, item: &OrchestrationWorkItem) -> Option<FailureDetails> {
+    let max = shared.options.max_orchestration_dequeues;
+    if max == 0 || item.dequeue_count <= max {
+        return None;
+    }
+    Some(FailureDetails::new(
+        "Poison",
+        format!(
+            "the batch of operations of entity '{}' was handed to a worker {} times without \
+             committing (the worker died, hung past its lease or lost it each time); its \
+             operations are failed instead of run again",
+            crate::entity::EntityId::from_instance_id(&item.instance_id)
+                .map(|e| e.to_string())
+                .unwrap_or_else(|| item.instance_id.clone()),
+            item.dequeue_count
         ),
     ))
 }
@@ -242,10 +278,12 @@ pub(super) fn commit_of(item: &OrchestrationWorkItem, episode: Episode) -> Orche
                 heartbeat_timeout: a.heartbeat_timeout,
                 heartbeat_details: a.heartbeat_details,
                 trace_parent: a.trace_parent,
+                scheduled_at: None,
             })
             .collect(),
         messages: episode.messages,
         new_instances: episode.new_instances,
+        cancelled_activities: episode.cancelled_activities,
     }
 }
 
@@ -266,6 +304,7 @@ pub(super) async fn commit_episode(
     }
     let status = commit.state.as_ref().map(|s| s.status);
     let state = execution.as_ref().and(commit.state.clone());
+    let cancelled = commit.cancelled_activities.clone();
     let fast = shared.store.fast_paths();
     let mut permits = match fast {
         Some(_) => activity_permits(shared, &commit),
@@ -304,6 +343,7 @@ pub(super) async fn commit_episode(
             }
             dispatch_leased(shared, leased, &mut permits);
             drop(permits);
+            cancel_running(shared, &item.instance_id, &cancelled);
             if let Some(status) = status.filter(|s| s.is_terminal()) {
                 tracing::debug!(%status, "instance finished");
             }
@@ -479,6 +519,7 @@ pub(super) async fn fail_instance(
         activities: Vec::new(),
         messages,
         new_instances: Vec::new(),
+        cancelled_activities: Vec::new(),
     };
     if let Err(e) = with_retries(shared, "recording a failure failed; retrying", || {
         shared.store.commit_orchestration(commit.clone())

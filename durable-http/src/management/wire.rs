@@ -413,6 +413,7 @@ mod tests {
                 EventKind::TaskScheduled {
                     name: "a".into(),
                     input: None,
+                    options: None,
                 },
             ),
             HistoryEvent::new(

@@ -1310,6 +1310,7 @@ mod tests {
                             activities: Vec::new(),
                             messages: Vec::new(),
                             new_instances: Vec::new(),
+                            cancelled_activities: Vec::new(),
                         };
                         match store.commit_orchestration(commit).await {
                             Ok(()) => {}
@@ -1455,6 +1456,7 @@ mod tests {
             activities: Vec::new(),
             messages: Vec::new(),
             new_instances: Vec::new(),
+            cancelled_activities: Vec::new(),
         })
         .await
         .unwrap();

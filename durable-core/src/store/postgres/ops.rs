@@ -16,6 +16,7 @@ use super::pool::Conn;
 use super::sql;
 use crate::history::{FailureDetails, ParentInstance};
 use crate::instance::{InstanceState, NewInstance, RuntimeStatus};
+use crate::store::activity_row::{ActivityRow, RowColumns};
 use crate::store::{
     child_conflict_message, random_id, ActivityHeartbeat, ActivityWorkItem, HistoryUpdate,
     OrchestrationCommit, OrchestrationMessage, OrchestrationWorkItem, StoreError, StoreResult,
@@ -56,44 +57,6 @@ impl<'a> Stmts<'a> {
         let s = c.prepare(text).await.map_err(pg)?;
         self.cache.insert(text, s.clone());
         Ok(s)
-    }
-}
-
-/// The stored form of an activity work item (lease fields live in their own columns).
-#[derive(serde::Serialize, serde::Deserialize)]
-struct ActivityRow {
-    execution_id: String,
-    seq: u64,
-    name: String,
-    input: Option<String>,
-    attempt: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    start_to_close_us: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    heartbeat_timeout_us: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    heartbeat_details: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    trace_parent: Option<String>,
-}
-
-impl From<&ActivityWorkItem> for ActivityRow {
-    fn from(a: &ActivityWorkItem) -> Self {
-        Self {
-            execution_id: a.execution_id.clone(),
-            seq: a.seq,
-            name: a.name.clone(),
-            input: a.input.clone(),
-            attempt: a.attempt,
-            start_to_close_us: a
-                .start_to_close
-                .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
-            heartbeat_timeout_us: a
-                .heartbeat_timeout
-                .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
-            heartbeat_details: a.heartbeat_details.clone(),
-            trace_parent: a.trace_parent.clone(),
-        }
     }
 }
 
@@ -358,8 +321,10 @@ pub(crate) async fn commit(
     fence: Fence<'_>,
     now: DateTime<Utc>,
 ) -> StoreResult<(Vec<ActivityWorkItem>, Vec<Event>)> {
-    if c.new_instances.is_empty() {
-        return commit_in_one(conn, c, completed, direct, fence).await;
+    // The schema's commit function knows no cancellations: a commit with some (rare: a
+    // call the orchestration dropped) takes the transaction's path.
+    if c.new_instances.is_empty() && c.cancelled_activities.is_empty() {
+        return commit_in_one(conn, c, completed, direct, fence, now).await;
     }
     let Conn {
         client,
@@ -373,6 +338,7 @@ pub(crate) async fn commit(
         fence: st.get(client, sql::FENCE).await?,
         has_visible: st.get(client, sql::HAS_VISIBLE).await?,
         del_act: st.get(client, sql::DELETE_ACTIVITY).await?,
+        cancel_act: st.get(client, sql::CANCEL_ACTIVITIES).await?,
         del_consumed: st.get(client, sql::DELETE_CONSUMED).await?,
         del_history: st.get(client, sql::DELETE_HISTORY).await?,
         append: st.get(client, sql::APPEND_HISTORY).await?,
@@ -416,6 +382,7 @@ async fn commit_in_one(
     completed: Option<&ActivityWorkItem>,
     direct: Direct<'_>,
     fence: Fence<'_>,
+    now: DateTime<Utc>,
 ) -> StoreResult<(Vec<ActivityWorkItem>, Vec<Event>)> {
     let Conn {
         client, statements, ..
@@ -460,7 +427,7 @@ async fn commit_in_one(
     let mut tokens: Vec<Option<String>> = Vec::with_capacity(c.activities.len());
     let mut items: Vec<String> = Vec::with_capacity(c.activities.len());
     for (i, a) in c.activities.iter().enumerate() {
-        items.push(to_json(&ActivityRow::from(a))?);
+        items.push(to_json(&ActivityRow::scheduled(a, now))?);
         tokens.push((i < direct.max).then(random_id));
     }
     let owner = direct.owner.to_string();
@@ -523,6 +490,7 @@ async fn commit_in_one(
                 id: by_token.get(t).copied().unwrap_or_default() as u64,
                 lease_token: t.clone(),
                 dequeue_count: 1,
+                scheduled_at: Some(now),
                 ..a.clone()
             }),
             None => {
@@ -565,6 +533,7 @@ struct Prepared {
     fence: Statement,
     has_visible: Statement,
     del_act: Statement,
+    cancel_act: Statement,
     del_consumed: Statement,
     del_history: Statement,
     append: Statement,
@@ -654,7 +623,7 @@ async fn apply(
     let mut tokens: Vec<Option<String>> = Vec::with_capacity(c.activities.len());
     let mut items: Vec<String> = Vec::with_capacity(c.activities.len());
     for (i, a) in c.activities.iter().enumerate() {
-        items.push(to_json(&ActivityRow::from(a))?);
+        items.push(to_json(&ActivityRow::scheduled(a, p.now))?);
         tokens.push((i < direct.max).then(random_id));
     }
     let owner = direct.owner.to_string();
@@ -677,6 +646,19 @@ async fn apply(
     }
     if !event_json.is_empty() {
         jobs.push((append, vec![id, &first_seq, &event_json]));
+    }
+    let cancel_execs: Vec<&str> = c
+        .cancelled_activities
+        .iter()
+        .map(|a| a.execution_id.as_str())
+        .collect();
+    let cancel_seqs: Vec<i64> = c
+        .cancelled_activities
+        .iter()
+        .map(|a| i64::try_from(a.seq).unwrap_or(i64::MAX))
+        .collect();
+    if !cancel_seqs.is_empty() {
+        jobs.push((&p.cancel_act, vec![id, &cancel_execs, &cancel_seqs]));
     }
     match state_p {
         Some(p) => {
@@ -731,6 +713,7 @@ async fn apply(
                 id: by_token.get(t).copied().unwrap_or_default() as u64,
                 lease_token: t.clone(),
                 dequeue_count: 1,
+                scheduled_at: Some(p.now),
                 ..a.clone()
             }),
             None => {
@@ -841,21 +824,13 @@ pub(crate) fn activity_items(rows: Vec<Row>) -> StoreResult<Vec<ActivityWorkItem
         let dequeue: i32 = r.get(4);
         // The latest heartbeat of an earlier hand-out, else the details it was scheduled with.
         let beat: Option<String> = r.get(5);
-        out.push(ActivityWorkItem {
+        out.push(row.into_item(RowColumns {
             id: id as u64,
             instance_id: r.get(1),
-            execution_id: row.execution_id,
-            seq: row.seq,
-            name: row.name,
-            input: row.input,
-            attempt: row.attempt,
-            start_to_close: row.start_to_close_us.map(Duration::from_micros),
-            heartbeat_timeout: row.heartbeat_timeout_us.map(Duration::from_micros),
-            heartbeat_details: beat.or(row.heartbeat_details),
-            trace_parent: row.trace_parent,
             lease_token: r.get(3),
             dequeue_count: dequeue as u32,
-        });
+            heartbeat_details: beat,
+        }));
     }
     out.sort_by_key(|a| a.id);
     Ok(out)

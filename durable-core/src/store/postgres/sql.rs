@@ -95,6 +95,13 @@ pub const HAS_VISIBLE: &str =
 
 pub const DELETE_ACTIVITY: &str = "DELETE FROM activities WHERE id = $1 AND lease_token = $2";
 
+/// Deletes the work items of cancelled activity calls of instance $1: executions $2 and
+/// sequence numbers $3, pairwise (both are in the item's stored form).
+pub const CANCEL_ACTIVITIES: &str = "DELETE FROM activities a
+  USING unnest($2::text[], $3::bigint[]) AS c(e, s)
+  WHERE a.instance_id = $1 AND (a.item::jsonb ->> 'execution_id') = c.e
+    AND (a.item::jsonb ->> 'seq')::bigint = c.s";
+
 pub const DELETE_CONSUMED: &str = "DELETE FROM messages WHERE instance_id = $1 AND id = ANY($2)";
 
 pub const APPEND_HISTORY: &str = "INSERT INTO history(instance_id, seq, event)

@@ -11,10 +11,11 @@ use super::writer::Wake;
 use super::{from_json, from_micros, micros, sql, to_json};
 use crate::history::{FailureDetails, OrchestrationMessage, ParentInstance};
 use crate::instance::{InstanceFilter, InstanceState, NewInstance, RuntimeStatus};
+use crate::store::activity_row::{ActivityRow, RowColumns};
 use crate::store::{
-    child_conflict_message, random_id, ActivityHeartbeat, ActivityWorkItem, HistoryUpdate,
-    OrchestrationCommit, OrchestrationWorkItem, PendingWork, StoreError, StoreResult, WorkerId,
-    MAX_MESSAGES_PER_WORK_ITEM,
+    child_conflict_message, random_id, ActivityCall, ActivityHeartbeat, ActivityWorkItem,
+    HistoryUpdate, OrchestrationCommit, OrchestrationWorkItem, PendingWork, StoreError,
+    StoreResult, WorkerId, MAX_MESSAGES_PER_WORK_ITEM,
 };
 
 /// `now + d` in microseconds, saturating.
@@ -365,6 +366,7 @@ pub(super) fn commit(
             return Err(StoreError::lease_lost());
         }
     }
+    cancel_activities(conn, &c.instance_id, &c.cancelled_activities)?;
     {
         let mut del = conn
             .prepare_cached("DELETE FROM messages WHERE id = ?1 AND instance_id = ?2")
@@ -426,7 +428,7 @@ pub(super) fn commit(
             .prepare_cached("INSERT INTO activities(instance_id, item, lease_token, lease_owner, visible_at, dequeue_count) VALUES(?1, ?2, ?3, ?4, ?5, ?6)")
             .map_err(sql)?;
         for a in &c.activities {
-            let row = to_json(&ActivityRow::from(a))?;
+            let row = to_json(&ActivityRow::scheduled(a, from_micros(now)))?;
             match direct {
                 Some(d) if leased.len() < d.max => {
                     let token = random_id();
@@ -443,6 +445,7 @@ pub(super) fn commit(
                         id: conn.last_insert_rowid() as u64,
                         lease_token: token,
                         dequeue_count: 1,
+                        scheduled_at: Some(from_micros(now)),
                         ..a.clone()
                     });
                 }
@@ -481,42 +484,37 @@ pub(super) fn commit(
     Ok(leased)
 }
 
-/// The stored form of an activity work item (lease fields live in their own columns).
-#[derive(serde::Serialize, serde::Deserialize)]
-struct ActivityRow {
-    execution_id: String,
-    seq: u64,
-    name: String,
-    input: Option<String>,
-    attempt: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    start_to_close_us: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    heartbeat_timeout_us: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    heartbeat_details: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    trace_parent: Option<String>,
-}
-
-impl From<&ActivityWorkItem> for ActivityRow {
-    fn from(a: &ActivityWorkItem) -> Self {
-        Self {
-            execution_id: a.execution_id.clone(),
-            seq: a.seq,
-            name: a.name.clone(),
-            input: a.input.clone(),
-            attempt: a.attempt,
-            start_to_close_us: a
-                .start_to_close
-                .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
-            heartbeat_timeout_us: a
-                .heartbeat_timeout
-                .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
-            heartbeat_details: a.heartbeat_details.clone(),
-            trace_parent: a.trace_parent.clone(),
+/// Deletes the work items of `calls` (activity calls of `instance_id`), queued or
+/// running: the item's sequence number and execution are in its stored form, so the
+/// instance's items are read and matched.
+fn cancel_activities(
+    conn: &Connection,
+    instance_id: &str,
+    calls: &[ActivityCall],
+) -> StoreResult<()> {
+    if calls.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<(i64, String)> = conn
+        .prepare_cached("SELECT id, item FROM activities WHERE instance_id = ?1")
+        .and_then(|mut s| {
+            s.query_map(params![instance_id], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect()
+        })
+        .map_err(sql)?;
+    let mut del = conn
+        .prepare_cached("DELETE FROM activities WHERE id = ?1")
+        .map_err(sql)?;
+    for (id, item) in rows {
+        let row: ActivityRow = from_json(&item)?;
+        if calls
+            .iter()
+            .any(|c| c.seq == row.seq && c.execution_id == row.execution_id)
+        {
+            del.execute(params![id]).map_err(sql)?;
         }
     }
+    Ok(())
 }
 
 pub(super) fn fetch_activities(
@@ -551,23 +549,13 @@ pub(super) fn fetch_activities(
         let dequeue_count = dequeue as u32 + 1;
         upd.execute(params![token, until, dequeue_count, id, owner.as_str()])
             .map_err(sql)?;
-        out.push(ActivityWorkItem {
+        out.push(row.into_item(RowColumns {
             id: id as u64,
             instance_id,
-            execution_id: row.execution_id,
-            seq: row.seq,
-            name: row.name,
-            input: row.input,
-            attempt: row.attempt,
-            start_to_close: row.start_to_close_us.map(Duration::from_micros),
-            heartbeat_timeout: row.heartbeat_timeout_us.map(Duration::from_micros),
-            // The latest heartbeat of an earlier hand-out, else the details it was
-            // scheduled with.
-            heartbeat_details: beat.or(row.heartbeat_details),
-            trace_parent: row.trace_parent,
             lease_token: token,
             dequeue_count,
-        });
+            heartbeat_details: beat,
+        }));
     }
     Ok(out)
 }

@@ -256,9 +256,11 @@ async fn opening_gives_back_the_leases_a_dead_process_left() {
                     heartbeat_timeout: None,
                     heartbeat_details: None,
                     trace_parent: None,
+                    scheduled_at: None,
                 }],
                 messages: Vec::new(),
                 new_instances: Vec::new(),
+                cancelled_activities: Vec::new(),
             })
             .await
             .unwrap();
