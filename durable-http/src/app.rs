@@ -18,8 +18,8 @@ use tower_service::Service;
 
 use crate::config::RequestConfig;
 use crate::layers::{
-    BodyLimit, BodyLimitLayer, LayerFuture, ManagementAuth, ManagementAuthLayer, MatchedRoute,
-    MetricsLayer, MetricsService, Trace, TraceLayer,
+    BodyLimit, BodyLimitLayer, LayerFuture, LongPoll, ManagementAuth, ManagementAuthLayer,
+    MatchedRoute, MetricsLayer, MetricsService, Timeout, TimeoutLayer, Trace, TraceLayer,
 };
 use crate::management;
 use crate::metrics::HostMetrics;
@@ -37,6 +37,8 @@ pub struct App {
     pub(crate) auth: ManagementAuthLayer,
     /// The body limit, read timeout and cap on bodies read at once.
     pub(crate) body: BodyLimitLayer,
+    /// The time handlers have to answer.
+    pub(crate) timeout: TimeoutLayer,
     pub(crate) config: Arc<RequestConfig>,
     pub(crate) mount_prefix: String,
     pub(crate) base: BaseUrls,
@@ -54,7 +56,7 @@ impl std::fmt::Debug for App {
 }
 
 /// The host's layers around its routes, outermost first.
-type Stack = MetricsService<Trace<ManagementAuth<BodyLimit<Dispatch>>>>;
+type Stack = MetricsService<Trace<ManagementAuth<BodyLimit<Timeout<Dispatch>>>>>;
 
 impl App {
     /// The client this host uses.
@@ -85,12 +87,22 @@ impl App {
         self.body.clone()
     }
 
+    /// A [`TimeoutLayer`] with this host's request timeout
+    /// ([`HostBuilder::request_timeout`](crate::HostBuilder::request_timeout)).
+    pub fn timeout_layer(&self) -> TimeoutLayer {
+        self.timeout
+    }
+
     /// The host's layers around its routes, composed in this one place: metrics, trace,
-    /// management key, body limit, then the route's handler.
+    /// management key, body limit, timeout, then the route's handler.
     fn stack(&self, me: Arc<App>) -> Stack {
         let routes = Dispatch(me);
         MetricsLayer::new(self.metrics.clone()).layer(
-            TraceLayer::new().layer(self.auth.clone().layer(self.body.clone().layer(routes))),
+            TraceLayer::new().layer(
+                self.auth
+                    .clone()
+                    .layer(self.body.clone().layer(self.timeout.layer(routes))),
+            ),
         )
     }
 
@@ -99,8 +111,9 @@ impl App {
     /// handling it answers 500 `{"error": ...}` and is logged.
     ///
     /// The request is matched to a route first (its pattern goes in a [`MatchedRoute`]
-    /// extension), then it passes the layers of [`crate::layers`]: metrics, trace,
-    /// management key (on the management API and `/metrics`), body limit.
+    /// extension; a long poll also gets a [`LongPoll`] with the wait it asks for), then it
+    /// passes the layers of [`crate::layers`]: metrics, trace, management key (on the
+    /// management API and `/metrics`), body limit, timeout.
     ///
     /// URLs in the answers start with the public URL when one is configured, else the
     /// bound address ([`Host::bind`](crate::Host::bind)), else they are root-relative paths. Forwarded
@@ -151,15 +164,21 @@ impl App {
             return;
         };
         let path = path.to_string();
+        let query = req.uri().query().unwrap_or("");
+        let mut long_poll = None;
         let (matched, to) = match self.router.find(req.method(), &path) {
             Match::Found(r, params) => {
                 let (pattern, keyed) = match r.target {
                     Target::Start(_) => (r.pattern.as_str(), false),
-                    Target::Status => (self.status_route.as_str(), false),
-                    Target::Management => (
-                        management::route_pattern(params.get("rest").map_or("", String::as_str)),
-                        true,
-                    ),
+                    Target::Status => {
+                        long_poll = crate::status::long_poll(query);
+                        (self.status_route.as_str(), false)
+                    }
+                    Target::Management => {
+                        let rest = params.get("rest").map_or("", String::as_str);
+                        long_poll = management::long_poll(req.method(), rest, query);
+                        (management::route_pattern(rest), true)
+                    }
                     Target::Dashboard => ("/dashboard/{file}", false),
                     Target::Metrics => (crate::metrics::PATH, true),
                 };
@@ -178,6 +197,9 @@ impl App {
             ),
         };
         req.extensions_mut().insert(matched);
+        if let Some(wait) = long_poll {
+            req.extensions_mut().insert(LongPoll(wait));
+        }
         req.extensions_mut().insert(Routed { raw_path, path, to });
     }
 

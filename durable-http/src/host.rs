@@ -11,7 +11,7 @@ use durable_core::{DurableClient, Registry, Store, Worker, WorkerOptions};
 
 use crate::app::{App, DurableService};
 use crate::config::{PublicStatus, RequestConfig};
-use crate::layers::{BodyLimitLayer, ManagementAuthLayer};
+use crate::layers::{BodyLimitLayer, ManagementAuthLayer, TimeoutLayer};
 use crate::management;
 use crate::metrics::HostMetrics;
 use crate::public_url::{parse_public_url, parse_trusted_proxies, BaseUrls};
@@ -27,6 +27,9 @@ pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// The default time a request has to send its whole body: 30 s.
 pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// The default time a handler has to answer a request once its body is read: 60 s
+/// (long polls get their wait on top; see [`HostBuilder::request_timeout`]).
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// The default time a kept-alive connection may stay idle between requests: 30 s.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// The default cap on open connections: 512.
@@ -100,6 +103,7 @@ pub struct HostBuilder {
     public_status: Option<PublicStatus>,
     header_read_timeout: Option<Duration>,
     body_read_timeout: Option<Duration>,
+    request_timeout: Option<Duration>,
     idle_timeout: Option<Duration>,
     max_connections: Option<usize>,
     max_concurrent_bodies: Option<usize>,
@@ -230,6 +234,20 @@ impl HostBuilder {
     /// `DURABLE_BODY_TIMEOUT`); then it gets 408 and its connection is closed.
     pub fn body_read_timeout(mut self, timeout: Duration) -> Self {
         self.body_read_timeout = Some(timeout);
+        self
+    }
+
+    /// How long a handler may take to answer once the request's body is read (default
+    /// 60 s, or `DURABLE_REQUEST_TIMEOUT`); then the request answers 504 `{"error": "the
+    /// request was not answered within 60 s"}` and the handler is dropped (what it already
+    /// committed, such as a started instance, stays). Long polls get the wait they ask
+    /// for on top: `?wait=` on the public status (at most 120 s) and `timeout` on the
+    /// management API's starts and restarts (at most 3600 s). Start endpoints that wait for
+    /// their instance ([`ClientExt::wait_for_completion_or_check_status_response`](crate::ClientExt::wait_for_completion_or_check_status_response))
+    /// should wait less than this. Applies to every route, mounted or standalone, and to
+    /// the metrics listener ([`layers::TimeoutLayer`](crate::layers::TimeoutLayer)).
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = Some(timeout);
         self
     }
 
@@ -450,6 +468,7 @@ impl HostBuilder {
                     settings.body_read_timeout,
                     Arc::new(tokio::sync::Semaphore::new(settings.max_concurrent_bodies)),
                 ),
+                timeout: TimeoutLayer::new(settings.request_timeout),
                 mount_prefix: self.mount_prefix,
                 base: settings.base,
                 metrics,
@@ -470,6 +489,7 @@ struct Settings {
     public_status: PublicStatus,
     body_limit: usize,
     body_read_timeout: Duration,
+    request_timeout: Duration,
     max_concurrent_bodies: usize,
     base: BaseUrls,
     conn: ConnLimits,
@@ -537,6 +557,12 @@ impl Settings {
                 "DURABLE_BODY_TIMEOUT",
                 "body read timeout",
                 DEFAULT_BODY_READ_TIMEOUT,
+            )?,
+            request_timeout: duration(
+                b.request_timeout,
+                "DURABLE_REQUEST_TIMEOUT",
+                "request timeout",
+                DEFAULT_REQUEST_TIMEOUT,
             )?,
             max_concurrent_bodies: count(
                 b.max_concurrent_bodies,
@@ -743,6 +769,7 @@ impl Host {
             public_status: None,
             header_read_timeout: None,
             body_read_timeout: None,
+            request_timeout: None,
             idle_timeout: None,
             max_connections: None,
             max_concurrent_bodies: None,

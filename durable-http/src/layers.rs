@@ -11,13 +11,16 @@
 //! - [`ManagementAuthLayer`]: the management key, in `x-functions-key`,
 //!   `Authorization: Bearer` or the `code` query parameter, else 401;
 //! - [`BodyLimitLayer`]: the body limit (413), the body read timeout (408) and the cap
-//!   on bodies read at once (503); the inner service gets the body read in full.
+//!   on bodies read at once (503); the inner service gets the body read in full;
+//! - [`TimeoutLayer`]: the time a handler has to answer once the body is read, else 504
+//!   `{"error": "the request was not answered within 60 s"}`; a long poll whose wait the
+//!   request names (a [`LongPoll`] extension) gets that wait on top.
 //!
 //! The layers learn which route a request is for from its [`MatchedRoute`] extension:
 //! the host's router adds it before the layers run; an application adds it in its own
 //! routing (or a layer of its own) so that metrics count by pattern, never by raw path,
 //! and so that the key is asked for only on the routes that need it. The host composes
-//! them, outermost first, as metrics, trace, auth, body limit.
+//! them, outermost first, as metrics, trace, auth, body limit, timeout.
 //!
 //! Every error these layers answer is the host's JSON error body `{"error": "..."}`; the
 //! response body type only needs `From<Bytes>` (hyper's `Full<Bytes>`, axum's `Body`).
@@ -28,7 +31,7 @@
 //! # fn wrap<S>(app: &durable_http::App, inner: S) {
 //! let service = app.metrics_layer().layer(
 //!     TraceLayer::new().layer(ManagementAuthLayer::new("a-long-management-key").layer(
-//!         app.body_limit_layer().layer(inner),
+//!         app.body_limit_layer().layer(app.timeout_layer().layer(inner)),
 //!     )),
 //! );
 //! # let _ = service;
@@ -381,6 +384,143 @@ fn too_large(size: usize, limit: usize) -> HttpError {
         StatusCode::PAYLOAD_TOO_LARGE,
         format!("the request body is {size} bytes or more, over the limit of {limit} bytes"),
     )
+}
+
+// ---------------------------------------------------------------------------------------
+// Timeout
+
+/// Time a request may take beyond [`TimeoutLayer`]'s timeout, as a request extension: for
+/// a long poll whose wait the request itself names, so that the wait bounds it rather than
+/// the timeout. The host's router adds it for `?wait=` on the public status route and for
+/// `timeout` on the management API's starts and restarts (each already capped by its
+/// route); an application adds it in its own routing for long polls of its own. It is
+/// trusted as given: derive it from a bounded parameter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LongPoll(pub Duration);
+
+/// Gives the inner service a time to answer, counted from the call (inside
+/// [`BodyLimitLayer`], that is once the body has been read): a request not answered in
+/// time is dropped (the handler's future with it: work it committed stays committed) and
+/// answers 504 `{"error": "the request was not answered within 60 s"}`, and a warning is
+/// logged. A request with a [`LongPoll`] extension gets its time on top of the timeout.
+#[derive(Clone, Copy, Debug)]
+pub struct TimeoutLayer {
+    timeout: Duration,
+}
+
+impl TimeoutLayer {
+    /// A layer giving handlers `timeout` to answer (the host's is
+    /// [`DEFAULT_REQUEST_TIMEOUT`](crate::DEFAULT_REQUEST_TIMEOUT) unless configured:
+    /// [`HostBuilder::request_timeout`](crate::HostBuilder::request_timeout)).
+    pub fn new(timeout: Duration) -> Self {
+        TimeoutLayer { timeout }
+    }
+
+    /// The time handlers have to answer, long polls aside.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+}
+
+impl<S> Layer<S> for TimeoutLayer {
+    type Service = Timeout<S>;
+
+    fn layer(&self, inner: S) -> Timeout<S> {
+        Timeout {
+            inner,
+            timeout: self.timeout,
+        }
+    }
+}
+
+/// The service of [`TimeoutLayer`].
+#[derive(Clone, Debug)]
+pub struct Timeout<S> {
+    inner: S,
+    timeout: Duration,
+}
+
+impl<S, B, ResBody> Service<Request<B>> for Timeout<S>
+where
+    S: Service<Request<B>, Response = Response<ResBody>>,
+    ResBody: From<Bytes>,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = TimeoutFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let long_poll = req
+            .extensions()
+            .get::<LongPoll>()
+            .map_or(Duration::ZERO, |l| l.0);
+        let limit = self.timeout.saturating_add(long_poll);
+        TimeoutFuture {
+            inner: self.inner.call(req),
+            sleep: tokio::time::sleep(limit),
+            limit,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`Timeout`]: the inner service's answer, or 504 when its time is up.
+    pub struct TimeoutFuture<F> {
+        #[pin]
+        inner: F,
+        #[pin]
+        sleep: tokio::time::Sleep,
+        limit: Duration,
+    }
+}
+
+impl<F> std::fmt::Debug for TimeoutFuture<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TimeoutFuture")
+            .field("limit", &self.limit)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F, ResBody, E> Future for TimeoutFuture<F>
+where
+    F: Future<Output = Result<Response<ResBody>, E>>,
+    ResBody: From<Bytes>,
+{
+    type Output = Result<Response<ResBody>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(r) = this.inner.poll(cx) {
+            return Poll::Ready(r);
+        }
+        match this.sleep.poll(cx) {
+            Poll::Ready(()) => {
+                tracing::warn!(
+                    limit_ms = u64::try_from(this.limit.as_millis()).unwrap_or(u64::MAX),
+                    "a request was not answered in time"
+                );
+                Poll::Ready(Ok(into_response_body(timed_out(*this.limit))))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// The answer to a request its handler did not answer within `limit`.
+fn timed_out(limit: Duration) -> HttpResponse {
+    HttpError::new(
+        StatusCode::GATEWAY_TIMEOUT,
+        format!(
+            "the request was not answered within {} s",
+            limit.as_secs_f64()
+        ),
+    )
+    .into_response()
 }
 
 // ---------------------------------------------------------------------------------------

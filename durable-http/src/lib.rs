@@ -65,7 +65,8 @@ pub use durable_macros::http_start;
 pub use host::{
     Host, HostBuilder, HostError, HttpStartRegistration, RunningHost, DEFAULT_ADDR,
     DEFAULT_BODY_LIMIT, DEFAULT_BODY_READ_TIMEOUT, DEFAULT_HEADER_READ_TIMEOUT,
-    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONCURRENT_BODIES, DEFAULT_MAX_CONNECTIONS, MIN_KEY_LEN,
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONCURRENT_BODIES, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_REQUEST_TIMEOUT, MIN_KEY_LEN,
 };
 /// The `http` crate this host is built on, for custom responses and requests.
 pub use http;

@@ -71,6 +71,19 @@ pub fn parse_wait(s: &str) -> Result<Duration, HttpError> {
     })
 }
 
+/// The wait a public status request asks for with `?wait=` (at most [`MAX_WAIT`]), from
+/// its raw query: the time its long poll gets on top of the request timeout. `None`
+/// without one or for a wait the handler refuses.
+pub(crate) fn long_poll(query: &str) -> Option<Duration> {
+    if !query.contains("wait") {
+        return None;
+    }
+    crate::request::parse_query(query)
+        .iter()
+        .find(|(k, _)| k == "wait")
+        .and_then(|(_, v)| parse_wait(v).ok())
+}
+
 /// The reason a failed or terminated instance shows publicly: fixed texts unless the
 /// app chose [`PublicStatus::Full`].
 fn reason(state: &InstanceState, mode: PublicStatus) -> Option<String> {
