@@ -125,6 +125,35 @@ impl App {
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        self.route(&mut req);
+        self.through_stack(req).await
+    }
+
+    /// Handles one request on the listener `on`: the host's own serves every route (as
+    /// [`handle`](Self::handle)), the separate metrics listener only `/metrics`, without
+    /// the key; both through the same layers.
+    pub(crate) async fn handle_on<B>(
+        &self,
+        on: Listener,
+        mut req: Request<B>,
+    ) -> Response<Full<Bytes>>
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        match on {
+            Listener::Host => self.route(&mut req),
+            Listener::Metrics => Self::route_metrics_listener(&mut req),
+        }
+        self.through_stack(req).await
+    }
+
+    /// Answers a routed request through the host's layers.
+    async fn through_stack<B>(&self, req: Request<B>) -> Response<Full<Bytes>>
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let Some(me) = self.me.upgrade() else {
             // Only reachable while the host is being dropped.
             return into_hyper(
@@ -132,7 +161,6 @@ impl App {
                     .into_response(),
             );
         };
-        self.route(&mut req);
         let mut stack = self.stack(me);
         let ready = std::future::poll_fn(|cx| Service::<Request<B>>::poll_ready(&mut stack, cx));
         let result = match ready.await {
@@ -143,6 +171,29 @@ impl App {
             Ok(resp) => resp,
             Err(never) => match never {},
         }
+    }
+
+    /// Routes a request of the separate metrics listener: `/metrics` without the key,
+    /// nothing else.
+    fn route_metrics_listener<B>(req: &mut Request<B>) {
+        let path = req.uri().path().to_string();
+        let (matched, to) = if path == crate::metrics::PATH {
+            (
+                MatchedRoute::new(crate::metrics::PATH, false),
+                RoutedTo::Found(Target::Metrics, HashMap::new()),
+            )
+        } else {
+            (
+                MatchedRoute::new(MatchedRoute::UNMATCHED, false),
+                RoutedTo::None,
+            )
+        };
+        req.extensions_mut().insert(matched);
+        req.extensions_mut().insert(Routed {
+            raw_path: path.clone(),
+            path,
+            to,
+        });
     }
 
     /// Matches the request to a route: puts its [`MatchedRoute`] and what answers it in
@@ -299,6 +350,16 @@ impl App {
             ))),
         }
     }
+}
+
+/// The listeners of a standalone host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Listener {
+    /// The host's own: every route.
+    Host,
+    /// The separate metrics listener ([`HostBuilder::metrics_addr`](crate::HostBuilder::metrics_addr)):
+    /// `/metrics` without the key.
+    Metrics,
 }
 
 /// Where the router sent a request, as a request extension for [`Dispatch`].

@@ -9,7 +9,7 @@ use std::time::Duration;
 use durable_core::store::sqlite::SqliteStore;
 use durable_core::{DurableClient, Registry, Store, Worker, WorkerOptions};
 
-use crate::app::{App, DurableService};
+use crate::app::{App, DurableService, Listener};
 use crate::config::{PublicStatus, RequestConfig};
 use crate::layers::{BodyLimitLayer, ManagementAuthLayer, TimeoutLayer};
 use crate::management;
@@ -304,7 +304,11 @@ impl HostBuilder {
     /// Also serves `GET /metrics` without a key on a separate listener at this address
     /// (default `DURABLE_METRICS_ADDR`; none by default), e.g. `127.0.0.1:9464` or an
     /// address on a private network only the Prometheus server reaches. The host's own
-    /// listener serves `/metrics` in any case, with the management key.
+    /// listener serves `/metrics` in any case, with the management key. The separate
+    /// listener answers through the same layers (its requests are counted in the metrics
+    /// and traced, with the body limit and the request timeout) and has the same
+    /// connection limits as the host's listener, with a cap of its own of the same size
+    /// ([`max_connections`](Self::max_connections)).
     pub fn metrics_addr(mut self, addr: impl Into<String>) -> Self {
         self.metrics_addr = Some(addr.into());
         self
@@ -838,28 +842,34 @@ impl Host {
                 let bound = listener
                     .local_addr()
                     .map_err(|e| HostError(e.to_string()))?;
-                let task = tokio::spawn(crate::server::serve_metrics(
+                let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+                let task = tokio::spawn(crate::server::serve(
                     listener,
-                    self.app.metrics.clone(),
-                    self.limits.header_read_timeout,
+                    self.app.clone(),
+                    Listener::Metrics,
+                    self.limits,
+                    open.clone(),
                     stop_rx.clone(),
                 ));
-                Some((bound, task))
+                Some((bound, (task, open)))
             }
             None => None,
         };
         let server = tokio::spawn(crate::server::serve(
             listener,
             self.app.clone(),
+            Listener::Host,
             self.limits,
             open.clone(),
             stop_rx,
         ));
         let (metrics_addr, metrics_server) = metrics.unzip();
+        let (metrics_server, open_metrics) = metrics_server.unzip();
         Ok(RunningHost {
             addr,
             metrics_addr,
             metrics_server,
+            open_metrics,
             routes: self.app.router.describe(),
             app: self.app,
             runtime: self.runtime,
@@ -880,6 +890,7 @@ pub struct RunningHost {
     /// ([`HostBuilder::metrics_addr`]).
     pub metrics_addr: Option<SocketAddr>,
     metrics_server: Option<tokio::task::JoinHandle<()>>,
+    open_metrics: Option<Arc<std::sync::atomic::AtomicUsize>>,
     routes: Vec<String>,
     app: Arc<App>,
     runtime: Worker,
@@ -924,6 +935,14 @@ impl RunningHost {
     /// [`HostBuilder::max_connections`]).
     pub fn open_connections(&self) -> usize {
         self.open.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// How many connections the separate metrics listener has open now (0 without one;
+    /// never more than [`HostBuilder::max_connections`], counted apart from the host's).
+    pub fn open_metrics_connections(&self) -> usize {
+        self.open_metrics
+            .as_ref()
+            .map_or(0, |o| o.load(std::sync::atomic::Ordering::SeqCst))
     }
 
     /// Stops accepting, finishes in-flight requests, stops the worker, then checkpoints the

@@ -58,7 +58,7 @@ mod router;
 mod server;
 mod status;
 
-pub use app::App;
+pub use app::{App, DurableService};
 pub use config::PublicStatus;
 pub use durable_core::DurableClient;
 pub use durable_macros::http_start;
