@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use durable_core::DurableClient;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::body::Body;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -44,7 +44,7 @@ pub struct App {
     pub(crate) base: BaseUrls,
     pub(crate) metrics: Arc<HostMetrics>,
     /// The public status route's pattern, for the metrics.
-    pub(crate) status_route: String,
+    pub(crate) status_route: Arc<str>,
 }
 
 impl std::fmt::Debug for App {
@@ -189,17 +189,13 @@ impl App {
             )
         };
         req.extensions_mut().insert(matched);
-        req.extensions_mut().insert(Routed {
-            raw_path: path.clone(),
-            path,
-            to,
-        });
+        req.extensions_mut().insert(Routed { path, to });
     }
 
     /// Matches the request to a route: puts its [`MatchedRoute`] and what answers it in
     /// its extensions.
     fn route<B>(&self, req: &mut Request<B>) {
-        let raw_path = req.uri().path().to_string();
+        let raw_path = req.uri().path();
         let stripped = raw_path
             .strip_prefix(self.mount_prefix.as_str())
             .map(|p| if p.is_empty() { "/" } else { p })
@@ -208,7 +204,6 @@ impl App {
             req.extensions_mut()
                 .insert(MatchedRoute::new(MatchedRoute::UNMATCHED, false));
             req.extensions_mut().insert(Routed {
-                raw_path,
                 path: String::new(),
                 to: RoutedTo::OutsidePrefix,
             });
@@ -219,24 +214,21 @@ impl App {
         let mut long_poll = None;
         let (matched, to) = match self.router.find(req.method(), &path) {
             Match::Found(r, params) => {
-                let (pattern, keyed) = match r.target {
-                    Target::Start(_) => (r.pattern.as_str(), false),
+                let matched = match r.target {
+                    Target::Start(_) => MatchedRoute::new(r.label.clone(), false),
                     Target::Status => {
                         long_poll = crate::status::long_poll(query);
-                        (self.status_route.as_str(), false)
+                        MatchedRoute::new(self.status_route.clone(), false)
                     }
                     Target::Management => {
                         let rest = params.get("rest").map_or("", String::as_str);
                         long_poll = management::long_poll(req.method(), rest, query);
-                        (management::route_pattern(rest), true)
+                        MatchedRoute::new(management::route_pattern(rest), true)
                     }
-                    Target::Dashboard => ("/dashboard/{file}", false),
-                    Target::Metrics => (crate::metrics::PATH, true),
+                    Target::Dashboard => MatchedRoute::new("/dashboard/{file}", false),
+                    Target::Metrics => MatchedRoute::new(crate::metrics::PATH, true),
                 };
-                (
-                    MatchedRoute::new(pattern, keyed),
-                    RoutedTo::Found(r.target.clone(), params),
-                )
+                (matched, RoutedTo::Found(r.target.clone(), params))
             }
             Match::WrongMethod(allowed, pattern) => (
                 MatchedRoute::new(pattern, false),
@@ -251,7 +243,7 @@ impl App {
         if let Some(wait) = long_poll {
             req.extensions_mut().insert(LongPoll(wait));
         }
-        req.extensions_mut().insert(Routed { raw_path, path, to });
+        req.extensions_mut().insert(Routed { path, to });
     }
 
     /// Answers a routed request whose body has been read.
@@ -263,11 +255,9 @@ impl App {
                 parts.uri.path()
             )));
         };
-        let Routed { raw_path, path, to } = routed;
-        let body = match body.collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(never) => match never {},
-        };
+        let Routed { path, to } = routed;
+        let raw_path = parts.uri.path();
+        let body = full_bytes(body);
         match &to {
             RoutedTo::OutsidePrefix => {
                 return Err(HttpError::not_found(format!("no route for {raw_path}")));
@@ -294,7 +284,7 @@ impl App {
         let base = self.base.for_request(peer, &parts.headers);
         let mut req = HttpRequest {
             method: parts.method.clone(),
-            path: path.clone(),
+            path,
             params: Default::default(),
             query: parse_query(parts.uri.query().unwrap_or("")),
             headers: parts.headers,
@@ -331,8 +321,8 @@ impl App {
                 }
                 // Answered above.
                 Target::Dashboard | Target::Metrics => Err(HttpError::not_found(format!(
-                    "no route for {} {path}",
-                    req.method
+                    "no route for {} {}",
+                    req.method, req.path
                 ))),
             },
             RoutedTo::WrongMethod(allowed) => {
@@ -345,8 +335,8 @@ impl App {
                 .with_header("allow", allow.join(", ")))
             }
             RoutedTo::None | RoutedTo::OutsidePrefix => Err(HttpError::not_found(format!(
-                "no route for {} {path}",
-                req.method
+                "no route for {} {}",
+                req.method, req.path
             ))),
         }
     }
@@ -362,11 +352,20 @@ pub(crate) enum Listener {
     Metrics,
 }
 
+/// The bytes of a `Full` body: its one data frame, there at once (no collecting).
+fn full_bytes(body: Full<Bytes>) -> Bytes {
+    let mut body = std::pin::pin!(body);
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    match body.as_mut().poll_frame(&mut cx) {
+        Poll::Ready(Some(Ok(frame))) => frame.into_data().unwrap_or_default(),
+        Poll::Ready(Some(Err(never))) => match never {},
+        Poll::Ready(None) | Poll::Pending => Bytes::new(),
+    }
+}
+
 /// Where the router sent a request, as a request extension for [`Dispatch`].
 #[derive(Clone)]
 struct Routed {
-    /// The path as requested.
-    raw_path: String,
     /// The path under the mount prefix.
     path: String,
     to: RoutedTo,

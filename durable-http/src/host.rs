@@ -454,7 +454,7 @@ impl HostBuilder {
         let runtime = builder.start()?;
         let client = runtime.client();
         let metrics = Arc::new(HostMetrics::new(runtime.metrics().clone(), store.clone()));
-        let status_route = format!("{}/{{id}}", self.status_prefix);
+        let status_route: Arc<str> = format!("{}/{{id}}", self.status_prefix).into();
         Ok(Host {
             addr: self.addr,
             app: Arc::new_cyclic(|me| App {
