@@ -402,7 +402,9 @@ impl Service<Request<Full<Bytes>>> for Dispatch {
         Box::pin(async move {
             let resp = match app.answer(req).await {
                 Ok(r) => r,
-                Err(e) => e.into_response(),
+                Err(e) => e
+                    .with_store_retry_after(app.config.store_retry_after)
+                    .into_response(),
             };
             Ok(into_hyper(resp))
         })

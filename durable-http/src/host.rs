@@ -104,6 +104,7 @@ pub struct HostBuilder {
     header_read_timeout: Option<Duration>,
     body_read_timeout: Option<Duration>,
     request_timeout: Option<Duration>,
+    store_retry_after: Option<Duration>,
     idle_timeout: Option<Duration>,
     max_connections: Option<usize>,
     max_concurrent_bodies: Option<usize>,
@@ -113,6 +114,7 @@ pub struct HostBuilder {
     mount_prefix: String,
     inventory_routes: bool,
     metrics_addr: Option<String>,
+    dashboard: Option<bool>,
 }
 
 impl HostBuilder {
@@ -251,6 +253,15 @@ impl HostBuilder {
         self
     }
 
+    /// The `Retry-After` of a 503 answered when the store is unavailable for a while
+    /// (busy, disk full, the database unreachable): default 2 s, or
+    /// `DURABLE_STORE_RETRY_AFTER`; whole seconds, rounded up. Raise it for a store that
+    /// takes longer to come back (a PostgreSQL failover), so clients do not retry into it.
+    pub fn store_retry_after(mut self, after: Duration) -> Self {
+        self.store_retry_after = Some(after);
+        self
+    }
+
     /// How long a kept-alive connection may stay idle between requests (default 30 s, or
     /// `DURABLE_IDLE_TIMEOUT`); then it is closed. Standalone server only.
     pub fn idle_timeout(mut self, timeout: Duration) -> Self {
@@ -311,6 +322,15 @@ impl HostBuilder {
     /// ([`max_connections`](Self::max_connections)).
     pub fn metrics_addr(mut self, addr: impl Into<String>) -> Self {
         self.metrics_addr = Some(addr.into());
+        self
+    }
+
+    /// Whether the host serves the dashboard at `/dashboard/` (default on, or
+    /// `DURABLE_DASHBOARD=on|off`). Off, its paths answer 404 like any unknown path (and
+    /// stay reserved: no start endpoint may take them); the management API it uses is
+    /// served either way.
+    pub fn dashboard(mut self, on: bool) -> Self {
+        self.dashboard = Some(on);
         self
     }
 
@@ -391,12 +411,15 @@ impl HostBuilder {
         // with one is refused naming it.
         let mut router = Router::default();
         let public_status = settings.public_status != PublicStatus::Off;
-        let host_routes = [
+        let dashboard = [
             (crate::dashboard::PATH.to_string(), Target::Dashboard),
             (
                 format!("{}/{{*file}}", crate::dashboard::PATH),
                 Target::Dashboard,
             ),
+        ];
+        let dashboard = dashboard.into_iter().filter(|_| settings.dashboard);
+        let host_routes = [
             (crate::metrics::PATH.to_string(), Target::Metrics),
             (management::BASE.to_string(), Target::Management),
             (
@@ -404,7 +427,7 @@ impl HostBuilder {
                 Target::Management,
             ),
         ];
-        for (pattern, target) in host_routes {
+        for (pattern, target) in dashboard.chain(host_routes) {
             router.add_host_route(&pattern, target).map_err(HostError)?;
         }
         if public_status {
@@ -465,6 +488,7 @@ impl HostBuilder {
                 config: Arc::new(RequestConfig {
                     status_prefix: self.status_prefix,
                     retry_after: self.retry_after,
+                    store_retry_after: settings.store_retry_after,
                     public_status: settings.public_status,
                 }),
                 body: BodyLimitLayer::with_slots(
@@ -491,9 +515,11 @@ impl HostBuilder {
 /// variable, else the default; all checked.
 struct Settings {
     public_status: PublicStatus,
+    dashboard: bool,
     body_limit: usize,
     body_read_timeout: Duration,
     request_timeout: Duration,
+    store_retry_after: u64,
     max_concurrent_bodies: usize,
     base: BaseUrls,
     conn: ConnLimits,
@@ -548,8 +574,20 @@ impl Settings {
             }
             Ok(n)
         };
+        let dashboard = setting(
+            b.dashboard,
+            "DURABLE_DASHBOARD",
+            |v| match v.trim().to_ascii_lowercase().as_str() {
+                "on" | "true" | "1" => Some(true),
+                "off" | "false" | "0" => Some(false),
+                _ => None,
+            },
+            "on or off",
+        )?
+        .unwrap_or(true);
         Ok(Settings {
             public_status,
+            dashboard,
             body_limit: count(
                 b.body_limit,
                 "DURABLE_BODY_LIMIT",
@@ -568,6 +606,16 @@ impl Settings {
                 "request timeout",
                 DEFAULT_REQUEST_TIMEOUT,
             )?,
+            store_retry_after: {
+                let d = duration(
+                    b.store_retry_after,
+                    "DURABLE_STORE_RETRY_AFTER",
+                    "store Retry-After",
+                    Duration::from_secs(2),
+                )?;
+                // Whole seconds, rounded up (at most a day: checked above).
+                d.as_secs() + u64::from(d.subsec_nanos() > 0)
+            },
             max_concurrent_bodies: count(
                 b.max_concurrent_bodies,
                 "DURABLE_MAX_BODIES",
@@ -774,6 +822,7 @@ impl Host {
             header_read_timeout: None,
             body_read_timeout: None,
             request_timeout: None,
+            store_retry_after: None,
             idle_timeout: None,
             max_connections: None,
             max_concurrent_bodies: None,
@@ -783,6 +832,7 @@ impl Host {
             mount_prefix: String::new(),
             inventory_routes: true,
             metrics_addr: None,
+            dashboard: None,
         }
     }
 

@@ -65,6 +65,8 @@ async fn settings_come_from_the_environment_are_checked_and_the_builder_wins() {
         ("DURABLE_HEADER_TIMEOUT", "1e20"),
         ("DURABLE_BODY_TIMEOUT", "0"),
         ("DURABLE_REQUEST_TIMEOUT", "0"),
+        ("DURABLE_DASHBOARD", "maybe"),
+        ("DURABLE_STORE_RETRY_AFTER", "0s"),
         ("DURABLE_REQUEST_TIMEOUT", "2h"),
         ("DURABLE_IDLE_TIMEOUT", "soon"),
         ("DURABLE_MAX_CONNECTIONS", "-1"),
