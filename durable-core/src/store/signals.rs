@@ -19,7 +19,7 @@ use crate::instance::InstanceState;
 pub struct LocalSignals {
     orchestrations: Notify,
     activities: Notify,
-    instance_waiters: Mutex<HashMap<String, Arc<Notify>>>,
+    instance_waiters: InstanceWaiters,
 }
 
 impl LocalSignals {
@@ -35,65 +35,90 @@ impl LocalSignals {
 
     /// The stored state of `instance_id` changed.
     pub fn instance_changed(&self, instance_id: &str) {
-        let notify = {
-            let mut map = self
-                .instance_waiters
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            map.remove(instance_id)
-        };
-        if let Some(n) = notify {
-            n.notify_waiters();
-        }
+        self.instance_waiters.changed(instance_id);
     }
 
-    /// Registers a waiter for changes of `instance_id`; dropping it unregisters it, so
-    /// a wait that ends without a change (timed out, or done at its first read) leaves
-    /// nothing behind in the map.
     fn instance_waiter<'a>(&'a self, instance_id: &'a str) -> InstanceWaiter<'a> {
-        let mut map = self
-            .instance_waiters
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let notify = map.entry(instance_id.to_string()).or_default().clone();
-        InstanceWaiter {
-            signals: self,
-            instance_id,
-            notify: Some(notify),
-        }
+        self.instance_waiters.register(instance_id)
     }
 
     /// How many instances have waiters registered now.
     #[cfg(test)]
     fn waited_instances(&self) -> usize {
-        self.instance_waiters
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .len()
+        self.instance_waiters.len()
     }
 }
 
-/// A registered wait for changes of one instance (see [`LocalSignals::instance_waiter`]).
-struct InstanceWaiter<'a> {
-    signals: &'a LocalSignals,
+/// Waiters for changes of single instances, by instance id: registered by a wait,
+/// woken (and forgotten) by a change, unregistered when the wait ends.
+#[derive(Debug, Default)]
+pub(crate) struct InstanceWaiters {
+    map: Mutex<HashMap<String, Arc<Notify>>>,
+}
+
+impl InstanceWaiters {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Notify>>> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers a waiter for changes of `instance_id`; dropping it unregisters it, so
+    /// a wait that ends without a change (timed out, or done at its first read) leaves
+    /// nothing behind.
+    pub(crate) fn register<'a>(&'a self, instance_id: &'a str) -> InstanceWaiter<'a> {
+        let notify = self
+            .lock()
+            .entry(instance_id.to_string())
+            .or_default()
+            .clone();
+        InstanceWaiter {
+            waiters: self,
+            instance_id,
+            notify: Some(notify),
+        }
+    }
+
+    /// Wakes the waiters of `instance_id`.
+    pub(crate) fn changed(&self, instance_id: &str) {
+        let notify = self.lock().remove(instance_id);
+        if let Some(n) = notify {
+            n.notify_waiters();
+        }
+    }
+
+    /// Wakes every waiter.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(crate) fn all_changed(&self) {
+        let all: Vec<_> = self.lock().drain().map(|(_, n)| n).collect();
+        for n in all {
+            n.notify_waiters();
+        }
+    }
+
+    /// How many instances have waiters now.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+/// A registered wait for changes of one instance (see [`InstanceWaiters::register`]).
+pub(crate) struct InstanceWaiter<'a> {
+    waiters: &'a InstanceWaiters,
     instance_id: &'a str,
     /// Always `Some` until dropped.
     notify: Option<Arc<Notify>>,
 }
 
 impl InstanceWaiter<'_> {
-    fn notify(&self) -> &Notify {
+    /// The notifier a change fires.
+    pub(crate) fn notify(&self) -> &Notify {
         self.notify.as_deref().expect("set until dropped")
     }
 }
 
 impl Drop for InstanceWaiter<'_> {
     fn drop(&mut self) {
-        let mut map = self
-            .signals
-            .instance_waiters
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut map = self.waiters.lock();
         // Released under the lock, so of several waiters leaving at once the last one
         // sees only the map's reference and removes the entry.
         let mine = self.notify.take();
