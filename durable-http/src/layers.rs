@@ -57,7 +57,8 @@ use tracing::Instrument;
 use crate::metrics::HostMetrics;
 use crate::request::{into_response_body, parse_query, HttpError, HttpResponse};
 
-/// The future every layer's service returns.
+/// A boxed response future, for a service whose future has no name (an `async` block):
+/// the host's route handlers. The layers themselves return named futures.
 pub type LayerFuture<R, E> = Pin<Box<dyn Future<Output = Result<R, E>> + Send>>;
 
 /// The route a request was matched to, as a request extension. Metrics label requests
