@@ -174,9 +174,13 @@ tokio::task_local! {
 }
 
 /// Runs `fut` with `parent` as the trace context of the starts it makes (those whose
-/// [`StartOptions::trace_parent`](crate::StartOptions::trace_parent) is not set).
-pub async fn scope<F: Future>(parent: Option<TraceParent>, fut: F) -> F::Output {
-    SCOPE.scope(parent, fut).await
+/// [`StartOptions::trace_parent`](crate::StartOptions::trace_parent) is not set). The
+/// future is a named type, so a tower layer can hold it without boxing.
+pub fn scope<F: Future>(
+    parent: Option<TraceParent>,
+    fut: F,
+) -> tokio::task::futures::TaskLocalFuture<Option<TraceParent>, F> {
+    SCOPE.scope(parent, fut)
 }
 
 /// The trace context of the current [`scope`], if any.

@@ -11,15 +11,15 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use durable_core::DurableClient;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::body::Body;
 use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::config::RequestConfig;
 use crate::layers::{
-    BodyLimit, BodyLimitLayer, LayerFuture, ManagementAuth, ManagementAuthLayer, MatchedRoute,
-    MetricsLayer, MetricsService, Trace, TraceLayer,
+    BodyLimit, BodyLimitLayer, LayerFuture, LongPoll, ManagementAuth, ManagementAuthLayer,
+    MatchedRoute, MetricsLayer, MetricsService, Timeout, TimeoutLayer, Trace, TraceLayer,
 };
 use crate::management;
 use crate::metrics::HostMetrics;
@@ -37,12 +37,14 @@ pub struct App {
     pub(crate) auth: ManagementAuthLayer,
     /// The body limit, read timeout and cap on bodies read at once.
     pub(crate) body: BodyLimitLayer,
+    /// The time handlers have to answer.
+    pub(crate) timeout: TimeoutLayer,
     pub(crate) config: Arc<RequestConfig>,
     pub(crate) mount_prefix: String,
     pub(crate) base: BaseUrls,
     pub(crate) metrics: Arc<HostMetrics>,
     /// The public status route's pattern, for the metrics.
-    pub(crate) status_route: String,
+    pub(crate) status_route: Arc<str>,
 }
 
 impl std::fmt::Debug for App {
@@ -54,7 +56,7 @@ impl std::fmt::Debug for App {
 }
 
 /// The host's layers around its routes, outermost first.
-type Stack = MetricsService<Trace<ManagementAuth<BodyLimit<Dispatch>>>>;
+type Stack = MetricsService<Trace<ManagementAuth<BodyLimit<Timeout<Dispatch>>>>>;
 
 impl App {
     /// The client this host uses.
@@ -85,12 +87,22 @@ impl App {
         self.body.clone()
     }
 
+    /// A [`TimeoutLayer`] with this host's request timeout
+    /// ([`HostBuilder::request_timeout`](crate::HostBuilder::request_timeout)).
+    pub fn timeout_layer(&self) -> TimeoutLayer {
+        self.timeout
+    }
+
     /// The host's layers around its routes, composed in this one place: metrics, trace,
-    /// management key, body limit, then the route's handler.
+    /// management key, body limit, timeout, then the route's handler.
     fn stack(&self, me: Arc<App>) -> Stack {
         let routes = Dispatch(me);
         MetricsLayer::new(self.metrics.clone()).layer(
-            TraceLayer::new().layer(self.auth.clone().layer(self.body.clone().layer(routes))),
+            TraceLayer::new().layer(
+                self.auth
+                    .clone()
+                    .layer(self.body.clone().layer(self.timeout.layer(routes))),
+            ),
         )
     }
 
@@ -99,8 +111,9 @@ impl App {
     /// handling it answers 500 `{"error": ...}` and is logged.
     ///
     /// The request is matched to a route first (its pattern goes in a [`MatchedRoute`]
-    /// extension), then it passes the layers of [`crate::layers`]: metrics, trace,
-    /// management key (on the management API and `/metrics`), body limit.
+    /// extension; a long poll also gets a [`LongPoll`] with the wait it asks for), then it
+    /// passes the layers of [`crate::layers`]: metrics, trace, management key (on the
+    /// management API and `/metrics`), body limit, timeout.
     ///
     /// URLs in the answers start with the public URL when one is configured, else the
     /// bound address ([`Host::bind`](crate::Host::bind)), else they are root-relative paths. Forwarded
@@ -112,6 +125,35 @@ impl App {
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        self.route(&mut req);
+        self.through_stack(req).await
+    }
+
+    /// Handles one request on the listener `on`: the host's own serves every route (as
+    /// [`handle`](Self::handle)), the separate metrics listener only `/metrics`, without
+    /// the key; both through the same layers.
+    pub(crate) async fn handle_on<B>(
+        &self,
+        on: Listener,
+        mut req: Request<B>,
+    ) -> Response<Full<Bytes>>
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        match on {
+            Listener::Host => self.route(&mut req),
+            Listener::Metrics => Self::route_metrics_listener(&mut req),
+        }
+        self.through_stack(req).await
+    }
+
+    /// Answers a routed request through the host's layers.
+    async fn through_stack<B>(&self, req: Request<B>) -> Response<Full<Bytes>>
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let Some(me) = self.me.upgrade() else {
             // Only reachable while the host is being dropped.
             return into_hyper(
@@ -119,7 +161,6 @@ impl App {
                     .into_response(),
             );
         };
-        self.route(&mut req);
         let mut stack = self.stack(me);
         let ready = std::future::poll_fn(|cx| Service::<Request<B>>::poll_ready(&mut stack, cx));
         let result = match ready.await {
@@ -132,10 +173,29 @@ impl App {
         }
     }
 
+    /// Routes a request of the separate metrics listener: `/metrics` without the key,
+    /// nothing else.
+    fn route_metrics_listener<B>(req: &mut Request<B>) {
+        let path = req.uri().path().to_string();
+        let (matched, to) = if path == crate::metrics::PATH {
+            (
+                MatchedRoute::new(crate::metrics::PATH, false),
+                RoutedTo::Found(Target::Metrics, HashMap::new()),
+            )
+        } else {
+            (
+                MatchedRoute::new(MatchedRoute::UNMATCHED, false),
+                RoutedTo::None,
+            )
+        };
+        req.extensions_mut().insert(matched);
+        req.extensions_mut().insert(Routed { path, to });
+    }
+
     /// Matches the request to a route: puts its [`MatchedRoute`] and what answers it in
     /// its extensions.
     fn route<B>(&self, req: &mut Request<B>) {
-        let raw_path = req.uri().path().to_string();
+        let raw_path = req.uri().path();
         let stripped = raw_path
             .strip_prefix(self.mount_prefix.as_str())
             .map(|p| if p.is_empty() { "/" } else { p })
@@ -144,29 +204,31 @@ impl App {
             req.extensions_mut()
                 .insert(MatchedRoute::new(MatchedRoute::UNMATCHED, false));
             req.extensions_mut().insert(Routed {
-                raw_path,
                 path: String::new(),
                 to: RoutedTo::OutsidePrefix,
             });
             return;
         };
         let path = path.to_string();
+        let query = req.uri().query().unwrap_or("");
+        let mut long_poll = None;
         let (matched, to) = match self.router.find(req.method(), &path) {
             Match::Found(r, params) => {
-                let (pattern, keyed) = match r.target {
-                    Target::Start(_) => (r.pattern.as_str(), false),
-                    Target::Status => (self.status_route.as_str(), false),
-                    Target::Management => (
-                        management::route_pattern(params.get("rest").map_or("", String::as_str)),
-                        true,
-                    ),
-                    Target::Dashboard => ("/dashboard/{file}", false),
-                    Target::Metrics => (crate::metrics::PATH, true),
+                let matched = match r.target {
+                    Target::Start(_) => MatchedRoute::new(r.label.clone(), false),
+                    Target::Status => {
+                        long_poll = crate::status::long_poll(query);
+                        MatchedRoute::new(self.status_route.clone(), false)
+                    }
+                    Target::Management => {
+                        let rest = params.get("rest").map_or("", String::as_str);
+                        long_poll = management::long_poll(req.method(), rest, query);
+                        MatchedRoute::new(management::route_pattern(rest), true)
+                    }
+                    Target::Dashboard => MatchedRoute::new("/dashboard/{file}", false),
+                    Target::Metrics => MatchedRoute::new(crate::metrics::PATH, true),
                 };
-                (
-                    MatchedRoute::new(pattern, keyed),
-                    RoutedTo::Found(r.target.clone(), params),
-                )
+                (matched, RoutedTo::Found(r.target.clone(), params))
             }
             Match::WrongMethod(allowed, pattern) => (
                 MatchedRoute::new(pattern, false),
@@ -178,7 +240,10 @@ impl App {
             ),
         };
         req.extensions_mut().insert(matched);
-        req.extensions_mut().insert(Routed { raw_path, path, to });
+        if let Some(wait) = long_poll {
+            req.extensions_mut().insert(LongPoll(wait));
+        }
+        req.extensions_mut().insert(Routed { path, to });
     }
 
     /// Answers a routed request whose body has been read.
@@ -190,11 +255,9 @@ impl App {
                 parts.uri.path()
             )));
         };
-        let Routed { raw_path, path, to } = routed;
-        let body = match body.collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(never) => match never {},
-        };
+        let Routed { path, to } = routed;
+        let raw_path = parts.uri.path();
+        let body = full_bytes(body);
         match &to {
             RoutedTo::OutsidePrefix => {
                 return Err(HttpError::not_found(format!("no route for {raw_path}")));
@@ -221,7 +284,7 @@ impl App {
         let base = self.base.for_request(peer, &parts.headers);
         let mut req = HttpRequest {
             method: parts.method.clone(),
-            path: path.clone(),
+            path,
             params: Default::default(),
             query: parse_query(parts.uri.query().unwrap_or("")),
             headers: parts.headers,
@@ -258,8 +321,8 @@ impl App {
                 }
                 // Answered above.
                 Target::Dashboard | Target::Metrics => Err(HttpError::not_found(format!(
-                    "no route for {} {path}",
-                    req.method
+                    "no route for {} {}",
+                    req.method, req.path
                 ))),
             },
             RoutedTo::WrongMethod(allowed) => {
@@ -272,18 +335,37 @@ impl App {
                 .with_header("allow", allow.join(", ")))
             }
             RoutedTo::None | RoutedTo::OutsidePrefix => Err(HttpError::not_found(format!(
-                "no route for {} {path}",
-                req.method
+                "no route for {} {}",
+                req.method, req.path
             ))),
         }
+    }
+}
+
+/// The listeners of a standalone host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Listener {
+    /// The host's own: every route.
+    Host,
+    /// The separate metrics listener ([`HostBuilder::metrics_addr`](crate::HostBuilder::metrics_addr)):
+    /// `/metrics` without the key.
+    Metrics,
+}
+
+/// The bytes of a `Full` body: its one data frame, there at once (no collecting).
+fn full_bytes(body: Full<Bytes>) -> Bytes {
+    let mut body = std::pin::pin!(body);
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    match body.as_mut().poll_frame(&mut cx) {
+        Poll::Ready(Some(Ok(frame))) => frame.into_data().unwrap_or_default(),
+        Poll::Ready(Some(Err(never))) => match never {},
+        Poll::Ready(None) | Poll::Pending => Bytes::new(),
     }
 }
 
 /// Where the router sent a request, as a request extension for [`Dispatch`].
 #[derive(Clone)]
 struct Routed {
-    /// The path as requested.
-    raw_path: String,
     /// The path under the mount prefix.
     path: String,
     to: RoutedTo,
@@ -320,7 +402,9 @@ impl Service<Request<Full<Bytes>>> for Dispatch {
         Box::pin(async move {
             let resp = match app.answer(req).await {
                 Ok(r) => r,
-                Err(e) => e.into_response(),
+                Err(e) => e
+                    .with_store_retry_after(app.config.store_retry_after)
+                    .into_response(),
             };
             Ok(into_hyper(resp))
         })

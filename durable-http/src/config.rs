@@ -36,6 +36,8 @@ impl PublicStatus {
 pub(crate) struct RequestConfig {
     pub status_prefix: String,
     pub retry_after: u64,
+    /// The `Retry-After` seconds of a 503 for a store failure that may pass.
+    pub store_retry_after: u64,
     pub public_status: PublicStatus,
 }
 
@@ -44,6 +46,7 @@ impl Default for RequestConfig {
         Self {
             status_prefix: "/api/instances".into(),
             retry_after: 1,
+            store_retry_after: 2,
             public_status: PublicStatus::default(),
         }
     }

@@ -9,9 +9,9 @@ use std::time::Duration;
 use durable_core::store::sqlite::SqliteStore;
 use durable_core::{DurableClient, Registry, Store, Worker, WorkerOptions};
 
-use crate::app::{App, DurableService};
+use crate::app::{App, DurableService, Listener};
 use crate::config::{PublicStatus, RequestConfig};
-use crate::layers::{BodyLimitLayer, ManagementAuthLayer};
+use crate::layers::{BodyLimitLayer, ManagementAuthLayer, TimeoutLayer};
 use crate::management;
 use crate::metrics::HostMetrics;
 use crate::public_url::{parse_public_url, parse_trusted_proxies, BaseUrls};
@@ -27,6 +27,9 @@ pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// The default time a request has to send its whole body: 30 s.
 pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// The default time a handler has to answer a request once its body is read: 60 s
+/// (long polls get their wait on top; see [`HostBuilder::request_timeout`]).
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// The default time a kept-alive connection may stay idle between requests: 30 s.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// The default cap on open connections: 512.
@@ -100,6 +103,8 @@ pub struct HostBuilder {
     public_status: Option<PublicStatus>,
     header_read_timeout: Option<Duration>,
     body_read_timeout: Option<Duration>,
+    request_timeout: Option<Duration>,
+    store_retry_after: Option<Duration>,
     idle_timeout: Option<Duration>,
     max_connections: Option<usize>,
     max_concurrent_bodies: Option<usize>,
@@ -109,6 +114,7 @@ pub struct HostBuilder {
     mount_prefix: String,
     inventory_routes: bool,
     metrics_addr: Option<String>,
+    dashboard: Option<bool>,
 }
 
 impl HostBuilder {
@@ -233,6 +239,29 @@ impl HostBuilder {
         self
     }
 
+    /// How long a handler may take to answer once the request's body is read (default
+    /// 60 s, or `DURABLE_REQUEST_TIMEOUT`); then the request answers 504 `{"error": "the
+    /// request was not answered within 60 s"}` and the handler is dropped (what it already
+    /// committed, such as a started instance, stays). Long polls get the wait they ask
+    /// for on top: `?wait=` on the public status (at most 120 s) and `timeout` on the
+    /// management API's starts and restarts (at most 3600 s). Start endpoints that wait for
+    /// their instance ([`ClientExt::wait_for_completion_or_check_status_response`](crate::ClientExt::wait_for_completion_or_check_status_response))
+    /// should wait less than this. Applies to every route, mounted or standalone, and to
+    /// the metrics listener ([`layers::TimeoutLayer`](crate::layers::TimeoutLayer)).
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = Some(timeout);
+        self
+    }
+
+    /// The `Retry-After` of a 503 answered when the store is unavailable for a while
+    /// (busy, disk full, the database unreachable): default 2 s, or
+    /// `DURABLE_STORE_RETRY_AFTER`; whole seconds, rounded up. Raise it for a store that
+    /// takes longer to come back (a PostgreSQL failover), so clients do not retry into it.
+    pub fn store_retry_after(mut self, after: Duration) -> Self {
+        self.store_retry_after = Some(after);
+        self
+    }
+
     /// How long a kept-alive connection may stay idle between requests (default 30 s, or
     /// `DURABLE_IDLE_TIMEOUT`); then it is closed. Standalone server only.
     pub fn idle_timeout(mut self, timeout: Duration) -> Self {
@@ -286,9 +315,22 @@ impl HostBuilder {
     /// Also serves `GET /metrics` without a key on a separate listener at this address
     /// (default `DURABLE_METRICS_ADDR`; none by default), e.g. `127.0.0.1:9464` or an
     /// address on a private network only the Prometheus server reaches. The host's own
-    /// listener serves `/metrics` in any case, with the management key.
+    /// listener serves `/metrics` in any case, with the management key. The separate
+    /// listener answers through the same layers (its requests are counted in the metrics
+    /// and traced, with the body limit and the request timeout) and has the same
+    /// connection limits as the host's listener, with a cap of its own of the same size
+    /// ([`max_connections`](Self::max_connections)).
     pub fn metrics_addr(mut self, addr: impl Into<String>) -> Self {
         self.metrics_addr = Some(addr.into());
+        self
+    }
+
+    /// Whether the host serves the dashboard at `/dashboard/` (default on, or
+    /// `DURABLE_DASHBOARD=on|off`). Off, its paths answer 404 like any unknown path (and
+    /// stay reserved: no start endpoint may take them); the management API it uses is
+    /// served either way.
+    pub fn dashboard(mut self, on: bool) -> Self {
+        self.dashboard = Some(on);
         self
     }
 
@@ -369,12 +411,15 @@ impl HostBuilder {
         // with one is refused naming it.
         let mut router = Router::default();
         let public_status = settings.public_status != PublicStatus::Off;
-        let host_routes = [
+        let dashboard = [
             (crate::dashboard::PATH.to_string(), Target::Dashboard),
             (
                 format!("{}/{{*file}}", crate::dashboard::PATH),
                 Target::Dashboard,
             ),
+        ];
+        let dashboard = dashboard.into_iter().filter(|_| settings.dashboard);
+        let host_routes = [
             (crate::metrics::PATH.to_string(), Target::Metrics),
             (management::BASE.to_string(), Target::Management),
             (
@@ -382,7 +427,7 @@ impl HostBuilder {
                 Target::Management,
             ),
         ];
-        for (pattern, target) in host_routes {
+        for (pattern, target) in dashboard.chain(host_routes) {
             router.add_host_route(&pattern, target).map_err(HostError)?;
         }
         if public_status {
@@ -432,7 +477,7 @@ impl HostBuilder {
         let runtime = builder.start()?;
         let client = runtime.client();
         let metrics = Arc::new(HostMetrics::new(runtime.metrics().clone(), store.clone()));
-        let status_route = format!("{}/{{id}}", self.status_prefix);
+        let status_route: Arc<str> = format!("{}/{{id}}", self.status_prefix).into();
         Ok(Host {
             addr: self.addr,
             app: Arc::new_cyclic(|me| App {
@@ -443,6 +488,7 @@ impl HostBuilder {
                 config: Arc::new(RequestConfig {
                     status_prefix: self.status_prefix,
                     retry_after: self.retry_after,
+                    store_retry_after: settings.store_retry_after,
                     public_status: settings.public_status,
                 }),
                 body: BodyLimitLayer::with_slots(
@@ -450,6 +496,7 @@ impl HostBuilder {
                     settings.body_read_timeout,
                     Arc::new(tokio::sync::Semaphore::new(settings.max_concurrent_bodies)),
                 ),
+                timeout: TimeoutLayer::new(settings.request_timeout),
                 mount_prefix: self.mount_prefix,
                 base: settings.base,
                 metrics,
@@ -468,8 +515,11 @@ impl HostBuilder {
 /// variable, else the default; all checked.
 struct Settings {
     public_status: PublicStatus,
+    dashboard: bool,
     body_limit: usize,
     body_read_timeout: Duration,
+    request_timeout: Duration,
+    store_retry_after: u64,
     max_concurrent_bodies: usize,
     base: BaseUrls,
     conn: ConnLimits,
@@ -524,8 +574,20 @@ impl Settings {
             }
             Ok(n)
         };
+        let dashboard = setting(
+            b.dashboard,
+            "DURABLE_DASHBOARD",
+            |v| match v.trim().to_ascii_lowercase().as_str() {
+                "on" | "true" | "1" => Some(true),
+                "off" | "false" | "0" => Some(false),
+                _ => None,
+            },
+            "on or off",
+        )?
+        .unwrap_or(true);
         Ok(Settings {
             public_status,
+            dashboard,
             body_limit: count(
                 b.body_limit,
                 "DURABLE_BODY_LIMIT",
@@ -538,6 +600,22 @@ impl Settings {
                 "body read timeout",
                 DEFAULT_BODY_READ_TIMEOUT,
             )?,
+            request_timeout: duration(
+                b.request_timeout,
+                "DURABLE_REQUEST_TIMEOUT",
+                "request timeout",
+                DEFAULT_REQUEST_TIMEOUT,
+            )?,
+            store_retry_after: {
+                let d = duration(
+                    b.store_retry_after,
+                    "DURABLE_STORE_RETRY_AFTER",
+                    "store Retry-After",
+                    Duration::from_secs(2),
+                )?;
+                // Whole seconds, rounded up (at most a day: checked above).
+                d.as_secs() + u64::from(d.subsec_nanos() > 0)
+            },
             max_concurrent_bodies: count(
                 b.max_concurrent_bodies,
                 "DURABLE_MAX_BODIES",
@@ -743,6 +821,8 @@ impl Host {
             public_status: None,
             header_read_timeout: None,
             body_read_timeout: None,
+            request_timeout: None,
+            store_retry_after: None,
             idle_timeout: None,
             max_connections: None,
             max_concurrent_bodies: None,
@@ -752,6 +832,7 @@ impl Host {
             mount_prefix: String::new(),
             inventory_routes: true,
             metrics_addr: None,
+            dashboard: None,
         }
     }
 
@@ -811,28 +892,34 @@ impl Host {
                 let bound = listener
                     .local_addr()
                     .map_err(|e| HostError(e.to_string()))?;
-                let task = tokio::spawn(crate::server::serve_metrics(
+                let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+                let task = tokio::spawn(crate::server::serve(
                     listener,
-                    self.app.metrics.clone(),
-                    self.limits.header_read_timeout,
+                    self.app.clone(),
+                    Listener::Metrics,
+                    self.limits,
+                    open.clone(),
                     stop_rx.clone(),
                 ));
-                Some((bound, task))
+                Some((bound, (task, open)))
             }
             None => None,
         };
         let server = tokio::spawn(crate::server::serve(
             listener,
             self.app.clone(),
+            Listener::Host,
             self.limits,
             open.clone(),
             stop_rx,
         ));
         let (metrics_addr, metrics_server) = metrics.unzip();
+        let (metrics_server, open_metrics) = metrics_server.unzip();
         Ok(RunningHost {
             addr,
             metrics_addr,
             metrics_server,
+            open_metrics,
             routes: self.app.router.describe(),
             app: self.app,
             runtime: self.runtime,
@@ -853,6 +940,7 @@ pub struct RunningHost {
     /// ([`HostBuilder::metrics_addr`]).
     pub metrics_addr: Option<SocketAddr>,
     metrics_server: Option<tokio::task::JoinHandle<()>>,
+    open_metrics: Option<Arc<std::sync::atomic::AtomicUsize>>,
     routes: Vec<String>,
     app: Arc<App>,
     runtime: Worker,
@@ -897,6 +985,14 @@ impl RunningHost {
     /// [`HostBuilder::max_connections`]).
     pub fn open_connections(&self) -> usize {
         self.open.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// How many connections the separate metrics listener has open now (0 without one;
+    /// never more than [`HostBuilder::max_connections`], counted apart from the host's).
+    pub fn open_metrics_connections(&self) -> usize {
+        self.open_metrics
+            .as_ref()
+            .map_or(0, |o| o.load(std::sync::atomic::Ordering::SeqCst))
     }
 
     /// Stops accepting, finishes in-flight requests, stops the worker, then checkpoints the

@@ -11,16 +11,21 @@
 //! - [`ManagementAuthLayer`]: the management key, in `x-functions-key`,
 //!   `Authorization: Bearer` or the `code` query parameter, else 401;
 //! - [`BodyLimitLayer`]: the body limit (413), the body read timeout (408) and the cap
-//!   on bodies read at once (503); the inner service gets the body read in full.
+//!   on bodies read at once (503); the inner service gets the body read in full;
+//! - [`TimeoutLayer`]: the time a handler has to answer once the body is read, else 504
+//!   `{"error": "the request was not answered within 60 s"}`; a long poll whose wait the
+//!   request names (a [`LongPoll`] extension) gets that wait on top.
 //!
 //! The layers learn which route a request is for from its [`MatchedRoute`] extension:
 //! the host's router adds it before the layers run; an application adds it in its own
 //! routing (or a layer of its own) so that metrics count by pattern, never by raw path,
 //! and so that the key is asked for only on the routes that need it. The host composes
-//! them, outermost first, as metrics, trace, auth, body limit.
+//! them, outermost first, as metrics, trace, auth, body limit, timeout.
 //!
 //! Every error these layers answer is the host's JSON error body `{"error": "..."}`; the
 //! response body type only needs `From<Bytes>` (hyper's `Full<Bytes>`, axum's `Body`).
+//! Each layer's future is a named type wrapping the inner service's future, never a box,
+//! so a stack of them costs one future however many layers it has.
 //!
 //! ```no_run
 //! use durable_http::layers::{ManagementAuthLayer, TraceLayer};
@@ -28,7 +33,7 @@
 //! # fn wrap<S>(app: &durable_http::App, inner: S) {
 //! let service = app.metrics_layer().layer(
 //!     TraceLayer::new().layer(ManagementAuthLayer::new("a-long-management-key").layer(
-//!         app.body_limit_layer().layer(inner),
+//!         app.body_limit_layer().layer(app.timeout_layer().layer(inner)),
 //!     )),
 //! );
 //! # let _ = service;
@@ -52,7 +57,8 @@ use tracing::Instrument;
 use crate::metrics::HostMetrics;
 use crate::request::{into_response_body, parse_query, HttpError, HttpResponse};
 
-/// The future every layer's service returns.
+/// A boxed response future, for a service whose future has no name (an `async` block):
+/// the host's route handlers. The layers themselves return named futures.
 pub type LayerFuture<R, E> = Pin<Box<dyn Future<Output = Result<R, E>> + Send>>;
 
 /// The route a request was matched to, as a request extension. Metrics label requests
@@ -88,19 +94,76 @@ fn pattern_of<B>(req: &Request<B>) -> Arc<str> {
 }
 
 /// Takes the ready service out of `slot`, leaving a clone in its place (the usual way to
-/// call a cloned tower service from a `'static` future).
+/// call a cloned tower service later, from a future).
 fn take<S: Clone>(slot: &mut S) -> S {
     let clone = slot.clone();
     std::mem::replace(slot, clone)
 }
 
-fn answer<ResBody, E>(r: HttpResponse) -> LayerFuture<Response<ResBody>, E>
+pin_project_lite::pin_project! {
+    /// The future of a layer that either answers at once (a refused key) or passes the
+    /// request on: the inner service's future, unboxed.
+    pub struct OrAnswer<F, R> {
+        #[pin]
+        state: OrAnswerState<F, R>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = OrAnswerProj]
+    enum OrAnswerState<F, R> {
+        // The inner service's answer.
+        Inner {
+            #[pin]
+            inner: F,
+        },
+        // The layer's own answer.
+        Answer {
+            response: Option<R>,
+        },
+    }
+}
+
+impl<F, R> OrAnswer<F, R> {
+    fn inner(inner: F) -> Self {
+        OrAnswer {
+            state: OrAnswerState::Inner { inner },
+        }
+    }
+
+    fn answer(response: R) -> Self {
+        OrAnswer {
+            state: OrAnswerState::Answer {
+                response: Some(response),
+            },
+        }
+    }
+}
+
+impl<F, R> std::fmt::Debug for OrAnswer<F, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.state {
+            OrAnswerState::Inner { .. } => "OrAnswer::Inner",
+            OrAnswerState::Answer { .. } => "OrAnswer::Answer",
+        })
+    }
+}
+
+impl<F, R, E> Future for OrAnswer<F, R>
 where
-    ResBody: From<Bytes> + Send + 'static,
-    E: Send + 'static,
+    F: Future<Output = Result<R, E>>,
 {
-    let resp = into_response_body(r);
-    Box::pin(async move { Ok(resp) })
+    type Output = Result<R, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            OrAnswerProj::Inner { inner } => inner.poll(cx),
+            OrAnswerProj::Answer { response } => match response.take() {
+                Some(r) => Poll::Ready(Ok(r)),
+                None => panic!("OrAnswer polled after it completed"),
+            },
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -156,15 +219,12 @@ impl<S> std::fmt::Debug for ManagementAuth<S> {
 
 impl<S, B, ResBody> Service<Request<B>> for ManagementAuth<S>
 where
-    S: Service<Request<B>, Response = Response<ResBody>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    B: Send + 'static,
-    ResBody: From<Bytes> + Send + 'static,
+    S: Service<Request<B>, Response = Response<ResBody>>,
+    ResBody: From<Bytes>,
 {
     type Response = Response<ResBody>;
     type Error = S::Error;
-    type Future = LayerFuture<Response<ResBody>, S::Error>;
+    type Future = OrAnswer<S::Future, Response<ResBody>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -176,11 +236,11 @@ where
             .get::<MatchedRoute>()
             .is_none_or(|r| r.keyed);
         if keyed && !key_matches(&self.key, req.headers(), req.uri().query()) {
-            return answer(
+            return OrAnswer::answer(into_response_body(
                 HttpError::new(StatusCode::UNAUTHORIZED, "missing or invalid key").into_response(),
-            );
+            ));
         }
-        Box::pin(take(&mut self.inner).call(req))
+        OrAnswer::inner(self.inner.call(req))
     }
 }
 
@@ -288,16 +348,14 @@ pub struct BodyLimit<S> {
 
 impl<S, B, ResBody> Service<Request<B>> for BodyLimit<S>
 where
-    S: Service<Request<Full<Bytes>>, Response = Response<ResBody>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    B: Body<Data = Bytes> + Send + 'static,
+    S: Service<Request<Full<Bytes>>, Response = Response<ResBody>> + Clone,
+    B: Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    ResBody: From<Bytes> + Send + 'static,
+    ResBody: From<Bytes>,
 {
     type Response = Response<ResBody>;
     type Error = S::Error;
-    type Future = LayerFuture<Response<ResBody>, S::Error>;
+    type Future = BodyLimitFuture<S, B>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -312,52 +370,184 @@ where
             .and_then(|v| v.parse::<usize>().ok())
         {
             if len > limit {
-                return answer(too_large(len, limit).into_response());
+                return BodyLimitFuture::answer(too_large(len, limit).into_response());
             }
         }
-        let mut inner = take(&mut self.inner);
-        let config = self.config.clone();
-        Box::pin(async move {
-            let (parts, body) = req.into_parts();
-            match read_body(&config, body).await {
-                Ok(body) => {
-                    inner
-                        .call(Request::from_parts(parts, Full::new(body)))
-                        .await
-                }
-                Err(resp) => Ok(into_response_body(resp)),
-            }
+        let (parts, body) = req.into_parts();
+        // No body (most GETs, many starts): nothing to read, no slot taken.
+        if body.is_end_stream() {
+            let req = Request::from_parts(parts, Full::new(Bytes::new()));
+            return BodyLimitFuture::inner(self.inner.call(req));
+        }
+        let Ok(permit) = self.config.slots.clone().try_acquire_owned() else {
+            tracing::warn!("refused a request body: all body read slots are taken");
+            return BodyLimitFuture::answer(
+                HttpError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "too many requests are sending bodies right now; try again",
+                )
+                .into_response()
+                .with_header("retry-after", "1"),
+            );
+        };
+        BodyLimitFuture {
+            state: BodyLimitState::Reading {
+                read: tokio::time::timeout(
+                    self.config.read_timeout,
+                    Limited::new(body, limit).collect(),
+                ),
+                then: Some((parts, take(&mut self.inner), permit)),
+                limit,
+                read_timeout: self.config.read_timeout,
+            },
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`BodyLimit`]: reads the body within the limits, then awaits the
+    /// inner service's future; no box in between.
+    pub struct BodyLimitFuture<S, B>
+    where
+        S: Service<Request<Full<Bytes>>>,
+        B: Body,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        #[pin]
+        state: BodyLimitState<S, B>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = BodyLimitProj]
+    enum BodyLimitState<S, B>
+    where
+        S: Service<Request<Full<Bytes>>>,
+        B: Body,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        // Reading the body; then the request's head, the service to call and the body
+        // read slot (held until the body is read).
+        Reading {
+            #[pin]
+            read: tokio::time::Timeout<http_body_util::combinators::Collect<Limited<B>>>,
+            then: Option<(http::request::Parts, S, tokio::sync::OwnedSemaphorePermit)>,
+            limit: usize,
+            read_timeout: Duration,
+        },
+        // The inner service's answer.
+        Inner {
+            #[pin]
+            inner: S::Future,
+        },
+        // The layer's own answer (413, 408, 503, 400).
+        Answer {
+            response: Option<HttpResponse>,
+        },
+    }
+}
+
+impl<S, B> BodyLimitFuture<S, B>
+where
+    S: Service<Request<Full<Bytes>>>,
+    B: Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn inner(inner: S::Future) -> Self {
+        BodyLimitFuture {
+            state: BodyLimitState::Inner { inner },
+        }
+    }
+
+    fn answer(response: HttpResponse) -> Self {
+        BodyLimitFuture {
+            state: BodyLimitState::Answer {
+                response: Some(response),
+            },
+        }
+    }
+}
+
+impl<S, B> std::fmt::Debug for BodyLimitFuture<S, B>
+where
+    S: Service<Request<Full<Bytes>>>,
+    B: Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.state {
+            BodyLimitState::Reading { .. } => "BodyLimitFuture::Reading",
+            BodyLimitState::Inner { .. } => "BodyLimitFuture::Inner",
+            BodyLimitState::Answer { .. } => "BodyLimitFuture::Answer",
         })
     }
 }
 
-/// The request body, read within the body limit, the body read timeout and the cap on
-/// bodies read at once.
-async fn read_body<B>(config: &BodyLimitLayer, body: B) -> Result<Bytes, HttpResponse>
+impl<S, B, ResBody> Future for BodyLimitFuture<S, B>
 where
-    B: Body<Data = Bytes> + Send,
+    S: Service<Request<Full<Bytes>>, Response = Response<ResBody>>,
+    B: Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    ResBody: From<Bytes>,
 {
-    if body.is_end_stream() {
-        return Ok(Bytes::new());
+    type Output = Result<Response<ResBody>, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut state = self.project().state;
+        loop {
+            let next = match state.as_mut().project() {
+                BodyLimitProj::Inner { inner } => return inner.poll(cx),
+                BodyLimitProj::Answer { response } => {
+                    return match response.take() {
+                        Some(r) => Poll::Ready(Ok(into_response_body(r))),
+                        None => panic!("BodyLimitFuture polled after it completed"),
+                    };
+                }
+                BodyLimitProj::Reading {
+                    read,
+                    then,
+                    limit,
+                    read_timeout,
+                } => {
+                    let read = match read.poll(cx) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(r) => r,
+                    };
+                    let Some((parts, mut inner, _permit)) = then.take() else {
+                        panic!("BodyLimitFuture polled after it completed");
+                    };
+                    match read_outcome(read, *limit, *read_timeout) {
+                        Ok(body) => BodyLimitState::Inner {
+                            inner: inner.call(Request::from_parts(parts, Full::new(body))),
+                        },
+                        Err(response) => BodyLimitState::Answer {
+                            response: Some(response),
+                        },
+                    }
+                }
+            };
+            state.set(next);
+        }
     }
-    let Ok(_permit) = config.slots.try_acquire() else {
-        tracing::warn!("refused a request body: all body read slots are taken");
-        return Err(HttpError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too many requests are sending bodies right now; try again",
-        )
-        .into_response()
-        .with_header("retry-after", "1"));
-    };
-    let read = Limited::new(body, config.limit).collect();
-    match tokio::time::timeout(config.read_timeout, read).await {
+}
+
+/// The body read within the limit and the read timeout, or the answer to give instead.
+fn read_outcome<E>(
+    read: Result<Result<http_body_util::Collected<Bytes>, E>, tokio::time::error::Elapsed>,
+    limit: usize,
+    read_timeout: Duration,
+) -> Result<Bytes, HttpResponse>
+where
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    match read {
         Ok(Ok(b)) => Ok(b.to_bytes()),
         Ok(Err(e)) => {
+            let e: Box<dyn std::error::Error + Send + Sync> = e.into();
             if e.downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some()
             {
-                return Err(too_large(config.limit.saturating_add(1), config.limit).into_response());
+                return Err(too_large(limit.saturating_add(1), limit).into_response());
             }
             Err(
                 HttpError::bad_request(format!("could not read the request body: {e}"))
@@ -368,7 +558,7 @@ where
             StatusCode::REQUEST_TIMEOUT,
             format!(
                 "the request body did not arrive within {} s",
-                config.read_timeout.as_secs_f64()
+                read_timeout.as_secs_f64()
             ),
         )
         .into_response()
@@ -381,6 +571,143 @@ fn too_large(size: usize, limit: usize) -> HttpError {
         StatusCode::PAYLOAD_TOO_LARGE,
         format!("the request body is {size} bytes or more, over the limit of {limit} bytes"),
     )
+}
+
+// ---------------------------------------------------------------------------------------
+// Timeout
+
+/// Time a request may take beyond [`TimeoutLayer`]'s timeout, as a request extension: for
+/// a long poll whose wait the request itself names, so that the wait bounds it rather than
+/// the timeout. The host's router adds it for `?wait=` on the public status route and for
+/// `timeout` on the management API's starts and restarts (each already capped by its
+/// route); an application adds it in its own routing for long polls of its own. It is
+/// trusted as given: derive it from a bounded parameter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LongPoll(pub Duration);
+
+/// Gives the inner service a time to answer, counted from the call (inside
+/// [`BodyLimitLayer`], that is once the body has been read): a request not answered in
+/// time is dropped (the handler's future with it: work it committed stays committed) and
+/// answers 504 `{"error": "the request was not answered within 60 s"}`, and a warning is
+/// logged. A request with a [`LongPoll`] extension gets its time on top of the timeout.
+#[derive(Clone, Copy, Debug)]
+pub struct TimeoutLayer {
+    timeout: Duration,
+}
+
+impl TimeoutLayer {
+    /// A layer giving handlers `timeout` to answer (the host's is
+    /// [`DEFAULT_REQUEST_TIMEOUT`](crate::DEFAULT_REQUEST_TIMEOUT) unless configured:
+    /// [`HostBuilder::request_timeout`](crate::HostBuilder::request_timeout)).
+    pub fn new(timeout: Duration) -> Self {
+        TimeoutLayer { timeout }
+    }
+
+    /// The time handlers have to answer, long polls aside.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+}
+
+impl<S> Layer<S> for TimeoutLayer {
+    type Service = Timeout<S>;
+
+    fn layer(&self, inner: S) -> Timeout<S> {
+        Timeout {
+            inner,
+            timeout: self.timeout,
+        }
+    }
+}
+
+/// The service of [`TimeoutLayer`].
+#[derive(Clone, Debug)]
+pub struct Timeout<S> {
+    inner: S,
+    timeout: Duration,
+}
+
+impl<S, B, ResBody> Service<Request<B>> for Timeout<S>
+where
+    S: Service<Request<B>, Response = Response<ResBody>>,
+    ResBody: From<Bytes>,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = TimeoutFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let long_poll = req
+            .extensions()
+            .get::<LongPoll>()
+            .map_or(Duration::ZERO, |l| l.0);
+        let limit = self.timeout.saturating_add(long_poll);
+        TimeoutFuture {
+            inner: self.inner.call(req),
+            sleep: tokio::time::sleep(limit),
+            limit,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`Timeout`]: the inner service's answer, or 504 when its time is up.
+    pub struct TimeoutFuture<F> {
+        #[pin]
+        inner: F,
+        #[pin]
+        sleep: tokio::time::Sleep,
+        limit: Duration,
+    }
+}
+
+impl<F> std::fmt::Debug for TimeoutFuture<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TimeoutFuture")
+            .field("limit", &self.limit)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F, ResBody, E> Future for TimeoutFuture<F>
+where
+    F: Future<Output = Result<Response<ResBody>, E>>,
+    ResBody: From<Bytes>,
+{
+    type Output = Result<Response<ResBody>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(r) = this.inner.poll(cx) {
+            return Poll::Ready(r);
+        }
+        match this.sleep.poll(cx) {
+            Poll::Ready(()) => {
+                tracing::warn!(
+                    limit_ms = u64::try_from(this.limit.as_millis()).unwrap_or(u64::MAX),
+                    "a request was not answered in time"
+                );
+                Poll::Ready(Ok(into_response_body(timed_out(*this.limit))))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// The answer to a request its handler did not answer within `limit`.
+fn timed_out(limit: Duration) -> HttpResponse {
+    HttpError::new(
+        StatusCode::GATEWAY_TIMEOUT,
+        format!(
+            "the request was not answered within {} s",
+            limit.as_secs_f64()
+        ),
+    )
+    .into_response()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -420,15 +747,12 @@ pub struct Trace<S> {
 
 impl<S, B, ResBody> Service<Request<B>> for Trace<S>
 where
-    S: Service<Request<B>, Response = Response<ResBody>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    B: Send + 'static,
-    ResBody: From<Bytes> + Send + 'static,
+    S: Service<Request<B>, Response = Response<ResBody>>,
+    ResBody: From<Bytes>,
 {
     type Response = Response<ResBody>;
     type Error = S::Error;
-    type Future = LayerFuture<Response<ResBody>, S::Error>;
+    type Future = TraceFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -436,7 +760,7 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let method = req.method().clone();
-        let path = req.uri().path().to_string();
+        let uri = req.uri().clone();
         let route = pattern_of(&req);
         // Instances this request starts continue its trace; a malformed header is ignored.
         let trace = req
@@ -452,48 +776,135 @@ where
             trace_id = tracing::field::Empty
         );
         durable_core::trace::attach(&span, trace.as_ref());
-        let mut inner = take(&mut self.inner);
-        let called = CatchUnwind(Box::pin(async move { inner.call(req).await }));
-        let scoped = durable_core::trace::scope(trace, called).instrument(span.clone());
-        Box::pin(async move {
-            let resp = match scoped.await {
-                Ok(r) => r?,
-                Err(panic) => {
-                    let what = panic
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "a non-text panic".into());
-                    tracing::error!(%method, %path, panic = %what, "a request handler panicked");
-                    into_response_body(
-                        HttpError::new(
-                            StatusCode::INTERNAL_SERVER_ERROR,
-                            "the request failed inside the server",
-                        )
-                        .into_response(),
+        // The inner service's own call runs in the span too, and a panic in it answers 500
+        // as one in its future does.
+        let called = {
+            let _entered = span.enter();
+            let inner = &mut self.inner;
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.call(req))) {
+                Ok(inner) => CatchUnwind::Running { inner },
+                Err(panic) => CatchUnwind::Panicked { panic: Some(panic) },
+            }
+        };
+        TraceFuture {
+            inner: durable_core::trace::scope(trace, called).instrument(span),
+            method,
+            uri,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`Trace`]: the inner service's future in the request's span and
+    /// trace scope, a panic in it turned into a 500; no box.
+    pub struct TraceFuture<F> {
+        #[pin]
+        inner: tracing::instrument::Instrumented<
+            tokio::task::futures::TaskLocalFuture<
+                Option<durable_core::trace::TraceParent>,
+                CatchUnwind<F>,
+            >,
+        >,
+        method: http::Method,
+        uri: http::Uri,
+    }
+}
+
+impl<F> std::fmt::Debug for TraceFuture<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TraceFuture")
+            .field("method", &self.method)
+            .field("uri", &self.uri)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F, ResBody, E> Future for TraceFuture<F>
+where
+    F: Future<Output = Result<Response<ResBody>, E>>,
+    ResBody: From<Bytes>,
+{
+    type Output = Result<Response<ResBody>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let outcome = match this.inner.as_mut().poll(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(o) => o,
+        };
+        let method = &*this.method;
+        let path = this.uri.path();
+        let resp = match outcome {
+            Ok(r) => r?,
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a non-text panic".into());
+                tracing::error!(%method, %path, panic = %what, "a request handler panicked");
+                into_response_body(
+                    HttpError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "the request failed inside the server",
                     )
-                }
-            };
-            tracing::debug!(%method, %path, status = resp.status().as_u16(), "request");
-            span.record("status", resp.status().as_u16());
-            Ok(resp)
+                    .into_response(),
+                )
+            }
+        };
+        tracing::debug!(%method, %path, status = resp.status().as_u16(), "request");
+        this.inner
+            .as_ref()
+            .get_ref()
+            .span()
+            .record("status", resp.status().as_u16());
+        Poll::Ready(Ok(resp))
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Runs a future and turns a panic inside it (or in the call that made it) into an
+    /// `Err` with the panic's payload, so a handler's panic answers 500 instead of
+    /// dropping the connection.
+    #[project = CatchUnwindProj]
+    enum CatchUnwind<F> {
+        // The inner service's future.
+        Running {
+            #[pin]
+            inner: F,
+        },
+        // The inner service panicked when called.
+        Panicked {
+            panic: Option<Box<dyn std::any::Any + Send>>,
+        },
+    }
+}
+
+impl<F> std::fmt::Debug for CatchUnwind<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CatchUnwind::Running { .. } => "CatchUnwind::Running",
+            CatchUnwind::Panicked { .. } => "CatchUnwind::Panicked",
         })
     }
 }
 
-/// Runs a future and turns a panic inside it into an `Err` with the panic's payload, so a
-/// handler's panic answers 500 instead of dropping the connection.
-struct CatchUnwind<F>(F);
-
-impl<F: Future + Unpin> Future for CatchUnwind<F> {
+impl<F: Future> Future for CatchUnwind<F> {
     type Output = Result<F::Output, Box<dyn std::any::Any + Send>>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let inner = &mut self.get_mut().0;
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Pin::new(inner).poll(cx))) {
-            Ok(Poll::Pending) => Poll::Pending,
-            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
-            Err(panic) => Poll::Ready(Err(panic)),
+        match self.project() {
+            CatchUnwindProj::Running { inner } => {
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.poll(cx))) {
+                    Ok(Poll::Pending) => Poll::Pending,
+                    Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
+                    Err(panic) => Poll::Ready(Err(panic)),
+                }
+            }
+            CatchUnwindProj::Panicked { panic } => match panic.take() {
+                Some(p) => Poll::Ready(Err(p)),
+                None => panic!("CatchUnwind polled after it completed"),
+            },
         }
     }
 }
@@ -549,15 +960,11 @@ impl<S> std::fmt::Debug for MetricsService<S> {
 
 impl<S, B, ResBody> Service<Request<B>> for MetricsService<S>
 where
-    S: Service<Request<B>, Response = Response<ResBody>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    B: Send + 'static,
-    ResBody: Send + 'static,
+    S: Service<Request<B>, Response = Response<ResBody>>,
 {
     type Response = Response<ResBody>;
     type Error = S::Error;
-    type Future = LayerFuture<Response<ResBody>, S::Error>;
+    type Future = MetricsFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -567,13 +974,56 @@ where
         let started = Instant::now();
         let method = req.method().clone();
         let route = pattern_of(&req);
-        let metrics = self.metrics.clone();
-        let called = take(&mut self.inner).call(req);
-        Box::pin(async move {
-            let resp = called.await?;
-            metrics.request(&route, &method, resp.status(), started.elapsed());
-            Ok(resp)
-        })
+        MetricsFuture {
+            inner: self.inner.call(req),
+            started,
+            method,
+            route,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`MetricsService`]: the inner service's answer, counted and timed
+    /// when it arrives; no box.
+    pub struct MetricsFuture<F> {
+        #[pin]
+        inner: F,
+        started: Instant,
+        method: http::Method,
+        route: Arc<str>,
+        metrics: Arc<HostMetrics>,
+    }
+}
+
+impl<F> std::fmt::Debug for MetricsFuture<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetricsFuture")
+            .field("route", &self.route)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F, ResBody, E> Future for MetricsFuture<F>
+where
+    F: Future<Output = Result<Response<ResBody>, E>>,
+{
+    type Output = Result<Response<ResBody>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let resp = match this.inner.poll(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(r) => r?,
+        };
+        this.metrics.request(
+            this.route,
+            this.method,
+            resp.status(),
+            this.started.elapsed(),
+        );
+        Poll::Ready(Ok(resp))
     }
 }
 

@@ -33,14 +33,15 @@
 //! ([`HostBuilder::trusted_proxies`]); the public status shows fixed reasons for failures
 //! ([`PublicStatus`]); the standalone server caps connections, header, idle and body
 //! times and the bodies read at once ([`HostBuilder::max_connections`] and its
-//! neighbours); a panic in a handler answers 500.
+//! neighbours); every request has a time to be answered in
+//! ([`HostBuilder::request_timeout`], 504 after it); a panic in a handler answers 500.
 //!
 //! To mount it inside another application, build the host with
 //! [`HostBuilder::mount_prefix`], then either serve [`Host::service`] (a
 //! `hyper::service::Service` and a `tower_service::Service`) on your own connections, or call [`App::handle`] (from
 //! [`Host::app`]) from an axum or hyper handler for the paths under the prefix. The
-//! host's key check, body limit, request span and HTTP metrics are tower layers
-//! ([`layers`]) that an application can also put around handlers of its own.
+//! host's key check, body limit, request timeout, request span and HTTP metrics are tower
+//! layers ([`layers`]) that an application can also put around handlers of its own.
 
 #![warn(missing_docs)]
 
@@ -58,14 +59,15 @@ mod router;
 mod server;
 mod status;
 
-pub use app::App;
+pub use app::{App, DurableService};
 pub use config::PublicStatus;
 pub use durable_core::DurableClient;
 pub use durable_macros::http_start;
 pub use host::{
     Host, HostBuilder, HostError, HttpStartRegistration, RunningHost, DEFAULT_ADDR,
     DEFAULT_BODY_LIMIT, DEFAULT_BODY_READ_TIMEOUT, DEFAULT_HEADER_READ_TIMEOUT,
-    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONCURRENT_BODIES, DEFAULT_MAX_CONNECTIONS, MIN_KEY_LEN,
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONCURRENT_BODIES, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_REQUEST_TIMEOUT, MIN_KEY_LEN,
 };
 /// The `http` crate this host is built on, for custom responses and requests.
 pub use http;

@@ -30,14 +30,14 @@ const PENDING_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
-    route: String,
+    route: Arc<str>,
     method: &'static str,
     status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
-    route: String,
+    route: Arc<str>,
 }
 
 fn duration_histogram() -> Histogram {
@@ -89,18 +89,25 @@ impl HostMetrics {
     }
 
     /// Records an answered request. `route` is the route's pattern (never the raw path),
-    /// so the label values stay bounded.
-    pub(crate) fn request(&self, route: &str, method: &Method, status: StatusCode, took: Duration) {
+    /// so the label values stay bounded. The labels share `route` (nothing is copied for
+    /// a series that exists).
+    pub(crate) fn request(
+        &self,
+        route: &Arc<str>,
+        method: &Method,
+        status: StatusCode,
+        took: Duration,
+    ) {
         self.requests
             .get_or_create(&RequestLabels {
-                route: route.to_string(),
+                route: route.clone(),
                 method: method_label(method),
                 status: status.as_u16(),
             })
             .inc();
         self.durations
             .get_or_create(&RouteLabels {
-                route: route.to_string(),
+                route: route.clone(),
             })
             .observe(took.as_secs_f64());
     }

@@ -262,9 +262,13 @@ pub struct HttpError {
     /// What was wrong.
     pub message: String,
     retry_after: Option<u64>,
+    /// A store failure that may pass: the host sets its `Retry-After` from
+    /// [`HostBuilder::store_retry_after`](crate::HostBuilder::store_retry_after).
+    store_unavailable: bool,
 }
 
-/// The `Retry-After` seconds of a 503 for a store failure that may pass (busy, full disk).
+/// The `Retry-After` seconds of a 503 for a store failure that may pass (busy, full
+/// disk) when nothing else chose them.
 const STORE_RETRY_AFTER_SECS: u64 = 2;
 
 impl HttpError {
@@ -274,6 +278,7 @@ impl HttpError {
             status,
             message: message.into(),
             retry_after: None,
+            store_unavailable: false,
         }
     }
 
@@ -291,6 +296,16 @@ impl HttpError {
     pub fn with_retry_after(mut self, seconds: u64) -> Self {
         self.retry_after = Some(seconds);
         self
+    }
+
+    /// For a store failure that may pass, the same error answering with `Retry-After:
+    /// seconds`; any other error unchanged.
+    pub(crate) fn with_store_retry_after(self, seconds: u64) -> Self {
+        if self.store_unavailable {
+            self.with_retry_after(seconds)
+        } else {
+            self
+        }
     }
 
     /// The JSON response for this error.
@@ -332,11 +347,13 @@ impl From<durable_core::Error> for HttpError {
         match &e {
             E::Store(_) if e.is_retryable() => {
                 tracing::warn!(error = %e, "store unavailable while serving a request; answered 503");
-                Self::new(
+                let mut e = Self::new(
                     status,
                     "storage is temporarily unavailable; try again after the Retry-After delay",
                 )
-                .with_retry_after(STORE_RETRY_AFTER_SECS)
+                .with_retry_after(STORE_RETRY_AFTER_SECS);
+                e.store_unavailable = true;
+                e
             }
             E::Store(_) => {
                 tracing::error!(error = %e, "store failure while serving a request; answered 500");

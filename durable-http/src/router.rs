@@ -51,6 +51,8 @@ pub(crate) struct Route {
     params: Vec<(String, bool)>,
     pub(crate) target: Target,
     pub(crate) pattern: String,
+    /// The pattern as the metrics label (shared, not copied per request).
+    pub(crate) label: std::sync::Arc<str>,
     location: String,
 }
 
@@ -180,6 +182,7 @@ impl Router {
             params,
             target,
             pattern: pattern.to_string(),
+            label: pattern.into(),
             location: location.to_string(),
         };
         if let Some(&i) = self.shapes.get(&shape) {

@@ -1,6 +1,8 @@
-//! The standalone server's connections: a cap on how many are open at once, a deadline
-//! for each request's header and for idle kept-alive connections, and a growing back-off
-//! when accepting fails (for example when the process is out of file descriptors).
+//! The standalone server's connections, on the host's listener and on the separate
+//! metrics listener alike (each with its own count): a cap on how many are open at once,
+//! a deadline for each request's header and for idle kept-alive connections, and a
+//! growing back-off when accepting fails (for example when the process is out of file
+//! descriptors).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -10,16 +12,13 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::{Method, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify, Semaphore};
 use tokio::time::Instant;
 
-use crate::app::App;
-use crate::metrics::{HostMetrics, PATH as METRICS_PATH};
+use crate::app::{App, Listener};
 use crate::public_url::PeerAddr;
-use crate::request::{into_hyper, HttpError};
 
 /// Connection limits of the standalone server.
 #[derive(Clone, Copy, Debug)]
@@ -38,6 +37,7 @@ pub(crate) struct ConnLimits {
 pub(crate) async fn serve(
     listener: TcpListener,
     app: Arc<App>,
+    on: Listener,
     limits: ConnLimits,
     open: Arc<AtomicUsize>,
     mut stop: watch::Receiver<bool>,
@@ -64,6 +64,7 @@ pub(crate) async fn serve(
         let watch = Arc::new(ConnWatch::new(limits));
         let service = ConnService {
             app: app.clone(),
+            on,
             peer,
             watch: watch.clone(),
         };
@@ -309,6 +310,8 @@ impl AsyncWrite for Watched {
 /// The app on one connection: adds the peer address and keeps the watch up to date.
 struct ConnService {
     app: Arc<App>,
+    /// Which routes this listener serves.
+    on: Listener,
     peer: SocketAddr,
     watch: Arc<ConnWatch>,
 }
@@ -332,65 +335,12 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for ConnServi
         let guard = RequestGuard(self.watch.clone());
         req.extensions_mut().insert(PeerAddr(self.peer));
         let app = self.app.clone();
+        let on = self.on;
         Box::pin(async move {
-            let resp = app.handle(req).await;
+            let resp = app.handle_on(on, req).await;
             drop(guard);
             Ok(resp)
         })
-    }
-}
-
-/// Serves `GET /metrics` without a key on `listener` until `stop` changes: the separate
-/// listener for a Prometheus server on a private network.
-pub(crate) async fn serve_metrics(
-    listener: TcpListener,
-    metrics: Arc<HostMetrics>,
-    header_timeout: Duration,
-    mut stop: watch::Receiver<bool>,
-) {
-    let mut backoff = Backoff::default();
-    loop {
-        let (stream, peer): (tokio::net::TcpStream, SocketAddr) = tokio::select! {
-            c = next_connection(|| listener.accept(), &mut backoff) => c,
-            _ = stop.changed() => break,
-        };
-        let metrics = metrics.clone();
-        let service =
-            hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                let metrics = metrics.clone();
-                async move {
-                    let resp = match (req.method(), req.uri().path()) {
-                        (&Method::GET, METRICS_PATH) => metrics.response().await,
-                        (_, METRICS_PATH) => HttpError::new(
-                            StatusCode::METHOD_NOT_ALLOWED,
-                            "only GET is allowed here",
-                        )
-                        .into_response()
-                        .with_header("allow", "GET"),
-                        (_, path) => {
-                            HttpError::not_found(format!("no route for {path}")).into_response()
-                        }
-                    };
-                    Ok::<_, std::convert::Infallible>(into_hyper(resp))
-                }
-            });
-        let mut stop = stop.clone();
-        tokio::spawn(async move {
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(header_timeout)
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => if let Err(e) = r {
-                    tracing::debug!(%peer, error = %e, "metrics connection ended with an error");
-                },
-                _ = stop.changed() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
-                }
-            }
-        });
     }
 }
 

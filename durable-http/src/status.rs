@@ -19,7 +19,22 @@ pub const MAX_WAIT: Duration = Duration::from_secs(120);
 
 /// Formats a time as Durable Functions does: `YYYY-MM-DDTHH:MM:SSZ`.
 pub fn df_time(t: DateTime<Utc>) -> String {
-    t.format("%Y-%m-%dT%H:%M:%SZ").to_string()
+    use chrono::{Datelike, Timelike};
+    let year = t.year();
+    if !(0..=9999).contains(&year) {
+        // chrono's own rendering of years outside four digits (a sign, more digits).
+        return t.format("%Y-%m-%dT%H:%M:%SZ").to_string();
+    }
+    // Written directly: parsing chrono's format string on each call cost more than the
+    // rest of a status answer's JSON.
+    format!(
+        "{year:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        t.month(),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
 }
 
 /// Parses stored JSON text as a value (null when absent).
@@ -69,6 +84,19 @@ pub fn parse_wait(s: &str) -> Result<Duration, HttpError> {
             s.trim()
         ))
     })
+}
+
+/// The wait a public status request asks for with `?wait=` (at most [`MAX_WAIT`]), from
+/// its raw query: the time its long poll gets on top of the request timeout. `None`
+/// without one or for a wait the handler refuses.
+pub(crate) fn long_poll(query: &str) -> Option<Duration> {
+    if !query.contains("wait") {
+        return None;
+    }
+    crate::request::parse_query(query)
+        .iter()
+        .find(|(k, _)| k == "wait")
+        .and_then(|(_, v)| parse_wait(v).ok())
 }
 
 /// The reason a failed or terminated instance shows publicly: fixed texts unless the
@@ -254,6 +282,29 @@ mod tests {
                 .unwrap_err();
             assert_eq!(err.status, StatusCode::NOT_FOUND, "{id:?}");
         }
+    }
+
+    #[test]
+    fn times_format_as_chrono_does() {
+        use chrono::TimeZone;
+        for (y, mo, d, h, mi, s) in [
+            (2024, 1, 31, 12, 0, 5),
+            (1970, 1, 1, 0, 0, 0),
+            (9999, 12, 31, 23, 59, 59),
+            (0, 2, 29, 1, 2, 3),
+            (10000, 1, 1, 0, 0, 0),
+            (-1, 6, 15, 7, 8, 9),
+        ] {
+            let t = Utc.with_ymd_and_hms(y, mo, d, h, mi, s).unwrap();
+            let t = t + chrono::Duration::milliseconds(789);
+            assert_eq!(
+                df_time(t),
+                t.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+                "{t:?}"
+            );
+        }
+        let t = Utc.with_ymd_and_hms(2024, 1, 31, 12, 0, 5).unwrap();
+        assert_eq!(df_time(t), "2024-01-31T12:00:05Z");
     }
 
     #[test]

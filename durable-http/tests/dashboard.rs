@@ -153,6 +153,32 @@ async fn the_dashboard_is_served_under_the_mount_prefix_with_strict_headers() {
         404
     );
 
+    // Turned off, the dashboard's paths answer 404; the API stays.
+    let off = builder().dashboard(false).build().unwrap();
+    let off = off.app();
+    for path in [
+        "/durable/dashboard/",
+        "/durable/dashboard/app.js",
+        "/durable/dashboard",
+    ] {
+        let r = get(&off, path, None).await;
+        assert_eq!(r.status(), 404, "{path}");
+        assert!(
+            String::from_utf8_lossy(r.body()).contains("no route"),
+            "{path}"
+        );
+    }
+    assert_eq!(get(&off, api, Some(KEY)).await.status(), 200);
+    // ... and its paths stay reserved.
+    let err = builder()
+        .dashboard(false)
+        .route(&["GET"], "/dashboard/{page}", |_c, _r| async {
+            Err(HttpError::not_found("x"))
+        })
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("/dashboard"), "{err}");
+
     // A start endpoint cannot take the dashboard's path.
     let err = builder()
         .route(&["GET"], "/dashboard/{page}", |_c, _r| async {

@@ -22,11 +22,26 @@ async fn settings_come_from_the_environment_are_checked_and_the_builder_wins() {
     std::env::set_var("DURABLE_TRUSTED_PROXIES", "10.0.0.0/8, ::1");
     std::env::set_var("DURABLE_HEADER_TIMEOUT", "2s");
     std::env::set_var("DURABLE_MAX_CONNECTIONS", "8");
-    let h = builder().build().unwrap().bind().await.unwrap();
+    std::env::set_var("DURABLE_REQUEST_TIMEOUT", "250ms");
+    let host = builder().build().unwrap();
+    assert_eq!(
+        host.app().timeout_layer().timeout(),
+        std::time::Duration::from_millis(250)
+    );
+    let h = host.bind().await.unwrap();
     assert_eq!(h.base_url(), "https://env.example/base");
     let r = get_text(h.addr, "/api/instances/x").await;
     assert!(r.starts_with("HTTP/1.1 404"), "public status is off: {r}");
     h.shutdown().await;
+    let host = builder()
+        .request_timeout(std::time::Duration::from_secs(5))
+        .build()
+        .unwrap();
+    assert_eq!(
+        host.app().timeout_layer().timeout(),
+        std::time::Duration::from_secs(5)
+    );
+    drop(host);
     let h = builder()
         .public_url("http://builder.example")
         .public_status(PublicStatus::Minimal)
@@ -49,6 +64,10 @@ async fn settings_come_from_the_environment_are_checked_and_the_builder_wins() {
         ("DURABLE_TRUSTED_PROXIES", "10.0.0.0/40"),
         ("DURABLE_HEADER_TIMEOUT", "1e20"),
         ("DURABLE_BODY_TIMEOUT", "0"),
+        ("DURABLE_REQUEST_TIMEOUT", "0"),
+        ("DURABLE_DASHBOARD", "maybe"),
+        ("DURABLE_STORE_RETRY_AFTER", "0s"),
+        ("DURABLE_REQUEST_TIMEOUT", "2h"),
         ("DURABLE_IDLE_TIMEOUT", "soon"),
         ("DURABLE_MAX_CONNECTIONS", "-1"),
         ("DURABLE_MAX_BODIES", "0"),

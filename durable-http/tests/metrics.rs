@@ -428,3 +428,85 @@ async fn scraped_values_follow_instances_activities_and_requests() {
     assert!(!text.contains("x1"), "a raw path leaked into a label");
     h.shutdown().await;
 }
+
+/// Waits until `cond` holds, failing after 10 s.
+async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_separate_listener_goes_through_the_layers_and_caps_its_connections() {
+    let h = Host::builder()
+        .addr("127.0.0.1:0")
+        .metrics_addr("127.0.0.1:0")
+        .store(Arc::new(MemoryStore::new()))
+        .key(KEY)
+        .registry(registry())
+        .without_registered_routes()
+        .body_limit(16)
+        .max_connections(2)
+        .header_read_timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
+        .bind()
+        .await
+        .unwrap();
+    let at = h.metrics_addr.expect("a metrics listener");
+
+    // Its requests are counted, by pattern, in the metrics it serves.
+    assert_eq!(call(at, "GET", "/metrics", &[], "").await.status, 200);
+    assert_eq!(call(at, "GET", "/nothing/here", &[], "").await.status, 404);
+    let text = call(at, "GET", "/metrics", &[], "").await.body;
+    let s = samples(&text);
+    assert_eq!(
+        value(
+            &s,
+            r#"durable_http_requests_total{route="/metrics",method="GET",status="200"}"#
+        ),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            &s,
+            r#"durable_http_requests_total{route="unmatched",method="GET",status="404"}"#
+        ),
+        1.0,
+        "{text}"
+    );
+    // The body limit, with the host's error body.
+    let big = call(at, "POST", "/metrics", &[], &"x".repeat(100)).await;
+    assert_eq!(big.status, 413, "{}", big.body);
+    assert_eq!(
+        big.body,
+        r#"{"error":"the request body is 100 bytes or more, over the limit of 16 bytes"}"#
+    );
+
+    // The connection cap: two connections that send nothing hold it; one more waits in
+    // the backlog until one of them leaves.
+    let mut holders = Vec::new();
+    for _ in 0..2 {
+        holders.push(tokio::net::TcpStream::connect(at).await.unwrap());
+    }
+    until("the cap filled", || h.open_metrics_connections() == 2).await;
+    let mut waiting = tokio::spawn(call(at, "GET", "/metrics", &[], ""));
+    let early = tokio::time::timeout(Duration::from_millis(500), &mut waiting).await;
+    assert!(early.is_err(), "a connection over the cap was served");
+    assert_eq!(h.open_metrics_connections(), 2);
+    // The host's own listener has a cap of its own.
+    assert_eq!(h.open_connections(), 0);
+    let r = call(h.addr, "GET", "/metrics", &[("x-functions-key", KEY)], "").await;
+    assert_eq!(r.status, 200);
+    holders.clear();
+    let served = waiting.await.unwrap();
+    assert_eq!(served.status, 200);
+    until("the metrics connections closed", || {
+        h.open_metrics_connections() == 0
+    })
+    .await;
+    h.shutdown().await;
+}

@@ -61,6 +61,39 @@ pub(crate) fn route_pattern(rest: &str) -> &'static str {
     }
 }
 
+/// The wait a start or restart asks for (`timeout` with `pollingInterval`, read as
+/// [`wait_params`] reads them) from the request's method, path under [`BASE`] and raw
+/// query: the time its long poll gets on top of the request timeout. `None` for every
+/// other request and for parameters the handler refuses.
+pub(crate) fn long_poll(method: &Method, rest: &str, query: &str) -> Option<Duration> {
+    if method != Method::POST || !query.contains("timeout") {
+        return None;
+    }
+    let parts: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+    let waits = match parts.as_slice() {
+        [first, _] | [first, _, _] if first.eq_ignore_ascii_case("orchestrators") => true,
+        [first, _, op] => {
+            first.eq_ignore_ascii_case("instances") && op.eq_ignore_ascii_case("restart")
+        }
+        _ => false,
+    };
+    if !waits {
+        return None;
+    }
+    let query = crate::request::parse_query(query);
+    let get = |name: &str| {
+        query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let seconds = |name: &str| get(name).and_then(|v| seconds_value(v).ok());
+    match (seconds("timeout"), seconds("pollingInterval")) {
+        (Some(t), Some(i)) if i <= t => Some(t),
+        _ => None,
+    }
+}
+
 /// A 4xx as `{"error": "..."}`, plus `ExceptionMessage`: the field Durable Functions'
 /// clients read from the reference system's error answers (the Python client's
 /// `start_new` raises it). Server errors take the host's usual path.

@@ -50,17 +50,22 @@ pub(super) const MAX_WAIT_PARAM: Duration = Duration::from_secs(3600);
 pub(super) fn seconds(req: &HttpRequest, name: &str) -> Result<Option<Duration>, HttpError> {
     req.query(name)
         .map(|v| {
-            v.trim()
-                .parse::<f64>()
-                .ok()
-                .and_then(|s| crate::status::checked_seconds(s, MAX_WAIT_PARAM))
-                .ok_or_else(|| {
-                    HttpError::bad_request(format!(
-                        "invalid {name} '{v}': expected a number of seconds"
-                    ))
-                })
+            seconds_value(v).map_err(|()| {
+                HttpError::bad_request(format!(
+                    "invalid {name} '{v}': expected a number of seconds"
+                ))
+            })
         })
         .transpose()
+}
+
+/// A number of seconds from a query parameter, at most [`MAX_WAIT_PARAM`].
+pub(super) fn seconds_value(v: &str) -> Result<Duration, ()> {
+    v.trim()
+        .parse::<f64>()
+        .ok()
+        .and_then(|s| crate::status::checked_seconds(s, MAX_WAIT_PARAM))
+        .ok_or(())
 }
 
 /// The `timeout` and `pollingInterval` of a start or restart, checked before anything

@@ -3,7 +3,7 @@
 //! A lost connection is reopened with backoff; on every (re)connect all waiters are woken,
 //! since notifications may have been missed. Polling remains only as a fallback.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -55,7 +55,7 @@ pub(crate) struct Wakers {
     /// Fired when a delayed message or work item was stored (or notifications may have
     /// been missed): waiting fetches read the next due time again.
     pub timers: Notify,
-    instances: Mutex<HashMap<String, Arc<Notify>>>,
+    instances: crate::store::signals::InstanceWaiters,
     /// Notifications waiting to be sent.
     pending: Mutex<HashSet<Event>>,
     send: Notify,
@@ -71,34 +71,27 @@ pub(crate) struct Wakers {
 const MAX_PAYLOAD: usize = 7900;
 
 impl Wakers {
-    /// A notifier fired when the stored state of `instance_id` changes.
-    pub fn instance_waiter(&self, instance_id: &str) -> Arc<Notify> {
-        let mut map = self.instances.lock().unwrap_or_else(|e| e.into_inner());
-        map.entry(instance_id.to_string()).or_default().clone()
+    /// A wait for the stored state of `instance_id` to change: its notifier fires on a
+    /// change; dropping it unregisters it.
+    pub fn instance_waiter<'a>(
+        &'a self,
+        instance_id: &'a str,
+    ) -> crate::store::signals::InstanceWaiter<'a> {
+        self.instances.register(instance_id)
     }
 
     fn instance_changed(&self, instance_id: &str) {
-        let n = self
-            .instances
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(instance_id);
-        if let Some(n) = n {
-            n.notify_waiters();
-        }
+        self.instances.changed(instance_id);
+    }
+
+    /// How many instances have waiters now.
+    #[cfg(test)]
+    pub fn waited_instances(&self) -> usize {
+        self.instances.len()
     }
 
     fn all_instances_changed(&self) {
-        let all: Vec<_> = self
-            .instances
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain()
-            .map(|(_, n)| n)
-            .collect();
-        for n in all {
-            n.notify_waiters();
-        }
+        self.instances.all_changed();
     }
 
     /// Wakes local waiters for `events`.

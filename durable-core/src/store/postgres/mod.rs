@@ -965,7 +965,7 @@ impl Store for PostgresStore {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let waiter = self.inner.wakers.instance_waiter(instance_id);
-            let notified = waiter.notified();
+            let notified = waiter.notify().notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             let state = self.get_instance(instance_id).await?;
@@ -987,7 +987,7 @@ impl Store for PostgresStore {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let waiter = self.inner.wakers.instance_waiter(instance_id);
-            let notified = waiter.notified();
+            let notified = waiter.notify().notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             let state = self.get_instance(instance_id).await?;
@@ -1377,6 +1377,24 @@ mod tests {
 
     /// A host whose listening connection is cut reconnects and hears other hosts'
     /// changes again, without falling back to polling.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn waits_that_end_without_a_change_leave_no_waiter_behind() {
+        let schema = test_schema();
+        let store = open(&schema, true).await;
+        let never = |_: Option<&InstanceState>| false;
+        let got = store
+            .wait_for_instance_until("nobody", Duration::from_millis(50), &never)
+            .await
+            .unwrap();
+        assert!(got.is_none());
+        let got = store
+            .wait_for_instance("nobody", None, Duration::from_millis(50))
+            .await
+            .unwrap();
+        assert!(got.is_none());
+        assert_eq!(store.inner.wakers.waited_instances(), 0);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_listener_reconnects_after_its_connection_is_cut() {
         let schema = test_schema();
