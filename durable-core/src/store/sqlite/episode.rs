@@ -197,11 +197,33 @@ pub(super) fn encode(events: &[HistoryEvent], refs: Payloads<'_>) -> StoreResult
             } if refs.output == Some(result.as_str()) => Some(("result", OUTPUT_REF)),
             _ => None,
         };
-        let value = serde_json::to_value(e).map_err(encode_error)?;
-        let Value::Object(map) = value else {
+        // The kind's fields only: the type, id and timestamp go in the header straight
+        // from the typed event (no text to format and parse back).
+        let value = serde_json::to_value(&e.kind).map_err(encode_error)?;
+        let Value::Object(mut map) = value else {
             return Err(encode_error("an event is not an object"));
         };
-        w.event(&map, reference);
+        let ty = word_index().get(e.kind.type_name());
+        match (ty, e.timestamp.timestamp_nanos_opt()) {
+            (Some(ty), Some(at)) => {
+                w.out.push(EVENT);
+                w.out.push(*ty);
+                w.varint(zigzag(e.seq));
+                w.time_delta(at);
+                w.varint(map.len().saturating_sub(1) as u64);
+                for (k, v) in &map {
+                    if k != "eventType" {
+                        w.entry(k, v, reference);
+                    }
+                }
+            }
+            _ => {
+                map.insert("event_id".into(), e.seq.into());
+                let at = serde_json::to_value(e.timestamp).map_err(encode_error)?;
+                map.insert("timestamp".into(), at);
+                w.event(&map, reference);
+            }
+        }
     }
     Ok(w.out)
 }

@@ -87,7 +87,7 @@ use writer::{Durability, Job, Typed};
 /// How many instances one transaction of a purge by filter deletes at most: enough to
 /// share a commit's fsync among many, few enough that the writer serves other work between
 /// batches within milliseconds and the WAL stays small.
-const PURGE_BATCH: usize = 2000;
+const PURGE_BATCH: usize = 5000;
 
 /// SQLite's `synchronous` setting.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
