@@ -76,21 +76,15 @@ pub(super) fn create(conn: &Connection, n: &NewInstance, w: &mut Wake) -> StoreR
         if !status.is_terminal() {
             return Err(StoreError::already_exists(n.instance_id.clone(), status));
         }
-        conn.execute(
+        for text in [
             "DELETE FROM history WHERE instance_id = ?1",
-            params![n.instance_id],
-        )
-        .map_err(sql)?;
-        conn.execute(
             "DELETE FROM messages WHERE instance_id = ?1",
-            params![n.instance_id],
-        )
-        .map_err(sql)?;
-        conn.execute(
             "DELETE FROM instances WHERE id = ?1",
-            params![n.instance_id],
-        )
-        .map_err(sql)?;
+        ] {
+            conn.prepare_cached(text)
+                .and_then(|mut s| s.execute(params![n.instance_id]))
+                .map_err(sql)?;
+        }
     }
     write_state(conn, &n.initial_state(), 0, WriteState::Insert)?;
     insert_message(conn, &n.start_message(), w)?;
@@ -704,7 +698,7 @@ pub(super) fn list(
     token: Option<(DateTime<Utc>, String)>,
 ) -> StoreResult<(Vec<InstanceState>, bool)> {
     let (text, args) = list_sql(filter, page_size, token);
-    let mut stmt = conn.prepare(&text).map_err(sql)?;
+    let mut stmt = conn.prepare_cached(&text).map_err(sql)?;
     let rows = stmt
         .query_map(rusqlite::params_from_iter(args), read_state)
         .map_err(sql)?;
