@@ -399,7 +399,11 @@ pub(super) fn commit(
     }
     let events = match &c.history {
         HistoryUpdate::Append(e) => {
-            if c.state.is_some() && !(input_kept && output_kept) && history_len > 0 {
+            if c.state.is_some()
+                && !(input_kept && output_kept)
+                && history_len > 0
+                && refers_to_payloads(&c.instance_id)
+            {
                 // The payloads change under a kept history: rows referring to the old
                 // ones get their values first.
                 materialize(conn, &c.instance_id)?;
@@ -418,7 +422,7 @@ pub(super) fn commit(
         // One row for the episode's events. Entities' records change every episode, so
         // their rows never refer to the instance row.
         let refs = match &c.state {
-            Some(_) if !c.instance_id.starts_with('@') => episode::Payloads {
+            Some(_) if refers_to_payloads(&c.instance_id) => episode::Payloads {
                 input: new_input,
                 output: new_output,
             },
@@ -1091,6 +1095,12 @@ fn read_history_in(conn: &Connection, id: &str) -> StoreResult<Vec<HistoryEvent>
         }
     }
     Ok(out)
+}
+
+/// Whether the history rows of `id` may refer to its instance row's payloads: not for
+/// entities, whose record (the `output` column) changes with every operation.
+fn refers_to_payloads(id: &str) -> bool {
+    !id.starts_with('@')
 }
 
 /// Writes the instance's current input and output into the history rows that refer to
