@@ -1236,8 +1236,8 @@ fn fill_sqlite(path: &std::path::Path, n: u64) {
         .expect("copy instances");
         tx.execute(
             "WITH RECURSIVE k(i) AS (SELECT ?1 UNION ALL SELECT i + 1 FROM k WHERE i + 1 < ?2)
-             INSERT INTO history(instance_id, seq, event)
-             SELECT printf('s%08d', k.i), seq, event
+             INSERT INTO history(instance_id, seq, events)
+             SELECT printf('s%08d', k.i), seq, events
              FROM history, k WHERE instance_id = 'template' ORDER BY k.i, seq",
             rusqlite::params![from as i64, to as i64],
         )

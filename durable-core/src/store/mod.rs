@@ -290,7 +290,9 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes an instance with its history and pending work. Returns false when absent.
     async fn purge_instance(&self, instance_id: &str) -> StoreResult<bool>;
 
-    /// Deletes every finished instance matching `filter`; returns how many.
+    /// Deletes every finished instance matching `filter`; returns how many. A provider may
+    /// delete them in several transactions (each one atomic, so other work goes on
+    /// between them); the count is exactly the instances it deleted.
     async fn purge_instances(&self, filter: &InstanceFilter) -> StoreResult<u64>;
 
     /// Waits until the stored state of `instance_id` differs from `seen` (the state the

@@ -42,14 +42,17 @@
 //! requests), `ops` (the SQL of each operation), and this module (the [`Store`] and
 //! [`FastPaths`] implementations).
 //!
-//! # Schema (version 5; `PRAGMA user_version`, `PRAGMA application_id` = "DRBL")
-//! Times are Unix microseconds (UTC). JSON columns hold serde_json text.
+//! # Schema (version 6; `PRAGMA user_version`, `PRAGMA application_id` = "DRBL")
+//! Times are Unix microseconds (UTC). JSON columns hold serde_json text. A history row
+//! holds the events one episode appended (`seq` is the first one's position), in the
+//! compact encoding of the `episode` module; rows written before version 6 hold one event
+//! as JSON text and are read as they are.
 //! ```sql
 //! instances(id TEXT PRIMARY KEY, execution_id, name, version, status TEXT,  -- 'Running', ...
 //!           input, output, failure JSON, custom_status, created_at, last_updated_at,
 //!           parent JSON, lease_token, lease_expires_at, lease_owner, history_len,
 //!           dequeue_count)                        -- hand-outs since the last commit
-//! history(instance_id, seq, event JSON)           -- the current execution's events, in order
+//! history(instance_id, seq, events)              -- the current execution's events, one row per episode
 //! messages(id INTEGER PRIMARY KEY, instance_id, visible_at, message JSON)   -- inbox; timers have a future visible_at
 //! activities(id INTEGER PRIMARY KEY, instance_id, item JSON, lease_token, lease_owner,
 //!            visible_at, dequeue_count,           -- visible_at is also the lease expiry
@@ -72,6 +75,7 @@ use super::memory::{make_token, parse_token};
 use super::signals::LocalSignals;
 use super::*;
 
+mod episode;
 mod ops;
 pub mod schema;
 mod writer;
@@ -79,6 +83,11 @@ mod writer;
 use ops::{Direct, Fence};
 pub use schema::{APPLICATION_ID, SCHEMA_VERSION};
 use writer::{Durability, Job, Typed};
+
+/// How many instances one transaction of a purge by filter deletes at most: enough to
+/// share a commit's fsync among many, few enough that the writer serves other work between
+/// batches within milliseconds and the WAL stays small.
+const PURGE_BATCH: usize = 5000;
 
 /// SQLite's `synchronous` setting.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -382,14 +391,56 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnMut(&Connection, i64, &mut writer::Wake) -> StoreResult<T> + Send + 'static,
     {
+        self.submit(durability, f)?
+            .await
+            .map_err(|_| failed("the SQLite writer has stopped"))?
+    }
+
+    /// Queues `f` for the writer thread; the receiver gets its answer once its batch has
+    /// committed.
+    fn submit<T, F>(
+        &self,
+        durability: Durability,
+        f: F,
+    ) -> StoreResult<tokio::sync::oneshot::Receiver<StoreResult<T>>>
+    where
+        T: Send + 'static,
+        F: FnMut(&Connection, i64, &mut writer::Wake) -> StoreResult<T> + Send + 'static,
+    {
         let (job, rx) = Typed::request(durability, f);
         self.writer
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .send(job)
             .map_err(|_| failed("the SQLite writer has stopped"))?;
-        rx.await
-            .map_err(|_| failed("the SQLite writer has stopped"))?
+        Ok(rx)
+    }
+
+    /// Purges the finished instances matching `filter`, up to `batch` per transaction; the
+    /// next batch is queued only once the previous one has committed, so requests queued
+    /// meanwhile go first. `between` is called after each full batch with the count so
+    /// far. Returns how many were purged.
+    async fn purge_in_batches(
+        &self,
+        filter: &InstanceFilter,
+        batch: usize,
+        mut between: impl FnMut(u64) + Send,
+    ) -> StoreResult<u64> {
+        let batch = batch.max(1);
+        let mut total = 0u64;
+        loop {
+            let filter = filter.clone();
+            let n = self
+                .write(Durability::Durable, move |conn, _, w| {
+                    ops::purge_batch(conn, &filter, batch, w)
+                })
+                .await?;
+            total += n;
+            if n < batch as u64 {
+                return Ok(total);
+            }
+            between(total);
+        }
     }
 
     /// Runs a short read (one indexed row) on the calling thread when a point-read
@@ -637,12 +688,10 @@ impl Store for SqliteStore {
         .await
     }
 
+    /// Purges in batches of [`PURGE_BATCH`] instances, one transaction each, so the
+    /// writer serves other requests between batches and the WAL stays bounded.
     async fn purge_instances(&self, filter: &InstanceFilter) -> StoreResult<u64> {
-        let filter = filter.clone();
-        self.write(Durability::Durable, move |conn, _, w| {
-            ops::purge_many(conn, &filter, w)
-        })
-        .await
+        self.purge_in_batches(filter, PURGE_BATCH, |_| {}).await
     }
 
     async fn wait_for_instance(

@@ -7,9 +7,12 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::writer::Wake;
+use rusqlite::types::ValueRef;
+
+use super::episode;
+use super::writer::{exec_cached, Wake};
 use super::{from_json, from_micros, micros, sql, to_json};
-use crate::history::{FailureDetails, OrchestrationMessage, ParentInstance};
+use crate::history::{FailureDetails, HistoryEvent, OrchestrationMessage, ParentInstance};
 use crate::instance::{InstanceFilter, InstanceState, NewInstance, RuntimeStatus};
 use crate::store::activity_row::{ActivityRow, RowColumns};
 use crate::store::{
@@ -74,21 +77,15 @@ pub(super) fn create(conn: &Connection, n: &NewInstance, w: &mut Wake) -> StoreR
         if !status.is_terminal() {
             return Err(StoreError::already_exists(n.instance_id.clone(), status));
         }
-        conn.execute(
+        for text in [
             "DELETE FROM history WHERE instance_id = ?1",
-            params![n.instance_id],
-        )
-        .map_err(sql)?;
-        conn.execute(
             "DELETE FROM messages WHERE instance_id = ?1",
-            params![n.instance_id],
-        )
-        .map_err(sql)?;
-        conn.execute(
             "DELETE FROM instances WHERE id = ?1",
-            params![n.instance_id],
-        )
-        .map_err(sql)?;
+        ] {
+            conn.prepare_cached(text)
+                .and_then(|mut s| s.execute(params![n.instance_id]))
+                .map_err(sql)?;
+        }
     }
     write_state(conn, &n.initial_state(), 0, WriteState::Insert)?;
     insert_message(conn, &n.start_message(), w)?;
@@ -309,14 +306,30 @@ pub(super) fn commit(
     completed: Option<&ActivityWorkItem>,
     fence: Fence<'_>,
 ) -> StoreResult<Vec<ActivityWorkItem>> {
-    type Current = (Option<String>, i64, String, i64, Option<i64>, String);
+    type Current = (
+        Option<String>,
+        i64,
+        String,
+        i64,
+        Option<i64>,
+        String,
+        bool,
+        bool,
+    );
+    let (new_input, new_output) = match &c.state {
+        Some(s) => (s.input.as_deref(), s.output.as_deref()),
+        None => (None, None),
+    };
+    // The last two: whether the stored input and output stay as they are (or are absent),
+    // so the history rows that refer to them stay true.
     let current: Option<Current> = conn
         .prepare_cached(
-            "SELECT lease_token, history_len, status, created_at, lease_expires_at, execution_id
+            "SELECT lease_token, history_len, status, created_at, lease_expires_at, execution_id,
+                input IS NULL OR input IS ?2, output IS NULL OR output IS ?3
              FROM instances WHERE id = ?1",
         )
         .and_then(|mut s| {
-            s.query_row(params![c.instance_id], |r| {
+            s.query_row(params![c.instance_id, new_input, new_output], |r| {
                 Ok((
                     r.get(0)?,
                     r.get(1)?,
@@ -324,13 +337,23 @@ pub(super) fn commit(
                     r.get(3)?,
                     r.get(4)?,
                     r.get(5)?,
+                    r.get(6)?,
+                    r.get(7)?,
                 ))
             })
             .optional()
         })
         .map_err(sql)?;
-    let Some((token, mut history_len, old_status, old_created, lease_expires_at, execution)) =
-        current
+    let Some((
+        token,
+        mut history_len,
+        old_status,
+        old_created,
+        lease_expires_at,
+        execution,
+        input_kept,
+        output_kept,
+    )) = current
     else {
         return Err(StoreError::lease_lost());
     };
@@ -377,26 +400,41 @@ pub(super) fn commit(
         }
     }
     let events = match &c.history {
-        HistoryUpdate::Append(e) => e,
+        HistoryUpdate::Append(e) => {
+            if c.state.is_some()
+                && !(input_kept && output_kept)
+                && history_len > 0
+                && refers_to_payloads(&c.instance_id)
+            {
+                // The payloads change under a kept history: rows referring to the old
+                // ones get their values first.
+                materialize(conn, &c.instance_id)?;
+            }
+            e
+        }
         HistoryUpdate::Replace(e) => {
-            conn.execute(
-                "DELETE FROM history WHERE instance_id = ?1",
-                params![c.instance_id],
-            )
-            .map_err(sql)?;
+            conn.prepare_cached("DELETE FROM history WHERE instance_id = ?1")
+                .and_then(|mut s| s.execute(params![c.instance_id]))
+                .map_err(sql)?;
             history_len = 0;
             e
         }
     };
-    {
-        let mut ins = conn
-            .prepare_cached("INSERT INTO history(instance_id, seq, event) VALUES(?1, ?2, ?3)")
+    if !events.is_empty() {
+        // One row for the episode's events. Entities' records change every episode, so
+        // their rows never refer to the instance row.
+        let refs = match &c.state {
+            Some(_) if refers_to_payloads(&c.instance_id) => episode::Payloads {
+                input: new_input,
+                output: new_output,
+            },
+            _ => episode::Payloads::default(),
+        };
+        let row = episode::encode(events, refs)?;
+        conn.prepare_cached("INSERT INTO history(instance_id, seq, events) VALUES(?1, ?2, ?3)")
+            .and_then(|mut s| s.execute(params![c.instance_id, history_len, row]))
             .map_err(sql)?;
-        for e in events {
-            ins.execute(params![c.instance_id, history_len, to_json(e)?])
-                .map_err(sql)?;
-            history_len += 1;
-        }
+        history_len += events.len() as i64;
     }
     match &c.state {
         Some(state) => {
@@ -629,12 +667,20 @@ pub(super) fn list_sql(
 ) -> (String, Vec<rusqlite::types::Value>) {
     let (where_sql, args) = filter_sql(filter, token);
     let limit = page_size.max(1).saturating_add(1).min(i64::MAX as usize);
-    (
+    let text = if filter.instance_id_prefix.is_some() {
+        // Every instance with the prefix is sorted to find the page: sort their row ids
+        // and creation times only, then read the page's rows.
+        format!(
+            "SELECT {STATE_COLUMNS} FROM instances WHERE rowid IN (
+                 SELECT rowid FROM instances {where_sql} ORDER BY created_at, id LIMIT {limit})
+             ORDER BY created_at, id"
+        )
+    } else {
         format!(
             "SELECT {STATE_COLUMNS} FROM instances {where_sql} ORDER BY created_at, id LIMIT {limit}"
-        ),
-        args,
-    )
+        )
+    };
+    (text, args)
 }
 
 pub(super) fn list(
@@ -644,7 +690,7 @@ pub(super) fn list(
     token: Option<(DateTime<Utc>, String)>,
 ) -> StoreResult<(Vec<InstanceState>, bool)> {
     let (text, args) = list_sql(filter, page_size, token);
-    let mut stmt = conn.prepare(&text).map_err(sql)?;
+    let mut stmt = conn.prepare_cached(&text).map_err(sql)?;
     let rows = stmt
         .query_map(rusqlite::params_from_iter(args), read_state)
         .map_err(sql)?;
@@ -922,33 +968,57 @@ pub(super) fn release_all_leases(conn: &Connection, now: i64) -> StoreResult<u64
     Ok((instances + activities) as u64)
 }
 
-/// Deletes every finished instance matching `filter`; returns how many.
-pub(super) fn purge_many(
+/// Deletes up to `batch` finished instances matching `filter`, with their history,
+/// messages and activities, set-based; returns how many. Run again until it returns fewer
+/// than `batch`: each run reads only instances still stored, so no continuation is kept.
+pub(super) fn purge_batch(
     conn: &Connection,
     filter: &InstanceFilter,
+    batch: usize,
     w: &mut Wake,
 ) -> StoreResult<u64> {
-    // Ids and statuses only: no payload is read.
-    let (where_sql, args) = filter_sql(filter, None);
-    let rows: Vec<(String, String)> = conn
-        .prepare(&format!("SELECT id, status FROM instances {where_sql}"))
+    // Finished statuses only, in the query itself: every instance it returns is deleted,
+    // and `(status, created_at, id)` serves a time range without reading the rows.
+    let finished: Vec<RuntimeStatus> = RuntimeStatus::ALL
+        .into_iter()
+        .filter(|s| s.is_terminal())
+        .filter(|s| filter.statuses.is_empty() || filter.statuses.contains(s))
+        .collect();
+    if finished.is_empty() || batch == 0 {
+        return Ok(0);
+    }
+    let filter = InstanceFilter {
+        statuses: finished,
+        ..filter.clone()
+    };
+    let (where_sql, args) = filter_sql(&filter, None);
+    let ids: Vec<String> = conn
+        .prepare_cached(&format!(
+            "SELECT id FROM instances {where_sql} LIMIT {}",
+            batch.min(i64::MAX as usize)
+        ))
         .and_then(|mut s| {
-            s.query_map(rusqlite::params_from_iter(args), |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })?
-            .collect()
+            s.query_map(rusqlite::params_from_iter(args), |r| r.get(0))?
+                .collect()
         })
         .map_err(sql)?;
-    let ids: Vec<String> = rows
-        .into_iter()
-        .filter(|(_, status)| RuntimeStatus::parse(status).is_some_and(|s| s.is_terminal()))
-        .map(|(id, _)| id)
-        .collect();
-    for id in &ids {
-        purge(conn, id)?;
+    if ids.is_empty() {
+        return Ok(0);
     }
-    w.instances.extend(ids.iter().cloned());
-    Ok(ids.len() as u64)
+    let list = to_json(&ids)?;
+    for text in [
+        "DELETE FROM history WHERE instance_id IN (SELECT value FROM json_each(?1))",
+        "DELETE FROM messages WHERE instance_id IN (SELECT value FROM json_each(?1))",
+        "DELETE FROM activities WHERE instance_id IN (SELECT value FROM json_each(?1))",
+        "DELETE FROM instances WHERE id IN (SELECT value FROM json_each(?1))",
+    ] {
+        conn.prepare_cached(text)
+            .and_then(|mut s| s.execute(params![list]))
+            .map_err(sql)?;
+    }
+    let n = ids.len() as u64;
+    w.instances.extend(ids);
+    Ok(n)
 }
 
 /// The earliest store-clock time after `now` at which delayed work or a lapsing lease
@@ -967,19 +1037,95 @@ pub(super) fn next_due(conn: &Connection, now: i64) -> StoreResult<Option<DateTi
 }
 
 /// The history of the instance's current execution, in order.
-pub(super) fn read_history(
-    conn: &Connection,
-    id: &str,
-) -> StoreResult<Vec<crate::history::HistoryEvent>> {
+pub(super) fn read_history(conn: &Connection, id: &str) -> StoreResult<Vec<HistoryEvent>> {
+    // One snapshot for the rows and the instance payloads they refer to.
+    exec_cached(conn, "BEGIN").map_err(sql)?;
+    let out = read_history_in(conn, id);
+    let end = exec_cached(conn, "COMMIT").map_err(sql);
+    let out = out?;
+    end?;
+    Ok(out)
+}
+
+fn read_history_in(conn: &Connection, id: &str) -> StoreResult<Vec<HistoryEvent>> {
+    let mut payloads: Option<(Option<String>, Option<String>)> = None;
+    let mut payload = |which: episode::Payload| -> StoreResult<Option<String>> {
+        if payloads.is_none() {
+            payloads = conn
+                .prepare_cached("SELECT input, output FROM instances WHERE id = ?1")
+                .and_then(|mut s| {
+                    s.query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?)))
+                        .optional()
+                })
+                .map_err(sql)?;
+        }
+        Ok(payloads.as_ref().and_then(|(input, output)| match which {
+            episode::Payload::Input => input.clone(),
+            episode::Payload::Output => output.clone(),
+        }))
+    };
     let mut stmt = conn
-        .prepare_cached("SELECT event FROM history WHERE instance_id = ?1 ORDER BY seq")
+        .prepare_cached("SELECT events FROM history WHERE instance_id = ?1 ORDER BY seq")
         .map_err(sql)?;
-    let rows = stmt
-        .query_map(params![id], |r| r.get::<_, String>(0))
-        .map_err(sql)?;
+    let mut rows = stmt.query(params![id]).map_err(sql)?;
     let mut out = Vec::new();
-    for r in rows {
-        out.push(from_json(&r.map_err(sql)?)?);
+    while let Some(row) = rows.next().map_err(sql)? {
+        match row.get_ref(0).map_err(sql)? {
+            // Schema version 5 and before: one event as JSON.
+            ValueRef::Text(t) => {
+                let text = std::str::from_utf8(t).map_err(|e| {
+                    StoreError::corrupt("a stored event is not UTF-8").with_source(e)
+                })?;
+                out.push(from_json(text)?);
+            }
+            ValueRef::Blob(b) => episode::decode(b, &mut out, &mut payload)?,
+            _ => return Err(StoreError::corrupt("a history row holds no events")),
+        }
     }
     Ok(out)
+}
+
+/// Whether the history rows of `id` may refer to its instance row's payloads: not for
+/// entities, whose record (the `output` column) changes with every operation.
+fn refers_to_payloads(id: &str) -> bool {
+    !id.starts_with('@')
+}
+
+/// Writes the instance's current input and output into the history rows that refer to
+/// them, before a commit changes them under a kept history. Rare: an orchestration's
+/// input does not change within an execution, nor its output once it is set.
+fn materialize(conn: &Connection, id: &str) -> StoreResult<()> {
+    let (input, output): (Option<String>, Option<String>) = conn
+        .prepare_cached("SELECT input, output FROM instances WHERE id = ?1")
+        .and_then(|mut s| s.query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?))))
+        .map_err(sql)?;
+    let rows: Vec<(i64, Vec<u8>)> = conn
+        .prepare_cached(
+            "SELECT seq, events FROM history WHERE instance_id = ?1 AND typeof(events) = 'blob'",
+        )
+        .and_then(|mut s| {
+            s.query_map(params![id], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect()
+        })
+        .map_err(sql)?;
+    for (seq, bytes) in rows {
+        let mut used = false;
+        let mut events = Vec::new();
+        episode::decode(&bytes, &mut events, &mut |which| {
+            used = true;
+            Ok(match which {
+                episode::Payload::Input => input.clone(),
+                episode::Payload::Output => output.clone(),
+            })
+        })?;
+        if used {
+            let row = episode::encode(&events, episode::Payloads::default())?;
+            conn.prepare_cached(
+                "UPDATE history SET events = ?3 WHERE instance_id = ?1 AND seq = ?2",
+            )
+            .and_then(|mut s| s.execute(params![id, seq, row]))
+            .map_err(sql)?;
+        }
+    }
+    Ok(())
 }

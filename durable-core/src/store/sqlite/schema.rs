@@ -10,7 +10,7 @@ use super::{failed, sql, sql_in, Synchronous};
 use crate::store::{StoreError, StoreResult};
 
 /// The newest schema version this build understands.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 /// The tables of schema version 1 (leases were called locks then); version 2 migrates them.
 pub(super) const SCHEMA_V1: &str = "CREATE TABLE instances(
@@ -227,10 +227,20 @@ pub(super) fn migrate(conn: &mut Connection, what: &str) -> StoreResult<()> {
         return Ok(());
     }
     let tx = conn.transaction().map_err(setup)?;
-    if version < 1 {
-        tx.execute_batch(SCHEMA_V1).map_err(setup)?;
+    upgrade(&tx, version, SCHEMA_VERSION).map_err(setup)?;
+    tx.execute_batch(&format!(
+        "PRAGMA application_id={APPLICATION_ID}; PRAGMA user_version={SCHEMA_VERSION}"
+    ))
+    .map_err(setup)?;
+    tx.commit().map_err(setup)
+}
+
+/// Applies the schema changes after `version` up to and including version `to`.
+pub(super) fn upgrade(tx: &Connection, version: i64, to: i64) -> rusqlite::Result<()> {
+    if version < 1 && to >= 1 {
+        tx.execute_batch(SCHEMA_V1)?;
     }
-    if version < 2 {
+    if version < 2 && to >= 2 {
         // Version 2: a worker's hold on a work item is a lease, recorded with its owner.
         // No index on the owner: only `release_leases` (start-up and shutdown) looks
         // leases up by owner, and an index would cost every lease taken and given back.
@@ -243,18 +253,16 @@ pub(super) fn migrate(conn: &mut Connection, what: &str) -> StoreResult<()> {
                 WHERE lease_expires_at IS NOT NULL;
             ALTER TABLE activities RENAME COLUMN lock_token TO lease_token;
             ALTER TABLE activities ADD COLUMN lease_owner TEXT;",
-        )
-        .map_err(setup)?;
+        )?;
     }
-    if version < 3 {
+    if version < 3 && to >= 3 {
         // Version 3: instances count their hand-outs since the last commit (poison
         // episodes); a commit resets the count.
         tx.execute_batch(
             "ALTER TABLE instances ADD COLUMN dequeue_count INTEGER NOT NULL DEFAULT 0;",
-        )
-        .map_err(setup)?;
+        )?;
     }
-    if version < 4 {
+    if version < 4 && to >= 4 {
         // Version 4: listings filtered by status read the index in their order
         // (`ORDER BY created_at, id`) and stop after a page, instead of sorting every
         // instance with that status; the index replaces the one on status alone. Creating
@@ -263,19 +271,20 @@ pub(super) fn migrate(conn: &mut Connection, what: &str) -> StoreResult<()> {
             "CREATE INDEX IF NOT EXISTS instances_status_created
                 ON instances(status, created_at, id);
             DROP INDEX IF EXISTS instances_status;",
-        )
-        .map_err(setup)?;
+        )?;
     }
-    if version < 5 {
+    if version < 5 && to >= 5 {
         // Version 5: a running activity's latest heartbeat details, written with its lease
         // renewals (a column of their own, so frequent writes do not rewrite the item and
         // its input); a later hand-out of the item prefers them to the item's own.
-        tx.execute_batch("ALTER TABLE activities ADD COLUMN heartbeat_details TEXT;")
-            .map_err(setup)?;
+        tx.execute_batch("ALTER TABLE activities ADD COLUMN heartbeat_details TEXT;")?;
     }
-    tx.execute_batch(&format!(
-        "PRAGMA application_id={APPLICATION_ID}; PRAGMA user_version={SCHEMA_VERSION}"
-    ))
-    .map_err(setup)?;
-    tx.commit().map_err(setup)
+    if version < 6 && to >= 6 {
+        // Version 6: one history row per episode, its events in a compact encoding (a
+        // blob), instead of one JSON row per event. Existing rows stay as they are (a
+        // JSON text value is one event) and are read in order with the new ones, so
+        // migrating rewrites nothing, whatever the file's size.
+        tx.execute_batch("ALTER TABLE history RENAME COLUMN event TO events;")?;
+    }
+    Ok(())
 }

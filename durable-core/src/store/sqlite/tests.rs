@@ -359,3 +359,318 @@ async fn listing_plans_use_the_indexes() {
     assert!(!p.contains("TEMP B-TREE"), "{p}");
     drop(store);
 }
+
+fn commit_with(
+    item: &OrchestrationWorkItem,
+    events: Vec<HistoryEvent>,
+    state: InstanceState,
+) -> OrchestrationCommit {
+    OrchestrationCommit {
+        instance_id: item.instance_id.clone(),
+        lease_token: item.lease_token.clone(),
+        consumed: item.messages.iter().map(|(id, _)| *id).collect(),
+        history: HistoryUpdate::Append(events),
+        state: Some(state),
+        activities: Vec::new(),
+        messages: Vec::new(),
+        new_instances: Vec::new(),
+    }
+}
+
+async fn fetch_one(store: &SqliteStore) -> OrchestrationWorkItem {
+    store
+        .fetch_orchestration_work(
+            &WorkerId::new("w"),
+            Duration::from_secs(60),
+            1,
+            Duration::ZERO,
+        )
+        .await
+        .unwrap()
+        .pop()
+        .expect("a work item")
+}
+
+fn raised(id: &str, name: &str) -> OrchestrationMessage {
+    OrchestrationMessage::new(
+        id,
+        HistoryEvent::new(
+            Utc::now(),
+            EventKind::EventRaised {
+                name: name.into(),
+                input: None,
+            },
+        ),
+    )
+}
+
+/// The kinds of the stored history rows of `id`, in order ("text" rows are one JSON event
+/// of schema version 5, "blob" rows an episode).
+fn row_types(path: &Path, id: &str) -> Vec<String> {
+    let conn = Connection::open(path).unwrap();
+    let mut stmt = conn
+        .prepare("SELECT typeof(events) FROM history WHERE instance_id = ?1 ORDER BY seq")
+        .unwrap();
+    stmt.query_map([id], |r| r.get(0))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect()
+}
+
+/// A schema version 5 file (one JSON row per event) opens as version 6: its history reads
+/// as it was, and an episode appended after it is one row, read in order after the old
+/// ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_5_file_is_migrated_and_its_history_kept() {
+    let path = temp("v5");
+    let t0 = Utc::now();
+    let old = vec![
+        HistoryEvent::new(t0, EventKind::OrchestratorStarted),
+        HistoryEvent::new(
+            t0,
+            EventKind::ExecutionStarted {
+                name: "orch".into(),
+                version: None,
+                input: Some("\"in\"".into()),
+                parent: None,
+                trace_parent: None,
+            },
+        ),
+        HistoryEvent::scheduled(
+            0,
+            t0,
+            EventKind::TaskScheduled {
+                name: "act".into(),
+                input: None,
+            },
+        ),
+    ];
+    {
+        let mut conn = Connection::open(&path).unwrap();
+        let tx = conn.transaction().unwrap();
+        schema::upgrade(&tx, 0, 5).unwrap();
+        tx.execute(
+            "INSERT INTO instances(id, execution_id, name, status, input, created_at,
+                last_updated_at, history_len)
+             VALUES('old', 'e', 'orch', 'Running', '\"in\"', 1, 1, 3)",
+            [],
+        )
+        .unwrap();
+        for (seq, e) in old.iter().enumerate() {
+            tx.execute(
+                "INSERT INTO history(instance_id, seq, event) VALUES('old', ?1, ?2)",
+                rusqlite::params![seq as i64, serde_json::to_string(e).unwrap()],
+            )
+            .unwrap();
+        }
+        tx.execute_batch(&format!(
+            "PRAGMA application_id={APPLICATION_ID}; PRAGMA user_version=5"
+        ))
+        .unwrap();
+        tx.commit().unwrap();
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(store.read_history("old").await.unwrap(), old);
+    store.send_message(raised("old", "go")).await.unwrap();
+    let item = fetch_one(&store).await;
+    let new = vec![
+        HistoryEvent::new(Utc::now(), EventKind::OrchestratorStarted),
+        HistoryEvent::new(
+            Utc::now(),
+            EventKind::TaskCompleted {
+                seq: 0,
+                result: Some("1".into()),
+            },
+        ),
+        HistoryEvent::new(Utc::now(), EventKind::OrchestratorCompleted),
+    ];
+    let state = item.state.clone().unwrap();
+    store
+        .commit_orchestration(commit_with(&item, new.clone(), state))
+        .await
+        .unwrap();
+    let mut all = old.clone();
+    all.extend(new);
+    assert_eq!(store.read_history("old").await.unwrap(), all);
+    drop(store);
+    assert_eq!(row_types(&path, "old"), ["text", "text", "text", "blob"]);
+    let conn = Connection::open(&path).unwrap();
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, SCHEMA_VERSION);
+    let len: i64 = conn
+        .query_row(
+            "SELECT history_len FROM instances WHERE id = 'old'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(len, 6);
+}
+
+/// An episode is one history row; the input and output are stored once (the rows refer
+/// to the instance row), and stay what they were in the history when a later commit
+/// changes the instance row's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_rows_refer_to_the_payloads_and_stay_exact() {
+    let path = temp("refs");
+    let store = SqliteStore::open(&path).unwrap();
+    let input = format!("\"{}\"", "i".repeat(500));
+    let output = format!("\"{}\"", "o".repeat(500));
+    let mut n = new_instance("r");
+    n.input = Some(input.clone());
+    store.create_instance(n).await.unwrap();
+    let item = fetch_one(&store).await;
+    let t = Utc::now();
+    let first = vec![
+        HistoryEvent::new(t, EventKind::OrchestratorStarted),
+        HistoryEvent::new(
+            t,
+            EventKind::ExecutionStarted {
+                name: "orch".into(),
+                version: None,
+                input: Some(input.clone()),
+                parent: None,
+                trace_parent: None,
+            },
+        ),
+        HistoryEvent::new(t, EventKind::OrchestratorCompleted),
+    ];
+    let mut state = item.state.clone().unwrap();
+    state.status = RuntimeStatus::Running;
+    store
+        .commit_orchestration(commit_with(&item, first.clone(), state.clone()))
+        .await
+        .unwrap();
+    store.send_message(raised("r", "done")).await.unwrap();
+    let item = fetch_one(&store).await;
+    let second = vec![
+        HistoryEvent::new(t, EventKind::OrchestratorStarted),
+        HistoryEvent::new(
+            t,
+            EventKind::ExecutionCompleted {
+                status: RuntimeStatus::Completed,
+                result: Some(output.clone()),
+                failure: None,
+            },
+        ),
+        HistoryEvent::new(t, EventKind::OrchestratorCompleted),
+    ];
+    state.status = RuntimeStatus::Completed;
+    state.output = Some(output.clone());
+    store
+        .commit_orchestration(commit_with(&item, second.clone(), state.clone()))
+        .await
+        .unwrap();
+    let mut all = first.clone();
+    all.extend(second);
+    assert_eq!(store.read_history("r").await.unwrap(), all);
+    assert_eq!(row_types(&path, "r"), ["blob", "blob"]);
+    let stored: i64 = Connection::open(&path)
+        .unwrap()
+        .query_row(
+            "SELECT sum(length(events)) FROM history WHERE instance_id = 'r'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(
+        stored < 200,
+        "the payloads are not repeated: {stored} bytes"
+    );
+    // A commit that changes both payloads under the kept history.
+    store.send_message(raised("r", "more")).await.unwrap();
+    let item = fetch_one(&store).await;
+    state.input = Some("\"changed\"".into());
+    state.output = Some("\"changed too\"".into());
+    store
+        .commit_orchestration(commit_with(&item, Vec::new(), state))
+        .await
+        .unwrap();
+    assert_eq!(store.read_history("r").await.unwrap(), all);
+}
+
+/// A purge by filter deletes in batches, one transaction each: requests queued while it
+/// runs commit before its next batch, and the count is exact (unfinished instances in
+/// the range stay).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purges_by_filter_run_in_batches() {
+    let path = temp("purge-batches");
+    let store = SqliteStore::open(&path).unwrap();
+    for i in 0..23 {
+        let id = format!("done-{i:02}");
+        store.create_instance(new_instance(&id)).await.unwrap();
+        let item = fetch_one(&store).await;
+        let mut state = item.state.clone().unwrap();
+        state.status = if i % 2 == 0 {
+            RuntimeStatus::Completed
+        } else {
+            RuntimeStatus::Failed
+        };
+        let events = vec![HistoryEvent::new(
+            Utc::now(),
+            EventKind::OrchestratorStarted,
+        )];
+        store
+            .commit_orchestration(commit_with(&item, events, state))
+            .await
+            .unwrap();
+    }
+    store
+        .create_instance(new_instance("pending"))
+        .await
+        .unwrap();
+    let filter = InstanceFilter {
+        created_from: Some(Utc::now() - chrono::Duration::hours(1)),
+        created_to: Some(Utc::now() + chrono::Duration::hours(1)),
+        ..Default::default()
+    };
+    let mut queued = Vec::new();
+    let mut batches = Vec::new();
+    let purged = store
+        .purge_in_batches(&filter, 5, |so_far| {
+            // The request queued after the previous batch has been answered by now: it
+            // did not wait for the whole purge.
+            if let Some(rx) = queued.last_mut() {
+                let rx: &mut tokio::sync::oneshot::Receiver<StoreResult<()>> = rx;
+                assert!(
+                    matches!(rx.try_recv(), Ok(Ok(()))),
+                    "a request queued during the purge committed before its next batch"
+                );
+            }
+            let n = new_instance(&format!("during-{so_far}"));
+            queued.push(
+                store
+                    .submit(Durability::Durable, move |conn, _, w| {
+                        ops::create(conn, &n, w)
+                    })
+                    .unwrap(),
+            );
+            batches.push(so_far);
+        })
+        .await
+        .unwrap();
+    assert_eq!(purged, 23);
+    assert_eq!(batches, [5, 10, 15, 20]);
+    let left = store
+        .list_instances(&InstanceFilter::default(), 100, None)
+        .await
+        .unwrap()
+        .items;
+    let mut ids: Vec<&str> = left.iter().map(|s| s.instance_id.as_str()).collect();
+    ids.sort();
+    assert_eq!(
+        ids,
+        ["during-10", "during-15", "during-20", "during-5", "pending"]
+    );
+    let conn = Connection::open(&path).unwrap();
+    let rows: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM history WHERE instance_id LIKE 'done-%'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(rows, 0, "their history went with them");
+}
