@@ -578,6 +578,11 @@ mod tests {
                 EventKind::TaskScheduled {
                     name: "act".into(),
                     input: Some("{\"a\":[1,-2,3.5,null,true]}".into()),
+                    options: crate::history::TaskOptions::of(
+                        2,
+                        Some(std::time::Duration::from_millis(5)),
+                        None,
+                    ),
                 },
             ),
             HistoryEvent::new(

@@ -374,6 +374,7 @@ fn commit_with(
         activities: Vec::new(),
         messages: Vec::new(),
         new_instances: Vec::new(),
+        cancelled_activities: Vec::new(),
     }
 }
 
@@ -442,6 +443,7 @@ async fn a_version_5_file_is_migrated_and_its_history_kept() {
             EventKind::TaskScheduled {
                 name: "act".into(),
                 input: None,
+                options: None,
             },
         ),
     ];
