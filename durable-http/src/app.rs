@@ -413,7 +413,7 @@ impl Service<Request<Full<Bytes>>> for Dispatch {
 
 /// The host as a hyper service (and a tower one), for mounting in an existing hyper or
 /// axum server (use
-/// [`HostBuilder::mount_prefix`] when it serves under a path prefix). It answers as
+/// [`HostBuilder::mount_prefix`](crate::HostBuilder::mount_prefix) when it serves under a path prefix). It answers as
 /// [`App::handle`] does: it knows no peer address unless the request carries a
 /// [`PeerAddr`] extension, and the connection limits are the server's own.
 #[derive(Clone, Debug)]

@@ -688,7 +688,7 @@ impl Store for SqliteStore {
         .await
     }
 
-    /// Purges in batches of [`PURGE_BATCH`] instances, one transaction each, so the
+    /// Purges in batches of 5,000 instances (`PURGE_BATCH`), one transaction each, so the
     /// writer serves other requests between batches and the WAL stays bounded.
     async fn purge_instances(&self, filter: &InstanceFilter) -> StoreResult<u64> {
         self.purge_in_batches(filter, PURGE_BATCH, |_| {}).await
