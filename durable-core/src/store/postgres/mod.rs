@@ -973,11 +973,16 @@ impl Store for PostgresStore {
             if seen.is_empty() {
                 seen.extend(purged.iter().cloned());
             }
+            let started: std::collections::HashMap<&str, std::collections::HashSet<&str>> =
+                histories
+                    .iter()
+                    .map(|(parent, h)| (parent.as_str(), started_children(h)))
+                    .collect();
             let mut next = (Vec::new(), Vec::new());
             for (child, parent) in found {
-                let started = histories
-                    .get(&parent)
-                    .is_some_and(|h| started_children(h).contains(child.as_str()));
+                let started = started
+                    .get(parent.as_str())
+                    .is_some_and(|s| s.contains(child.as_str()));
                 if started && seen.insert(child.clone()) {
                     next.0.push(child);
                     next.1.push(parent);
