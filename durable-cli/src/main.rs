@@ -97,7 +97,8 @@ enum Command {
         #[arg(long)]
         new_id: bool,
     },
-    /// Purge one finished instance, or every finished instance a filter matches.
+    /// Purge one finished instance, or every finished instance a filter matches, each with
+    /// the sub-orchestrations it started (unless started as abandoned).
     Purge(PurgeArgs),
     /// List, read and signal entities.
     #[command(subcommand)]

@@ -591,7 +591,15 @@ impl DurableClient {
             .collect())
     }
 
-    /// Deletes every finished instance matching the filter; returns how many.
+    /// Deletes every finished instance matching the filter; returns how many instances
+    /// were deleted, children included, each once.
+    ///
+    /// Parent-close policy, as for [`purge`](Self::purge): each deleted instance takes the
+    /// sub-orchestrations its current execution started with it (finished or not, matching
+    /// the filter or not, and theirs in turn), except those started with
+    /// [`ParentClosePolicy::Abandon`](crate::ParentClosePolicy::Abandon) and ids that now
+    /// belong to an instance of another parent. The store finds them set-based, through an
+    /// index of children by parent.
     pub async fn purge_instances(&self, filter: &InstanceFilter) -> Result<u64, Error> {
         Ok(self.store.purge_instances(filter).await?)
     }

@@ -1106,6 +1106,151 @@ pub async fn purging(store: Arc<dyn Store>) {
     );
 }
 
+/// What one instance of [`purge_tree`] does in its only episode: its status after it, the
+/// children its history records (with `abandon_on_parent_close`), and children it creates
+/// without recording them (rows naming it as parent, as a reused id or an earlier
+/// execution's child would).
+struct Episode {
+    status: RuntimeStatus,
+    children: Vec<(&'static str, bool)>,
+    unrecorded: Vec<&'static str>,
+}
+
+/// Creates `root` and runs every instance's one episode by `plan` (instances without a
+/// plan stay running), children included, until no work is left.
+async fn purge_tree(
+    store: &dyn Store,
+    roots: &[&str],
+    plan: &mut std::collections::HashMap<&'static str, Episode>,
+) {
+    for root in roots {
+        store.create_instance(new_instance(root)).await.unwrap();
+    }
+    loop {
+        let items = fetch_many(store, 16, Duration::ZERO).await;
+        if items.is_empty() {
+            break;
+        }
+        for item in items {
+            let ep = plan.remove(item.instance_id.as_str()).unwrap_or(Episode {
+                status: RuntimeStatus::Running,
+                children: Vec::new(),
+                unrecorded: Vec::new(),
+            });
+            let mut c = commit_for(&item);
+            let mut st = running(&item);
+            st.status = ep.status;
+            let execution_id = st.execution_id.clone();
+            c.state = Some(st);
+            let all = ep
+                .children
+                .iter()
+                .map(|(id, _)| *id)
+                .chain(ep.unrecorded.iter().copied());
+            for (seq, child) in all.enumerate() {
+                let mut n = new_instance(child);
+                n.parent = Some(ParentInstance {
+                    instance_id: item.instance_id.clone(),
+                    execution_id: execution_id.clone(),
+                    seq: seq as u64,
+                    name: "orch".into(),
+                });
+                c.new_instances.push(n);
+            }
+            if let HistoryUpdate::Append(events) = &mut c.history {
+                for (seq, (child, abandon)) in ep.children.iter().enumerate() {
+                    events.push(HistoryEvent::scheduled(
+                        seq as u64,
+                        Utc::now(),
+                        EventKind::SubOrchestrationInstanceCreated {
+                            name: "orch".into(),
+                            version: None,
+                            instance_id: (*child).into(),
+                            input: None,
+                            abandon_on_parent_close: *abandon,
+                        },
+                    ));
+                }
+            }
+            store.commit_orchestration(c).await.unwrap();
+        }
+    }
+}
+
+/// A purge by filter follows the parent-close policy: the matching finished instances go
+/// with the sub-orchestrations their history started, finished or not, matching or not,
+/// and theirs in turn; abandoned children, rows that only name a purged instance as parent
+/// and the children of instances that do not match stay. Each instance counts once.
+pub async fn purging_follows_parent_close(store: Arc<dyn Store>) {
+    use RuntimeStatus::{Completed, Failed, Running};
+    let ep = |status, children: &[(&'static str, bool)], unrecorded: &[&'static str]| Episode {
+        status,
+        children: children.to_vec(),
+        unrecorded: unrecorded.to_vec(),
+    };
+    let mut plan = std::collections::HashMap::from([
+        (
+            "p",
+            ep(
+                Completed,
+                &[("p-run", false), ("p-abandoned", true), ("p-done", false)],
+                &["p-unrecorded"],
+            ),
+        ),
+        (
+            "p-run",
+            ep(
+                Running,
+                &[("p-run-g", false), ("p-run-abandoned", true)],
+                &[],
+            ),
+        ),
+        ("p-done", ep(Completed, &[], &[])),
+        ("alone", ep(Completed, &[], &[])),
+        ("failed", ep(Failed, &[("failed-child", false)], &[])),
+        ("failed-child", ep(Completed, &[], &[])),
+    ]);
+    purge_tree(&*store, &["p", "alone", "failed", "busy"], &mut plan).await;
+    assert!(
+        plan.is_empty(),
+        "every planned episode ran: {:?}",
+        plan.keys()
+    );
+    let completed = InstanceFilter {
+        statuses: vec![Completed],
+        instance_id_prefix: Some("p".into()),
+        ..Default::default()
+    };
+    let alone = InstanceFilter {
+        instance_id_prefix: Some("alone".into()),
+        ..Default::default()
+    };
+    let n = store.purge_instances(&completed).await.unwrap();
+    assert_eq!(n, 4, "p, p-run, p-run-g and p-done, each once");
+    assert_eq!(store.purge_instances(&alone).await.unwrap(), 1);
+    for gone in ["p", "p-run", "p-run-g", "p-done", "alone"] {
+        assert!(
+            store.get_instance(gone).await.unwrap().is_none(),
+            "{gone} was purged"
+        );
+        assert!(store.read_history(gone).await.unwrap().is_empty(), "{gone}");
+    }
+    for kept in [
+        "p-abandoned",
+        "p-run-abandoned",
+        "p-unrecorded",
+        "failed",
+        "failed-child",
+        "busy",
+    ] {
+        assert!(
+            store.get_instance(kept).await.unwrap().is_some(),
+            "{kept} was kept"
+        );
+    }
+    assert_eq!(store.purge_instances(&completed).await.unwrap(), 0);
+}
+
 /// An abandoned activity with a delay comes back after it; a renewed activity lease
 /// outlives the first expiry.
 pub async fn activity_delay_and_renew(store: Arc<dyn Store>) {
@@ -1597,7 +1742,7 @@ macro_rules! store_conformance_tests {
             work_items_are_bounded, commit_applies_everything, child_conflict_fails_parent,
             fencing, orchestration_dequeue_count, activity_timeout_is_kept, activity_heartbeat_details, abandon, renew_orchestration_lease, delayed_messages, activity_leases,
             activity_delay_and_renew, activity_fetch_waits, release_leases, history_reads,
-            listing, purging, wait_for_instance_until, clock_reads_now, close,
+            listing, purging, purging_follows_parent_close, wait_for_instance_until, clock_reads_now, close,
             fast_commit_and_lease, fast_commit_unleased, fast_lease_instance_for_result,
             fast_complete_activity_and_fetch, pending_work_counts, cancelled_activities,
             activity_scheduled_at

@@ -786,13 +786,43 @@ impl Store for MemoryStore {
 
     async fn purge_instances(&self, filter: &InstanceFilter) -> StoreResult<u64> {
         let mut inner = self.lock();
-        let ids: Vec<String> = inner
+        let mut ids: Vec<String> = inner
             .instances
             .iter()
             .filter_map(|(id, r)| r.state.as_ref().map(|s| (id, s)))
             .filter(|(_, s)| s.status.is_terminal() && filter.matches(s))
             .map(|(id, _)| id.clone())
             .collect();
+        // Parent-close policy: the children the purged instances take with them.
+        let children = {
+            let inner = &*inner;
+            purged_with_parents(
+                &ids,
+                |level| {
+                    let level: HashSet<&str> = level.iter().map(String::as_str).collect();
+                    Ok::<_, StoreError>(
+                        inner
+                            .instances
+                            .iter()
+                            .filter_map(|(id, r)| {
+                                let parent = r.state.as_ref()?.parent.as_ref()?;
+                                level
+                                    .contains(parent.instance_id.as_str())
+                                    .then(|| (id.clone(), parent.instance_id.clone()))
+                            })
+                            .collect(),
+                    )
+                },
+                |parent| {
+                    Ok(inner
+                        .instances
+                        .get(parent)
+                        .map(|r| r.history.clone())
+                        .unwrap_or_default())
+                },
+            )?
+        };
+        ids.extend(children);
         for id in &ids {
             inner.instances.remove(id);
         }

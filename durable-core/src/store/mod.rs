@@ -290,9 +290,15 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes an instance with its history and pending work. Returns false when absent.
     async fn purge_instance(&self, instance_id: &str) -> StoreResult<bool>;
 
-    /// Deletes every finished instance matching `filter`; returns how many. A provider may
-    /// delete them in several transactions (each one atomic, so other work goes on
-    /// between them); the count is exactly the instances it deleted.
+    /// Deletes every finished instance matching `filter` and, by the parent-close policy,
+    /// the sub-orchestrations their current executions started, finished or not and
+    /// whether or not they match (and theirs in turn), except those started with
+    /// [`ParentClosePolicy::Abandon`](crate::ParentClosePolicy::Abandon) and ids that now
+    /// belong to an instance of another parent: what
+    /// [`DurableClient::purge`](crate::DurableClient::purge) does for one instance. Returns
+    /// how many instances it deleted, each counted once. A provider may delete them in
+    /// several transactions (each one atomic, a parent with its children, so other work
+    /// goes on between them); the count is exactly the instances it deleted.
     async fn purge_instances(&self, filter: &InstanceFilter) -> StoreResult<u64>;
 
     /// Waits until the stored state of `instance_id` differs from `seen` (the state the
@@ -450,6 +456,62 @@ pub(crate) fn prefix_upper_bound(prefix: &str) -> Option<String> {
         }
     }
     None
+}
+
+/// The instances a purge of `purged` takes with it by the parent-close policy: the
+/// sub-orchestrations that the current execution of a purged instance started without
+/// [`ParentClosePolicy::Abandon`](crate::ParentClosePolicy::Abandon), finished or not, and
+/// theirs in turn; a child whose row names another parent (its id was reused) stays.
+/// Returns each such instance once, none of `purged`.
+///
+/// `children(level)` gives `(child, parent)` for every stored instance whose parent is one
+/// of `level` (a provider answers it from an index on the parent's id); `history(parent)`
+/// gives a parent's current history, read only for parents that have children.
+pub(crate) fn purged_with_parents<E>(
+    purged: &[String],
+    mut children: impl FnMut(&[String]) -> Result<Vec<(String, String)>, E>,
+    mut history: impl FnMut(&str) -> Result<Vec<HistoryEvent>, E>,
+) -> Result<Vec<String>, E> {
+    let mut found = children(purged)?;
+    if found.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut seen: std::collections::HashSet<String> = purged.iter().cloned().collect();
+    let mut out = Vec::new();
+    loop {
+        found.sort_by(|a, b| a.1.cmp(&b.1));
+        let mut level = Vec::new();
+        for group in found.chunk_by(|a, b| a.1 == b.1) {
+            let history = history(&group[0].1)?;
+            let started = started_children(&history);
+            for (child, _) in group {
+                if started.contains(child.as_str()) && seen.insert(child.clone()) {
+                    level.push(child.clone());
+                }
+            }
+        }
+        if level.is_empty() {
+            return Ok(out);
+        }
+        found = children(&level)?;
+        out.append(&mut level);
+    }
+}
+
+/// The ids of the sub-orchestrations `history` started that go with it when it is purged
+/// (all but those started with `ParentClosePolicy::Abandon`).
+pub(crate) fn started_children(history: &[HistoryEvent]) -> std::collections::HashSet<&str> {
+    history
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::SubOrchestrationInstanceCreated {
+                instance_id,
+                abandon_on_parent_close: false,
+                ..
+            } => Some(instance_id.as_str()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The `SubOrchestrationInstanceFailed` message a parent receives when its child could not be

@@ -933,26 +933,71 @@ impl Store for PostgresStore {
         Ok(n > 0)
     }
 
+    /// One transaction: the finished instances matching `filter`, then level by level the
+    /// children the parent-close policy takes with them, each level one statement that
+    /// also returns the next level's candidates (through the index `instances_parent`)
+    /// and the histories of only those parents that have children.
     async fn purge_instances(&self, filter: &InstanceFilter) -> StoreResult<u64> {
         let (w, args) = filter_sql(filter, None);
-        let text = format!(
+        let first = format!(
             "WITH i AS (DELETE FROM instances WHERE {w}
                  AND status IN ('Completed', 'Failed', 'Terminated', 'Canceled') RETURNING id),
-               h AS (DELETE FROM history WHERE instance_id IN (SELECT id FROM i)),
-               m AS (DELETE FROM messages WHERE instance_id IN (SELECT id FROM i)),
-               a AS (DELETE FROM activities WHERE instance_id IN (SELECT id FROM i))
-             SELECT id FROM i"
+             {}",
+            sql::purge_level_tail!()
         );
-        let conn = self.inner.pool.get().await?;
+        let mut conn = self.inner.pool.get().await?;
+        let tx = conn.client.transaction().await.map_err(pg)?;
         let params: Vec<&(dyn ToSql + Sync)> =
             args.iter().map(|a| &**a as &(dyn ToSql + Sync)).collect();
-        let rows = conn.client.query(&text, &params).await.map_err(pg)?;
-        let events: Vec<Event> = rows
-            .iter()
-            .map(|r| Event::Instance(r.get::<_, String>(0)))
-            .collect();
-        let n = events.len() as u64;
-        self.announce(events);
+        let mut rows = tx.query(&first, &params).await.map_err(pg)?;
+        let mut purged: Vec<String> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        loop {
+            let mut found: Vec<(String, String)> = Vec::new();
+            let mut histories: std::collections::HashMap<String, Vec<HistoryEvent>> =
+                std::collections::HashMap::new();
+            for r in &rows {
+                let id: String = r.get(1);
+                match r.get::<_, i32>(0) {
+                    0 => purged.push(id),
+                    1 => found.push((id, r.get(2))),
+                    _ => histories
+                        .entry(id)
+                        .or_default()
+                        .push(ops::from_json(r.get::<_, &str>(2))?),
+                }
+            }
+            if found.is_empty() {
+                break;
+            }
+            if seen.is_empty() {
+                seen.extend(purged.iter().cloned());
+            }
+            let started: std::collections::HashMap<&str, std::collections::HashSet<&str>> =
+                histories
+                    .iter()
+                    .map(|(parent, h)| (parent.as_str(), started_children(h)))
+                    .collect();
+            let mut next = (Vec::new(), Vec::new());
+            for (child, parent) in found {
+                let started = started
+                    .get(parent.as_str())
+                    .is_some_and(|s| s.contains(child.as_str()));
+                if started && seen.insert(child.clone()) {
+                    next.0.push(child);
+                    next.1.push(parent);
+                }
+            }
+            if next.0.is_empty() {
+                break;
+            }
+            let s = tx.prepare(sql::PURGE_CHILDREN).await.map_err(pg)?;
+            rows = tx.query(&s, &[&next.0, &next.1]).await.map_err(pg)?;
+        }
+        tx.commit().await.map_err(pg)?;
+        drop(conn);
+        let n = purged.len() as u64;
+        self.announce(purged.into_iter().map(Event::Instance).collect());
         Ok(n)
     }
 

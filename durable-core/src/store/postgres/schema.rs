@@ -9,7 +9,7 @@ use crate::store::StoreError;
 use crate::store::StoreResult;
 
 /// The newest schema version this build understands.
-pub const SCHEMA_VERSION: i32 = 4;
+pub const SCHEMA_VERSION: i32 = 5;
 
 /// The migrations, in order: version `i + 1` is `MIGRATIONS[i]`. A released migration is
 /// never edited; a change is a new one.
@@ -265,6 +265,11 @@ const MIGRATIONS: &[&str] = &[
     // column of their own, so frequent writes do not rewrite the item and its input); a
     // later hand-out of the item prefers them to the item's own.
     "ALTER TABLE activities ADD COLUMN heartbeat_details text;",
+    // 5: children by their parent's instance id, so a purge by filter finds the
+    // sub-orchestrations of the instances it deletes (parent-close policy) with one index
+    // probe each. Partial: only sub-orchestrations have a parent.
+    "CREATE INDEX IF NOT EXISTS instances_parent ON instances((parent::jsonb ->> 'instance_id'))
+        WHERE parent IS NOT NULL;",
 ];
 
 /// Checks a schema name: a plain lower-case identifier, so it needs no quoting anywhere

@@ -252,6 +252,37 @@ pub const PURGE: &str = "WITH i AS (DELETE FROM instances WHERE id = $1 RETURNIN
   a AS (DELETE FROM activities WHERE instance_id = $1)
   SELECT count(*) FROM i";
 
+/// The rest of one level of a purge by filter, after a CTE `i` that deletes instances
+/// and returns their ids: deletes their history, messages and activities, and returns
+/// `(0, id, NULL)` for each deleted instance, `(1, child, parent)` for each instance still
+/// stored whose parent is one of them (through `instances_parent`), and `(2, parent,
+/// event)` for each history event of those parents only. Every part reads the snapshot
+/// from before the deletes.
+macro_rules! purge_level_tail {
+    () => {
+        "h AS (DELETE FROM history WHERE instance_id IN (SELECT id FROM i)),
+  m AS (DELETE FROM messages WHERE instance_id IN (SELECT id FROM i)),
+  a AS (DELETE FROM activities WHERE instance_id IN (SELECT id FROM i)),
+  c AS (SELECT x.id, x.parent::jsonb ->> 'instance_id' AS p FROM instances x
+        WHERE x.parent IS NOT NULL AND (x.parent::jsonb ->> 'instance_id') IN (SELECT id FROM i)
+          AND NOT EXISTS (SELECT 1 FROM i WHERE i.id = x.id))
+  SELECT 0, id, NULL::text FROM i
+  UNION ALL SELECT 1, id, p FROM c
+  UNION ALL SELECT 2, instance_id, event FROM history WHERE instance_id IN (SELECT p FROM c)"
+    };
+}
+pub(crate) use purge_level_tail;
+
+/// A level of children in a purge by filter: deletes the instances `$1` whose parent is
+/// still `$2` (same positions), then as `purge_level_tail!`.
+pub const PURGE_CHILDREN: &str = concat!(
+    "WITH i AS (DELETE FROM instances x USING unnest($1::text[], $2::text[]) AS k(id, p)
+      WHERE x.id = k.id AND x.parent IS NOT NULL AND (x.parent::jsonb ->> 'instance_id') = k.p
+      RETURNING x.id),
+  ",
+    purge_level_tail!()
+);
+
 /// One episode's commit without children to create, in one statement and one implicit
 /// transaction (the `commit_episode` function of the schema): the fence, then every write.
 pub const COMMIT_EPISODE: &str = "SELECT ok, act_ids, act_tokens, sent_to, sent_delayed

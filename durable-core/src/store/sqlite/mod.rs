@@ -42,7 +42,7 @@
 //! requests), `ops` (the SQL of each operation), and this module (the [`Store`] and
 //! [`FastPaths`] implementations).
 //!
-//! # Schema (version 6; `PRAGMA user_version`, `PRAGMA application_id` = "DRBL")
+//! # Schema (version 7; `PRAGMA user_version`, `PRAGMA application_id` = "DRBL")
 //! Times are Unix microseconds (UTC). JSON columns hold serde_json text. A history row
 //! holds the events one episode appended (`seq` is the first one's position), in the
 //! compact encoding of the `episode` module; rows written before version 6 hold one event
@@ -52,6 +52,8 @@
 //!           input, output, failure JSON, custom_status, created_at, last_updated_at,
 //!           parent JSON, lease_token, lease_expires_at, lease_owner, history_len,
 //!           dequeue_count)                        -- hand-outs since the last commit
+//! -- children by parent (purges follow the parent-close policy):
+//! --   instances_parent ON instances(json_extract(parent, '$.instance_id')) WHERE parent IS NOT NULL
 //! history(instance_id, seq, events)              -- the current execution's events, one row per episode
 //! messages(id INTEGER PRIMARY KEY, instance_id, visible_at, message JSON)   -- inbox; timers have a future visible_at
 //! activities(id INTEGER PRIMARY KEY, instance_id, item JSON, lease_token, lease_owner,
@@ -416,8 +418,9 @@ impl SqliteStore {
         Ok(rx)
     }
 
-    /// Purges the finished instances matching `filter`, up to `batch` per transaction; the
-    /// next batch is queued only once the previous one has committed, so requests queued
+    /// Purges the finished instances matching `filter`, up to `batch` per transaction
+    /// (each with the sub-orchestrations the parent-close policy takes with it); the next
+    /// batch is queued only once the previous one has committed, so requests queued
     /// meanwhile go first. `between` is called after each full batch with the count so
     /// far. Returns how many were purged.
     async fn purge_in_batches(
@@ -430,13 +433,13 @@ impl SqliteStore {
         let mut total = 0u64;
         loop {
             let filter = filter.clone();
-            let n = self
+            let (matched, n) = self
                 .write(Durability::Durable, move |conn, _, w| {
                     ops::purge_batch(conn, &filter, batch, w)
                 })
                 .await?;
             total += n;
-            if n < batch as u64 {
+            if matched < batch as u64 {
                 return Ok(total);
             }
             between(total);
@@ -688,8 +691,10 @@ impl Store for SqliteStore {
         .await
     }
 
-    /// Purges in batches of 5,000 instances (`PURGE_BATCH`), one transaction each, so the
-    /// writer serves other requests between batches and the WAL stays bounded.
+    /// Purges in batches of 5,000 matching instances (`PURGE_BATCH`), one transaction
+    /// each with the sub-orchestrations they take with them, so the writer serves other
+    /// requests between batches and the WAL stays bounded. Children are found through the
+    /// index `instances_parent`; only parents that have children have their history read.
     async fn purge_instances(&self, filter: &InstanceFilter) -> StoreResult<u64> {
         self.purge_in_batches(filter, PURGE_BATCH, |_| {}).await
     }

@@ -16,9 +16,9 @@ use crate::history::{FailureDetails, HistoryEvent, OrchestrationMessage, ParentI
 use crate::instance::{InstanceFilter, InstanceState, NewInstance, RuntimeStatus};
 use crate::store::activity_row::{ActivityRow, RowColumns};
 use crate::store::{
-    child_conflict_message, random_id, ActivityCall, ActivityHeartbeat, ActivityWorkItem,
-    HistoryUpdate, OrchestrationCommit, OrchestrationWorkItem, PendingWork, StoreError,
-    StoreResult, WorkerId, MAX_MESSAGES_PER_WORK_ITEM,
+    child_conflict_message, purged_with_parents, random_id, ActivityCall, ActivityHeartbeat,
+    ActivityWorkItem, HistoryUpdate, OrchestrationCommit, OrchestrationWorkItem, PendingWork,
+    StoreError, StoreResult, WorkerId, MAX_MESSAGES_PER_WORK_ITEM,
 };
 
 /// `now + d` in microseconds, saturating.
@@ -968,15 +968,18 @@ pub(super) fn release_all_leases(conn: &Connection, now: i64) -> StoreResult<u64
     Ok((instances + activities) as u64)
 }
 
-/// Deletes up to `batch` finished instances matching `filter`, with their history,
-/// messages and activities, set-based; returns how many. Run again until it returns fewer
-/// than `batch`: each run reads only instances still stored, so no continuation is kept.
+/// Deletes up to `batch` finished instances matching `filter` and, by the parent-close
+/// policy, the sub-orchestrations they started (see `purged_with_parents`), with their
+/// history, messages and activities, set-based. Returns how many matched the filter and
+/// how many were deleted in all. Run again until fewer than `batch` match: each run reads
+/// only instances still stored, so no continuation is kept, and an instance deleted as a
+/// child is not found (nor counted) again.
 pub(super) fn purge_batch(
     conn: &Connection,
     filter: &InstanceFilter,
     batch: usize,
     w: &mut Wake,
-) -> StoreResult<u64> {
+) -> StoreResult<(u64, u64)> {
     // Finished statuses only, in the query itself: every instance it returns is deleted,
     // and `(status, created_at, id)` serves a time range without reading the rows.
     let finished: Vec<RuntimeStatus> = RuntimeStatus::ALL
@@ -985,14 +988,14 @@ pub(super) fn purge_batch(
         .filter(|s| filter.statuses.is_empty() || filter.statuses.contains(s))
         .collect();
     if finished.is_empty() || batch == 0 {
-        return Ok(0);
+        return Ok((0, 0));
     }
     let filter = InstanceFilter {
         statuses: finished,
         ..filter.clone()
     };
     let (where_sql, args) = filter_sql(&filter, None);
-    let ids: Vec<String> = conn
+    let mut ids: Vec<String> = conn
         .prepare_cached(&format!(
             "SELECT id FROM instances {where_sql} LIMIT {}",
             batch.min(i64::MAX as usize)
@@ -1003,8 +1006,15 @@ pub(super) fn purge_batch(
         })
         .map_err(sql)?;
     if ids.is_empty() {
-        return Ok(0);
+        return Ok((0, 0));
     }
+    let matched = ids.len() as u64;
+    let children = purged_with_parents(
+        &ids,
+        |level| children_of(conn, level),
+        |parent| read_history_in(conn, parent),
+    )?;
+    ids.extend(children);
     let list = to_json(&ids)?;
     for text in [
         "DELETE FROM history WHERE instance_id IN (SELECT value FROM json_each(?1))",
@@ -1018,7 +1028,25 @@ pub(super) fn purge_batch(
     }
     let n = ids.len() as u64;
     w.instances.extend(ids);
-    Ok(n)
+    Ok((matched, n))
+}
+
+/// The statement finding the instances whose parent is one of a JSON array of ids,
+/// through the index `instances_parent`: `(child id, parent id)` rows.
+pub(super) const CHILDREN_OF: &str =
+    "SELECT id, json_extract(parent, '$.instance_id') FROM instances
+     WHERE parent IS NOT NULL
+       AND json_extract(parent, '$.instance_id') IN (SELECT value FROM json_each(?1))";
+
+/// `(child, parent)` for every instance whose parent is one of `parents`.
+fn children_of(conn: &Connection, parents: &[String]) -> StoreResult<Vec<(String, String)>> {
+    let list = to_json(&parents)?;
+    conn.prepare_cached(CHILDREN_OF)
+        .and_then(|mut s| {
+            s.query_map(params![list], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect()
+        })
+        .map_err(sql)
 }
 
 /// The earliest store-clock time after `now` at which delayed work or a lapsing lease

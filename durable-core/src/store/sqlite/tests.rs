@@ -676,3 +676,140 @@ async fn purges_by_filter_run_in_batches() {
         .unwrap();
     assert_eq!(rows, 0, "their history went with them");
 }
+
+/// A schema version 6 file opens as version 7 with the index of children by parent, and
+/// a purge by filter then takes the children its rows recorded before the migration
+/// (parent-close policy), keeping the abandoned one. The lookup uses the index.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_6_file_is_migrated_and_purges_follow_parent_close() {
+    let path = temp("v6-parent");
+    let created = |child: &str, abandon: bool| {
+        serde_json::to_string(&HistoryEvent::scheduled(
+            0,
+            Utc::now(),
+            EventKind::SubOrchestrationInstanceCreated {
+                name: "orch".into(),
+                version: None,
+                instance_id: child.into(),
+                input: None,
+                abandon_on_parent_close: abandon,
+            },
+        ))
+        .unwrap()
+    };
+    {
+        let mut conn = Connection::open(&path).unwrap();
+        let tx = conn.transaction().unwrap();
+        schema::upgrade(&tx, 0, 6).unwrap();
+        let parent =
+            r#"{"instance_id":"p","execution_id":"e","task_scheduled_id":0,"name":"orch"}"#;
+        for (id, status, parent) in [
+            ("p", "Completed", None),
+            ("c", "Running", Some(parent)),
+            ("kept", "Running", Some(parent)),
+        ] {
+            tx.execute(
+                "INSERT INTO instances(id, execution_id, name, status, created_at,
+                    last_updated_at, parent, history_len)
+                 VALUES(?1, 'e', 'orch', ?2, 1, 1, ?3, 2)",
+                rusqlite::params![id, status, parent],
+            )
+            .unwrap();
+        }
+        for (seq, e) in [created("c", false), created("kept", true)]
+            .iter()
+            .enumerate()
+        {
+            tx.execute(
+                "INSERT INTO history(instance_id, seq, events) VALUES('p', ?1, ?2)",
+                rusqlite::params![seq as i64, e],
+            )
+            .unwrap();
+        }
+        tx.execute_batch(&format!(
+            "PRAGMA application_id={APPLICATION_ID}; PRAGMA user_version=6"
+        ))
+        .unwrap();
+        tx.commit().unwrap();
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    let n = store
+        .purge_instances(&InstanceFilter {
+            statuses: vec![RuntimeStatus::Completed],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(n, 2, "the parent and its child");
+    assert!(store.get_instance("c").await.unwrap().is_none());
+    assert!(store.get_instance("kept").await.unwrap().is_some());
+    let conn = Connection::open(&path).unwrap();
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, SCHEMA_VERSION);
+    let plan: Vec<String> = conn
+        .prepare(&format!("EXPLAIN QUERY PLAN {}", ops::CHILDREN_OF))
+        .unwrap()
+        .query_map(["[\"p\"]"], |r| r.get::<_, String>(3))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    let plan = plan.join("; ");
+    assert!(plan.contains("USING INDEX instances_parent"), "{plan}");
+    drop(store);
+}
+
+/// A child that the filter matches too, in a later batch than its parent, is purged with
+/// its parent and counted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_batches_count_a_matching_child_once() {
+    let path = temp("purge-child-once");
+    let store = SqliteStore::open(&path).unwrap();
+    store
+        .create_instance(new_instance("a-parent"))
+        .await
+        .unwrap();
+    let item = fetch_one(&store).await;
+    let mut state = item.state.clone().unwrap();
+    state.status = RuntimeStatus::Completed;
+    let mut c = commit_with(
+        &item,
+        vec![HistoryEvent::scheduled(
+            0,
+            Utc::now(),
+            EventKind::SubOrchestrationInstanceCreated {
+                name: "orch".into(),
+                version: None,
+                instance_id: "b-child".into(),
+                input: None,
+                abandon_on_parent_close: false,
+            },
+        )],
+        state.clone(),
+    );
+    let mut child = new_instance("b-child");
+    child.parent = Some(crate::history::ParentInstance {
+        instance_id: "a-parent".into(),
+        execution_id: state.execution_id.clone(),
+        seq: 0,
+        name: "orch".into(),
+    });
+    c.new_instances.push(child);
+    store.commit_orchestration(c).await.unwrap();
+    let item = fetch_one(&store).await;
+    let mut state = item.state.clone().unwrap();
+    state.status = RuntimeStatus::Completed;
+    store
+        .commit_orchestration(commit_with(&item, Vec::new(), state))
+        .await
+        .unwrap();
+    let mut batches = Vec::new();
+    let purged = store
+        .purge_in_batches(&InstanceFilter::default(), 1, |n| batches.push(n))
+        .await
+        .unwrap();
+    assert_eq!(purged, 2);
+    assert_eq!(batches, [2], "the child went with the first batch");
+    assert!(store.get_instance("b-child").await.unwrap().is_none());
+}
