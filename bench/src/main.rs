@@ -111,8 +111,10 @@ fn main() {
             "--scenario" => scenario = value(),
             "--json" => json = value(),
             "--child" => {
+                // A flag without a value: step over it alone.
                 child = true;
-                i -= 1;
+                i += 1;
+                continue;
             }
             "--recovery-host" => {
                 // The process the recovery scenario kills: starts its instances on the
@@ -184,10 +186,17 @@ fn main() {
                 continue;
             }
             eprintln!("running {sc} on {st} ...");
-            let out = std::process::Command::new(&exe)
+            let proc = std::process::Command::new(&exe)
                 .args(["--child", "--store", st, "--scenario", sc])
-                .output()
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
                 .expect("child runs");
+            // The SQLite scenarios keep their files in a directory named after the child's
+            // process id; it goes once the child has exited, whatever the outcome.
+            let scratch = std::env::temp_dir().join(format!("durable-bench-{}", proc.id()));
+            let out = proc.wait_with_output().expect("child runs");
+            let _ = std::fs::remove_dir_all(&scratch);
             if !out.status.success() {
                 eprintln!(
                     "scenario {sc} on {st} failed:\n{}",
