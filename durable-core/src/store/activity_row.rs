@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use super::ActivityWorkItem;
+use super::{ActivityHeartbeat, ActivityWorkItem};
 
 /// The stored form of an activity work item (lease fields live in their own columns).
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -98,6 +98,27 @@ impl ActivityRow {
                 .and_then(DateTime::<Utc>::from_timestamp_micros),
         }
     }
+}
+
+/// The activities with heartbeat details among `rows` (each a stored item with the details
+/// of its heartbeat column, which win over those carried in the item), by sequence.
+pub(crate) fn heartbeats(
+    rows: impl IntoIterator<Item = (ActivityRow, Option<String>)>,
+) -> Vec<ActivityHeartbeat> {
+    let mut out: Vec<ActivityHeartbeat> = rows
+        .into_iter()
+        .filter_map(|(row, beat)| {
+            let details = beat.or(row.heartbeat_details)?;
+            Some(ActivityHeartbeat {
+                name: row.name,
+                seq: row.seq,
+                attempt: row.attempt,
+                details,
+            })
+        })
+        .collect();
+    out.sort_by_key(|h| h.seq);
+    out
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use super::pool::Conn;
 use super::sql;
 use crate::history::{FailureDetails, ParentInstance};
 use crate::instance::{InstanceState, NewInstance, RuntimeStatus};
-use crate::store::activity_row::{ActivityRow, RowColumns};
+use crate::store::activity_row::{self, ActivityRow, RowColumns};
 use crate::store::{
     child_conflict_message, random_id, ActivityHeartbeat, ActivityWorkItem, HistoryUpdate,
     OrchestrationCommit, OrchestrationMessage, OrchestrationWorkItem, StoreError, StoreResult,
@@ -795,22 +795,11 @@ impl MessageParams {
 /// Decodes (item, heartbeat_details) rows into the activities with heartbeat details, by
 /// sequence.
 pub(crate) fn activity_heartbeats(rows: Vec<Row>) -> StoreResult<Vec<ActivityHeartbeat>> {
-    let mut out = Vec::new();
-    for r in rows {
-        let item: String = r.get(0);
-        let beat: Option<String> = r.get(1);
-        let row: ActivityRow = from_json(&item)?;
-        if let Some(details) = beat.or(row.heartbeat_details) {
-            out.push(ActivityHeartbeat {
-                name: row.name,
-                seq: row.seq,
-                attempt: row.attempt,
-                details,
-            });
-        }
-    }
-    out.sort_by_key(|h| h.seq);
-    Ok(out)
+    let rows = rows
+        .iter()
+        .map(|r| Ok((from_json::<ActivityRow>(r.get(0))?, r.get(1))))
+        .collect::<StoreResult<Vec<_>>>()?;
+    Ok(activity_row::heartbeats(rows))
 }
 
 /// Decodes leased activity rows (id, instance_id, item, lease_token, dequeue_count,

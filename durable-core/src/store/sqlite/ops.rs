@@ -14,7 +14,7 @@ use super::writer::{exec_cached, Wake};
 use super::{from_json, from_micros, micros, sql, to_json};
 use crate::history::{FailureDetails, HistoryEvent, OrchestrationMessage, ParentInstance};
 use crate::instance::{InstanceFilter, InstanceState, NewInstance, RuntimeStatus};
-use crate::store::activity_row::{ActivityRow, RowColumns};
+use crate::store::activity_row::{self, ActivityRow, RowColumns};
 use crate::store::{
     child_conflict_message, purged_with_parents, random_id, ActivityCall, ActivityHeartbeat,
     ActivityWorkItem, HistoryUpdate, OrchestrationCommit, OrchestrationWorkItem, PendingWork,
@@ -856,20 +856,11 @@ pub(super) fn activity_heartbeats(
         .map_err(sql)?
         .collect::<Result<_, _>>()
         .map_err(sql)?;
-    let mut out = Vec::new();
-    for (item, beat) in rows {
-        let row: ActivityRow = from_json(&item)?;
-        if let Some(details) = beat.or(row.heartbeat_details) {
-            out.push(ActivityHeartbeat {
-                name: row.name,
-                seq: row.seq,
-                attempt: row.attempt,
-                details,
-            });
-        }
-    }
-    out.sort_by_key(|h| h.seq);
-    Ok(out)
+    let rows = rows
+        .into_iter()
+        .map(|(item, beat)| Ok((from_json::<ActivityRow>(&item)?, beat)))
+        .collect::<StoreResult<Vec<_>>>()?;
+    Ok(activity_row::heartbeats(rows))
 }
 
 /// Extends an activity's lease and stores its latest heartbeat details. Fenced.
