@@ -897,11 +897,24 @@ pub async fn fetch_waits_for_work(store: Arc<dyn Store>) {
 
 /// A fetch leases at most `max` instances, each once.
 pub async fn fetch_takes_up_to_max(store: Arc<dyn Store>) {
-    for id in ["a", "b", "c", "d", "e"] {
+    // The oldest messages are all "a"'s: it still counts once in a batch.
+    store.create_instance(new_instance("a")).await.unwrap();
+    for n in ["e1", "e2"] {
+        store
+            .send_message(OrchestrationMessage::new("a", event(n)))
+            .await
+            .unwrap();
+    }
+    for id in ["b", "c", "d", "e"] {
         store.create_instance(new_instance(id)).await.unwrap();
     }
     let first = fetch_many(&*store, 3, Duration::ZERO).await;
     assert_eq!(first.len(), 3);
+    let mut oldest: Vec<&str> = first.iter().map(|i| i.instance_id.as_str()).collect();
+    oldest.sort();
+    assert_eq!(oldest, ["a", "b", "c"], "the oldest messages first");
+    let messages: usize = first.iter().map(|i| i.messages.len()).sum();
+    assert_eq!(messages, 5, "each instance with all its messages");
     let rest = fetch_many(&*store, 10, Duration::ZERO).await;
     assert_eq!(rest.len(), 2);
     let mut ids: Vec<String> = first

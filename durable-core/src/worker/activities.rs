@@ -332,7 +332,9 @@ pub(super) async fn run_activity(shared: &Shared, item: ActivityWorkItem) {
             outcome.is_ok(),
             started.elapsed(),
         );
-        let next = finish_activity(shared, &item, outcome).await;
+        // Boxed, here and below: inline, these futures would make every activity task several
+        // kilobytes, copied on each move of the task.
+        let next = Box::pin(finish_activity(shared, &item, outcome)).await;
         drop(lease);
         shared
             .running_activities
@@ -346,7 +348,7 @@ pub(super) async fn run_activity(shared: &Shared, item: ActivityWorkItem) {
             .remove(&item.id);
         // The result's episode, when this worker got its instance in the same transaction.
         if let Some((work, permit)) = next {
-            process_orchestration(shared, work).await;
+            Box::pin(process_orchestration(shared, work)).await;
             drop(permit);
         }
     }

@@ -66,8 +66,10 @@ pub(super) async fn orchestration_loop(shared: Arc<Shared>, mut shutdown: watch:
                 for item in items {
                     let permit = permits.pop().expect("one permit per fetched item");
                     let shared = shared.clone();
+                    // Boxed: the episode's future is several kilobytes, and a task's future
+                    // is moved on spawning.
                     running.spawn(async move {
-                        process_orchestration(&shared, item).await;
+                        Box::pin(process_orchestration(&shared, item)).await;
                         drop(permit);
                     });
                 }

@@ -50,18 +50,22 @@ pub const SEND: &str = "INSERT INTO messages(instance_id, visible_at, message)
 
 /// Leases up to $1 free instances with visible messages to owner $2 for $3 microseconds,
 /// under tokens `$4 || id` ($4 is random per call); rows another fetch is leasing right now
-/// are skipped, not waited for.
+/// are skipped, not waited for. The instances are those of the oldest messages, each once:
+/// the oldest `4 * $1` messages are looked at, so instances with several messages waiting
+/// do not shrink the batch (down to one instance when its messages were the oldest `$1`).
 pub const LEASE_INSTANCES: &str = concat!(
     "WITH cand AS (
-    SELECT i.id AS cid FROM messages m JOIN instances i ON i.id = m.instance_id
+    SELECT i.id AS cid, m.visible_at AS v, m.id AS mid
+    FROM messages m JOIN instances i ON i.id = m.instance_id
     WHERE m.visible_at <= now()
       AND (i.lease_expires_at IS NULL OR i.lease_expires_at <= now())
-    ORDER BY m.visible_at, m.id LIMIT $1
+    ORDER BY m.visible_at, m.id LIMIT 4 * $1::bigint
     FOR UPDATE OF i SKIP LOCKED)
   UPDATE instances SET lease_token = $4::text || id,
     lease_owner = $2, lease_expires_at = now() + $3::bigint * interval '1 microsecond',
     dequeue_count = dequeue_count + 1
-  FROM (SELECT DISTINCT cid FROM cand) c WHERE id = c.cid
+  FROM (SELECT cid FROM cand GROUP BY cid ORDER BY min(v), min(mid) LIMIT $1::bigint) c
+  WHERE id = c.cid
   RETURNING lease_token, ",
     leased_cols!()
 );

@@ -222,26 +222,6 @@ pub(super) fn pending_work(conn: &Connection, now: i64) -> StoreResult<PendingWo
     })
 }
 
-pub(super) fn fetch_orchestration(
-    conn: &Connection,
-    now: i64,
-    owner: &WorkerId,
-    lease: Duration,
-) -> StoreResult<Option<OrchestrationWorkItem>> {
-    let id: Option<String> = conn
-        .prepare_cached(
-            "SELECT m.instance_id FROM messages m JOIN instances i ON i.id = m.instance_id
-             WHERE m.visible_at <= ?1 AND (i.lease_expires_at IS NULL OR i.lease_expires_at <= ?1)
-             ORDER BY m.visible_at, m.id LIMIT 1",
-        )
-        .and_then(|mut s| s.query_row(params![now], |r| r.get(0)).optional())
-        .map_err(sql)?;
-    let Some(id) = id else {
-        return Ok(None);
-    };
-    lease_instance(conn, &id, now, owner, lease)
-}
-
 /// Leases an instance that no one holds, with all its visible messages.
 pub(super) fn lease_instance(
     conn: &Connection,
@@ -711,7 +691,10 @@ pub(super) fn send(conn: &Connection, m: &OrchestrationMessage, w: &mut Wake) ->
     insert_message(conn, m, w)
 }
 
-/// Leases up to `max` instances with visible messages.
+/// Leases up to `max` instances with visible messages, oldest message first.
+///
+/// One scan of the visible messages finds the instances (messages of instances held by a
+/// lease are passed over once, not once per instance leased), then each is leased.
 pub(super) fn fetch_orchestrations(
     conn: &Connection,
     now: i64,
@@ -719,11 +702,30 @@ pub(super) fn fetch_orchestrations(
     lease: Duration,
     max: usize,
 ) -> StoreResult<Vec<OrchestrationWorkItem>> {
-    let mut items = Vec::new();
-    while items.len() < max {
-        match fetch_orchestration(conn, now, owner, lease)? {
-            Some(i) => items.push(i),
-            None => break,
+    let mut ids: Vec<String> = Vec::new();
+    {
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT m.instance_id FROM messages m JOIN instances i ON i.id = m.instance_id
+                 WHERE m.visible_at <= ?1 AND (i.lease_expires_at IS NULL OR i.lease_expires_at <= ?1)
+                 ORDER BY m.visible_at, m.id",
+            )
+            .map_err(sql)?;
+        let mut rows = stmt.query(params![now]).map_err(sql)?;
+        while ids.len() < max {
+            let Some(row) = rows.next().map_err(sql)? else {
+                break;
+            };
+            let id: String = row.get(0).map_err(sql)?;
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+    }
+    let mut items = Vec::with_capacity(ids.len());
+    for id in ids {
+        if let Some(item) = lease_instance(conn, &id, now, owner, lease)? {
+            items.push(item);
         }
     }
     Ok(items)
