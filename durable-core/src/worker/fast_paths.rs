@@ -23,15 +23,13 @@ pub(super) async fn run_unleased(
     let Ok(permit) = shared.orchestration_limit.clone().try_acquire_owned() else {
         return false;
     };
-    let cached = shared
-        .cache
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .take(&item.instance_id);
-    let Some(Cached {
-        exec,
-        state: Some(state),
-    }) = cached
+    let Some((
+        Cached {
+            exec,
+            state: Some(state),
+        },
+        _taken,
+    )) = try_take_cached(shared, &item.instance_id)
     else {
         return false;
     };
@@ -98,13 +96,12 @@ pub(super) async fn run_unleased(
     match committed {
         Ok(leased) => {
             if let Some(exec) = result.execution {
-                shared.cache.lock().unwrap_or_else(|e| e.into_inner()).put(
+                shared.cache_put(
                     item.instance_id.clone(),
                     Cached {
                         exec,
                         state: new_state,
                     },
-                    shared.options.cache_capacity,
                 );
             }
             dispatch_leased(shared, leased, &mut permits);

@@ -29,7 +29,7 @@ mod orchestrations;
 use activities::{
     activity_loop, cancel_running, complete_activity, completion_message, within_limit,
 };
-use cache::{Cache, Cached};
+use cache::{take_cached, try_take_cached, Cache, Cached, Taken};
 use fast_paths::finish_activity;
 use orchestrations::{
     activity_permits, commit_of, dispatch_leased, inbox, orchestration_loop, process_orchestration,
@@ -163,6 +163,7 @@ impl WorkerBuilder {
             activity_limit: Arc::new(Semaphore::new(self.options.activity_concurrency.max(1))),
             options: self.options,
             cache: Mutex::new(Cache::default()),
+            cache_back: tokio::sync::Notify::new(),
             running_activities: Mutex::new(HashMap::new()),
             activity_cancels: Mutex::new(HashMap::new()),
             direct_activities: direct_tx,
@@ -267,6 +268,8 @@ struct Shared {
     registry: Arc<Registry>,
     options: WorkerOptions,
     cache: Mutex<Cache>,
+    /// Notified when an execution taken out of the cache comes back (or is dropped).
+    cache_back: tokio::sync::Notify,
     running_activities: Mutex<HashMap<u64, ActivityWorkItem>>,
     /// The cancellation signals of the activities running here, by work item id.
     activity_cancels: Mutex<HashMap<u64, watch::Sender<bool>>>,

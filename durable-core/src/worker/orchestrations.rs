@@ -148,7 +148,8 @@ pub(super) async fn process_orchestration_with(
         fail_instance(shared, &item, failure).await;
         return false;
     }
-    let source = match episode_source(shared, &item).await {
+    // `_taken` lives until the episode's commit is answered (and its execution put back).
+    let (source, _taken) = match episode_source(shared, &item).await {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(instance_id = %item.instance_id, error = %e, "reading history failed");
@@ -336,12 +337,7 @@ pub(super) async fn commit_episode(
         Ok(leased) => {
             // Cache first: the leased activities may finish at once and look for it.
             if let Some(exec) = execution {
-                let mut cache = shared.cache.lock().unwrap_or_else(|e| e.into_inner());
-                cache.put(
-                    item.instance_id.clone(),
-                    Cached { exec, state },
-                    shared.options.cache_capacity,
-                );
+                shared.cache_put(item.instance_id.clone(), Cached { exec, state });
             }
             dispatch_leased(shared, leased, &mut permits);
             drop(permits);
@@ -438,21 +434,17 @@ pub(super) fn dispatch_leased(
 }
 
 /// Picks the cached execution when it is in sync with the store; otherwise loads history.
-pub(super) async fn episode_source(
-    shared: &Shared,
+/// With the cached execution comes its [`Taken`] mark, to keep until the episode is over.
+pub(super) async fn episode_source<'a>(
+    shared: &'a Shared,
     item: &OrchestrationWorkItem,
-) -> Result<Option<Source>, StoreError> {
+) -> Result<(Option<Source>, Option<Taken<'a>>), StoreError> {
     let Some(state) = &item.state else {
-        return Ok(None);
+        return Ok((None, None));
     };
-    let cached = shared
-        .cache
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .take(&item.instance_id);
-    if let Some(Cached { exec, .. }) = cached {
+    if let Some((Cached { exec, .. }, taken)) = take_cached(shared, &item.instance_id).await {
         if exec.history_len == item.history_len && exec.ctx.execution_id() == state.execution_id {
-            return Ok(Some(Source::Cached(exec)));
+            return Ok((Some(Source::Cached(exec)), Some(taken)));
         }
     }
     let needs_history = if state.status.is_terminal() {
@@ -463,11 +455,14 @@ pub(super) async fn episode_source(
         item.history_len > 0
     };
     if !needs_history {
-        return Ok(None);
+        return Ok((None, None));
     }
-    Ok(Some(Source::History(
-        shared.store.read_history(&item.instance_id).await?,
-    )))
+    Ok((
+        Some(Source::History(
+            shared.store.read_history(&item.instance_id).await?,
+        )),
+        None,
+    ))
 }
 
 /// Commits a failure for an instance whose episode could not be stored.
