@@ -9,12 +9,12 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use rusqlite::types::ValueRef;
 
-use super::episode;
 use super::writer::{exec_cached, Wake};
 use super::{from_json, from_micros, micros, sql, to_json};
 use crate::history::{FailureDetails, HistoryEvent, OrchestrationMessage, ParentInstance};
 use crate::instance::{InstanceFilter, InstanceState, NewInstance, RuntimeStatus};
 use crate::store::activity_row::{self, ActivityRow, RowColumns};
+use crate::store::episode;
 use crate::store::{
     child_conflict_message, purged_with_parents, random_id, ActivityCall, ActivityHeartbeat,
     ActivityWorkItem, HistoryUpdate, OrchestrationCommit, OrchestrationWorkItem, PendingWork,
