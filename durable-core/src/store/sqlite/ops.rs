@@ -404,7 +404,7 @@ pub(super) fn commit(
             if c.state.is_some()
                 && !(input_kept && output_kept)
                 && history_len > 0
-                && refers_to_payloads(&c.instance_id)
+                && episode::refers_to_payloads(&c.instance_id)
             {
                 // The payloads change under a kept history: rows referring to the old
                 // ones get their values first.
@@ -424,7 +424,7 @@ pub(super) fn commit(
         // One row for the episode's events. Entities' records change every episode, so
         // their rows never refer to the instance row.
         let refs = match &c.state {
-            Some(_) if refers_to_payloads(&c.instance_id) => episode::Payloads {
+            Some(_) if episode::refers_to_payloads(&c.instance_id) => episode::Payloads {
                 input: new_input,
                 output: new_output,
             },
@@ -1102,12 +1102,6 @@ fn read_history_in(conn: &Connection, id: &str) -> StoreResult<Vec<HistoryEvent>
         }
     }
     Ok(out)
-}
-
-/// Whether the history rows of `id` may refer to its instance row's payloads: not for
-/// entities, whose record (the `output` column) changes with every operation.
-fn refers_to_payloads(id: &str) -> bool {
-    !id.starts_with('@')
 }
 
 /// Writes the instance's current input and output into the history rows that refer to
