@@ -303,7 +303,11 @@ const MIGRATIONS: &[&str] = &[
         ok := false;
         materialize := false;
         SELECT lease_token, history_len, execution_id,
-               (lease_expires_at IS NULL OR lease_expires_at <= now()) AS free
+               (lease_expires_at IS NULL OR lease_expires_at <= now()) AS free,
+               CASE WHEN p_status IS NOT NULL AND p_refers AND NOT p_replace
+                 THEN (input IS NULL OR input IS NOT DISTINCT FROM p_input)
+                   AND (output IS NULL OR output IS NOT DISTINCT FROM p_output)
+                 ELSE true END AS kept
           INTO cur FROM instances WHERE id = p_id FOR NO KEY UPDATE;
         IF NOT FOUND THEN
             RETURN;
@@ -317,11 +321,7 @@ const MIGRATIONS: &[&str] = &[
         THEN
             RETURN;
         END IF;
-        IF p_status IS NOT NULL AND p_refers AND NOT p_replace AND cur.history_len > 0
-            AND NOT EXISTS (SELECT 1 FROM instances WHERE id = p_id
-                AND (input IS NULL OR input IS NOT DISTINCT FROM p_input)
-                AND (output IS NULL OR output IS NOT DISTINCT FROM p_output))
-        THEN
+        IF NOT cur.kept AND cur.history_len > 0 THEN
             materialize := true;
             RETURN;
         END IF;
