@@ -2023,6 +2023,124 @@ mod tests {
         }
     }
 
+    /// Through the worker: an orchestration fails, is rewound and completes, then is
+    /// restarted under its id and completes again; each time its history (rows of one
+    /// episode, referring to the instance's input and output) reads back whole.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_instance_fails_is_rewound_restarted_and_its_history_reads_back() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+
+        use crate::{
+            ActivityError, OrchestrationContext, OrchestrationError, Registry, StartOptions,
+        };
+        let schema = test_schema();
+        let store = open(&schema, true).await;
+        let fail = Arc::new(AtomicBool::new(true));
+        let f = fail.clone();
+        let registry = Registry::builder()
+            .activity("step", move |_ctx, s: String| {
+                let f = f.clone();
+                async move {
+                    if f.swap(false, Ordering::SeqCst) {
+                        return Err(ActivityError::new("once"));
+                    }
+                    Ok::<_, ActivityError>(format!("{s}!"))
+                }
+            })
+            .orchestrator(
+                "twice",
+                |ctx: OrchestrationContext, input: String| async move {
+                    let a: String = ctx.call_activity_by_name("step", &input).await?;
+                    let b: String = ctx.call_activity_by_name("step", &a).await?;
+                    Ok::<_, OrchestrationError>(b)
+                },
+            )
+            .build()
+            .unwrap();
+        let rt = crate::Worker::builder(store.clone() as Arc<dyn Store>)
+            .registry(registry)
+            .start()
+            .unwrap();
+        let client = rt.client();
+        let input = format!("\"{}\"", "x".repeat(300));
+        let id = client
+            .start_by_name(
+                "twice",
+                Some(input.clone()),
+                StartOptions {
+                    instance_id: Some("tw".into()),
+                    ..StartOptions::default()
+                },
+            )
+            .await
+            .unwrap();
+        let wait = Duration::from_secs(60);
+        let state = client.wait_for_completion(&id, wait).await.unwrap();
+        assert_eq!(state.status, RuntimeStatus::Failed);
+        client.rewind(&id, Some("again")).await.unwrap();
+        let deadline = tokio::time::Instant::now() + wait;
+        let state = loop {
+            let s = client.get_state(&id).await.unwrap().unwrap();
+            if s.status == RuntimeStatus::Completed {
+                break s;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{s:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let expected = format!("\"{}!!\"", "x".repeat(300));
+        assert_eq!(state.output.as_deref(), Some(expected.as_str()));
+        let payloads = |h: &[HistoryEvent]| {
+            let started = h.iter().find_map(|e| match &e.kind {
+                EventKind::ExecutionStarted { input, .. } => input.clone(),
+                _ => None,
+            });
+            let completed = h.iter().rev().find_map(|e| match &e.kind {
+                EventKind::ExecutionCompleted { status, result, .. } => {
+                    Some((*status, result.clone()))
+                }
+                _ => None,
+            });
+            (started, completed)
+        };
+        let history = store.read_history(&id).await.unwrap();
+        assert!(history
+            .iter()
+            .any(|e| matches!(e.kind, EventKind::ExecutionRewound { .. })));
+        assert_eq!(
+            payloads(&history),
+            (
+                Some(input.clone()),
+                Some((RuntimeStatus::Completed, Some(expected.clone())))
+            )
+        );
+        assert!(json_rows(&store, &id).await.iter().all(|json| !json));
+        let again = client.restart(&id, false).await.unwrap();
+        assert_eq!(again, id);
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let s = client.get_state(&id).await.unwrap().unwrap();
+            if s.status == RuntimeStatus::Completed && s.execution_id != state.execution_id {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{s:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let history = store.read_history(&id).await.unwrap();
+        assert!(!history
+            .iter()
+            .any(|e| matches!(e.kind, EventKind::ExecutionRewound { .. })));
+        assert_eq!(
+            payloads(&history),
+            (
+                Some(input),
+                Some((RuntimeStatus::Completed, Some(expected)))
+            )
+        );
+        rt.shutdown().await;
+        assert!(client.purge(&id).await.unwrap());
+        assert!(json_rows(&store, &id).await.is_empty());
+    }
+
     /// Bad settings are refused with a message that says what is wrong, before anything
     /// is written; the password never shows.
     #[tokio::test]
