@@ -16,6 +16,8 @@ use crate::instance::{InstanceFilter, InstanceState, NewInstance, Page, RuntimeS
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod activity_row;
 mod clock;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod episode;
 mod error;
 pub mod memory;
 #[cfg(feature = "postgres")]

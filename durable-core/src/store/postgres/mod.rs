@@ -20,12 +20,14 @@
 //! - **Schema.** Tables live in their own PostgreSQL schema (default `durable`); versioned
 //!   migrations run at start-up under an advisory lock, so hosts may start together.
 //!
-//! # Tables (schema version 4)
+//! # Tables (schema version 6)
 //! ```sql
 //! instances(id PRIMARY KEY, execution_id, name, version, status, input, output, failure,
 //!           custom_status, created_at, last_updated_at, parent, lease_token, lease_owner,
 //!           lease_expires_at, history_len, dequeue_count)  -- hand-outs since the last commit
-//! history(instance_id, seq, event)                 -- the current execution's events
+//! history(instance_id, seq, event, events)  -- the current execution's events: one row per
+//!                         -- episode (`events`, the `episode` encoding; `seq` is its first
+//!                         -- event's position), or before version 6 one JSON event (`event`)
 //! messages(id identity, instance_id, visible_at, message)     -- inbox; timers are future visible_at
 //! activities(id identity, instance_id, item, lease_token, lease_owner, visible_at, dequeue_count,
 //!            heartbeat_details)              -- latest details, stored with lease renewals
@@ -875,10 +877,13 @@ impl Store for PostgresStore {
     async fn read_history(&self, instance_id: &str) -> StoreResult<Vec<HistoryEvent>> {
         let mut conn = self.inner.pool.get().await?;
         let s = conn.prepare(sql::READ_HISTORY).await?;
-        let rows = conn.client.query(&s, &[&instance_id]).await.map_err(pg)?;
-        rows.iter()
-            .map(|r| ops::from_json(r.get::<_, &str>(0)))
-            .collect()
+        let refers = super::episode::refers_to_payloads(instance_id);
+        let rows = conn
+            .client
+            .query(&s, &[&instance_id, &refers])
+            .await
+            .map_err(pg)?;
+        ops::history(&rows)
     }
 
     async fn list_instances(
@@ -961,10 +966,14 @@ impl Store for PostgresStore {
                 match r.get::<_, i32>(0) {
                     0 => purged.push(id),
                     1 => found.push((id, r.get(2))),
-                    _ => histories
-                        .entry(id)
-                        .or_default()
-                        .push(ops::from_json(r.get::<_, &str>(2))?),
+                    // Only the children started are read from these events, never the
+                    // payloads a row refers to: those read as empty.
+                    _ => ops::decode_history_row(
+                        r.get(2),
+                        r.get(3),
+                        histories.entry(id).or_default(),
+                        &mut |_| Ok(Some(String::new())),
+                    )?,
                 }
             }
             if found.is_empty() {
@@ -1589,6 +1598,547 @@ mod tests {
             .batch_execute(&format!("DROP SCHEMA {foreign} CASCADE"))
             .await
             .unwrap();
+    }
+
+    fn raised(id: &str, name: &str) -> OrchestrationMessage {
+        OrchestrationMessage::new(
+            id,
+            HistoryEvent::new(
+                Utc::now(),
+                EventKind::EventRaised {
+                    name: name.into(),
+                    input: None,
+                },
+            ),
+        )
+    }
+
+    async fn fetch_one(store: &PostgresStore) -> OrchestrationWorkItem {
+        store
+            .fetch_orchestration_work(
+                &WorkerId::new("w"),
+                Duration::from_secs(60),
+                1,
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap()
+            .pop()
+            .expect("a work item")
+    }
+
+    fn commit_with(
+        item: &OrchestrationWorkItem,
+        history: HistoryUpdate,
+        state: InstanceState,
+    ) -> OrchestrationCommit {
+        OrchestrationCommit {
+            instance_id: item.instance_id.clone(),
+            lease_token: item.lease_token.clone(),
+            consumed: item.messages.iter().map(|(id, _)| *id).collect(),
+            history,
+            state: Some(state),
+            activities: Vec::new(),
+            messages: Vec::new(),
+            new_instances: Vec::new(),
+            cancelled_activities: Vec::new(),
+        }
+    }
+
+    /// Whether each stored history row of `id` is one JSON event (from before migration
+    /// 6; else an episode's encoded events), in order.
+    async fn json_rows(store: &PostgresStore, id: &str) -> Vec<bool> {
+        let conn = store.inner.pool.get().await.unwrap();
+        conn.client
+            .query(
+                "SELECT event IS NOT NULL FROM history WHERE instance_id = $1 ORDER BY seq",
+                &[&id],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    }
+
+    fn started(t: DateTime<Utc>, input: &str) -> HistoryEvent {
+        HistoryEvent::new(
+            t,
+            EventKind::ExecutionStarted {
+                name: "orch".into(),
+                version: None,
+                input: Some(input.into()),
+                parent: None,
+                trace_parent: None,
+            },
+        )
+    }
+
+    /// A schema at version 5 (one JSON row per event) migrates to 6 without rewriting
+    /// anything: its history reads as it was, and episodes appended after it (through the
+    /// commit function and through a commit's transaction) are one row each, read in
+    /// order after the old ones.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_version_5_schema_is_migrated_and_its_history_kept() {
+        let schema = test_schema();
+        let t0 = Utc::now();
+        let old = vec![
+            HistoryEvent::new(t0, EventKind::OrchestratorStarted),
+            started(t0, "\"in\""),
+            HistoryEvent::scheduled(
+                0,
+                t0,
+                EventKind::TaskScheduled {
+                    name: "act".into(),
+                    input: None,
+                    options: None,
+                },
+            ),
+            HistoryEvent::new(t0, EventKind::OrchestratorCompleted),
+        ];
+        {
+            let config = PostgresStore::builder(test_url()).config().unwrap();
+            let mut client = pool::connect(&config, DEFAULT_CONNECT_TIMEOUT)
+                .await
+                .unwrap();
+            schema::migrate_to(&mut client, &schema, 5).await.unwrap();
+            client
+                .execute(
+                    &format!(
+                        "INSERT INTO {schema}.instances(id, execution_id, name, status, input,
+                            created_at, last_updated_at, history_len)
+                         VALUES ('old', 'e', 'orch', 'Running', '\"in\"', now(), now(), 4)"
+                    ),
+                    &[],
+                )
+                .await
+                .unwrap();
+            for (seq, e) in old.iter().enumerate() {
+                client
+                    .execute(
+                        &format!(
+                            "INSERT INTO {schema}.history(instance_id, seq, event)
+                             VALUES ('old', $1, $2)"
+                        ),
+                        &[&(seq as i64), &serde_json::to_string(e).unwrap()],
+                    )
+                    .await
+                    .unwrap();
+            }
+        }
+        let store = open(&schema, true).await;
+        assert_eq!(store.read_history("old").await.unwrap(), old);
+        store.send_message(raised("old", "go")).await.unwrap();
+        let item = fetch_one(&store).await;
+        assert_eq!(item.history_len, 4);
+        let t1 = Utc::now();
+        let second = vec![
+            HistoryEvent::new(t1, EventKind::OrchestratorStarted),
+            HistoryEvent::new(
+                t1,
+                EventKind::TaskCompleted {
+                    seq: 0,
+                    result: Some("1".into()),
+                },
+            ),
+            HistoryEvent::new(t1, EventKind::OrchestratorCompleted),
+        ];
+        let state = item.state.clone().unwrap();
+        store
+            .commit_orchestration(commit_with(
+                &item,
+                HistoryUpdate::Append(second.clone()),
+                state.clone(),
+            ))
+            .await
+            .unwrap();
+        let mut all = old.clone();
+        all.extend(second);
+        assert_eq!(store.read_history("old").await.unwrap(), all);
+        // A commit starting a child takes the transaction's path.
+        store.send_message(raised("old", "child")).await.unwrap();
+        let item = fetch_one(&store).await;
+        let third = vec![
+            HistoryEvent::new(t1, EventKind::OrchestratorStarted),
+            HistoryEvent::scheduled(
+                1,
+                t1,
+                EventKind::SubOrchestrationInstanceCreated {
+                    name: "orch".into(),
+                    version: None,
+                    instance_id: "kid".into(),
+                    input: None,
+                    abandon_on_parent_close: false,
+                },
+            ),
+            HistoryEvent::new(t1, EventKind::OrchestratorCompleted),
+        ];
+        let mut commit = commit_with(&item, HistoryUpdate::Append(third.clone()), state);
+        let mut kid = new_instance("kid");
+        kid.parent = Some(crate::history::ParentInstance {
+            instance_id: "old".into(),
+            execution_id: "e".into(),
+            seq: 1,
+            name: "orch".into(),
+        });
+        commit.new_instances.push(kid);
+        store.commit_orchestration(commit).await.unwrap();
+        all.extend(third);
+        assert_eq!(store.read_history("old").await.unwrap(), all);
+        assert_eq!(
+            json_rows(&store, "old").await,
+            [true, true, true, true, false, false]
+        );
+        let conn = store.inner.pool.get().await.unwrap();
+        let (version, len): (i32, i64) = {
+            let r = conn
+                .client
+                .query_one(
+                    "SELECT (SELECT max(version) FROM schema_migrations),
+                        (SELECT history_len FROM instances WHERE id = 'old')",
+                    &[],
+                )
+                .await
+                .unwrap();
+            (r.get(0), r.get(1))
+        };
+        assert_eq!((version, len), (SCHEMA_VERSION, 10));
+        drop(conn);
+        // The parent finishes; a purge by filter reads its mixed rows to find the child.
+        let item = fetch_one(&store).await;
+        assert_eq!(item.instance_id, "kid");
+        store.send_message(raised("old", "end")).await.unwrap();
+        let item = fetch_one(&store).await;
+        let mut state = item.state.clone().unwrap();
+        state.status = RuntimeStatus::Completed;
+        store
+            .commit_orchestration(commit_with(&item, HistoryUpdate::Append(Vec::new()), state))
+            .await
+            .unwrap();
+        let purged = store
+            .purge_instances(&InstanceFilter {
+                instance_id_prefix: Some("old".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert!(purged >= 1, "{purged}");
+        assert!(store.get_instance("old").await.unwrap().is_none());
+        assert!(
+            store.get_instance("kid").await.unwrap().is_none(),
+            "the child goes with its parent"
+        );
+        assert!(store.read_history("old").await.unwrap().is_empty());
+    }
+
+    /// After migration 6 an episode is one history row; the input and output are stored
+    /// once (the rows refer to the instance row) and stay what they were in the history
+    /// when a later commit changes the instance row's, on either commit path; a new
+    /// execution's history replaces the rows, and a purge deletes them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn history_rows_refer_to_the_payloads_and_stay_exact() {
+        let schema = test_schema();
+        let store = open(&schema, true).await;
+        let input = format!("\"{}\"", "i".repeat(500));
+        let output = format!("\"{}\"", "o".repeat(500));
+        let mut n = new_instance("r");
+        n.input = Some(input.clone());
+        store.create_instance(n).await.unwrap();
+        let item = fetch_one(&store).await;
+        let t = Utc::now();
+        let first = vec![
+            HistoryEvent::new(t, EventKind::OrchestratorStarted),
+            started(t, &input),
+            HistoryEvent::new(t, EventKind::OrchestratorCompleted),
+        ];
+        let mut state = item.state.clone().unwrap();
+        state.status = RuntimeStatus::Running;
+        store
+            .commit_orchestration(commit_with(
+                &item,
+                HistoryUpdate::Append(first.clone()),
+                state.clone(),
+            ))
+            .await
+            .unwrap();
+        store.send_message(raised("r", "done")).await.unwrap();
+        let item = fetch_one(&store).await;
+        let second = vec![
+            HistoryEvent::new(t, EventKind::OrchestratorStarted),
+            HistoryEvent::new(
+                t,
+                EventKind::ExecutionCompleted {
+                    status: RuntimeStatus::Completed,
+                    result: Some(output.clone()),
+                    failure: None,
+                },
+            ),
+            HistoryEvent::new(t, EventKind::OrchestratorCompleted),
+        ];
+        state.status = RuntimeStatus::Completed;
+        state.output = Some(output.clone());
+        store
+            .commit_orchestration(commit_with(
+                &item,
+                HistoryUpdate::Append(second.clone()),
+                state.clone(),
+            ))
+            .await
+            .unwrap();
+        let mut all = first.clone();
+        all.extend(second);
+        assert_eq!(store.read_history("r").await.unwrap(), all);
+        assert_eq!(json_rows(&store, "r").await, [false, false]);
+        let stored = |store: Arc<PostgresStore>| async move {
+            let conn = store.inner.pool.get().await.unwrap();
+            let n: i64 = conn
+                .client
+                .query_one(
+                    "SELECT sum(octet_length(events))::bigint FROM history
+                     WHERE instance_id = 'r'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            n
+        };
+        let bytes = stored(store.clone()).await;
+        assert!(bytes < 200, "the payloads are not repeated: {bytes} bytes");
+        // A commit that changes both payloads under the kept history (the commit
+        // function hands it to the transaction's path).
+        store.send_message(raised("r", "more")).await.unwrap();
+        let item = fetch_one(&store).await;
+        state.input = Some("\"changed\"".into());
+        state.output = Some("\"changed too\"".into());
+        store
+            .commit_orchestration(commit_with(
+                &item,
+                HistoryUpdate::Append(Vec::new()),
+                state.clone(),
+            ))
+            .await
+            .unwrap();
+        assert_eq!(store.read_history("r").await.unwrap(), all);
+        assert!(
+            stored(store.clone()).await > 1000,
+            "the payloads were written"
+        );
+        // Again with a child to create (the transaction's path from the start), after an
+        // episode whose rows refer to the new payloads.
+        store.send_message(raised("r", "again")).await.unwrap();
+        let item = fetch_one(&store).await;
+        let third = vec![
+            HistoryEvent::new(t, EventKind::OrchestratorStarted),
+            HistoryEvent::new(
+                t,
+                EventKind::ExecutionCompleted {
+                    status: RuntimeStatus::Completed,
+                    result: Some("\"changed too\"".into()),
+                    failure: None,
+                },
+            ),
+        ];
+        store
+            .commit_orchestration(commit_with(
+                &item,
+                HistoryUpdate::Append(third.clone()),
+                state.clone(),
+            ))
+            .await
+            .unwrap();
+        all.extend(third);
+        assert_eq!(store.read_history("r").await.unwrap(), all);
+        store.send_message(raised("r", "child")).await.unwrap();
+        let item = fetch_one(&store).await;
+        state.output = None;
+        let mut commit = commit_with(&item, HistoryUpdate::Append(Vec::new()), state.clone());
+        let mut kid = new_instance("r-kid");
+        kid.start_at = Some(Utc::now() + chrono::Duration::hours(1));
+        commit.new_instances.push(kid);
+        store.commit_orchestration(commit).await.unwrap();
+        assert_eq!(store.read_history("r").await.unwrap(), all);
+        // A new execution replaces the history; its rows refer to its own input.
+        store.send_message(raised("r", "new")).await.unwrap();
+        let item = fetch_one(&store).await;
+        let fresh = vec![
+            HistoryEvent::new(t, EventKind::OrchestratorStarted),
+            started(t, "\"next\""),
+        ];
+        state.input = Some("\"next\"".into());
+        state.execution_id = "e2".into();
+        state.status = RuntimeStatus::Running;
+        store
+            .commit_orchestration(commit_with(
+                &item,
+                HistoryUpdate::Replace(fresh.clone()),
+                state.clone(),
+            ))
+            .await
+            .unwrap();
+        assert_eq!(store.read_history("r").await.unwrap(), fresh);
+        assert_eq!(json_rows(&store, "r").await, [false]);
+        assert!(store.purge_instance("r").await.unwrap());
+        assert!(json_rows(&store, "r").await.is_empty());
+        assert!(store.read_history("r").await.unwrap().is_empty());
+    }
+
+    /// An entity's record (its `output`) changes with every operation: its history rows
+    /// never refer to it, and read back exactly.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn entity_history_rows_hold_their_payloads() {
+        let schema = test_schema();
+        let store = open(&schema, true).await;
+        let mut n = new_instance("@counter@a");
+        n.input = Some("1".into());
+        store.create_instance(n).await.unwrap();
+        let mut all = Vec::new();
+        for i in 0..3 {
+            let item = fetch_one(&store).await;
+            let mut state = item.state.clone().unwrap();
+            state.status = RuntimeStatus::Running;
+            state.output = Some(i.to_string());
+            let events = vec![HistoryEvent::new(
+                Utc::now(),
+                EventKind::ExecutionCompleted {
+                    status: RuntimeStatus::Running,
+                    result: Some(i.to_string()),
+                    failure: None,
+                },
+            )];
+            store
+                .commit_orchestration(commit_with(
+                    &item,
+                    HistoryUpdate::Append(events.clone()),
+                    state,
+                ))
+                .await
+                .unwrap();
+            all.extend(events);
+            assert_eq!(store.read_history("@counter@a").await.unwrap(), all);
+            store
+                .send_message(raised("@counter@a", "op"))
+                .await
+                .unwrap();
+        }
+    }
+
+    /// Through the worker: an orchestration fails, is rewound and completes, then is
+    /// restarted under its id and completes again; each time its history (rows of one
+    /// episode, referring to the instance's input and output) reads back whole.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_instance_fails_is_rewound_restarted_and_its_history_reads_back() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+
+        use crate::{
+            ActivityError, OrchestrationContext, OrchestrationError, Registry, StartOptions,
+        };
+        let schema = test_schema();
+        let store = open(&schema, true).await;
+        let fail = Arc::new(AtomicBool::new(true));
+        let f = fail.clone();
+        let registry = Registry::builder()
+            .activity("step", move |_ctx, s: String| {
+                let f = f.clone();
+                async move {
+                    if f.swap(false, Ordering::SeqCst) {
+                        return Err(ActivityError::new("once"));
+                    }
+                    Ok::<_, ActivityError>(format!("{s}!"))
+                }
+            })
+            .orchestrator(
+                "twice",
+                |ctx: OrchestrationContext, input: String| async move {
+                    let a: String = ctx.call_activity_by_name("step", &input).await?;
+                    let b: String = ctx.call_activity_by_name("step", &a).await?;
+                    Ok::<_, OrchestrationError>(b)
+                },
+            )
+            .build()
+            .unwrap();
+        let rt = crate::Worker::builder(store.clone() as Arc<dyn Store>)
+            .registry(registry)
+            .start()
+            .unwrap();
+        let client = rt.client();
+        let input = format!("\"{}\"", "x".repeat(300));
+        let id = client
+            .start_by_name(
+                "twice",
+                Some(input.clone()),
+                StartOptions {
+                    instance_id: Some("tw".into()),
+                    ..StartOptions::default()
+                },
+            )
+            .await
+            .unwrap();
+        let wait = Duration::from_secs(60);
+        let state = client.wait_for_completion(&id, wait).await.unwrap();
+        assert_eq!(state.status, RuntimeStatus::Failed);
+        client.rewind(&id, Some("again")).await.unwrap();
+        let deadline = tokio::time::Instant::now() + wait;
+        let state = loop {
+            let s = client.get_state(&id).await.unwrap().unwrap();
+            if s.status == RuntimeStatus::Completed {
+                break s;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{s:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let expected = format!("\"{}!!\"", "x".repeat(300));
+        assert_eq!(state.output.as_deref(), Some(expected.as_str()));
+        let payloads = |h: &[HistoryEvent]| {
+            let started = h.iter().find_map(|e| match &e.kind {
+                EventKind::ExecutionStarted { input, .. } => input.clone(),
+                _ => None,
+            });
+            let completed = h.iter().rev().find_map(|e| match &e.kind {
+                EventKind::ExecutionCompleted { status, result, .. } => {
+                    Some((*status, result.clone()))
+                }
+                _ => None,
+            });
+            (started, completed)
+        };
+        let history = store.read_history(&id).await.unwrap();
+        assert!(history
+            .iter()
+            .any(|e| matches!(e.kind, EventKind::ExecutionRewound { .. })));
+        assert_eq!(
+            payloads(&history),
+            (
+                Some(input.clone()),
+                Some((RuntimeStatus::Completed, Some(expected.clone())))
+            )
+        );
+        assert!(json_rows(&store, &id).await.iter().all(|json| !json));
+        let again = client.restart(&id, false).await.unwrap();
+        assert_eq!(again, id);
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let s = client.get_state(&id).await.unwrap().unwrap();
+            if s.status == RuntimeStatus::Completed && s.execution_id != state.execution_id {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{s:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let history = store.read_history(&id).await.unwrap();
+        assert!(!history
+            .iter()
+            .any(|e| matches!(e.kind, EventKind::ExecutionRewound { .. })));
+        assert_eq!(
+            payloads(&history),
+            (
+                Some(input),
+                Some((RuntimeStatus::Completed, Some(expected)))
+            )
+        );
+        rt.shutdown().await;
+        assert!(client.purge(&id).await.unwrap());
+        assert!(json_rows(&store, &id).await.is_empty());
     }
 
     /// Bad settings are refused with a message that says what is wrong, before anything

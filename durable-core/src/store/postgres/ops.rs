@@ -14,9 +14,10 @@ use super::error::{corrupt, pg};
 use super::listen::Event;
 use super::pool::Conn;
 use super::sql;
-use crate::history::{FailureDetails, ParentInstance};
+use crate::history::{FailureDetails, HistoryEvent, ParentInstance};
 use crate::instance::{InstanceState, NewInstance, RuntimeStatus};
 use crate::store::activity_row::{self, ActivityRow, RowColumns};
+use crate::store::episode::{self, Payload, Payloads};
 use crate::store::{
     child_conflict_message, random_id, ActivityHeartbeat, ActivityWorkItem, HistoryUpdate,
     OrchestrationCommit, OrchestrationMessage, OrchestrationWorkItem, StoreError, StoreResult,
@@ -291,6 +292,7 @@ pub(crate) async fn lease_orchestrations(
 }
 
 /// How a commit proves it may change the instance.
+#[derive(Clone, Copy)]
 pub(crate) enum Fence<'a> {
     /// The lease's token.
     Token,
@@ -303,6 +305,7 @@ pub(crate) enum Fence<'a> {
 }
 
 /// Activities a commit leases straight to its worker.
+#[derive(Clone, Copy)]
 pub(crate) struct Direct<'a> {
     pub owner: &'a str,
     pub lease: Duration,
@@ -324,7 +327,12 @@ pub(crate) async fn commit(
     // The schema's commit function knows no cancellations: a commit with some (rare: a
     // call the orchestration dropped) takes the transaction's path.
     if c.new_instances.is_empty() && c.cancelled_activities.is_empty() {
-        return commit_in_one(conn, c, completed, direct, fence, now).await;
+        if let Some(done) = commit_in_one(conn, c, completed, direct, fence, now).await? {
+            return Ok(done);
+        }
+        // It would change the payloads its kept history refers to (rare: an execution's
+        // input stays, its output is set once): the transaction's path writes them into
+        // the rows first.
     }
     let Conn {
         client,
@@ -373,9 +381,26 @@ pub(crate) async fn commit(
     }
 }
 
+/// The episode's events as one history row, referring to the instance row's payloads
+/// (those of `c.state`) where they are equal; `None` without events.
+fn history_row(c: &OrchestrationCommit, events: &[HistoryEvent]) -> StoreResult<Option<Vec<u8>>> {
+    if events.is_empty() {
+        return Ok(None);
+    }
+    let refs = match &c.state {
+        Some(s) if episode::refers_to_payloads(&c.instance_id) => Payloads {
+            input: s.input.as_deref(),
+            output: s.output.as_deref(),
+        },
+        _ => Payloads::default(),
+    };
+    episode::encode(events, refs).map(Some)
+}
+
 /// A commit without children to create: one call of the schema's `commit_episode`
 /// function (its own transaction), sent with the check for messages that came while the
 /// instance was leased, which runs after it committed: one round trip, two statements.
+/// `None`, having changed nothing, when the commit must take the transaction's path.
 async fn commit_in_one(
     conn: &mut Conn,
     c: &OrchestrationCommit,
@@ -383,7 +408,7 @@ async fn commit_in_one(
     direct: Direct<'_>,
     fence: Fence<'_>,
     now: DateTime<Utc>,
-) -> StoreResult<(Vec<ActivityWorkItem>, Vec<Event>)> {
+) -> StoreResult<Option<(Vec<ActivityWorkItem>, Vec<Event>)>> {
     let Conn {
         client, statements, ..
     } = conn;
@@ -405,10 +430,9 @@ async fn commit_in_one(
         HistoryUpdate::Append(e) => (false, e),
         HistoryUpdate::Replace(e) => (true, e),
     };
-    let events_json = new_events
-        .iter()
-        .map(to_json)
-        .collect::<StoreResult<Vec<String>>>()?;
+    let events_row = history_row(c, new_events)?;
+    let count = new_events.len() as i64;
+    let refers = c.state.is_some() && episode::refers_to_payloads(id);
     let state = c.state.as_ref().map(StateParams::new).transpose()?;
     let status = state.as_ref().map(|s| s.status);
     let field = |f: fn(&StateParams) -> Option<String>| state.as_ref().and_then(f);
@@ -433,7 +457,7 @@ async fn commit_in_one(
     let owner = direct.owner.to_string();
     let lease = micros(direct.lease);
     let msgs = MessageParams::new(&c.messages)?;
-    let p: [&(dyn ToSql + Sync); 27] = [
+    let p: [&(dyn ToSql + Sync); 29] = [
         id,
         &token,
         &exec,
@@ -442,7 +466,9 @@ async fn commit_in_one(
         &done_token,
         &consumed,
         &replace,
-        &events_json,
+        &events_row,
+        &count,
+        &refers,
         &status,
         &execution_id,
         &name,
@@ -469,6 +495,9 @@ async fn commit_in_one(
     );
     let row = row.map_err(pg)?;
     if !row.get::<_, bool>(0) {
+        if row.get::<_, Option<bool>>(5) == Some(true) {
+            return Ok(None);
+        }
         return Err(StoreError::lease_lost());
     }
     let mut events = Vec::new();
@@ -524,7 +553,7 @@ async fn commit_in_one(
     {
         events.push(Event::Orchestrations);
     }
-    Ok((leased, events))
+    Ok(Some((leased, events)))
 }
 
 /// The statements of a commit, and the store-clock time it is made at.
@@ -555,10 +584,21 @@ async fn apply(
 ) -> StoreResult<(Vec<ActivityWorkItem>, Vec<Event>)> {
     let id = &c.instance_id;
     let id_p: [&(dyn ToSql + Sync); 1] = [id];
+    let (replace, new_events) = match &c.history {
+        HistoryUpdate::Append(e) => (false, e),
+        HistoryUpdate::Replace(e) => (true, e),
+    };
+    // Whether the stored payloads must stay as they are for the kept history's rows.
+    let check = c.state.is_some() && !replace && episode::refers_to_payloads(id);
+    let (new_input, new_output) = match &c.state {
+        Some(s) => (s.input.as_deref(), s.output.as_deref()),
+        None => (None, None),
+    };
+    let fence_p: [&(dyn ToSql + Sync); 4] = [id, &new_input, &new_output, &check];
     let (row, waiting) = match fence {
         Fence::Token => {
             let (_, row) =
-                tokio::try_join!(tx.batch_execute("BEGIN"), tx.query_opt(&p.fence, &id_p))
+                tokio::try_join!(tx.batch_execute("BEGIN"), tx.query_opt(&p.fence, &fence_p))
                     .map_err(pg)?;
             (row, false)
         }
@@ -566,7 +606,7 @@ async fn apply(
             // The visibility check runs after the row lock is held, on a fresh snapshot.
             let (_, row, w) = tokio::try_join!(
                 tx.batch_execute("BEGIN"),
-                tx.query_opt(&p.fence, &id_p),
+                tx.query_opt(&p.fence, &fence_p),
                 tx.query_one(&p.has_visible, &id_p)
             )
             .map_err(pg)?;
@@ -580,6 +620,7 @@ async fn apply(
     let mut history_len: i64 = row.get(1);
     let execution: String = row.get(2);
     let free: bool = row.get(3);
+    let kept: bool = row.get(4);
     match fence {
         Fence::Token => {
             if token.as_deref() != Some(c.lease_token.as_str()) {
@@ -595,6 +636,11 @@ async fn apply(
             }
         }
     }
+    if !kept && history_len > 0 {
+        // The payloads change under a kept history: rows referring to the old ones get
+        // their values first.
+        materialize(tx, st, id).await?;
+    }
     let mut events = Vec::new();
     // The statements below do not depend on each other's results: sent together.
     let (del_act, del_consumed, del_history, append, write_state, release, ins_act) = (
@@ -609,16 +655,9 @@ async fn apply(
 
     let completed_p = completed.map(|a| (a.id as i64, a.lease_token.clone()));
     let consumed: Vec<i64> = c.consumed.iter().map(|m| *m as i64).collect();
-    let (replace, new_events) = match &c.history {
-        HistoryUpdate::Append(e) => (false, e),
-        HistoryUpdate::Replace(e) => (true, e),
-    };
     let first_seq = if replace { 0 } else { history_len };
-    let event_json = new_events
-        .iter()
-        .map(to_json)
-        .collect::<StoreResult<Vec<String>>>()?;
-    history_len = first_seq + event_json.len() as i64;
+    let events_row = history_row(c, new_events)?;
+    history_len = first_seq + new_events.len() as i64;
     let state = c.state.as_ref().map(StateParams::new).transpose()?;
     let mut tokens: Vec<Option<String>> = Vec::with_capacity(c.activities.len());
     let mut items: Vec<String> = Vec::with_capacity(c.activities.len());
@@ -644,8 +683,8 @@ async fn apply(
     if replace {
         jobs.push((del_history, vec![id]));
     }
-    if !event_json.is_empty() {
-        jobs.push((append, vec![id, &first_seq, &event_json]));
+    if let Some(row) = &events_row {
+        jobs.push((append, vec![id, &first_seq, row]));
     }
     let cancel_execs: Vec<&str> = c
         .cancelled_activities
@@ -766,6 +805,81 @@ async fn apply(
         }
     }
     Ok((leased, events))
+}
+
+/// Writes the instance's current input and output into the history rows that refer to
+/// them, before a commit changes them under a kept history (inside its transaction, the
+/// instance row locked).
+async fn materialize(c: &tokio_postgres::Client, st: &mut Stmts<'_>, id: &str) -> StoreResult<()> {
+    let payloads = st.get(c, sql::PAYLOADS).await?;
+    let encoded = st.get(c, sql::ENCODED_HISTORY).await?;
+    let rewrite = st.get(c, sql::REWRITE_HISTORY_ROW).await?;
+    let id_p: [&(dyn ToSql + Sync); 1] = [&id];
+    let (current, rows) =
+        tokio::try_join!(c.query_one(&payloads, &id_p), c.query(&encoded, &id_p)).map_err(pg)?;
+    let (input, output): (Option<String>, Option<String>) = (current.get(0), current.get(1));
+    let mut rewritten: Vec<(i64, Vec<u8>)> = Vec::new();
+    for r in &rows {
+        let mut used = false;
+        let mut events = Vec::new();
+        episode::decode(r.get(1), &mut events, &mut |which| {
+            used = true;
+            Ok(match which {
+                Payload::Input => input.clone(),
+                Payload::Output => output.clone(),
+            })
+        })?;
+        if used {
+            rewritten.push((r.get(0), episode::encode(&events, Payloads::default())?));
+        }
+    }
+    let params: Vec<[&(dyn ToSql + Sync); 3]> = rewritten
+        .iter()
+        .map(|(seq, row)| [&id as &(dyn ToSql + Sync), seq, row])
+        .collect();
+    try_join_all(params.iter().map(|p| c.execute(&rewrite, p)))
+        .await
+        .map_err(pg)?;
+    Ok(())
+}
+
+/// Appends one stored history row's events to `out`: `event` (one JSON event, from before
+/// schema version 6) or `events` (an episode's, in the `episode` encoding, whose
+/// references `payload` resolves).
+pub(crate) fn decode_history_row(
+    event: Option<&str>,
+    events: Option<&[u8]>,
+    out: &mut Vec<HistoryEvent>,
+    payload: &mut dyn FnMut(Payload) -> StoreResult<Option<String>>,
+) -> StoreResult<()> {
+    match (event, events) {
+        (Some(json), _) => {
+            out.push(from_json(json)?);
+            Ok(())
+        }
+        (None, Some(bytes)) => episode::decode(bytes, out, payload),
+        (None, None) => Err(corrupt("a history row holds no events")),
+    }
+}
+
+/// The history [`sql::READ_HISTORY`] returned: the instance's payloads, then its rows.
+pub(crate) fn history(rows: &[Row]) -> StoreResult<Vec<HistoryEvent>> {
+    let mut input: Option<String> = None;
+    let mut output: Option<String> = None;
+    let mut out = Vec::new();
+    for r in rows {
+        if r.get::<_, i64>(4) < 0 {
+            (input, output) = (r.get(2), r.get(3));
+            continue;
+        }
+        decode_history_row(r.get(0), r.get(1), &mut out, &mut |which| {
+            Ok(match which {
+                Payload::Input => input.clone(),
+                Payload::Output => output.clone(),
+            })
+        })?;
+    }
+    Ok(out)
 }
 
 /// The parameters of [`sql::INSERT_MESSAGES`].

@@ -9,7 +9,7 @@ use crate::store::StoreError;
 use crate::store::StoreResult;
 
 /// The newest schema version this build understands.
-pub const SCHEMA_VERSION: i32 = 5;
+pub const SCHEMA_VERSION: i32 = 6;
 
 /// The migrations, in order: version `i + 1` is `MIGRATIONS[i]`. A released migration is
 /// never edited; a change is a new one.
@@ -270,6 +270,120 @@ const MIGRATIONS: &[&str] = &[
     // probe each. Partial: only sub-orchestrations have a parent.
     "CREATE INDEX IF NOT EXISTS instances_parent ON instances((parent::jsonb ->> 'instance_id'))
         WHERE parent IS NOT NULL;",
+    // 6: one history row per episode, its events in the compact encoding of the store's
+    // `episode` module (`events`), instead of one JSON row per event (`event`). Rows written
+    // before stay as they are (one event as JSON) and are read in order with the new ones,
+    // so migrating rewrites nothing. A row's `ExecutionStarted` input or `ExecutionCompleted`
+    // result may refer to the instance row's `input` / `output`: when a commit would change
+    // those under a kept history, the function changes nothing and answers `materialize`,
+    // and the store commits in a transaction that first writes the old values into the
+    // rows referring to them.
+    "ALTER TABLE history ALTER COLUMN event DROP NOT NULL;
+    ALTER TABLE history ADD COLUMN events bytea;
+    DROP FUNCTION commit_episode(text, text, text, bigint, bigint, text, bigint[], boolean,
+        text[], text, text, text, text, text, text, text, text, timestamptz, timestamptz, text,
+        text[], text[], text, bigint, text[], timestamptz[], text[]);
+    CREATE FUNCTION commit_episode(
+        p_id text, p_token text, p_exec text, p_hlen bigint,
+        p_done_id bigint, p_done_token text,
+        p_consumed bigint[], p_replace boolean, p_events bytea, p_count bigint,
+        p_refers boolean,
+        p_status text, p_execution_id text, p_name text, p_version text, p_input text,
+        p_output text, p_failure text, p_custom text, p_created timestamptz,
+        p_updated timestamptz, p_parent text,
+        p_items text[], p_tokens text[], p_owner text, p_lease bigint,
+        p_targets text[], p_at timestamptz[], p_bodies text[],
+        OUT ok boolean, OUT act_ids bigint[], OUT act_tokens text[],
+        OUT sent_to text[], OUT sent_delayed boolean[], OUT materialize boolean)
+    LANGUAGE plpgsql SET search_path FROM CURRENT AS $fn$
+    DECLARE
+        cur record;
+        first_seq bigint;
+    BEGIN
+        ok := false;
+        materialize := false;
+        SELECT lease_token, history_len, execution_id,
+               (lease_expires_at IS NULL OR lease_expires_at <= now()) AS free,
+               CASE WHEN p_status IS NOT NULL AND p_refers AND NOT p_replace
+                 THEN (input IS NULL OR input IS NOT DISTINCT FROM p_input)
+                   AND (output IS NULL OR output IS NOT DISTINCT FROM p_output)
+                 ELSE true END AS kept
+          INTO cur FROM instances WHERE id = p_id FOR NO KEY UPDATE;
+        IF NOT FOUND THEN
+            RETURN;
+        END IF;
+        IF p_token IS NOT NULL THEN
+            IF cur.lease_token IS DISTINCT FROM p_token THEN
+                RETURN;
+            END IF;
+        ELSIF NOT cur.free OR cur.execution_id <> p_exec OR cur.history_len <> p_hlen
+            OR EXISTS (SELECT 1 FROM messages WHERE instance_id = p_id AND visible_at <= now())
+        THEN
+            RETURN;
+        END IF;
+        IF NOT cur.kept AND cur.history_len > 0 THEN
+            materialize := true;
+            RETURN;
+        END IF;
+        IF p_done_id IS NOT NULL THEN
+            DELETE FROM activities WHERE id = p_done_id AND lease_token = p_done_token;
+            IF NOT FOUND THEN
+                RETURN;
+            END IF;
+        END IF;
+        IF cardinality(p_consumed) > 0 THEN
+            DELETE FROM messages WHERE instance_id = p_id AND id = ANY(p_consumed);
+        END IF;
+        IF p_replace THEN
+            DELETE FROM history WHERE instance_id = p_id;
+            first_seq := 0;
+        ELSE
+            first_seq := cur.history_len;
+        END IF;
+        IF p_events IS NOT NULL THEN
+            INSERT INTO history(instance_id, seq, events) VALUES (p_id, first_seq, p_events);
+        END IF;
+        IF p_status IS NOT NULL THEN
+            UPDATE instances SET execution_id = p_execution_id, name = p_name,
+                version = p_version, status = p_status, input = p_input, output = p_output,
+                failure = p_failure, custom_status = p_custom, created_at = p_created,
+                last_updated_at = p_updated, parent = p_parent, lease_token = NULL,
+                lease_owner = NULL, lease_expires_at = NULL, dequeue_count = 0,
+                history_len = first_seq + coalesce(p_count, 0)
+              WHERE id = p_id;
+        ELSE
+            UPDATE instances SET lease_token = NULL, lease_owner = NULL,
+                lease_expires_at = NULL, dequeue_count = 0,
+                history_len = first_seq + coalesce(p_count, 0)
+              WHERE id = p_id;
+        END IF;
+        IF cardinality(p_items) > 0 THEN
+            WITH ins AS (
+                INSERT INTO activities(instance_id, item, lease_token, lease_owner, visible_at,
+                    dequeue_count)
+                SELECT p_id, t.item, t.tok,
+                  CASE WHEN t.tok IS NULL THEN NULL ELSE p_owner END,
+                  CASE WHEN t.tok IS NULL THEN now()
+                    ELSE now() + p_lease * interval '1 microsecond' END,
+                  CASE WHEN t.tok IS NULL THEN 0 ELSE 1 END
+                FROM unnest(p_items, p_tokens) WITH ORDINALITY AS t(item, tok, o)
+                ORDER BY t.o
+                RETURNING id, lease_token)
+            SELECT array_agg(id), array_agg(lease_token) INTO act_ids, act_tokens FROM ins;
+        END IF;
+        IF cardinality(p_targets) > 0 THEN
+            WITH m AS (
+                INSERT INTO messages(instance_id, visible_at, message)
+                SELECT t.i, coalesce(t.v, now()), t.m
+                FROM unnest(p_targets, p_at, p_bodies) WITH ORDINALITY AS t(i, v, m, o)
+                WHERE EXISTS (SELECT 1 FROM instances x WHERE x.id = t.i FOR KEY SHARE)
+                ORDER BY t.o
+                RETURNING instance_id, visible_at > now() AS delayed)
+            SELECT array_agg(instance_id), array_agg(delayed) INTO sent_to, sent_delayed FROM m;
+        END IF;
+        ok := true;
+    END
+    $fn$;",
 ];
 
 /// Checks a schema name: a plain lower-case identifier, so it needs no quoting anywhere
@@ -309,6 +423,11 @@ fn lock_key(schema: &str) -> i64 {
 /// Creates the schema and applies the migrations it lacks. Refuses a schema of a newer
 /// build and a schema that holds tables of another application; both are left unchanged.
 pub async fn migrate(client: &mut Client, schema: &str) -> StoreResult<()> {
+    migrate_to(client, schema, SCHEMA_VERSION).await
+}
+
+/// [`migrate`], stopping at version `to` (tests build schemas of earlier versions).
+pub(super) async fn migrate_to(client: &mut Client, schema: &str, to: i32) -> StoreResult<()> {
     check_schema_name(schema).map_err(StoreError::failed)?;
     let failed = |e| pg_in(format!("cannot set up the PostgreSQL schema '{schema}'"), e);
     let tx = client.transaction().await.map_err(failed)?;
@@ -357,7 +476,7 @@ pub async fn migrate(client: &mut Client, schema: &str) -> StoreResult<()> {
              {SCHEMA_VERSION}. Upgrade durable to use it (it was left unchanged)"
         )));
     }
-    if version == SCHEMA_VERSION {
+    if version >= to {
         return tx.commit().await.map_err(failed);
     }
     tx.batch_execute(&format!(
@@ -370,7 +489,12 @@ pub async fn migrate(client: &mut Client, schema: &str) -> StoreResult<()> {
     ))
     .await
     .map_err(failed)?;
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+    for (i, sql) in MIGRATIONS
+        .iter()
+        .enumerate()
+        .take(to as usize)
+        .skip(version as usize)
+    {
         let v = i as i32 + 1;
         tx.batch_execute(sql).await.map_err(failed)?;
         tx.execute("INSERT INTO schema_migrations(version) VALUES ($1)", &[&v])

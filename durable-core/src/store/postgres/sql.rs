@@ -88,9 +88,12 @@ pub const MESSAGES_IF_LEASED: &str = "SELECT id, message FROM messages
   ORDER BY id LIMIT $3";
 
 /// The instance row a commit checks its fence against, locked (not against the key share
-/// locks of messages sent to it).
+/// locks of messages sent to it). With $4, also whether its input and output stay as the
+/// commit's $2 and $3 (or are absent), so history rows referring to them stay true.
 pub const FENCE: &str = "SELECT lease_token, history_len, execution_id,
-    (lease_expires_at IS NULL OR lease_expires_at <= now()) AS free
+    (lease_expires_at IS NULL OR lease_expires_at <= now()) AS free,
+    NOT $4::boolean OR ((input IS NULL OR input IS NOT DISTINCT FROM $2::text)
+      AND (output IS NULL OR output IS NOT DISTINCT FROM $3::text)) AS kept
   FROM instances WHERE id = $1 FOR NO KEY UPDATE";
 
 /// Whether instance $1 has visible messages.
@@ -108,8 +111,17 @@ pub const CANCEL_ACTIVITIES: &str = "DELETE FROM activities a
 
 pub const DELETE_CONSUMED: &str = "DELETE FROM messages WHERE instance_id = $1 AND id = ANY($2)";
 
-pub const APPEND_HISTORY: &str = "INSERT INTO history(instance_id, seq, event)
-  SELECT $1, $2 + t.o - 1, t.e FROM unnest($3::text[]) WITH ORDINALITY AS t(e, o)";
+/// One episode's events as one row (the `episode` encoding), at the first one's position.
+pub const APPEND_HISTORY: &str =
+    "INSERT INTO history(instance_id, seq, events) VALUES ($1, $2, $3)";
+
+/// The instance's payloads and its history rows that may refer to them, for writing the
+/// payloads into the rows ([`super::ops`]' `materialize`).
+pub const PAYLOADS: &str = "SELECT input, output FROM instances WHERE id = $1";
+pub const ENCODED_HISTORY: &str =
+    "SELECT seq, events FROM history WHERE instance_id = $1 AND events IS NOT NULL";
+pub const REWRITE_HISTORY_ROW: &str =
+    "UPDATE history SET events = $3 WHERE instance_id = $1 AND seq = $2";
 
 /// Writes the state an episode produced and releases the lease.
 pub const WRITE_STATE: &str = "UPDATE instances SET execution_id = $2, name = $3, version = $4,
@@ -247,7 +259,14 @@ pub const NEXT_DUE_ACTIVITIES: &str = "SELECT extract(epoch FROM
 
 pub const GET_STATE: &str = concat!("SELECT ", state_cols!(), " FROM instances WHERE id = $1");
 
-pub const READ_HISTORY: &str = "SELECT event FROM history WHERE instance_id = $1 ORDER BY seq";
+/// A history in one snapshot: first, when $2, the instance's payloads the rows may refer to
+/// (`NULL, NULL, input, output`), then its rows in order (`event, events, NULL, NULL`: one
+/// JSON event from before schema version 6, or an episode's encoded events).
+pub const READ_HISTORY: &str = "SELECT NULL::text, NULL::bytea, input, output, -1::bigint AS k
+    FROM instances WHERE id = $1 AND $2::boolean
+  UNION ALL
+  SELECT event, events, NULL, NULL, seq FROM history WHERE instance_id = $1
+  ORDER BY k";
 
 /// Deletes an instance with everything it has; returns 1 when it existed.
 pub const PURGE: &str = "WITH i AS (DELETE FROM instances WHERE id = $1 RETURNING 1),
@@ -258,10 +277,10 @@ pub const PURGE: &str = "WITH i AS (DELETE FROM instances WHERE id = $1 RETURNIN
 
 /// The rest of one level of a purge by filter, after a CTE `i` that deletes instances
 /// and returns their ids: deletes their history, messages and activities, and returns
-/// `(0, id, NULL)` for each deleted instance, `(1, child, parent)` for each instance still
-/// stored whose parent is one of them (through `instances_parent`), and `(2, parent,
-/// event)` for each history event of those parents only. Every part reads the snapshot
-/// from before the deletes.
+/// `(0, id, NULL, NULL)` for each deleted instance, `(1, child, parent, NULL)` for each
+/// instance still stored whose parent is one of them (through `instances_parent`), and
+/// `(2, parent, event, events)` for each history row of those parents only. Every part
+/// reads the snapshot from before the deletes.
 macro_rules! purge_level_tail {
     () => {
         "h AS (DELETE FROM history WHERE instance_id IN (SELECT id FROM i)),
@@ -270,9 +289,10 @@ macro_rules! purge_level_tail {
   c AS (SELECT x.id, x.parent::jsonb ->> 'instance_id' AS p FROM instances x
         WHERE x.parent IS NOT NULL AND (x.parent::jsonb ->> 'instance_id') IN (SELECT id FROM i)
           AND NOT EXISTS (SELECT 1 FROM i WHERE i.id = x.id))
-  SELECT 0, id, NULL::text FROM i
-  UNION ALL SELECT 1, id, p FROM c
-  UNION ALL SELECT 2, instance_id, event FROM history WHERE instance_id IN (SELECT p FROM c)"
+  SELECT 0, id, NULL::text, NULL::bytea FROM i
+  UNION ALL SELECT 1, id, p, NULL FROM c
+  UNION ALL SELECT 2, instance_id, event, events FROM history
+    WHERE instance_id IN (SELECT p FROM c)"
     };
 }
 pub(crate) use purge_level_tail;
@@ -289,9 +309,10 @@ pub const PURGE_CHILDREN: &str = concat!(
 
 /// One episode's commit without children to create, in one statement and one implicit
 /// transaction (the `commit_episode` function of the schema): the fence, then every write.
-pub const COMMIT_EPISODE: &str = "SELECT ok, act_ids, act_tokens, sent_to, sent_delayed
+pub const COMMIT_EPISODE: &str =
+    "SELECT ok, act_ids, act_tokens, sent_to, sent_delayed, materialize
   FROM commit_episode($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
-    $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27)";
+    $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29)";
 
 /// Instances with a due message and no live lease, and activities due and not leased.
 pub const PENDING_WORK: &str = "SELECT

@@ -77,7 +77,6 @@ use super::memory::{make_token, parse_token};
 use super::signals::LocalSignals;
 use super::*;
 
-mod episode;
 mod ops;
 pub mod schema;
 mod writer;

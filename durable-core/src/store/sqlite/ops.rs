@@ -9,12 +9,12 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use rusqlite::types::ValueRef;
 
-use super::episode;
 use super::writer::{exec_cached, Wake};
 use super::{from_json, from_micros, micros, sql, to_json};
 use crate::history::{FailureDetails, HistoryEvent, OrchestrationMessage, ParentInstance};
 use crate::instance::{InstanceFilter, InstanceState, NewInstance, RuntimeStatus};
 use crate::store::activity_row::{self, ActivityRow, RowColumns};
+use crate::store::episode;
 use crate::store::{
     child_conflict_message, purged_with_parents, random_id, ActivityCall, ActivityHeartbeat,
     ActivityWorkItem, HistoryUpdate, OrchestrationCommit, OrchestrationWorkItem, PendingWork,
@@ -384,7 +384,7 @@ pub(super) fn commit(
             if c.state.is_some()
                 && !(input_kept && output_kept)
                 && history_len > 0
-                && refers_to_payloads(&c.instance_id)
+                && episode::refers_to_payloads(&c.instance_id)
             {
                 // The payloads change under a kept history: rows referring to the old
                 // ones get their values first.
@@ -404,7 +404,7 @@ pub(super) fn commit(
         // One row for the episode's events. Entities' records change every episode, so
         // their rows never refer to the instance row.
         let refs = match &c.state {
-            Some(_) if refers_to_payloads(&c.instance_id) => episode::Payloads {
+            Some(_) if episode::refers_to_payloads(&c.instance_id) => episode::Payloads {
                 input: new_input,
                 output: new_output,
             },
@@ -1104,12 +1104,6 @@ fn read_history_in(conn: &Connection, id: &str) -> StoreResult<Vec<HistoryEvent>
         }
     }
     Ok(out)
-}
-
-/// Whether the history rows of `id` may refer to its instance row's payloads: not for
-/// entities, whose record (the `output` column) changes with every operation.
-fn refers_to_payloads(id: &str) -> bool {
-    !id.starts_with('@')
 }
 
 /// Writes the instance's current input and output into the history rows that refer to

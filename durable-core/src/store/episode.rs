@@ -18,8 +18,9 @@
 //! true: a commit that changes those columns while keeping the history first writes the
 //! old values into the rows that refer to them ([`materialize`]).
 //!
-//! Rows of schema version 5 and before hold one event as JSON text (a `TEXT` value); they
-//! are read as they are.
+//! Rows of SQLite schema version 5 and before (PostgreSQL: before migration 6) hold one
+//! event as JSON text (a `TEXT` value; PostgreSQL: the `event` column); they are read as
+//! they are.
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
@@ -166,6 +167,12 @@ pub(super) struct Payloads<'a> {
 pub(super) enum Payload {
     Input,
     Output,
+}
+
+/// Whether the history rows of `id` may refer to its instance row's payloads: not for
+/// entities, whose record (the `output` column) changes with every operation.
+pub(super) fn refers_to_payloads(id: &str) -> bool {
+    !id.starts_with('@')
 }
 
 fn encode_error(e: impl std::fmt::Display) -> StoreError {
