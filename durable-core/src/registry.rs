@@ -257,7 +257,7 @@ impl Registry {
     }
 
     /// Puts `entry` in place of the activity of the same name (or adds it).
-    #[cfg(any(test, feature = "testing"))]
+    #[cfg(feature = "testing")]
     pub(crate) fn replace_activity(&mut self, entry: ActivityEntry) {
         self.activities.insert(entry.name.clone(), entry);
     }

@@ -116,7 +116,7 @@ impl MemoryStore {
 }
 
 /// Where a store's work stands, for a test environment driving virtual time.
-#[cfg(any(test, feature = "testing"))]
+#[cfg(feature = "testing")]
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) struct Pending {
     /// Work is visible now or held by a worker: an episode or an activity may still run.
@@ -126,7 +126,7 @@ pub(crate) struct Pending {
     pub next_due: Option<DateTime<Utc>>,
 }
 
-#[cfg(any(test, feature = "testing"))]
+#[cfg(feature = "testing")]
 impl MemoryStore {
     /// Where work stands at the clock's current time.
     pub(crate) fn pending(&self) -> Pending {
