@@ -33,9 +33,15 @@ impl Cache {
     /// [`back`](Self::back).
     pub(super) fn take_out(&mut self, id: &str) -> Option<(Cached, u64)> {
         let cached = self.take(id)?;
+        Some((cached, self.mark_out(id)))
+    }
+
+    /// Marks the instance's execution out for an episode that has none yet (it starts the
+    /// execution or replays it, and puts it in when its commit is answered).
+    pub(super) fn mark_out(&mut self, id: &str) -> u64 {
         self.tick += 1;
         self.out.insert(id.to_owned(), self.tick);
-        Some((cached, self.tick))
+        self.tick
     }
 
     /// Clears the mark of the taking `token` (its execution was dropped, or put back and
@@ -94,10 +100,12 @@ impl Drop for Taken<'_> {
     }
 }
 
-/// Takes the instance's cached execution for an episode. When another episode of this
-/// worker has it out (its commit is being answered: the store may hand the instance out
-/// again before the execution is put back), waits for it, at most [`CACHE_WAIT`].
-pub(super) async fn take_cached<'a>(shared: &'a Shared, id: &str) -> Option<(Cached, Taken<'a>)> {
+/// Takes the instance's cached execution for a leased episode, and marks it out until the
+/// returned [`Taken`] is dropped (also when there is none: the episode will put one in).
+/// When another episode of this worker has it out (its commit is being answered: the store
+/// may hand the instance out again before the execution is put back), waits for it, at
+/// most [`CACHE_WAIT`].
+pub(super) async fn take_cached<'a>(shared: &'a Shared, id: &str) -> (Option<Cached>, Taken<'a>) {
     let deadline = tokio::time::Instant::now() + CACHE_WAIT;
     loop {
         let back = shared.cache_back.notified();
@@ -105,21 +113,24 @@ pub(super) async fn take_cached<'a>(shared: &'a Shared, id: &str) -> Option<(Cac
         back.as_mut().enable();
         {
             let mut cache = shared.cache.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some((cached, token)) = cache.take_out(id) {
+            let found = cache.take_out(id);
+            if found.is_some()
+                || !cache.out.contains_key(id)
+                || tokio::time::Instant::now() >= deadline
+            {
+                let (cached, token) = match found {
+                    Some((cached, token)) => (Some(cached), token),
+                    None => (None, cache.mark_out(id)),
+                };
                 let taken = Taken {
                     shared,
                     id: id.to_owned(),
                     token,
                 };
-                return Some((cached, taken));
-            }
-            if !cache.out.contains_key(id) {
-                return None;
+                return (cached, taken);
             }
         }
-        if tokio::time::timeout_at(deadline, back).await.is_err() {
-            return None;
-        }
+        let _ = tokio::time::timeout_at(deadline, back).await;
     }
 }
 

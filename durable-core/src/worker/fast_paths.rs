@@ -39,6 +39,18 @@ pub(super) async fn run_unleased(
     {
         return false;
     }
+    if outstanding(&exec) > 1 {
+        // A fan-in (the execution came back after the caller looked): the result is
+        // recorded to gather with the others; the execution stays cached.
+        shared.cache_put(
+            item.instance_id.clone(),
+            Cached {
+                exec,
+                state: Some(state),
+            },
+        );
+        return false;
+    }
     let history_len = exec.history_len;
     let work = OrchestrationWorkItem {
         instance_id: item.instance_id.clone(),
@@ -140,6 +152,9 @@ pub(super) async fn finish_activity(
     if run_unleased(shared, fast, item, &outcome).await {
         return None;
     }
+    if waits_for_many(shared, &item.instance_id) {
+        return complete_activity(shared, item, outcome, false).await;
+    }
     if let Ok(permit) = shared.orchestration_limit.clone().try_acquire_owned() {
         match fast
             .lease_instance_for_result(item, &shared.id, shared.options.orchestration_lease)
@@ -169,8 +184,14 @@ pub(super) async fn finish_activity(
 /// result alone is unlikely to move it.
 pub(super) fn waits_for_many(shared: &Shared, instance_id: &str) -> bool {
     let cache = shared.cache.lock().unwrap_or_else(|e| e.into_inner());
-    cache.entries.get(instance_id).is_some_and(|(_, c)| {
-        let st = c.exec.ctx.state();
-        st.actions.len().saturating_sub(st.completed.len()) > 1
-    })
+    cache
+        .entries
+        .get(instance_id)
+        .is_some_and(|(_, c)| outstanding(&c.exec) > 1)
+}
+
+/// How many durable calls the execution waits for.
+fn outstanding(exec: &crate::replay::Execution) -> usize {
+    let st = exec.ctx.state();
+    st.actions.len().saturating_sub(st.completed.len())
 }

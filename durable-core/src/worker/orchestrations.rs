@@ -434,17 +434,19 @@ pub(super) fn dispatch_leased(
 }
 
 /// Picks the cached execution when it is in sync with the store; otherwise loads history.
-/// With the cached execution comes its [`Taken`] mark, to keep until the episode is over.
+/// With it comes the [`Taken`] mark of the instance's execution, to keep until the
+/// episode's commit is answered (and its execution put in the cache).
 pub(super) async fn episode_source<'a>(
     shared: &'a Shared,
     item: &OrchestrationWorkItem,
-) -> Result<(Option<Source>, Option<Taken<'a>>), StoreError> {
+) -> Result<(Option<Source>, Taken<'a>), StoreError> {
+    let (cached, taken) = take_cached(shared, &item.instance_id).await;
     let Some(state) = &item.state else {
-        return Ok((None, None));
+        return Ok((None, taken));
     };
-    if let Some((Cached { exec, .. }, taken)) = take_cached(shared, &item.instance_id).await {
+    if let Some(Cached { exec, .. }) = cached {
         if exec.history_len == item.history_len && exec.ctx.execution_id() == state.execution_id {
-            return Ok((Some(Source::Cached(exec)), Some(taken)));
+            return Ok((Some(Source::Cached(exec)), taken));
         }
     }
     let needs_history = if state.status.is_terminal() {
@@ -455,13 +457,13 @@ pub(super) async fn episode_source<'a>(
         item.history_len > 0
     };
     if !needs_history {
-        return Ok((None, None));
+        return Ok((None, taken));
     }
     Ok((
         Some(Source::History(
             shared.store.read_history(&item.instance_id).await?,
         )),
-        None,
+        taken,
     ))
 }
 
