@@ -29,6 +29,10 @@
 //! output. `stored-N` (SQLite only; `stored-1000` and `stored-100000` in `all`, any N from
 //! 1,000 by name) stores N completed HelloSequence5 instances and measures status reads,
 //! filtered list pages, database bytes per instance and purging by time range.
+//! `inflight-N` (`inflight-100000` in `all`, any N from 1,000 by name) starts N
+//! orchestrations that each wait for an external event, waits until every one is running,
+//! then raises the events and counts the instances that complete (none may be lost); its
+//! row's peak RSS is what holding N instances in flight costs.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -57,6 +61,7 @@ const SCENARIOS: &[&str] = &[
     "payload-10mib",
     "stored-1000",
     "stored-100000",
+    "inflight-100000",
     "hosts-1",
     "hosts-3",
     "recovery",
@@ -91,7 +96,7 @@ struct Row {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: durable-bench [--store memory|sqlite|postgres|all] [--scenario NAME|all] [--json FILE]\nscenarios: {}",
+        "usage: durable-bench [--store memory|sqlite|postgres|all] [--scenario NAME|all] [--json FILE]\nscenarios: {}\n(any stored-N or inflight-N with N >= 1000 may be named, e.g. stored-1000000, inflight-10000)",
         SCENARIOS.join(", ")
     );
     std::process::exit(2)
@@ -167,9 +172,11 @@ fn main() {
     let scenarios: Vec<&str> = if scenario == "all" {
         SCENARIOS.to_vec()
     } else if SCENARIOS.contains(&scenario.as_str())
-        || scenario
-            .strip_prefix("stored-")
-            .is_some_and(|n| n.parse::<u64>().is_ok_and(|n| n >= 1000))
+        || ["stored-", "inflight-"].iter().any(|p| {
+            scenario
+                .strip_prefix(p)
+                .is_some_and(|n| n.parse::<u64>().is_ok_and(|n| n >= 1000))
+        })
     {
         vec![scenario.as_str()]
     } else {
@@ -716,6 +723,13 @@ async fn run_scenario(scenario: &str, store_kind: &str) -> Row {
         return r;
     }
     let store = make_store(store_kind);
+    if let Some(n) = scenario.strip_prefix("inflight-") {
+        let n = n.parse().expect("instance count");
+        let mut r = inflight_scenario(scenario, store_kind, store, n).await;
+        r.peak_rss_mb = peak_rss_mb();
+        r.cpu_ms = cpu_ms();
+        return r;
+    }
     let mut r = match scenario {
         "seq" => {
             let rt = runtime(store, 10_000);
@@ -921,6 +935,126 @@ async fn run_scenario(scenario: &str, store_kind: &str) -> Row {
     };
     r.peak_rss_mb = peak_rss_mb();
     r.cpu_ms = cpu_ms();
+    r
+}
+
+/// `inflight-N`: N instances of `events` (input 1: each waits for one external event `e`)
+/// started at once by concurrent clients under the ids `inflight-0`.., on a worker with
+/// the default replay cache (10,000 instances); then a wait until none is `Pending` (every
+/// one has run its first episode and is waiting, so all N are in flight together); then
+/// the N events raised by [`SENDERS`] concurrent clients; then a wait for each instance.
+/// The row's rate is orchestrations per second from the first start to the last
+/// completion; `notes` has the phases, the counts (lost = N - completed, within ten
+/// minutes) and the CPU per orchestration. Any instance lost or failed fails the scenario.
+async fn inflight_scenario(scenario: &str, store_kind: &str, store: Arc<dyn Store>, n: u64) -> Row {
+    assert!(n >= 1000, "inflight-N needs N >= 1000");
+    let rt = runtime(store.clone(), 10_000);
+    let c = rt.client();
+    let id = |i: u64| format!("inflight-{i}");
+    let t = Instant::now();
+    let mut starters = Vec::new();
+    for s in 0..64 {
+        let c = c.clone();
+        starters.push(tokio::spawn(async move {
+            let mut i = s;
+            while i < n {
+                c.start_by_name(
+                    "events",
+                    Some("1".into()),
+                    StartOptions {
+                        instance_id: Some(id(i)),
+                        ..StartOptions::default()
+                    },
+                )
+                .await
+                .expect("start");
+                i += 64;
+            }
+        }));
+    }
+    for s in starters {
+        s.await.expect("starter");
+    }
+    let started = t.elapsed();
+    // In flight: no instance still waits for its first episode.
+    let pending = durable_core::InstanceFilter {
+        statuses: vec![RuntimeStatus::Pending],
+        ..Default::default()
+    };
+    let deadline = Instant::now() + LONG;
+    while !store
+        .list_instances(&pending, 1, None)
+        .await
+        .expect("list")
+        .items
+        .is_empty()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "instances still pending after {LONG:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let running = t.elapsed();
+    let rss_running = peak_rss_mb();
+    let mut senders = Vec::new();
+    for s in 0..SENDERS {
+        let c = c.clone();
+        senders.push(tokio::spawn(async move {
+            let mut i = s;
+            while i < n {
+                c.raise_event(&id(i), "e", &1u64).await.expect("raise");
+                i += SENDERS;
+            }
+        }));
+    }
+    for s in senders {
+        s.await.expect("sender");
+    }
+    let raised = t.elapsed();
+    // Each instance's final status, waited for by 16 clients until a shared deadline.
+    let deadline = Instant::now() + LONG;
+    let mut waiters = Vec::new();
+    for w in 0..16u64 {
+        let c = c.clone();
+        waiters.push(tokio::spawn(async move {
+            let (mut completed, mut failed) = (0u64, 0u64);
+            let mut i = w;
+            while i < n {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match c.wait_for_completion(&id(i), left).await {
+                    Ok(st) if st.status == RuntimeStatus::Completed => completed += 1,
+                    Ok(st) if st.status.is_terminal() => failed += 1,
+                    _ => {}
+                }
+                i += 16;
+            }
+            (completed, failed)
+        }));
+    }
+    let (mut completed, mut failed) = (0, 0);
+    for w in waiters {
+        let (c, f) = w.await.expect("waiter");
+        completed += c;
+        failed += f;
+    }
+    let wall = t.elapsed();
+    let lost = n - completed - failed;
+    let cpu = cpu_ms();
+    let mut r = row(scenario, store_kind, completed, "orchestrations/s", wall);
+    r.extra = Some(format!(
+        "{n} in flight together: started in {:.1} s, all running at {:.1} s (peak RSS then {rss_running:.0} MB), events raised by {:.1} s; completed {completed}, failed {failed}, lost {lost}; {:.0} us CPU/orchestration",
+        started.as_secs_f64(),
+        running.as_secs_f64(),
+        raised.as_secs_f64(),
+        cpu * 1000.0 / n as f64,
+    ));
+    rt.shutdown().await;
+    assert!(
+        failed == 0 && lost == 0,
+        "{scenario} on {store_kind}: {}",
+        r.extra.as_deref().unwrap_or_default()
+    );
     r
 }
 

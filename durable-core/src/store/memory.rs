@@ -2,7 +2,7 @@
 //! Not durable: everything is lost when the process exits. Implements every capability,
 //! [`FastPaths`] included.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -39,7 +39,11 @@ struct Inner {
 struct Record {
     state: Option<InstanceState>,
     history: Vec<HistoryEvent>,
-    messages: BTreeMap<u64, OrchestrationMessage>,
+    /// Pending messages by entry id, in id order (ids only grow, so a new one goes last).
+    /// A vector sized to its messages, freed when the last is consumed: an instance in
+    /// flight waiting for an event holds no allocation for messages (a map's node cost
+    /// about 3 KB per instance, empty or not).
+    messages: Vec<(u64, OrchestrationMessage)>,
     lease: Option<Lease>,
     /// Hand-outs since the last commit, not counting those given back by an abandon.
     dequeue_count: u32,
@@ -142,7 +146,7 @@ impl MemoryStore {
                 Some(l) if !rec.messages.is_empty() => due(l.expires_at),
                 _ => {}
             }
-            for m in rec.messages.values() {
+            for (_, m) in &rec.messages {
                 match m.visible_at {
                     Some(t) if t > now => due(t),
                     _ if held.is_none() => busy = true,
@@ -189,7 +193,10 @@ impl Inner {
         let Some(rec) = self.instances.get_mut(&instance_id) else {
             return false;
         };
-        rec.messages.insert(id, msg);
+        if rec.messages.is_empty() {
+            rec.messages.reserve_exact(1);
+        }
+        rec.messages.push((id, msg));
         match visible_at {
             Some(t) if t > now => {
                 self.delayed.insert((t, id, instance_id));
@@ -283,7 +290,7 @@ impl Inner {
             .iter()
             .filter(|(_, m)| m.visible_at.is_none_or(|t| t <= now))
             .take(MAX_MESSAGES_PER_WORK_ITEM)
-            .map(|(id, m)| (*id, m.clone()))
+            .cloned()
             .collect();
         if messages.is_empty() && !even_without_messages {
             return None;
@@ -331,8 +338,14 @@ impl Inner {
             .instances
             .get_mut(&commit.instance_id)
             .ok_or_else(StoreError::lease_lost)?;
-        for id in &commit.consumed {
-            rec.messages.remove(id);
+        if !commit.consumed.is_empty() {
+            let mut consumed = commit.consumed.clone();
+            consumed.sort_unstable();
+            rec.messages
+                .retain(|(id, _)| consumed.binary_search(id).is_err());
+            if rec.messages.is_empty() {
+                rec.messages = Vec::new();
+            }
         }
         match commit.history {
             HistoryUpdate::Append(events) => rec.history.extend(events),
@@ -876,8 +889,8 @@ impl Store for MemoryStore {
             .filter(|r| r.lease.as_ref().is_none_or(|l| l.expires_at <= now))
             .filter(|r| {
                 r.messages
-                    .values()
-                    .any(|m| m.visible_at.is_none_or(|t| t <= now))
+                    .iter()
+                    .any(|(_, m)| m.visible_at.is_none_or(|t| t <= now))
             })
             .count();
         let activities = inner
@@ -939,8 +952,8 @@ impl FastPaths for MemoryStore {
             let free = rec.lease.as_ref().is_none_or(|l| l.expires_at <= now);
             let waiting = rec
                 .messages
-                .values()
-                .any(|m| m.visible_at.is_none_or(|t| t <= now));
+                .iter()
+                .any(|(_, m)| m.visible_at.is_none_or(|t| t <= now));
             let same = rec
                 .state
                 .as_ref()

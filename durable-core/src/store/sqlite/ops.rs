@@ -99,6 +99,9 @@ enum WriteState {
     Insert,
     /// Every column.
     Update,
+    /// Every column but `created_at`, which did not change (the index on
+    /// `(created_at, id)` stays untouched).
+    UpdateStatus,
     /// Every column but the indexed `status` and `created_at`, which did not change (their
     /// index entries stay untouched).
     UpdateUnindexed,
@@ -118,6 +121,11 @@ fn write_state(
          VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, NULL, NULL, NULL, ?13)",
         WriteState::Update => "UPDATE instances SET execution_id = ?2, name = ?3, version = ?4, status = ?5, input = ?6, output = ?7,
             failure = ?8, custom_status = ?9, created_at = ?10, last_updated_at = ?11, parent = ?12,
+            lease_token = NULL, lease_expires_at = NULL, lease_owner = NULL, history_len = ?13,
+            dequeue_count = 0
+         WHERE id = ?1",
+        WriteState::UpdateStatus => "UPDATE instances SET execution_id = ?2, name = ?3, version = ?4, status = ?5, input = ?6, output = ?7,
+            failure = ?8, custom_status = ?9, last_updated_at = ?11, parent = ?12,
             lease_token = NULL, lease_expires_at = NULL, lease_owner = NULL, history_len = ?13,
             dequeue_count = 0
          WHERE id = ?1",
@@ -418,12 +426,12 @@ pub(super) fn commit(
     }
     match &c.state {
         Some(state) => {
-            let mode =
-                if state.status.as_str() == old_status && micros(state.created_at) == old_created {
-                    WriteState::UpdateUnindexed
-                } else {
-                    WriteState::Update
-                };
+            let same_status = state.status.as_str() == old_status;
+            let mode = match (same_status, micros(state.created_at) == old_created) {
+                (true, true) => WriteState::UpdateUnindexed,
+                (false, true) => WriteState::UpdateStatus,
+                _ => WriteState::Update,
+            };
             write_state(conn, state, history_len, mode)?;
             w.instances.push(c.instance_id.clone());
         }
@@ -579,9 +587,11 @@ pub(super) fn fetch_activities(
 }
 
 /// The WHERE clause (`WHERE ...` or empty) and arguments of a listing filter, after the
-/// continuation token. With an id prefix the prefix is an index range on the primary key
-/// and the other conditions are kept off their indexes (`+column`), so the cost follows the
-/// instances with that prefix, not all those stored; without one, status and creation
+/// continuation token. With an id prefix the prefix is a range of the index on
+/// `(id, status, created_at)`, which also holds what the other conditions and the order
+/// need (kept off their own indexes with `+column`), so the cost follows the instances
+/// with that prefix, not all those stored, and no row is read to find the page; without
+/// one, status and creation
 /// time use the index on `(status, created_at, id)` or `(created_at, id)`, read in the
 /// listing's order.
 pub(super) fn filter_sql(
@@ -648,8 +658,9 @@ pub(super) fn list_sql(
     let (where_sql, args) = filter_sql(filter, token);
     let limit = page_size.max(1).saturating_add(1).min(i64::MAX as usize);
     let text = if filter.instance_id_prefix.is_some() {
-        // Every instance with the prefix is sorted to find the page: sort their row ids
-        // and creation times only, then read the page's rows.
+        // Every instance with the prefix is sorted to find the page: their row ids,
+        // statuses and creation times come from the index on `(id, status, created_at)`
+        // (no table reads), then only the page's rows are read.
         format!(
             "SELECT {STATE_COLUMNS} FROM instances WHERE rowid IN (
                  SELECT rowid FROM instances {where_sql} ORDER BY created_at, id LIMIT {limit})
