@@ -323,7 +323,13 @@ pub async fn purge(api: &Api, a: &PurgeArgs) -> Result<(), CliError> {
         print("purged 0 instances\n");
         return Ok(());
     }
-    if !a.yes && !confirm(&format!("Purge {finished} instances? [y/N] "))? {
+    // The count is of the matching instances; the sub-orchestrations they started go
+    // with them (the purge's parent-close rule) and are counted in the result.
+    if !a.yes
+        && !confirm(&format!(
+            "Purge {finished} instances, with the sub-orchestrations they started? [y/N] "
+        ))?
+    {
         return Err(CliError::Failed("not confirmed; nothing was purged".into()));
     }
     let path = format!(

@@ -589,7 +589,11 @@ async fn purge_one_or_by_filter_with_a_count_and_a_confirmation() {
         out.stderr.contains("1 unfinished ones match too"),
         "{out:?}"
     );
-    assert!(out.stderr.contains("Purge 3 instances? [y/N]"), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("Purge 3 instances, with the sub-orchestrations they started? [y/N]"),
+        "{out:?}"
+    );
     assert!(
         out.stderr
             .ends_with("error: not confirmed; nothing was purged\n"),
