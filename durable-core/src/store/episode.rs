@@ -169,6 +169,16 @@ pub(super) enum Payload {
     Output,
 }
 
+impl Payload {
+    /// This payload among an instance row's `input` and `output`.
+    pub(super) fn of(self, input: &Option<String>, output: &Option<String>) -> Option<String> {
+        match self {
+            Payload::Input => input.clone(),
+            Payload::Output => output.clone(),
+        }
+    }
+}
+
 /// Whether the history rows of `id` may refer to its instance row's payloads: not for
 /// entities, whose record (the `output` column) changes with every operation.
 pub(super) fn refers_to_payloads(id: &str) -> bool {
@@ -233,6 +243,26 @@ pub(super) fn encode(events: &[HistoryEvent], refs: Payloads<'_>) -> StoreResult
         }
     }
     Ok(w.out)
+}
+
+/// The row `bytes` encoded again with its references to the instance row's payloads
+/// replaced by their values (`input`, `output`), for a commit about to change them; `None`
+/// when it refers to neither.
+pub(super) fn without_references(
+    bytes: &[u8],
+    input: &Option<String>,
+    output: &Option<String>,
+) -> StoreResult<Option<Vec<u8>>> {
+    let mut used = false;
+    let mut events = Vec::new();
+    decode(bytes, &mut events, &mut |which| {
+        used = true;
+        Ok(which.of(input, output))
+    })?;
+    if !used {
+        return Ok(None);
+    }
+    encode(&events, Payloads::default()).map(Some)
 }
 
 /// Decodes a row, appending its events to `out`; references are read through `payload`.

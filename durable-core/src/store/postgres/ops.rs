@@ -820,17 +820,8 @@ async fn materialize(c: &tokio_postgres::Client, st: &mut Stmts<'_>, id: &str) -
     let (input, output): (Option<String>, Option<String>) = (current.get(0), current.get(1));
     let mut rewritten: Vec<(i64, Vec<u8>)> = Vec::new();
     for r in &rows {
-        let mut used = false;
-        let mut events = Vec::new();
-        episode::decode(r.get(1), &mut events, &mut |which| {
-            used = true;
-            Ok(match which {
-                Payload::Input => input.clone(),
-                Payload::Output => output.clone(),
-            })
-        })?;
-        if used {
-            rewritten.push((r.get(0), episode::encode(&events, Payloads::default())?));
+        if let Some(row) = episode::without_references(r.get(1), &input, &output)? {
+            rewritten.push((r.get(0), row));
         }
     }
     let params: Vec<[&(dyn ToSql + Sync); 3]> = rewritten
@@ -873,10 +864,7 @@ pub(crate) fn history(rows: &[Row]) -> StoreResult<Vec<HistoryEvent>> {
             continue;
         }
         decode_history_row(r.get(0), r.get(1), &mut out, &mut |which| {
-            Ok(match which {
-                Payload::Input => input.clone(),
-                Payload::Output => output.clone(),
-            })
+            Ok(which.of(&input, &output))
         })?;
     }
     Ok(out)

@@ -1091,10 +1091,9 @@ fn read_history_in(conn: &Connection, id: &str) -> StoreResult<Vec<HistoryEvent>
                 })
                 .map_err(sql)?;
         }
-        Ok(payloads.as_ref().and_then(|(input, output)| match which {
-            episode::Payload::Input => input.clone(),
-            episode::Payload::Output => output.clone(),
-        }))
+        Ok(payloads
+            .as_ref()
+            .and_then(|(input, output)| which.of(input, output)))
     };
     let mut stmt = conn
         .prepare_cached("SELECT events FROM history WHERE instance_id = ?1 ORDER BY seq")
@@ -1135,17 +1134,7 @@ fn materialize(conn: &Connection, id: &str) -> StoreResult<()> {
         })
         .map_err(sql)?;
     for (seq, bytes) in rows {
-        let mut used = false;
-        let mut events = Vec::new();
-        episode::decode(&bytes, &mut events, &mut |which| {
-            used = true;
-            Ok(match which {
-                episode::Payload::Input => input.clone(),
-                episode::Payload::Output => output.clone(),
-            })
-        })?;
-        if used {
-            let row = episode::encode(&events, episode::Payloads::default())?;
+        if let Some(row) = episode::without_references(&bytes, &input, &output)? {
             conn.prepare_cached(
                 "UPDATE history SET events = ?3 WHERE instance_id = ?1 AND seq = ?2",
             )
