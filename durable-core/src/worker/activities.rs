@@ -24,7 +24,13 @@ pub(super) fn spawn_activity(
         .running_activities
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .insert(item.id, item.clone());
+        .insert(
+            item.id,
+            Running {
+                item: item.clone(),
+                cancel: None,
+            },
+        );
     let shared = shared.clone();
     running.spawn(async move {
         run_activity(&shared, item).await;
@@ -154,7 +160,7 @@ pub(super) async fn activity_loop(
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .drain()
-            .map(|(_, v)| v)
+            .map(|(_, r)| r.item)
             .collect();
         for item in left {
             let _ = shared.store.abandon_activity(&item, Duration::ZERO).await;
@@ -196,11 +202,14 @@ pub(super) async fn run_activity(shared: &Shared, item: ActivityWorkItem) {
             )),
             Some(entry) => {
                 let (cancel, cancelled) = tokio::sync::watch::channel(false);
-                shared
-                    .activity_cancels
+                if let Some(r) = shared
+                    .running_activities
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .insert(item.id, cancel.clone());
+                    .get_mut(&item.id)
+                {
+                    r.cancel = Some(cancel.clone());
+                }
                 let (beat_tx, mut beats) = tokio::sync::watch::channel(crate::activity::Beat::default());
                 let ctx = ActivityContext {
                     instance_id: item.instance_id.clone(),
@@ -341,11 +350,6 @@ pub(super) async fn run_activity(shared: &Shared, item: ActivityWorkItem) {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&item.id);
-        shared
-            .activity_cancels
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&item.id);
         // The result's episode, when this worker got its instance in the same transaction.
         if let Some((work, permit)) = next {
             Box::pin(process_orchestration(shared, work)).await;
@@ -363,20 +367,15 @@ pub(super) fn cancel_running(shared: &Shared, instance_id: &str, calls: &[Activi
     if calls.is_empty() {
         return;
     }
-    let running: Vec<u64> = shared
+    let running = shared
         .running_activities
         .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .values()
-        .filter(|a| a.instance_id == instance_id && calls.contains(&a.call()))
-        .map(|a| a.id)
-        .collect();
-    let cancels = shared
-        .activity_cancels
-        .lock()
         .unwrap_or_else(|e| e.into_inner());
-    for id in running {
-        if let Some(cancel) = cancels.get(&id) {
+    for r in running.values() {
+        if r.item.instance_id != instance_id || !calls.contains(&r.item.call()) {
+            continue;
+        }
+        if let Some(cancel) = &r.cancel {
             tracing::info!(
                 instance_id,
                 "the orchestration no longer wants this activity's result; telling it"

@@ -165,7 +165,6 @@ impl WorkerBuilder {
             cache: Mutex::new(Cache::default()),
             cache_back: tokio::sync::Notify::new(),
             running_activities: Mutex::new(HashMap::new()),
-            activity_cancels: Mutex::new(HashMap::new()),
             direct_activities: direct_tx,
             shutdown: shutdown_rx.clone(),
             orchestrations_done: watch::channel(false).0,
@@ -270,9 +269,8 @@ struct Shared {
     cache: Mutex<Cache>,
     /// Notified when an execution taken out of the cache comes back (or is dropped).
     cache_back: tokio::sync::Notify,
-    running_activities: Mutex<HashMap<u64, ActivityWorkItem>>,
-    /// The cancellation signals of the activities running here, by work item id.
-    activity_cancels: Mutex<HashMap<u64, watch::Sender<bool>>>,
+    /// The activities running here, by work item id.
+    running_activities: Mutex<HashMap<u64, Running>>,
     /// Episodes run at once (dispatched or run straight after an activity).
     orchestration_limit: Arc<Semaphore>,
     /// Activities run at once (dispatched or leased by the commit that scheduled them).
@@ -284,6 +282,13 @@ struct Shared {
     /// Set when the orchestration dispatcher has stopped and its episodes have finished.
     orchestrations_done: watch::Sender<bool>,
     metrics: Metrics,
+}
+
+/// An activity running in this worker.
+struct Running {
+    item: ActivityWorkItem,
+    /// Tells its code that its result is no longer wanted; set once its code runs.
+    cancel: Option<watch::Sender<bool>>,
 }
 
 impl Shared {
