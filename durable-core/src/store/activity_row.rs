@@ -144,6 +144,17 @@ mod tests {
         }
     }
 
+    /// The columns of a row handed out `dequeue_count` times.
+    fn columns(dequeue_count: u32, heartbeat_details: Option<&str>) -> RowColumns {
+        RowColumns {
+            id: 7,
+            instance_id: "i".into(),
+            lease_token: "t".into(),
+            dequeue_count,
+            heartbeat_details: heartbeat_details.map(Into::into),
+        }
+    }
+
     #[test]
     fn stored_form_is_stable() {
         // The exact bytes rows were stored with before the form was shared: unchanged.
@@ -158,23 +169,11 @@ mod tests {
     fn round_trips_with_columns() {
         let json = serde_json::to_string(&ActivityRow::from(&item())).unwrap();
         let row: ActivityRow = serde_json::from_str(&json).unwrap();
-        let back = row.into_item(RowColumns {
-            id: 7,
-            instance_id: "i".into(),
-            lease_token: "t".into(),
-            dequeue_count: 1,
-            heartbeat_details: None,
-        });
+        let back = row.into_item(columns(1, None));
         assert_eq!(back, item());
         // A renewal's details win over the scheduled ones.
         let row: ActivityRow = serde_json::from_str(&json).unwrap();
-        let back = row.into_item(RowColumns {
-            id: 7,
-            instance_id: "i".into(),
-            lease_token: "t".into(),
-            dequeue_count: 2,
-            heartbeat_details: Some("9".into()),
-        });
+        let back = row.into_item(columns(2, Some("9")));
         assert_eq!(back.heartbeat_details.as_deref(), Some("9"));
     }
 
@@ -187,13 +186,7 @@ mod tests {
             "{json}"
         );
         let row: ActivityRow = serde_json::from_str(&json).unwrap();
-        let back = row.into_item(RowColumns {
-            id: 7,
-            instance_id: "i".into(),
-            lease_token: "t".into(),
-            dequeue_count: 1,
-            heartbeat_details: None,
-        });
+        let back = row.into_item(columns(1, None));
         assert_eq!(back.scheduled_at, Some(at));
     }
 

@@ -183,9 +183,8 @@ pub(super) async fn process_orchestration_with(
 /// The `Poison` failure of a running orchestration whose work item was handed out more
 /// than [`WorkerOptions::max_orchestration_dequeues`] times since its last commit.
 fn poison(shared: &Shared, item: &OrchestrationWorkItem) -> Option<FailureDetails> {
-    let max = shared.options.max_orchestration_dequeues;
     let state = item.state.as_ref()?;
-    if max == 0 || item.dequeue_count <= max || state.status.is_terminal() {
+    if !handed_out_too_often(shared, item) || state.status.is_terminal() {
         return None;
     }
     Some(FailureDetails::new(
@@ -199,12 +198,19 @@ fn poison(shared: &Shared, item: &OrchestrationWorkItem) -> Option<FailureDetail
     ))
 }
 
+/// Whether the work item was handed out more than
+/// [`WorkerOptions::max_orchestration_dequeues`] times since its instance's last commit
+/// (never, when the check is off).
+fn handed_out_too_often(shared: &Shared, item: &OrchestrationWorkItem) -> bool {
+    let max = shared.options.max_orchestration_dequeues;
+    max > 0 && item.dequeue_count > max
+}
+
 /// The `Poison` failure of an entity's batch of operations that was handed out more than
 /// [`WorkerOptions::max_orchestration_dequeues`] times since the entity's last commit: its
 /// operations are refused instead of run again.
 fn entity_poison(shared: &Shared, item: &OrchestrationWorkItem) -> Option<FailureDetails> {
-    let max = shared.options.max_orchestration_dequeues;
-    if max == 0 || item.dequeue_count <= max {
+    if !handed_out_too_often(shared, item) {
         return None;
     }
     Some(FailureDetails::new(
